@@ -1,0 +1,1 @@
+"""Intents validated against the current projection, and the click CLI on top."""

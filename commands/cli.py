@@ -1,0 +1,247 @@
+"""The `steplog` command line. Each verb builds a command, calls one function, formats the result.
+
+Exit codes: 0 ok, 1 the job failed, 2 the command was rejected or its input is bad,
+130/143 interrupted by SIGINT/SIGTERM (the job stays resumable).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from commands import queries
+from commands.display import LiveDisplay, PlainDisplay
+from commands.jobs import (
+    Prepared,
+    Rejected,
+    ResumeCommand,
+    RunCommand,
+    execute,
+    prepare_resume,
+    prepare_run,
+)
+from commands.replay import BadPoint, replay
+from eventstore.events import InvalidEvent
+from eventstore.record import StoreError
+from eventstore.sqlite import SQLiteEventStore
+from executor.pipeline import PipelineError
+from projections.store import open_store
+
+USER_ERRORS = (Rejected, PipelineError, StoreError, InvalidEvent, BadPoint)
+
+
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def _open(ctx: click.Context) -> SQLiteEventStore:
+    store = ctx.obj.get("store")
+    if store is None:
+        store = ctx.obj["store"] = open_store(ctx.obj["db"])
+        ctx.call_on_close(store.close)
+    return store
+
+
+def _parse_inputs(values: tuple[str, ...]) -> dict[str, str]:
+    inputs = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--input")
+        inputs[name.strip()] = value
+    return inputs
+
+
+def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(func)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    envvar="STEPLOG_DB",
+    default="steplog.db",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The SQLite file holding the event log (env STEPLOG_DB).",
+)
+@click.version_option(package_name="steplog")
+@click.pass_context
+def cli(ctx: click.Context, db: Path) -> None:
+    """steplog: durable multi-step LLM pipelines on an append-only SQLite event log."""
+    ctx.ensure_object(dict)
+    ctx.obj["db"] = db
+
+
+def _run_prepared(store: SQLiteEventStore, prepared: Prepared, quiet: bool) -> None:
+    live = sys.stdout.isatty() and not quiet
+    display = LiveDisplay(prepared.state) if live else PlainDisplay(prepared.state, quiet=quiet)
+    if not live and not quiet:
+        click.echo(f"job {prepared.job_id}: {prepared.pipeline.name}, {len(prepared.plan.run)} step(s) to run")
+    try:
+        with display:
+            outcome = execute(store, prepared, observer=display)
+    except KeyboardInterrupt:
+        click.echo(f"job {prepared.job_id} interrupted; continue with: steplog resume {prepared.job_id}", err=True)
+        raise SystemExit(130) from None
+    state = display.state
+    tokens = state.tokens_in + state.tokens_out
+    if outcome.succeeded:
+        click.echo(
+            f"job {prepared.job_id} succeeded: {len(state.steps)} steps, {state.cache_hits} cache hits, "
+            f"{state.llm_calls} provider calls, {tokens} tokens; workspace {prepared.workspace}"
+        )
+        return
+    click.echo(
+        f"job {prepared.job_id} failed: {one_line(state.last_error or 'see events')}; "
+        f"after fixing, run: steplog resume {prepared.job_id}",
+        err=True,
+    )
+    raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=VALUE", help="Set a pipeline input.")
+@click.option("--job-id", help="Name the job (default: job_<utc time>_<random>).")
+@click.option("--workspace", type=click.Path(file_okay=False, path_type=Path), help="Where files are written (default: runs/<job_id>).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the closing line.")
+@click.pass_context
+def run(ctx: click.Context, pipeline: Path, inputs: tuple[str, ...], job_id: str | None, workspace: Path | None, quiet: bool) -> None:
+    """Run PIPELINE (a TOML file) as a new job.
+
+    Example: steplog run examples/factory/pipeline.toml --input idea="a todo CLI"
+    """
+    store = _open(ctx)
+    cmd = RunCommand(pipeline_path=pipeline, inputs=_parse_inputs(inputs), job_id=job_id, workspace=workspace)
+    _run_prepared(store, prepare_run(store, cmd), quiet)
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--pipeline", type=click.Path(path_type=Path), help="Use this pipeline file instead of the job's own.")
+@click.option("--force", is_flag=True, help="Take over a job whose owner runs on another host.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the closing line.")
+@click.pass_context
+def resume(ctx: click.Context, job: str, pipeline: Path | None, force: bool, quiet: bool) -> None:
+    """Continue JOB: skip completed steps, re-run failed and interrupted ones.
+
+    Example: steplog resume job_20261124_101500_ab12cd
+    """
+    store = _open(ctx)
+    _run_prepared(store, prepare_resume(store, ResumeCommand(job_id=job, pipeline_path=pipeline, force=force)), quiet)
+
+
+@cli.command("replay")
+@click.argument("job")
+@click.option("--until", "point", required=True, help="Event number, ISO timestamp, or TYPE[:STEP].")
+@json_option
+@click.pass_context
+def replay_cmd(ctx: click.Context, job: str, point: str, as_json: bool) -> None:
+    """Show JOB as it was at POINT: manifest, completed/pending steps, cache, events.
+
+    Example: steplog replay job_x --until step.failed:builder
+    """
+    view = replay(_open(ctx), job, point)
+    if as_json:
+        _echo_json(queries.replay_document(view))
+        return
+    console = Console(soft_wrap=True)
+    console.print(f"[bold]{job}[/] as of event {view.version} ({view.events[-1].type} {view.events[-1].step or ''}, {view.events[-1].ts})")
+    queries.print_manifest(console, view.state, historical=True)
+    table = Table(title="cache index at this point", title_justify="left")
+    for col in ("cache key", "response", "origin job", "origin step"):
+        table.add_column(col)
+    for entry in view.cache.values():
+        table.add_row(entry.cache_key[:16], entry.response_sha256[:12], entry.origin_job, entry.origin_step or "")
+    console.print(table)
+    queries.print_events(console, view.events)
+
+
+@cli.command()
+@click.argument("job", required=False)
+@json_option
+@click.pass_context
+def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
+    """Show the manifest of JOB (default: the most recently updated job).
+
+    Example: steplog status job_x --json
+    """
+    state = queries.status(_open(ctx), job)
+    if as_json:
+        _echo_json(queries.manifest_document(state))
+        return
+    queries.print_manifest(Console(soft_wrap=True), state)
+
+
+@cli.command()
+@json_option
+@click.option("--limit", default=50, show_default=True, help="Most recent jobs to show.")
+@click.pass_context
+def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
+    """List jobs, most recent first.
+
+    Example: steplog jobs --limit 10
+    """
+    rows = queries.jobs(_open(ctx), limit)
+    if as_json:
+        _echo_json(rows)
+        return
+    table = Table()
+    for col in ("job", "pipeline", "status", "created", "updated"):
+        table.add_column(col, no_wrap=True)
+    for row in rows:
+        created, updated = (row[k][:19].replace("T", " ") for k in ("created_ts", "updated_ts"))
+        table.add_row(row["job_id"], row["pipeline"] or "", row["status"], created, updated)
+    Console(soft_wrap=True).print(table)
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--type", "type_glob", help="Only events whose type matches this glob, e.g. 'llm.*'.")
+@click.option("--step", help="Only events of this step.")
+@click.option("--level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), help="This level and above.")
+@json_option
+@click.pass_context
+def events(ctx: click.Context, job: str, type_glob: str | None, step: str | None, level: str | None, as_json: bool) -> None:
+    """Print JOB's events; --json prints JSON lines in the predecessor's envelope.
+
+    Example: steplog events job_x --type 'llm.*' --json
+    """
+    found = queries.events(_open(ctx), job, type_glob=type_glob, step=step, level=level)
+    if as_json:
+        for ev in found:
+            click.echo(json.dumps(ev.envelope(), ensure_ascii=False))
+        return
+    queries.print_events(Console(soft_wrap=True), found)
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except USER_ERRORS as exc:
+        click.echo(f"error: {one_line(str(exc))}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

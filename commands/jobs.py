@@ -1,0 +1,221 @@
+"""`run` and `resume`: validate the intent against the log, then hand a plan to the executor.
+
+Every check happens before the first event of the command is appended; a rejection raises
+Rejected (exit 2) and leaves the database as it was.
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+
+from eventstore.events import JobCreated, JobInterrupted, JobResumed, JobStarted, NewEvent
+from eventstore.record import VersionConflict, blob_sha256
+from eventstore.sqlite import SQLiteEventStore
+from executor.ownership import current_owner, owner_alive
+from executor.pipeline import NAME_PATTERN, Pipeline, PipelineError, load_pipeline, parse_pipeline
+from executor.runner import JobOutcome, JobRunner, Observer, Plan
+from projections import manifest
+from projections.manifest import JobState
+
+
+class Rejected(Exception):
+    """A command refused before anything was appended (exit code 2)."""
+
+
+class RunCommand(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pipeline_path: Path
+    inputs: dict[str, str] = Field(default_factory=dict)
+    job_id: str | None = None
+    workspace: Path | None = None
+
+
+class ResumeCommand(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str
+    pipeline_path: Path | None = None
+    force: bool = False
+
+
+@dataclass
+class Prepared:
+    """A validated command, ready for the executor."""
+
+    job_id: str
+    pipeline: Pipeline
+    inputs: dict[str, str]
+    workspace: Path
+    plan: Plan
+    state: JobState  # the job as folded right after the command's opening events
+
+
+def new_job_id() -> str:
+    return "job_" + time.strftime("%Y%m%d_%H%M%S", time.gmtime()) + "_" + secrets.token_hex(3)
+
+
+def fold_job(store: SQLiteEventStore, job_id: str) -> JobState:
+    return manifest.project(job_id, store.read_job(job_id))
+
+
+def _check_job_id(job_id: str) -> None:
+    if not NAME_PATTERN.fullmatch(job_id):
+        raise Rejected(f"job id {job_id!r} is not valid (letters, digits, _ and -, at most 64)")
+
+
+def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
+    pipeline = load_pipeline(cmd.pipeline_path)
+    inputs = pipeline.resolve_inputs(cmd.inputs)
+    job_id = cmd.job_id or new_job_id()
+    _check_job_id(job_id)
+    if store.job_exists(job_id):
+        raise Rejected(f"job {job_id} already exists; choose another --job-id or resume it")
+    workspace = (cmd.workspace or Path("runs") / job_id).resolve()
+    created = JobCreated(
+        pipeline=pipeline.name,
+        pipeline_path=str(Path(cmd.pipeline_path).resolve()),
+        pipeline_fingerprint=pipeline.fingerprint,
+        pipeline_sha256=blob_sha256(pipeline.source.encode("utf-8")),
+        inputs=inputs,
+        steps=pipeline.needs,
+        workspace=str(workspace),
+    )
+    opening = [NewEvent.of(created), NewEvent.of(JobStarted(owner=current_owner()))]
+    try:
+        stored = store.append(
+            job_id, opening, expected_version=0, blobs=[pipeline.source.encode("utf-8")]
+        )
+    except VersionConflict as exc:
+        raise Rejected(f"job {job_id} already exists; choose another --job-id or resume it") from exc
+    state = manifest.project(job_id, stored)
+    plan = Plan(run=list(pipeline.order))
+    return Prepared(job_id, pipeline, inputs, workspace, plan, state)
+
+
+def _owner_text(owner: dict[str, object]) -> str:
+    return f"process {owner.get('pid')} on host {owner.get('host')}"
+
+
+def _check_resumable(state: JobState, cmd: ResumeCommand) -> None:
+    if not state.exists:
+        raise Rejected(f"unknown job {cmd.job_id}")
+    if state.status == "succeeded":
+        raise Rejected(f"job {cmd.job_id} already succeeded; nothing to resume")
+    if state.status == "cancelled":
+        raise Rejected(f"job {cmd.job_id} was cancelled; run the pipeline again as a new job")
+    if state.status == "running" and state.owner:
+        alive = owner_alive(state.owner)
+        if alive:
+            raise Rejected(f"job {cmd.job_id} is being run by {_owner_text(state.owner)}")
+        if alive is None and not cmd.force:
+            raise Rejected(
+                f"job {cmd.job_id} is being run by {_owner_text(state.owner)}; "
+                "if that process is gone, resume with --force"
+            )
+
+
+def _pipeline_for_resume(store: SQLiteEventStore, state: JobState, override: Path | None) -> Pipeline:
+    """The pipeline file as it is now (so a fixed prompt takes effect), else the stored copy."""
+    path = override or (Path(state.pipeline_path) if state.pipeline_path else None)
+    if path is not None and path.exists():
+        return load_pipeline(path)
+    if override is not None:
+        raise Rejected(f"pipeline file {override} does not exist")
+    source = store.get_blob(state.pipeline_sha256 or "").decode("utf-8")
+    return parse_pipeline(source, state.pipeline_path)
+
+
+def plan_resume(state: JobState, pipeline: Pipeline) -> tuple[Plan, list[str]]:
+    """Skip completed steps whose definition is unchanged; re-run the rest and their dependants."""
+    if set(pipeline.spec.steps) != set(state.steps):
+        now, then = sorted(pipeline.spec.steps), sorted(state.steps)
+        raise Rejected(
+            f"job {state.job_id} was created with steps {', '.join(then)}; the pipeline now has "
+            f"{', '.join(now)}: run it as a new job"
+        )
+    completed = [s for s in pipeline.order if state.steps[s].completed]
+    changed = [s for s in completed if state.steps[s].fingerprint != pipeline.step_fingerprints[s]]
+    rerun = set(changed) | pipeline.downstream(set(changed))
+    reuse = {
+        s: (state.steps[s].output_sha256 or "", "completed in an earlier run")
+        for s in completed
+        if s not in rerun
+    }
+    plan = Plan(
+        run=[s for s in pipeline.order if s not in reuse],
+        reuse=reuse,
+        attempts={s: step.attempts for s, step in state.steps.items()},
+    )
+    return plan, changed
+
+
+def prepare_resume(store: SQLiteEventStore, cmd: ResumeCommand) -> Prepared:
+    state = fold_job(store, cmd.job_id)
+    _check_resumable(state, cmd)
+    pipeline = _pipeline_for_resume(store, state, cmd.pipeline_path)
+    plan, changed = plan_resume(state, pipeline)
+    resumed = JobResumed(
+        owner=current_owner(),
+        pipeline_fingerprint=pipeline.fingerprint,
+        changed_steps=changed,
+        forced=cmd.force,
+    )
+    try:
+        stored = store.append(cmd.job_id, [NewEvent.of(resumed)], expected_version=state.version)
+    except VersionConflict as exc:
+        now = fold_job(store, cmd.job_id)
+        who = _owner_text(now.owner) if now.owner else "another process"
+        raise Rejected(f"job {cmd.job_id} is being run by {who}") from exc
+    state = manifest.project(cmd.job_id, stored, state)
+    workspace = Path(state.workspace or Path("runs") / cmd.job_id)
+    return Prepared(cmd.job_id, pipeline, state.inputs, workspace, plan, state)
+
+
+def execute(
+    store: SQLiteEventStore, prepared: Prepared, observer: Observer | None = None
+) -> JobOutcome:
+    """Run the plan to its end. Ctrl-C/SIGTERM record job.interrupted so `resume` can continue."""
+    runner = JobRunner(
+        store,
+        prepared.job_id,
+        prepared.pipeline,
+        prepared.inputs,
+        prepared.workspace,
+        version=prepared.state.version,
+        observer=observer,
+    )
+    received = {"signal": "SIGINT"}
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        received["signal"] = "SIGTERM"
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        return anyio.run(runner.run, prepared.plan)
+    except KeyboardInterrupt:
+        interrupted = NewEvent.of(JobInterrupted(signal=received["signal"]))
+        store.append(prepared.job_id, [interrupted], expected_version=runner.version)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+__all__ = [
+    "PipelineError",
+    "Prepared",
+    "Rejected",
+    "ResumeCommand",
+    "RunCommand",
+    "execute",
+    "fold_job",
+    "prepare_resume",
+    "prepare_run",
+]

@@ -1,0 +1,135 @@
+"""Read-only verbs: status, jobs, events — and how their results are shown."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from commands.jobs import Rejected, fold_job
+from commands.replay import ReplayView
+from eventstore.events import LEVELS
+from eventstore.record import StoredEvent
+from eventstore.sqlite import SQLiteEventStore
+from executor.ownership import owner_alive
+from projections.manifest import JobState
+
+
+def status(store: SQLiteEventStore, job_id: str | None) -> JobState:
+    if job_id is None:
+        row = store.conn.execute(
+            "SELECT job_id FROM jobs ORDER BY last_seq DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            raise Rejected(f"no jobs in {store.path} yet; start one with: steplog run PIPELINE.toml")
+        job_id = row[0]
+    state = fold_job(store, job_id)
+    if not state.exists:
+        raise Rejected(f"unknown job {job_id}")
+    return state
+
+
+def jobs(store: SQLiteEventStore, limit: int) -> list[dict[str, Any]]:
+    rows = store.conn.execute(
+        "SELECT job_id, pipeline, status, created_ts, updated_ts FROM jobs"
+        " ORDER BY last_seq DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    keys = ("job_id", "pipeline", "status", "created_ts", "updated_ts")
+    return [dict(zip(keys, row)) for row in rows]
+
+
+def events(
+    store: SQLiteEventStore,
+    job_id: str,
+    *,
+    type_glob: str | None = None,
+    step: str | None = None,
+    level: str | None = None,
+) -> list[StoredEvent]:
+    if not store.job_exists(job_id):
+        raise Rejected(f"unknown job {job_id}")
+    levels = set(LEVELS[LEVELS.index(level.upper()):]) if level else None  # type: ignore[arg-type]
+    out = []
+    for ev in store.read_job(job_id):
+        if type_glob and not _glob(ev.type, type_glob):
+            continue
+        if step and ev.step != step:
+            continue
+        if levels and ev.level not in levels:
+            continue
+        out.append(ev)
+    return out
+
+
+def _glob(value: str, pattern: str) -> bool:
+    from fnmatch import fnmatchcase
+
+    return fnmatchcase(value, pattern)
+
+
+def manifest_document(state: JobState) -> dict[str, Any]:
+    doc = state.to_manifest()
+    if state.status == "running" and state.owner:
+        doc["owner_alive"] = owner_alive(state.owner)
+    return doc
+
+
+def replay_document(view: ReplayView) -> dict[str, Any]:
+    return {
+        "job_id": view.state.job_id,
+        "until": view.point,
+        "version": view.version,
+        "manifest": view.state.to_manifest(),
+        "completed_steps": view.state.completed_steps,
+        "pending_steps": view.state.pending_steps,
+        "cache_index": {key: asdict(entry) for key, entry in view.cache.items()},
+        "events": [ev.envelope() | {"version": ev.version, "seq": ev.seq} for ev in view.events],
+    }
+
+
+def print_manifest(console: Console, state: JobState, *, historical: bool = False) -> None:
+    status = state.status
+    if not historical and status == "running" and state.owner and owner_alive(state.owner) is False:
+        status = "running (owner process gone: resume it)"
+    console.print(f"[bold]{state.job_id}[/]  pipeline {state.pipeline}  status [bold]{status}[/]")
+    console.print(
+        f"created {state.created_ts}  updated {state.updated_ts}  runs {state.runs}  "
+        f"events {state.version}"
+    )
+    if state.inputs:
+        console.print("inputs: " + ", ".join(f"{k}={v!r}" for k, v in state.inputs.items()))
+    console.print(
+        f"calls {state.llm_calls} ({state.llm_failures} failed)  tokens in {state.tokens_in} out "
+        f"{state.tokens_out}  cache hits {state.cache_hits} misses {state.cache_misses}  "
+        f"files {state.files_written}"
+    )
+    if state.last_error:
+        console.print(f"[red]last error:[/] {state.last_error}", markup=True, highlight=False)
+    table = Table()
+    for col in ("step", "status", "attempts", "cache", "tokens", "duration"):
+        table.add_column(col)
+    for step in state.steps.values():
+        table.add_row(
+            step.name,
+            step.status,
+            str(step.attempts),
+            {True: "hit", False: "miss", None: ""}[step.cache_hit],
+            str(step.tokens_in + step.tokens_out),
+            f"{step.duration_s:.3f}s" if step.duration_s is not None else "",
+        )
+    console.print(table)
+    console.print(f"completed_steps: {', '.join(state.completed_steps) or '-'}")
+    console.print(f"pending_steps: {', '.join(state.pending_steps) or '-'}")
+
+
+def print_events(console: Console, events: list[StoredEvent]) -> None:
+    table = Table()
+    for col in ("#", "ts", "level", "type", "step", "data"):
+        table.add_column(col, overflow="fold")
+    for ev in events:
+        data = ev.data_json if len(ev.data_json) <= 160 else ev.data_json[:157] + "..."
+        table.add_row(str(ev.version), ev.ts, ev.level, ev.type, ev.step or "", data)
+    console.print(table)

@@ -1,0 +1,25 @@
+"""The append-only event log: typed events, the SQLite store, the hash chain."""
+
+from eventstore.events import EVENT_TYPES, EventData, InvalidEvent, NewEvent
+from eventstore.record import (
+    DatabaseUnusable,
+    EventStore,
+    StoredEvent,
+    StoreError,
+    VersionConflict,
+)
+from eventstore.sqlite import SCHEMA_VERSION, SQLiteEventStore
+
+__all__ = [
+    "EVENT_TYPES",
+    "SCHEMA_VERSION",
+    "DatabaseUnusable",
+    "EventData",
+    "EventStore",
+    "InvalidEvent",
+    "NewEvent",
+    "SQLiteEventStore",
+    "StoreError",
+    "StoredEvent",
+    "VersionConflict",
+]

@@ -1,0 +1,303 @@
+"""The event vocabulary: one pydantic model per event type, keyed by its dotted name.
+
+Field names follow the file-based predecessor (llm.request {provider, model, prompt_tokens},
+llm.response {provider, duration_s, tokens_in, tokens_out, success}, file.written {path, sha256,
+wrote, reason}, cache.hit / cache.miss {cache_key}); fields are added, never renamed.
+Unknown fields are refused so a typo cannot slip into the permanent log.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Level = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LEVELS: tuple[Level, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+Sha256 = str  # 64 lowercase hex digits; validated where it enters (blobs are hashed by the store)
+
+
+class EventData(BaseModel):
+    """Base of every event's `data`. Subclasses set TYPE (and LEVEL when not INFO)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    TYPE: ClassVar[str]
+    LEVEL: ClassVar[Level] = "INFO"
+
+
+class Owner(BaseModel):
+    """The process running a job, so a second process can tell whether it is still alive."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pid: int
+    host: str
+    started: str = Field(description="the process's start marker (boot-relative), guards PID reuse")
+
+
+# -- job ---------------------------------------------------------------------------------------
+
+
+class JobCreated(EventData):
+    TYPE = "job.created"
+    pipeline: str
+    pipeline_path: str | None = None
+    pipeline_fingerprint: str
+    pipeline_sha256: Sha256 = Field(description="blob holding the pipeline file as it was")
+    inputs: dict[str, str] = Field(default_factory=dict)
+    steps: dict[str, list[str]] = Field(description="step -> needs, in file order")
+    workspace: str
+
+
+class JobStarted(EventData):
+    TYPE = "job.started"
+    owner: Owner
+
+
+class JobResumed(EventData):
+    TYPE = "job.resumed"
+    owner: Owner
+    pipeline_fingerprint: str
+    changed_steps: list[str] = Field(default_factory=list)
+    forced: bool = False
+
+
+class JobSucceeded(EventData):
+    TYPE = "job.succeeded"
+    duration_s: float
+
+
+class JobFailed(EventData):
+    TYPE = "job.failed"
+    LEVEL = "ERROR"
+    error: str
+    failed_steps: list[str] = Field(default_factory=list)
+    duration_s: float | None = None
+
+
+class JobCancelled(EventData):
+    TYPE = "job.cancelled"
+    LEVEL = "WARNING"
+    reason: str = ""
+
+
+class JobInterrupted(EventData):
+    TYPE = "job.interrupted"
+    LEVEL = "WARNING"
+    signal: str
+
+
+class JobForked(EventData):
+    TYPE = "job.forked"
+    source_job: str
+    until_version: int
+
+
+# -- step --------------------------------------------------------------------------------------
+
+
+class StepStarted(EventData):
+    TYPE = "step.started"
+    attempt: int = Field(ge=1)
+    fingerprint: str
+
+
+class StepSucceeded(EventData):
+    TYPE = "step.succeeded"
+    output_sha256: Sha256
+    output: Literal["text", "json", "files"]
+    cache_hit: bool
+    cache_key: str
+    duration_s: float
+    fingerprint: str
+
+
+class StepFailed(EventData):
+    TYPE = "step.failed"
+    LEVEL = "ERROR"
+    error: str
+    error_type: str
+    attempt: int = Field(ge=1)
+    duration_s: float
+
+
+class StepSkipped(EventData):
+    TYPE = "step.skipped"
+    reason: str
+    fingerprint: str
+    output_sha256: Sha256
+
+
+class StepRetrying(EventData):
+    TYPE = "step.retrying"
+    LEVEL = "WARNING"
+    attempt: int = Field(ge=1, description="the attempt that failed")
+    delay_s: float = Field(ge=0)
+    error: str
+
+
+# -- llm and cache -----------------------------------------------------------------------------
+
+
+class LLMRequested(EventData):
+    TYPE = "llm.request"
+    provider: str
+    kind: str
+    model: str
+    prompt_tokens: int = Field(ge=0, description="estimated from the rendered prompt")
+    attempt: int = Field(ge=1)
+    cache_key: str
+    prompt_sha256: Sha256
+
+
+class LLMResponded(EventData):
+    TYPE = "llm.response"
+    provider: str
+    model: str
+    duration_s: float
+    tokens_in: int = 0
+    tokens_out: int = 0
+    success: bool
+    attempt: int = Field(ge=1)
+    cache_key: str
+    response_sha256: Sha256 | None = None
+    finish_reason: str | None = None
+    status: int | None = None
+    error: str | None = None
+    error_class: str | None = None
+
+
+class CacheHit(EventData):
+    TYPE = "cache.hit"
+    cache_key: str
+    response_sha256: Sha256
+    origin_job: str
+    origin_step: str | None = None
+    tokens_saved: int = 0
+    parts: dict[str, str] = Field(default_factory=dict, description="hash of each key component")
+
+
+class CacheMiss(EventData):
+    TYPE = "cache.miss"
+    cache_key: str
+    parts: dict[str, str] = Field(default_factory=dict, description="hash of each key component")
+
+
+class CacheInvalidated(EventData):
+    TYPE = "cache.invalidated"
+    LEVEL = "WARNING"
+    cache_key: str
+    reason: str
+
+
+class FileWritten(EventData):
+    TYPE = "file.written"
+    path: str
+    sha256: Sha256
+    wrote: bool
+    reason: Literal["created", "updated", "unchanged"]
+    size: int = Field(ge=0)
+
+
+class CircuitOpened(EventData):
+    TYPE = "provider.circuit_opened"
+    LEVEL = "WARNING"
+    provider: str
+    failures: int
+    retry_at: str
+
+
+class CircuitClosed(EventData):
+    TYPE = "provider.circuit_closed"
+    provider: str
+
+
+EVENT_TYPES: dict[str, type[EventData]] = {
+    cls.TYPE: cls
+    for cls in (
+        JobCreated, JobStarted, JobResumed, JobSucceeded, JobFailed, JobCancelled,
+        JobInterrupted, JobForked, StepStarted, StepSucceeded, StepFailed, StepSkipped,
+        StepRetrying, LLMRequested, LLMResponded, CacheHit, CacheMiss, CacheInvalidated,
+        FileWritten, CircuitOpened, CircuitClosed,
+    )
+}  # fmt: skip
+
+
+class InvalidEvent(ValueError):
+    """An event that does not match the vocabulary; nothing was written."""
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_TS_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event about to be appended: the predecessor's envelope minus job_id (given at append).
+
+    A plain dataclass on purpose: `data` is already a validated model, and the envelope checks
+    are three comparisons, so the hot append path pays for no second validation.
+    """
+
+    type: str
+    data: EventData
+    step: str | None = None
+    level: Level = "INFO"
+    ts: str = field(default_factory=utc_now)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, EventData) or self.data.TYPE != self.type:
+            raise InvalidEvent(f"event type {self.type!r} does not match its data model")
+        if self.level not in LEVELS:
+            raise InvalidEvent(f"{self.type}: level {self.level!r} is not one of {', '.join(LEVELS)}")
+        if not _TS_PATTERN.fullmatch(self.ts):
+            raise InvalidEvent(f"{self.type}: ts {self.ts!r} is not ISO 8601 UTC ending in Z")
+        if self.step is not None and not self.step:
+            raise InvalidEvent(f"{self.type}: step must be a non-empty name or null")
+
+    @classmethod
+    def of(cls, data: EventData, step: str | None = None, level: Level | None = None) -> NewEvent:
+        return cls(type=data.TYPE, data=data, step=step, level=level or data.LEVEL)
+
+    @classmethod
+    def parse(
+        cls,
+        type: str,
+        data: dict[str, Any] | None,
+        step: str | None = None,
+        level: str | None = None,
+        ts: str | None = None,
+    ) -> NewEvent:
+        """Validate an untyped event (e.g. from a file); raises InvalidEvent naming the problem."""
+        model = EVENT_TYPES.get(type)
+        if model is None:
+            raise InvalidEvent(f"unknown event type {type!r}")
+        try:
+            typed = model.model_validate(data or {})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "data"
+            raise InvalidEvent(f"{type}: data.{where}: {first['msg']}") from exc
+        return cls(
+            type=type,
+            data=typed,
+            step=step,
+            level=level if level is not None else model.LEVEL,  # type: ignore[arg-type]
+            ts=ts if ts is not None else utc_now(),
+        )
+
+    def data_json(self) -> str:
+        return self.data.model_dump_json()
+
+
+def parse_data(type: str, data_json: str) -> EventData:
+    """Typed view of a stored event's data."""
+    return EVENT_TYPES[type].model_validate_json(data_json)

@@ -1,0 +1,294 @@
+"""The log on one SQLite file: open (pragmas, schema, version checks), append, read, blobs.
+
+Plain `sqlite3` on the append path (bench/ measures it); sqlite-utils for introspection.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import sqlite_utils
+
+from eventstore.events import NewEvent
+from eventstore.record import (
+    GENESIS_HASH,
+    DatabaseUnusable,
+    StoredEvent,
+    StoreError,
+    VersionConflict,
+    blob_sha256,
+    chain_hash,
+)
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+READ_BATCH = 2000
+
+# Runs inside the append transaction after the events are inserted: keeps projection tables
+# in step with the log (see projections.tables).
+Projector = Callable[[sqlite3.Connection, Sequence[StoredEvent]], None]
+
+
+def schema_statements(text: str) -> list[str]:
+    """Split schema.sql into statements the way SQLite does (triggers contain ';')."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in text.splitlines(keepends=True):
+        current.append(line)
+        candidate = "".join(current)
+        if sqlite3.complete_statement(candidate):
+            if candidate.strip():
+                statements.append(candidate.strip())
+            current = []
+    rest = "".join(current).strip()
+    if rest and not all(
+        ln.strip().startswith("--") or not ln.strip() for ln in rest.splitlines()
+    ):
+        raise StoreError(f"schema.sql ends with an incomplete statement: {rest[:60]!r}")
+    return statements
+
+
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise DatabaseUnusable(f"database {path} is a directory")
+    if path.exists() and path.stat().st_size > 0:
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(len(SQLITE_MAGIC))
+        except OSError as exc:
+            raise DatabaseUnusable(f"cannot read database {path}: {exc.strerror}") from exc
+        if head != SQLITE_MAGIC:
+            raise DatabaseUnusable(f"{path} is not a SQLite database")
+
+
+class SQLiteEventStore:
+    """The event log in one SQLite file. One connection; writers use IMMEDIATE transactions."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        projectors: Sequence[Projector] = (),
+        synchronous: str | None = None,
+        busy_timeout_ms: int = 10_000,
+    ) -> None:
+        self.path = Path(path)
+        self._projectors = list(projectors)
+        _check_file(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseUnusable(f"cannot create directory {self.path.parent}: {exc.strerror}") from exc
+        try:
+            self.conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+            )
+            self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self._prepare(synchronous or os.environ.get("STEPLOG_SYNCHRONOUS", "NORMAL"))
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseUnusable(f"cannot use database {self.path}: {exc}") from exc
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _prepare(self, synchronous: str) -> None:
+        conn = self.conn
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        user_version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = sqlite_utils.Database(conn).table_names()
+        if app_id not in (0, APPLICATION_ID):
+            raise DatabaseUnusable(f"{self.path} belongs to another application (application_id {app_id})")
+        if app_id == 0 and tables:
+            raise DatabaseUnusable(
+                f"{self.path} is not a steplog database (it holds tables {', '.join(tables[:5])})"
+            )
+        if user_version > SCHEMA_VERSION:
+            raise DatabaseUnusable(
+                f"{self.path} was written by a newer steplog (schema {user_version}; "
+                f"this steplog knows up to {SCHEMA_VERSION})"
+            )
+        if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+            raise DatabaseUnusable(f"cannot switch {self.path} to WAL mode")
+        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+            raise StoreError(f"STEPLOG_SYNCHRONOUS must be NORMAL, FULL or EXTRA, not {synchronous!r}")
+        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if not tables:
+            self._apply_schema()
+
+    def _apply_schema(self) -> None:
+        statements = schema_statements(SCHEMA_PATH.read_text(encoding="utf-8"))
+        with self.write_transaction() as conn:
+            if conn.execute("PRAGMA user_version").fetchone()[0] != 0:
+                return  # another process applied it while we waited for the lock
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute(
+                "INSERT INTO steplog_meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> SQLiteEventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any error."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def append(
+        self,
+        job_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_version: int | None = None,
+        blobs: Sequence[bytes] = (),
+    ) -> list[StoredEvent]:
+        """Append a batch to one job in one IMMEDIATE transaction, or nothing at all.
+
+        expected_version: the job's version the caller last saw (0 = the job must not exist);
+        None appends at the head whatever it is.
+        """
+        if not job_id:
+            raise StoreError("job_id must not be empty")
+        prepared = [(e.ts, e.level, e.type, e.step, e.data_json()) for e in events]
+        if not prepared:
+            return []
+        try:
+            with self.write_transaction() as conn:
+                return self.append_txn(conn, job_id, prepared, expected_version, blobs)
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" in str(exc):
+                raise VersionConflict(f"job {job_id}: another writer appended first") from exc
+            raise StoreError(f"job {job_id}: event refused by the database: {exc}") from exc
+
+    def append_txn(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        prepared: Sequence[tuple[str, str, str, str | None, str]],
+        expected_version: int | None,
+        blobs: Sequence[bytes],
+    ) -> list[StoredEvent]:
+        """The append inside a caller's transaction (so several writes can share one)."""
+        head = conn.execute(
+            "SELECT version, last_hash, created_ts FROM streams WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        version, prev_hash, created_ts = head if head else (0, GENESIS_HASH, prepared[0][0])
+        if expected_version is not None and expected_version != version:
+            raise VersionConflict(
+                f"job {job_id} is at version {version}, expected {expected_version}"
+            )
+        if blobs:
+            conn.executemany(
+                "INSERT OR IGNORE INTO blobs (sha256, size, content) VALUES (?, ?, ?)",
+                [(blob_sha256(b), len(b), b) for b in blobs],
+            )
+        seq0 = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        rows = []
+        for offset, (ts, level, type_, step, data_json) in enumerate(prepared, start=1):
+            v = version + offset
+            h = chain_hash(prev_hash, job_id, v, ts, level, type_, step, data_json)
+            rows.append((seq0 + offset, job_id, v, ts, level, type_, step, data_json, prev_hash, h))
+            prev_hash = h
+        conn.executemany(
+            "INSERT INTO events (seq, job_id, version, ts, level, type, step, data, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        stored = [StoredEvent(*row) for row in rows]
+        last = stored[-1]
+        conn.execute(
+            "INSERT INTO streams (job_id, version, last_hash, last_seq, created_ts, updated_ts)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (job_id) DO UPDATE SET version = excluded.version,"
+            " last_hash = excluded.last_hash, last_seq = excluded.last_seq,"
+            " updated_ts = excluded.updated_ts",
+            (job_id, last.version, last.hash, last.seq, created_ts, last.ts),
+        )
+        for project in self._projectors:
+            project(conn, stored)
+        return stored
+
+    def put_blob(self, content: bytes) -> str:
+        with self.write_transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO blobs (sha256, size, content) VALUES (?, ?, ?)",
+                (blob_sha256(content), len(content), content),
+            )
+        return blob_sha256(content)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    _COLUMNS = "seq, job_id, version, ts, level, type, step, data, prev_hash, hash"
+
+    def _batched(self, sql: str, params: tuple, key_index: int) -> Iterator[StoredEvent]:
+        """Keyset pagination so memory stays bounded however long the log is."""
+        last = params[0]
+        while True:
+            rows = self.conn.execute(sql, (last, *params[1:], READ_BATCH)).fetchall()
+            for row in rows:
+                yield StoredEvent(*row)
+            if len(rows) < READ_BATCH:
+                return
+            last = rows[-1][key_index]
+
+    def read_job(
+        self, job_id: str, *, after_version: int = 0, until_version: int | None = None
+    ) -> Iterator[StoredEvent]:
+        until = until_version if until_version is not None else 2**62
+        sql = (
+            f"SELECT {self._COLUMNS} FROM events WHERE version > ? AND job_id = ? AND version <= ?"
+            " ORDER BY version LIMIT ?"
+        )
+        # params[0] is the moving cursor; job_id and the bound follow it.
+        yield from self._batched(sql, (after_version, job_id, until), key_index=2)
+
+    def read_all(
+        self, *, after_seq: int = 0, until_seq: int | None = None
+    ) -> Iterator[StoredEvent]:
+        until = until_seq if until_seq is not None else 2**62
+        sql = f"SELECT {self._COLUMNS} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+        yield from self._batched(sql, (after_seq, until), key_index=0)
+
+    def job_version(self, job_id: str) -> int:
+        row = self.conn.execute("SELECT version FROM streams WHERE job_id = ?", (job_id,)).fetchone()
+        return row[0] if row else 0
+
+    def job_exists(self, job_id: str) -> bool:
+        return self.job_version(job_id) > 0
+
+    def last_seq(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+
+    def get_blob(self, sha256: str) -> bytes:
+        row = self.conn.execute("SELECT content FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
+        if row is None:
+            raise StoreError(f"blob {sha256[:12]} is missing from the database")
+        return bytes(row[0])

@@ -1,0 +1,1 @@
+"""The anyio DAG runner that commands hand validated work to."""

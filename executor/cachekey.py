@@ -1,0 +1,38 @@
+"""Cache keys: sha256 over canonical JSON of everything that decides an LLM answer.
+
+The key is built from four parts, each hashed on its own so that a miss can say which part
+changed: the provider identity (kind, model, every option sent — never a key or URL), the step
+id, the rendered input (system, prompt, output kind) and the step's code fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+KEY_VERSION = 1
+
+
+def canonical_json(value: Any) -> str:
+    """One text per value: sorted keys, no spaces, UTF-8 kept, NaN refused."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def key_parts(
+    *, provider: dict[str, Any], step: str, rendered: dict[str, Any], fingerprint: str
+) -> dict[str, str]:
+    return {
+        "provider": _digest(provider),
+        "step": _digest(step),
+        "input": _digest(rendered),
+        "code": _digest(fingerprint),
+    }
+
+
+def cache_key(parts: dict[str, str]) -> str:
+    return _digest({"v": KEY_VERSION, **parts})

@@ -1,0 +1,75 @@
+"""Turn a provider's text into a step's output: text as is, JSON parsed, files extracted."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from executor.cachekey import canonical_json
+
+
+class OutputProblem(ValueError):
+    """The response cannot be used as the step's declared output."""
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    kind: str
+    text: str  # what was stored as the step's output blob
+    value: Any  # what downstream templates see as steps.<name>.output
+    files: dict[str, str] = field(default_factory=dict)
+
+
+_FENCE = re.compile(r"^```[A-Za-z0-9_+-]*\s*\n(.*?)\n```\s*$", re.DOTALL)
+# A fenced block preceded by a heading or label naming its path:  ### path/to/file.py  /  File: x
+_LABELLED_BLOCK = re.compile(
+    r"^(?:#{1,6}\s+|File:\s*|\*\*)`?(?P<path>[^\s`*]+)`?\**\s*\n```[^\n]*\n(?P<body>.*?)\n```",
+    re.MULTILINE | re.DOTALL,
+)
+
+
+def _strip_fence(text: str) -> str:
+    match = _FENCE.match(text.strip())
+    return match.group(1) if match else text
+
+
+def _files_from_json(value: Any) -> dict[str, str] | None:
+    files = value.get("files") if isinstance(value, dict) else value
+    if isinstance(files, dict) and all(isinstance(v, str) for v in files.values()):
+        return dict(files)
+    if isinstance(files, list):
+        out: dict[str, str] = {}
+        for item in files:
+            if not (isinstance(item, dict) and isinstance(item.get("path"), str)
+                    and isinstance(item.get("content"), str)):  # fmt: skip
+                return None
+            out[item["path"]] = item["content"]
+        return out
+    return None
+
+
+def parse_output(kind: str, text: str) -> StepOutput:
+    if kind == "text":
+        return StepOutput(kind, text, text)
+    if kind == "json":
+        try:
+            value = json.loads(_strip_fence(text))
+        except json.JSONDecodeError as exc:
+            raise OutputProblem(f"response is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        return StepOutput(kind, canonical_json(value), value)
+    if kind == "files":
+        files: dict[str, str] | None = None
+        try:
+            files = _files_from_json(json.loads(_strip_fence(text)))
+        except json.JSONDecodeError:
+            blocks = {m.group("path"): m.group("body") + "\n" for m in _LABELLED_BLOCK.finditer(text)}
+            files = blocks or None
+        if not files:
+            raise OutputProblem(
+                'response holds no files: expected {"files": [{"path": ..., "content": ...}]} '
+                "or fenced blocks under a '### path' heading"
+            )
+        return StepOutput(kind, text, text, files)
+    raise OutputProblem(f"unknown output kind {kind!r}")

@@ -1,0 +1,38 @@
+"""Who runs a job: this process's identity, and whether a recorded owner is still alive."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from eventstore.events import Owner
+
+
+def _start_marker(pid: int) -> str:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def current_owner() -> Owner:
+    pid = os.getpid()
+    return Owner(pid=pid, host=socket.gethostname(), started=_start_marker(pid))
+
+
+def owner_alive(owner: dict[str, object]) -> bool | None:
+    """True/False for an owner on this host; None when it is on another host (cannot tell)."""
+    if owner.get("host") != socket.gethostname():
+        return None
+    pid = int(owner["pid"])  # type: ignore[arg-type]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    marker = _start_marker(pid)
+    return not marker or not owner.get("started") or marker == owner.get("started")

@@ -1,0 +1,275 @@
+"""The pipeline file: parse, validate (keys, DAG, providers, templates), fingerprint.
+
+Everything here is pure: `parse_pipeline(text, path)` either returns a Pipeline or raises
+PipelineError with one line naming the problem, before any event is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections import deque
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from executor.cachekey import canonical_json
+from executor.templates import TemplateProblem, check_template
+from providers.config import ProviderConfig
+
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+
+
+class PipelineError(ValueError):
+    """A pipeline that cannot run; the message is one line naming the problem."""
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    default: str | None = None
+
+
+class StepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    needs: list[str] = Field(default_factory=list)
+    provider: str
+    system: str | None = None
+    prompt: str
+    output: Literal["text", "json", "files"] = "text"
+    model: str | None = Field(default=None, description="overrides the provider's model")
+    options: dict[str, Any] = Field(default_factory=dict, description="merged over the provider's")
+
+
+class PipelineSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    providers: dict[str, ProviderConfig]
+    steps: dict[str, StepSpec]
+
+    @field_validator("inputs", "providers", "steps")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not NAME_PATTERN.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid name (letters, digits, _ and -)")
+        return value
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    spec: PipelineSpec
+    source: str
+    path: str | None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(canonical_json(self.spec.model_dump(mode="json")).encode()).hexdigest()
+
+    @cached_property
+    def order(self) -> list[str]:
+        return topological_order({n: s.needs for n, s in self.spec.steps.items()})
+
+    @cached_property
+    def step_fingerprints(self) -> dict[str, str]:
+        """Each step's definition, hashed: editing a step changes its fingerprint only."""
+        out = {}
+        for name, step in self.spec.steps.items():
+            definition = {"name": name, **step.model_dump(mode="json", exclude={"description"})}
+            definition["needs"] = sorted(step.needs)
+            out[name] = hashlib.sha256(canonical_json(definition).encode()).hexdigest()
+        return out
+
+    @cached_property
+    def needs(self) -> dict[str, list[str]]:
+        return {name: step.needs for name, step in self.spec.steps.items()}
+
+    @cached_property
+    def children(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {name: [] for name in self.spec.steps}
+        for name, step in self.spec.steps.items():
+            for need in set(step.needs):
+                out[need].append(name)
+        return out
+
+    def downstream(self, steps: set[str]) -> set[str]:
+        """Every step that depends, directly or not, on one of `steps`."""
+        return reachable(steps, self.children)
+
+    def provider_for(self, step: str) -> ProviderConfig:
+        return self.spec.providers[self.spec.steps[step].provider]
+
+    def resolve_inputs(self, given: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(given) - set(self.spec.inputs))
+        if unknown:
+            declared = ", ".join(self.spec.inputs) or "none"
+            raise PipelineError(f"unknown input {unknown[0]!r} (declared inputs: {declared})")
+        resolved = {}
+        for name, spec in self.spec.inputs.items():
+            if name in given:
+                resolved[name] = given[name]
+            elif spec.default is not None:
+                resolved[name] = spec.default
+            else:
+                raise PipelineError(f"input {name!r} is required: pass --input {name}=VALUE")
+        return resolved
+
+
+def topological_order(needs: dict[str, list[str]]) -> list[str]:
+    """Kahn's algorithm, file order among ready steps; PipelineError on a cycle or unknown need."""
+    for name, deps in needs.items():
+        for dep in deps:
+            if dep not in needs:
+                raise PipelineError(f"step {name!r} needs unknown step {dep!r}")
+    waiting = {name: len(set(deps)) for name, deps in needs.items()}
+    children: dict[str, list[str]] = {name: [] for name in needs}
+    for name, deps in needs.items():
+        for dep in set(deps):
+            children[dep].append(name)
+    ready = deque(name for name, count in waiting.items() if count == 0)
+    order: list[str] = []
+    while ready:
+        name = ready.popleft()
+        order.append(name)
+        for child in children[name]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
+    if len(order) < len(needs):
+        raise PipelineError(f"steps form a cycle: {' -> '.join(_find_cycle(needs, set(order)))}")
+    return order
+
+
+def _find_cycle(needs: dict[str, list[str]], done: set[str]) -> list[str]:
+    """Walk needs from any unfinished step until a step repeats: that loop is a cycle."""
+    start = next(name for name in needs if name not in done)
+    path: list[str] = []
+    seen: dict[str, int] = {}
+    name = start
+    while name not in seen:
+        seen[name] = len(path)
+        path.append(name)
+        name = next(dep for dep in needs[name] if dep not in done)
+    cycle = path[seen[name]:] + [name]
+    cycle.reverse()  # read as "a -> b": a is needed by b
+    return cycle
+
+
+def reachable(start: set[str], edges: dict[str, list[str]] | dict[str, set[str]]) -> set[str]:
+    """Every node reachable from `start` along `edges` (start excluded unless on a loop)."""
+    found: set[str] = set()
+    frontier = list(start)
+    while frontier:
+        for nxt in edges[frontier.pop()]:
+            if nxt not in found:
+                found.add(nxt)
+                frontier.append(nxt)
+    return found
+
+
+def _line_of(source: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort line number of a dotted key path in TOML source."""
+    if not loc:
+        return None
+    *tables, key = [str(p) for p in loc]
+    header = None
+    for number, line in enumerate(source.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            header = stripped.strip("[] ").split(".")
+            continue
+        if "=" not in stripped:
+            continue
+        lhs = stripped.split("=", 1)[0].strip().strip('"')
+        if lhs == key and (header or []) == tables[: len(header or [])]:
+            return number
+    for number, line in enumerate(source.splitlines(), start=1):
+        if line.strip().strip("[]") == ".".join(str(p) for p in loc):
+            return number
+    return None
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc) or "pipeline"
+    line = _line_of(source, loc)
+    at = f" (line {line})" if line else ""
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key {where!r}{at}"
+    if kind == "missing":
+        return f"missing required key {where!r}"
+    if kind in ("literal_error", "enum"):
+        return f"{where}: {err['msg']}{at}"
+    return f"{where}: {err['msg']}{at}"
+
+
+def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
+    label = path or "pipeline"
+    try:
+        raw = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineError(f"{label}: not valid TOML: {exc}") from exc
+    try:
+        spec = PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise PipelineError(f"{label}: {_describe(exc, source)}") from exc
+    if not spec.steps:
+        raise PipelineError(f"{label}: the pipeline has no steps")
+    pipeline = Pipeline(spec=spec, source=source, path=path)
+    try:
+        pipeline.order  # noqa: B018 - validates the DAG
+    except PipelineError as exc:
+        raise PipelineError(f"{label}: {exc}") from exc
+    inputs = set(spec.inputs)
+    for name, step in spec.steps.items():
+        if step.provider not in spec.providers:
+            known = ", ".join(spec.providers) or "none"
+            raise PipelineError(
+                f"{label}: step {name!r} uses unknown provider {step.provider!r} (declared: {known})"
+            )
+        referenced: set[str] = set()
+        for field_name, template in (("prompt", step.prompt), ("system", step.system)):
+            if not template:
+                continue
+            try:
+                referenced |= check_template(template, where=f"steps.{name}.{field_name}", inputs=inputs)
+            except TemplateProblem as exc:
+                raise PipelineError(f"{label}: {exc}") from exc
+        if referenced - set(step.needs):  # only walk the DAG when a direct need does not answer
+            upstream = reachable({name}, pipeline.needs)
+            for ref in sorted(referenced - upstream):
+                raise PipelineError(
+                    f"{label}: steps.{name}: template reads steps.{ref}, which is not upstream "
+                    "of this step (add it to needs)"
+                )
+    for name, provider in spec.providers.items():
+        if provider.kind != "offline" and not provider.base_url:
+            raise PipelineError(f"{label}: provider {name!r} of kind {provider.kind} needs base_url")
+    return pipeline
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    p = Path(path)
+    try:
+        source = p.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise PipelineError(f"pipeline file {p} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"cannot read pipeline file {p}: {exc}") from exc
+    return parse_pipeline(source, str(p))

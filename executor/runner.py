@@ -1,0 +1,370 @@
+"""The anyio DAG runner: executes a validated plan, appending every state change to the log.
+
+Per step: render -> cache key -> cache.hit (no provider call) or cache.miss + llm.request
+(committed before the call) -> llm.response (committed right after) -> output parsed -> files
+written atomically (file.written) -> step.succeeded. A failure appends step.failed; steps that
+depend on it never start; independent branches run to completion; the job ends failed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import anyio
+import httpx
+
+from eventstore.events import (
+    CacheHit,
+    CacheInvalidated,
+    CacheMiss,
+    EventData,
+    FileWritten,
+    JobFailed,
+    JobSucceeded,
+    LLMRequested,
+    LLMResponded,
+    NewEvent,
+    StepFailed,
+    StepRetrying,
+    StepSkipped,
+    StepStarted,
+    StepSucceeded,
+)
+from eventstore.record import StoredEvent, blob_sha256
+from eventstore.sqlite import SQLiteEventStore
+from executor import cachekey, faults
+from executor.outputs import OutputProblem, StepOutput, parse_output
+from executor.pipeline import Pipeline
+from executor.templates import TemplateProblem, render
+from executor.workspace import UnsafePath, write_file
+from projections.tables import cache_lookup
+from providers.base import LLMRequest, LLMResult, Provider, ProviderError
+from providers.registry import build_provider
+
+Observer = Callable[[Sequence[StoredEvent]], None]
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+RETRY_AFTER_CAP_S = 60.0
+DEFAULT_CONCURRENCY = {"offline": 64}
+
+
+def backoff_delay(attempt: int, retry_after: float | None, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))], or Retry-After if larger."""
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+    delay = rng.uniform(0, ceiling)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, RETRY_AFTER_CAP_S))
+    return round(delay, 3)
+
+
+@dataclass
+class Plan:
+    """What a run or resume must do: steps to execute and outputs of steps already done."""
+
+    run: list[str]  # in topological order
+    reuse: dict[str, tuple[str, str]] = field(default_factory=dict)  # step -> (output sha, reason)
+    attempts: dict[str, int] = field(default_factory=dict)  # step -> attempts made so far
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    succeeded: bool
+    failed_steps: list[str]
+    blocked_steps: list[str]
+
+
+class StepFailure(Exception):
+    def __init__(self, error: str, error_type: str) -> None:
+        super().__init__(error)
+        self.error = error
+        self.error_type = error_type
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: SQLiteEventStore,
+        job_id: str,
+        pipeline: Pipeline,
+        inputs: dict[str, str],
+        workspace: Path,
+        *,
+        version: int,
+        observer: Observer | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.pipeline = pipeline
+        self.inputs = inputs
+        self.workspace = workspace
+        self.version = version
+        self.observer = observer
+        self.rng = rng or random.Random()
+        self.outputs: dict[str, StepOutput] = {}
+        self.providers: dict[str, Provider] = {}
+        self.limiters: dict[str, anyio.CapacityLimiter] = {}
+
+    # -- the log ---------------------------------------------------------------------------------
+
+    def emit(self, events: list[NewEvent], blobs: Sequence[bytes] = ()) -> list[StoredEvent]:
+        stored = self.store.append(self.job_id, events, expected_version=self.version, blobs=blobs)
+        self.version = stored[-1].version
+        if self.observer is not None:
+            self.observer(stored)
+        for ev in stored:
+            faults.reached(f"after:{ev.type}", ev.step)
+        return stored
+
+    @staticmethod
+    def _ev(data: EventData, step: str | None = None) -> NewEvent:
+        return NewEvent.of(data, step=step)
+
+    # -- the job ---------------------------------------------------------------------------------
+
+    async def run(self, plan: Plan) -> JobOutcome:
+        started = time.monotonic()
+        self._load_reused(plan)
+        async with httpx.AsyncClient() as client:
+            used = {self.pipeline.spec.steps[step].provider for step in plan.run}
+            for name, config in self.pipeline.spec.providers.items():
+                if name not in used:
+                    continue
+                self.providers[name] = build_provider(name, config, client)
+                limit = DEFAULT_CONCURRENCY.get(config.kind, 4)
+                self.limiters[name] = anyio.CapacityLimiter(limit)
+            done = {name: anyio.Event() for name in plan.run}
+            ok: dict[str, bool] = {name: True for name in plan.reuse}
+            async with anyio.create_task_group() as tg:
+                for name in plan.run:
+                    tg.start_soon(self._step_task, name, plan, done, ok)
+        failed = [n for n in plan.run if ok.get(n) is False and n in self._attempted]
+        blocked = [n for n in plan.run if n not in self._attempted]
+        duration = round(time.monotonic() - started, 6)
+        if failed or blocked:
+            error = f"step {failed[0]} failed" if failed else "steps could not start"
+            if len(failed) > 1:
+                error = f"steps {', '.join(failed)} failed"
+            self.emit([self._ev(JobFailed(error=error, failed_steps=failed, duration_s=duration))])
+            return JobOutcome(False, failed, blocked)
+        self.emit([self._ev(JobSucceeded(duration_s=duration))])
+        return JobOutcome(True, [], [])
+
+    _attempted: set[str]
+
+    def _load_reused(self, plan: Plan) -> None:
+        self._attempted = set()
+        skipped = []
+        for name, (sha, reason) in plan.reuse.items():
+            kind = self.pipeline.spec.steps[name].output
+            self.outputs[name] = parse_output(kind, self.store.get_blob(sha).decode("utf-8"))
+            skipped.append(
+                self._ev(
+                    StepSkipped(
+                        reason=reason,
+                        fingerprint=self.pipeline.step_fingerprints[name],
+                        output_sha256=sha,
+                    ),
+                    step=name,
+                )
+            )
+        if skipped:
+            self.emit(skipped)
+
+    async def _step_task(
+        self, name: str, plan: Plan, done: dict[str, anyio.Event], ok: dict[str, bool]
+    ) -> None:
+        try:
+            for need in self.pipeline.spec.steps[name].needs:
+                if need in done:
+                    await done[need].wait()
+                if not ok.get(need, False):
+                    ok[name] = False
+                    return  # blocked: a dependency failed or never ran
+            self._attempted.add(name)
+            ok[name] = await self._run_step(name, plan.attempts.get(name, 0) + 1)
+        finally:
+            done[name].set()
+
+    # -- one step --------------------------------------------------------------------------------
+
+    def _context(self) -> dict[str, Any]:
+        steps = {name: {"output": out.value, "files": out.files} for name, out in self.outputs.items()}
+        return {"inputs": self.inputs, "steps": steps}
+
+    async def _run_step(self, name: str, attempt: int) -> bool:
+        spec = self.pipeline.spec.steps[name]
+        fingerprint = self.pipeline.step_fingerprints[name]
+        t0 = time.monotonic()
+        started = self._ev(StepStarted(attempt=attempt, fingerprint=fingerprint), name)
+        try:
+            context = self._context()
+            prompt = render(spec.prompt, context, where=f"steps.{name}.prompt")
+            system = render(spec.system, context, where=f"steps.{name}.system") if spec.system else None
+        except TemplateProblem as exc:
+            self._fail(name, [started], StepFailure(str(exc), "template_error"), attempt, t0)
+            return False
+        config = self.pipeline.provider_for(name)
+        model = spec.model or config.model
+        options = {**config.options, **spec.options}
+        parts = cachekey.key_parts(
+            provider=config.cache_identity(model, options),
+            step=name,
+            rendered={"system": system, "prompt": prompt, "output": spec.output},
+            fingerprint=fingerprint,
+        )
+        key = cachekey.cache_key(parts)
+        entry = cache_lookup(self.store.conn, key)
+        head: list[NewEvent] = [started]
+        if entry is not None:
+            text = self.store.get_blob(entry.response_sha256).decode("utf-8")
+            head.append(
+                self._ev(
+                    CacheHit(
+                        cache_key=key,
+                        response_sha256=entry.response_sha256,
+                        origin_job=entry.origin_job,
+                        origin_step=entry.origin_step,
+                        tokens_saved=entry.tokens_in + entry.tokens_out,
+                        parts=parts,
+                    ),
+                    name,
+                )
+            )
+            cache_hit = True
+        else:
+            request = LLMRequest(
+                step=name, system=system, prompt=prompt, model=model, options=options, output=spec.output
+            )
+            head.append(self._ev(CacheMiss(cache_key=key, parts=parts), name))
+            try:
+                text = await self._call(name, request, key, head, attempt)
+            except StepFailure as exc:
+                self._fail(name, [], exc, attempt, t0)
+                return False
+            head = []
+            cache_hit = False
+        try:
+            output = parse_output(spec.output, text)
+        except OutputProblem as exc:
+            # A response the step cannot use must not be served again from the cache.
+            head.append(self._ev(CacheInvalidated(cache_key=key, reason=str(exc)), name))
+            self._fail(name, head, StepFailure(str(exc), "bad_output"), attempt, t0)
+            return False
+        tail: list[NewEvent] = []
+        if output.files:
+            if head:
+                self.emit(head)  # step.started + cache.hit before touching the workspace
+                head = []
+            try:
+                tail = self._write_files(name, output)
+            except (UnsafePath, OSError) as exc:
+                error = StepFailure(f"cannot write files: {exc}", "unsafe_path" if isinstance(exc, UnsafePath) else "io_error")
+                self._fail(name, tail, error, attempt, t0)
+                return False
+        succeeded = StepSucceeded(
+            output_sha256=blob_sha256(output.text.encode("utf-8")),
+            output=spec.output,
+            cache_hit=cache_hit,
+            cache_key=key,
+            duration_s=round(time.monotonic() - t0, 6),
+            fingerprint=fingerprint,
+        )
+        self.emit([*head, *tail, self._ev(succeeded, name)], blobs=[output.text.encode("utf-8")])
+        self.outputs[name] = output
+        return True
+
+    def _write_files(self, name: str, output: StepOutput) -> list[NewEvent]:
+        events = []
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        for path, content in output.files.items():
+            faults.reached("before:file.write", name)
+            result = write_file(self.workspace, path, content.encode("utf-8"))
+            events.append(
+                self._ev(
+                    FileWritten(
+                        path=result.path, sha256=result.sha256, wrote=result.wrote,
+                        reason=result.reason, size=result.size,  # type: ignore[arg-type]
+                    ),
+                    name,
+                )
+            )  # fmt: skip
+        return events
+
+    def _fail(
+        self, name: str, before: list[NewEvent], exc: StepFailure, attempt: int, t0: float
+    ) -> None:
+        failed = StepFailed(
+            error=exc.error, error_type=exc.error_type, attempt=attempt,
+            duration_s=round(time.monotonic() - t0, 6),
+        )  # fmt: skip
+        self.emit([*before, self._ev(failed, name)])
+
+    async def _call(
+        self, name: str, request: LLMRequest, key: str, head: list[NewEvent], step_attempt: int
+    ) -> str:
+        """Call the provider with retries; every attempt is a request/response pair in the log."""
+        config = self.pipeline.provider_for(name)
+        provider = self.providers[self.pipeline.spec.steps[name].provider]
+        prompt_blob = _prompt_blob(request)
+        prompt_sha = blob_sha256(prompt_blob)
+        prompt_tokens = len(request.prompt.split()) + len((request.system or "").split())
+        pending = head
+        blobs: list[bytes] = [prompt_blob]
+        max_attempts = config.max_retries + 1
+        for call in range(1, max_attempts + 1):
+            requested = LLMRequested(
+                provider=provider.name, kind=provider.kind, model=request.model,
+                prompt_tokens=prompt_tokens, attempt=call, cache_key=key, prompt_sha256=prompt_sha,
+            )  # fmt: skip
+            self.emit([*pending, self._ev(requested, name)], blobs=blobs)
+            pending, blobs = [], []
+            t = time.monotonic()
+            try:
+                async with self.limiters[provider.name]:
+                    result: LLMResult = await provider.complete(request)
+            except ProviderError as exc:
+                failure = LLMResponded(
+                    provider=provider.name, model=request.model,
+                    duration_s=round(time.monotonic() - t, 6), success=False, attempt=call,
+                    cache_key=key, status=exc.status, error=str(exc), error_class=exc.error_class,
+                )  # fmt: skip
+                if exc.retryable and call < max_attempts:
+                    delay = backoff_delay(call, exc.retry_after, self.rng)
+                    retrying = StepRetrying(attempt=call, delay_s=delay, error=str(exc))
+                    self.emit([self._ev(failure, name), self._ev(retrying, name)])
+                    await anyio.sleep(delay)
+                    continue
+                self.emit([self._ev(failure, name)])
+                raise StepFailure(str(exc), exc.error_class) from exc
+            except Exception as exc:  # a provider bug must fail the step, not wedge the job
+                error = f"provider {provider.name!r} raised {type(exc).__name__}: {exc}"
+                failure = LLMResponded(
+                    provider=provider.name, model=request.model,
+                    duration_s=round(time.monotonic() - t, 6), success=False, attempt=call,
+                    cache_key=key, error=error, error_class="internal_error",
+                )  # fmt: skip
+                self.emit([self._ev(failure, name)])
+                raise StepFailure(error, "internal_error") from exc
+            response = result.text.encode("utf-8")
+            answered = LLMResponded(
+                provider=provider.name, model=result.model,
+                duration_s=round(time.monotonic() - t, 6), tokens_in=result.tokens_in,
+                tokens_out=result.tokens_out, success=True, attempt=call, cache_key=key,
+                response_sha256=blob_sha256(response), finish_reason=result.finish_reason,
+            )  # fmt: skip
+            self.emit([self._ev(answered, name)], blobs=[response])
+            return result.text
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _prompt_blob(request: LLMRequest) -> bytes:
+    return cachekey.canonical_json(
+        {"system": request.system, "prompt": request.prompt, "model": request.model,
+         "options": request.options, "output": request.output}
+    ).encode("utf-8")  # fmt: skip

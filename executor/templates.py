@@ -1,0 +1,100 @@
+"""Prompt templates: jinja2 in a sandbox, strict about every name a template uses.
+
+A template may read `inputs.<declared input>` and `steps.<upstream step>.output` (or `.files`
+for a files step). Anything else is refused when the pipeline loads, not half-way through a run.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+STEP_FIELDS = ("output", "files")
+
+
+class TemplateProblem(ValueError):
+    """A template that cannot be loaded or rendered; the message names what is wrong."""
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    return ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
+
+
+ENV = _environment()
+
+
+def _name_of(node: nodes.Node) -> str | None:
+    """The attribute or constant key a Getattr/Getitem node reads, if static."""
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        value = node.arg.value
+        return value if isinstance(value, str) else None
+    return None
+
+
+def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
+    """Refuse a template naming an unknown variable or input (or with bad syntax).
+
+    Returns the step names it reads, for the caller to check they are upstream.
+    """
+    try:
+        tree = ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"{where}: template syntax error on line {exc.lineno}: {exc.message}") from exc
+    assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    for name in tree.find_all(nodes.Name):
+        if name.ctx == "load" and name.name not in ("inputs", "steps") and name.name not in assigned:
+            raise TemplateProblem(
+                f"{where}: template names unknown variable {name.name!r} "
+                "(use inputs.<name> or steps.<step>.output)"
+            )
+    referenced: set[str] = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        base = node.node
+        if not isinstance(base, nodes.Name) or base.name in assigned:
+            continue
+        key = _name_of(node)
+        if key is None:
+            continue
+        if base.name == "inputs" and key not in inputs:
+            raise TemplateProblem(f"{where}: template names unknown input {key!r}")
+        if base.name == "steps":
+            referenced.add(key)
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        inner = node.node
+        if (
+            isinstance(inner, (nodes.Getattr, nodes.Getitem))
+            and isinstance(inner.node, nodes.Name)
+            and inner.node.name == "steps"
+            and inner.node.name not in assigned
+        ):
+            field = _name_of(node)
+            if field is not None and field not in STEP_FIELDS:
+                raise TemplateProblem(
+                    f"{where}: steps.{_name_of(inner)}.{field} is not a step field "
+                    f"(one of: {', '.join(STEP_FIELDS)})"
+                )
+    return referenced
+
+
+@lru_cache(maxsize=4096)
+def _compiled(source: str) -> Template:
+    return ENV.from_string(source)
+
+
+def render(source: str, context: dict[str, Any], *, where: str) -> str:
+    try:
+        return _compiled(source).render(context)
+    except UndefinedError as exc:
+        raise TemplateProblem(f"{where}: {exc.message}") from exc
+    except SecurityError as exc:
+        raise TemplateProblem(f"{where}: refused by the template sandbox: {exc}") from exc
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"{where}: template syntax error: {exc.message}") from exc

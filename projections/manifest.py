@@ -1,0 +1,260 @@
+"""The job manifest and per-step states: a pure fold over one job's events.
+
+`project(events)` answers "now" (the whole log), "as of N" (a prefix) and "rebuilt" (from zero)
+with the same code; `apply` is the single step of the fold and touches no database.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+from eventstore.record import StoredEvent
+
+STEP_STATUSES = ("pending", "running", "succeeded", "failed", "skipped")
+
+# Job status after an event of each type (other types leave it as it was).
+JOB_STATUS_AFTER = {
+    "job.created": "created",
+    "job.forked": "created",
+    "job.started": "running",
+    "job.resumed": "running",
+    "job.succeeded": "succeeded",
+    "job.failed": "failed",
+    "job.cancelled": "cancelled",
+    "job.interrupted": "interrupted",
+}
+TERMINAL_JOB_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+
+
+@dataclass
+class StepState:
+    name: str
+    needs: list[str] = field(default_factory=list)
+    status: str = "pending"
+    attempts: int = 0
+    cache_hit: bool | None = None
+    cache_key: str | None = None
+    fingerprint: str | None = None
+    output_sha256: str | None = None
+    started_ts: str | None = None
+    finished_ts: str | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    llm_calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def completed(self) -> bool:
+        return self.status in ("succeeded", "skipped")
+
+
+@dataclass
+class JobState:
+    job_id: str
+    status: str = "unknown"
+    pipeline: str | None = None
+    pipeline_path: str | None = None
+    pipeline_fingerprint: str | None = None
+    pipeline_sha256: str | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+    workspace: str | None = None
+    created_ts: str | None = None
+    started_ts: str | None = None
+    finished_ts: str | None = None
+    updated_ts: str | None = None
+    last_error: str | None = None
+    owner: dict[str, Any] | None = None
+    runs: int = 0
+    forked_from: dict[str, Any] | None = None
+    steps: dict[str, StepState] = field(default_factory=dict)
+    version: int = 0
+    last_seq: int = 0
+    llm_calls: int = 0
+    llm_failures: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    files_written: int = 0
+
+    @property
+    def exists(self) -> bool:
+        return self.version > 0
+
+    @property
+    def completed_steps(self) -> list[str]:
+        return [name for name, s in self.steps.items() if s.completed]
+
+    @property
+    def pending_steps(self) -> list[str]:
+        return [name for name, s in self.steps.items() if not s.completed]
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest as users see it (`status --json`), with the predecessor's field names."""
+        out = asdict(self)
+        out["steps"] = {name: asdict(s) for name, s in self.steps.items()}
+        out["completed_steps"] = self.completed_steps
+        out["pending_steps"] = self.pending_steps
+        return out
+
+
+def _step(state: JobState, ev: StoredEvent) -> StepState:
+    name = ev.step or "?"
+    found = state.steps.get(name)
+    if found is None:  # an event for a step the job did not declare: keep it visible anyway
+        found = state.steps[name] = StepState(name=name)
+    return found
+
+
+def _job_created(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    state.pipeline = d["pipeline"]
+    state.pipeline_path = d.get("pipeline_path")
+    state.pipeline_fingerprint = d["pipeline_fingerprint"]
+    state.pipeline_sha256 = d["pipeline_sha256"]
+    state.inputs = dict(d.get("inputs", {}))
+    state.workspace = d["workspace"]
+    state.created_ts = ev.ts
+    state.steps = {name: StepState(name=name, needs=list(needs)) for name, needs in d["steps"].items()}
+
+
+def _job_started(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    state.owner = d["owner"]
+    state.runs += 1
+    state.started_ts = state.started_ts or ev.ts
+    state.finished_ts = None
+    if ev.type == "job.resumed":
+        state.pipeline_fingerprint = d["pipeline_fingerprint"]
+
+
+def _job_ended(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    state.owner = None
+    state.finished_ts = ev.ts
+    if ev.type == "job.failed":
+        state.last_error = d["error"]
+    elif ev.type == "job.succeeded":
+        state.last_error = None
+
+
+def _job_forked(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    state.forked_from = {"job": d["source_job"], "until_version": d["until_version"]}
+    state.owner = None
+    state.finished_ts = None
+
+
+def _step_started(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    s = _step(state, ev)
+    s.status = "running"
+    s.attempts = d["attempt"]
+    s.fingerprint = d["fingerprint"]
+    s.started_ts = ev.ts
+    s.finished_ts = None
+    s.duration_s = None
+    s.error = None
+    s.cache_hit = None
+
+
+def _step_succeeded(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    s = _step(state, ev)
+    s.status = "succeeded"
+    s.cache_hit = d["cache_hit"]
+    s.cache_key = d["cache_key"]
+    s.output_sha256 = d["output_sha256"]
+    s.fingerprint = d["fingerprint"]
+    s.duration_s = d["duration_s"]
+    s.finished_ts = ev.ts
+
+
+def _step_failed(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    s = _step(state, ev)
+    s.status = "failed"
+    s.error = d["error"]
+    s.duration_s = d["duration_s"]
+    s.finished_ts = ev.ts
+    state.last_error = f"{ev.step}: {d['error']}"
+
+
+def _step_skipped(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    s = _step(state, ev)
+    s.status = "skipped"
+    s.output_sha256 = d["output_sha256"]
+    s.fingerprint = d["fingerprint"]
+
+
+def _llm_response(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    s = _step(state, ev)
+    state.llm_calls += 1
+    s.llm_calls += 1
+    if not d["success"]:
+        state.llm_failures += 1
+    state.tokens_in += d.get("tokens_in", 0)
+    state.tokens_out += d.get("tokens_out", 0)
+    s.tokens_in += d.get("tokens_in", 0)
+    s.tokens_out += d.get("tokens_out", 0)
+
+
+def _cache_hit(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    state.cache_hits += 1
+    s = _step(state, ev)
+    s.cache_key = d["cache_key"]
+
+
+def _cache_miss(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    state.cache_misses += 1
+    _step(state, ev).cache_key = d["cache_key"]
+
+
+def _file_written(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    state.files_written += 1
+    s = _step(state, ev)
+    if d["path"] not in s.files:
+        s.files.append(d["path"])
+
+
+Handler = Callable[[JobState, StoredEvent, dict[str, Any]], None]
+
+_HANDLERS: dict[str, Handler] = {
+    "job.created": _job_created,
+    "job.started": _job_started,
+    "job.resumed": _job_started,
+    "job.succeeded": _job_ended,
+    "job.failed": _job_ended,
+    "job.cancelled": _job_ended,
+    "job.interrupted": _job_ended,
+    "job.forked": _job_forked,
+    "step.started": _step_started,
+    "step.succeeded": _step_succeeded,
+    "step.failed": _step_failed,
+    "step.skipped": _step_skipped,
+    "llm.response": _llm_response,
+    "cache.hit": _cache_hit,
+    "cache.miss": _cache_miss,
+    "file.written": _file_written,
+}
+
+
+def apply(state: JobState, ev: StoredEvent) -> JobState:
+    """One step of the fold. Events of other jobs are a caller bug, so they are refused."""
+    if ev.job_id != state.job_id:
+        raise ValueError(f"event of job {ev.job_id} folded into job {state.job_id}")
+    handler = _HANDLERS.get(ev.type)
+    if handler is not None:
+        handler(state, ev, json.loads(ev.data_json))
+    status = JOB_STATUS_AFTER.get(ev.type)
+    if status is not None:
+        state.status = status
+    state.version = ev.version
+    state.last_seq = ev.seq
+    state.updated_ts = ev.ts
+    return state
+
+
+def project(job_id: str, events: Iterable[StoredEvent], state: JobState | None = None) -> JobState:
+    """Fold `events` into `state` (a fresh one by default)."""
+    state = state if state is not None else JobState(job_id=job_id)
+    for ev in events:
+        apply(state, ev)
+    return state

@@ -1,0 +1,12 @@
+"""Open the event store with steplog's projection tables attached."""
+
+from __future__ import annotations
+
+import os
+
+from eventstore.sqlite import SQLiteEventStore
+from projections.tables import PROJECTORS
+
+
+def open_store(path: str | os.PathLike[str]) -> SQLiteEventStore:
+    return SQLiteEventStore(path, projectors=PROJECTORS)

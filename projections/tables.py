@@ -1,0 +1,117 @@
+"""Projection tables kept in the append transaction (`jobs`, `cache_index`), and their rebuild.
+
+Each projector is the SQL form of a fold in this package; tests prove table == fold for any
+event sequence, so the tables are a cache of the log, never a second truth.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Sequence
+
+from dataclasses import astuple
+
+from eventstore.record import StoredEvent
+from eventstore.sqlite import SQLiteEventStore
+from projections import cache, manifest
+from projections.cache import CACHE_EVENT_TYPES, CacheEntry, CacheIndex
+from projections.manifest import JOB_STATUS_AFTER, JobState
+
+
+def project_jobs(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> None:
+    latest: dict[str, tuple[str | None, StoredEvent]] = {}
+    for ev in events:
+        if ev.type == "job.created":
+            conn.execute(
+                "INSERT INTO jobs (job_id, pipeline, status, created_ts, updated_ts, last_seq)"
+                " VALUES (?, ?, 'created', ?, ?, ?)",
+                (ev.job_id, json.loads(ev.data_json)["pipeline"], ev.ts, ev.ts, ev.seq),
+            )
+        status = latest[ev.job_id][0] if ev.job_id in latest else None
+        latest[ev.job_id] = (JOB_STATUS_AFTER.get(ev.type, status), ev)
+    for job_id, (status, last) in latest.items():
+        conn.execute(
+            "UPDATE jobs SET status = coalesce(?, status), updated_ts = ?, last_seq = ?"
+            " WHERE job_id = ?",
+            (status, last.ts, last.seq, job_id),
+        )
+
+
+def project_cache(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> None:
+    for ev in events:
+        if ev.type not in CACHE_EVENT_TYPES:
+            continue
+        d = json.loads(ev.data_json)
+        if ev.type == "cache.invalidated":
+            conn.execute("DELETE FROM cache_index WHERE cache_key = ?", (d["cache_key"],))
+        elif ev.type == "llm.response":
+            if d["success"] and d.get("response_sha256"):
+                conn.execute(
+                    "INSERT OR IGNORE INTO cache_index (cache_key, response_sha256, origin_job,"
+                    " origin_step, seq, tokens_in, tokens_out) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (d["cache_key"], d["response_sha256"], ev.job_id, ev.step, ev.seq,
+                     d.get("tokens_in", 0), d.get("tokens_out", 0)),
+                )  # fmt: skip
+        else:
+            conn.execute(
+                "INSERT OR IGNORE INTO cache_index (cache_key, response_sha256, origin_job,"
+                " origin_step, seq) VALUES (?, ?, ?, ?, ?)",
+                (d["cache_key"], d["response_sha256"], d["origin_job"], d.get("origin_step"), ev.seq),
+            )
+
+
+PROJECTORS = (project_jobs, project_cache)
+
+
+def cache_lookup(conn: sqlite3.Connection, cache_key: str) -> CacheEntry | None:
+    row = conn.execute(
+        "SELECT cache_key, response_sha256, origin_job, origin_step, seq, tokens_in, tokens_out"
+        " FROM cache_index WHERE cache_key = ?",
+        (cache_key,),
+    ).fetchone()
+    return CacheEntry(*row) if row else None
+
+
+def read_cache_table(conn: sqlite3.Connection) -> dict[str, CacheEntry]:
+    rows = conn.execute(
+        "SELECT cache_key, response_sha256, origin_job, origin_step, seq, tokens_in, tokens_out"
+        " FROM cache_index"
+    ).fetchall()
+    return {r[0]: CacheEntry(*r) for r in rows}
+
+
+def read_jobs_table(conn: sqlite3.Connection) -> dict[str, tuple[str | None, str, str, int]]:
+    rows = conn.execute("SELECT job_id, pipeline, status, updated_ts, last_seq FROM jobs").fetchall()
+    return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+
+def rebuild(store: SQLiteEventStore) -> int:
+    """Drop the projection tables' rows and refold them from seq 0; returns events folded."""
+    jobs: dict[str, JobState] = {}
+    index: CacheIndex = {}
+    count = 0
+    for ev in store.read_all():
+        state = jobs.get(ev.job_id)
+        if state is None:
+            state = jobs[ev.job_id] = JobState(job_id=ev.job_id)
+        manifest.apply(state, ev)
+        cache.apply(index, ev)
+        count += 1
+    with store.write_transaction() as conn:
+        conn.execute("DELETE FROM jobs")
+        conn.execute("DELETE FROM cache_index")
+        conn.executemany(
+            "INSERT INTO jobs (job_id, pipeline, status, created_ts, updated_ts, last_seq)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (s.job_id, s.pipeline, s.status, s.created_ts or s.updated_ts, s.updated_ts, s.last_seq)
+                for s in jobs.values()
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO cache_index (cache_key, response_sha256, origin_job, origin_step, seq,"
+            " tokens_in, tokens_out) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [astuple(e) for e in index.values()],
+        )
+    return count

@@ -1,0 +1,106 @@
+"""The one narrow interface every LLM provider implements, and its error tree.
+
+    ProviderError                 anything a provider call can fail with
+    ├── ProviderUnavailable       could not reach the server (connect error, read timeout) — retryable
+    ├── ProviderHTTPError         the server answered with an error status; retryable for 408/409/429/5xx/529
+    └── ProviderBadResponse       the server answered 2xx with something we cannot use — not retryable
+
+Errors carry `retryable` and `retry_after` so the executor decides what to do without knowing
+the wire protocol. Messages never contain an API key or an Authorization header.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OutputKind = Literal["text", "json", "files"]
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+
+class LLMRequest(BaseModel):
+    """One rendered call: what a provider is asked, independent of the wire protocol."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step: str
+    system: str | None = None
+    prompt: str
+    model: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    output: OutputKind = "text"
+
+
+class LLMResult(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text: str
+    model: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    finish_reason: str | None = None
+
+
+class ProviderError(Exception):
+    """Base of every provider failure. `error_class` is a stable short name for the log."""
+
+    error_class = "provider_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"provider {self.provider!r}: {self.message}"
+
+
+class ProviderUnavailable(ProviderError):
+    error_class = "unavailable"
+
+    def __init__(self, message: str, *, provider: str) -> None:
+        super().__init__(message, provider=provider, retryable=True)
+
+
+class ProviderHTTPError(ProviderError):
+    error_class = "http_error"
+
+    def __init__(
+        self, message: str, *, provider: str, status: int, retry_after: float | None = None
+    ) -> None:
+        super().__init__(
+            message,
+            provider=provider,
+            status=status,
+            retryable=status in RETRYABLE_STATUSES,
+            retry_after=retry_after,
+        )
+
+
+class ProviderBadResponse(ProviderError):
+    error_class = "bad_response"
+
+    def __init__(self, message: str, *, provider: str, status: int | None = None) -> None:
+        super().__init__(message, provider=provider, status=status, retryable=False)
+
+
+class Provider(Protocol):
+    """A configured provider. `name` is the pipeline's `[providers.NAME]`."""
+
+    name: str
+    kind: str
+
+    async def complete(self, request: LLMRequest) -> LLMResult: ...

@@ -1,0 +1,19 @@
+"""Build configured providers by kind."""
+
+from __future__ import annotations
+
+import httpx
+
+from providers.base import Provider
+from providers.config import ProviderConfig
+from providers.offline import OfflineProvider
+
+
+def build_provider(name: str, config: ProviderConfig, client: httpx.AsyncClient) -> Provider:
+    if config.kind == "offline":
+        return OfflineProvider(name, config)
+    if config.kind == "openai":
+        from providers.openai import OpenAIProvider
+
+        return OpenAIProvider(name, config, client)
+    raise ValueError(f"provider {name!r}: unknown kind {config.kind!r}")
