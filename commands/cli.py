@@ -36,6 +36,11 @@ from projections.store import open_store
 USER_ERRORS = (Rejected, PipelineError, StoreError, InvalidEvent, BadPoint)
 
 
+def console() -> Console:
+    """Rich output; wide when piped so tables are not cut to 80 columns."""
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
 def one_line(message: str) -> str:
     return " ".join(str(message).split())
 
@@ -156,16 +161,16 @@ def replay_cmd(ctx: click.Context, job: str, point: str, as_json: bool) -> None:
     if as_json:
         _echo_json(queries.replay_document(view))
         return
-    console = Console(soft_wrap=True)
-    console.print(f"[bold]{job}[/] as of event {view.version} ({view.events[-1].type} {view.events[-1].step or ''}, {view.events[-1].ts})")
-    queries.print_manifest(console, view.state, historical=True)
+    out = console()
+    out.print(f"[bold]{job}[/] as of event {view.version} ({view.events[-1].type} {view.events[-1].step or ''}, {view.events[-1].ts})")
+    queries.print_manifest(out, view.state, historical=True)
     table = Table(title="cache index at this point", title_justify="left")
     for col in ("cache key", "response", "origin job", "origin step"):
         table.add_column(col)
     for entry in view.cache.values():
         table.add_row(entry.cache_key[:16], entry.response_sha256[:12], entry.origin_job, entry.origin_step or "")
-    console.print(table)
-    queries.print_events(console, view.events)
+    out.print(table)
+    queries.print_events(out, view.events)
 
 
 @cli.command()
@@ -181,7 +186,7 @@ def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
     if as_json:
         _echo_json(queries.manifest_document(state))
         return
-    queries.print_manifest(Console(soft_wrap=True), state)
+    queries.print_manifest(console(), state)
 
 
 @cli.command()
@@ -203,7 +208,7 @@ def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
     for row in rows:
         created, updated = (row[k][:19].replace("T", " ") for k in ("created_ts", "updated_ts"))
         table.add_row(row["job_id"], row["pipeline"] or "", row["status"], created, updated)
-    Console(soft_wrap=True).print(table)
+    console().print(table)
 
 
 @cli.command()
@@ -223,7 +228,7 @@ def events(ctx: click.Context, job: str, type_glob: str | None, step: str | None
         for ev in found:
             click.echo(json.dumps(ev.envelope(), ensure_ascii=False))
         return
-    queries.print_events(Console(soft_wrap=True), found)
+    queries.print_events(console(), found)
 
 
 def main() -> None:
