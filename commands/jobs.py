@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from eventstore.events import JobCreated, JobInterrupted, JobResumed, JobStarted, NewEvent
 from eventstore.record import VersionConflict, blob_sha256
 from eventstore.sqlite import SQLiteEventStore
+from executor import faults
 from executor.ownership import current_owner, owner_alive
 from executor.pipeline import NAME_PATTERN, Pipeline, PipelineError, load_pipeline, parse_pipeline
 from executor.runner import JobOutcome, JobRunner, Observer, Plan
@@ -94,6 +95,7 @@ def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
         )
     except VersionConflict as exc:
         raise Rejected(f"job {job_id} already exists; choose another --job-id or resume it") from exc
+    faults.after_commit([(ev.type, ev.step) for ev in stored])
     state = manifest.project(job_id, stored)
     plan = Plan(run=list(pipeline.order))
     return Prepared(job_id, pipeline, inputs, workspace, plan, state)
@@ -173,6 +175,7 @@ def prepare_resume(store: SQLiteEventStore, cmd: ResumeCommand) -> Prepared:
         now = fold_job(store, cmd.job_id)
         who = _owner_text(now.owner) if now.owner else "another process"
         raise Rejected(f"job {cmd.job_id} is being run by {who}") from exc
+    faults.after_commit([(ev.type, ev.step) for ev in stored])
     state = manifest.project(cmd.job_id, stored, state)
     workspace = Path(state.workspace or Path("runs") / cmd.job_id)
     return Prepared(cmd.job_id, pipeline, state.inputs, workspace, plan, state)

@@ -22,3 +22,11 @@ def reached(name: str, step: str | None) -> None:
         return
     if _POINT == name or (step is not None and _POINT == f"{name}:{step}"):
         _hit(_POINT)
+
+
+def after_commit(types_and_steps: list[tuple[str, str | None]]) -> None:
+    """Check the `after:<type>[:<step>]` points for events just committed."""
+    if _POINT is None:
+        return
+    for type_, step in types_and_steps:
+        reached(f"after:{type_}", step)

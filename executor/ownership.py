@@ -9,13 +9,19 @@ from pathlib import Path
 from eventstore.events import Owner
 
 
-def _start_marker(pid: int) -> str:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first), or None if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _start_marker(pid: int) -> str:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields else ""
 
 
 def current_owner() -> Owner:
@@ -34,5 +40,8 @@ def owner_alive(owner: dict[str, object]) -> bool | None:
         return False
     except PermissionError:
         pass
-    marker = _start_marker(pid)
+    fields = _stat_fields(pid)
+    if fields and fields[0] in ("Z", "X"):  # killed but not yet reaped: it runs nothing
+        return False
+    marker = fields[19] if fields else ""
     return not marker or not owner.get("started") or marker == owner.get("started")

@@ -117,8 +117,7 @@ class JobRunner:
         self.version = stored[-1].version
         if self.observer is not None:
             self.observer(stored)
-        for ev in stored:
-            faults.reached(f"after:{ev.type}", ev.step)
+        faults.after_commit([(ev.type, ev.step) for ev in stored])
         return stored
 
     @staticmethod

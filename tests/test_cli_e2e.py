@@ -1,0 +1,283 @@
+"""End to end through the real CLI in subprocesses, on real SQLite files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.cli_helpers import (
+    EXAMPLE,
+    comparable_manifest,
+    db_rows,
+    event_count,
+    status_json,
+    steplog,
+    workspace_files,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def calls(log: Path) -> Counter[str]:
+    return Counter(log.read_text().split()) if log.exists() else Counter()
+
+
+def factory(tmp_path: Path, **replacements: str) -> Path:
+    """A copy of the example pipeline, with text replaced (e.g. to make a step fail or slow)."""
+    text = EXAMPLE.read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "pipeline.toml"
+    path.write_text(text)
+    return path
+
+
+SLOW = {'kind = "offline"\nmodel = "offline-1"': 'kind = "offline"\nmodel = "offline-1"\noptions = { delay_s = 0.4 }'}
+DOCS_FAILS = {
+    '[steps.docs]\nneeds = ["builder"]\nprovider = "local"': '[steps.docs]\nneeds = ["builder"]\nprovider = "local"\noptions = { fail = true }'
+}
+
+
+def test_example_runs_then_second_run_is_served_by_the_cache(tmp_path):
+    db, log = tmp_path / "s.db", tmp_path / "calls.log"
+    env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
+    first = steplog(db, "run", str(EXAMPLE), "--job-id", "one", env=env)
+    assert first.code == 0, first.err
+    assert calls(log) == Counter({"architect": 1, "builder": 1, "docs": 1, "qa": 1})
+    files = workspace_files(tmp_path / "runs" / "one")
+    assert set(files) == {"app.py", "tests/test_app.py", "README.md"}
+    app = tmp_path / "runs" / "one" / "app.py"
+    subprocess.run([sys.executable, app, "add", "milk"], check=True, timeout=30)
+    listed = subprocess.run([sys.executable, app, "list"], check=True, capture_output=True, text=True, timeout=30)
+    assert "milk" in listed.stdout
+
+    second = steplog(db, "run", str(EXAMPLE), "--job-id", "two", env=env)
+    assert second.code == 0, second.err
+    assert calls(log) == Counter({"architect": 1, "builder": 1, "docs": 1, "qa": 1})  # no new call
+    doc = status_json(db, "two")
+    assert doc["cache_hits"] == 4 and doc["llm_calls"] == 0
+    assert doc["completed_steps"] == ["architect", "builder", "docs", "qa"] and doc["pending_steps"] == []
+    assert workspace_files(tmp_path / "runs" / "two") == files
+
+    # a different input re-runs everything downstream of it
+    third = steplog(db, "run", str(EXAMPLE), "--job-id", "three", "--input", "idea=a chess clock", env=env)
+    assert third.code == 0
+    assert calls(log)["architect"] == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "replacements", "message"),
+    [
+        ("cycle", {'[steps.architect]\nprovider': '[steps.architect]\nneeds = ["qa"]\nprovider'}, "cycle"),
+        ("unknown need", {'needs = ["architect"]': 'needs = ["architekt"]'}, "unknown step 'architekt'"),
+        ("unknown provider", {'[steps.qa]\nneeds = ["builder"]\nprovider = "local"': '[steps.qa]\nneeds = ["builder"]\nprovider = "cloud"'}, "unknown provider 'cloud'"),
+        ("unknown variable", {"{{ inputs.idea }}": "{{ inputs.topic }}"}, "unknown input 'topic'"),
+        ("unknown key", {'output = "files"': 'output = "files"\nretries = 3'}, "unknown key 'steps.builder.retries'"),
+    ],
+)
+def test_bad_pipeline_exits_2_and_writes_nothing(tmp_path, name, replacements, message):
+    db = tmp_path / "s.db"
+    assert steplog(db, "run", str(EXAMPLE), "--job-id", "ok").code == 0
+    before = event_count(db)
+    result = steplog(db, "run", str(factory(tmp_path, **replacements)))
+    assert result.code == 2, (name, result.out, result.err)
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+    assert event_count(db) == before
+
+
+def test_other_rejections_exit_2_and_append_nothing(tmp_path):
+    db = tmp_path / "s.db"
+    assert steplog(db, "run", str(EXAMPLE), "--job-id", "done").code == 0
+    before = event_count(db)
+    cases = [
+        (("run", str(EXAMPLE), "--job-id", "done"), "already exists"),
+        (("run", str(EXAMPLE), "--input", "colour=red"), "unknown input 'colour'"),
+        (("run", str(tmp_path / "missing.toml")), "does not exist"),
+        (("resume", "done"), "already succeeded"),
+        (("resume", "nope"), "unknown job nope"),
+        (("replay", "done", "--until", "999"), "past the end"),
+        (("replay", "done", "--until", "step.failed:qa"), "no event"),
+        (("replay", "nope", "--until", "1"), "unknown job"),
+        (("status", "nope"), "unknown job"),
+        (("events", "nope"), "unknown job"),
+    ]
+    for args, message in cases:
+        result = steplog(db, *args)
+        assert result.code == 2, (args, result.out, result.err)
+        assert message in result.err, (args, result.err)
+        assert len(result.err.strip().splitlines()) == 1
+    assert event_count(db) == before
+
+
+def test_failed_step_exits_1_then_resume_skips_completed_steps(tmp_path):
+    db, log = tmp_path / "s.db", tmp_path / "calls.log"
+    env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
+    pipeline = factory(tmp_path, **DOCS_FAILS)
+    failed = steplog(db, "run", str(pipeline), "--job-id", "j", env=env)
+    assert failed.code == 1, failed.err
+    doc = status_json(db, "j")
+    assert doc["status"] == "failed"
+    assert doc["steps"]["docs"]["status"] == "failed" and "told to fail" in doc["steps"]["docs"]["error"]
+    assert doc["steps"]["qa"]["status"] == "succeeded"  # an independent branch still finishes
+    assert "docs" in doc["pending_steps"]
+
+    pipeline.write_text(EXAMPLE.read_text())  # the user fixes the pipeline
+    resumed = steplog(db, "resume", "j", env=env)
+    assert resumed.code == 0, resumed.err
+    doc = status_json(db, "j")
+    assert doc["status"] == "succeeded" and doc["pending_steps"] == []
+    skipped = db_rows(db, "SELECT step FROM events WHERE job_id='j' AND type='step.skipped' ORDER BY step")
+    assert [r[0] for r in skipped] == ["architect", "builder", "qa"]
+    assert calls(log) == Counter({"architect": 1, "builder": 1, "qa": 1, "docs": 1})
+
+
+CRASH_POINTS = [
+    "after:job.started",
+    "after:step.succeeded:architect",
+    "after:cache.miss:builder",
+    "after:llm.request:builder",
+    "after:llm.response:builder",
+    "before:file.write:builder",
+    "after:file.written:builder",
+    "after:llm.response:qa",
+]
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clean")
+    db = tmp / "s.db"
+    assert steplog(db, "run", str(EXAMPLE), "--job-id", "clean").code == 0
+    return comparable_manifest(status_json(db, "clean")), workspace_files(tmp / "runs" / "clean")
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill_9_at_a_fault_point_then_resume_matches_a_clean_run(tmp_path, clean_run, point):
+    db, log = tmp_path / "s.db", tmp_path / "calls.log"
+    killed = steplog(db, "run", str(EXAMPLE), "--job-id", "k",
+                     env={"STEPLOG_OFFLINE_CALL_LOG": str(log), "STEPLOG_FAULT": point})  # fmt: skip
+    assert killed.code == -signal.SIGKILL, (point, killed.code, killed.err)
+    assert status_json(db, "k")["status"] == "running"
+    resumed = steplog(db, "resume", "k", env={"STEPLOG_OFFLINE_CALL_LOG": str(log)})
+    assert resumed.code == 0, (point, resumed.err)
+    manifest, files = clean_run
+    assert comparable_manifest(status_json(db, "k")) == manifest
+    assert workspace_files(tmp_path / "runs" / "k") == files
+    # every step called its provider exactly once, across the crash
+    assert calls(log) == Counter({"architect": 1, "builder": 1, "docs": 1, "qa": 1}), point
+
+
+def _wait_for(db: Path, sql: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if db.exists() and db_rows(db, sql)[0][0]:
+                return
+        except Exception:  # the schema may not exist yet
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for: {sql}")
+
+
+def _popen(db: Path, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    import os
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "commands.cli", *args],
+        cwd=db.parent,
+        env={**full, "STEPLOG_DB": str(db), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_external_kill_9_mid_call_then_resume(tmp_path, clean_run):
+    db, log = tmp_path / "s.db", tmp_path / "calls.log"
+    env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
+    pipeline = factory(tmp_path, **SLOW)
+    proc = _popen(db, "run", str(pipeline), "--job-id", "k", env=env)
+    try:
+        _wait_for(db, "SELECT count(*) FROM events WHERE type='llm.request' AND step='builder'")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+    assert calls(log)["builder"] == 0  # killed while the provider was still thinking
+    resumed = steplog(db, "resume", "k", env=env)
+    assert resumed.code == 0, resumed.err
+    assert calls(log) == Counter({"architect": 1, "builder": 1, "docs": 1, "qa": 1})
+    assert status_json(db, "k")["status"] == "succeeded"
+
+
+def test_resume_of_a_job_another_live_process_runs_is_refused(tmp_path):
+    db = tmp_path / "s.db"
+    pipeline = factory(tmp_path, **SLOW)
+    proc = _popen(db, "run", str(pipeline), "--job-id", "busy", env={})
+    try:
+        _wait_for(db, "SELECT count(*) FROM events WHERE type='step.started'")
+        before = event_count(db)
+        result = steplog(db, "resume", "busy")
+        assert result.code == 2
+        assert f"being run by process {proc.pid}" in result.err
+        assert db_rows(db, "SELECT count(*) FROM events WHERE type='job.resumed'")[0][0] == 0
+        assert event_count(db) >= before
+    finally:
+        proc.wait(timeout=60)
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0
+
+
+def test_sigterm_records_interruption_and_resume_continues(tmp_path):
+    db = tmp_path / "s.db"
+    pipeline = factory(tmp_path, **SLOW)
+    proc = _popen(db, "run", str(pipeline), "--job-id", "t", env={})
+    try:
+        _wait_for(db, "SELECT count(*) FROM events WHERE type='step.succeeded'")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert status_json(db, "t")["status"] == "interrupted"
+    assert steplog(db, "resume", "t").code == 0
+    assert status_json(db, "t")["status"] == "succeeded"
+
+
+def test_events_replay_and_jobs_output(tmp_path):
+    db = tmp_path / "s.db"
+    assert steplog(db, "run", str(EXAMPLE), "--job-id", "e").code == 0
+    lines = steplog(db, "events", "e", "--type", "file.*", "--json").out.strip().splitlines()
+    envelopes = [json.loads(line) for line in lines]
+    assert [e["type"] for e in envelopes] == ["file.written"] * 3
+    assert set(envelopes[0]) == {"ts", "level", "job_id", "type", "step", "data"}
+    assert envelopes[0]["ts"].endswith("Z")
+    assert {"path", "sha256", "wrote", "reason"} <= set(envelopes[0]["data"])
+    errors = steplog(db, "events", "e", "--level", "warning", "--json").out.strip()
+    assert errors == ""
+
+    replayed = json.loads(steplog(db, "replay", "e", "--until", "step.succeeded:builder", "--json").out)
+    assert replayed["completed_steps"] == ["architect", "builder"]
+    assert replayed["pending_steps"] == ["docs", "qa"]
+    assert replayed["events"][-1]["type"] == "step.succeeded" and replayed["events"][-1]["step"] == "builder"
+    assert len(replayed["cache_index"]) == 2
+    at_ts = json.loads(steplog(db, "replay", "e", "--until", replayed["events"][-1]["ts"], "--json").out)
+    assert at_ts["version"] == replayed["version"]
+    assert json.loads(steplog(db, "replay", "e", "--until", "3", "--json").out)["version"] == 3
+
+    listed = json.loads(steplog(db, "jobs", "--json").out)
+    assert listed[0]["job_id"] == "e" and listed[0]["status"] == "succeeded"

@@ -1,0 +1,120 @@
+"""Pipeline validation: every bad pipeline is refused with one line naming the problem."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from executor.pipeline import PipelineError, parse_pipeline, topological_order
+
+GOOD = textwrap.dedent(
+    """\
+    name = "t"
+
+    [inputs.idea]
+    default = "x"
+
+    [providers.local]
+    kind = "offline"
+
+    [steps.a]
+    provider = "local"
+    prompt = "design {{ inputs.idea }}"
+
+    [steps.b]
+    needs = ["a"]
+    provider = "local"
+    prompt = "build {{ steps.a.output }}"
+    output = "files"
+
+    [steps.c]
+    needs = ["b"]
+    provider = "local"
+    prompt = "{% for p, c in steps.b.files.items() %}{{ p }}{% endfor %} {{ steps.a.output }}"
+    """
+)
+
+
+def refuse(source: str) -> str:
+    with pytest.raises(PipelineError) as info:
+        parse_pipeline(source, "p.toml")
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_good_pipeline_loads_in_dependency_order():
+    p = parse_pipeline(GOOD, "p.toml")
+    assert p.order == ["a", "b", "c"]
+    assert p.downstream({"a"}) == {"b", "c"}
+    assert p.resolve_inputs({}) == {"idea": "x"}
+    assert p.resolve_inputs({"idea": "y"}) == {"idea": "y"}
+
+
+def test_cycle_is_named():
+    source = GOOD.replace('[steps.a]\nprovider = "local"', '[steps.a]\nneeds = ["c"]\nprovider = "local"')
+    message = refuse(source)
+    assert "cycle" in message and "a" in message and "c" in message
+
+
+def test_unknown_dependency():
+    assert "needs unknown step 'nope'" in refuse(GOOD.replace('needs = ["a"]', 'needs = ["nope"]'))
+
+
+def test_unknown_provider():
+    message = refuse(GOOD.replace('[steps.c]\nneeds = ["b"]\nprovider = "local"', '[steps.c]\nneeds = ["b"]\nprovider = "cloud"'))
+    assert "unknown provider 'cloud'" in message
+
+
+def test_unknown_key_names_key_and_line():
+    message = refuse(GOOD.replace('prompt = "design', 'promt = "oops"\nprompt = "design'))
+    assert "unknown key 'steps.a.promt'" in message
+    assert "(line 11)" in message
+
+
+def test_template_unknown_input_and_variable():
+    assert "unknown input 'topic'" in refuse(GOOD.replace("{{ inputs.idea }}", "{{ inputs.topic }}"))
+    assert "unknown variable 'idea'" in refuse(GOOD.replace("{{ inputs.idea }}", "{{ idea }}"))
+
+
+def test_template_reading_a_step_that_is_not_upstream():
+    source = GOOD.replace('prompt = "design {{ inputs.idea }}"', 'prompt = "{{ steps.c.output }}"')
+    message = refuse(source)
+    assert "steps.c" in message and "not upstream" in message
+
+
+def test_template_syntax_error():
+    assert "syntax error" in refuse(GOOD.replace("{{ inputs.idea }}", "{{ inputs.idea "))
+
+
+def test_bad_toml_and_bad_output_kind():
+    assert "not valid TOML" in refuse("name = ")
+    assert "steps.a.output" in refuse(GOOD.replace('prompt = "design {{ inputs.idea }}"', 'prompt = "x"\noutput = "pdf"'))
+
+
+def test_inputs_required_and_unknown():
+    p = parse_pipeline(GOOD.replace('default = "x"', 'description = "no default"'))
+    with pytest.raises(PipelineError, match="input 'idea' is required"):
+        p.resolve_inputs({})
+    with pytest.raises(PipelineError, match="unknown input 'other'"):
+        parse_pipeline(GOOD).resolve_inputs({"other": "1"})
+
+
+def test_step_fingerprint_changes_only_for_the_edited_step():
+    before = parse_pipeline(GOOD).step_fingerprints
+    after = parse_pipeline(GOOD.replace("design {{", "sketch {{")).step_fingerprints
+    assert before["a"] != after["a"]
+    assert before["b"] == after["b"] and before["c"] == after["c"]
+
+
+def test_topological_order_handles_long_chains_without_recursion():
+    needs = {f"s{i}": ([f"s{i - 1}"] if i else []) for i in range(5000)}
+    assert topological_order(needs)[-1] == "s4999"
+
+
+def test_sandbox_refuses_template_injection():
+    from executor.templates import TemplateProblem, render
+
+    with pytest.raises(TemplateProblem):
+        render("{{ ''.__class__.__mro__ }}", {"inputs": {}, "steps": {}}, where="t")
