@@ -28,8 +28,6 @@ CREATE TABLE IF NOT EXISTS events (
     UNIQUE (job_id, version)                  -- the optimistic-concurrency guard
 );
 
-CREATE INDEX IF NOT EXISTS events_type_seq ON events (type, seq);
-
 CREATE TRIGGER IF NOT EXISTS events_append_only_update
 BEFORE UPDATE ON events
 BEGIN
@@ -67,13 +65,12 @@ CREATE TABLE IF NOT EXISTS streams (
 ) WITHOUT ROWID;
 
 -- Projection: one row per job for `steplog jobs`. Equal to the manifest fold; tested.
+-- Written only when a job's status changes; when it last changed at all is in `streams`.
 CREATE TABLE IF NOT EXISTS jobs (
     job_id     TEXT PRIMARY KEY,
     pipeline   TEXT,
     status     TEXT    NOT NULL,
-    created_ts TEXT    NOT NULL,
-    updated_ts TEXT    NOT NULL,
-    last_seq   INTEGER NOT NULL
+    created_ts TEXT    NOT NULL
 ) WITHOUT ROWID;
 
 -- Projection: cache key -> the first successful response for it, shared by every job.

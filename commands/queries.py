@@ -20,7 +20,7 @@ from projections.manifest import JobState
 def status(store: SQLiteEventStore, job_id: str | None) -> JobState:
     if job_id is None:
         row = store.conn.execute(
-            "SELECT job_id FROM jobs ORDER BY last_seq DESC LIMIT 1"
+            "SELECT job_id FROM streams ORDER BY last_seq DESC LIMIT 1"
         ).fetchone()
         if row is None:
             raise Rejected(f"no jobs in {store.path} yet; start one with: steplog run PIPELINE.toml")
@@ -33,8 +33,8 @@ def status(store: SQLiteEventStore, job_id: str | None) -> JobState:
 
 def jobs(store: SQLiteEventStore, limit: int) -> list[dict[str, Any]]:
     rows = store.conn.execute(
-        "SELECT job_id, pipeline, status, created_ts, updated_ts FROM jobs"
-        " ORDER BY last_seq DESC LIMIT ?",
+        "SELECT j.job_id, j.pipeline, j.status, j.created_ts, s.updated_ts"
+        " FROM jobs j JOIN streams s USING (job_id) ORDER BY s.last_seq DESC LIMIT ?",
         (limit,),
     ).fetchall()
     keys = ("job_id", "pipeline", "status", "created_ts", "updated_ts")

@@ -233,7 +233,8 @@ class InvalidEvent(ValueError):
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is several times faster than strftime, and this runs for every event
+    return datetime.now(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 _TS_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")

@@ -107,6 +107,7 @@ class JobRunner:
         self.observer = observer
         self.rng = rng or random.Random()
         self.outputs: dict[str, StepOutput] = {}
+        self._steps_context: dict[str, dict[str, Any]] = {}  # what templates see as `steps`
         self.providers: dict[str, Provider] = {}
         self.limiters: dict[str, anyio.CapacityLimiter] = {}
 
@@ -161,7 +162,7 @@ class JobRunner:
         skipped = []
         for name, (sha, reason) in plan.reuse.items():
             kind = self.pipeline.spec.steps[name].output
-            self.outputs[name] = parse_output(kind, self.store.get_blob(sha).decode("utf-8"))
+            self._record_output(name, parse_output(kind, self.store.get_blob(sha).decode("utf-8")))
             skipped.append(
                 self._ev(
                     StepSkipped(
@@ -192,9 +193,12 @@ class JobRunner:
 
     # -- one step --------------------------------------------------------------------------------
 
+    def _record_output(self, name: str, output: StepOutput) -> None:
+        self.outputs[name] = output
+        self._steps_context[name] = {"output": output.value, "files": output.files}
+
     def _context(self) -> dict[str, Any]:
-        steps = {name: {"output": out.value, "files": out.files} for name, out in self.outputs.items()}
-        return {"inputs": self.inputs, "steps": steps}
+        return {"inputs": self.inputs, "steps": self._steps_context}
 
     async def _run_step(self, name: str, attempt: int) -> bool:
         spec = self.pipeline.spec.steps[name]
@@ -219,52 +223,50 @@ class JobRunner:
         )
         key = cachekey.cache_key(parts)
         entry = cache_lookup(self.store.conn, key)
-        head: list[NewEvent] = [started]
+        # Events not yet committed, and the blobs they point at: committed together below.
+        pending: list[NewEvent] = [started]
+        pending_blobs: list[bytes] = []
         if entry is not None:
             text = self.store.get_blob(entry.response_sha256).decode("utf-8")
-            head.append(
-                self._ev(
-                    CacheHit(
-                        cache_key=key,
-                        response_sha256=entry.response_sha256,
-                        origin_job=entry.origin_job,
-                        origin_step=entry.origin_step,
-                        tokens_saved=entry.tokens_in + entry.tokens_out,
-                        parts=parts,
-                    ),
-                    name,
-                )
+            hit = CacheHit(
+                cache_key=key,
+                response_sha256=entry.response_sha256,
+                origin_job=entry.origin_job,
+                origin_step=entry.origin_step,
+                tokens_saved=entry.tokens_in + entry.tokens_out,
+                parts=parts,
             )
+            pending.append(self._ev(hit, name))
             cache_hit = True
         else:
             request = LLMRequest(
                 step=name, system=system, prompt=prompt, model=model, options=options, output=spec.output
             )
-            head.append(self._ev(CacheMiss(cache_key=key, parts=parts), name))
+            pending.append(self._ev(CacheMiss(cache_key=key, parts=parts), name))
             try:
-                text = await self._call(name, request, key, head, attempt)
+                text, answered, response = await self._call(name, request, key, pending)
             except StepFailure as exc:
                 self._fail(name, [], exc, attempt, t0)
                 return False
-            head = []
+            pending, pending_blobs = [answered], [response]
             cache_hit = False
         try:
             output = parse_output(spec.output, text)
         except OutputProblem as exc:
             # A response the step cannot use must not be served again from the cache.
-            head.append(self._ev(CacheInvalidated(cache_key=key, reason=str(exc)), name))
-            self._fail(name, head, StepFailure(str(exc), "bad_output"), attempt, t0)
+            pending.append(self._ev(CacheInvalidated(cache_key=key, reason=str(exc)), name))
+            self._fail(name, pending, StepFailure(str(exc), "bad_output"), attempt, t0, pending_blobs)
             return False
-        tail: list[NewEvent] = []
         if output.files:
-            if head:
-                self.emit(head)  # step.started + cache.hit before touching the workspace
-                head = []
+            if not cache_hit:  # a paid-for answer is committed before the workspace is touched
+                self.emit(pending, blobs=pending_blobs)
+                pending, pending_blobs = [], []
             try:
-                tail = self._write_files(name, output)
+                self._write_files(name, output, pending)
             except (UnsafePath, OSError) as exc:
-                error = StepFailure(f"cannot write files: {exc}", "unsafe_path" if isinstance(exc, UnsafePath) else "io_error")
-                self._fail(name, tail, error, attempt, t0)
+                error_type = "unsafe_path" if isinstance(exc, UnsafePath) else "io_error"
+                failure = StepFailure(f"cannot write files: {exc}", error_type)
+                self._fail(name, pending, failure, attempt, t0, pending_blobs)
                 return False
         succeeded = StepSucceeded(
             output_sha256=blob_sha256(output.text.encode("utf-8")),
@@ -274,12 +276,13 @@ class JobRunner:
             duration_s=round(time.monotonic() - t0, 6),
             fingerprint=fingerprint,
         )
-        self.emit([*head, *tail, self._ev(succeeded, name)], blobs=[output.text.encode("utf-8")])
-        self.outputs[name] = output
+        pending.append(self._ev(succeeded, name))
+        self.emit(pending, blobs=[*pending_blobs, output.text.encode("utf-8")])
+        self._record_output(name, output)
         return True
 
-    def _write_files(self, name: str, output: StepOutput) -> list[NewEvent]:
-        events = []
+    def _write_files(self, name: str, output: StepOutput, events: list[NewEvent]) -> None:
+        """Write each file, appending its file.written to `events` as it lands."""
         self.workspace.mkdir(parents=True, exist_ok=True)
         for path, content in output.files.items():
             faults.reached("before:file.write", name)
@@ -293,21 +296,30 @@ class JobRunner:
                     name,
                 )
             )  # fmt: skip
-        return events
 
     def _fail(
-        self, name: str, before: list[NewEvent], exc: StepFailure, attempt: int, t0: float
+        self,
+        name: str,
+        before: list[NewEvent],
+        exc: StepFailure,
+        attempt: int,
+        t0: float,
+        blobs: Sequence[bytes] = (),
     ) -> None:
         failed = StepFailed(
             error=exc.error, error_type=exc.error_type, attempt=attempt,
             duration_s=round(time.monotonic() - t0, 6),
         )  # fmt: skip
-        self.emit([*before, self._ev(failed, name)])
+        self.emit([*before, self._ev(failed, name)], blobs=blobs)
 
     async def _call(
-        self, name: str, request: LLMRequest, key: str, head: list[NewEvent], step_attempt: int
-    ) -> str:
-        """Call the provider with retries; every attempt is a request/response pair in the log."""
+        self, name: str, request: LLMRequest, key: str, head: list[NewEvent]
+    ) -> tuple[str, NewEvent, bytes]:
+        """Call the provider with retries; every attempt is a request/response pair in the log.
+
+        Failed attempts are committed here; the successful llm.response is returned uncommitted
+        (with its blob) so the caller commits it with whatever the answer settles, at once.
+        """
         config = self.pipeline.provider_for(name)
         provider = self.providers[self.pipeline.spec.steps[name].provider]
         prompt_blob = _prompt_blob(request)
@@ -357,8 +369,7 @@ class JobRunner:
                 tokens_out=result.tokens_out, success=True, attempt=call, cache_key=key,
                 response_sha256=blob_sha256(response), finish_reason=result.finish_reason,
             )  # fmt: skip
-            self.emit([self._ev(answered, name)], blobs=[response])
-            return result.text
+            return result.text, self._ev(answered, name), response
         raise AssertionError("unreachable: the last attempt returns or raises")
 
 

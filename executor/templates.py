@@ -6,6 +6,7 @@ for a files step). Anything else is refused when the pipeline loads, not half-wa
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -44,6 +45,9 @@ def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
 
     Returns the step names it reads, for the caller to check they are upstream.
     """
+    plan = simple_plan(source)
+    if plan is not None:
+        return _check_simple(plan, where=where, inputs=inputs)
     try:
         tree = ENV.parse(source)
     except TemplateSyntaxError as exc:
@@ -84,12 +88,80 @@ def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
     return referenced
 
 
+# The common template is text with `{{ a.b.c }}` holes. Compiling it with jinja costs ~1 ms,
+# which would dominate a step's overhead, so such templates are split by a regex and rendered
+# by dict lookups; anything else (filters, statements, comments, whitespace control) goes to
+# jinja. tests/test_templates.py checks both paths give the same text.
+_SIMPLE_HOLE = re.compile(r"\{\{ *([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*) *\}\}")
+_JINJA_MARKS = ("{{", "{%", "{#", "\r")
+
+Piece = str | tuple[str, ...]
+
+
+@lru_cache(maxsize=4096)
+def simple_plan(source: str) -> tuple[Piece, ...] | None:
+    """Literal text and name paths, or None when the template needs jinja."""
+    pieces: list[Piece] = []
+    pos = 0
+    for match in _SIMPLE_HOLE.finditer(source):
+        pieces.append(source[pos : match.start()])
+        pieces.append(tuple(match.group(1).split(".")))
+        pos = match.end()
+    pieces.append(source[pos:])
+    if any(isinstance(p, str) and any(mark in p for mark in _JINJA_MARKS) for p in pieces):
+        return None
+    return tuple(p for p in pieces if p != "")
+
+
+def _render_simple(plan: tuple[Piece, ...], context: dict[str, Any]) -> str | None:
+    out: list[str] = []
+    for piece in plan:
+        if isinstance(piece, str):
+            out.append(piece)
+            continue
+        value: Any = context
+        for name in piece:
+            if not isinstance(value, dict) or name not in value:
+                return None  # let jinja produce its exact error (or attribute lookup)
+            value = value[name]
+        out.append(value if isinstance(value, str) else str(value))
+    return "".join(out)
+
+
 @lru_cache(maxsize=4096)
 def _compiled(source: str) -> Template:
     return ENV.from_string(source)
 
 
+def _check_simple(plan: tuple[Piece, ...], *, where: str, inputs: set[str]) -> set[str]:
+    referenced: set[str] = set()
+    for piece in plan:
+        if isinstance(piece, str):
+            continue
+        root, *rest = piece
+        if root not in ("inputs", "steps"):
+            raise TemplateProblem(
+                f"{where}: template names unknown variable {root!r} "
+                "(use inputs.<name> or steps.<step>.output)"
+            )
+        if root == "inputs" and rest and rest[0] not in inputs:
+            raise TemplateProblem(f"{where}: template names unknown input {rest[0]!r}")
+        if root == "steps" and rest:
+            referenced.add(rest[0])
+            if len(rest) > 1 and rest[1] not in STEP_FIELDS:
+                raise TemplateProblem(
+                    f"{where}: steps.{rest[0]}.{rest[1]} is not a step field "
+                    f"(one of: {', '.join(STEP_FIELDS)})"
+                )
+    return referenced
+
+
 def render(source: str, context: dict[str, Any], *, where: str) -> str:
+    plan = simple_plan(source)
+    if plan is not None:
+        text = _render_simple(plan, context)
+        if text is not None:
+            return text
     try:
         return _compiled(source).render(context)
     except UndefinedError as exc:

@@ -20,22 +20,18 @@ from projections.manifest import JOB_STATUS_AFTER, JobState
 
 
 def project_jobs(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> None:
-    latest: dict[str, tuple[str | None, StoredEvent]] = {}
+    changed: dict[str, str] = {}
     for ev in events:
         if ev.type == "job.created":
             conn.execute(
-                "INSERT INTO jobs (job_id, pipeline, status, created_ts, updated_ts, last_seq)"
-                " VALUES (?, ?, 'created', ?, ?, ?)",
-                (ev.job_id, json.loads(ev.data_json)["pipeline"], ev.ts, ev.ts, ev.seq),
+                "INSERT INTO jobs (job_id, pipeline, status, created_ts) VALUES (?, ?, 'created', ?)",
+                (ev.job_id, json.loads(ev.data_json)["pipeline"], ev.ts),
             )
-        status = latest[ev.job_id][0] if ev.job_id in latest else None
-        latest[ev.job_id] = (JOB_STATUS_AFTER.get(ev.type, status), ev)
-    for job_id, (status, last) in latest.items():
-        conn.execute(
-            "UPDATE jobs SET status = coalesce(?, status), updated_ts = ?, last_seq = ?"
-            " WHERE job_id = ?",
-            (status, last.ts, last.seq, job_id),
-        )
+        status = JOB_STATUS_AFTER.get(ev.type)
+        if status is not None:
+            changed[ev.job_id] = status
+    for job_id, status in changed.items():
+        conn.execute("UPDATE jobs SET status = ? WHERE job_id = ?", (status, job_id))
 
 
 def project_cache(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> None:
@@ -81,9 +77,10 @@ def read_cache_table(conn: sqlite3.Connection) -> dict[str, CacheEntry]:
     return {r[0]: CacheEntry(*r) for r in rows}
 
 
-def read_jobs_table(conn: sqlite3.Connection) -> dict[str, tuple[str | None, str, str, int]]:
-    rows = conn.execute("SELECT job_id, pipeline, status, updated_ts, last_seq FROM jobs").fetchall()
-    return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+def read_jobs_table(conn: sqlite3.Connection) -> dict[str, tuple[str | None, str, str]]:
+    """job_id -> (pipeline, status, created_ts)."""
+    rows = conn.execute("SELECT job_id, pipeline, status, created_ts FROM jobs").fetchall()
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
 def rebuild(store: SQLiteEventStore) -> int:
@@ -102,12 +99,8 @@ def rebuild(store: SQLiteEventStore) -> int:
         conn.execute("DELETE FROM jobs")
         conn.execute("DELETE FROM cache_index")
         conn.executemany(
-            "INSERT INTO jobs (job_id, pipeline, status, created_ts, updated_ts, last_seq)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (s.job_id, s.pipeline, s.status, s.created_ts or s.updated_ts, s.updated_ts, s.last_seq)
-                for s in jobs.values()
-            ],
+            "INSERT INTO jobs (job_id, pipeline, status, created_ts) VALUES (?, ?, ?, ?)",
+            [(s.job_id, s.pipeline, s.status, s.created_ts or s.updated_ts) for s in jobs.values()],
         )
         conn.executemany(
             "INSERT INTO cache_index (cache_key, response_sha256, origin_job, origin_step, seq,"
