@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 the job failed, 2 the command was rejected or its input is b
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +35,8 @@ from executor.pipeline import PipelineError
 from projections.store import open_store
 
 USER_ERRORS = (Rejected, PipelineError, StoreError, InvalidEvent, BadPoint)
+# A database that breaks under us mid-command (corrupt page, disk full, locked too long)
+DATABASE_ERRORS = (sqlite3.DatabaseError, sqlite3.OperationalError)
 
 
 def console() -> Console:
@@ -237,6 +240,9 @@ def main() -> None:
         cli.main(standalone_mode=False)
     except USER_ERRORS as exc:
         click.echo(f"error: {one_line(str(exc))}", err=True)
+        sys.exit(2)
+    except DATABASE_ERRORS as exc:
+        click.echo(f"error: database error: {one_line(str(exc))}", err=True)
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -99,7 +99,7 @@ class LiveDisplay:
         for column in ("step", "status", "attempts", "cache", "tokens", "elapsed"):
             table.add_column(column, justify="right" if column in ("attempts", "tokens", "elapsed") else "left")
         now = time.monotonic()
-        for step in s.steps.values():
+        for step in self._visible_steps():
             cache = {True: "hit", False: "miss", None: ""}[step.cache_hit]
             table.add_row(
                 step.name,
@@ -114,6 +114,20 @@ class LiveDisplay:
             f"{s.tokens_in + s.tokens_out} tokens · {s.llm_calls} calls"
         )
         return table
+
+    MAX_ROWS = 30
+
+    def _visible_steps(self) -> list[manifest.StepState]:
+        """All steps of a small pipeline; of a large one, the running and failed ones first."""
+        steps = list(self.state.steps.values())
+        if len(steps) <= self.MAX_ROWS:
+            return steps
+        urgent = [st for st in steps if st.status in ("running", "failed")]
+        recent = sorted(
+            (st for st in steps if st.status in ("succeeded", "skipped")),
+            key=lambda st: st.finished_ts or "",
+        )
+        return (urgent + recent[-(self.MAX_ROWS - len(urgent)):])[: self.MAX_ROWS]
 
     def __enter__(self) -> LiveDisplay:
         self.live.start()

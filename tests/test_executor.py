@@ -1,0 +1,98 @@
+"""The executor in-process, on real SQLite files: what it appends, and what the folds make of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from commands.display import PlainDisplay
+from commands.jobs import ResumeCommand, RunCommand, execute, fold_job, prepare_resume, prepare_run
+from projections import cache, manifest
+from projections.store import open_store
+from projections.tables import read_cache_table
+from tests.cli_helpers import EXAMPLE
+
+
+def run_job(store, pipeline: Path, job_id: str, tmp_path: Path, **inputs: str):
+    prepared = prepare_run(
+        store,
+        RunCommand(pipeline_path=pipeline, job_id=job_id, inputs=inputs, workspace=tmp_path / job_id),
+    )
+    display = PlainDisplay(prepared.state, quiet=True)
+    outcome = execute(store, prepared, observer=display)
+    return outcome, display.state
+
+
+def types_of(store, job_id: str, step: str | None = None) -> list[str]:
+    return [ev.type for ev in store.read_job(job_id) if step is None or ev.step == step]
+
+
+def test_rebuilt_projection_equals_the_state_the_executor_saw(tmp_path):
+    store = open_store(tmp_path / "s.db")
+    outcome, seen = run_job(store, EXAMPLE, "j", tmp_path)
+    assert outcome.succeeded
+    rebuilt = manifest.project("j", store.read_job("j"))
+    assert rebuilt.to_manifest() == seen.to_manifest()
+    assert rebuilt.status == "succeeded" and rebuilt.completed_steps == ["architect", "builder", "docs", "qa"]
+    assert read_cache_table(store.conn) == cache.project(store.read_all())
+
+
+def test_step_event_sequence_for_a_miss_then_a_hit(tmp_path):
+    store = open_store(tmp_path / "s.db")
+    run_job(store, EXAMPLE, "first", tmp_path)
+    assert types_of(store, "first", "architect") == [
+        "step.started", "cache.miss", "llm.request", "llm.response", "step.succeeded",
+    ]  # fmt: skip
+    assert types_of(store, "first", "builder") == [
+        "step.started", "cache.miss", "llm.request", "llm.response",
+        "file.written", "file.written", "file.written", "step.succeeded",
+    ]  # fmt: skip
+    run_job(store, EXAMPLE, "second", tmp_path)
+    assert types_of(store, "second", "architect") == ["step.started", "cache.hit", "step.succeeded"]
+    hit = next(ev for ev in store.read_job("second") if ev.type == "cache.hit" and ev.step == "builder")
+    assert hit.data["origin_job"] == "first" and hit.data["tokens_saved"] > 0
+
+
+def test_independent_steps_run_concurrently(tmp_path):
+    slow = EXAMPLE.read_text().replace(
+        'kind = "offline"\nmodel = "offline-1"', 'kind = "offline"\nmodel = "offline-1"\noptions = { delay_s = 0.3 }'
+    )
+    pipeline = tmp_path / "slow.toml"
+    pipeline.write_text(slow)
+    store = open_store(tmp_path / "s.db")
+    run_job(store, pipeline, "c", tmp_path)
+    order = [(ev.type, ev.step) for ev in store.read_job("c") if ev.step in ("docs", "qa")]
+    first_success = next(i for i, (t, _) in enumerate(order) if t == "step.succeeded")
+    started_before = {s for t, s in order[:first_success] if t == "llm.request"}
+    assert started_before == {"docs", "qa"}  # both were calling before either finished
+
+
+def test_editing_one_prompt_reruns_that_step_and_what_its_change_reaches(tmp_path):
+    store = open_store(tmp_path / "s.db")
+    run_job(store, EXAMPLE, "before", tmp_path)
+    edited = tmp_path / "edited.toml"
+    edited.write_text(EXAMPLE.read_text().replace("Write user documentation", "Write short user documentation"))
+    run_job(store, edited, "after", tmp_path)
+    state = fold_job(store, "after")
+    hits = {name: step.cache_hit for name, step in state.steps.items()}
+    assert hits == {"architect": True, "builder": True, "docs": False, "qa": True}
+
+
+def test_resume_with_an_edited_completed_step_reruns_it_and_its_dependants(tmp_path):
+    store = open_store(tmp_path / "s.db")
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        EXAMPLE.read_text().replace(
+            '[steps.qa]\nneeds = ["builder"]\nprovider = "local"',
+            '[steps.qa]\nneeds = ["builder"]\nprovider = "local"\noptions = { fail = true }',
+        )
+    )
+    outcome, _ = run_job(store, pipeline, "r", tmp_path)
+    assert not outcome.succeeded and outcome.failed_steps == ["qa"]
+    pipeline.write_text(EXAMPLE.read_text().replace("Design {{ inputs.idea }}.", "Design {{ inputs.idea }} well."))
+    prepared = prepare_resume(store, ResumeCommand(job_id="r"))
+    assert prepared.plan.run == ["architect", "builder", "docs", "qa"]
+    assert execute(store, prepared).succeeded
+    resumed = next(ev for ev in store.read_job("r") if ev.type == "job.resumed")
+    assert resumed.data["changed_steps"] == ["architect"]
+    state = fold_job(store, "r")
+    assert state.status == "succeeded" and state.steps["architect"].cache_hit is False
