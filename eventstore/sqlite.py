@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 SQLITE_MAGIC = b"SQLite format 3\x00"
-READ_BATCH = 2000
+READ_BATCH = 5000
 
 # Runs inside the append transaction after the events are inserted: keeps projection tables
 # in step with the log (see projections.tables).
@@ -222,7 +222,7 @@ class SQLiteEventStore:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
-        stored = [StoredEvent(*row) for row in rows]
+        stored = [StoredEvent._make(row) for row in rows]
         last = stored[-1]
         conn.execute(
             "INSERT INTO streams (job_id, version, last_hash, last_seq, created_ts, updated_ts)"
@@ -253,8 +253,7 @@ class SQLiteEventStore:
         last = params[0]
         while True:
             rows = self.conn.execute(sql, (last, *params[1:], READ_BATCH)).fetchall()
-            for row in rows:
-                yield StoredEvent(*row)
+            yield from map(StoredEvent._make, rows)
             if len(rows) < READ_BATCH:
                 return
             last = rows[-1][key_index]

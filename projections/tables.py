@@ -14,9 +14,9 @@ from dataclasses import astuple
 
 from eventstore.record import StoredEvent
 from eventstore.sqlite import SQLiteEventStore
-from projections import cache, manifest
+from projections import cache
 from projections.cache import CACHE_EVENT_TYPES, CacheEntry, CacheIndex
-from projections.manifest import JOB_STATUS_AFTER, JobState
+from projections.manifest import JOB_STATUS_AFTER
 
 
 def project_jobs(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> None:
@@ -83,16 +83,28 @@ def read_jobs_table(conn: sqlite3.Connection) -> dict[str, tuple[str | None, str
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
+JobRow = list  # [pipeline, status, created_ts]
+
+
+def apply_job_row(rows: dict[str, JobRow], ev: StoredEvent) -> None:
+    """The `jobs` table as a fold: pipeline and creation from job.created, then each status."""
+    if ev.type == "job.created":
+        rows[ev.job_id] = [json.loads(ev.data_json)["pipeline"], "created", ev.ts]
+    status = JOB_STATUS_AFTER.get(ev.type)
+    if status is not None and ev.job_id in rows:
+        rows[ev.job_id][1] = status
+
+
 def rebuild(store: SQLiteEventStore) -> int:
-    """Drop the projection tables' rows and refold them from seq 0; returns events folded."""
-    jobs: dict[str, JobState] = {}
+    """Drop the projection tables' rows and refold them from seq 0; returns events folded.
+
+    Memory grows with the number of jobs and cache keys, not with the number of events.
+    """
+    rows: dict[str, JobRow] = {}
     index: CacheIndex = {}
     count = 0
     for ev in store.read_all():
-        state = jobs.get(ev.job_id)
-        if state is None:
-            state = jobs[ev.job_id] = JobState(job_id=ev.job_id)
-        manifest.apply(state, ev)
+        apply_job_row(rows, ev)
         cache.apply(index, ev)
         count += 1
     with store.write_transaction() as conn:
@@ -100,7 +112,7 @@ def rebuild(store: SQLiteEventStore) -> int:
         conn.execute("DELETE FROM cache_index")
         conn.executemany(
             "INSERT INTO jobs (job_id, pipeline, status, created_ts) VALUES (?, ?, ?, ?)",
-            [(s.job_id, s.pipeline, s.status, s.created_ts or s.updated_ts) for s in jobs.values()],
+            [(job_id, *row) for job_id, row in rows.items()],
         )
         conn.executemany(
             "INSERT INTO cache_index (cache_key, response_sha256, origin_job, origin_step, seq,"
