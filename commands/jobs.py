@@ -202,13 +202,23 @@ def execute(
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        return anyio.run(runner.run, prepared.plan)
+        try:
+            return anyio.run(runner.run, prepared.plan)
+        except BaseExceptionGroup as group:
+            raise _first_leaf(group) from group  # one clear error, not a task-group tree
     except KeyboardInterrupt:
+        # The signal may land between a commit and the runner noting its new version, so append
+        # at the head: this process still owns the job.
         interrupted = NewEvent.of(JobInterrupted(signal=received["signal"]))
-        store.append(prepared.job_id, [interrupted], expected_version=runner.version)
+        store.append(prepared.job_id, [interrupted])
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 __all__ = [
