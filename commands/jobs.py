@@ -6,6 +6,7 @@ Rejected (exit 2) and leaves the database as it was.
 
 from __future__ import annotations
 
+import os
 import secrets
 import signal
 import time
@@ -74,6 +75,7 @@ def _check_job_id(job_id: str) -> None:
 def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
     pipeline = load_pipeline(cmd.pipeline_path)
     inputs = pipeline.resolve_inputs(cmd.inputs)
+    _check_keys(pipeline, list(pipeline.order))
     job_id = cmd.job_id or new_job_id()
     _check_job_id(job_id)
     if store.job_exists(job_id):
@@ -99,6 +101,12 @@ def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
     state = manifest.project(job_id, stored)
     plan = Plan(run=list(pipeline.order))
     return Prepared(job_id, pipeline, inputs, workspace, plan, state)
+
+
+def _check_keys(pipeline: Pipeline, steps: list[str]) -> None:
+    problems = pipeline.missing_keys(steps, os.environ)
+    if problems:
+        raise Rejected(problems[0])
 
 
 def _owner_text(owner: dict[str, object]) -> str:
@@ -163,6 +171,7 @@ def prepare_resume(store: SQLiteEventStore, cmd: ResumeCommand) -> Prepared:
     _check_resumable(state, cmd)
     pipeline = _pipeline_for_resume(store, state, cmd.pipeline_path)
     plan, changed = plan_resume(state, pipeline)
+    _check_keys(pipeline, plan.run)
     resumed = JobResumed(
         owner=current_owner(),
         pipeline_fingerprint=pipeline.fingerprint,

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -112,6 +112,15 @@ class Pipeline:
 
     def provider_for(self, step: str) -> ProviderConfig:
         return self.spec.providers[self.spec.steps[step].provider]
+
+    def missing_keys(self, steps: list[str], environ: Mapping[str, str]) -> list[str]:
+        """Problems with API keys the given steps' providers need (named, never the key)."""
+        problems = []
+        for name in sorted({self.spec.steps[s].provider for s in steps}):
+            variable = self.spec.providers[name].api_key_env
+            if variable and not environ.get(variable):
+                problems.append(f"provider {name!r} reads its API key from {variable}, which is not set")
+        return problems
 
     def resolve_inputs(self, given: dict[str, str]) -> dict[str, str]:
         unknown = sorted(set(given) - set(self.spec.inputs))

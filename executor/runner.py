@@ -40,7 +40,7 @@ from executor import cachekey, faults
 from executor.outputs import OutputProblem, StepOutput, parse_output
 from executor.pipeline import Pipeline
 from executor.templates import TemplateProblem, render
-from executor.workspace import UnsafePath, write_file
+from executor.workspace import UnsafePath, safe_relative, write_file
 from projections.tables import cache_lookup
 from providers.base import LLMRequest, LLMResult, Provider, ProviderError
 from providers.registry import build_provider
@@ -110,6 +110,7 @@ class JobRunner:
         self._steps_context: dict[str, dict[str, Any]] = {}  # what templates see as `steps`
         self.providers: dict[str, Provider] = {}
         self.limiters: dict[str, anyio.CapacityLimiter] = {}
+        self._errors: dict[str, str] = {}
 
     # -- the log ---------------------------------------------------------------------------------
 
@@ -147,9 +148,11 @@ class JobRunner:
         blocked = [n for n in plan.run if n not in self._attempted]
         duration = round(time.monotonic() - started, 6)
         if failed or blocked:
-            error = f"step {failed[0]} failed" if failed else "steps could not start"
+            error = "steps could not start"
+            if failed:
+                error = f"step {failed[0]} failed: {self._errors.get(failed[0], 'see its events')}"
             if len(failed) > 1:
-                error = f"steps {', '.join(failed)} failed"
+                error += f" (and {len(failed) - 1} more: {', '.join(failed[1:])})"
             self.emit([self._ev(JobFailed(error=error, failed_steps=failed, duration_s=duration))])
             return JobOutcome(False, failed, blocked)
         self.emit([self._ev(JobSucceeded(duration_s=duration))])
@@ -252,10 +255,13 @@ class JobRunner:
             cache_hit = False
         try:
             output = parse_output(spec.output, text)
-        except OutputProblem as exc:
+            for path in output.files:
+                safe_relative(path)  # an answer naming a bad path is refused before any write
+        except (OutputProblem, UnsafePath) as exc:
             # A response the step cannot use must not be served again from the cache.
             pending.append(self._ev(CacheInvalidated(cache_key=key, reason=str(exc)), name))
-            self._fail(name, pending, StepFailure(str(exc), "bad_output"), attempt, t0, pending_blobs)
+            error_type = "unsafe_path" if isinstance(exc, UnsafePath) else "bad_output"
+            self._fail(name, pending, StepFailure(str(exc), error_type), attempt, t0, pending_blobs)
             return False
         if output.files:
             if not cache_hit:  # a paid-for answer is committed before the workspace is touched
@@ -310,6 +316,7 @@ class JobRunner:
             error=exc.error, error_type=exc.error_type, attempt=attempt,
             duration_s=round(time.monotonic() - t0, 6),
         )  # fmt: skip
+        self._errors[name] = exc.error
         self.emit([*before, self._ev(failed, name)], blobs=blobs)
 
     async def _call(

@@ -281,3 +281,101 @@ def test_events_replay_and_jobs_output(tmp_path):
 
     listed = json.loads(steplog(db, "jobs", "--json").out)
     assert listed[0]["job_id"] == "e" and listed[0]["status"] == "succeeded"
+
+
+def _remote_pipeline(tmp_path: Path, port: int, max_retries: int = 0) -> Path:
+    """The example with every step but architect on an OpenAI-compatible server at 127.0.0.1:port."""
+    text = EXAMPLE.read_text()
+    text = text.replace("http://127.0.0.1:8080/v1", f"http://127.0.0.1:{port}/v1")
+    text = text.replace("max_retries = 3", f"max_retries = {max_retries}")
+    head, sep, steps = text.partition("[steps.builder]")
+    path = tmp_path / "remote.toml"
+    path.write_text(head + sep + steps.replace('provider = "local"', 'provider = "remote"'))
+    return path
+
+
+KEY_ENV = {"OPENAI_API_KEY": "sk-test"}
+
+
+def test_missing_api_key_is_refused_before_anything_is_written(tmp_path):
+    db = tmp_path / "s.db"
+    result = steplog(db, "run", str(_remote_pipeline(tmp_path, _free_port())))
+    assert result.code == 2
+    assert "OPENAI_API_KEY, which is not set" in result.err
+    assert event_count(db) == 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_provider_down_then_back_resumes_with_earlier_steps_skipped(tmp_path):
+    from tests.fake_llm_server import FakeLLMServer
+
+    db, port = tmp_path / "s.db", _free_port()
+    env = {"OPENAI_API_KEY": "sk-e2e-secret-value"}
+    pipeline = _remote_pipeline(tmp_path, port)
+    failed = steplog(db, "run", str(pipeline), "--job-id", "down", env=env)  # nothing listens yet
+    assert failed.code == 1, failed.err
+    assert "step builder failed" in failed.err and f"127.0.0.1:{port}" in failed.err
+    doc = status_json(db, "down")
+    assert doc["steps"]["architect"]["status"] == "succeeded"
+    assert doc["steps"]["builder"]["status"] == "failed"
+    assert set(doc["pending_steps"]) == {"builder", "docs", "qa"}
+
+    with FakeLLMServer(port=port) as server:
+        resumed = steplog(db, "resume", "down", env=env)
+        assert resumed.code == 0, resumed.err
+        assert len(server.calls) == 3  # builder, docs, qa; architect is not asked again
+        assert all(c["headers"]["Authorization"] == "Bearer sk-e2e-secret-value" for c in server.calls)
+    doc = status_json(db, "down")
+    assert doc["status"] == "succeeded" and doc["pending_steps"] == []
+    skipped = db_rows(db, "SELECT step FROM events WHERE job_id='down' AND type='step.skipped'")
+    assert skipped == [("architect",)]
+    assert b"sk-e2e-secret-value" not in db.read_bytes()
+    assert (tmp_path / "runs" / "down" / "main.py").exists()
+
+
+def test_retryable_failures_are_retried_and_every_attempt_is_in_the_log(tmp_path):
+    from tests.fake_llm_server import FakeLLMServer
+
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        server.faults.extend([("status", 503, None, {}), ("status", 429, None, {"Retry-After": "0"})])
+        pipeline = _remote_pipeline(tmp_path, server.port, max_retries=2)
+        result = steplog(db, "run", str(pipeline), "--job-id", "r", env=KEY_ENV)
+        assert result.code == 0, result.err
+    rows = db_rows(
+        db,
+        "SELECT type, json_extract(data, '$.attempt'), json_extract(data, '$.success'),"
+        " json_extract(data, '$.status') FROM events WHERE job_id = 'r' AND step = 'builder'"
+        " AND type IN ('llm.request', 'llm.response', 'step.retrying') ORDER BY version",
+    )
+    assert rows == [
+        ("llm.request", 1, None, None), ("llm.response", 1, 0, 503), ("step.retrying", 1, None, None),
+        ("llm.request", 2, None, None), ("llm.response", 2, 0, 429), ("step.retrying", 2, None, None),
+        ("llm.request", 3, None, None), ("llm.response", 3, 1, None),
+    ]  # fmt: skip
+
+
+def test_bad_answers_fail_the_step_and_are_not_cached(tmp_path):
+    from tests.fake_llm_server import FakeLLMServer
+
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        pipeline = _remote_pipeline(tmp_path, server.port)
+        server.faults.append(("answer", '{"files": [{"path": "../../escape.py", "content": "x"}]}'))
+        result = steplog(db, "run", str(pipeline), "--job-id", "bad", env=KEY_ENV)
+        assert result.code == 1
+        assert "escapes the workspace" in result.err
+        assert not (tmp_path / "escape.py").exists()
+        server.faults.append(("answer", "no files here, sorry"))
+        assert steplog(db, "resume", "bad", env=KEY_ENV).code == 1  # not served from the cache
+        assert len(server.calls) == 2
+        assert steplog(db, "resume", "bad", env=KEY_ENV).code == 0
+    reasons = db_rows(db, "SELECT json_extract(data, '$.error_type') FROM events WHERE type='step.failed'")
+    assert reasons == [("unsafe_path",), ("bad_output",)]
