@@ -286,6 +286,22 @@ class SQLiteEventStore:
     def last_seq(self) -> int:
         return self.conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
 
+    def get_blobs(self, shas: Sequence[str]) -> dict[str, bytes]:
+        """Many blobs in few queries; raises StoreError naming the first one missing."""
+        found: dict[str, bytes] = {}
+        wanted = list(dict.fromkeys(shas))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for sha, content in self.conn.execute(
+                f"SELECT sha256, content FROM blobs WHERE sha256 IN ({marks})", chunk
+            ):
+                found[sha] = bytes(content)
+        for sha in wanted:
+            if sha not in found:
+                raise StoreError(f"blob {sha[:12]} is missing from the database")
+        return found
+
     def get_blob(self, sha256: str) -> bytes:
         row = self.conn.execute("SELECT content FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
         if row is None:

@@ -163,9 +163,10 @@ class JobRunner:
     def _load_reused(self, plan: Plan) -> None:
         self._attempted = set()
         skipped = []
+        contents = self.store.get_blobs([sha for sha, _ in plan.reuse.values()])
         for name, (sha, reason) in plan.reuse.items():
             kind = self.pipeline.spec.steps[name].output
-            self._record_output(name, parse_output(kind, self.store.get_blob(sha).decode("utf-8")))
+            self._record_output(name, parse_output(kind, contents[sha].decode("utf-8")))
             skipped.append(
                 self._ev(
                     StepSkipped(

@@ -8,7 +8,7 @@ step could not use), so the next run asks the provider again.
 
 from __future__ import annotations
 
-import json
+import orjson
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -34,7 +34,7 @@ CacheIndex = dict[str, CacheEntry]
 def apply(index: CacheIndex, ev: StoredEvent) -> CacheIndex:
     if ev.type not in CACHE_EVENT_TYPES:
         return index
-    d = json.loads(ev.data_json)
+    d = orjson.loads(ev.data_json)
     key = d["cache_key"]
     if ev.type == "cache.invalidated":
         index.pop(key, None)

@@ -6,7 +6,7 @@ with the same code; `apply` is the single step of the fold and touches no databa
 
 from __future__ import annotations
 
-import json
+import orjson
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -242,7 +242,7 @@ def apply(state: JobState, ev: StoredEvent) -> JobState:
         raise ValueError(f"event of job {ev.job_id} folded into job {state.job_id}")
     handler = _HANDLERS.get(ev.type)
     if handler is not None:
-        handler(state, ev, json.loads(ev.data_json))
+        handler(state, ev, orjson.loads(ev.data_json))
     status = JOB_STATUS_AFTER.get(ev.type)
     if status is not None:
         state.status = status

@@ -6,7 +6,7 @@ event sequence, so the tables are a cache of the log, never a second truth.
 
 from __future__ import annotations
 
-import json
+import orjson
 import sqlite3
 from typing import Sequence
 
@@ -25,7 +25,7 @@ def project_jobs(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> Non
         if ev.type == "job.created":
             conn.execute(
                 "INSERT INTO jobs (job_id, pipeline, status, created_ts) VALUES (?, ?, 'created', ?)",
-                (ev.job_id, json.loads(ev.data_json)["pipeline"], ev.ts),
+                (ev.job_id, orjson.loads(ev.data_json)["pipeline"], ev.ts),
             )
         status = JOB_STATUS_AFTER.get(ev.type)
         if status is not None:
@@ -38,7 +38,7 @@ def project_cache(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> No
     for ev in events:
         if ev.type not in CACHE_EVENT_TYPES:
             continue
-        d = json.loads(ev.data_json)
+        d = orjson.loads(ev.data_json)
         if ev.type == "cache.invalidated":
             conn.execute("DELETE FROM cache_index WHERE cache_key = ?", (d["cache_key"],))
         elif ev.type == "llm.response":
@@ -89,7 +89,7 @@ JobRow = list  # [pipeline, status, created_ts]
 def apply_job_row(rows: dict[str, JobRow], ev: StoredEvent) -> None:
     """The `jobs` table as a fold: pipeline and creation from job.created, then each status."""
     if ev.type == "job.created":
-        rows[ev.job_id] = [json.loads(ev.data_json)["pipeline"], "created", ev.ts]
+        rows[ev.job_id] = [orjson.loads(ev.data_json)["pipeline"], "created", ev.ts]
     status = JOB_STATUS_AFTER.get(ev.type)
     if status is not None and ev.job_id in rows:
         rows[ev.job_id][1] = status
