@@ -41,11 +41,13 @@ BEGIN
 END;
 
 -- Content-addressed payloads: prompts, responses, step outputs, file contents. Stored once.
+-- A rowid table on purpose: contents are large, so they go at the end of the table and only
+-- the small sha256 index entry lands at a random place (WITHOUT ROWID would split pages).
 CREATE TABLE IF NOT EXISTS blobs (
     sha256  TEXT PRIMARY KEY,
     size    INTEGER NOT NULL,
     content BLOB    NOT NULL
-) WITHOUT ROWID;
+);
 
 CREATE TRIGGER IF NOT EXISTS blobs_immutable_update
 BEFORE UPDATE ON blobs

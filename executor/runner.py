@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -131,11 +132,14 @@ class JobRunner:
     async def run(self, plan: Plan) -> JobOutcome:
         started = time.monotonic()
         self._load_reused(plan)
-        async with httpx.AsyncClient() as client:
-            used = {self.pipeline.spec.steps[step].provider for step in plan.run}
-            for name, config in self.pipeline.spec.providers.items():
-                if name not in used:
-                    continue
+        used = {self.pipeline.spec.steps[step].provider for step in plan.run}
+        configs = {name: c for name, c in self.pipeline.spec.providers.items() if name in used}
+        async with AsyncExitStack() as stack:
+            client = None
+            if any(c.kind != "offline" for c in configs.values()):
+                # Only when a step talks HTTP: building a client loads the TLS trust store (~20 ms).
+                client = await stack.enter_async_context(httpx.AsyncClient())
+            for name, config in configs.items():
                 self.providers[name] = build_provider(name, config, client)
                 limit = DEFAULT_CONCURRENCY.get(config.kind, 4)
                 self.limiters[name] = anyio.CapacityLimiter(limit)

@@ -9,9 +9,11 @@ from providers.config import ProviderConfig
 from providers.offline import OfflineProvider
 
 
-def build_provider(name: str, config: ProviderConfig, client: httpx.AsyncClient) -> Provider:
+def build_provider(name: str, config: ProviderConfig, client: httpx.AsyncClient | None) -> Provider:
     if config.kind == "offline":
         return OfflineProvider(name, config)
+    if client is None:
+        raise ValueError(f"provider {name!r} of kind {config.kind} needs an HTTP client")
     if config.kind == "openai":
         from providers.openai import OpenAIProvider
 
