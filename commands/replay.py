@@ -64,7 +64,8 @@ def replay(store: SQLiteEventStore, job_id: str, point: str) -> ReplayView:
     index: CacheIndex = {}
     events: list[StoredEvent] = []
     found = False
-    for ev in store.read_job(job_id):
+    until = target if kind == "version" else None
+    for ev in store.read_job(job_id, until_version=until):  # type: ignore[arg-type]
         if kind == "ts" and _parse_ts(ev.ts) > target:  # type: ignore[operator]
             found = bool(events)
             break

@@ -26,7 +26,9 @@ from eventstore.record import (
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+# eventstore/schema.sql is a symlink to the repository's schema.sql (the one definition), so the
+# schema ships inside the package when installed from a wheel.
+SCHEMA_PATH = Path(__file__).parent / "schema.sql"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 READ_BATCH = 5000
 

@@ -94,6 +94,11 @@ class OpenAIProvider:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
+    def _redact(self, message: str) -> str:
+        """Servers sometimes echo the key they were sent; it must not reach the log."""
+        key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
+        return message.replace(key, "[redacted]") if key else message
+
     def body(self, request: LLMRequest) -> dict[str, Any]:
         messages = []
         if request.system:
@@ -121,8 +126,9 @@ class OpenAIProvider:
                 provider=self.name,
             ) from exc
         if response.status_code >= 400:
+            message = self._redact(server_message(response))
             raise ProviderHTTPError(
-                f"{self.safe_url}: HTTP {response.status_code}: {server_message(response)}",
+                f"{self.safe_url}: HTTP {response.status_code}: {message}",
                 provider=self.name,
                 status=response.status_code,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),

@@ -379,3 +379,22 @@ def test_bad_answers_fail_the_step_and_are_not_cached(tmp_path):
         assert steplog(db, "resume", "bad", env=KEY_ENV).code == 0
     reasons = db_rows(db, "SELECT json_extract(data, '$.error_type') FROM events WHERE type='step.failed'")
     assert reasons == [("unsafe_path",), ("bad_output",)]
+
+
+def test_the_api_key_never_reaches_the_database_or_the_terminal(tmp_path):
+    from tests.fake_llm_server import FakeLLMServer
+
+    db, secret = tmp_path / "s.db", "sk-live-0123456789abcdef"
+    with FakeLLMServer() as server:
+        pipeline = _remote_pipeline(tmp_path, server.port)
+        server.faults.append(("status", 401, {"error": {"message": f"Incorrect API key provided: {secret}"}}, {}))
+        result = steplog(db, "run", str(pipeline), "--job-id", "k", env={"OPENAI_API_KEY": secret})
+        assert result.code == 1
+        assert "HTTP 401" in result.err and "Incorrect API key" in result.err
+        assert server.calls[0]["headers"]["Authorization"] == f"Bearer {secret}"
+    events = steplog(db, "events", "k", "--json")
+    for text in (result.out, result.err, events.out):
+        assert secret not in text
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

@@ -122,3 +122,11 @@ def test_helpers():
     assert parse_retry_after("1000") == 300.0
     assert parse_retry_after("nonsense") is None
     assert parse_retry_after(email.utils.formatdate(100, usegmt=True), now=90) == pytest.approx(10)
+
+
+def test_a_key_echoed_by_the_server_is_redacted(server, monkeypatch):
+    monkeypatch.setenv("FAKE_KEY", KEY)
+    server.faults.append(("status", 401, {"error": {"message": f"Incorrect API key provided: {KEY}"}}, {}))
+    with pytest.raises(ProviderHTTPError) as info:
+        call(server.url, api_key_env="FAKE_KEY")
+    assert KEY not in str(info.value) and "[redacted]" in str(info.value)
