@@ -313,7 +313,7 @@ def bench_big_log(tmp: Path, cache_dir: Path, jobs: int, steps_per_job: int) -> 
     resumed = prepare_resume(store, ResumeCommand(job_id="big-job"))
     planned = time.perf_counter()
     assert execute(store, resumed, observer=observer).succeeded
-    report(f"resume of that job: to the first step started", f"{(first_step[0] - t0) * 1e3:.0f} ms",
+    report("resume of that job: to the first step started", f"{(first_step[0] - t0) * 1e3:.0f} ms",
            f"fold + plan {(planned - t0) * 1e3:.0f} ms; target ≤ 100 ms")  # fmt: skip
     store.close()
 

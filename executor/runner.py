@@ -38,6 +38,7 @@ from eventstore.events import (
 from eventstore.record import StoredEvent, blob_sha256
 from eventstore.sqlite import SQLiteEventStore
 from executor import cachekey, faults
+from executor.committer import GroupCommitter
 from executor.outputs import OutputProblem, StepOutput, parse_output
 from executor.pipeline import Pipeline
 from executor.templates import TemplateProblem, render
@@ -115,7 +116,12 @@ class JobRunner:
 
     # -- the log ---------------------------------------------------------------------------------
 
+    async def commit(self, events: list[NewEvent], blobs: Sequence[bytes] = ()) -> list[StoredEvent]:
+        """Append from a step; replaced by a group committer while steps run."""
+        return self.emit(events, blobs)
+
     def emit(self, events: list[NewEvent], blobs: Sequence[bytes] = ()) -> list[StoredEvent]:
+        """Append now, in this transaction of our own."""
         stored = self.store.append(self.job_id, events, expected_version=self.version, blobs=blobs)
         self.version = stored[-1].version
         if self.observer is not None:
@@ -145,9 +151,15 @@ class JobRunner:
                 self.limiters[name] = anyio.CapacityLimiter(limit)
             done = {name: anyio.Event() for name in plan.run}
             ok: dict[str, bool] = {name: True for name in plan.reuse}
-            async with anyio.create_task_group() as tg:
-                for name in plan.run:
-                    tg.start_soon(self._step_task, name, plan, done, ok)
+            committer = GroupCommitter(self.emit)
+            self.commit = committer.append
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(committer.run)
+                async with anyio.create_task_group() as steps:
+                    for name in plan.run:
+                        steps.start_soon(self._step_task, name, plan, done, ok)
+                committer.flush()
+                outer.cancel_scope.cancel()
         failed = [n for n in plan.run if ok.get(n) is False and n in self._attempted]
         blocked = [n for n in plan.run if n not in self._attempted]
         duration = round(time.monotonic() - started, 6)
@@ -195,7 +207,12 @@ class JobRunner:
                     ok[name] = False
                     return  # blocked: a dependency failed or never ran
             self._attempted.add(name)
-            ok[name] = await self._run_step(name, plan.attempts.get(name, 0) + 1)
+
+            def release() -> None:
+                ok[name] = True
+                done[name].set()
+
+            ok[name] = await self._run_step(name, plan.attempts.get(name, 0) + 1, release)
         finally:
             done[name].set()
 
@@ -208,7 +225,12 @@ class JobRunner:
     def _context(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "steps": self._steps_context}
 
-    async def _run_step(self, name: str, attempt: int) -> bool:
+    async def _run_step(self, name: str, attempt: int, release: Callable[[], None]) -> bool:
+        """Run one step; `release` lets dependants start once its success is settled in memory.
+
+        Dependants are released just before the success is committed, so their first batch can
+        share that transaction (group commit); they reach no provider or file before it lands.
+        """
         spec = self.pipeline.spec.steps[name]
         fingerprint = self.pipeline.step_fingerprints[name]
         t0 = time.monotonic()
@@ -218,7 +240,7 @@ class JobRunner:
             prompt = render(spec.prompt, context, where=f"steps.{name}.prompt")
             system = render(spec.system, context, where=f"steps.{name}.system") if spec.system else None
         except TemplateProblem as exc:
-            self._fail(name, [started], StepFailure(str(exc), "template_error"), attempt, t0)
+            await self._fail(name, [started], StepFailure(str(exc), "template_error"), attempt, t0)
             return False
         config = self.pipeline.provider_for(name)
         model = spec.model or config.model
@@ -254,7 +276,7 @@ class JobRunner:
             try:
                 text, answered, response = await self._call(name, request, key, pending)
             except StepFailure as exc:
-                self._fail(name, [], exc, attempt, t0)
+                await self._fail(name, [], exc, attempt, t0)
                 return False
             pending, pending_blobs = [answered], [response]
             cache_hit = False
@@ -266,18 +288,18 @@ class JobRunner:
             # A response the step cannot use must not be served again from the cache.
             pending.append(self._ev(CacheInvalidated(cache_key=key, reason=str(exc)), name))
             error_type = "unsafe_path" if isinstance(exc, UnsafePath) else "bad_output"
-            self._fail(name, pending, StepFailure(str(exc), error_type), attempt, t0, pending_blobs)
+            await self._fail(name, pending, StepFailure(str(exc), error_type), attempt, t0, pending_blobs)
             return False
         if output.files:
             if not cache_hit:  # a paid-for answer is committed before the workspace is touched
-                self.emit(pending, blobs=pending_blobs)
+                await self.commit(pending, pending_blobs)
                 pending, pending_blobs = [], []
             try:
                 self._write_files(name, output, pending)
             except (UnsafePath, OSError) as exc:
                 error_type = "unsafe_path" if isinstance(exc, UnsafePath) else "io_error"
                 failure = StepFailure(f"cannot write files: {exc}", error_type)
-                self._fail(name, pending, failure, attempt, t0, pending_blobs)
+                await self._fail(name, pending, failure, attempt, t0, pending_blobs)
                 return False
         succeeded = StepSucceeded(
             output_sha256=blob_sha256(output.text.encode("utf-8")),
@@ -288,8 +310,9 @@ class JobRunner:
             fingerprint=fingerprint,
         )
         pending.append(self._ev(succeeded, name))
-        self.emit(pending, blobs=[*pending_blobs, output.text.encode("utf-8")])
         self._record_output(name, output)
+        release()
+        await self.commit(pending, [*pending_blobs, output.text.encode("utf-8")])
         return True
 
     def _write_files(self, name: str, output: StepOutput, events: list[NewEvent]) -> None:
@@ -308,7 +331,7 @@ class JobRunner:
                 )
             )  # fmt: skip
 
-    def _fail(
+    async def _fail(
         self,
         name: str,
         before: list[NewEvent],
@@ -322,7 +345,7 @@ class JobRunner:
             duration_s=round(time.monotonic() - t0, 6),
         )  # fmt: skip
         self._errors[name] = exc.error
-        self.emit([*before, self._ev(failed, name)], blobs=blobs)
+        await self.commit([*before, self._ev(failed, name)], blobs)
 
     async def _call(
         self, name: str, request: LLMRequest, key: str, head: list[NewEvent]
@@ -345,7 +368,7 @@ class JobRunner:
                 provider=provider.name, kind=provider.kind, model=request.model,
                 prompt_tokens=prompt_tokens, attempt=call, cache_key=key, prompt_sha256=prompt_sha,
             )  # fmt: skip
-            self.emit([*pending, self._ev(requested, name)], blobs=blobs)
+            await self.commit([*pending, self._ev(requested, name)], blobs)
             pending, blobs = [], []
             t = time.monotonic()
             try:
@@ -360,10 +383,10 @@ class JobRunner:
                 if exc.retryable and call < max_attempts:
                     delay = backoff_delay(call, exc.retry_after, self.rng)
                     retrying = StepRetrying(attempt=call, delay_s=delay, error=str(exc))
-                    self.emit([self._ev(failure, name), self._ev(retrying, name)])
+                    await self.commit([self._ev(failure, name), self._ev(retrying, name)])
                     await anyio.sleep(delay)
                     continue
-                self.emit([self._ev(failure, name)])
+                await self.commit([self._ev(failure, name)])
                 raise StepFailure(str(exc), exc.error_class) from exc
             except Exception as exc:  # a provider bug must fail the step, not wedge the job
                 error = f"provider {provider.name!r} raised {type(exc).__name__}: {exc}"
@@ -372,7 +395,7 @@ class JobRunner:
                     duration_s=round(time.monotonic() - t, 6), success=False, attempt=call,
                     cache_key=key, error=error, error_class="internal_error",
                 )  # fmt: skip
-                self.emit([self._ev(failure, name)])
+                await self.commit([self._ev(failure, name)])
                 raise StepFailure(error, "internal_error") from exc
             response = result.text.encode("utf-8")
             answered = LLMResponded(

@@ -1,0 +1,71 @@
+"""Group commit: steps that append in the same event-loop tick share one transaction.
+
+When many steps become ready together (a fan-out), each would otherwise pay its own
+BEGIN IMMEDIATE … COMMIT (≈ 90 µs, several pages). Every caller still waits until its own
+events are committed before going on, so "llm.request is committed before the call" holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import anyio
+import anyio.lowlevel
+
+from eventstore.events import NewEvent
+from eventstore.record import StoredEvent
+
+Commit = Callable[[list[NewEvent], Sequence[bytes]], list[StoredEvent]]
+
+
+@dataclass
+class _Waiter:
+    events: list[NewEvent]
+    blobs: Sequence[bytes]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    stored: list[StoredEvent] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+class GroupCommitter:
+    def __init__(self, commit: Commit) -> None:
+        self._commit = commit
+        self._waiting: list[_Waiter] = []
+        self._wakeup = anyio.Event()
+
+    async def append(self, events: list[NewEvent], blobs: Sequence[bytes] = ()) -> list[StoredEvent]:
+        waiter = _Waiter(events, blobs)
+        self._waiting.append(waiter)
+        self._wakeup.set()
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.stored
+
+    async def run(self) -> None:
+        """The flusher; runs until cancelled (when the job's steps are done)."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            await anyio.lowlevel.checkpoint()  # let every step ready in this tick add its batch
+            self.flush()
+
+    def flush(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        if not waiting:
+            return
+        try:
+            stored = self._commit(
+                [ev for w in waiting for ev in w.events], [b for w in waiting for b in w.blobs]
+            )
+        except Exception as exc:  # every waiter of the failed transaction sees its error
+            for w in waiting:
+                w.error = exc
+                w.done.set()
+            return
+        offset = 0
+        for w in waiting:
+            w.stored = stored[offset : offset + len(w.events)]
+            offset += len(w.events)
+            w.done.set()
