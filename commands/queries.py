@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from rich.console import Console
@@ -85,7 +84,7 @@ def replay_document(view: ReplayView) -> dict[str, Any]:
         "manifest": view.state.to_manifest(),
         "completed_steps": view.state.completed_steps,
         "pending_steps": view.state.pending_steps,
-        "cache_index": {key: asdict(entry) for key, entry in view.cache.items()},
+        "cache_index": {key: entry._asdict() for key, entry in view.cache.items()},
         "events": [ev.envelope() | {"version": ev.version, "seq": ev.seq} for ev in view.events],
     }
 

@@ -9,16 +9,14 @@ step could not use), so the next run asks the provider again.
 from __future__ import annotations
 
 import orjson
-from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from eventstore.record import StoredEvent
 
 CACHE_EVENT_TYPES = ("llm.response", "cache.hit", "cache.invalidated")
 
 
-@dataclass(frozen=True, slots=True)
-class CacheEntry:
+class CacheEntry(NamedTuple):
     cache_key: str
     response_sha256: str
     origin_job: str

@@ -10,8 +10,6 @@ import orjson
 import sqlite3
 from typing import Sequence
 
-from dataclasses import astuple
-
 from eventstore.record import StoredEvent
 from eventstore.sqlite import SQLiteEventStore
 from projections import cache
@@ -103,7 +101,7 @@ def rebuild(store: SQLiteEventStore) -> int:
     rows: dict[str, JobRow] = {}
     index: CacheIndex = {}
     count = 0
-    for ev in store.read_all():
+    for ev in store.read_all(data_for=("job.created", *CACHE_EVENT_TYPES)):
         apply_job_row(rows, ev)
         cache.apply(index, ev)
         count += 1
@@ -117,6 +115,6 @@ def rebuild(store: SQLiteEventStore) -> int:
         conn.executemany(
             "INSERT INTO cache_index (cache_key, response_sha256, origin_job, origin_step, seq,"
             " tokens_in, tokens_out) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [astuple(e) for e in index.values()],
+            list(index.values()),
         )
     return count
