@@ -113,12 +113,16 @@ class JobRunner:
         self.providers: dict[str, Provider] = {}
         self.limiters: dict[str, anyio.CapacityLimiter] = {}
         self._errors: dict[str, str] = {}
+        self._attempted: set[str] = set()  # steps that got past their needs and started
+        self._committer: GroupCommitter | None = None
 
     # -- the log ---------------------------------------------------------------------------------
 
     async def commit(self, events: list[NewEvent], blobs: Sequence[bytes] = ()) -> list[StoredEvent]:
-        """Append from a step; replaced by a group committer while steps run."""
-        return self.emit(events, blobs)
+        """Append from a step: through the group committer while steps run."""
+        if self._committer is None:
+            return self.emit(events, blobs)
+        return await self._committer.append(events, blobs)
 
     def emit(self, events: list[NewEvent], blobs: Sequence[bytes] = ()) -> list[StoredEvent]:
         """Append now, in this transaction of our own."""
@@ -151,8 +155,7 @@ class JobRunner:
                 self.limiters[name] = anyio.CapacityLimiter(limit)
             done = {name: anyio.Event() for name in plan.run}
             ok: dict[str, bool] = {name: True for name in plan.reuse}
-            committer = GroupCommitter(self.emit)
-            self.commit = committer.append
+            self._committer = committer = GroupCommitter(self.emit)
             async with anyio.create_task_group() as outer:
                 outer.start_soon(committer.run)
                 async with anyio.create_task_group() as steps:
@@ -160,6 +163,7 @@ class JobRunner:
                         steps.start_soon(self._step_task, name, plan, done, ok)
                 committer.flush()
                 outer.cancel_scope.cancel()
+            self._committer = None
         failed = [n for n in plan.run if ok.get(n) is False and n in self._attempted]
         blocked = [n for n in plan.run if n not in self._attempted]
         duration = round(time.monotonic() - started, 6)
@@ -174,10 +178,7 @@ class JobRunner:
         self.emit([self._ev(JobSucceeded(duration_s=duration))])
         return JobOutcome(True, [], [])
 
-    _attempted: set[str]
-
     def _load_reused(self, plan: Plan) -> None:
-        self._attempted = set()
         skipped = []
         contents = self.store.get_blobs([sha for sha, _ in plan.reuse.values()])
         for name, (sha, reason) in plan.reuse.items():
