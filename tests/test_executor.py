@@ -96,3 +96,53 @@ def test_resume_with_an_edited_completed_step_reruns_it_and_its_dependants(tmp_p
     assert resumed.data["changed_steps"] == ["architect"]
     state = fold_job(store, "r")
     assert state.status == "succeeded" and state.steps["architect"].cache_hit is False
+
+
+# -- properties over random pipelines --------------------------------------------------------------
+
+import tempfile  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def random_pipeline(draw) -> str:
+    """A random DAG of offline steps: each step needs some earlier ones and reads their output."""
+    count = draw(st.integers(min_value=1, max_value=7))
+    lines = ['name = "random"', "[inputs.topic]", 'default = "t"', "[providers.local]", 'kind = "offline"']
+    for i in range(count):
+        needs = sorted(draw(st.sets(st.integers(min_value=0, max_value=i - 1), max_size=3))) if i else []
+        output = draw(st.sampled_from(["text", "json", "files"]))
+        reads = " ".join(f"{{{{ steps.s{n}.output }}}}" for n in needs)
+        lines += [f"[steps.s{i}]", f"needs = {[f's{n}' for n in needs]!r}".replace("'", '"'),
+                  'provider = "local"', f'output = "{output}"',
+                  f'prompt = """{"files" if output == "files" else "about"} {{{{ inputs.topic }}}} {reads}"""']  # fmt: skip
+        if draw(st.integers(min_value=0, max_value=6)) == 0:
+            lines.append("options = { fail = true }")
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=25, deadline=None)
+@given(random_pipeline(), st.text(alphabet="abc xyz", min_size=1, max_size=12))
+def test_for_any_pipeline_the_rebuilt_state_is_what_the_executor_saw(source, topic):
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        pipeline = tmp / "p.toml"
+        pipeline.write_text(source)
+        store = open_store(tmp / "s.db")
+        outcome, seen = run_job(store, pipeline, "j", tmp, topic=topic)
+        rebuilt = manifest.project("j", store.read_job("j"))
+        assert rebuilt.to_manifest() == seen.to_manifest()
+        assert rebuilt.status == ("succeeded" if outcome.succeeded else "failed")
+        assert set(rebuilt.completed_steps) | set(rebuilt.pending_steps) == set(rebuilt.steps)
+        for name in outcome.failed_steps:
+            assert rebuilt.steps[name].status == "failed"
+        # a second run is served entirely by the cache for every step that succeeded before
+        again, _ = run_job(store, pipeline, "k", tmp, topic=topic)
+        second = manifest.project("k", store.read_job("k"))
+        for name, step in rebuilt.steps.items():
+            if step.status == "succeeded":
+                assert second.steps[name].cache_hit is True
+        assert read_cache_table(store.conn) == cache.project(store.read_all())
+        store.close()
