@@ -110,7 +110,7 @@ from hypothesis import strategies as st  # noqa: E402
 def random_pipeline(draw) -> str:
     """A random DAG of offline steps: each step needs some earlier ones and reads their output."""
     count = draw(st.integers(min_value=1, max_value=7))
-    lines = ['name = "random"', "[inputs.topic]", 'default = "t"', "[providers.local]", 'kind = "offline"']
+    lines = ['name = "random"', "[inputs.topic]", 'default = "t"', "[providers.local]", 'kind = "offline"', "max_retries = 0"]
     for i in range(count):
         needs = sorted(draw(st.sets(st.integers(min_value=0, max_value=i - 1), max_size=3))) if i else []
         output = draw(st.sampled_from(["text", "json", "files"]))
@@ -123,7 +123,7 @@ def random_pipeline(draw) -> str:
     return "\n".join(lines) + "\n"
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(random_pipeline(), st.text(alphabet="abc xyz", min_size=1, max_size=12))
 def test_for_any_pipeline_the_rebuilt_state_is_what_the_executor_saw(source, topic):
     with tempfile.TemporaryDirectory() as tmp_name:
