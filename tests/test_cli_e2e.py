@@ -41,6 +41,8 @@ def factory(tmp_path: Path, **replacements: str) -> Path:
 
 
 SLOW = {'kind = "offline"\nmodel = "offline-1"': 'kind = "offline"\nmodel = "offline-1"\noptions = { delay_s = 0.4 }'}
+# for tests that must act while a call is in flight, even on a slow, busy machine
+SLOWER = {'kind = "offline"\nmodel = "offline-1"': 'kind = "offline"\nmodel = "offline-1"\noptions = { delay_s = 1.5 }'}
 DOCS_FAILS = {
     '[steps.docs]\nneeds = ["builder"]\nprovider = "local"': '[steps.docs]\nneeds = ["builder"]\nprovider = "local"\noptions = { fail = true }'
 }
@@ -205,7 +207,7 @@ def _popen(db: Path, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
 def test_external_kill_9_mid_call_then_resume(tmp_path, clean_run):
     db, log = tmp_path / "s.db", tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
-    pipeline = factory(tmp_path, **SLOW)
+    pipeline = factory(tmp_path, **SLOWER)
     proc = _popen(db, "run", str(pipeline), "--job-id", "k", env=env)
     try:
         _wait_for(db, "SELECT count(*) FROM events WHERE type='llm.request' AND step='builder'")
@@ -224,7 +226,7 @@ def test_external_kill_9_mid_call_then_resume(tmp_path, clean_run):
 
 def test_resume_of_a_job_another_live_process_runs_is_refused(tmp_path):
     db = tmp_path / "s.db"
-    pipeline = factory(tmp_path, **SLOW)
+    pipeline = factory(tmp_path, **SLOWER)
     proc = _popen(db, "run", str(pipeline), "--job-id", "busy", env={})
     try:
         _wait_for(db, "SELECT count(*) FROM events WHERE type='step.started'")
