@@ -19,6 +19,7 @@ from rich.table import Table
 from commands import queries
 from commands.display import LiveDisplay, PlainDisplay
 from commands.jobs import (
+    Interrupted,
     Prepared,
     Rejected,
     ResumeCommand,
@@ -99,9 +100,13 @@ def _run_prepared(store: SQLiteEventStore, prepared: Prepared, quiet: bool) -> N
     try:
         with display:
             outcome = execute(store, prepared, observer=display)
-    except KeyboardInterrupt:
-        click.echo(f"job {prepared.job_id} interrupted; continue with: steplog resume {prepared.job_id}", err=True)
-        raise SystemExit(130) from None
+    except Interrupted as stop:
+        click.echo(
+            f"job {prepared.job_id} interrupted ({stop.signal_name}); "
+            f"continue with: steplog resume {prepared.job_id}",
+            err=True,
+        )
+        raise SystemExit(stop.exit_code) from None
     state = display.state
     tokens = state.tokens_in + state.tokens_out
     if outcome.succeeded:

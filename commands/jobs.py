@@ -30,6 +30,18 @@ class Rejected(Exception):
     """A command refused before anything was appended (exit code 2)."""
 
 
+class Interrupted(Exception):
+    """The run stopped on SIGINT or SIGTERM; job.interrupted is recorded and resume continues."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+    @property
+    def exit_code(self) -> int:
+        return 143 if self.signal_name == "SIGTERM" else 130
+
+
 class RunCommand(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -220,7 +232,7 @@ def execute(
         # at the head: this process still owns the job.
         interrupted = NewEvent.of(JobInterrupted(signal=received["signal"]))
         store.append(prepared.job_id, [interrupted])
-        raise
+        raise Interrupted(received["signal"]) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -204,19 +204,25 @@ def _popen(db: Path, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def _signal_when(db: Path, proc: subprocess.Popen[str], sql: str, sig: int) -> None:
+    """Send `sig` to the running CLI once `sql` counts something, and reap it."""
+    try:
+        _wait_for(db, sql)
+        proc.send_signal(sig)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
 def test_external_kill_9_mid_call_then_resume(tmp_path, clean_run):
     db, log = tmp_path / "s.db", tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     pipeline = factory(tmp_path, **SLOWER)
     proc = _popen(db, "run", str(pipeline), "--job-id", "k", env=env)
-    try:
-        _wait_for(db, "SELECT count(*) FROM events WHERE type='llm.request' AND step='builder'")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
+    _signal_when(db, proc, "SELECT count(*) FROM events WHERE type='llm.request' AND step='builder'", signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
     assert calls(log)["builder"] == 0  # killed while the provider was still thinking
     resumed = steplog(db, "resume", "k", env=env)
     assert resumed.code == 0, resumed.err
@@ -242,20 +248,16 @@ def test_resume_of_a_job_another_live_process_runs_is_refused(tmp_path):
     assert proc.returncode == 0
 
 
-def test_sigterm_records_interruption_and_resume_continues(tmp_path):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_records_interruption_and_resume_continues(tmp_path, sig, code):
     db = tmp_path / "s.db"
     pipeline = factory(tmp_path, **SLOW)
     proc = _popen(db, "run", str(pipeline), "--job-id", "t", env={})
-    try:
-        _wait_for(db, "SELECT count(*) FROM events WHERE type='step.succeeded'")
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
-    assert proc.returncode == 130
+    _signal_when(db, proc, "SELECT count(*) FROM events WHERE type='step.succeeded'", sig)
+    assert proc.returncode == code
     assert status_json(db, "t")["status"] == "interrupted"
+    interrupted = db_rows(db, "SELECT json_extract(data, '$.signal') FROM events WHERE type='job.interrupted'")
+    assert interrupted == [(signal.Signals(sig).name,)]
     assert steplog(db, "resume", "t").code == 0
     assert status_json(db, "t")["status"] == "succeeded"
 
