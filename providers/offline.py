@@ -37,92 +37,97 @@ def _slug(text: str) -> str:
     return "_".join(words[:4]) or "app"
 
 
+_DESIGN = textwrap.dedent(
+    """\
+    # Design notes ({step})
+
+    Request: {topic}
+
+    ## Components
+    - a command-line entry point that parses sub-commands (add, list, done)
+    - a store that keeps items in a JSON file next to the program
+    - tests for every sub-command
+
+    ## Decisions
+    - standard library only, so it runs anywhere Python 3.11 does
+    - each item has an id, a title and a done flag
+
+    (offline answer {answer})
+    """
+)
+
+
 def _design(request: LLMRequest, digest: str) -> str:
-    topic = _topic(request.prompt)
-    return textwrap.dedent(
-        f"""\
-        # Design notes ({request.step})
+    return _DESIGN.format(step=request.step, topic=_topic(request.prompt), answer=digest[:12])
 
-        Request: {topic}
 
-        ## Components
-        - a command-line entry point that parses sub-commands (add, list, done)
-        - a store that keeps items in a JSON file next to the program
-        - tests for every sub-command
+_APP = textwrap.dedent(
+    '''\
+    """A small item list kept in items.json: add, list, done."""
+    import json
+    import sys
+    from pathlib import Path
 
-        ## Decisions
-        - standard library only, so it runs anywhere Python 3.11 does
-        - each item has an id, a title and a done flag
+    STORE = Path(__file__).with_name("items.json")
 
-        (offline answer {digest[:12]})
-        """
-    )
+
+    def load():
+        return json.loads(STORE.read_text()) if STORE.exists() else []
+
+
+    def save(items):
+        STORE.write_text(json.dumps(items, indent=2))
+
+
+    def main(argv):
+        items = load()
+        if argv[:1] == ["add"] and len(argv) > 1:
+            items.append({"id": len(items) + 1, "title": " ".join(argv[1:]), "done": False})
+            save(items)
+        elif argv[:1] == ["done"] and len(argv) == 2:
+            for item in items:
+                if str(item["id"]) == argv[1]:
+                    item["done"] = True
+            save(items)
+        elif argv[:1] in ([], ["list"]):
+            for item in items:
+                print(f"{item['id']:>3} [{'x' if item['done'] else ' '}] {item['title']}")
+        else:
+            print("usage: app.py [list | add TITLE | done ID]", file=sys.stderr)
+            return 2
+        return 0
+
+
+    if __name__ == "__main__":
+        raise SystemExit(main(sys.argv[1:]))
+    '''
+)
+
+_TEST = textwrap.dedent(
+    '''\
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+    def test_add_then_list(tmp_path):
+        copy = tmp_path / "app.py"
+        copy.write_text(APP.read_text())
+        subprocess.run([sys.executable, copy, "add", "write", "docs"], check=True)
+        out = subprocess.run([sys.executable, copy, "list"], check=True, capture_output=True, text=True)
+        assert "write docs" in out.stdout
+    '''
+)
 
 
 def _project(request: LLMRequest, digest: str) -> str:
     name = _slug(_topic(request.prompt).replace("Implement this design", ""))
-    main = textwrap.dedent(
-        '''\
-        """A small item list kept in items.json: add, list, done."""
-        import json
-        import sys
-        from pathlib import Path
-
-        STORE = Path(__file__).with_name("items.json")
-
-
-        def load():
-            return json.loads(STORE.read_text()) if STORE.exists() else []
-
-
-        def save(items):
-            STORE.write_text(json.dumps(items, indent=2))
-
-
-        def main(argv):
-            items = load()
-            if argv[:1] == ["add"] and len(argv) > 1:
-                items.append({"id": len(items) + 1, "title": " ".join(argv[1:]), "done": False})
-                save(items)
-            elif argv[:1] == ["done"] and len(argv) == 2:
-                for item in items:
-                    if str(item["id"]) == argv[1]:
-                        item["done"] = True
-                save(items)
-            elif argv[:1] in ([], ["list"]):
-                for item in items:
-                    print(f"{item['id']:>3} [{'x' if item['done'] else ' '}] {item['title']}")
-            else:
-                print("usage: app.py [list | add TITLE | done ID]", file=sys.stderr)
-                return 2
-            return 0
-
-
-        if __name__ == "__main__":
-            raise SystemExit(main(sys.argv[1:]))
-        '''
-    )
-    test = textwrap.dedent(
-        '''\
-        import subprocess
-        import sys
-        from pathlib import Path
-
-        APP = Path(__file__).resolve().parent.parent / "app.py"
-
-
-        def test_add_then_list(tmp_path):
-            copy = tmp_path / "app.py"
-            copy.write_text(APP.read_text())
-            subprocess.run([sys.executable, copy, "add", "write", "docs"], check=True)
-            out = subprocess.run([sys.executable, copy, "list"], check=True, capture_output=True, text=True)
-            assert "write docs" in out.stdout
-        '''
-    )
     readme = f"# {name}\n\nGenerated offline (answer {digest[:12]}).\n\n    python app.py add milk\n    python app.py list\n"
     files = [
-        {"path": "app.py", "content": main},
-        {"path": "tests/test_app.py", "content": test},
+        {"path": "app.py", "content": _APP},
+        {"path": "tests/test_app.py", "content": _TEST},
         {"path": "README.md", "content": readme},
     ]
     return json.dumps({"files": files}, indent=2)
