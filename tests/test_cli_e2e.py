@@ -111,6 +111,10 @@ def test_other_rejections_exit_2_and_append_nothing(tmp_path):
         (("replay", "nope", "--until", "1"), "unknown job"),
         (("status", "nope"), "unknown job"),
         (("events", "nope"), "unknown job"),
+        (("run", str(EXAMPLE), "--input", "idea"), "is not NAME=VALUE"),
+        (("replay", "done"), "Missing option '--until'"),
+        (("replay", "done", "--until", "2026-01-01T00:00:00"), "no time zone"),
+        (("frobnicate",), "No such command"),
     ]
     for args, message in cases:
         result = steplog(db, *args)
