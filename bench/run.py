@@ -56,21 +56,65 @@ def step_batch(step: str, key: str) -> list[NewEvent]:
     """The five events of one cache-missing text step, as the executor writes them."""
     return [
         NewEvent.of(StepStarted(attempt=1, fingerprint=sha(step)), step=step),
-        NewEvent.of(CacheMiss(cache_key=key, parts={"provider": key, "step": key, "input": key, "code": key}), step=step),
-        NewEvent.of(LLMRequested(provider="local", kind="offline", model="offline-1", prompt_tokens=42,
-                                 attempt=1, cache_key=key, prompt_sha256=sha(key + "p")), step=step),  # fmt: skip
-        NewEvent.of(LLMResponded(provider="local", model="offline-1", duration_s=0.01, tokens_in=42,
-                                 tokens_out=300, success=True, attempt=1, cache_key=key,
-                                 response_sha256=sha(key + "r"), finish_reason="stop"), step=step),  # fmt: skip
-        NewEvent.of(StepSucceeded(output_sha256=sha(key + "r"), output="text", cache_hit=False, cache_key=key,
-                                  duration_s=0.01, fingerprint=sha(step)), step=step),  # fmt: skip
+        NewEvent.of(
+            CacheMiss(
+                cache_key=key, parts={"provider": key, "step": key, "input": key, "code": key}
+            ),
+            step=step,
+        ),
+        NewEvent.of(
+            LLMRequested(
+                provider="local",
+                kind="offline",
+                model="offline-1",
+                prompt_tokens=42,
+                attempt=1,
+                cache_key=key,
+                prompt_sha256=sha(key + "p"),
+            ),
+            step=step,
+        ),  # fmt: skip
+        NewEvent.of(
+            LLMResponded(
+                provider="local",
+                model="offline-1",
+                duration_s=0.01,
+                tokens_in=42,
+                tokens_out=300,
+                success=True,
+                attempt=1,
+                cache_key=key,
+                response_sha256=sha(key + "r"),
+                finish_reason="stop",
+            ),
+            step=step,
+        ),  # fmt: skip
+        NewEvent.of(
+            StepSucceeded(
+                output_sha256=sha(key + "r"),
+                output="text",
+                cache_hit=False,
+                cache_key=key,
+                duration_s=0.01,
+                fingerprint=sha(step),
+            ),
+            step=step,
+        ),  # fmt: skip
     ]
 
 
 def created(steps: list[str]) -> list[NewEvent]:
     return [
-        NewEvent.of(JobCreated(pipeline="bench", pipeline_fingerprint=sha("p"), pipeline_sha256=sha("src"),
-                               inputs={"idea": "x"}, steps={s: [] for s in steps}, workspace="/tmp/ws")),  # fmt: skip
+        NewEvent.of(
+            JobCreated(
+                pipeline="bench",
+                pipeline_fingerprint=sha("p"),
+                pipeline_sha256=sha("src"),
+                inputs={"idea": "x"},
+                steps={s: [] for s in steps},
+                workspace="/tmp/ws",
+            )
+        ),  # fmt: skip
         NewEvent.of(JobStarted(owner=OWNER)),
     ]
 
@@ -129,7 +173,11 @@ def bench_append(tmp: Path, batches: int) -> None:
     for r in rows:
         raw_append(conn, r)
     raw = (time.perf_counter() - t0) / (batches * 5)
-    report("append, 5-event batches: µs per event", f"{ours * 1e6:.1f} µs", f"raw sqlite3 {raw * 1e6:.1f} µs ({ours / raw:.1f}x)")
+    report(
+        "append, 5-event batches: µs per event",
+        f"{ours * 1e6:.1f} µs",
+        f"raw sqlite3 {raw * 1e6:.1f} µs ({ours / raw:.1f}x)",
+    )
     report("append, 5-event batches: events/s", f"{1 / ours:,.0f}", f"raw sqlite3 {1 / raw:,.0f}")
 
     big = [ev for batch in prepared[:400] for ev in batch]  # 2,000 events in one transaction
@@ -271,20 +319,28 @@ def bench_big_log(tmp: Path, cache_dir: Path, jobs: int, steps_per_job: int) -> 
     conn = sqlite3.connect(work)
     t0 = time.perf_counter()
     rows = 0
-    for _ in conn.execute("SELECT seq, job_id, version, ts, level, type, step, data, prev_hash, hash FROM events"):
+    for _ in conn.execute(
+        "SELECT seq, job_id, version, ts, level, type, step, data, prev_hash, hash FROM events"
+    ):
         rows += 1
     raw_rate = rows / (time.perf_counter() - t0)
     conn.close()
     report("projection rebuild (jobs + cache_index): events/s", f"{rate:,.0f}",
            f"raw sqlite3 row read {raw_rate:,.0f}/s ({raw_rate / rate:.1f}x); target ≥ 200,000; eventsourcing ≈ 40,000")  # fmt: skip
-    report("peak RSS during rebuild", f"{int(rss1) / 1024:.0f} MiB", f"{int(rss0) / 1024:.0f} MiB before folding")
+    report(
+        "peak RSS during rebuild",
+        f"{int(rss1) / 1024:.0f} MiB",
+        f"{int(rss0) / 1024:.0f} MiB before folding",
+    )
 
     # a 10,000-event job inside the big log: 2,000 steps, the last one failing
     steps = 2000
     pipeline = tmp / "resume.toml"
     pipeline.write_text(pipeline_toml(steps, "fanout", fail_last=True))
     store = open_store(work)
-    prepared = prepare_run(store, RunCommand(pipeline_path=pipeline, job_id="big-job", workspace=tmp / "ws"))
+    prepared = prepare_run(
+        store, RunCommand(pipeline_path=pipeline, job_id="big-job", workspace=tmp / "ws")
+    )
     assert not execute(store, prepared).succeeded
     job_events = store.job_version("big-job")
     middle = job_events // 2
@@ -294,7 +350,9 @@ def bench_big_log(tmp: Path, cache_dir: Path, jobs: int, steps_per_job: int) -> 
     assert view.version == middle
     conn = sqlite3.connect(work)
     t0 = time.perf_counter()
-    conn.execute("SELECT * FROM events WHERE job_id = ? AND version <= ?", ("big-job", middle)).fetchall()
+    conn.execute(
+        "SELECT * FROM events WHERE job_id = ? AND version <= ?", ("big-job", middle)
+    ).fetchall()
     raw_read = time.perf_counter() - t0
     conn.close()
     report(f"replay --until {middle} of a {job_events:,}-event job", f"{replay_s * 1e3:.1f} ms",
@@ -319,7 +377,9 @@ def bench_big_log(tmp: Path, cache_dir: Path, jobs: int, steps_per_job: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()),
                         help="where the generated big log is kept between runs")  # fmt: skip
@@ -337,7 +397,9 @@ def main() -> None:
             bench_big_log(tmp, args.cache_dir, jobs=1000, steps_per_job=199)
     print()
     print(json.dumps({name: value for name, value, _ in RESULTS}, indent=2, ensure_ascii=False))
-    print(f"peak RSS of the bench process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(
+        f"peak RSS of the bench process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -96,7 +96,9 @@ def _run_prepared(store: SQLiteEventStore, prepared: Prepared, quiet: bool) -> N
     live = sys.stdout.isatty() and not quiet
     display = LiveDisplay(prepared.state) if live else PlainDisplay(prepared.state, quiet=quiet)
     if not live and not quiet:
-        click.echo(f"job {prepared.job_id}: {prepared.pipeline.name}, {len(prepared.plan.run)} step(s) to run")
+        click.echo(
+            f"job {prepared.job_id}: {prepared.pipeline.name}, {len(prepared.plan.run)} step(s) to run"
+        )
     try:
         with display:
             outcome = execute(store, prepared, observer=display)
@@ -125,24 +127,43 @@ def _run_prepared(store: SQLiteEventStore, prepared: Prepared, quiet: bool) -> N
 
 @cli.command()
 @click.argument("pipeline", type=click.Path(path_type=Path))
-@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=VALUE", help="Set a pipeline input.")
+@click.option(
+    "--input", "-i", "inputs", multiple=True, metavar="NAME=VALUE", help="Set a pipeline input."
+)
 @click.option("--job-id", help="Name the job (default: job_<utc time>_<random>).")
-@click.option("--workspace", type=click.Path(file_okay=False, path_type=Path), help="Where files are written (default: runs/<job_id>).")
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where files are written (default: runs/<job_id>).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the closing line.")
 @click.pass_context
-def run(ctx: click.Context, pipeline: Path, inputs: tuple[str, ...], job_id: str | None, workspace: Path | None, quiet: bool) -> None:
+def run(
+    ctx: click.Context,
+    pipeline: Path,
+    inputs: tuple[str, ...],
+    job_id: str | None,
+    workspace: Path | None,
+    quiet: bool,
+) -> None:
     """Run PIPELINE (a TOML file) as a new job.
 
     Example: steplog run examples/factory/pipeline.toml --input idea="a todo CLI"
     """
     store = _open(ctx)
-    cmd = RunCommand(pipeline_path=pipeline, inputs=_parse_inputs(inputs), job_id=job_id, workspace=workspace)
+    cmd = RunCommand(
+        pipeline_path=pipeline, inputs=_parse_inputs(inputs), job_id=job_id, workspace=workspace
+    )
     _run_prepared(store, prepare_run(store, cmd), quiet)
 
 
 @cli.command()
 @click.argument("job")
-@click.option("--pipeline", type=click.Path(path_type=Path), help="Use this pipeline file instead of the job's own.")
+@click.option(
+    "--pipeline",
+    type=click.Path(path_type=Path),
+    help="Use this pipeline file instead of the job's own.",
+)
 @click.option("--force", is_flag=True, help="Take over a job whose owner runs on another host.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the closing line.")
 @click.pass_context
@@ -152,12 +173,18 @@ def resume(ctx: click.Context, job: str, pipeline: Path | None, force: bool, qui
     Example: steplog resume job_20261124_101500_ab12cd
     """
     store = _open(ctx)
-    _run_prepared(store, prepare_resume(store, ResumeCommand(job_id=job, pipeline_path=pipeline, force=force)), quiet)
+    _run_prepared(
+        store,
+        prepare_resume(store, ResumeCommand(job_id=job, pipeline_path=pipeline, force=force)),
+        quiet,
+    )
 
 
 @cli.command("replay")
 @click.argument("job")
-@click.option("--until", "point", required=True, help="Event number, ISO timestamp, or TYPE[:STEP].")
+@click.option(
+    "--until", "point", required=True, help="Event number, ISO timestamp, or TYPE[:STEP]."
+)
 @json_option
 @click.pass_context
 def replay_cmd(ctx: click.Context, job: str, point: str, as_json: bool) -> None:
@@ -170,13 +197,20 @@ def replay_cmd(ctx: click.Context, job: str, point: str, as_json: bool) -> None:
         _echo_json(queries.replay_document(view))
         return
     out = console()
-    out.print(f"[bold]{job}[/] as of event {view.version} ({view.events[-1].type} {view.events[-1].step or ''}, {view.events[-1].ts})")
+    out.print(
+        f"[bold]{job}[/] as of event {view.version} ({view.events[-1].type} {view.events[-1].step or ''}, {view.events[-1].ts})"
+    )
     queries.print_manifest(out, view.state, historical=True)
     table = Table(title="cache index at this point", title_justify="left")
     for col in ("cache key", "response", "origin job", "origin step"):
         table.add_column(col)
     for entry in view.cache.values():
-        table.add_row(entry.cache_key[:16], entry.response_sha256[:12], entry.origin_job, entry.origin_step or "")
+        table.add_row(
+            entry.cache_key[:16],
+            entry.response_sha256[:12],
+            entry.origin_job,
+            entry.origin_step or "",
+        )
     out.print(table)
     queries.print_events(out, view.events)
 
@@ -223,10 +257,21 @@ def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
 @click.argument("job")
 @click.option("--type", "type_glob", help="Only events whose type matches this glob, e.g. 'llm.*'.")
 @click.option("--step", help="Only events of this step.")
-@click.option("--level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), help="This level and above.")
+@click.option(
+    "--level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="This level and above.",
+)
 @json_option
 @click.pass_context
-def events(ctx: click.Context, job: str, type_glob: str | None, step: str | None, level: str | None, as_json: bool) -> None:
+def events(
+    ctx: click.Context,
+    job: str,
+    type_glob: str | None,
+    step: str | None,
+    level: str | None,
+    as_json: bool,
+) -> None:
     """Print JOB's events; --json prints JSON lines in the predecessor's envelope.
 
     Example: steplog events job_x --type 'llm.*' --json

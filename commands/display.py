@@ -38,7 +38,14 @@ def _elapsed(step: manifest.StepState, now: float, started_at: dict[str, float])
 class PlainDisplay:
     """One line per step transition; `quiet` keeps only the closing line."""
 
-    LINE_TYPES = {"step.succeeded", "step.failed", "step.skipped", "step.retrying", "job.succeeded", "job.failed"}
+    LINE_TYPES = {
+        "step.succeeded",
+        "step.failed",
+        "step.skipped",
+        "step.retrying",
+        "job.succeeded",
+        "job.failed",
+    }
 
     def __init__(self, state: JobState, out: TextIO | None = None, quiet: bool = False) -> None:
         self.state = state
@@ -81,7 +88,9 @@ class LiveDisplay:
         self.console = console or Console()
         self.started_at: dict[str, float] = {}
         self.t0 = time.monotonic()
-        self.live = Live(get_renderable=self.render, console=self.console, refresh_per_second=8, transient=False)
+        self.live = Live(
+            get_renderable=self.render, console=self.console, refresh_per_second=8, transient=False
+        )
 
     def __call__(self, events: Sequence[StoredEvent]) -> None:
         now = time.monotonic()
@@ -97,7 +106,9 @@ class LiveDisplay:
             title_justify="left",
         )
         for column in ("step", "status", "attempts", "cache", "tokens", "elapsed"):
-            table.add_column(column, justify="right" if column in ("attempts", "tokens", "elapsed") else "left")
+            table.add_column(
+                column, justify="right" if column in ("attempts", "tokens", "elapsed") else "left"
+            )
         now = time.monotonic()
         for step in self._visible_steps():
             cache = {True: "hit", False: "miss", None: ""}[step.cache_hit]
@@ -127,7 +138,7 @@ class LiveDisplay:
             (st for st in steps if st.status in ("succeeded", "skipped")),
             key=lambda st: st.finished_ts or "",
         )
-        return (urgent + recent[-(self.MAX_ROWS - len(urgent)):])[: self.MAX_ROWS]
+        return (urgent + recent[-(self.MAX_ROWS - len(urgent)) :])[: self.MAX_ROWS]
 
     def __enter__(self) -> LiveDisplay:
         self.live.start()

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -111,7 +112,9 @@ def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
             job_id, opening, expected_version=0, blobs=[pipeline.source.encode("utf-8")]
         )
     except VersionConflict as exc:
-        raise Rejected(f"job {job_id} already exists; choose another --job-id or resume it") from exc
+        raise Rejected(
+            f"job {job_id} already exists; choose another --job-id or resume it"
+        ) from exc
     faults.after_commit([(ev.type, ev.step) for ev in stored])
     state = manifest.project(job_id, stored)
     plan = Plan(run=list(pipeline.order))
@@ -146,7 +149,9 @@ def _check_resumable(state: JobState, cmd: ResumeCommand) -> None:
             )
 
 
-def _pipeline_for_resume(store: SQLiteEventStore, state: JobState, override: Path | None) -> Pipeline:
+def _pipeline_for_resume(
+    store: SQLiteEventStore, state: JobState, override: Path | None
+) -> Pipeline:
     """The pipeline file as it is now (so a fixed prompt takes effect), else the stored copy."""
     path = override or (Path(state.pipeline_path) if state.pipeline_path else None)
     if path is not None and path.exists():

@@ -22,7 +22,9 @@ def status(store: SQLiteEventStore, job_id: str | None) -> JobState:
             "SELECT job_id FROM streams ORDER BY last_seq DESC LIMIT 1"
         ).fetchone()
         if row is None:
-            raise Rejected(f"no jobs in {store.path} yet; start one with: steplog run PIPELINE.toml")
+            raise Rejected(
+                f"no jobs in {store.path} yet; start one with: steplog run PIPELINE.toml"
+            )
         job_id = row[0]
     state = fold_job(store, job_id)
     if not state.exists:
@@ -50,7 +52,7 @@ def events(
 ) -> list[StoredEvent]:
     if not store.job_exists(job_id):
         raise Rejected(f"unknown job {job_id}")
-    levels = set(LEVELS[LEVELS.index(level.upper()):]) if level else None  # type: ignore[arg-type]
+    levels = set(LEVELS[LEVELS.index(level.upper()) :]) if level else None  # type: ignore[arg-type]
     out = []
     for ev in store.read_job(job_id):
         if type_glob and not _glob(ev.type, type_glob):

@@ -258,7 +258,9 @@ class NewEvent:
         if not isinstance(self.data, EventData) or self.data.TYPE != self.type:
             raise InvalidEvent(f"event type {self.type!r} does not match its data model")
         if self.level not in LEVELS:
-            raise InvalidEvent(f"{self.type}: level {self.level!r} is not one of {', '.join(LEVELS)}")
+            raise InvalidEvent(
+                f"{self.type}: level {self.level!r} is not one of {', '.join(LEVELS)}"
+            )
         if not _TS_PATTERN.fullmatch(self.ts):
             raise InvalidEvent(f"{self.type}: ts {self.ts!r} is not ISO 8601 UTC ending in Z")
         if self.step is not None and not self.step:

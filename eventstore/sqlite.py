@@ -49,9 +49,7 @@ def schema_statements(text: str) -> list[str]:
                 statements.append(candidate.strip())
             current = []
     rest = "".join(current).strip()
-    if rest and not all(
-        ln.strip().startswith("--") or not ln.strip() for ln in rest.splitlines()
-    ):
+    if rest and not all(ln.strip().startswith("--") or not ln.strip() for ln in rest.splitlines()):
         raise StoreError(f"schema.sql ends with an incomplete statement: {rest[:60]!r}")
     return statements
 
@@ -86,10 +84,15 @@ class SQLiteEventStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise DatabaseUnusable(f"cannot create directory {self.path.parent}: {exc.strerror}") from exc
+            raise DatabaseUnusable(
+                f"cannot create directory {self.path.parent}: {exc.strerror}"
+            ) from exc
         try:
             self.conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=busy_timeout_ms / 1000,
             )
             self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             self._prepare(synchronous or os.environ.get("STEPLOG_SYNCHRONOUS", "NORMAL"))
@@ -104,7 +107,9 @@ class SQLiteEventStore:
         user_version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = sqlite_utils.Database(conn).table_names()
         if app_id not in (0, APPLICATION_ID):
-            raise DatabaseUnusable(f"{self.path} belongs to another application (application_id {app_id})")
+            raise DatabaseUnusable(
+                f"{self.path} belongs to another application (application_id {app_id})"
+            )
         if app_id == 0 and tables:
             raise DatabaseUnusable(
                 f"{self.path} is not a steplog database (it holds tables {', '.join(tables[:5])})"
@@ -117,7 +122,9 @@ class SQLiteEventStore:
         if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise DatabaseUnusable(f"cannot switch {self.path} to WAL mode")
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
-            raise StoreError(f"STEPLOG_SYNCHRONOUS must be NORMAL, FULL or EXTRA, not {synchronous!r}")
+            raise StoreError(
+                f"STEPLOG_SYNCHRONOUS must be NORMAL, FULL or EXTRA, not {synchronous!r}"
+            )
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         conn.execute("PRAGMA foreign_keys = ON")
         if not tables:
@@ -293,7 +300,9 @@ class SQLiteEventStore:
         yield from self._batched(sql, (after_seq, until), key_index=0)
 
     def job_version(self, job_id: str) -> int:
-        row = self.conn.execute("SELECT version FROM streams WHERE job_id = ?", (job_id,)).fetchone()
+        row = self.conn.execute(
+            "SELECT version FROM streams WHERE job_id = ?", (job_id,)
+        ).fetchone()
         return row[0] if row else 0
 
     def job_exists(self, job_id: str) -> bool:

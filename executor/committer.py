@@ -34,7 +34,9 @@ class GroupCommitter:
         self._waiting: list[_Waiter] = []
         self._wakeup = anyio.Event()
 
-    async def append(self, events: list[NewEvent], blobs: Sequence[bytes] = ()) -> list[StoredEvent]:
+    async def append(
+        self, events: list[NewEvent], blobs: Sequence[bytes] = ()
+    ) -> list[StoredEvent]:
         waiter = _Waiter(events, blobs)
         self._waiting.append(waiter)
         self._wakeup.set()

@@ -57,14 +57,18 @@ def parse_output(kind: str, text: str) -> StepOutput:
         try:
             value = json.loads(_strip_fence(text))
         except json.JSONDecodeError as exc:
-            raise OutputProblem(f"response is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+            raise OutputProblem(
+                f"response is not valid JSON ({exc.msg} at line {exc.lineno})"
+            ) from exc
         return StepOutput(kind, canonical_json(value), value)
     if kind == "files":
         files: dict[str, str] | None = None
         try:
             files = _files_from_json(json.loads(_strip_fence(text)))
         except json.JSONDecodeError:
-            blocks = {m.group("path"): m.group("body") + "\n" for m in _LABELLED_BLOCK.finditer(text)}
+            blocks = {
+                m.group("path"): m.group("body") + "\n" for m in _LABELLED_BLOCK.finditer(text)
+            }
             files = blocks or None
         if not files:
             raise OutputProblem(

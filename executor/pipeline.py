@@ -78,7 +78,9 @@ class Pipeline:
 
     @cached_property
     def fingerprint(self) -> str:
-        return hashlib.sha256(canonical_json(self.spec.model_dump(mode="json")).encode()).hexdigest()
+        return hashlib.sha256(
+            canonical_json(self.spec.model_dump(mode="json")).encode()
+        ).hexdigest()
 
     @cached_property
     def order(self) -> list[str]:
@@ -119,7 +121,9 @@ class Pipeline:
         for name in sorted({self.spec.steps[s].provider for s in steps}):
             variable = self.spec.providers[name].api_key_env
             if variable and not environ.get(variable):
-                problems.append(f"provider {name!r} reads its API key from {variable}, which is not set")
+                problems.append(
+                    f"provider {name!r} reads its API key from {variable}, which is not set"
+                )
         return problems
 
     def resolve_inputs(self, given: dict[str, str]) -> dict[str, str]:
@@ -173,7 +177,7 @@ def _find_cycle(needs: dict[str, list[str]], done: set[str]) -> list[str]:
         seen[name] = len(path)
         path.append(name)
         name = next(dep for dep in needs[name] if dep not in done)
-    cycle = path[seen[name]:] + [name]
+    cycle = path[seen[name] :] + [name]
     cycle.reverse()  # read as "a -> b": a is needed by b
     return cycle
 
@@ -257,7 +261,9 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
             if not template:
                 continue
             try:
-                referenced |= check_template(template, where=f"steps.{name}.{field_name}", inputs=inputs)
+                referenced |= check_template(
+                    template, where=f"steps.{name}.{field_name}", inputs=inputs
+                )
             except TemplateProblem as exc:
                 raise PipelineError(f"{label}: {exc}") from exc
         if referenced - set(step.needs):  # only walk the DAG when a direct need does not answer
@@ -269,7 +275,9 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
                 )
     for name, provider in spec.providers.items():
         if provider.kind != "offline" and not provider.base_url:
-            raise PipelineError(f"{label}: provider {name!r} of kind {provider.kind} needs base_url")
+            raise PipelineError(
+                f"{label}: provider {name!r} of kind {provider.kind} needs base_url"
+            )
     return pipeline
 
 

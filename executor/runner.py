@@ -118,7 +118,9 @@ class JobRunner:
 
     # -- the log ---------------------------------------------------------------------------------
 
-    async def commit(self, events: list[NewEvent], blobs: Sequence[bytes] = ()) -> list[StoredEvent]:
+    async def commit(
+        self, events: list[NewEvent], blobs: Sequence[bytes] = ()
+    ) -> list[StoredEvent]:
         """Append from a step: through the group committer while steps run."""
         if self._committer is None:
             return self.emit(events, blobs)
@@ -239,7 +241,9 @@ class JobRunner:
         try:
             context = self._context()
             prompt = render(spec.prompt, context, where=f"steps.{name}.prompt")
-            system = render(spec.system, context, where=f"steps.{name}.system") if spec.system else None
+            system = (
+                render(spec.system, context, where=f"steps.{name}.system") if spec.system else None
+            )
         except TemplateProblem as exc:
             await self._fail(name, [started], StepFailure(str(exc), "template_error"), attempt, t0)
             return False
@@ -271,7 +275,12 @@ class JobRunner:
             cache_hit = True
         else:
             request = LLMRequest(
-                step=name, system=system, prompt=prompt, model=model, options=options, output=spec.output
+                step=name,
+                system=system,
+                prompt=prompt,
+                model=model,
+                options=options,
+                output=spec.output,
             )
             pending.append(self._ev(CacheMiss(cache_key=key, parts=parts), name))
             try:
@@ -289,7 +298,9 @@ class JobRunner:
             # A response the step cannot use must not be served again from the cache.
             pending.append(self._ev(CacheInvalidated(cache_key=key, reason=str(exc)), name))
             error_type = "unsafe_path" if isinstance(exc, UnsafePath) else "bad_output"
-            await self._fail(name, pending, StepFailure(str(exc), error_type), attempt, t0, pending_blobs)
+            await self._fail(
+                name, pending, StepFailure(str(exc), error_type), attempt, t0, pending_blobs
+            )
             return False
         if output.files:
             if not cache_hit:  # a paid-for answer is committed before the workspace is touched

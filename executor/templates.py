@@ -51,10 +51,16 @@ def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
     try:
         tree = ENV.parse(source)
     except TemplateSyntaxError as exc:
-        raise TemplateProblem(f"{where}: template syntax error on line {exc.lineno}: {exc.message}") from exc
+        raise TemplateProblem(
+            f"{where}: template syntax error on line {exc.lineno}: {exc.message}"
+        ) from exc
     assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
     for name in tree.find_all(nodes.Name):
-        if name.ctx == "load" and name.name not in ("inputs", "steps") and name.name not in assigned:
+        if (
+            name.ctx == "load"
+            and name.name not in ("inputs", "steps")
+            and name.name not in assigned
+        ):
             raise TemplateProblem(
                 f"{where}: template names unknown variable {name.name!r} "
                 "(use inputs.<name> or steps.<step>.output)"

@@ -45,7 +45,9 @@ def safe_relative(path: str) -> PurePosixPath:
         if part == "..":
             raise UnsafePath(f"file path {path!r} escapes the workspace with '..'")
         if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-            raise UnsafePath(f"a name in file path {path[:60]!r}... is longer than {MAX_NAME_BYTES} bytes")
+            raise UnsafePath(
+                f"a name in file path {path[:60]!r}... is longer than {MAX_NAME_BYTES} bytes"
+            )
     return PurePosixPath(*parts)
 
 

@@ -8,8 +8,9 @@ step could not use), so the next run asks the provider again.
 
 from __future__ import annotations
 
-import orjson
 from typing import Iterable, NamedTuple
+
+import orjson
 
 from eventstore.record import StoredEvent
 
@@ -45,7 +46,9 @@ def apply(index: CacheIndex, ev: StoredEvent) -> CacheIndex:
                 d.get("tokens_in", 0), d.get("tokens_out", 0),
             )  # fmt: skip
     else:  # cache.hit on a key this fold has not seen: the job's view learns where it came from
-        index[key] = CacheEntry(key, d["response_sha256"], d["origin_job"], d.get("origin_step"), ev.seq)
+        index[key] = CacheEntry(
+            key, d["response_sha256"], d["origin_job"], d.get("origin_step"), ev.seq
+        )
     return index
 
 

@@ -6,9 +6,10 @@ with the same code; `apply` is the single step of the fold and touches no databa
 
 from __future__ import annotations
 
-import orjson
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
+
+import orjson
 
 from eventstore.record import StoredEvent
 
@@ -118,7 +119,9 @@ def _job_created(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
     state.inputs = dict(d.get("inputs", {}))
     state.workspace = d["workspace"]
     state.created_ts = ev.ts
-    state.steps = {name: StepState(name=name, needs=list(needs)) for name, needs in d["steps"].items()}
+    state.steps = {
+        name: StepState(name=name, needs=list(needs)) for name, needs in d["steps"].items()
+    }
 
 
 def _job_started(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:

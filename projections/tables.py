@@ -6,9 +6,10 @@ event sequence, so the tables are a cache of the log, never a second truth.
 
 from __future__ import annotations
 
-import orjson
 import sqlite3
 from typing import Sequence
+
+import orjson
 
 from eventstore.record import StoredEvent
 from eventstore.sqlite import SQLiteEventStore
@@ -51,7 +52,13 @@ def project_cache(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> No
             conn.execute(
                 "INSERT OR IGNORE INTO cache_index (cache_key, response_sha256, origin_job,"
                 " origin_step, seq) VALUES (?, ?, ?, ?, ?)",
-                (d["cache_key"], d["response_sha256"], d["origin_job"], d.get("origin_step"), ev.seq),
+                (
+                    d["cache_key"],
+                    d["response_sha256"],
+                    d["origin_job"],
+                    d.get("origin_step"),
+                    ev.seq,
+                ),
             )
 
 

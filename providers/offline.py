@@ -104,7 +104,7 @@ _APP = textwrap.dedent(
 )
 
 _TEST = textwrap.dedent(
-    '''\
+    """\
     import subprocess
     import sys
     from pathlib import Path
@@ -118,7 +118,7 @@ _TEST = textwrap.dedent(
         subprocess.run([sys.executable, copy, "add", "write", "docs"], check=True)
         out = subprocess.run([sys.executable, copy, "list"], check=True, capture_output=True, text=True)
         assert "write docs" in out.stdout
-    '''
+    """
 )
 
 
@@ -160,12 +160,16 @@ class OfflineProvider:
         if delay:
             await anyio.sleep(delay)
         if request.options.get("fail"):
-            raise ProviderUnavailable("offline provider told to fail (options.fail)", provider=self.name)
+            raise ProviderUnavailable(
+                "offline provider told to fail (options.fail)", provider=self.name
+            )
         log = os.environ.get("STEPLOG_OFFLINE_CALL_LOG")
         if log:
             with open(log, "a", encoding="utf-8") as fh:
                 fh.write(f"{request.step}\n")
-        material = json.dumps([request.model, request.system, request.prompt, request.options], sort_keys=True)
+        material = json.dumps(
+            [request.model, request.system, request.prompt, request.options], sort_keys=True
+        )
         digest = hashlib.sha256(material.encode()).hexdigest()
         if request.output == "files":
             text = _project(request, digest)

@@ -57,8 +57,22 @@ def step_event(draw: st.DrawFn, steps: list[str]) -> NewEvent:
     sha = draw(st.sampled_from(SHAS))
     attempt = draw(st.integers(min_value=1, max_value=4))
     data = draw(
-        st.sampled_from(["started", "succeeded", "failed", "skipped", "retrying", "request",
-                         "response", "bad_response", "hit", "miss", "invalidated", "file"])  # fmt: skip
+        st.sampled_from(
+            [
+                "started",
+                "succeeded",
+                "failed",
+                "skipped",
+                "retrying",
+                "request",
+                "response",
+                "bad_response",
+                "hit",
+                "miss",
+                "invalidated",
+                "file",
+            ]
+        )  # fmt: skip
     )
     made = {
         "started": lambda: StepStarted(attempt=attempt, fingerprint="f" * 64),
@@ -94,7 +108,9 @@ def step_event(draw: st.DrawFn, steps: list[str]) -> NewEvent:
 
 JOB_EVENTS = [
     lambda: NewEvent.of(JobStarted(owner=OWNER)),
-    lambda: NewEvent.of(JobResumed(owner=OWNER, pipeline_fingerprint="g" * 64, changed_steps=["qa"])),
+    lambda: NewEvent.of(
+        JobResumed(owner=OWNER, pipeline_fingerprint="g" * 64, changed_steps=["qa"])
+    ),
     lambda: NewEvent.of(JobSucceeded(duration_s=1.5)),
     lambda: NewEvent.of(JobFailed(error="boom", failed_steps=["qa"])),
     lambda: NewEvent.of(JobInterrupted(signal="SIGINT")),
@@ -117,7 +133,9 @@ def job_history(draw: st.DrawFn, max_batches: int = 8) -> list[list[NewEvent]]:
 @st.composite
 def interleaved_jobs(draw: st.DrawFn) -> list[tuple[str, list[NewEvent]]]:
     """(job_id, batch) pairs for several jobs, in an order where each job starts with job.created."""
-    histories = {f"job{i}": draw(job_history(max_batches=5)) for i in range(draw(st.integers(1, 3)))}
+    histories = {
+        f"job{i}": draw(job_history(max_batches=5)) for i in range(draw(st.integers(1, 3)))
+    }
     cursors = {job: 0 for job in histories}
     order: list[tuple[str, list[NewEvent]]] = []
     while cursors:

@@ -81,7 +81,9 @@ class _Handler(BaseHTTPRequestHandler):
             kind = fault[0]
             if kind == "status":
                 _, code, payload, headers = fault
-                payload = payload if payload is not None else {"error": {"message": f"injected {code}"}}
+                payload = (
+                    payload if payload is not None else {"error": {"message": f"injected {code}"}}
+                )
                 self._send(code, json.dumps(payload).encode(), headers)
                 return
             if kind == "delay":
@@ -110,7 +112,13 @@ class _Handler(BaseHTTPRequestHandler):
             "id": "chatcmpl-fake",
             "object": "chat.completion",
             "model": body.get("model", "fake-model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
             "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())},
         }
         self._send(200, json.dumps(reply).encode())
@@ -145,7 +153,9 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeLLMServer:
-    def __init__(self, responder: Responder = default_responder, port: int = 0, call_log: Path | None = None) -> None:
+    def __init__(
+        self, responder: Responder = default_responder, port: int = 0, call_log: Path | None = None
+    ) -> None:
         self._server = _Server(port, responder, call_log)
         self._thread: threading.Thread | None = None
 
@@ -166,7 +176,9 @@ class FakeLLMServer:
         return self._server.faults
 
     def start(self) -> FakeLLMServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 

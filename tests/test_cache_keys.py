@@ -23,7 +23,16 @@ def shuffled(d: dict) -> dict:
     return dict(reversed(items))
 
 
-def make_key(kind="offline", model="m", options=None, step="s", system="sys", prompt="p", output="text", fp="f"):
+def make_key(
+    kind="offline",
+    model="m",
+    options=None,
+    step="s",
+    system="sys",
+    prompt="p",
+    output="text",
+    fp="f",
+):
     config = ProviderConfig(kind=kind, model=model, base_url="http://127.0.0.1:1/v1")
     parts = key_parts(
         provider=config.cache_identity(model, options if options is not None else {"t": 0}),

@@ -40,9 +40,13 @@ def factory(tmp_path: Path, **replacements: str) -> Path:
     return path
 
 
-SLOW = {'kind = "offline"\nmodel = "offline-1"': 'kind = "offline"\nmodel = "offline-1"\noptions = { delay_s = 0.4 }'}
+SLOW = {
+    'kind = "offline"\nmodel = "offline-1"': 'kind = "offline"\nmodel = "offline-1"\noptions = { delay_s = 0.4 }'
+}
 # for tests that must act while a call is in flight, even on a slow, busy machine
-SLOWER = {'kind = "offline"\nmodel = "offline-1"': 'kind = "offline"\nmodel = "offline-1"\noptions = { delay_s = 1.5 }'}
+SLOWER = {
+    'kind = "offline"\nmodel = "offline-1"': 'kind = "offline"\nmodel = "offline-1"\noptions = { delay_s = 1.5 }'
+}
 DOCS_FAILS = {
     '[steps.docs]\nneeds = ["builder"]\nprovider = "local"': '[steps.docs]\nneeds = ["builder"]\nprovider = "local"\noptions = { fail = true }'
 }
@@ -58,7 +62,9 @@ def test_example_runs_then_second_run_is_served_by_the_cache(tmp_path):
     assert set(files) == {"app.py", "tests/test_app.py", "README.md"}
     app = tmp_path / "runs" / "one" / "app.py"
     subprocess.run([sys.executable, app, "add", "milk"], check=True, timeout=30)
-    listed = subprocess.run([sys.executable, app, "list"], check=True, capture_output=True, text=True, timeout=30)
+    listed = subprocess.run(
+        [sys.executable, app, "list"], check=True, capture_output=True, text=True, timeout=30
+    )
     assert "milk" in listed.stdout
 
     second = steplog(db, "run", str(EXAMPLE), "--job-id", "two", env=env)
@@ -66,11 +72,16 @@ def test_example_runs_then_second_run_is_served_by_the_cache(tmp_path):
     assert calls(log) == Counter({"architect": 1, "builder": 1, "docs": 1, "qa": 1})  # no new call
     doc = status_json(db, "two")
     assert doc["cache_hits"] == 4 and doc["llm_calls"] == 0
-    assert doc["completed_steps"] == ["architect", "builder", "docs", "qa"] and doc["pending_steps"] == []
+    assert (
+        doc["completed_steps"] == ["architect", "builder", "docs", "qa"]
+        and doc["pending_steps"] == []
+    )
     assert workspace_files(tmp_path / "runs" / "two") == files
 
     # a different input re-runs everything downstream of it
-    third = steplog(db, "run", str(EXAMPLE), "--job-id", "three", "--input", "idea=a chess clock", env=env)
+    third = steplog(
+        db, "run", str(EXAMPLE), "--job-id", "three", "--input", "idea=a chess clock", env=env
+    )
     assert third.code == 0
     assert calls(log)["architect"] == 2
 
@@ -78,11 +89,29 @@ def test_example_runs_then_second_run_is_served_by_the_cache(tmp_path):
 @pytest.mark.parametrize(
     ("name", "replacements", "message"),
     [
-        ("cycle", {'[steps.architect]\nprovider': '[steps.architect]\nneeds = ["qa"]\nprovider'}, "cycle"),
-        ("unknown need", {'needs = ["architect"]': 'needs = ["architekt"]'}, "unknown step 'architekt'"),
-        ("unknown provider", {'[steps.qa]\nneeds = ["builder"]\nprovider = "local"': '[steps.qa]\nneeds = ["builder"]\nprovider = "cloud"'}, "unknown provider 'cloud'"),
+        (
+            "cycle",
+            {"[steps.architect]\nprovider": '[steps.architect]\nneeds = ["qa"]\nprovider'},
+            "cycle",
+        ),
+        (
+            "unknown need",
+            {'needs = ["architect"]': 'needs = ["architekt"]'},
+            "unknown step 'architekt'",
+        ),
+        (
+            "unknown provider",
+            {
+                '[steps.qa]\nneeds = ["builder"]\nprovider = "local"': '[steps.qa]\nneeds = ["builder"]\nprovider = "cloud"'
+            },
+            "unknown provider 'cloud'",
+        ),
         ("unknown variable", {"{{ inputs.idea }}": "{{ inputs.topic }}"}, "unknown input 'topic'"),
-        ("unknown key", {'output = "files"': 'output = "files"\nretries = 3'}, "unknown key 'steps.builder.retries'"),
+        (
+            "unknown key",
+            {'output = "files"': 'output = "files"\nretries = 3'},
+            "unknown key 'steps.builder.retries'",
+        ),
     ],
 )
 def test_bad_pipeline_exits_2_and_writes_nothing(tmp_path, name, replacements, message):
@@ -132,7 +161,10 @@ def test_failed_step_exits_1_then_resume_skips_completed_steps(tmp_path):
     assert failed.code == 1, failed.err
     doc = status_json(db, "j")
     assert doc["status"] == "failed"
-    assert doc["steps"]["docs"]["status"] == "failed" and "told to fail" in doc["steps"]["docs"]["error"]
+    assert (
+        doc["steps"]["docs"]["status"] == "failed"
+        and "told to fail" in doc["steps"]["docs"]["error"]
+    )
     assert doc["steps"]["qa"]["status"] == "succeeded"  # an independent branch still finishes
     assert "docs" in doc["pending_steps"]
 
@@ -141,7 +173,9 @@ def test_failed_step_exits_1_then_resume_skips_completed_steps(tmp_path):
     assert resumed.code == 0, resumed.err
     doc = status_json(db, "j")
     assert doc["status"] == "succeeded" and doc["pending_steps"] == []
-    skipped = db_rows(db, "SELECT step FROM events WHERE job_id='j' AND type='step.skipped' ORDER BY step")
+    skipped = db_rows(
+        db, "SELECT step FROM events WHERE job_id='j' AND type='step.skipped' ORDER BY step"
+    )
     assert [r[0] for r in skipped] == ["architect", "builder", "qa"]
     assert calls(log) == Counter({"architect": 1, "builder": 1, "qa": 1, "docs": 1})
 
@@ -225,7 +259,12 @@ def test_external_kill_9_mid_call_then_resume(tmp_path, clean_run):
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     pipeline = factory(tmp_path, **SLOWER)
     proc = _popen(db, "run", str(pipeline), "--job-id", "k", env=env)
-    _signal_when(db, proc, "SELECT count(*) FROM events WHERE type='llm.request' AND step='builder'", signal.SIGKILL)
+    _signal_when(
+        db,
+        proc,
+        "SELECT count(*) FROM events WHERE type='llm.request' AND step='builder'",
+        signal.SIGKILL,
+    )
     assert proc.returncode == -signal.SIGKILL
     assert calls(log)["builder"] == 0  # killed while the provider was still thinking
     resumed = steplog(db, "resume", "k", env=env)
@@ -260,7 +299,9 @@ def test_a_signal_records_interruption_and_resume_continues(tmp_path, sig, code)
     _signal_when(db, proc, "SELECT count(*) FROM events WHERE type='step.succeeded'", sig)
     assert proc.returncode == code
     assert status_json(db, "t")["status"] == "interrupted"
-    interrupted = db_rows(db, "SELECT json_extract(data, '$.signal') FROM events WHERE type='job.interrupted'")
+    interrupted = db_rows(
+        db, "SELECT json_extract(data, '$.signal') FROM events WHERE type='job.interrupted'"
+    )
     assert interrupted == [(signal.Signals(sig).name,)]
     assert steplog(db, "resume", "t").code == 0
     assert status_json(db, "t")["status"] == "succeeded"
@@ -278,12 +319,19 @@ def test_events_replay_and_jobs_output(tmp_path):
     errors = steplog(db, "events", "e", "--level", "warning", "--json").out.strip()
     assert errors == ""
 
-    replayed = json.loads(steplog(db, "replay", "e", "--until", "step.succeeded:builder", "--json").out)
+    replayed = json.loads(
+        steplog(db, "replay", "e", "--until", "step.succeeded:builder", "--json").out
+    )
     assert replayed["completed_steps"] == ["architect", "builder"]
     assert replayed["pending_steps"] == ["docs", "qa"]
-    assert replayed["events"][-1]["type"] == "step.succeeded" and replayed["events"][-1]["step"] == "builder"
+    assert (
+        replayed["events"][-1]["type"] == "step.succeeded"
+        and replayed["events"][-1]["step"] == "builder"
+    )
     assert len(replayed["cache_index"]) == 2
-    at_ts = json.loads(steplog(db, "replay", "e", "--until", replayed["events"][-1]["ts"], "--json").out)
+    at_ts = json.loads(
+        steplog(db, "replay", "e", "--until", replayed["events"][-1]["ts"], "--json").out
+    )
     assert at_ts["version"] == replayed["version"]
     assert json.loads(steplog(db, "replay", "e", "--until", "3", "--json").out)["version"] == 3
 
@@ -339,7 +387,9 @@ def test_provider_down_then_back_resumes_with_earlier_steps_skipped(tmp_path):
         resumed = steplog(db, "resume", "down", env=env)
         assert resumed.code == 0, resumed.err
         assert len(server.calls) == 3  # builder, docs, qa; architect is not asked again
-        assert all(c["headers"]["Authorization"] == "Bearer sk-e2e-secret-value" for c in server.calls)
+        assert all(
+            c["headers"]["Authorization"] == "Bearer sk-e2e-secret-value" for c in server.calls
+        )
     doc = status_json(db, "down")
     assert doc["status"] == "succeeded" and doc["pending_steps"] == []
     skipped = db_rows(db, "SELECT step FROM events WHERE job_id='down' AND type='step.skipped'")
@@ -353,7 +403,9 @@ def test_retryable_failures_are_retried_and_every_attempt_is_in_the_log(tmp_path
 
     db = tmp_path / "s.db"
     with FakeLLMServer() as server:
-        server.faults.extend([("status", 503, None, {}), ("status", 429, None, {"Retry-After": "0"})])
+        server.faults.extend(
+            [("status", 503, None, {}), ("status", 429, None, {"Retry-After": "0"})]
+        )
         pipeline = _remote_pipeline(tmp_path, server.port, max_retries=2)
         result = steplog(db, "run", str(pipeline), "--job-id", "r", env=KEY_ENV)
         assert result.code == 0, result.err
@@ -385,7 +437,9 @@ def test_bad_answers_fail_the_step_and_are_not_cached(tmp_path):
         assert steplog(db, "resume", "bad", env=KEY_ENV).code == 1  # not served from the cache
         assert len(server.calls) == 2
         assert steplog(db, "resume", "bad", env=KEY_ENV).code == 0
-    reasons = db_rows(db, "SELECT json_extract(data, '$.error_type') FROM events WHERE type='step.failed'")
+    reasons = db_rows(
+        db, "SELECT json_extract(data, '$.error_type') FROM events WHERE type='step.failed'"
+    )
     assert reasons == [("unsafe_path",), ("bad_output",)]
 
 
@@ -395,7 +449,9 @@ def test_the_api_key_never_reaches_the_database_or_the_terminal(tmp_path):
     db, secret = tmp_path / "s.db", "sk-live-0123456789abcdef"
     with FakeLLMServer() as server:
         pipeline = _remote_pipeline(tmp_path, server.port)
-        server.faults.append(("status", 401, {"error": {"message": f"Incorrect API key provided: {secret}"}}, {}))
+        server.faults.append(
+            ("status", 401, {"error": {"message": f"Incorrect API key provided: {secret}"}}, {})
+        )
         result = steplog(db, "run", str(pipeline), "--job-id", "k", env={"OPENAI_API_KEY": secret})
         assert result.code == 1
         assert "HTTP 401" in result.err and "Incorrect API key" in result.err

@@ -15,7 +15,9 @@ from tests.cli_helpers import EXAMPLE
 def run_job(store, pipeline: Path, job_id: str, tmp_path: Path, **inputs: str):
     prepared = prepare_run(
         store,
-        RunCommand(pipeline_path=pipeline, job_id=job_id, inputs=inputs, workspace=tmp_path / job_id),
+        RunCommand(
+            pipeline_path=pipeline, job_id=job_id, inputs=inputs, workspace=tmp_path / job_id
+        ),
     )
     display = PlainDisplay(prepared.state, quiet=True)
     outcome = execute(store, prepared, observer=display)
@@ -32,7 +34,12 @@ def test_rebuilt_projection_equals_the_state_the_executor_saw(tmp_path):
     assert outcome.succeeded
     rebuilt = manifest.project("j", store.read_job("j"))
     assert rebuilt.to_manifest() == seen.to_manifest()
-    assert rebuilt.status == "succeeded" and rebuilt.completed_steps == ["architect", "builder", "docs", "qa"]
+    assert rebuilt.status == "succeeded" and rebuilt.completed_steps == [
+        "architect",
+        "builder",
+        "docs",
+        "qa",
+    ]
     assert read_cache_table(store.conn) == cache.project(store.read_all())
 
 
@@ -48,13 +55,16 @@ def test_step_event_sequence_for_a_miss_then_a_hit(tmp_path):
     ]  # fmt: skip
     run_job(store, EXAMPLE, "second", tmp_path)
     assert types_of(store, "second", "architect") == ["step.started", "cache.hit", "step.succeeded"]
-    hit = next(ev for ev in store.read_job("second") if ev.type == "cache.hit" and ev.step == "builder")
+    hit = next(
+        ev for ev in store.read_job("second") if ev.type == "cache.hit" and ev.step == "builder"
+    )
     assert hit.data["origin_job"] == "first" and hit.data["tokens_saved"] > 0
 
 
 def test_independent_steps_run_concurrently(tmp_path):
     slow = EXAMPLE.read_text().replace(
-        'kind = "offline"\nmodel = "offline-1"', 'kind = "offline"\nmodel = "offline-1"\noptions = { delay_s = 0.3 }'
+        'kind = "offline"\nmodel = "offline-1"',
+        'kind = "offline"\nmodel = "offline-1"\noptions = { delay_s = 0.3 }',
     )
     pipeline = tmp_path / "slow.toml"
     pipeline.write_text(slow)
@@ -70,7 +80,9 @@ def test_editing_one_prompt_reruns_that_step_and_what_its_change_reaches(tmp_pat
     store = open_store(tmp_path / "s.db")
     run_job(store, EXAMPLE, "before", tmp_path)
     edited = tmp_path / "edited.toml"
-    edited.write_text(EXAMPLE.read_text().replace("Write user documentation", "Write short user documentation"))
+    edited.write_text(
+        EXAMPLE.read_text().replace("Write user documentation", "Write short user documentation")
+    )
     run_job(store, edited, "after", tmp_path)
     state = fold_job(store, "after")
     hits = {name: step.cache_hit for name, step in state.steps.items()}
@@ -88,7 +100,9 @@ def test_resume_with_an_edited_completed_step_reruns_it_and_its_dependants(tmp_p
     )
     outcome, _ = run_job(store, pipeline, "r", tmp_path)
     assert not outcome.succeeded and outcome.failed_steps == ["qa"]
-    pipeline.write_text(EXAMPLE.read_text().replace("Design {{ inputs.idea }}.", "Design {{ inputs.idea }} well."))
+    pipeline.write_text(
+        EXAMPLE.read_text().replace("Design {{ inputs.idea }}.", "Design {{ inputs.idea }} well.")
+    )
     prepared = prepare_resume(store, ResumeCommand(job_id="r"))
     assert prepared.plan.run == ["architect", "builder", "docs", "qa"]
     assert execute(store, prepared).succeeded
@@ -110,9 +124,20 @@ from hypothesis import strategies as st  # noqa: E402
 def random_pipeline(draw) -> str:
     """A random DAG of offline steps: each step needs some earlier ones and reads their output."""
     count = draw(st.integers(min_value=1, max_value=7))
-    lines = ['name = "random"', "[inputs.topic]", 'default = "t"', "[providers.local]", 'kind = "offline"', "max_retries = 0"]
+    lines = [
+        'name = "random"',
+        "[inputs.topic]",
+        'default = "t"',
+        "[providers.local]",
+        'kind = "offline"',
+        "max_retries = 0",
+    ]
     for i in range(count):
-        needs = sorted(draw(st.sets(st.integers(min_value=0, max_value=i - 1), max_size=3))) if i else []
+        needs = (
+            sorted(draw(st.sets(st.integers(min_value=0, max_value=i - 1), max_size=3)))
+            if i
+            else []
+        )
         output = draw(st.sampled_from(["text", "json", "files"]))
         reads = " ".join(f"{{{{ steps.s{n}.output }}}}" for n in needs)
         lines += [f"[steps.s{i}]", f"needs = {[f's{n}' for n in needs]!r}".replace("'", '"'),

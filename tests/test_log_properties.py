@@ -51,10 +51,17 @@ def test_events_round_trip_unchanged_with_a_valid_hash_chain(batches):
     assert all(a.seq < b.seq for a, b in zip(stored, stored[1:]))
     prev = GENESIS_HASH
     for original, ev in zip(sent, stored):
-        assert (ev.ts, ev.level, ev.type, ev.step) == (original.ts, original.level, original.type, original.step)
+        assert (ev.ts, ev.level, ev.type, ev.step) == (
+            original.ts,
+            original.level,
+            original.type,
+            original.step,
+        )
         assert ev.typed() == original.data
         assert ev.prev_hash == prev
-        assert ev.hash == chain_hash(prev, ev.job_id, ev.version, ev.ts, ev.level, ev.type, ev.step, ev.data_json)
+        assert ev.hash == chain_hash(
+            prev, ev.job_id, ev.version, ev.ts, ev.level, ev.type, ev.step, ev.data_json
+        )
         prev = ev.hash
 
 
@@ -86,7 +93,11 @@ def test_replay_until_n_is_the_fold_of_the_first_n_events(batches, data):
             replay(store, "j", str(len(events) + 1))
         target = data.draw(st.sampled_from(events))
         point = f"{target.type}:{target.step}" if target.step else target.type
-        first = next(ev for ev in events if ev.type == target.type and (not target.step or ev.step == target.step))
+        first = next(
+            ev
+            for ev in events
+            if ev.type == target.type and (not target.step or ev.step == target.step)
+        )
         assert replay(store, "j", point).version == first.version
 
 
@@ -96,7 +107,9 @@ def test_projection_tables_equal_the_folds_and_survive_a_rebuild(order):
     with fresh_store() as store:
         versions: dict[str, int] = {}
         for job, batch in order:
-            versions[job] = store.append(job, batch, expected_version=versions.get(job, 0))[-1].version
+            versions[job] = store.append(job, batch, expected_version=versions.get(job, 0))[
+                -1
+            ].version
         events = list(store.read_all())
         rows: dict = {}
         for ev in events:
@@ -158,7 +171,12 @@ def test_a_malformed_event_fails_the_whole_batch(tmp_path):
     with pytest.raises(InvalidEvent, match="does not match"):
         NewEvent(type="step.failed", data=StepStarted(attempt=1, fingerprint="f"), step="a")
     with pytest.raises(InvalidEvent, match="ISO 8601"):
-        NewEvent(type="step.started", data=StepStarted(attempt=1, fingerprint="f"), step="a", ts="yesterday")
+        NewEvent(
+            type="step.started",
+            data=StepStarted(attempt=1, fingerprint="f"),
+            step="a",
+            ts="yesterday",
+        )
     assert store.job_version("j") == 1
 
 
@@ -175,7 +193,12 @@ def test_events_are_append_only_for_any_connection(tmp_path, statement):
     import subprocess
 
     if shutil.which("sqlite3"):
-        shell = subprocess.run(["sqlite3", str(tmp_path / "s.db"), statement], capture_output=True, text=True, timeout=30)
+        shell = subprocess.run(
+            ["sqlite3", str(tmp_path / "s.db"), statement],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert shell.returncode != 0 and "append-only" in shell.stderr
     assert store.conn.execute("SELECT * FROM events").fetchall() == before
 

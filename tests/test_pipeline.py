@@ -53,7 +53,9 @@ def test_good_pipeline_loads_in_dependency_order():
 
 
 def test_cycle_is_named():
-    source = GOOD.replace('[steps.a]\nprovider = "local"', '[steps.a]\nneeds = ["c"]\nprovider = "local"')
+    source = GOOD.replace(
+        '[steps.a]\nprovider = "local"', '[steps.a]\nneeds = ["c"]\nprovider = "local"'
+    )
     message = refuse(source)
     assert "cycle" in message and "a" in message and "c" in message
 
@@ -63,7 +65,12 @@ def test_unknown_dependency():
 
 
 def test_unknown_provider():
-    message = refuse(GOOD.replace('[steps.c]\nneeds = ["b"]\nprovider = "local"', '[steps.c]\nneeds = ["b"]\nprovider = "cloud"'))
+    message = refuse(
+        GOOD.replace(
+            '[steps.c]\nneeds = ["b"]\nprovider = "local"',
+            '[steps.c]\nneeds = ["b"]\nprovider = "cloud"',
+        )
+    )
     assert "unknown provider 'cloud'" in message
 
 
@@ -74,7 +81,9 @@ def test_unknown_key_names_key_and_line():
 
 
 def test_template_unknown_input_and_variable():
-    assert "unknown input 'topic'" in refuse(GOOD.replace("{{ inputs.idea }}", "{{ inputs.topic }}"))
+    assert "unknown input 'topic'" in refuse(
+        GOOD.replace("{{ inputs.idea }}", "{{ inputs.topic }}")
+    )
     assert "unknown variable 'idea'" in refuse(GOOD.replace("{{ inputs.idea }}", "{{ idea }}"))
 
 
@@ -90,7 +99,9 @@ def test_template_syntax_error():
 
 def test_bad_toml_and_bad_output_kind():
     assert "not valid TOML" in refuse("name = ")
-    assert "steps.a.output" in refuse(GOOD.replace('prompt = "design {{ inputs.idea }}"', 'prompt = "x"\noutput = "pdf"'))
+    assert "steps.a.output" in refuse(
+        GOOD.replace('prompt = "design {{ inputs.idea }}"', 'prompt = "x"\noutput = "pdf"')
+    )
 
 
 def test_inputs_required_and_unknown():

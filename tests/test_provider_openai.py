@@ -10,7 +10,13 @@ import anyio
 import httpx
 import pytest
 
-from providers.base import LLMRequest, ProviderBadResponse, ProviderError, ProviderHTTPError, ProviderUnavailable
+from providers.base import (
+    LLMRequest,
+    ProviderBadResponse,
+    ProviderError,
+    ProviderHTTPError,
+    ProviderUnavailable,
+)
 from providers.config import ProviderConfig
 from providers.openai import OpenAIProvider, parse_retry_after, public_url
 from tests.fake_llm_server import FakeLLMServer
@@ -25,8 +31,12 @@ def server():
 
 
 def call(url: str, request: LLMRequest | None = None, **config: object):
-    cfg = ProviderConfig(kind="openai", base_url=url, model="m", timeout_s=config.pop("timeout_s", 2), **config)  # type: ignore[arg-type]
-    request = request or LLMRequest(step="s", system="be brief", prompt="hello there", model="m", options={"temperature": 0})
+    cfg = ProviderConfig(
+        kind="openai", base_url=url, model="m", timeout_s=config.pop("timeout_s", 2), **config
+    )  # type: ignore[arg-type]
+    request = request or LLMRequest(
+        step="s", system="be brief", prompt="hello there", model="m", options={"temperature": 0}
+    )
 
     async def go():
         async with httpx.AsyncClient() as client:
@@ -42,7 +52,10 @@ def test_success_sends_the_body_and_reads_usage(server, monkeypatch):
     assert result.finish_reason == "stop"
     sent = server.calls[0]
     assert sent["path"] == "/v1/chat/completions"
-    assert sent["body"]["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+    assert sent["body"]["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hello there"},
+    ]
     assert sent["body"]["temperature"] == 0 and sent["body"]["model"] == "m"
     assert sent["headers"]["Authorization"] == f"Bearer {KEY}"
 
@@ -61,8 +74,12 @@ def test_missing_key_variable_is_named(server, monkeypatch):
 
 @pytest.mark.parametrize("header", ["2", "HTTP-DATE"])
 def test_429_is_retryable_with_retry_after(server, header):
-    value = email.utils.formatdate(time.time() + 3, usegmt=True) if header == "HTTP-DATE" else header
-    server.faults.append(("status", 429, {"error": {"message": "slow down"}}, {"Retry-After": value}))
+    value = (
+        email.utils.formatdate(time.time() + 3, usegmt=True) if header == "HTTP-DATE" else header
+    )
+    server.faults.append(
+        ("status", 429, {"error": {"message": "slow down"}}, {"Retry-After": value})
+    )
     with pytest.raises(ProviderHTTPError) as info:
         call(server.url)
     assert info.value.retryable and info.value.status == 429
@@ -126,7 +143,9 @@ def test_helpers():
 
 def test_a_key_echoed_by_the_server_is_redacted(server, monkeypatch):
     monkeypatch.setenv("FAKE_KEY", KEY)
-    server.faults.append(("status", 401, {"error": {"message": f"Incorrect API key provided: {KEY}"}}, {}))
+    server.faults.append(
+        ("status", 401, {"error": {"message": f"Incorrect API key provided: {KEY}"}}, {})
+    )
     with pytest.raises(ProviderHTTPError) as info:
         call(server.url, api_key_env="FAKE_KEY")
     assert KEY not in str(info.value) and "[redacted]" in str(info.value)

@@ -18,7 +18,9 @@ def test_a_new_database_is_versioned_and_in_wal_mode(tmp_path):
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("SELECT value FROM steplog_meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert conn.execute("SELECT value FROM steplog_meta WHERE key='schema_version'").fetchone()[
+        0
+    ] == str(SCHEMA_VERSION)
     store.close()
     open_store(tmp_path / "new" / "s.db").close()  # reopening applies nothing twice
 
@@ -67,5 +69,9 @@ def test_unusable_files_are_refused_and_left_intact(tmp_path, make, message):
         open_store(path)
     assert path.read_bytes() == before
     result = steplog(path, "jobs")
-    assert result.code == 2 and result.err.startswith("error: ") and len(result.err.strip().splitlines()) == 1
+    assert (
+        result.code == 2
+        and result.err.startswith("error: ")
+        and len(result.err.strip().splitlines()) == 1
+    )
     assert path.read_bytes() == before

@@ -16,7 +16,9 @@ CONTEXT = {
 }
 HOLES = ["{{ inputs.idea }}", "{{inputs.n}}", "{{ steps.a.output }}", "{{ steps.b.output }}",
          "{{ steps.b.files }}", "{{ inputs }}"]  # fmt: skip
-TEXT = st.text(alphabet=st.characters(blacklist_characters="{}%#\r", blacklist_categories=("Cs",)), max_size=30)
+TEXT = st.text(
+    alphabet=st.characters(blacklist_characters="{}%#\r", blacklist_categories=("Cs",)), max_size=30
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -28,7 +30,12 @@ def test_fast_path_equals_jinja(pieces):
 
 
 def test_templates_with_jinja_features_take_the_jinja_path():
-    for source in ("{% if inputs.idea %}x{% endif %}", "{{ inputs.idea | upper }}", "{# c #}", "{{- inputs.idea }}"):
+    for source in (
+        "{% if inputs.idea %}x{% endif %}",
+        "{{ inputs.idea | upper }}",
+        "{# c #}",
+        "{{- inputs.idea }}",
+    ):
         assert simple_plan(source) is None
         assert render(source, CONTEXT, where="t") == ENV.from_string(source).render(CONTEXT)
 
@@ -44,7 +51,10 @@ def test_missing_names_raise_the_same_problem_on_both_paths():
 
 
 def test_checks_agree_between_paths():
-    for source in ("{{ inputs.idea }} {{ steps.a.output }}", "{% if 1 %}{{ inputs.idea }}{{ steps.a.output }}{% endif %}"):
+    for source in (
+        "{{ inputs.idea }} {{ steps.a.output }}",
+        "{% if 1 %}{{ inputs.idea }}{{ steps.a.output }}{% endif %}",
+    ):
         assert check_template(source, where="t", inputs={"idea"}) == {"a"}
     for source in ("{{ steps.a.outptu }}", "{% if 1 %}{{ steps.a.outptu }}{% endif %}"):
         try:

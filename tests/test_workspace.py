@@ -13,7 +13,16 @@ from executor.workspace import UnsafePath, write_file
 
 @pytest.mark.parametrize(
     "path",
-    ["/etc/passwd", "../outside.txt", "a/../../outside.txt", "a\x00b", "", "C:/x", "a\\..\\b", "x/" + "n" * 300],
+    [
+        "/etc/passwd",
+        "../outside.txt",
+        "a/../../outside.txt",
+        "a\x00b",
+        "",
+        "C:/x",
+        "a\\..\\b",
+        "x/" + "n" * 300,
+    ],
 )
 def test_paths_that_escape_or_cannot_exist_are_refused(tmp_path, path):
     with pytest.raises(UnsafePath):
