@@ -52,7 +52,9 @@ Observer = Callable[[Sequence[StoredEvent]], None]
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 RETRY_AFTER_CAP_S = 60.0
-DEFAULT_CONCURRENCY = {"offline": 64}
+# In-flight calls per provider. The offline provider has nothing to protect, so no limiter
+# (entering one costs a trip through the event loop per call).
+DEFAULT_CONCURRENCY: dict[str, int | None] = {"offline": None}
 
 
 def backoff_delay(attempt: int, retry_after: float | None, rng: random.Random) -> float:
@@ -154,7 +156,8 @@ class JobRunner:
             for name, config in configs.items():
                 self.providers[name] = build_provider(name, config, client)
                 limit = DEFAULT_CONCURRENCY.get(config.kind, 4)
-                self.limiters[name] = anyio.CapacityLimiter(limit)
+                if limit is not None:
+                    self.limiters[name] = anyio.CapacityLimiter(limit)
             done = {name: anyio.Event() for name in plan.run}
             ok: dict[str, bool] = {name: True for name in plan.reuse}
             self._committer = committer = GroupCommitter(self.emit)
@@ -384,8 +387,12 @@ class JobRunner:
             pending, blobs = [], []
             t = time.monotonic()
             try:
-                async with self.limiters[provider.name]:
+                limiter = self.limiters.get(provider.name)
+                if limiter is None:
                     result: LLMResult = await provider.complete(request)
+                else:
+                    async with limiter:
+                        result = await provider.complete(request)
             except ProviderError as exc:
                 failure = LLMResponded(
                     provider=provider.name, model=request.model,
