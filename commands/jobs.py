@@ -97,11 +97,13 @@ def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
     if store.job_exists(job_id):
         raise Rejected(f"job {job_id} already exists; choose another --job-id or resume it")
     workspace = (cmd.workspace or Path("runs") / job_id).resolve()
+    snapshot = pipeline.snapshot().encode("utf-8")
     created = JobCreated(
         pipeline=pipeline.name,
         pipeline_path=str(Path(cmd.pipeline_path).resolve()),
         pipeline_fingerprint=pipeline.fingerprint,
         pipeline_sha256=blob_sha256(pipeline.source.encode("utf-8")),
+        snapshot_sha256=blob_sha256(snapshot),
         inputs=inputs,
         steps=pipeline.needs,
         workspace=str(workspace),
@@ -109,7 +111,7 @@ def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
     opening = [NewEvent.of(created), NewEvent.of(JobStarted(owner=current_owner()))]
     try:
         stored = store.append(
-            job_id, opening, expected_version=0, blobs=[pipeline.source.encode("utf-8")]
+            job_id, opening, expected_version=0, blobs=[pipeline.source.encode("utf-8"), snapshot]
         )
     except VersionConflict as exc:
         raise Rejected(
@@ -155,6 +157,14 @@ def _pipeline_for_resume(
     """The pipeline file as it is now (so a fixed prompt takes effect), else the stored copy."""
     path = override or (Path(state.pipeline_path) if state.pipeline_path else None)
     if path is not None and path.exists():
+        try:
+            source = path.read_bytes()
+        except OSError as exc:
+            raise Rejected(f"cannot read pipeline file {path}: {exc.strerror}") from exc
+        if state.snapshot_sha256 and blob_sha256(source) == state.pipeline_sha256:
+            # the very file the job was created from: reuse its validated form
+            snapshot = store.get_blob(state.snapshot_sha256).decode("utf-8")
+            return Pipeline.from_snapshot(snapshot, source.decode("utf-8"), str(path))
         return load_pipeline(path)
     if override is not None:
         raise Rejected(f"pipeline file {override} does not exist")

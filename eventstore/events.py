@@ -49,6 +49,9 @@ class JobCreated(EventData):
     pipeline_path: str | None = None
     pipeline_fingerprint: str
     pipeline_sha256: Sha256 = Field(description="blob holding the pipeline file as it was")
+    snapshot_sha256: Sha256 | None = Field(
+        default=None, description="blob holding the validated pipeline (Pipeline.snapshot)"
+    )
     inputs: dict[str, str] = Field(default_factory=dict)
     steps: dict[str, list[str]] = Field(description="step -> needs, in file order")
     workspace: str

@@ -7,10 +7,11 @@ PipelineError with one line naming the problem, before any event is written.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tomllib
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -71,6 +72,35 @@ class Pipeline:
     spec: PipelineSpec
     source: str
     path: str | None
+    # step -> the steps its templates read (`steps.X.…`), filled in by validation
+    references: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def snapshot(self) -> str:
+        """The validated pipeline as JSON, so an unchanged file need not be parsed again."""
+        return json.dumps(
+            {
+                "spec": self.spec.model_dump(mode="json"),
+                "references": {k: sorted(v) for k, v in self.references.items()},
+                "fingerprint": self.fingerprint,
+                "step_fingerprints": self.step_fingerprints,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_snapshot(cls, snapshot: str, source: str, path: str | None) -> Pipeline:
+        """Rebuild a pipeline validated earlier (its source's sha256 is the caller's check)."""
+        data = json.loads(snapshot)
+        pipeline = cls(
+            spec=PipelineSpec.model_validate(data["spec"]),
+            source=source,
+            path=path,
+            references={k: frozenset(v) for k, v in data["references"].items()},
+        )
+        # cached_property values live in __dict__; setting them skips recomputing the hashes
+        pipeline.__dict__["fingerprint"] = data["fingerprint"]
+        pipeline.__dict__["step_fingerprints"] = data["step_fingerprints"]
+        return pipeline
 
     @property
     def name(self) -> str:
@@ -266,6 +296,7 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
                 )
             except TemplateProblem as exc:
                 raise PipelineError(f"{label}: {exc}") from exc
+        pipeline.references[name] = frozenset(referenced)
         if referenced - set(step.needs):  # only walk the DAG when a direct need does not answer
             upstream = reachable({name}, pipeline.needs)
             for ref in sorted(referenced - upstream):

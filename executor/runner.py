@@ -150,9 +150,12 @@ class JobRunner:
         configs = {name: c for name, c in self.pipeline.spec.providers.items() if name in used}
         async with AsyncExitStack() as stack:
             client = None
-            if any(c.kind != "offline" for c in configs.values()):
-                # Only when a step talks HTTP: building a client loads the TLS trust store (~20 ms).
-                client = await stack.enter_async_context(httpx.AsyncClient())
+            remote = [c for c in configs.values() if c.kind != "offline"]
+            if remote:
+                # Only when a step talks HTTP, and the TLS trust store (~20 ms to load) only when
+                # a provider's URL is https: a plain-http client never uses it.
+                tls = any((c.base_url or "").startswith("https:") for c in remote)
+                client = await stack.enter_async_context(httpx.AsyncClient(verify=tls))
             for name, config in configs.items():
                 self.providers[name] = build_provider(name, config, client)
                 limit = DEFAULT_CONCURRENCY.get(config.kind, 4)
@@ -184,11 +187,15 @@ class JobRunner:
         return JobOutcome(True, [], [])
 
     def _load_reused(self, plan: Plan) -> None:
-        skipped = []
-        contents = self.store.get_blobs([sha for sha, _ in plan.reuse.values()])
-        for name, (sha, reason) in plan.reuse.items():
+        """Append step.skipped for every reused step; load the outputs still to be read."""
+        read = set().union(*(self.pipeline.references.get(s, ()) for s in plan.run))
+        wanted = {name: sha for name, (sha, _) in plan.reuse.items() if name in read}
+        contents = self.store.get_blobs(list(wanted.values()))
+        for name, sha in wanted.items():
             kind = self.pipeline.spec.steps[name].output
             self._record_output(name, parse_output(kind, contents[sha].decode("utf-8")))
+        skipped = []
+        for name, (sha, reason) in plan.reuse.items():
             skipped.append(
                 self._ev(
                     StepSkipped(

@@ -61,6 +61,7 @@ class JobState:
     pipeline_path: str | None = None
     pipeline_fingerprint: str | None = None
     pipeline_sha256: str | None = None
+    snapshot_sha256: str | None = None
     inputs: dict[str, str] = field(default_factory=dict)
     workspace: str | None = None
     created_ts: str | None = None
@@ -116,6 +117,7 @@ def _job_created(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
     state.pipeline_path = d.get("pipeline_path")
     state.pipeline_fingerprint = d["pipeline_fingerprint"]
     state.pipeline_sha256 = d["pipeline_sha256"]
+    state.snapshot_sha256 = d.get("snapshot_sha256")
     state.inputs = dict(d.get("inputs", {}))
     state.workspace = d["workspace"]
     state.created_ts = ev.ts

@@ -122,6 +122,6 @@ def rebuild(store: SQLiteEventStore) -> int:
         conn.executemany(
             "INSERT INTO cache_index (cache_key, response_sha256, origin_job, origin_step, seq,"
             " tokens_in, tokens_out) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            list(index.values()),
+            sorted(index.values()),  # key order: the b-tree fills page by page
         )
     return count

@@ -129,3 +129,12 @@ def test_sandbox_refuses_template_injection():
 
     with pytest.raises(TemplateProblem):
         render("{{ ''.__class__.__mro__ }}", {"inputs": {}, "steps": {}}, where="t")
+
+
+def test_snapshot_round_trip_keeps_spec_fingerprints_and_references():
+    p = parse_pipeline(GOOD, "p.toml")
+    q = type(p).from_snapshot(p.snapshot(), p.source, p.path)
+    assert q.spec == p.spec
+    assert q.fingerprint == p.fingerprint and q.step_fingerprints == p.step_fingerprints
+    assert q.references == p.references == {"a": frozenset(), "b": {"a"}, "c": {"a", "b"}}
+    assert q.order == p.order
