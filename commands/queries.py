@@ -96,8 +96,9 @@ def print_manifest(console: Console, state: JobState, *, historical: bool = Fals
     if not historical and status == "running" and state.owner and owner_alive(state.owner) is False:
         status = "running (owner process gone: resume it)"
     console.print(f"[bold]{state.job_id}[/]  pipeline {state.pipeline}  status [bold]{status}[/]")
+    elapsed = f"  elapsed {state.elapsed_s:.3f}s" if state.elapsed_s is not None else ""
     console.print(
-        f"created {state.created_ts}  updated {state.updated_ts}  runs {state.runs}  "
+        f"created {state.created_ts}  updated {state.updated_ts}{elapsed}  runs {state.runs}  "
         f"events {state.version}"
     )
     if state.inputs:

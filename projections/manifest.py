@@ -7,6 +7,7 @@ with the same code; `apply` is the single step of the fold and touches no databa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Callable, Iterable
 
 import orjson
@@ -95,13 +96,26 @@ class JobState:
     def pending_steps(self) -> list[str]:
         return [name for name, s in self.steps.items() if not s.completed]
 
+    @property
+    def elapsed_s(self) -> float | None:
+        """Wall time from the first start to the end (or to the last event while unfinished)."""
+        end = self.finished_ts or self.updated_ts
+        if not self.started_ts or not end:
+            return None
+        return round((_parse_ts(end) - _parse_ts(self.started_ts)).total_seconds(), 6)
+
     def to_manifest(self) -> dict[str, Any]:
         """The manifest as users see it (`status --json`), with the predecessor's field names."""
         out = asdict(self)
+        out["elapsed_s"] = self.elapsed_s
         out["steps"] = {name: asdict(s) for name, s in self.steps.items()}
         out["completed_steps"] = self.completed_steps
         out["pending_steps"] = self.pending_steps
         return out
+
+
+def _parse_ts(ts: str) -> datetime:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
 def _step(state: JobState, ev: StoredEvent) -> StepState:
