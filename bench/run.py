@@ -1,7 +1,9 @@
-"""steplog benchmarks: figures printed next to a raw-sqlite3 baseline measured in the same run.
+"""steplog benchmarks: every figure next to a raw-sqlite3 baseline measured in the same run.
 
-    python bench/run.py            full sizes (1,000,000-event log; a few minutes)
-    python bench/run.py --quick    small sizes (about a minute)
+    python bench/run.py                 full sizes (1,000,000-event log; a few minutes)
+    python bench/run.py --quick         small sizes (100,000-event log, 200-step pipelines)
+    python bench/run.py --json out.json also write the figures as JSON
+    python bench/run.py --profile DIR   also write cProfile stats of the hot paths to DIR
 
 Nothing here asserts a time: it prints figures. See bench/README.md for what each one means.
 """
@@ -9,27 +11,46 @@ Nothing here asserts a time: it prints figures. See bench/README.md for what eac
 from __future__ import annotations
 
 import argparse
+import cProfile
+import gc
 import hashlib
 import json
 import os
+import platform
+import re
 import resource
+import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(HERE)]
 
-from commands.jobs import ResumeCommand, RunCommand, execute, prepare_resume, prepare_run  # noqa: E402
+import biglog  # noqa: E402
+import pydantic  # noqa: E402
+
+from commands.jobs import (  # noqa: E402
+    ResumeCommand,
+    RunCommand,
+    execute,
+    fold_job,
+    prepare_resume,
+    prepare_run,
+)
 from commands.replay import replay  # noqa: E402
 from eventstore.events import (  # noqa: E402
     CacheMiss,
     JobCreated,
     JobStarted,
-    JobSucceeded,
     LLMRequested,
     LLMResponded,
     NewEvent,
@@ -37,15 +58,130 @@ from eventstore.events import (  # noqa: E402
     StepStarted,
     StepSucceeded,
 )
+from eventstore.record import StoredEvent  # noqa: E402
+from eventstore.sqlite import SCHEMA_PATH, SQLiteEventStore, schema_statements  # noqa: E402
+from executor.runner import JobRunner  # noqa: E402
 from projections.store import open_store  # noqa: E402
 
 OWNER = Owner(pid=1, host="bench", started="1")
-RESULTS: list[tuple[str, str, str]] = []  # (figure, value, comparison)
+PEERS = "LangGraph+SqliteSaver ≈ 1,050 µs, DBOS on SQLite ≈ 2,350 µs per durable step"
 
 
-def report(name: str, value: str, comparison: str = "") -> None:
-    RESULTS.append((name, value, comparison))
-    print(f"  {name:<58} {value:>16}  {comparison}", flush=True)
+# -- figures ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    name: str
+    ours: float
+    unit: str  # how `ours` and `raw` are expressed
+    raw: float | None = None  # the raw-sqlite3 baseline, same unit
+    higher_is_better: bool = False
+    target: str = ""
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        """How many times the raw baseline's cost steplog pays (1.0 = as fast as raw)."""
+        if not self.raw or not self.ours:
+            return None
+        return self.raw / self.ours if self.higher_is_better else self.ours / self.raw
+
+
+FIGURES: list[Figure] = []
+
+
+def fmt(value: float, unit: str) -> str:
+    if unit in ("events/s", "rows/s"):
+        return f"{value:,.0f} {unit}"
+    digits = 1 if value < 100 else 0
+    return f"{value:,.{digits}f} {unit}"
+
+
+def report(figure: Figure) -> None:
+    FIGURES.append(figure)
+    raw = f"raw {fmt(figure.raw, figure.unit)}" if figure.raw is not None else ""
+    ratio = f"({figure.ratio:.1f}x raw)" if figure.ratio is not None else ""
+    extra = "; ".join(x for x in (figure.target, figure.note) if x)
+    print(f"  {figure.name:<50} {fmt(figure.ours, figure.unit):>18}  {raw:<24} {ratio:<12} {extra}",
+          flush=True)  # fmt: skip
+
+
+def median_of(runs: list[float]) -> float:
+    return statistics.median(runs)
+
+
+def join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def spread(runs: list[float], scale: float = 1.0, unit: str = "") -> str:
+    if len(runs) < 2:
+        return ""
+    return f"runs {min(runs) * scale:,.0f}–{max(runs) * scale:,.0f}{unit}"
+
+
+# -- the raw sqlite3 baseline -------------------------------------------------------------------
+
+
+def ddl(table: str) -> str:
+    """The table's CREATE statement from schema.sql: the baseline writes an identical table."""
+    for statement in schema_statements(SCHEMA_PATH.read_text(encoding="utf-8")):
+        if re.search(rf"CREATE TABLE IF NOT EXISTS {table}\s*\(", statement):
+            return statement
+    raise LookupError(table)
+
+
+def raw_connection(path: Path, tables: tuple[str, ...] = ("events",)) -> sqlite3.Connection:
+    """Plain sqlite3 with the store's pragmas (WAL, the same synchronous) and the same tables."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {os.environ.get('STEPLOG_SYNCHRONOUS', 'NORMAL')}")
+    for table in tables:
+        conn.execute(ddl(table))
+    return conn
+
+
+INSERT_EVENTS = (
+    "INSERT INTO events (seq, job_id, version, ts, level, type, step, data, prev_hash, hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_BLOBS = "INSERT OR IGNORE INTO blobs (sha256, size, content) VALUES (?, ?, ?)"
+
+
+def raw_commit(conn: sqlite3.Connection, rows: list[tuple], blobs: list[tuple] = ()) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    if blobs:
+        conn.executemany(INSERT_BLOBS, blobs)
+    conn.executemany(INSERT_EVENTS, rows)
+    conn.execute("COMMIT")
+
+
+def raw_rows(events: list[NewEvent], job: str, version: int, seq: int) -> list[tuple]:
+    """The rows the store would write, minus its work: hashes are constants here."""
+    return [
+        (seq + i, job, version + i, ev.ts, ev.level, ev.type, ev.step, ev.data_json(), "0" * 64, "1" * 64)
+        for i, ev in enumerate(events, start=1)
+    ]  # fmt: skip
+
+
+def copy_db(src: Path, dst: Path) -> None:
+    """A private copy of the cached log, flushed to disk so no write-back runs during a figure."""
+    shutil.copyfile(src, fresh(dst))
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fresh(path: Path) -> Path:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return path
+
+
+# -- 1. append throughput -----------------------------------------------------------------------
 
 
 def sha(text: str) -> str:
@@ -53,362 +189,487 @@ def sha(text: str) -> str:
 
 
 def step_batch(step: str, key: str) -> list[NewEvent]:
-    """The five events of one cache-missing text step, as the executor writes them."""
+    """The five events of one cache-missing step, as the executor builds them."""
+    parts = {p: sha(p + key) for p in ("provider", "step", "input", "code")}
     return [
         NewEvent.of(StepStarted(attempt=1, fingerprint=sha(step)), step=step),
-        NewEvent.of(
-            CacheMiss(
-                cache_key=key, parts={"provider": key, "step": key, "input": key, "code": key}
-            ),
-            step=step,
-        ),
-        NewEvent.of(
-            LLMRequested(
-                provider="local",
-                kind="offline",
-                model="offline-1",
-                prompt_tokens=42,
-                attempt=1,
-                cache_key=key,
-                prompt_sha256=sha(key + "p"),
-            ),
-            step=step,
-        ),  # fmt: skip
-        NewEvent.of(
-            LLMResponded(
-                provider="local",
-                model="offline-1",
-                duration_s=0.01,
-                tokens_in=42,
-                tokens_out=300,
-                success=True,
-                attempt=1,
-                cache_key=key,
-                response_sha256=sha(key + "r"),
-                finish_reason="stop",
-            ),
-            step=step,
-        ),  # fmt: skip
-        NewEvent.of(
-            StepSucceeded(
-                output_sha256=sha(key + "r"),
-                output="text",
-                cache_hit=False,
-                cache_key=key,
-                duration_s=0.01,
-                fingerprint=sha(step),
-            ),
-            step=step,
-        ),  # fmt: skip
-    ]
+        NewEvent.of(CacheMiss(cache_key=key, parts=parts), step=step),
+        NewEvent.of(LLMRequested(provider="local", kind="offline", model="offline-1", prompt_tokens=42,
+                                 attempt=1, cache_key=key, prompt_sha256=sha(key + "p")), step=step),
+        NewEvent.of(LLMResponded(provider="local", model="offline-1", duration_s=0.8123, tokens_in=42,
+                                 tokens_out=300, success=True, attempt=1, cache_key=key,
+                                 response_sha256=sha(key + "r"), finish_reason="stop"), step=step),
+        NewEvent.of(StepSucceeded(output_sha256=sha(key + "r"), output="text", cache_hit=False,
+                                  cache_key=key, duration_s=0.8154, fingerprint=sha(step)), step=step),
+    ]  # fmt: skip
 
 
-def created(steps: list[str]) -> list[NewEvent]:
-    return [
-        NewEvent.of(
-            JobCreated(
-                pipeline="bench",
-                pipeline_fingerprint=sha("p"),
-                pipeline_sha256=sha("src"),
-                inputs={"idea": "x"},
-                steps={s: [] for s in steps},
-                workspace="/tmp/ws",
-            )
-        ),  # fmt: skip
-        NewEvent.of(JobStarted(owner=OWNER)),
-    ]
+def opening(steps: list[str]) -> list[NewEvent]:
+    created = JobCreated(pipeline="bench", pipeline_fingerprint=sha("p"), pipeline_sha256=sha("src"),
+                         inputs={"idea": "x"}, steps={s: [] for s in steps}, workspace="/tmp/ws")  # fmt: skip
+    return [NewEvent.of(created), NewEvent.of(JobStarted(owner=OWNER))]
 
 
-# -- raw sqlite3 baseline --------------------------------------------------------------------------
-
-RAW_SCHEMA = """
-CREATE TABLE events (seq INTEGER PRIMARY KEY, job_id TEXT NOT NULL, version INTEGER NOT NULL,
-  ts TEXT NOT NULL, level TEXT NOT NULL, type TEXT NOT NULL, step TEXT, data TEXT NOT NULL,
-  prev_hash TEXT NOT NULL, hash TEXT NOT NULL, UNIQUE (job_id, version));
-"""
-
-
-def raw_connection(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.executescript(RAW_SCHEMA)
-    return conn
-
-
-def raw_rows(batch: list[NewEvent], job: str, version: int) -> list[tuple]:
-    return [
-        (job, version + i, ev.ts, ev.level, ev.type, ev.step, ev.data_json(), "0" * 64, "1" * 64)
-        for i, ev in enumerate(batch, start=1)
-    ]
-
-
-def raw_append(conn: sqlite3.Connection, rows: list[tuple]) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(
-        "INSERT INTO events (job_id, version, ts, level, type, step, data, prev_hash, hash)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
-    conn.execute("COMMIT")
-
-
-# -- 1. append throughput ------------------------------------------------------------------------------
-
-
-def bench_append(tmp: Path, batches: int) -> None:
-    print(f"append ({batches} batches of 5 events, one IMMEDIATE transaction each)")
+def bench_append(tmp: Path, batches: int, repeat: int) -> None:
+    print(f"\n1. append ({batches:,} batches of 5 events, one BEGIN IMMEDIATE … COMMIT each; "
+          f"median of {repeat})")  # fmt: skip
     prepared = [step_batch(f"s{i}", sha(f"k{i}")) for i in range(batches)]
-    store = open_store(tmp / "append.db")
-    store.append("j", created(["s"]), expected_version=0)
-    t0 = time.perf_counter()
-    version = 2
-    for batch in prepared:
-        version = store.append("j", batch, expected_version=version)[-1].version
-    ours = (time.perf_counter() - t0) / (batches * 5)
-
-    conn = raw_connection(tmp / "append_raw.db")
-    rows = [raw_rows(batch, "j", i * 5) for i, batch in enumerate(prepared)]
-    t0 = time.perf_counter()
-    for r in rows:
-        raw_append(conn, r)
-    raw = (time.perf_counter() - t0) / (batches * 5)
-    report(
-        "append, 5-event batches: µs per event",
-        f"{ours * 1e6:.1f} µs",
-        f"raw sqlite3 {raw * 1e6:.1f} µs ({ours / raw:.1f}x)",
-    )
-    report("append, 5-event batches: events/s", f"{1 / ours:,.0f}", f"raw sqlite3 {1 / raw:,.0f}")
-
-    big = [ev for batch in prepared[:400] for ev in batch]  # 2,000 events in one transaction
-    t0 = time.perf_counter()
-    store.append("big", created(["s"]) + big, expected_version=0)
-    ours_big = (time.perf_counter() - t0) / (len(big) + 2)
-    raw_big_rows = raw_rows(created(["s"]) + big, "big", 0)
-    t0 = time.perf_counter()
-    raw_append(conn, raw_big_rows)
-    raw_big = (time.perf_counter() - t0) / len(raw_big_rows)
-    report("append, 2,000-event batch: µs per event", f"{ours_big * 1e6:.1f} µs",
-           f"raw sqlite3 {raw_big * 1e6:.1f} µs ({ours_big / raw_big:.1f}x); target ≤ 7 µs")  # fmt: skip
-
+    head = opening(["s"])
+    rows = [raw_rows(b, "j", 2 + 5 * i, 2 + 5 * i) for i, b in enumerate(prepared)]
     singles = prepared[: min(2000, batches)]
-    t0 = time.perf_counter()
-    for batch in singles:
-        version = store.append("j", batch[:1], expected_version=version)[-1].version
-    one = (time.perf_counter() - t0) / len(singles)
-    t0 = time.perf_counter()
-    for i, batch in enumerate(singles):
-        raw_append(conn, raw_rows(batch[:1], "single", i))
-    raw_one = (time.perf_counter() - t0) / len(singles)
-    report("append, one event per commit (WAL): µs per commit", f"{one * 1e6:.1f} µs",
-           f"raw sqlite3 {raw_one * 1e6:.1f} µs ({one / raw_one:.1f}x)")  # fmt: skip
-    store.close()
-    conn.close()
+    single_rows = [raw_rows(b[:1], "j", 2 + i, 2 + i) for i, b in enumerate(singles)]
+    big = [ev for b in prepared[:400] for ev in b]  # 2,000 events
+    big_rows = raw_rows(big, "big", 0, 0)
+
+    def ours(projectors: bool) -> tuple[float, float, float]:
+        path = fresh(tmp / "append.db")
+        store = open_store(path) if projectors else SQLiteEventStore(path)
+        store.append("j", head, expected_version=0)
+        t0 = time.perf_counter()
+        version = 2
+        for b in prepared:
+            version = store.append("j", b, expected_version=version)[-1].version
+        batched = (time.perf_counter() - t0) / (batches * 5)
+        t0 = time.perf_counter()
+        store.append("big", big, expected_version=0)
+        one_txn = (time.perf_counter() - t0) / len(big)
+        store.close()
+        store = open_store(fresh(path)) if projectors else SQLiteEventStore(fresh(path))
+        store.append("j", head, expected_version=0)
+        version = 2
+        t0 = time.perf_counter()
+        for b in singles:
+            version = store.append("j", b[:1], expected_version=version)[-1].version
+        single = (time.perf_counter() - t0) / len(singles)
+        store.close()
+        return batched, one_txn, single
+
+    def raw() -> tuple[float, float, float]:
+        conn = raw_connection(fresh(tmp / "append_raw.db"))
+        t0 = time.perf_counter()
+        for r in rows:
+            raw_commit(conn, r)
+        batched = (time.perf_counter() - t0) / (batches * 5)
+        t0 = time.perf_counter()
+        raw_commit(conn, [(None, *r[1:]) for r in big_rows])
+        one_txn = (time.perf_counter() - t0) / len(big_rows)
+        conn.close()
+        conn = raw_connection(fresh(tmp / "append_raw.db"))
+        t0 = time.perf_counter()
+        for r in single_rows:
+            raw_commit(conn, r)
+        single = (time.perf_counter() - t0) / len(single_rows)
+        conn.close()
+        return batched, one_txn, single
+
+    results = {"ours": [], "bare": [], "raw": []}
+    for _ in range(repeat):  # interleaved, so drift on the machine hits all three alike
+        results["ours"].append(ours(True))
+        results["bare"].append(ours(False))
+        results["raw"].append(raw())
+    med = {k: [median_of([r[i] for r in v]) for i in range(3)] for k, v in results.items()}
+    o, b, r = med["ours"], med["bare"], med["raw"]
+    report(Figure("append, 5-event batches", o[0] * 1e6, "µs/event", r[0] * 1e6,
+                  note=f"{1 / o[0]:,.0f} events/s vs raw {1 / r[0]:,.0f}"))  # fmt: skip
+    report(Figure("  the same, store without projectors", b[0] * 1e6, "µs/event", r[0] * 1e6))
+    report(Figure("append, one 2,000-event batch", o[1] * 1e6, "µs/event", r[1] * 1e6))
+    report(Figure("append, one event per commit (WAL)", o[2] * 1e6, "µs/commit", r[2] * 1e6))
 
 
-# -- 2. per-step orchestration overhead ----------------------------------------------------------------
+# -- 2. per-step orchestration ------------------------------------------------------------------
 
 
-def pipeline_toml(steps: int, shape: str, fail_last: bool = False) -> str:
-    """`fail_last` puts the last step on a provider nobody answers (a closed loopback port)."""
+def pipeline_toml(steps: int, shape: str) -> str:
     lines = ['name = "bench"', "", "[providers.local]", 'kind = "offline"', ""]
-    if fail_last:
-        lines += ["[providers.down]", 'kind = "openai"', f'base_url = "http://127.0.0.1:{_closed_port()}/v1"',
-                  'model = "m"', "max_retries = 0", "timeout_s = 2", ""]  # fmt: skip
     for i in range(steps):
         lines.append(f"[steps.s{i}]")
         if i and shape == "chain":
-            lines.append(f'needs = ["s{i - 1}"]')
-            lines.append(f'prompt = "step {i} after: {{{{ steps.s{i - 1}.output }}}}"')
-        elif i and shape == "fanout":
-            lines.append('needs = ["s0"]')
-            lines.append(f'prompt = "step {i} from: {{{{ steps.s0.output }}}}"')
+            lines += [f'needs = ["s{i - 1}"]', f'prompt = "step {i} after: {{{{ steps.s{i - 1}.output }}}}"']
+        elif i:
+            lines += ['needs = ["s0"]', f'prompt = "step {i} from: {{{{ steps.s0.output }}}}"']
         else:
             lines.append('prompt = "start"')
-        lines.append('provider = "down"' if fail_last and i == steps - 1 else 'provider = "local"')
-        lines.append("")
+        lines += ['provider = "local"', ""]
     return "\n".join(lines)
 
 
-def _closed_port() -> int:
-    import socket
+class Recorder:
+    """Wraps a store's append to keep each commit (events as stored, blobs) — untimed runs only."""
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    def __init__(self, store: SQLiteEventStore) -> None:
+        self.commits: list[tuple[list[StoredEvent], list[bytes]]] = []
+        self._append = store.append
+        store.append = self  # type: ignore[method-assign]
+
+    def __call__(self, job_id, events, *, expected_version=None, blobs=()):  # noqa: ANN001
+        stored = self._append(job_id, events, expected_version=expected_version, blobs=blobs)
+        self.commits.append((stored, list(blobs)))
+        return stored
 
 
-def bench_steps(tmp: Path, steps: int) -> None:
-    print(f"orchestration overhead ({steps}-step pipelines, offline provider, no display)")
-    raw_commit = _raw_commit_cost(tmp)
+def raw_replay_commits(path: Path, commits: list[tuple[list[StoredEvent], list[bytes]]]) -> float:
+    """The same rows and blobs, in the same transactions, through plain sqlite3: seconds."""
+    conn = raw_connection(fresh(path), ("events", "blobs"))
+    prepared = [
+        (list(stored), [(hashlib.sha256(b).hexdigest(), len(b), b) for b in blobs])
+        for stored, blobs in commits
+    ]
+    t0 = time.perf_counter()
+    for rows, blobs in prepared:
+        raw_commit(conn, rows, blobs)
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    return elapsed
+
+
+def run_pipeline(store: SQLiteEventStore, path: Path, ws: Path) -> tuple[float, float, Any]:
+    t0 = time.perf_counter()
+    prepared = prepare_run(store, RunCommand(pipeline_path=path, workspace=ws))
+    t1 = time.perf_counter()
+    outcome = execute(store, prepared)
+    t2 = time.perf_counter()
+    assert outcome.succeeded
+    return t2 - t0, t1 - t0, prepared
+
+
+def bench_steps(tmp: Path, steps: int, repeat: int, profile: Path | None) -> None:
+    print(f"\n2. orchestration: prepare_run + execute of a {steps:,}-step pipeline, offline provider, "
+          f"no observer (median of {repeat}; a fresh database for each first run)")  # fmt: skip
     for shape in ("chain", "fanout"):
         path = tmp / f"{shape}.toml"
         path.write_text(pipeline_toml(steps, shape))
-        store = open_store(tmp / f"{shape}.db")
-        for label in ("first run (cache misses)", "second run (cache hits)"):
-            t0 = time.perf_counter()
-            prepared = prepare_run(store, RunCommand(pipeline_path=path, workspace=tmp / "ws"))
-            outcome = execute(store, prepared)
-            per_step = (time.perf_counter() - t0) / steps
-            assert outcome.succeeded
-            events = store.job_version(prepared.job_id)
-            report(f"{shape}, {label}: µs per step", f"{per_step * 1e6:.0f} µs",
-                   f"{events / steps:.1f} events/step; raw WAL commit {raw_commit * 1e6:.0f} µs; "
-                   "target ≤ 200 µs; LangGraph+SqliteSaver ≈ 1,050, DBOS on SQLite ≈ 2,350")  # fmt: skip
+        first: list[float] = []
+        second: list[float] = []
+        prep: list[float] = []
+        for _ in range(repeat):
+            store = open_store(fresh(tmp / f"{shape}.db"))
+            wall, p, _ = run_pipeline(store, path, tmp / "ws")
+            first.append(wall / steps)
+            prep.append(p)
+            wall, _, _ = run_pipeline(store, path, tmp / "ws")
+            second.append(wall / steps)
+            store.close()
+        # Untimed: the same runs once more, recording each commit, for the raw baseline.
+        store = open_store(fresh(tmp / f"{shape}-rec.db"))
+        recorder = Recorder(store)
+        _, _, job1 = run_pipeline(store, path, tmp / "ws")
+        miss_commits = list(recorder.commits)
+        recorder.commits.clear()
+        _, _, job2 = run_pipeline(store, path, tmp / "ws")
+        hit_commits = list(recorder.commits)
+        ev_miss = store.job_version(job1.job_id) / steps
+        ev_hit = store.job_version(job2.job_id) / steps
         store.close()
+        raw_miss = raw_replay_commits(tmp / "steps_raw.db", miss_commits) / steps
+        raw_hit = raw_replay_commits(tmp / "steps_raw.db", hit_commits) / steps
+        label = "chain" if shape == "chain" else "fan-out"
+        report(Figure(f"{label}, first run (cache misses)", median_of(first) * 1e6, "µs/step",
+                      raw_miss * 1e6, target="target ≤ 200 µs",
+                      note=join(f"{ev_miss:.1f} events, {len(miss_commits) / steps:.2f} commits per step",
+                                f"prepare_run {median_of(prep) * 1e3:.0f} ms", spread(first, 1e6, " µs"))))  # fmt: skip
+        report(Figure(f"{label}, second run (cache hits)", median_of(second) * 1e6, "µs/step",
+                      raw_hit * 1e6, target="target ≤ 200 µs",
+                      note=join(f"{ev_hit:.1f} events, {len(hit_commits) / steps:.2f} commits per step",
+                                spread(second, 1e6, " µs"))))  # fmt: skip
+        if profile:
+            store = open_store(fresh(tmp / f"{shape}-prof.db"))
+            for run in ("miss", "hit"):
+                profiled(profile / f"steps-{shape}-{run}.prof", run_pipeline, store, path, tmp / "ws")
+            store.close()
+    print(f"  peers on this machine: {PEERS}")
 
 
-def _raw_commit_cost(tmp: Path) -> float:
-    conn = raw_connection(tmp / "commit_raw.db")
-    batch = step_batch("s", sha("k"))
-    t0 = time.perf_counter()
-    for i in range(500):
-        raw_append(conn, raw_rows(batch[:1], "c", i))
-    conn.close()
-    return (time.perf_counter() - t0) / 500
+# -- 3. rebuild of the big log ------------------------------------------------------------------
 
-
-# -- 3. a big log: rebuild, replay, resume -----------------------------------------------------------
-
-
-def build_big_log(path: Path, jobs: int, steps_per_job: int) -> None:
-    """`jobs` jobs of 5 events per step, each job appended in one transaction through the store."""
-    if path.exists():
-        return
-    partial = path.with_suffix(".partial")
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(partial) + suffix).unlink(missing_ok=True)
-    store = open_store(partial)
-    t0 = time.perf_counter()
-    for j in range(jobs):
-        names = [f"s{i}" for i in range(steps_per_job)]
-        events = created(names)
-        for name in names:
-            events += step_batch(name, sha(f"{j}:{name}"))
-        events.append(NewEvent.of(JobSucceeded(duration_s=1.0)))
-        store.append(f"job{j:05d}", events, expected_version=0)
-    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    store.close()
-    partial.rename(path)
-    print(f"  (built {path.name} in {time.perf_counter() - t0:.0f}s)")
-
-
-# Run in a fresh process so its peak RSS (VmHWM, reset at exec) is the fold's alone.
-REBUILD_CHILD = """
-import sys, time
+# A fresh process, so its peak RSS is the fold's own. Linux carries a parent's peak RSS into
+# ru_maxrss across exec (vfork/fork + exec), so the child is started from a shell that forks it:
+# its ru_maxrss then starts from the shell's few MiB. VmHWM (/proc/self/status) cross-checks.
+REBUILD_CHILD = r"""
+import cProfile, json, resource, sys, time
 sys.path.insert(0, {root!r})
+from projections.cache import CACHE_EVENT_TYPES
 from projections.store import open_store
 from projections.tables import rebuild
 
+def maxrss_kib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
 def hwm_kib():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return 0
 
 store = open_store({db!r})
-rss0 = hwm_kib()
+before = maxrss_kib()
+profile = {profile!r}
+prof = cProfile.Profile() if profile else None
 t0 = time.perf_counter()
+if prof: prof.enable()
 n = rebuild(store)
+if prof: prof.disable(); prof.dump_stats(profile)
 elapsed = time.perf_counter() - t0
-print(n, elapsed, rss0, hwm_kib())
+after = maxrss_kib()
+hwm = hwm_kib()
+t0 = time.perf_counter()
+read = sum(1 for _ in store.read_all(data_for=("job.created", *CACHE_EVENT_TYPES)))
+read_s = time.perf_counter() - t0
+jobs, keys = store.conn.execute("SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM cache_index)").fetchone()
+print(json.dumps(dict(events=n, seconds=elapsed, rss_before_kib=before, rss_after_kib=after, vmhwm_kib=hwm,
+                      read_all_seconds=read_s, jobs=jobs, cache_keys=keys)))
 """
 
 
-def bench_big_log(tmp: Path, cache_dir: Path, jobs: int, steps_per_job: int) -> None:
-    total = jobs * (steps_per_job * 5 + 3)
-    print(f"a {total:,}-event log ({jobs} jobs)")
-    db = cache_dir / f"steplog-bench-v2-{jobs}x{steps_per_job}.db"
-    build_big_log(db, jobs, steps_per_job)
-    work = tmp / "big.db"
-    work.write_bytes(db.read_bytes())
-
-    out = subprocess.run([sys.executable, "-c", REBUILD_CHILD.format(root=str(ROOT), db=str(work))],
-                         capture_output=True, text=True, check=True)  # fmt: skip
-    n, elapsed, rss0, rss1 = out.stdout.split()
-    rate = int(n) / float(elapsed)
-    conn = sqlite3.connect(work)
-    t0 = time.perf_counter()
-    rows = 0
-    for _ in conn.execute(
-        "SELECT seq, job_id, version, ts, level, type, step, data, prev_hash, hash FROM events"
-    ):
-        rows += 1
-    raw_rate = rows / (time.perf_counter() - t0)
+def bench_rebuild(db: Path, meta: dict, profile: Path | None) -> None:
+    print(f"\n3. projection rebuild of a {meta['events']:,}-event log ({meta['jobs']:,} jobs, "
+          f"{meta['file_bytes'] / 2**20:,.0f} MiB file, page cache warm)")  # fmt: skip
+    conn = sqlite3.connect(db)
+    raw_runs = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        rows = 0
+        for _row in conn.execute(
+            "SELECT seq, job_id, version, ts, level, type, step, data, prev_hash, hash FROM events ORDER BY seq"
+        ):
+            rows += 1
+        raw_runs.append(rows / (time.perf_counter() - t0))
     conn.close()
-    report("projection rebuild (jobs + cache_index): events/s", f"{rate:,.0f}",
-           f"raw sqlite3 row read {raw_rate:,.0f}/s ({raw_rate / rate:.1f}x); target ≥ 200,000; eventsourcing ≈ 40,000")  # fmt: skip
-    report(
-        "peak RSS during rebuild",
-        f"{int(rss1) / 1024:.0f} MiB",
-        f"{int(rss0) / 1024:.0f} MiB before folding",
-    )
+    def child_run(profile_to: str) -> dict:
+        code = REBUILD_CHILD.format(root=str(ROOT), db=str(db), profile=profile_to)
+        forked = ["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, "-c", code]
+        out = subprocess.run(forked, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
 
-    # a 10,000-event job inside the big log: 2,000 steps, the last one failing
-    steps = 2000
-    pipeline = tmp / "resume.toml"
-    pipeline.write_text(pipeline_toml(steps, "fanout", fail_last=True))
+    child = child_run("")
+    if profile:  # a second rebuild (it is idempotent), under cProfile, untimed
+        child_run(str(profile / "rebuild.prof"))
+        print(f"  (profile written to {profile / 'rebuild.prof'})")
+    rate = child["events"] / child["seconds"]
+    note = (f"{child['seconds']:.2f} s in all, of which reading the rows (read_all) "
+            f"≈ {child['read_all_seconds']:.2f} s")  # fmt: skip
+    report(Figure("rebuild (jobs + cache_index): events folded/s", rate, "events/s",
+                  max(raw_runs), higher_is_better=True,
+                  target="target ≥ 200,000/s; eventsourcing ≈ 40,000/s", note=note))  # fmt: skip
+    report(Figure("  peak RSS of the rebuilding process", child["rss_after_kib"] / 1024, "MiB",
+                  note=f"getrusage ru_maxrss; {child['rss_before_kib'] / 1024:.0f} MiB before folding "
+                       f"(VmHWM {child['vmhwm_kib'] / 1024:.0f} MiB after); "
+                       f"holds {child['jobs']:,} jobs and {child['cache_keys']:,} cache keys"))  # fmt: skip
+
+
+# -- 4. replay and resume of a 10,000-event job inside the big log -----------------------------
+
+
+def bench_job(log: biglog.BigLog, work: Path, repeat: int, profile: Path | None) -> None:
+    job = log.big_job
+    versions = log.meta["big_job_events"]
+    first_seq, last_seq = log.meta["big_job_seq_span"]
+    middle = versions // 2
+    print(f"\n4. a {versions:,}-event job inside that log (its rows spread over seq "
+          f"{first_seq:,}–{last_seq:,}, interleaved with other jobs)")  # fmt: skip
     store = open_store(work)
-    prepared = prepare_run(
-        store, RunCommand(pipeline_path=pipeline, job_id="big-job", workspace=tmp / "ws")
-    )
-    assert not execute(store, prepared).succeeded
-    job_events = store.job_version("big-job")
-    middle = job_events // 2
-    t0 = time.perf_counter()
-    view = replay(store, "big-job", str(middle))
-    replay_s = time.perf_counter() - t0
-    assert view.version == middle
     conn = sqlite3.connect(work)
-    t0 = time.perf_counter()
-    conn.execute(
-        "SELECT * FROM events WHERE job_id = ? AND version <= ?", ("big-job", middle)
-    ).fetchall()
-    raw_read = time.perf_counter() - t0
-    conn.close()
-    report(f"replay --until {middle} of a {job_events:,}-event job", f"{replay_s * 1e3:.1f} ms",
-           f"raw sqlite3 read of those rows {raw_read * 1e3:.1f} ms")  # fmt: skip
 
-    store.close()  # the provider is still down: resume reaches the step again, unchanged file
-    store = open_store(work)
-    first_step: list[float] = []
+    def raw_read(until: int) -> float:
+        t0 = time.perf_counter()
+        conn.execute(
+            "SELECT seq, job_id, version, ts, level, type, step, data, prev_hash, hash FROM events"
+            " WHERE job_id = ? AND version <= ? ORDER BY version", (job, until),
+        ).fetchall()  # fmt: skip
+        return time.perf_counter() - t0
 
-    def observer(events):
-        if not first_step and any(ev.type == "step.started" for ev in events):
-            first_step.append(time.perf_counter())
+    replays, raws = [], []
+    for _ in range(max(5, repeat)):
+        t0 = time.perf_counter()
+        view = replay(store, job, str(middle))
+        replays.append(time.perf_counter() - t0)
+        raws.append(raw_read(middle))
+        assert view.version == middle
+    report(Figure(f"replay --until {middle:,} (the job's middle)", median_of(replays) * 1e3, "ms",
+                  median_of(raws) * 1e3, note="raw: SELECT of those rows"))  # fmt: skip
 
-    t0 = time.perf_counter()
-    resumed = prepare_resume(store, ResumeCommand(job_id="big-job"))
-    planned = time.perf_counter()
-    assert not execute(store, resumed, observer=observer).succeeded
-    report("resume of that job: to the first step started", f"{(first_step[0] - t0) * 1e3:.0f} ms",
-           f"fold + plan {(planned - t0) * 1e3:.0f} ms; target ≤ 100 ms")  # fmt: skip
+    folds, raws = [], []  # raws: reads of the whole job, the baseline of the resume figures too
+    for _ in range(max(5, repeat)):
+        t0 = time.perf_counter()
+        state = fold_job(store, job)
+        folds.append(time.perf_counter() - t0)
+        raws.append(raw_read(versions))
+    assert state.status == "failed" and len(state.completed_steps) == len(state.steps) - 1
+    report(Figure(f"fold of all {versions:,} events (status)", median_of(folds) * 1e3, "ms",
+                  median_of(raws) * 1e3))  # fmt: skip
     store.close()
+    conn.close()
+
+    # Resume, as `steplog resume` does it: a fresh process (imports done before the clock starts)
+    # on an untouched copy of the log. The last step's provider still fails, so each resume
+    # reaches it and fails again. Then the same in a process warmed first (the event loop's
+    # modules imported, a full GC pass done), which shows what of it is a cold process's.
+    def resume(mode: str, profile_to: str = "") -> dict:
+        copy_db(log.db, work)
+        out = subprocess.run([sys.executable, __file__, "--child-resume", str(work), job, mode, profile_to],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    cold = [resume("cold") for _ in range(repeat + 2)]
+    warm = [resume("warm") for _ in range(repeat)]
+    if profile:
+        resume("cold", str(profile / "resume.prof"))
+        print(f"  (profile written to {profile / 'resume.prof'})")
+    starts, raw_starts = [], []
+    for _ in range(repeat):
+        starts.append(process_start("import commands.cli"))
+        raw_starts.append(process_start("import sqlite3"))
+    prepares = [c["prepare_s"] for c in cold]
+    firsts = [c["first_step_s"] for c in cold]
+    warm_firsts = [c["first_step_s"] for c in warm]
+    report(Figure("resume: prepare_resume (fold, pipeline, plan, job.resumed)",
+                  median_of(prepares) * 1e3, "ms", median_of(raws) * 1e3,
+                  note=join("raw: SELECT of the job's rows", spread(prepares, 1e3, " ms"))))  # fmt: skip
+    report(Figure("resume: to the first step started", median_of(firsts) * 1e3, "ms",
+                  median_of(raws) * 1e3, target="target ≤ 100 ms",
+                  note=join(f"a fresh process; + {cold[0]['reused']:,} step.skipped appended",
+                            spread(firsts, 1e3, " ms"))))  # fmt: skip
+    report(Figure("  the same in a warmed-up process", median_of(warm_firsts) * 1e3, "ms",
+                  median_of(raws) * 1e3, target="target ≤ 100 ms",
+                  note=join("event loop imported and a full GC done before the clock starts",
+                            spread(warm_firsts, 1e3, " ms"))))  # fmt: skip
+    report(Figure("(not in the above) process start: import commands.cli", median_of(starts) * 1e3,
+                  "ms", median_of(raw_starts) * 1e3,
+                  note="what `steplog resume` pays before prepare_resume; raw: python -c 'import sqlite3'"))  # fmt: skip
+
+
+def process_start(code: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
+# -- driver -------------------------------------------------------------------------------------
+
+
+def resume_child(db: str, job: str, mode: str, profile: str) -> None:
+    """One resume in this fresh process; prints its timings as JSON (see bench_job)."""
+    if mode == "warm":
+        import anyio
+
+        async def nothing() -> None:
+            pass
+
+        anyio.run(nothing)  # imports the asyncio backend, as a long-lived process would have
+        gc.collect()
+    entered: list[float] = []
+    original = JobRunner._run_step
+
+    async def first_step(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        if not entered:
+            entered.append(time.perf_counter())
+        return await original(self, *args, **kwargs)
+
+    JobRunner._run_step = first_step  # type: ignore[method-assign]
+    store = open_store(db)
+    prof = cProfile.Profile() if profile else None
+    if prof:
+        prof.enable()
+    t0 = time.perf_counter()
+    resumed = prepare_resume(store, ResumeCommand(job_id=job))
+    t1 = time.perf_counter()
+    outcome = execute(store, resumed)
+    if prof:
+        prof.disable()
+        prof.dump_stats(profile)
+    assert not outcome.succeeded and len(resumed.plan.run) == 1, "the resume job changed shape"
+    print(json.dumps({"prepare_s": t1 - t0, "first_step_s": entered[0] - t0,
+                      "reused": len(resumed.plan.reuse)}))  # fmt: skip
+
+
+def profiled(path: Path, fn: Callable, *args: Any) -> Any:
+    prof = cProfile.Profile()
+    result = prof.runcall(fn, *args)
+    prof.dump_stats(path)
+    print(f"  (profile written to {path})")
+    return result
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}"
+
+
+def print_table() -> None:
+    print("\nsummary")
+    header = ("figure", "steplog", "raw sqlite3", "x raw", "target / peers")
+    rows = [header]
+    for f in FIGURES:
+        rows.append((
+            f.name.strip(), fmt(f.ours, f.unit), fmt(f.raw, f.unit) if f.raw is not None else "",
+            f"{f.ratio:.1f}x" if f.ratio is not None else "", f.target,
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    for n, r in enumerate(rows):
+        print("  ".join(c.ljust(w) if i in (0, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if n == 0:
+            print(line)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, well under a minute")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()),
-                        help="where the generated big log is kept between runs")  # fmt: skip
-    args = parser.parse_args()
-    print(f"steplog bench · python {sys.version.split()[0]} · sqlite {sqlite3.sqlite_version} · "
-          f"{os.cpu_count()} cores · {'quick' if args.quick else 'full'}")  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp_name:
+                        help="where the generated big log is kept between runs (default: the temp dir)")
+    parser.add_argument("--repeat", type=int, default=None, help="repetitions per figure (default 3; quick 2)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--profile", type=Path, help="also write cProfile stats of the hot paths here")
+    parser.add_argument("--child-resume", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()  # fmt: skip
+    if args.child_resume:
+        resume_child(*args.child_resume)
+        return
+    quick = args.quick
+    repeat = args.repeat or (2 if quick else 3)
+    sizes = {"append_batches": 2_000 if quick else 10_000, "steps": 200 if quick else 1_000,
+             "log_events": 100_000 if quick else 1_000_000}  # fmt: skip
+    started = time.perf_counter()
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"steplog bench · {now} · {machine()}\n"
+          f"python {platform.python_version()} · sqlite {sqlite3.sqlite_version} · pydantic {pydantic.VERSION} · "
+          f"synchronous={os.environ.get('STEPLOG_SYNCHRONOUS', 'NORMAL')} · {'quick' if quick else 'full'} sizes")  # fmt: skip
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="steplog-bench-") as tmp_name:
         tmp = Path(tmp_name)
         os.chdir(tmp)
-        bench_append(tmp, 2000 if args.quick else 10_000)
-        bench_steps(tmp, 200 if args.quick else 1000)
-        if args.quick:
-            bench_big_log(tmp, args.cache_dir, jobs=100, steps_per_job=199)
-        else:
-            bench_big_log(tmp, args.cache_dir, jobs=1000, steps_per_job=199)
-    print()
-    print(json.dumps({name: value for name, value, _ in RESULTS}, indent=2, ensure_ascii=False))
-    print(
-        f"peak RSS of the bench process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
-    )
+        try:
+            bench_append(tmp, sizes["append_batches"], repeat)
+            gc.collect()
+            bench_steps(tmp, sizes["steps"], repeat, args.profile)
+            gc.collect()
+            log = biglog.ensure(args.cache_dir, sizes["log_events"])
+            work = tmp / "log.db"
+            copy_db(log.db, work)
+            bench_rebuild(work, log.meta, args.profile)
+            bench_job(log, work, repeat, args.profile)
+        finally:
+            os.chdir(cwd)
+    print_table()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\n{len(FIGURES)} figures in {time.perf_counter() - started:.0f} s; "
+          f"peak RSS of the bench process {rss:.0f} MiB; big log cached at {log.db}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "date": now, "machine": machine(), "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version, "mode": "quick" if quick else "full",
+            "log": log.meta, "figures": [{**asdict(f), "ratio": f.ratio} for f in FIGURES],
+        }, indent=2, ensure_ascii=False))  # fmt: skip
 
 
 if __name__ == "__main__":

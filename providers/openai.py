@@ -9,7 +9,9 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import re
 import time
+from datetime import timezone
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,19 +28,25 @@ from providers.base import (
 from providers.config import ProviderConfig
 
 RETRY_AFTER_MAX_S = 300.0
+SERVER_MESSAGE_MAX = 500
+# A header value must be visible ASCII; anything else (a stray newline from `$(cat keyfile)`, a
+# non-ASCII char) would fail inside httpx/h11 with an error text that may quote the header.
+_VALID_KEY = re.compile(r"[\x21-\x7e]+")
 
 
 def public_url(url: str) -> str:
     """The URL without userinfo, query or fragment: safe to print and to log."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), capped."""
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), in [0, 300]."""
     if not value:
         return None
     value = value.strip()
@@ -47,9 +55,13 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
+        if when.tzinfo is None:  # "-0000" dates parse naive; HTTP dates are always GMT
+            when = when.replace(tzinfo=timezone.utc)
         seconds = when.timestamp() - (now if now is not None else time.time())
+    if seconds != seconds:  # NaN
+        return None
     return max(0.0, min(seconds, RETRY_AFTER_MAX_S))
 
 
@@ -59,15 +71,29 @@ def server_message(response: httpx.Response) -> str:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         return response.text[:200].strip() or response.reason_phrase
+    message: Any = None
     if isinstance(body, dict):
         error = body.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"]
-        if isinstance(error, str):
-            return error
-        if isinstance(body.get("message"), str):
-            return body["message"]
-    return json.dumps(body)[:200]
+        if isinstance(error, dict):
+            message = error.get("message")
+        elif isinstance(error, str):
+            message = error
+        if not isinstance(message, str):
+            message = body.get("message")
+    if not isinstance(message, str) or not message.strip():
+        message = json.dumps(body)[:200]
+    return message[:SERVER_MESSAGE_MAX]
+
+
+def _count(value: Any) -> int:
+    """A token count from the usage block; absent or nonsense counts as 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, float) and value == value and value >= 0:
+        return int(value)
+    return 0
 
 
 class OpenAIProvider:
@@ -76,44 +102,68 @@ class OpenAIProvider:
     def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         if not config.base_url:
             raise ValueError(f"provider {name!r}: base_url is required")
+        parts = urlsplit(config.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"provider {name!r}: base_url must be an http(s) URL with a host, "
+                f"got {public_url(config.base_url)!r}"
+            )
         self.name = name
         self.config = config
         self.client = client
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        # Appended to the path, not the string: a query (`?api-version=...`) stays a query.
+        path = parts.path.rstrip("/") + "/chat/completions"
+        self.url = urlunsplit(parts._replace(path=path, fragment=""))
         self.safe_url = public_url(self.url)
+        # URL parts that may be credentials (a password, a token used as the user name, an
+        # `?api-key=` query): redacted wherever a server or a library echoes them back.
+        username = parts.username if parts.username and len(parts.username) >= 8 else None
+        self._url_secrets = [s for s in (parts.password, username, parts.query) if s]
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        if self.config.api_key_env:
-            key = os.environ.get(self.config.api_key_env)
-            if not key:
-                raise ProviderError(
-                    f"environment variable {self.config.api_key_env} (api_key_env) is not set",
-                    provider=self.name,
-                )
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+    def _key(self) -> str | None:
+        env = self.config.api_key_env
+        if not env:
+            return None
+        key = os.environ.get(env, "").strip()
+        if not key:
+            raise ProviderError(
+                f"environment variable {env} (api_key_env) is not set", provider=self.name
+            )
+        if not _VALID_KEY.fullmatch(key):
+            raise ProviderError(
+                f"environment variable {env} (api_key_env) holds whitespace, control or "
+                "non-ASCII characters; it cannot be sent as a header",
+                provider=self.name,
+            )
+        return key
 
-    def _redact(self, message: str) -> str:
+    def _redact(self, message: str, key: str | None) -> str:
         """Servers sometimes echo the key they were sent; it must not reach the log."""
-        key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
-        return message.replace(key, "[redacted]") if key else message
+        for secret in [key, *self._url_secrets]:
+            if secret:
+                message = message.replace(secret, "[redacted]")
+        return message
 
     def body(self, request: LLMRequest) -> dict[str, Any]:
         messages = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
         messages.append({"role": "user", "content": request.prompt})
+        # Options go first so they can never replace the model or the rendered messages.
         body: dict[str, Any] = {**request.options, "model": request.model, "messages": messages}
         if request.output == "json" and "response_format" not in body:
             body["response_format"] = {"type": "json_object"}
         return body
 
     async def complete(self, request: LLMRequest) -> LLMResult:
+        key = self._key()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         timeout = httpx.Timeout(self.config.timeout_s)
         try:
             response = await self.client.post(
-                self.url, json=self.body(request), headers=self._headers(), timeout=timeout
+                self.url, json=self.body(request), headers=headers, timeout=timeout
             )
         except httpx.TimeoutException as exc:
             raise ProviderUnavailable(
@@ -121,24 +171,30 @@ class OpenAIProvider:
                 provider=self.name,
             ) from exc
         except httpx.TransportError as exc:
+            detail = self._redact(str(exc), key) or "connection failed"
             raise ProviderUnavailable(
-                f"{self.safe_url}: {type(exc).__name__}: {exc or 'connection failed'}",
-                provider=self.name,
+                f"{self.safe_url}: {type(exc).__name__}: {detail}", provider=self.name
             ) from exc
-        if response.status_code >= 400:
-            message = self._redact(server_message(response))
+        except httpx.DecodingError as exc:  # a body whose Content-Encoding does not decode
+            raise ProviderBadResponse(
+                f"{self.safe_url}: undecodable body ({type(exc).__name__})", provider=self.name
+            ) from exc
+        if not response.is_success:
+            message = self._redact(server_message(response), key)
             raise ProviderHTTPError(
                 f"{self.safe_url}: HTTP {response.status_code}: {message}",
                 provider=self.name,
                 status=response.status_code,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
-        return self._result(request, response)
+        return self._result(request, response, key)
 
-    def _result(self, request: LLMRequest, response: httpx.Response) -> LLMResult:
+    def _result(self, request: LLMRequest, response: httpx.Response, key: str | None) -> LLMResult:
         def bad(why: str) -> ProviderBadResponse:
             return ProviderBadResponse(
-                f"{self.safe_url}: {why}", provider=self.name, status=response.status_code
+                f"{self.safe_url}: {self._redact(why, key)}",
+                provider=self.name,
+                status=response.status_code,
             )
 
         try:
@@ -153,11 +209,14 @@ class OpenAIProvider:
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str):
             raise bad("answer has no message content")
-        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        usage = body.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        finish = choice.get("finish_reason")
+        model = body.get("model")
         return LLMResult(
             text=content,
-            model=str(body.get("model") or request.model),
-            tokens_in=int(usage.get("prompt_tokens") or 0),
-            tokens_out=int(usage.get("completion_tokens") or 0),
-            finish_reason=choice.get("finish_reason"),
+            model=model if isinstance(model, str) and model else request.model,
+            tokens_in=_count(usage.get("prompt_tokens")),
+            tokens_out=_count(usage.get("completion_tokens")),
+            finish_reason=finish if isinstance(finish, str) else None,
         )
