@@ -181,12 +181,6 @@ def test_replay_until_a_timestamp_folds_every_event_at_or_before_it(batches, dat
             replay(store, job, "1999-12-31T23:59:59Z")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BadPoint,
-    reason="BUG commands/replay.py: a timestamp equal to (or after) the last event's is refused "
-    "as 'past the end'; README: POINT as a timestamp is 'the last event at or before it'",
-)
 def test_replay_until_the_last_events_timestamp_is_the_whole_job(store):
     events = [
         NewEvent.of(JobStarted(owner=OWNER)),
@@ -287,12 +281,6 @@ class _AppendsRightAfterItsRead:
             pass  # locked out: rebuild read and rewrote under one lock
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG projections/tables.py rebuild(): it folds the log before BEGIN IMMEDIATE, so an "
-    "append by another connection in between is wiped from the tables by the rewrite",
-)
 def test_rebuild_loses_no_append_made_while_it_reads(db_path):
     other = _AppendsRightAfterItsRead(db_path)
 
