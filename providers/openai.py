@@ -98,6 +98,8 @@ class OpenAIProvider(HTTPProvider):
         return body
 
     def parse(self, data: Any, request: LLMRequest) -> LLMResult:
+        if isinstance(data, dict) and "error" in data:
+            raise ErrorInAnswer(error_message(data) or json.dumps(data)[:200])
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices:
             raise Unusable("answer has no choices")
