@@ -25,6 +25,8 @@ faults the next completion requests get, one each, whatever their protocol:
                                               None for the protocol's error body saying "injected CODE"
     ("delay", seconds)                         a slow first byte, then the normal answer
     ("drop",)                                  part of the body (or of the stream), then the socket closes
+    ("cut",)                                   part of the body (or of the stream), properly ended:
+                                               the closing event ([DONE], done: true, message_stop) never comes
     ("garbage",)                               200 with a body (or a stream line) that is not JSON
     ("empty",)                                 200 with nothing to use: openai "choices": [],
                                                anthropic "content": [], ollama no "message"
@@ -406,7 +408,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind in ("answer", "truncated"):
             text = fault[1]
             finish = wire.limit if kind == "truncated" else wire.stop
-        elif kind not in (None, "drop", "garbage", "empty", "empty_choices", "stream_error"):
+        elif kind not in (None, "drop", "cut", "garbage", "empty", "empty_choices", "stream_error"):
             raise ValueError(f"unknown fault {fault!r}")
         if text is None:
             text = self.server.responder(body)
@@ -425,6 +427,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(json.dumps(wire.answer(body, text, finish, tin)).encode()[:20])
             self.wfile.flush()
             self.close_connection = True
+        elif kind == "cut":
+            self._send(200, json.dumps(wire.answer(body, text, finish, tin)).encode()[:20])
         elif kind == "garbage":
             self._send(200, b"<html>oops</html>")
         elif kind in ("empty", "empty_choices"):
@@ -449,7 +453,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()
-        if kind == "drop":
+        if kind in ("drop", "cut"):
             chunks = chunks[: max(1, len(chunks) // 2)]
         for chunk in chunks:
             self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")

@@ -105,6 +105,17 @@ def test_an_answer_cut_off_at_the_limit(server, proto: Proto, stream: bool, poli
 
 
 @by_kind
+def test_a_stream_that_ends_without_its_closing_event_was_cut(server, proto: Proto) -> None:
+    server.faults.append(("cut",))
+    with pytest.raises(ProviderUnavailable, match="the stream ended before") as info:
+        call(proto.config(server, stream=True), proto.request(prompt="long enough " * 10))
+    assert info.value.retryable
+    server.faults.append(("cut",))  # the same fault on a whole answer: a truncated JSON body
+    with pytest.raises(ProviderBadResponse, match="not JSON"):
+        call(proto.config(server), proto.request())
+
+
+@by_kind
 def test_streamed_and_whole_answers_are_equal(server, proto: Proto) -> None:
     long = "a streamed answer " * 20 + "with an ending\nand a second line"
     results = []
