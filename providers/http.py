@@ -271,7 +271,7 @@ class Wire:
         )
 
     @asynccontextmanager
-    async def _mapped(self, url: str, key: str | None) -> AsyncIterator[None]:
+    async def mapped(self, url: str, key: str | None) -> AsyncIterator[None]:
         """httpx exceptions, and the protocol parsers' ones, become the provider error tree."""
         safe = public_url(url)
         try:
@@ -311,7 +311,7 @@ class Wire:
         body: dict[str, Any] | None = None,
     ) -> Any:
         """One request; the parsed JSON of a 2xx answer, or a ProviderError."""
-        async with self._mapped(url, key):
+        async with self.mapped(url, key):
             response = await self.client.request(
                 method, url, json=body, headers=headers, timeout=self.timeout
             )
@@ -324,7 +324,7 @@ class Wire:
         self, url: str, *, headers: dict[str, str], key: str | None, body: dict[str, Any]
     ) -> AsyncIterator[AsyncIterator[str]]:
         """POST and yield the answer's lines; errors raised while reading them are mapped too."""
-        async with self._mapped(url, key):
+        async with self.mapped(url, key):
             async with self.client.stream(
                 "POST", url, json=body, headers=headers, timeout=self.timeout
             ) as response:
@@ -387,7 +387,7 @@ class HTTPProvider:
         else:
             headers["Accept"] = "application/json"
             data = await self.wire.request_json("POST", self.url, headers=headers, key=key, body=body)
-            async with self.wire._mapped(self.url, key):
+            async with self.wire.mapped(self.url, key):
                 result = self.parse(data, request)
         if result.finish_reason in self.truncated and request.on_truncation == "error":
             raise ProviderTruncated(
