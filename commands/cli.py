@@ -311,5 +311,11 @@ def main() -> None:
         sys.exit(130)
 
 
+import commands.cli_providers  # noqa: E402,F401
+
 if __name__ == "__main__":
-    main()
+    # `python -m commands.cli` runs this file as __main__, but the verb modules imported above
+    # register on the `cli` of the module `commands.cli`: run that one so they are all there.
+    from commands.cli import main as _registered_main
+
+    _registered_main()

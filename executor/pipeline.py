@@ -47,6 +47,9 @@ class StepSpec(BaseModel):
     output: Literal["text", "json", "files"] = "text"
     model: str | None = Field(default=None, description="overrides the provider's model")
     options: dict[str, Any] = Field(default_factory=dict, description="merged over the provider's")
+    on_truncation: Literal["accept", "error"] = Field(
+        default="accept", description="an answer cut off at the token limit: keep it or fail"
+    )
 
 
 class PipelineSpec(BaseModel):
@@ -123,6 +126,8 @@ class Pipeline:
         for name, step in self.spec.steps.items():
             definition = {"name": name, **step.model_dump(mode="json", exclude={"description"})}
             definition["needs"] = sorted(step.needs)
+            if definition.get("on_truncation") == "accept":
+                del definition["on_truncation"]  # the default: fingerprints from before it stay
             out[name] = hashlib.sha256(canonical_json(definition).encode()).hexdigest()
         return out
 
@@ -309,7 +314,24 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
             raise PipelineError(
                 f"{label}: provider {name!r} of kind {provider.kind} needs base_url"
             )
+    _check_max_tokens(spec, label)
     return pipeline
+
+
+def _check_max_tokens(spec: PipelineSpec, label: str) -> None:
+    """Anthropic refuses a request without max_tokens: say so now, not at the first call."""
+    for name, step in spec.steps.items():
+        provider = spec.providers[step.provider]
+        if provider.kind != "anthropic":
+            continue
+        value = {**provider.options, **step.options}.get("max_tokens")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            where = "is missing" if value is None else f"is {value!r}, not a positive integer"
+            raise PipelineError(
+                f"{label}: provider {step.provider!r} (kind anthropic) needs options.max_tokens, "
+                f"which {where} for step {name!r}: set it in [providers.{step.provider}] options "
+                "or the step's options"
+            )
 
 
 def load_pipeline(path: str | Path) -> Pipeline:

@@ -291,6 +291,7 @@ class JobRunner:
                 model=model,
                 options=options,
                 output=spec.output,
+                on_truncation=spec.on_truncation,
             )
             pending.append(self._ev(CacheMiss(cache_key=key, parts=parts), name))
             try:

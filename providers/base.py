@@ -3,7 +3,11 @@
     ProviderError                 anything a provider call can fail with
     ├── ProviderUnavailable       could not reach the server (connect error, read timeout) — retryable
     ├── ProviderHTTPError         the server answered with an error status; retryable for 408/409/429/5xx/529
-    └── ProviderBadResponse       the server answered 2xx with something we cannot use — not retryable
+    ├── ProviderBadResponse       the server answered 2xx with something we cannot use — not retryable
+    ├── ProviderStreamError       the server put an error object inside a 2xx answer or stream;
+    │                             retryable when the protocol says the cause is transient
+    └── ProviderTruncated         the answer was cut off at the token limit and the step said
+                                  on_truncation = "error" — not retryable
 
 Errors carry `retryable` and `retry_after` so the executor decides what to do without knowing
 the wire protocol. Messages never contain an API key or an Authorization header.
@@ -31,6 +35,8 @@ class LLMRequest(BaseModel):
     model: str
     options: dict[str, Any] = Field(default_factory=dict)
     output: OutputKind = "text"
+    # what an answer cut off at the token limit means for the step (HTTP providers check it)
+    on_truncation: Literal["accept", "error"] = "accept"
 
 
 class LLMResult(BaseModel):
@@ -95,6 +101,20 @@ class ProviderBadResponse(ProviderError):
 
     def __init__(self, message: str, *, provider: str, status: int | None = None) -> None:
         super().__init__(message, provider=provider, status=status, retryable=False)
+
+
+class ProviderStreamError(ProviderError):
+    error_class = "stream_error"
+
+    def __init__(self, message: str, *, provider: str, retryable: bool = False) -> None:
+        super().__init__(message, provider=provider, retryable=retryable)
+
+
+class ProviderTruncated(ProviderError):
+    error_class = "truncated"
+
+    def __init__(self, message: str, *, provider: str) -> None:
+        super().__init__(message, provider=provider, retryable=False)
 
 
 class Provider(Protocol):

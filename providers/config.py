@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
-ProviderKind = Literal["offline", "openai"]
+ProviderKind = Literal["offline", "openai", "ollama", "anthropic"]
+HTTP_KINDS = ("openai", "ollama", "anthropic")
+# keys that mean something to one kind only; set on another kind they are an error
+KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "keep_alive": ("ollama",),
+    "organization": ("openai",),
+    "project": ("openai",),
+    "anthropic_version": ("anthropic",),
+    "json_mode": ("openai", "ollama"),
+}
 
 
 class ProviderConfig(BaseModel):
@@ -21,6 +31,29 @@ class ProviderConfig(BaseModel):
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=20)
     options: dict[str, Any] = Field(default_factory=dict)
+    stream: bool = Field(default=False, description="ask for the answer as a stream")
+    keep_alive: str | int | None = Field(
+        default=None, description="ollama: how long the model stays loaded (e.g. '10m', -1)"
+    )
+    organization: str | None = Field(default=None, description="openai: OpenAI-Organization")
+    project: str | None = Field(default=None, description="openai: OpenAI-Project")
+    anthropic_version: str | None = Field(
+        default=None, description="anthropic: the anthropic-version header (default 2023-06-01)"
+    )
+    json_mode: bool | None = Field(
+        default=None, description="openai/ollama: ask for JSON when a step's output is json"
+    )
+
+    @model_validator(mode="after")
+    def _kind_keys(self) -> ProviderConfig:
+        for key, kinds in KIND_KEYS.items():
+            if getattr(self, key) is not None and self.kind not in kinds:
+                raise PydanticCustomError(
+                    "kind_key",
+                    "{key} applies to kind {kinds} only, not {kind}",
+                    {"key": key, "kinds": " or ".join(kinds), "kind": self.kind},
+                )
+        return self
 
     def cache_identity(self, model: str, options: dict[str, Any]) -> dict[str, Any]:
         """What of this config decides the answer: never the key, the URL or the timeouts."""

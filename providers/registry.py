@@ -18,4 +18,12 @@ def build_provider(name: str, config: ProviderConfig, client: httpx.AsyncClient 
         from providers.openai import OpenAIProvider
 
         return OpenAIProvider(name, config, client)
+    if config.kind == "ollama":
+        from providers.ollama import OllamaProvider
+
+        return OllamaProvider(name, config, client)
+    if config.kind == "anthropic":
+        from providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(name, config, client)
     raise ValueError(f"provider {name!r}: unknown kind {config.kind!r}")

@@ -211,16 +211,17 @@ def test_the_key_is_versioned():
 
 @SETTINGS
 @given(
-    st.sampled_from(["offline", "openai"]),
+    st.sampled_from(["offline", "openai", "ollama", "anthropic"]),
     st.text(max_size=12),
     option_dicts,
     st.none() | st.text(min_size=1, max_size=20),
     st.none() | st.text(min_size=1, max_size=40),
     st.floats(min_value=0.001, max_value=1e6),
     st.integers(0, 20),
+    st.booleans(),
 )
 def test_provider_identity_never_holds_the_key_variable_url_or_timeouts(
-    kind, model, options, api_key_env, base_url, timeout_s, max_retries
+    kind, model, options, api_key_env, base_url, timeout_s, max_retries, stream
 ):
     plain = ProviderConfig(kind=kind, model=model)
     loaded = ProviderConfig(
@@ -230,6 +231,7 @@ def test_provider_identity_never_holds_the_key_variable_url_or_timeouts(
         base_url=base_url,
         timeout_s=timeout_s,
         max_retries=max_retries,
+        stream=stream,
     )
     identity = loaded.cache_identity(model, options)
     assert identity == plain.cache_identity(model, options)

@@ -382,3 +382,76 @@ def test_fake_server_as_a_subprocess(tmp_path):
 def test_a_query_in_base_url_stays_a_query(server):
     call(server.url + "/?api-version=2024-01")
     assert server.calls[0]["path"] == "/v1/chat/completions?api-version=2024-01"
+
+
+# -- streaming, JSON mode, organization/project, config keys ----------------------------------------
+
+
+def test_streaming_asks_for_usage_and_reads_it(server):
+    cfg = ProviderConfig(kind="openai", base_url=server.url, model="m", stream=True)
+
+    async def go() -> LLMResult:
+        async with httpx.AsyncClient() as client:
+            with anyio.fail_after(10):
+                return await OpenAIProvider("remote", cfg, client).complete(
+                    LLMRequest(step="s", prompt="hello stream", model="m")
+                )
+
+    result = anyio.run(go)
+    body = server.calls[0]["body"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert "text/event-stream" in server.calls[0]["headers"]["Accept"]
+    assert result.text.endswith("hello stream") and result.finish_reason == "stop"
+    assert (result.tokens_in, result.tokens_out) == (2, len(result.text.split()))
+
+
+def test_organization_and_project_headers(server):
+    call(server.url, organization="org-123", project="proj_456")
+    headers = server.calls[0]["headers"]
+    assert headers["OpenAI-Organization"] == "org-123" and headers["OpenAI-Project"] == "proj_456"
+    call(server.url)
+    assert "OpenAI-Organization" not in server.calls[1]["headers"]
+
+
+def test_json_mode_can_be_switched_off_for_servers_without_it(server):
+    call(server.url, LLMRequest(step="s", prompt="x", model="m", output="json"), json_mode=False)
+    assert "response_format" not in server.calls[0]["body"]
+
+
+def test_an_error_object_in_a_200_body_is_an_error(server):
+    server.faults.append(("json", {"error": {"message": "context length exceeded"}}))
+    with pytest.raises(ProviderError, match="context length exceeded") as info:
+        call(server.url)
+    assert info.value.error_class == "stream_error" and not info.value.retryable
+
+
+@pytest.mark.parametrize("key", ["keep_alive", "anthropic_version"])
+def test_keys_of_other_kinds_are_refused_naming_the_key(key):
+    from executor.pipeline import PipelineError, parse_pipeline
+
+    text = f"""
+name = "p"
+[providers.remote]
+kind = "openai"
+base_url = "http://127.0.0.1:1/v1"
+{key} = "x"
+[steps.a]
+provider = "remote"
+prompt = "hi"
+"""
+    with pytest.raises(PipelineError) as info:
+        parse_pipeline(text, "p.toml")
+    assert f"{key} applies to kind" in str(info.value) and "remote" in str(info.value)
+    with pytest.raises(PipelineError, match=r"unknown key 'providers.remote.temperature' \(line 6\)"):
+        parse_pipeline(text.replace(f'{key} = "x"', "temperature = 0"), "p.toml")
+
+
+def test_cache_identity_ignores_everything_but_kind_model_and_options():
+    plain = ProviderConfig(kind="openai", base_url="http://127.0.0.1:1/v1")
+    dressed = ProviderConfig(
+        kind="openai", base_url="http://127.0.0.1:2/v1", api_key_env="K", timeout_s=5,
+        max_retries=9, stream=True, organization="o", project="p", json_mode=False,
+    )  # fmt: skip
+    assert plain.cache_identity("m", {"t": 0}) == dressed.cache_identity("m", {"t": 0}) == {
+        "kind": "openai", "model": "m", "options": {"t": 0},
+    }  # fmt: skip

@@ -1,0 +1,41 @@
+"""`steplog providers ...`: look at the providers a pipeline configures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from commands.cli import _echo_json, cli, console, json_option, one_line
+from commands.providers_check import check_providers
+
+
+@cli.group()
+def providers() -> None:
+    """Reach the LLM providers a pipeline configures."""
+
+
+@providers.command("check")
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@json_option
+def check(pipeline: Path, as_json: bool) -> None:
+    """Reach every provider of PIPELINE; exit 1 if any cannot be used.
+
+    Example: OPENAI_API_KEY=... steplog providers check examples/factory/pipeline.toml
+    """
+    results = check_providers(pipeline)
+    if as_json:
+        _echo_json([r.as_dict() for r in results])
+    else:
+        table = Table()
+        for col in ("provider", "kind", "url", "status"):
+            table.add_column(col, no_wrap=col != "status")
+        for r in results:
+            status = Text("OK: " if r.ok else "error: ", style="green" if r.ok else "red")
+            status.append(one_line(r.detail))
+            table.add_row(r.provider, r.kind, r.url or "-", status)
+        console().print(table)
+    if not all(r.ok for r in results):
+        raise SystemExit(1)

@@ -1,0 +1,403 @@
+"""The wire side every HTTP provider shares: the one place where failures become the error tree.
+
+    httpx.TimeoutException (connect, read, write, pool)  -> ProviderUnavailable ("no answer within")
+    any other httpx.TransportError: refused, reset, a body
+      or a stream cut short mid-way                       -> ProviderUnavailable (retryable)
+    httpx.DecodingError (Content-Encoding does not decode) -> ProviderBadResponse
+    a non-2xx status                                      -> ProviderHTTPError: retryable for
+      base.RETRYABLE_STATUSES, else it fails fast; carries the server's own message and the
+      Retry-After header (seconds or an HTTP date), capped
+    a 2xx body we cannot use                              -> ProviderBadResponse
+    a stream that ends without its closing event          -> ProviderUnavailable (it was cut)
+    an error object inside a 2xx body or stream           -> ProviderStreamError
+
+Each message names the provider and the URL without credentials; any key a server or a library
+echoes back is redacted. The key itself is read from the environment at call time, never stored.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import re
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timezone
+from typing import Any, AsyncIterator, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from providers.base import (
+    LLMRequest,
+    LLMResult,
+    ProviderBadResponse,
+    ProviderError,
+    ProviderHTTPError,
+    ProviderStreamError,
+    ProviderTruncated,
+    ProviderUnavailable,
+)
+from providers.config import ProviderConfig
+
+RETRY_AFTER_MAX_S = 300.0
+SERVER_MESSAGE_MAX = 500
+# A header value must be visible ASCII; anything else (a stray newline from `$(cat keyfile)`, a
+# non-ASCII char) would fail inside httpx/h11 with an error text that may quote the header.
+_VALID_KEY = re.compile(r"[\x21-\x7e]+")
+
+
+# -- pure helpers -----------------------------------------------------------------------------------
+
+
+def public_url(url: str) -> str:
+    """The URL without userinfo, query or fragment: safe to print and to log."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), in [0, 300]."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # "-0000" dates parse naive; HTTP dates are always GMT
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - (now if now is not None else time.time())
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, min(seconds, RETRY_AFTER_MAX_S))
+
+
+def error_message(body: Any) -> str | None:
+    """The message in an error body of any of the three protocols, if there is one.
+
+    OpenAI and Anthropic: {"error": {"message": ...}}; Ollama: {"error": "..."}.
+    """
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    message: Any = None
+    if isinstance(error, dict):
+        message = error.get("message")
+    elif isinstance(error, str):
+        message = error
+    if not isinstance(message, str):
+        message = body.get("message")
+    if isinstance(message, str) and message.strip():
+        return message[:SERVER_MESSAGE_MAX]
+    return None
+
+
+def server_message(response: httpx.Response) -> str:
+    """The error message a server put in its body, else the start of the body."""
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return response.text[:200].strip() or response.reason_phrase
+    return error_message(body) or json.dumps(body)[:200]
+
+
+def count(value: Any) -> int:
+    """A token count from a usage block; absent or nonsense counts as 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, float) and value == value and value >= 0:
+        return int(value)
+    return 0
+
+
+def text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def model_ids(data: Any) -> list[str] | None:
+    """`data[].id` of an OpenAI- or Anthropic-style model list; None for another shape."""
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return None
+    return [i["id"] for i in items if isinstance(i, dict) and isinstance(i.get("id"), str)]
+
+
+def parse_json(text: str) -> Any:
+    """JSON, or Unusable naming what came instead."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Unusable(f"answer is not JSON: {text[:80]!r}") from exc
+
+
+@dataclass(frozen=True)
+class SSEEvent:
+    event: str
+    data: str
+
+
+class SSEParser:
+    """Server-sent events, line by line: `feed` returns an event when a blank line ends one."""
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> SSEEvent | None:
+        if not line:
+            return self.flush()
+        if line.startswith(":"):
+            return None  # a comment (keep-alive)
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            self._event = value
+        elif field == "data":
+            self._data.append(value)
+        return None
+
+    def flush(self) -> SSEEvent | None:
+        """The event in progress, if any (also for a stream whose last blank line is missing)."""
+        if not self._data and not self._event:
+            return None
+        event = SSEEvent(self._event or "message", "\n".join(self._data))
+        self._event, self._data = "", []
+        return event
+
+
+# -- what the protocol parsers raise; complete() turns them into the error tree ---------------------
+
+
+class Unusable(Exception):
+    """A 2xx answer we cannot use -> ProviderBadResponse."""
+
+
+class StreamCut(Exception):
+    """A stream that ended before its closing event -> ProviderUnavailable (retryable)."""
+
+
+class ErrorInAnswer(Exception):
+    """The server reported an error inside a 2xx answer -> ProviderStreamError."""
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+# -- the wire ---------------------------------------------------------------------------------------
+
+
+def read_key(provider: str, env: str | None) -> str | None:
+    """The API key from the variable named `env`, read now; errors name the variable only."""
+    if not env:
+        return None
+    key = os.environ.get(env, "").strip()
+    if not key:
+        raise ProviderError(f"environment variable {env} (api_key_env) is not set", provider=provider)
+    if not _VALID_KEY.fullmatch(key):
+        raise ProviderError(
+            f"environment variable {env} (api_key_env) holds whitespace, control or "
+            "non-ASCII characters; it cannot be sent as a header",
+            provider=provider,
+        )
+    return key
+
+
+class Wire:
+    """One provider's HTTP: its client and timeout, its URLs, and the secrets kept out of messages."""
+
+    def __init__(
+        self, provider: str, client: httpx.AsyncClient, base_url: str | None, timeout_s: float
+    ) -> None:
+        if not base_url:
+            raise ValueError(f"provider {provider!r}: base_url is required")
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"provider {provider!r}: base_url must be an http(s) URL with a host, "
+                f"got {public_url(base_url)!r}"
+            )
+        self.provider = provider
+        self.client = client
+        self.timeout_s = timeout_s
+        # one bound for connect, read (each gap between bytes), write and pool
+        self.timeout = httpx.Timeout(timeout_s)
+        self._base = parts._replace(fragment="")
+        # URL parts that may be credentials (a password, a token used as the user name, an
+        # `?api-key=` query): redacted wherever a server or a library echoes them back.
+        username = parts.username if parts.username and len(parts.username) >= 8 else None
+        self._url_secrets = [s for s in (parts.password, username, parts.query) if s]
+
+    @property
+    def base_path(self) -> str:
+        return self._base.path.rstrip("/")
+
+    def url(self, path: str) -> str:
+        """`path` appended to the base URL's path; a query (`?api-version=...`) stays a query."""
+        return urlunsplit(self._base._replace(path=self.base_path + path))
+
+    def redact(self, message: str, key: str | None) -> str:
+        for secret in [key, *self._url_secrets]:
+            if secret:
+                message = message.replace(secret, "[redacted]")
+        return message
+
+    def bad(self, url: str, why: str, key: str | None, status: int | None = 200) -> ProviderBadResponse:
+        return ProviderBadResponse(
+            f"{public_url(url)}: {self.redact(why, key)}", provider=self.provider, status=status
+        )
+
+    def http_error(self, url: str, response: httpx.Response, key: str | None) -> ProviderHTTPError:
+        message = self.redact(server_message(response), key)
+        return ProviderHTTPError(
+            f"{public_url(url)}: HTTP {response.status_code}: {message}",
+            provider=self.provider,
+            status=response.status_code,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )
+
+    @asynccontextmanager
+    async def mapped(self, url: str, key: str | None) -> AsyncIterator[None]:
+        """httpx exceptions, and the protocol parsers' ones, become the provider error tree."""
+        safe = public_url(url)
+        try:
+            yield
+        except httpx.TimeoutException as exc:
+            raise ProviderUnavailable(
+                f"{safe}: no answer within {self.timeout_s}s ({type(exc).__name__})",
+                provider=self.provider,
+            ) from exc
+        except httpx.DecodingError as exc:
+            raise self.bad(url, f"undecodable body ({type(exc).__name__})", key) from exc
+        except httpx.TransportError as exc:
+            detail = self.redact(str(exc), key) or "connection failed"
+            raise ProviderUnavailable(
+                f"{safe}: {type(exc).__name__}: {detail}", provider=self.provider
+            ) from exc
+        except Unusable as exc:
+            raise self.bad(url, str(exc), key) from exc
+        except StreamCut as exc:
+            raise ProviderUnavailable(
+                f"{safe}: {self.redact(str(exc), key)}", provider=self.provider
+            ) from exc
+        except ErrorInAnswer as exc:
+            raise ProviderStreamError(
+                f"{safe}: the server reported an error: {self.redact(exc.message, key)}",
+                provider=self.provider,
+                retryable=exc.retryable,
+            ) from exc
+
+    async def request_json(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        key: str | None,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
+        """One request; the parsed JSON of a 2xx answer, or a ProviderError."""
+        async with self.mapped(url, key):
+            response = await self.client.request(
+                method, url, json=body, headers=headers, timeout=self.timeout
+            )
+            if not response.is_success:
+                raise self.http_error(url, response, key)
+            return parse_json(response.text)
+
+    @asynccontextmanager
+    async def stream(
+        self, url: str, *, headers: dict[str, str], key: str | None, body: dict[str, Any]
+    ) -> AsyncIterator[AsyncIterator[str]]:
+        """POST and yield the answer's lines; errors raised while reading them are mapped too."""
+        async with self.mapped(url, key):
+            async with self.client.stream(
+                "POST", url, json=body, headers=headers, timeout=self.timeout
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise self.http_error(url, response, key)
+                yield response.aiter_lines()
+
+
+# -- the shape of every HTTP provider ---------------------------------------------------------------
+
+
+class HTTPProvider:
+    """`complete` for a chat endpoint: key, headers, body, one POST (streamed or not), parse.
+
+    A subclass names its endpoint (`chat_path`) and finish reasons that mean "cut off"
+    (`truncated`), and writes `headers`, `body`, `parse` and `read_stream` for its protocol.
+    """
+
+    kind: ClassVar[str]
+    chat_path: ClassVar[str]
+    truncated: ClassVar[frozenset[str]]
+
+    def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+        self.name = name
+        self.config = config
+        self.wire = Wire(name, client, config.base_url, config.timeout_s)
+        self.url = self.endpoint()
+        self.safe_url = public_url(self.url)
+
+    def endpoint(self) -> str:
+        return self.wire.url(self.chat_path)
+
+    def key(self) -> str | None:
+        return read_key(self.name, self.config.api_key_env)
+
+    def headers(self, key: str | None) -> dict[str, str]:
+        raise NotImplementedError
+
+    def body(self, request: LLMRequest, stream: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse(self, data: Any, request: LLMRequest) -> LLMResult:
+        """A whole (non-streamed) answer; raises Unusable or ErrorInAnswer."""
+        raise NotImplementedError
+
+    async def read_stream(self, lines: AsyncIterator[str], request: LLMRequest) -> LLMResult:
+        """A streamed answer, to its closing event; raises Unusable, StreamCut or ErrorInAnswer."""
+        raise NotImplementedError
+
+    async def complete(self, request: LLMRequest) -> LLMResult:
+        key = self.key()
+        headers = {"Content-Type": "application/json", **self.headers(key)}
+        stream = self.config.stream
+        body = self.body(request, stream)
+        if stream:
+            headers["Accept"] = "text/event-stream, application/x-ndjson"
+            async with self.wire.stream(self.url, headers=headers, key=key, body=body) as lines:
+                result = await self.read_stream(lines, request)
+        else:
+            headers["Accept"] = "application/json"
+            data = await self.wire.request_json("POST", self.url, headers=headers, key=key, body=body)
+            async with self.wire.mapped(self.url, key):
+                result = self.parse(data, request)
+        if result.finish_reason in self.truncated and request.on_truncation == "error":
+            raise ProviderTruncated(
+                f"{self.safe_url}: the answer was cut off at the token limit "
+                f"(finish reason {result.finish_reason!r}, {result.tokens_out} tokens out); "
+                'raise max_tokens in options, or set on_truncation = "accept" on the step',
+                provider=self.name,
+            )
+        return result
+
+    async def check(self) -> str:
+        """Reach the server the cheapest way; a short note on success, a ProviderError if not."""
+        raise NotImplementedError
