@@ -61,9 +61,16 @@ def print_fork(
                 "events_copied": result.events,
                 "workspace": str(result.workspace),
                 "files_restored": result.files,
+                "files_missing": result.missing,
             }
         )
         return
+    if result.missing:
+        click.echo(
+            f"warning: {len(result.missing)} file(s) the source had written could not be restored "
+            f"(the log does not hold their content): {', '.join(result.missing)}",
+            err=True,
+        )
     click.echo(
         f"job {result.job_id} forked from {result.source_job} at event {result.until_version}: "
         f"{result.events} events copied, {len(result.files)} file(s) restored in "

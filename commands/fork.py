@@ -7,7 +7,8 @@ transaction, with the fork's own versions and hash chain. The source is not touc
 Workspace: the fork gets its own (runs/NEW_JOB, or --workspace), which must not exist or be
 empty; every file the prefix had written is restored there from the content the log holds
 (the blob with the file's sha256, or the step's answer it was written from), so a resumed fork
-sees the files it would have seen at POINT. job.created keeps the source's workspace (it is a
+sees the files it would have seen at POINT (a file whose content the log does not hold, e.g.
+from a log imported without its blobs, is listed in job.forked's files_missing instead). job.created keeps the source's workspace (it is a
 copy); job.forked records the fork's, and the manifest fold takes it from there.
 
 Ownership: job.forked clears the owner (the source's live process does not run the fork) and
@@ -40,10 +41,14 @@ class ForkResult:
     events: int  # copied from the source, job.forked not counted
     workspace: Path
     files: list[str]
+    missing: list[str]  # written by the prefix, but their content is not in the log
 
 
-def files_at_point(store: SQLiteEventStore, events: list[StoredEvent]) -> dict[str, bytes]:
-    """path -> content of every file the prefix wrote (the last write of each path wins).
+def files_at_point(
+    store: SQLiteEventStore, events: list[StoredEvent]
+) -> tuple[dict[str, bytes], list[str]]:
+    """path -> content of every file the prefix wrote (the last write of each path wins), and
+    the paths whose content the log does not hold.
 
     Each file.written names a sha256; its content is the blob with that hash if the log holds
     one, else the file of that name in the answer the step last received before the write
@@ -66,7 +71,7 @@ def files_at_point(store: SQLiteEventStore, events: list[StoredEvent]) -> dict[s
         else:
             answers[ev.step or ""] = d["output_sha256"]
     if not wanted:
-        return {}
+        return {}, []
     shas = [sha for sha, _, _ in wanted.values()]
     marks = ", ".join("?" * len(shas))
     held = {
@@ -77,7 +82,8 @@ def files_at_point(store: SQLiteEventStore, events: list[StoredEvent]) -> dict[s
     }
     parsed: dict[str, dict[str, bytes]] = {}
     out: dict[str, bytes] = {}
-    for path, (sha, step, answer) in wanted.items():
+    missing: list[str] = []
+    for path, (sha, _step, answer) in wanted.items():
         if sha in held:
             out[path] = held[sha]
             continue
@@ -94,12 +100,10 @@ def files_at_point(store: SQLiteEventStore, events: list[StoredEvent]) -> dict[s
                     pass
         content = parsed[answer].get(path)
         if content is None or hashlib.sha256(content).hexdigest() != sha:
-            raise Rejected(
-                f"cannot restore {path} (written by step {step}) for the fork: the log does "
-                "not hold its content"
-            )
+            missing.append(path)  # e.g. a log imported without its blobs
+            continue
         out[path] = content
-    return out
+    return out, sorted(missing)
 
 
 def _check_workspace(workspace: Path) -> None:
@@ -127,7 +131,7 @@ def fork_job(
     prefix = view.events
     root = (workspace or Path("runs") / new_job).resolve()
     _check_workspace(root)
-    files = files_at_point(store, prefix)
+    files, missing = files_at_point(store, prefix)
     for ev in prefix:
         parse_data(ev.type, ev.data_json)  # the vocabulary still accepts every copied event
     forked = NewEvent.of(
@@ -139,6 +143,7 @@ def fork_job(
             source_version=store.job_version(source),
             workspace=str(root),
             files_restored=len(files),
+            files_missing=missing,
         )
     )
     rows = [(ev.ts, ev.level, ev.type, ev.step, ev.data_json) for ev in prefix]
@@ -153,4 +158,4 @@ def fork_job(
     root.mkdir(parents=True, exist_ok=True)
     for path, content in sorted(files.items()):
         write_file(root, path, content)
-    return ForkResult(new_job, source, view.version, len(prefix), root, sorted(files))
+    return ForkResult(new_job, source, view.version, len(prefix), root, sorted(files), missing)

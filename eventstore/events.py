@@ -106,6 +106,7 @@ class JobForked(EventData):
     source_version: int | None = Field(default=None, description="source's length when forked")
     workspace: str | None = Field(default=None, description="the fork's own workspace")
     files_restored: int = 0
+    files_missing: list[str] = Field(default_factory=list)
 
 
 # -- step --------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def template_inputs(source: str) -> frozenset[str] | None:
             key = node.attr if isinstance(node, nodes.Getattr) else None
             if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
                 key = node.arg.value if isinstance(node.arg.value, str) else None
-            if key is None:
+            if key is None or hasattr(dict, key):  # inputs.items() and the like read them all
                 return None
             names.add(key)
             static_bases.add(id(base))
