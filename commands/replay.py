@@ -81,11 +81,8 @@ def replay(store: SQLiteEventStore, job_id: str, point: str) -> ReplayView:
                 found = True
                 break
     else:
-        if kind == "ts" and events and _parse_ts(events[-1].ts) == target:
-            found = True  # the timestamp of the job's last event names that event
-        elif kind == "ts":
-            last = events[-1].ts if events else "?"
-            raise BadPoint(f"timestamp {point} is past the end of the job (last event at {last})")
+        if kind == "ts":
+            found = bool(events)  # at or after the last event: the last event at or before it
     if not found:
         if kind == "ts":
             raise BadPoint(f"timestamp {point} is before the job's first event")

@@ -181,13 +181,8 @@ def test_replay_until_a_timestamp_folds_every_event_at_or_before_it(batches, dat
             replay(store, job, "1999-12-31T23:59:59Z")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BadPoint,
-    reason="BUG commands/replay.py: a timestamp equal to (or after) the last event's is refused "
-    "as 'past the end'; README: POINT as a timestamp is 'the last event at or before it'",
-)
 def test_replay_until_the_last_events_timestamp_is_the_whole_job(store):
+    """README: POINT as a timestamp is 'the last event at or before it' (also after the end)."""
     events = [
         NewEvent.of(JobStarted(owner=OWNER)),
         NewEvent.of(StepStarted(attempt=1, fingerprint="f"), step="a"),
@@ -196,6 +191,7 @@ def test_replay_until_the_last_events_timestamp_is_the_whole_job(store):
     store.append("j", events, expected_version=0)
     view = replay(store, "j", events[-1].ts)
     assert view.version == 3
+    assert replay(store, "j", "2999-01-01T00:00:00Z").version == 3
 
 
 # -- 4. tables == folds -------------------------------------------------------------------------
