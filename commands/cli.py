@@ -185,7 +185,9 @@ def resume(ctx: click.Context, job: str, pipeline: Path | None, force: bool, qui
 @click.option(
     "--until", "point", required=True, help="Event number, ISO timestamp, or TYPE[:STEP]."
 )
-@click.option("--fork", "fork", metavar="NEW_JOB", help="Copy JOB's history up to POINT into a new job.")
+@click.option(
+    "--fork", "fork", metavar="NEW_JOB", help="Copy JOB's history up to POINT into a new job."
+)
 @click.option(
     "--workspace",
     type=click.Path(file_okay=False, path_type=Path),

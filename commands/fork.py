@@ -8,8 +8,9 @@ Workspace: the fork gets its own (runs/NEW_JOB, or --workspace), which must not 
 empty; every file the prefix had written is restored there from the content the log holds
 (the blob with the file's sha256, or the step's answer it was written from), so a resumed fork
 sees the files it would have seen at POINT (a file whose content the log does not hold, e.g.
-from a log imported without its blobs, is listed in job.forked's files_missing instead). job.created keeps the source's workspace (it is a
-copy); job.forked records the fork's, and the manifest fold takes it from there.
+from a log imported without its blobs, is listed in job.forked's files_missing instead).
+job.created keeps the source's workspace (it is a copy); job.forked records the fork's, and
+the manifest fold takes it from there.
 
 Ownership: job.forked clears the owner (the source's live process does not run the fork) and
 leaves the fork in status `created`, so `steplog resume NEW_JOB` is never refused for an owner.

@@ -12,8 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from commands.fork import fork_job
-from commands.jobs import Rejected, ResumeCommand, RunCommand, execute, fold_job, prepare_resume
-from commands.jobs import prepare_run
+from commands.jobs import (
+    Rejected,
+    ResumeCommand,
+    RunCommand,
+    execute,
+    fold_job,
+    prepare_resume,
+    prepare_run,
+)
 from commands.replay import replay
 from eventstore.events import parse_data
 from projections import cache, manifest
