@@ -156,7 +156,14 @@ def fork_job(
         raise Rejected(f"job {new_job} already exists; choose another name for the fork") from exc
     except sqlite3.IntegrityError as exc:
         raise Rejected(f"job {new_job} already exists; choose another name for the fork") from exc
-    root.mkdir(parents=True, exist_ok=True)
-    for path, content in sorted(files.items()):
-        write_file(root, path, content)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for path, content in sorted(files.items()):
+            write_file(root, path, content)
+    except (OSError, UnsafePath) as exc:
+        # The fork is in the log already; say so rather than pretend nothing happened.
+        raise StoreError(
+            f"job {new_job} was forked, but restoring its files in {root} failed: {exc}; "
+            "resuming it rewrites the files of the steps it re-runs only"
+        ) from exc
     return ForkResult(new_job, source, view.version, len(prefix), root, sorted(files), missing)

@@ -223,3 +223,30 @@ prompt = "{{ steps.a.output }}"
     b = explain.cache_detail(pipeline, "b", provider=identity, system=None, prompt="A",
                              inputs=inputs, outputs={"a": "A"})  # fmt: skip
     assert b.inputs == {} and b.upstream == {"a": hashlib.sha256(b"A").hexdigest()}
+
+
+def test_the_previous_run_is_found_through_the_partial_index(store):
+    from executor import cachehistory
+
+    plan = store.conn.execute(
+        "EXPLAIN QUERY PLAN " + cachehistory._PREVIOUS_RUN_SQL, ("step", "pipeline")
+    ).fetchall()
+    assert any("USING INDEX events_cache_runs" in row[-1] for row in plan), plan
+    assert not any("TEMP B-TREE" in row[-1] for row in plan), plan  # no sort: seq is in the index
+
+
+def test_previous_run_is_the_latest_cache_event_of_that_pipeline_and_step(store):
+    from eventstore.events import CacheHit, NewEvent
+    from executor.cachehistory import previous_run
+
+    def event(key: str, pipeline: str | None, step: str = "s") -> NewEvent:
+        data = CacheHit(cache_key=key, response_sha256="r", origin_job="o", pipeline=pipeline)
+        return NewEvent.of(data, step=step)
+
+    store.append("a", [event("k1", "p"), event("k2", "q"), event("k3", "p", step="t")])
+    store.append("b", [event("k4", "p"), event("k5", None)])
+    found = previous_run(store.conn, "p", "s")
+    assert found is not None and (found.cache_key, found.job_id) == ("k4", "b")
+    assert previous_run(store.conn, "q", "s").cache_key == "k2"
+    assert previous_run(store.conn, "p", "t").cache_key == "k3"
+    assert previous_run(store.conn, "p", "nope") is None
