@@ -40,6 +40,19 @@ BEGIN
     SELECT RAISE(ABORT, 'steplog: events is append-only (DELETE refused)');
 END;
 
+-- INSERT OR REPLACE deletes the row it conflicts with without firing DELETE triggers (unless
+-- recursive_triggers is on, which a plain sqlite3 shell does not set), so a conflicting insert
+-- is refused here. The message keeps "UNIQUE" so a racing writer still reads as a version conflict.
+CREATE TRIGGER IF NOT EXISTS events_append_only_replace
+BEFORE INSERT ON events
+WHEN EXISTS (
+    SELECT 1 FROM events
+    WHERE seq = NEW.seq OR (job_id = NEW.job_id AND version = NEW.version)
+)
+BEGIN
+    SELECT RAISE(ABORT, 'steplog: events is append-only (UNIQUE job_id, version or seq: REPLACE refused)');
+END;
+
 -- Content-addressed payloads: prompts, responses, step outputs, file contents. Stored once.
 -- A rowid table on purpose: contents are large, so they go at the end of the table and only
 -- the small sha256 index entry lands at a random place (WITHOUT ROWID would split pages).
@@ -53,6 +66,13 @@ CREATE TRIGGER IF NOT EXISTS blobs_immutable_update
 BEFORE UPDATE ON blobs
 BEGIN
     SELECT RAISE(ABORT, 'steplog: blobs are immutable (UPDATE refused)');
+END;
+
+CREATE TRIGGER IF NOT EXISTS blobs_immutable_replace
+BEFORE INSERT ON blobs
+WHEN EXISTS (SELECT 1 FROM blobs WHERE sha256 = NEW.sha256)
+BEGIN
+    SELECT RAISE(IGNORE);  -- content-addressed: the same sha256 already holds the same bytes
 END;
 
 -- The head of each job's stream, owned by the event store: the current version and the last

@@ -82,7 +82,7 @@ def replay(store: SQLiteEventStore, job_id: str, point: str) -> ReplayView:
                 break
     else:
         if kind == "ts":
-            found = bool(events)  # at or after the last event: the last event at or before it
+            found = bool(events)  # at or after the last event: the whole job
     if not found:
         if kind == "ts":
             raise BadPoint(f"timestamp {point} is before the job's first event")

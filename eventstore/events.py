@@ -24,7 +24,8 @@ Sha256 = str  # 64 lowercase hex digits; validated where it enters (blobs are ha
 class EventData(BaseModel):
     """Base of every event's `data`. Subclasses set TYPE (and LEVEL when not INFO)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN/inf would be dumped as null and no longer validate when read back: refuse them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     TYPE: ClassVar[str]
     LEVEL: ClassVar[Level] = "INFO"
@@ -313,6 +314,10 @@ class NewEvent:
             )
         if not _TS_PATTERN.fullmatch(self.ts):
             raise InvalidEvent(f"{self.type}: ts {self.ts!r} is not ISO 8601 UTC ending in Z")
+        try:  # the pattern admits month 13 or hour 24; the calendar does not
+            datetime.fromisoformat(self.ts[:19])
+        except ValueError as exc:
+            raise InvalidEvent(f"{self.type}: ts {self.ts!r} is not a real time: {exc}") from None
         if self.step is not None and not self.step:
             raise InvalidEvent(f"{self.type}: step must be a non-empty name or null")
 

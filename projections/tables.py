@@ -108,11 +108,13 @@ def rebuild(store: SQLiteEventStore) -> int:
     rows: dict[str, JobRow] = {}
     index: CacheIndex = {}
     count = 0
-    for ev in store.read_all(data_for=("job.created", *CACHE_EVENT_TYPES)):
-        apply_job_row(rows, ev)
-        cache.apply(index, ev)
-        count += 1
+    # Fold inside the write transaction: an append by another process between the read and the
+    # rewrite would otherwise be wiped from the tables. Writers wait (busy_timeout) meanwhile.
     with store.write_transaction() as conn:
+        for ev in store.read_all(data_for=("job.created", *CACHE_EVENT_TYPES)):
+            apply_job_row(rows, ev)
+            cache.apply(index, ev)
+            count += 1
         conn.execute("DELETE FROM jobs")
         conn.execute("DELETE FROM cache_index")
         conn.executemany(

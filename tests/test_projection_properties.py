@@ -283,12 +283,6 @@ class _AppendsRightAfterItsRead:
             pass  # locked out: rebuild read and rewrote under one lock
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG projections/tables.py rebuild(): it folds the log before BEGIN IMMEDIATE, so an "
-    "append by another connection in between is wiped from the tables by the rewrite",
-)
 def test_rebuild_loses_no_append_made_while_it_reads(db_path):
     other = _AppendsRightAfterItsRead(db_path)
 

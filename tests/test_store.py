@@ -258,13 +258,6 @@ def test_blobs_refuse_update(db_path, logged):
     assert dump(logged.conn) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG schema.sql: INSERT OR REPLACE deletes the conflicting row without firing the "
-    "BEFORE DELETE trigger (recursive_triggers is off by default), so events and blobs can "
-    "be rewritten in place",
-)
 @pytest.mark.parametrize(
     "statement",
     [
@@ -468,12 +461,6 @@ def test_a_projector_failure_rolls_the_batch_back(store):
     assert dump(store.conn) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValidationError,
-    reason="BUG eventstore/events.py: float fields accept NaN/inf, which model_dump_json writes "
-    "as null, so the stored event no longer validates (typed() fails, folds see None)",
-)
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
 @pytest.mark.parametrize("make", ["job.succeeded", "step.failed", "llm.response"])
 def test_a_non_finite_float_is_refused_or_round_trips(store, value, make):
@@ -493,12 +480,6 @@ def test_a_non_finite_float_is_refused_or_round_trips(store, value, make):
     assert back.duration_s == value or (math.isnan(value) and math.isnan(back.duration_s))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG eventstore/events.py: NewEvent checks ts with a regex only, so impossible dates "
-    "are stored; JobState.to_manifest (elapsed_s) and replay --until TIMESTAMP then crash",
-)
 @pytest.mark.parametrize(
     "ts",
     [
