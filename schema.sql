@@ -106,3 +106,10 @@ CREATE TABLE IF NOT EXISTS cache_index (
     tokens_in       INTEGER NOT NULL DEFAULT 0,
     tokens_out      INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+
+-- "Why did this step call the model again?": the previous run of a step is its most recent
+-- cache.hit/cache.miss with the same pipeline name (any job). Partial, so only cache events
+-- are indexed (see executor/cachehistory.py, the one query that uses it).
+CREATE INDEX IF NOT EXISTS events_cache_runs
+    ON events (step, json_extract(data, '$.pipeline'), seq)
+    WHERE type IN ('cache.hit', 'cache.miss');

@@ -185,13 +185,38 @@ def resume(ctx: click.Context, job: str, pipeline: Path | None, force: bool, qui
 @click.option(
     "--until", "point", required=True, help="Event number, ISO timestamp, or TYPE[:STEP]."
 )
+@click.option(
+    "--fork", "fork", metavar="NEW_JOB", help="Copy JOB's history up to POINT into a new job."
+)
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --fork: the fork's workspace (default: runs/<NEW_JOB>).",
+)
 @json_option
 @click.pass_context
-def replay_cmd(ctx: click.Context, job: str, point: str, as_json: bool) -> None:
+def replay_cmd(
+    ctx: click.Context,
+    job: str,
+    point: str,
+    fork: str | None,
+    workspace: Path | None,
+    as_json: bool,
+) -> None:
     """Show JOB as it was at POINT: manifest, completed/pending steps, cache, events.
+
+    With --fork NEW_JOB, create a new job whose history is JOB's up to POINT, to resume
+    from there (e.g. after fixing a prompt).
 
     Example: steplog replay job_x --until step.failed:builder
     """
+    if fork is not None:
+        from commands.cli_debug import print_fork
+
+        print_fork(_open(ctx), job, point, fork, workspace, as_json)
+        return
+    if workspace is not None:
+        raise click.UsageError("--workspace is only for --fork")
     view = replay(_open(ctx), job, point)
     if as_json:
         _echo_json(queries.replay_document(view))
@@ -262,6 +287,16 @@ def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="This level and above.",
 )
+@click.option(
+    "--follow", "-f", is_flag=True, help="Keep printing new events until the job ends (or Ctrl-C)."
+)
+@click.option(
+    "--interval",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0.01, 60),
+    help="With --follow: seconds between polls.",
+)
 @json_option
 @click.pass_context
 def events(
@@ -270,12 +305,19 @@ def events(
     type_glob: str | None,
     step: str | None,
     level: str | None,
+    follow: bool,
+    interval: float,
     as_json: bool,
 ) -> None:
     """Print JOB's events; --json prints JSON lines in the predecessor's envelope.
 
     Example: steplog events job_x --type 'llm.*' --json
     """
+    if follow:
+        from commands.cli_debug import follow_events
+
+        follow_events(_open(ctx), job, type_glob, step, level, interval, as_json)
+        return
     found = queries.events(_open(ctx), job, type_glob=type_glob, step=step, level=level)
     if as_json:
         for ev in found:
@@ -312,6 +354,7 @@ def main() -> None:
 
 
 import commands.cli_providers  # noqa: E402,F401
+import commands.cli_debug  # noqa: E402,F401
 
 if __name__ == "__main__":
     # `python -m commands.cli` runs this file as __main__, but the verb modules imported above

@@ -100,6 +100,14 @@ class JobForked(EventData):
     TYPE = "job.forked"
     source_job: str
     until_version: int
+    point: str | None = Field(default=None, description="the --until POINT as given")
+    source_hash: str | None = Field(
+        default=None, description="hash of the source's event at until_version (links the chains)"
+    )
+    source_version: int | None = Field(default=None, description="source's length when forked")
+    workspace: str | None = Field(default=None, description="the fork's own workspace")
+    files_restored: int = 0
+    files_missing: list[str] = Field(default_factory=list)
 
 
 # -- step --------------------------------------------------------------------------------------
@@ -176,6 +184,36 @@ class LLMResponded(EventData):
     error_class: str | None = None
 
 
+class CacheDetail(BaseModel):
+    """What went into a cache key, in a form that can explain a miss (see executor/explain.py).
+
+    Never a secret: the provider identity is what the key hashes (kind, model, options);
+    templates, rendered text, inputs and upstream outputs appear only as sha256 hashes.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: dict[str, Any] = Field(description="{kind, model, options}, as in the key")
+    output: str
+    fingerprint: str
+    templates: dict[str, str | None] = Field(description="sha256 of the system/prompt templates")
+    rendered: dict[str, str | None] = Field(description="sha256 of the rendered system/prompt")
+    inputs: dict[str, str] = Field(default_factory=dict, description="input -> sha256 (read ones)")
+    upstream: dict[str, str] = Field(default_factory=dict, description="step -> output sha256")
+
+
+class CacheChange(BaseModel):
+    """One difference between two runs of a step: part (provider, output, template, input,
+    upstream, rendered, definition, key), name within it, and the old and new value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    part: str
+    name: str
+    old: Any = None
+    new: Any = None
+
+
 class CacheHit(EventData):
     TYPE = "cache.hit"
     cache_key: str
@@ -184,12 +222,21 @@ class CacheHit(EventData):
     origin_step: str | None = None
     tokens_saved: int = 0
     parts: dict[str, str] = Field(default_factory=dict, description="hash of each key component")
+    pipeline: str | None = None
+    detail: CacheDetail | None = None
 
 
 class CacheMiss(EventData):
     TYPE = "cache.miss"
     cache_key: str
     parts: dict[str, str] = Field(default_factory=dict, description="hash of each key component")
+    pipeline: str | None = None
+    detail: CacheDetail | None = None
+    reason: str | None = Field(default=None, description="why the provider is called, one line")
+    changed: list[CacheChange] = Field(default_factory=list)
+    previous_key: str | None = None
+    previous_job: str | None = None
+    previous_seq: int | None = None
 
 
 class CacheInvalidated(EventData):

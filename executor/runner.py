@@ -37,7 +37,8 @@ from eventstore.events import (
 )
 from eventstore.record import StoredEvent, blob_sha256
 from eventstore.sqlite import SQLiteEventStore
-from executor import cachekey, faults
+from executor import cachekey, explain, faults
+from executor.cachehistory import previous_run
 from executor.committer import GroupCommitter
 from executor.outputs import OutputProblem, StepOutput, parse_output
 from executor.pipeline import Pipeline
@@ -267,6 +268,11 @@ class JobRunner:
             fingerprint=fingerprint,
         )
         key = cachekey.cache_key(parts)
+        detail = explain.cache_detail(
+            self.pipeline, name, provider=config.cache_identity(model, options), system=system,
+            prompt=prompt, inputs=self.inputs,
+            outputs={r: self.outputs[r].text for r in self.pipeline.references.get(name, ())},
+        )  # fmt: skip
         entry = cache_lookup(self.store.conn, key)
         # Events not yet committed, and the blobs they point at: committed together below.
         pending: list[NewEvent] = [started]
@@ -280,6 +286,8 @@ class JobRunner:
                 origin_step=entry.origin_step,
                 tokens_saved=entry.tokens_in + entry.tokens_out,
                 parts=parts,
+                pipeline=self.pipeline.name,
+                detail=detail,
             )
             pending.append(self._ev(hit, name))
             cache_hit = True
@@ -293,7 +301,12 @@ class JobRunner:
                 output=spec.output,
                 on_truncation=spec.on_truncation,
             )
-            pending.append(self._ev(CacheMiss(cache_key=key, parts=parts), name))
+            previous = previous_run(self.store.conn, self.pipeline.name, name)
+            miss = CacheMiss(
+                cache_key=key, parts=parts, pipeline=self.pipeline.name, detail=detail,
+                **explain.miss_fields(previous, key, parts, detail),
+            )  # fmt: skip
+            pending.append(self._ev(miss, name))
             try:
                 text, answered, response = await self._call(name, request, key, pending)
             except StepFailure as exc:

@@ -160,6 +160,8 @@ def _job_ended(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
 
 def _job_forked(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
     state.forked_from = {"job": d["source_job"], "until_version": d["until_version"]}
+    if d.get("workspace"):  # the fork's own; job.created (a copy) names the source's
+        state.workspace = d["workspace"]
     state.owner = None
     state.finished_ts = None
 

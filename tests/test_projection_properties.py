@@ -182,6 +182,7 @@ def test_replay_until_a_timestamp_folds_every_event_at_or_before_it(batches, dat
 
 
 def test_replay_until_the_last_events_timestamp_is_the_whole_job(store):
+    """README: POINT as a timestamp is 'the last event at or before it' (also after the end)."""
     events = [
         NewEvent.of(JobStarted(owner=OWNER)),
         NewEvent.of(StepStarted(attempt=1, fingerprint="f"), step="a"),
@@ -190,6 +191,7 @@ def test_replay_until_the_last_events_timestamp_is_the_whole_job(store):
     store.append("j", events, expected_version=0)
     view = replay(store, "j", events[-1].ts)
     assert view.version == 3
+    assert replay(store, "j", "2999-01-01T00:00:00Z").version == 3
 
 
 # -- 4. tables == folds -------------------------------------------------------------------------

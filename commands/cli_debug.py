@@ -1,0 +1,96 @@
+"""Debugging verbs: `plan`, and the formatting of `replay --fork` and `events --follow`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from commands import follow, plan
+from commands.cli import _echo_json, _open, _parse_inputs, cli, json_option
+from commands.fork import fork_job
+from eventstore.record import StoredEvent
+from eventstore.sqlite import SQLiteEventStore
+
+
+@cli.command("plan")
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option(
+    "--input", "-i", "inputs", multiple=True, metavar="NAME=VALUE", help="Set a pipeline input."
+)
+@click.option("--job", help="Predict resuming this job (with PIPELINE as it is now).")
+@json_option
+@click.pass_context
+def plan_cmd(
+    ctx: click.Context, pipeline: Path, inputs: tuple[str, ...], job: str | None, as_json: bool
+) -> None:
+    """Predict, without calling any provider, which steps the cache serves and why others miss.
+
+    Example: steplog plan examples/factory/pipeline.toml --input idea="a chess clock"
+    """
+    store = _open(ctx)
+    given = _parse_inputs(inputs)
+    if job is None:
+        report = plan.plan_new_run(store, pipeline, given)
+    else:
+        report = plan.plan_for_resume(store, job, pipeline, given)
+    if as_json:
+        _echo_json(report.document())
+        return
+    for text in plan.lines(report):
+        click.echo(text)
+
+
+def print_fork(
+    store: SQLiteEventStore,
+    job: str,
+    point: str,
+    new_job: str,
+    workspace: Path | None,
+    as_json: bool,
+) -> None:
+    result = fork_job(store, job, point, new_job, workspace)
+    if as_json:
+        _echo_json(
+            {
+                "job_id": result.job_id,
+                "source_job": result.source_job,
+                "until_version": result.until_version,
+                "events_copied": result.events,
+                "workspace": str(result.workspace),
+                "files_restored": result.files,
+                "files_missing": result.missing,
+            }
+        )
+        return
+    if result.missing:
+        click.echo(
+            f"warning: {len(result.missing)} file(s) the source had written could not be restored "
+            f"(the log does not hold their content): {', '.join(result.missing)}",
+            err=True,
+        )
+    click.echo(
+        f"job {result.job_id} forked from {result.source_job} at event {result.until_version}: "
+        f"{result.events} events copied, {len(result.files)} file(s) restored in "
+        f"{result.workspace}; continue with: steplog resume {result.job_id}"
+    )
+
+
+def follow_events(
+    store: SQLiteEventStore,
+    job: str,
+    type_glob: str | None,
+    step: str | None,
+    level: str | None,
+    interval: float,
+    as_json: bool,
+) -> None:
+    def emit(ev: StoredEvent) -> None:
+        if as_json:
+            click.echo(json.dumps(ev.envelope(), ensure_ascii=False))
+        else:
+            click.echo(follow.line(ev))
+
+    follow.follow(store, job, follow.event_filter(type_glob, step, level), emit,
+                  interval_s=interval)  # fmt: skip

@@ -1,0 +1,243 @@
+"""`steplog plan`: which steps the cache would serve and which would call a provider, and why.
+
+Nothing is called and nothing is appended. Each step is rendered the way the executor would
+render it (from the job inputs and the cached or completed outputs upstream), its cache key is
+computed the same way, and a predicted miss is explained against the step's previous run with
+the same function the executor uses for its cache.miss events. A step that reads the output of
+a step that will call a provider cannot be rendered yet: it is reported as depending on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from commands.jobs import Rejected, _pipeline_for_resume, fold_job, plan_resume
+from eventstore.events import CacheChange
+from eventstore.sqlite import SQLiteEventStore
+from executor import cachekey, explain
+from executor.cachehistory import previous_run
+from executor.outputs import OutputProblem, StepOutput, parse_output
+from executor.pipeline import Pipeline, load_pipeline
+from executor.templates import TemplateProblem, render
+from projections.tables import cache_lookup
+
+Action = Literal["hit", "miss", "skip", "depends", "fail"]
+
+LABELS: dict[str, str] = {
+    "hit": "cache hit",
+    "miss": "provider call",
+    "skip": "skipped",
+    "depends": "re-run",
+    "fail": "will fail",
+}
+
+
+@dataclass
+class StepPlan:
+    step: str
+    action: Action
+    reason: str
+    cache_key: str | None = None
+    changed: list[CacheChange] = field(default_factory=list)
+    depends_on: list[str] = field(default_factory=list)
+    previous_key: str | None = None
+    previous_job: str | None = None
+    origin_job: str | None = None
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "action": self.action,
+            "reason": self.reason,
+            "cache_key": self.cache_key,
+            "changed": [c.model_dump() for c in self.changed],
+            "depends_on": self.depends_on,
+            "previous_key": self.previous_key,
+            "previous_job": self.previous_job,
+            "origin_job": self.origin_job,
+        }
+
+
+@dataclass
+class PlanReport:
+    pipeline: str
+    job: str | None
+    steps: list[StepPlan]
+
+    def count(self, action: str) -> int:
+        return sum(1 for s in self.steps if s.action == action)
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "job": self.job,
+            "summary": {a: self.count(a) for a in LABELS},
+            "steps": [s.document() for s in self.steps],
+        }
+
+
+def _output(store: SQLiteEventStore, kind: str, sha: str) -> StepOutput | None:
+    try:
+        return parse_output(kind, store.get_blob(sha).decode("utf-8"))
+    except OutputProblem:
+        return None
+
+
+def _depends(
+    store: SQLiteEventStore,
+    pipeline: Pipeline,
+    name: str,
+    inputs: dict[str, str],
+    waiting: list[str],
+) -> StepPlan:
+    """A step whose rendered input is not known yet: say what it waits for, and which of the
+    parts that do not depend on upstream output changed since its previous run."""
+    reason = f"depends on {', '.join(waiting)} (will be re-run)"
+    previous = previous_run(store.conn, pipeline.name, name)
+    changed: list[CacheChange] = []
+    if previous is not None and previous.detail is not None:
+        spec = pipeline.spec.steps[name]
+        config = pipeline.provider_for(name)
+        identity = config.cache_identity(
+            spec.model or config.model, {**config.options, **spec.options}
+        )
+        known = explain.cache_detail(
+            pipeline, name, provider=identity, system=None, prompt="", inputs=inputs, outputs={}
+        ).model_dump()
+        # upstream output and rendered text are unknown until the upstream steps ran
+        known["upstream"] = previous.detail.get("upstream")
+        known["rendered"] = previous.detail.get("rendered")
+        changed = explain.explain(previous.detail, known)
+    if changed:
+        reason += "; also " + "; ".join(explain.describe(c) for c in changed)
+    return StepPlan(
+        name, "depends", reason, changed=changed, depends_on=waiting,
+        previous_key=previous.cache_key if previous else None,
+        previous_job=previous.job_id if previous else None,
+    )  # fmt: skip
+
+
+def predict(
+    store: SQLiteEventStore,
+    pipeline: Pipeline,
+    inputs: dict[str, str],
+    reuse: dict[str, str] | None = None,
+    job: str | None = None,
+) -> PlanReport:
+    """`reuse`: step -> output sha of the steps a resume would skip."""
+    reuse = reuse or {}
+    outputs: dict[str, StepOutput] = {}
+    unsettled: set[str] = set()  # steps whose output is not known before they run
+    steps: list[StepPlan] = []
+    for name in pipeline.order:
+        spec = pipeline.spec.steps[name]
+        if name in reuse:
+            steps.append(StepPlan(name, "skip", "completed in an earlier run"))
+            found = _output(store, spec.output, reuse[name])
+            if found is None:
+                unsettled.add(name)
+            else:
+                outputs[name] = found
+            continue
+        reads = pipeline.references.get(name, frozenset())
+        waiting = sorted(r for r in reads if r in unsettled)
+        if waiting:
+            steps.append(_depends(store, pipeline, name, inputs, waiting))
+            unsettled.add(name)
+            continue
+        context = {
+            "inputs": inputs,
+            "steps": {r: {"output": outputs[r].value, "files": outputs[r].files} for r in reads},
+        }
+        try:
+            prompt = render(spec.prompt, context, where=f"steps.{name}.prompt")
+            system = (
+                render(spec.system, context, where=f"steps.{name}.system") if spec.system else None
+            )
+        except TemplateProblem as exc:
+            steps.append(StepPlan(name, "fail", str(exc)))
+            unsettled.add(name)
+            continue
+        # the same key as executor.runner.JobRunner._run_step computes
+        config = pipeline.provider_for(name)
+        model = spec.model or config.model
+        identity = config.cache_identity(model, {**config.options, **spec.options})
+        parts = cachekey.key_parts(
+            provider=identity,
+            step=name,
+            rendered={"system": system, "prompt": prompt, "output": spec.output},
+            fingerprint=pipeline.step_fingerprints[name],
+        )
+        key = cachekey.cache_key(parts)
+        entry = cache_lookup(store.conn, key)
+        if entry is not None:
+            found = _output(store, spec.output, entry.response_sha256)
+            if found is None:
+                steps.append(StepPlan(name, "fail", "the cached answer is not a usable "
+                                      f"{spec.output} output", cache_key=key))  # fmt: skip
+                unsettled.add(name)
+                continue
+            outputs[name] = found
+            origin = f"answer from job {entry.origin_job}"
+            if entry.origin_step and entry.origin_step != name:
+                origin += f", step {entry.origin_step}"
+            steps.append(StepPlan(name, "hit", origin, cache_key=key, origin_job=entry.origin_job))
+            continue
+        detail = explain.cache_detail(
+            pipeline, name, provider=identity, system=system, prompt=prompt, inputs=inputs,
+            outputs={r: outputs[r].text for r in reads},
+        )  # fmt: skip
+        why = explain.miss_fields(previous_run(store.conn, pipeline.name, name), key, parts, detail)
+        steps.append(
+            StepPlan(
+                name, "miss", why["reason"], cache_key=key, changed=why["changed"],
+                previous_key=why.get("previous_key"), previous_job=why.get("previous_job"),
+            )  # fmt: skip
+        )
+        unsettled.add(name)
+    return PlanReport(pipeline.name, job, steps)
+
+
+def plan_new_run(
+    store: SQLiteEventStore, pipeline_path: Path, given: dict[str, str]
+) -> PlanReport:
+    pipeline = load_pipeline(pipeline_path)
+    return predict(store, pipeline, pipeline.resolve_inputs(given))
+
+
+def plan_for_resume(
+    store: SQLiteEventStore, job_id: str, pipeline_path: Path | None, given: dict[str, str]
+) -> PlanReport:
+    if given:
+        raise Rejected("--input cannot be used with --job: a resumed job keeps its inputs")
+    state = fold_job(store, job_id)
+    if not state.exists:
+        raise Rejected(f"unknown job {job_id}")
+    if state.status == "succeeded":
+        raise Rejected(f"job {job_id} already succeeded; nothing to resume")
+    if state.status == "cancelled":
+        raise Rejected(f"job {job_id} was cancelled; run the pipeline again as a new job")
+    pipeline = _pipeline_for_resume(store, state, pipeline_path)
+    plan, _ = plan_resume(state, pipeline)
+    reuse = {name: sha for name, (sha, _) in plan.reuse.items()}
+    return predict(store, pipeline, dict(state.inputs), reuse, job=job_id)
+
+
+def lines(report: PlanReport) -> list[str]:
+    """The plan as text: a summary line, then one line per step."""
+    what = f"resuming job {report.job}" if report.job else "a new run"
+    head = (
+        f"plan for {report.pipeline} ({what}): {report.count('hit')} from the cache, "
+        f"{report.count('miss')} provider call(s), {report.count('depends')} depending on them"
+    )
+    if report.count("skip"):
+        head += f", {report.count('skip')} skipped"
+    if report.count("fail"):
+        head += f", {report.count('fail')} will fail"
+    width = max(len(s.step) for s in report.steps)
+    out = [head]
+    for s in report.steps:
+        out.append(f"  {s.step:<{width}}  {LABELS[s.action]:<13}  {s.reason}")
+    return out

@@ -1,0 +1,247 @@
+"""Why a step's cache key changed: what went into the key (a CacheDetail) and the differences.
+
+Pure: `cache_detail` describes one key from values the caller already has, `explain` compares
+two details, `miss_fields` turns the previous run into the fields every cache.miss records.
+The executor and `steplog plan` both use these, so a prediction and the event it predicts say
+the same thing. The key itself is computed by executor.cachekey and is not changed here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Mapping
+
+from jinja2 import TemplateSyntaxError, nodes
+
+from eventstore.events import CacheChange, CacheDetail
+from executor.cachekey import canonical_json
+from executor.pipeline import Pipeline
+from executor.templates import ENV, simple_plan
+
+SHORT = 12
+_UNSET = object()
+# Parts of a detail that come from the step's definition: when one of them changed, a changed
+# fingerprint says nothing more.
+_DEFINITION_PARTS = ("provider", "output", "template")
+# Parts that make the rendered text differ: when one changed, the rendered hashes differ too.
+_RENDER_CAUSES = ("template", "input", "upstream")
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@lru_cache(maxsize=4096)
+def _template_sha(source: str) -> str:
+    return _sha(source)
+
+
+@lru_cache(maxsize=4096)
+def template_inputs(source: str) -> frozenset[str] | None:
+    """The inputs a template reads, or None when it reads `inputs` in a way not known statically."""
+    plan = simple_plan(source)
+    if plan is not None:
+        names: set[str] = set()
+        for piece in plan:
+            if isinstance(piece, tuple) and piece[0] == "inputs":
+                if len(piece) < 2:
+                    return None
+                names.add(piece[1])
+        return frozenset(names)
+    try:
+        tree = ENV.parse(source)
+    except TemplateSyntaxError:
+        return None
+    names = set()
+    static_bases: set[int] = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        base = node.node
+        if isinstance(base, nodes.Name) and base.name == "inputs":
+            key = node.attr if isinstance(node, nodes.Getattr) else None
+            if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+                key = node.arg.value if isinstance(node.arg.value, str) else None
+            if key is None or hasattr(dict, key):  # inputs.items() and the like read them all
+                return None
+            names.add(key)
+            static_bases.add(id(base))
+    for name in tree.find_all(nodes.Name):
+        if name.name == "inputs" and name.ctx == "load" and id(name) not in static_bases:
+            return None  # e.g. {% for k, v in inputs.items() %} reads every input
+    return frozenset(names)
+
+
+def step_inputs(pipeline: Pipeline, step: str, inputs: Mapping[str, str]) -> dict[str, str]:
+    """The job inputs a step's templates read (all of them when that cannot be told)."""
+    spec = pipeline.spec.steps[step]
+    read: set[str] = set()
+    for source in (spec.system, spec.prompt):
+        if not source:
+            continue
+        names = template_inputs(source)
+        if names is None:
+            return dict(inputs)
+        read |= names
+    return {k: v for k, v in inputs.items() if k in read}
+
+
+def cache_detail(
+    pipeline: Pipeline,
+    step: str,
+    *,
+    provider: dict[str, Any],
+    system: str | None,
+    prompt: str,
+    inputs: Mapping[str, str],
+    outputs: Mapping[str, str],
+) -> CacheDetail:
+    """The detail of one key. `provider` is the identity the key hashes; `outputs` maps each
+    upstream step the templates read to its output text (as stored in its output blob)."""
+    spec = pipeline.spec.steps[step]
+    return CacheDetail.model_construct(
+        provider=provider,
+        output=spec.output,
+        fingerprint=pipeline.step_fingerprints[step],
+        templates={
+            "system": _template_sha(spec.system) if spec.system else None,
+            "prompt": _template_sha(spec.prompt),
+        },
+        rendered={"system": _sha(system) if system is not None else None, "prompt": _sha(prompt)},
+        inputs={k: _sha(v) for k, v in sorted(step_inputs(pipeline, step, inputs).items())},
+        upstream={name: _sha(outputs[name]) for name in sorted(outputs)},
+    )
+
+
+def _as_dict(detail: CacheDetail | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(detail, CacheDetail):
+        return detail.model_dump()
+    return dict(detail)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as the key sees them: 0 and 0.0, or 1 and true, are different values."""
+    if a is _UNSET or b is _UNSET:
+        return a is b
+    return canonical_json(a) == canonical_json(b)
+
+
+def _short(value: Any) -> Any:
+    return value[:SHORT] if isinstance(value, str) else value
+
+
+def _compare_maps(
+    part: str, old: Mapping[str, Any], new: Mapping[str, Any], *, prefix: str = "", short: bool
+) -> list[CacheChange]:
+    out = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name, _UNSET), new.get(name, _UNSET)
+        if not _same(a, b):
+            a, b = (None if a is _UNSET else a), (None if b is _UNSET else b)
+            if short:
+                a, b = _short(a), _short(b)
+            out.append(CacheChange(part=part, name=prefix + name, old=a, new=b))
+    return out
+
+
+def explain(
+    previous: CacheDetail | Mapping[str, Any], current: CacheDetail | Mapping[str, Any]
+) -> list[CacheChange]:
+    """What differs between two details, causes first: provider (kind, model, each option),
+    output kind, templates, inputs, upstream outputs; the rendered text only when none of its
+    causes changed, the step definition only when no part of it named above changed."""
+    old, new = _as_dict(previous), _as_dict(current)
+    changes: list[CacheChange] = []
+    old_p, new_p = dict(old.get("provider") or {}), dict(new.get("provider") or {})
+    old_opts, new_opts = old_p.pop("options", None) or {}, new_p.pop("options", None) or {}
+    changes += _compare_maps("provider", old_p, new_p, short=False)
+    changes += _compare_maps("provider", old_opts, new_opts, prefix="options.", short=False)
+    if not _same(old.get("output"), new.get("output")):
+        changes.append(CacheChange(part="output", name="output", old=old.get("output"),
+                                   new=new.get("output")))  # fmt: skip
+    changes += _compare_maps(
+        "template", old.get("templates") or {}, new.get("templates") or {}, short=True
+    )
+    changes += _compare_maps("input", old.get("inputs") or {}, new.get("inputs") or {}, short=True)
+    changes += _compare_maps(
+        "upstream", old.get("upstream") or {}, new.get("upstream") or {}, short=True
+    )
+    parts = {c.part for c in changes}
+    if not parts & set(_RENDER_CAUSES):
+        changes += _compare_maps(
+            "rendered", old.get("rendered") or {}, new.get("rendered") or {}, short=True
+        )
+    if not parts & set(_DEFINITION_PARTS) and not _same(
+        old.get("fingerprint"), new.get("fingerprint")
+    ):
+        changes.append(CacheChange(part="definition", name="fingerprint",
+                                   old=_short(old.get("fingerprint")),
+                                   new=_short(new.get("fingerprint"))))  # fmt: skip
+    return changes
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    return value if isinstance(value, str) else canonical_json(value)
+
+
+def describe(change: CacheChange) -> str:
+    """One change as a person reads it, e.g. `options.temperature 0 → 0.7`."""
+    arrow = f"{_value(change.old)} → {_value(change.new)}"
+    if change.part == "provider":
+        return f"{change.name} {arrow}"
+    if change.part == "output":
+        return f"output kind {arrow}"
+    label = {
+        "template": {"prompt": "prompt template", "system": "system prompt"}.get(
+            change.name, f"{change.name} template"
+        ),
+        "input": f"input {change.name}",
+        "upstream": f"upstream {change.name} output",
+        "rendered": f"rendered {change.name}",
+        "definition": "step definition",
+        "key": f"key part {change.name}",
+    }.get(change.part, f"{change.part} {change.name}")
+    return f"{label} changed ({arrow})"
+
+
+@dataclass(frozen=True)
+class PreviousRun:
+    """The most recent cache.hit/cache.miss of a step (same pipeline name, any job)."""
+
+    seq: int
+    job_id: str
+    cache_key: str
+    parts: dict[str, str]
+    detail: dict[str, Any] | None
+
+
+FIRST_RUN = "first run of this step"
+
+
+def miss_fields(
+    previous: PreviousRun | None, key: str, parts: Mapping[str, str], detail: CacheDetail
+) -> dict[str, Any]:
+    """reason, changed, previous_key, previous_job, previous_seq for a cache.miss."""
+    if previous is None:
+        return {"reason": FIRST_RUN, "changed": []}
+    found = {
+        "previous_key": previous.cache_key,
+        "previous_job": previous.job_id,
+        "previous_seq": previous.seq,
+    }
+    if previous.cache_key == key:
+        reason = "same key as the previous run, but no usable answer is cached for it"
+        return {"reason": reason, "changed": [], **found}
+    if previous.detail is not None:
+        changed = explain(previous.detail, detail)
+    else:  # recorded before details were: the per-part hashes still say which part moved
+        changed = [
+            CacheChange(part="key", name=name, old=_short(previous.parts.get(name)),
+                        new=_short(parts.get(name)))
+            for name in sorted(set(previous.parts) | set(parts))
+            if previous.parts.get(name) != parts.get(name)
+        ]  # fmt: skip
+    reason = "; ".join(describe(c) for c in changed) or "the key changed"
+    return {"reason": reason, "changed": changed, **found}
