@@ -1,0 +1,19 @@
+-- steplog schema migrations: how a database written at an older schema version becomes current.
+--
+-- schema.sql is the full definition of the current schema; this file holds only the steps from
+-- one version to the next. Each section starts with a line `-- migration N: description` and
+-- takes a database from version N-1 to N. At open, every section above the file's
+-- PRAGMA user_version runs in ONE transaction together with: dropping and re-creating every
+-- view from schema.sql (views hold no data, so their definition lives only there), setting
+-- user_version and steplog_meta.schema_version, and one schema_migrations row per section.
+-- Tables, indexes and triggers are never re-created from schema.sql: what a section adds must
+-- be here, and tests/test_migrations.py checks that an upgraded file equals a new one.
+
+-- migration 2: audit views (llm_calls, step_runs, file_writes, cache_stats, job_summary), the events_by_type index and schema_migrations
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     INTEGER PRIMARY KEY,
+    ts          TEXT    NOT NULL,             -- when it was applied, ISO 8601 UTC
+    description TEXT    NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS events_by_type ON events (type, job_id, version);
