@@ -9,11 +9,9 @@
 -- Tables, indexes and triggers are never re-created from schema.sql: what a section adds must
 -- be here, and tests/test_migrations.py checks that an upgraded file equals a new one.
 
--- migration 2: audit views (llm_calls, step_runs, file_writes, cache_stats, job_summary), the events_by_type index and schema_migrations
+-- migration 2: audit views (llm_calls, step_runs, file_writes, cache_stats, job_summary) and schema_migrations
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version     INTEGER PRIMARY KEY,
     ts          TEXT    NOT NULL,             -- when it was applied, ISO 8601 UTC
     description TEXT    NOT NULL
 );
-
-CREATE INDEX IF NOT EXISTS events_by_type ON events (type, job_id, version);

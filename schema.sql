@@ -97,9 +97,9 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     description TEXT    NOT NULL
 );
 
--- The audit views read events of a few types; this index lets them (and a job's rows of one
--- type) skip the rest of the log. bench/views.py measures both.
-CREATE INDEX IF NOT EXISTS events_by_type ON events (type, job_id, version);
+-- No index on `type` for the views: bench/views.py measures them within ~1.3x of a plain scan
+-- of `events` (and a job's rows within ~1.5x of a plain SELECT of that job) without one, while
+-- an index on (type, job_id, version) costs every append about a quarter more.
 
 -- Audit views: plain SQL over `events`, usable from the sqlite3 shell, sqlite-utils, Datasette.
 -- Pairs are found by position, not by key alone: within one (job, step) a step's events follow
@@ -246,73 +246,66 @@ GROUP BY k.provider, k.model;
 -- One row per job: the `jobs` projection with totals folded from the job's events.
 -- steps_succeeded / steps_failed count each step by its latest outcome (skipped = succeeded
 -- earlier), so a step that failed and then succeeded on resume counts once, as succeeded.
+-- Written so that `WHERE job_id = ?` reaches the per-job aggregate (an inner join on it) and
+-- so the (job_id, version) index, instead of aggregating every job first.
 CREATE VIEW IF NOT EXISTS job_summary AS
-SELECT j.job_id,
-       j.pipeline,
-       j.status,
-       t.started,
-       t.finished,
-       round((julianday(coalesce(t.finished, t.last_ts)) - julianday(t.started)) * 86400, 6)
-           AS duration_s,
-       (SELECT count(*) FROM events AS c, json_each(c.data, '$.steps')
-        WHERE c.job_id = j.job_id AND c.type = 'job.created') AS steps,
-       coalesce(o.succeeded, 0)        AS steps_succeeded,
-       coalesce(o.failed, 0)           AS steps_failed,
-       coalesce(r.tokens_in, 0)        AS tokens_in,
-       coalesce(r.tokens_out, 0)       AS tokens_out,
-       r.cost                          AS cost,
-       coalesce(r.calls, 0)            AS calls,
-       coalesce(r.failed_calls, 0)     AS failed_calls,
-       coalesce(h.hits, 0)             AS cache_hits,
-       coalesce(h.misses, 0)           AS cache_misses,
-       coalesce(h.tokens_saved, 0)     AS tokens_saved,
-       j.created_ts                    AS created
-FROM jobs AS j
-LEFT JOIN (
+WITH per_job AS (
     SELECT job_id,
            min(CASE WHEN type IN ('job.started', 'job.resumed') THEN ts END) AS started,
-           max(ts) AS last_ts,
-           CASE WHEN max(CASE WHEN type IN ('job.started', 'job.resumed') THEN version END)
-                   < max(CASE WHEN type IN ('job.succeeded', 'job.failed', 'job.cancelled')
-                              THEN version END)
-                THEN max(CASE WHEN type IN ('job.succeeded', 'job.failed', 'job.cancelled')
-                              THEN ts END)
-           END AS finished
-    FROM events
-    WHERE type IN ('job.started', 'job.resumed', 'job.succeeded', 'job.failed', 'job.cancelled',
-                   'job.interrupted')
-    GROUP BY job_id
-) AS t ON t.job_id = j.job_id
-LEFT JOIN (
-    SELECT job_id,
-           sum(type = 'llm.request')                                   AS calls,
+           max(CASE WHEN type IN ('job.started', 'job.resumed') THEN version END) AS last_start,
+           max(CASE WHEN type IN ('job.succeeded', 'job.failed', 'job.cancelled')
+                    THEN version END) AS last_end,
+           max(CASE WHEN type IN ('job.succeeded', 'job.failed', 'job.cancelled')
+                    THEN ts END) AS last_end_ts,
+           sum(type = 'llm.request') AS calls,
            sum(type = 'llm.response' AND json_extract(data, '$.success') = 0) AS failed_calls,
-           sum(CASE WHEN type = 'llm.response' THEN json_extract(data, '$.tokens_in') END) AS tokens_in,
-           sum(CASE WHEN type = 'llm.response' THEN json_extract(data, '$.tokens_out') END) AS tokens_out,
-           sum(CASE WHEN type = 'llm.response' THEN json_extract(data, '$.cost') END) AS cost
-    FROM events
-    WHERE type IN ('llm.request', 'llm.response')
-    GROUP BY job_id
-) AS r ON r.job_id = j.job_id
-LEFT JOIN (
-    SELECT job_id,
-           sum(type = 'cache.hit')  AS hits,
-           sum(type = 'cache.miss') AS misses,
+           sum(CASE WHEN type = 'llm.response' THEN json_extract(data, '$.tokens_in') END)
+               AS tokens_in,
+           sum(CASE WHEN type = 'llm.response' THEN json_extract(data, '$.tokens_out') END)
+               AS tokens_out,
+           sum(CASE WHEN type = 'llm.response' THEN json_extract(data, '$.cost') END) AS cost,
+           sum(type = 'cache.hit') AS cache_hits,
+           sum(type = 'cache.miss') AS cache_misses,
            sum(CASE WHEN type = 'cache.hit' THEN json_extract(data, '$.tokens_saved') END)
                AS tokens_saved
     FROM events
-    WHERE type IN ('cache.hit', 'cache.miss')
+    WHERE type IN ('job.created', 'job.started', 'job.resumed', 'job.succeeded', 'job.failed',
+                   'job.cancelled', 'llm.request', 'llm.response', 'cache.hit', 'cache.miss')
     GROUP BY job_id
-) AS h ON h.job_id = j.job_id
-LEFT JOIN (
-    SELECT job_id,
-           sum(last_type IN ('step.succeeded', 'step.skipped')) AS succeeded,
-           sum(last_type = 'step.failed') AS failed
-    FROM (
-        SELECT job_id, step, type AS last_type, max(version)  -- type of the latest row (SQLite)
-        FROM events
-        WHERE type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
-        GROUP BY job_id, step
-    )
-    GROUP BY job_id
-) AS o ON o.job_id = j.job_id;
+)
+SELECT p.job_id,
+       j.pipeline,
+       j.status,
+       p.started,
+       CASE WHEN p.last_end > p.last_start THEN p.last_end_ts END AS finished,
+       round((julianday(CASE WHEN p.last_end > p.last_start THEN p.last_end_ts
+                             ELSE s.updated_ts END) - julianday(p.started)) * 86400, 6)
+           AS duration_s,
+       (SELECT count(*) FROM events AS c, json_each(c.data, '$.steps')
+        WHERE c.type = 'job.created' AND c.job_id = p.job_id) AS steps,
+       (SELECT count(*) FROM (
+            SELECT type, max(version)  -- SQLite: `type` comes from the row with max(version)
+            FROM events AS o
+            WHERE o.type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
+              AND o.job_id = p.job_id
+            GROUP BY step
+        ) WHERE type IN ('step.succeeded', 'step.skipped')) AS steps_succeeded,
+       (SELECT count(*) FROM (
+            SELECT type, max(version)
+            FROM events AS o
+            WHERE o.type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
+              AND o.job_id = p.job_id
+            GROUP BY step
+        ) WHERE type = 'step.failed') AS steps_failed,
+       coalesce(p.tokens_in, 0)    AS tokens_in,
+       coalesce(p.tokens_out, 0)   AS tokens_out,
+       p.cost                      AS cost,
+       p.calls                     AS calls,
+       p.failed_calls              AS failed_calls,
+       p.cache_hits                AS cache_hits,
+       p.cache_misses              AS cache_misses,
+       coalesce(p.tokens_saved, 0) AS tokens_saved,
+       j.created_ts                AS created
+FROM per_job AS p
+JOIN jobs AS j ON j.job_id = p.job_id
+JOIN streams AS s ON s.job_id = p.job_id;
