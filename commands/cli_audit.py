@@ -10,8 +10,11 @@ from typing import Any
 import click
 from rich.table import Table
 
-from commands.cli import cli, console
+from commands.audit import audit_document, print_audit
+from commands.cli import _echo_json, _open, cli, console, json_option
+from commands.jobs import Rejected
 from commands.readonly import open_readonly, parse_params, plain_value, run_query
+from commands.verify import verify
 
 
 @cli.command("sql")
@@ -70,3 +73,52 @@ def _cell(value: Any) -> str:
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
     return str(value)
+
+
+@cli.command("audit")
+@click.argument("job")
+@json_option
+@click.pass_context
+def audit_cmd(ctx: click.Context, job: str, as_json: bool) -> None:
+    """Report on JOB from the audit views: step runs, LLM calls with failures and retries,
+    tokens and cost, cache hits and tokens saved, files written, failures and why.
+
+    Example: steplog audit job_20261124_101500_ab12cd --json
+    """
+    doc = audit_document(_open(ctx).conn, job)
+    if as_json:
+        _echo_json(doc)
+        return
+    print_audit(console(), doc)
+
+
+@cli.command("verify")
+@click.argument("job", required=False)
+@json_option
+@click.pass_context
+def verify_cmd(ctx: click.Context, job: str | None, as_json: bool) -> None:
+    """Check the database: hash chains, append-only triggers and schema version, SQLite
+    integrity, projection tables against a fresh fold, blobs against their sha256.
+
+    Exit 0 when all is well; 1 naming the first bad event (job, version, seq) and what is wrong.
+    JOB limits the hash-chain check to that job. The file is opened read-only.
+
+    Example: steplog verify --json
+    """
+    with open_readonly(ctx.obj["db"]) as ro:
+        if job is not None and not ro.conn.execute(
+            "SELECT 1 FROM events WHERE job_id = ? LIMIT 1", (job,)
+        ).fetchone():
+            raise Rejected(f"unknown job {job}")
+        report = verify(ro.conn, job)
+    if as_json:
+        _echo_json(report.document())
+    elif report.ok:
+        click.echo(report.summary())
+    else:
+        lines = [p.line() for p in report.problems]
+        if report.dropped:
+            lines.append(f"… and {report.dropped} more")
+        click.echo("\n".join(lines))
+    if not report.ok:
+        raise SystemExit(1)
