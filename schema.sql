@@ -251,12 +251,10 @@ GROUP BY k.provider, k.model;
 CREATE VIEW IF NOT EXISTS job_summary AS
 WITH per_job AS (
     SELECT job_id,
-           min(CASE WHEN type IN ('job.started', 'job.resumed') THEN ts END) AS started,
+           min(CASE WHEN type IN ('job.started', 'job.resumed') THEN version END) AS first_start,
            max(CASE WHEN type IN ('job.started', 'job.resumed') THEN version END) AS last_start,
-           max(CASE WHEN type IN ('job.succeeded', 'job.failed', 'job.cancelled')
-                    THEN version END) AS last_end,
-           max(CASE WHEN type IN ('job.succeeded', 'job.failed', 'job.cancelled')
-                    THEN ts END) AS last_end_ts,
+           max(CASE WHEN type IN ('job.succeeded', 'job.failed', 'job.cancelled',
+                                  'job.interrupted') THEN version END) AS last_end,
            sum(type = 'llm.request') AS calls,
            sum(type = 'llm.response' AND json_extract(data, '$.success') = 0) AS failed_calls,
            sum(CASE WHEN type = 'llm.response' THEN json_extract(data, '$.tokens_in') END)
@@ -270,42 +268,51 @@ WITH per_job AS (
                AS tokens_saved
     FROM events
     WHERE type IN ('job.created', 'job.started', 'job.resumed', 'job.succeeded', 'job.failed',
-                   'job.cancelled', 'llm.request', 'llm.response', 'cache.hit', 'cache.miss')
+                   'job.cancelled', 'job.interrupted', 'llm.request', 'llm.response',
+                   'cache.hit', 'cache.miss')
     GROUP BY job_id
+),
+bounds AS (  -- timestamps by position (version), not by comparing ts strings
+    SELECT p.*,
+           (SELECT ts FROM events AS e WHERE e.job_id = p.job_id AND e.version = p.first_start)
+               AS started,
+           CASE WHEN p.last_end > p.last_start THEN
+               (SELECT ts FROM events AS e WHERE e.job_id = p.job_id AND e.version = p.last_end)
+           END AS finished
+    FROM per_job AS p
 )
-SELECT p.job_id,
+SELECT b.job_id,
        j.pipeline,
        j.status,
-       p.started,
-       CASE WHEN p.last_end > p.last_start THEN p.last_end_ts END AS finished,
-       round((julianday(CASE WHEN p.last_end > p.last_start THEN p.last_end_ts
-                             ELSE s.updated_ts END) - julianday(p.started)) * 86400, 6)
+       b.started,
+       b.finished,
+       round((julianday(coalesce(b.finished, s.updated_ts)) - julianday(b.started)) * 86400, 6)
            AS duration_s,
        (SELECT count(*) FROM events AS c, json_each(c.data, '$.steps')
-        WHERE c.type = 'job.created' AND c.job_id = p.job_id) AS steps,
+        WHERE c.type = 'job.created' AND c.job_id = b.job_id) AS steps,
        (SELECT count(*) FROM (
             SELECT type, max(version)  -- SQLite: `type` comes from the row with max(version)
             FROM events AS o
             WHERE o.type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
-              AND o.job_id = p.job_id
+              AND o.job_id = b.job_id
             GROUP BY step
         ) WHERE type IN ('step.succeeded', 'step.skipped')) AS steps_succeeded,
        (SELECT count(*) FROM (
             SELECT type, max(version)
             FROM events AS o
             WHERE o.type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
-              AND o.job_id = p.job_id
+              AND o.job_id = b.job_id
             GROUP BY step
         ) WHERE type = 'step.failed') AS steps_failed,
-       coalesce(p.tokens_in, 0)    AS tokens_in,
-       coalesce(p.tokens_out, 0)   AS tokens_out,
-       p.cost                      AS cost,
-       p.calls                     AS calls,
-       p.failed_calls              AS failed_calls,
-       p.cache_hits                AS cache_hits,
-       p.cache_misses              AS cache_misses,
-       coalesce(p.tokens_saved, 0) AS tokens_saved,
+       coalesce(b.tokens_in, 0)    AS tokens_in,
+       coalesce(b.tokens_out, 0)   AS tokens_out,
+       b.cost                      AS cost,
+       b.calls                     AS calls,
+       b.failed_calls              AS failed_calls,
+       b.cache_hits                AS cache_hits,
+       b.cache_misses              AS cache_misses,
+       coalesce(b.tokens_saved, 0) AS tokens_saved,
        j.created_ts                AS created
-FROM per_job AS p
-JOIN jobs AS j ON j.job_id = p.job_id
-JOIN streams AS s ON s.job_id = p.job_id;
+FROM bounds AS b
+JOIN jobs AS j ON j.job_id = b.job_id
+JOIN streams AS s ON s.job_id = b.job_id;

@@ -156,6 +156,7 @@ def print_audit(out: Console, doc: dict[str, Any]) -> None:
     if doc["failures"]:
         out.print("[bold]failures[/]")
         for f in doc["failures"]:
-            out.print(f"  {f['what']} {f['step']} attempt {f['attempt']} ({f['kind']}): {f['error']}")
+            where = f"{f['what']} {f['step']} attempt {f['attempt']}"
+            out.print(f"  {where} ({f['kind']}): {f['error']}")
     else:
         out.print("no failures")

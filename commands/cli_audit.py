@@ -1,4 +1,4 @@
-"""The audit verbs: `steplog sql`, `steplog audit`, `steplog verify` (registered on the main CLI)."""
+"""The audit verbs `steplog sql`, `steplog audit`, `steplog verify`, registered on the main CLI."""
 
 from __future__ import annotations
 

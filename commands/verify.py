@@ -36,7 +36,8 @@ class Problem:
 
     def line(self) -> str:
         if self.seq is not None:
-            return f"event (job {self.job_id}, version {self.version}, seq {self.seq}): {self.message}"
+            where = f"job {self.job_id}, version {self.version}, seq {self.seq}"
+            return f"event ({where}): {self.message}"
         return f"{self.check}: {self.message}"
 
 
@@ -79,7 +80,8 @@ class Report:
         return (
             f"ok: {self.events} events in {self.jobs} jobs, every hash chain intact; schema "
             f"{self.schema_version} with its triggers; integrity ok; "
-            f"{', '.join(self.projections)} match a fresh fold; {self.blobs} blobs match their sha256"
+            f"{', '.join(self.projections)} match a fresh fold; "
+            f"{self.blobs} blobs match their sha256"
         )
 
 
@@ -306,7 +308,9 @@ def _check_blobs(
         if actual != sha:
             report.add(Problem("blob", f"blob {sha[:12]}: content hashes to {actual[:12]}"))
         if size != len(content):
-            report.add(Problem("blob", f"blob {sha[:12]}: size {size}, content {len(content)} bytes"))
+            message = f"blob {sha[:12]}: size {size}, content {len(content)} bytes"
+            report.add(Problem("blob", message))
     for sha, (job, version, seq) in referenced.items():
         if sha not in present:
-            report.add(Problem("blob", f"blob {sha[:12]} it points at is missing", job, version, seq))
+            message = f"blob {sha[:12]} it points at is missing"
+            report.add(Problem("blob", message, job, version, seq))
