@@ -1,8 +1,9 @@
--- steplog schema, version 1.
+-- steplog schema, version 2.
 --
 -- The single definition of the database. Applied at open (one transaction) to an empty file;
 -- the schema version lives in PRAGMA user_version and in steplog_meta, set by the code that
--- applies this file, and PRAGMA application_id marks the file as steplog's.
+-- applies this file, and PRAGMA application_id marks the file as steplog's. An older database
+-- is upgraded at open by migrations.sql (one transaction), recorded in schema_migrations.
 --
 -- `events` is the source of truth. Everything else is either content (`blobs`, immutable) or a
 -- projection kept in the same transaction as the append (`jobs`, `cache_index`) that can be
@@ -113,3 +114,232 @@ CREATE TABLE IF NOT EXISTS cache_index (
 CREATE INDEX IF NOT EXISTS events_cache_runs
     ON events (step, json_extract(data, '$.pipeline'), seq)
     WHERE type IN ('cache.hit', 'cache.miss');
+
+-- Schema 2 ---------------------------------------------------------------------------------------
+
+-- One row per schema change applied to this file: the version it created or upgraded to.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     INTEGER PRIMARY KEY,
+    ts          TEXT    NOT NULL,             -- when it was applied, ISO 8601 UTC
+    description TEXT    NOT NULL
+);
+
+-- No index on `type` for the views: bench/views.py measures them within ~1.3x of a plain scan
+-- of `events` (and a job's rows within ~1.5x of a plain SELECT of that job) without one, while
+-- an index on (type, job_id, version) costs every append about a quarter more.
+
+-- Audit views: plain SQL over `events`, usable from the sqlite3 shell, sqlite-utils, Datasette.
+-- Pairs are found by position, not by key alone: within one (job, step) a step's events follow
+-- each other in `version` order, and one step of a job never runs twice at the same time, so
+-- the event right after an llm.request of that (job, step) is its llm.response if it has one.
+-- This stays right when a call is retried (each attempt is its own request/response pair),
+-- when a run was interrupted between the two, and when a resumed job runs a step again.
+
+-- One row per provider call attempt (llm.request), with its llm.response when there is one.
+-- success/duration_s/tokens are NULL when no response was recorded (the process died mid-call).
+CREATE VIEW IF NOT EXISTS llm_calls AS
+WITH llm AS (
+    SELECT seq, job_id, version, ts, type, step, data,
+           lead(seq) OVER (PARTITION BY job_id, step ORDER BY version) AS next_seq
+    FROM events
+    WHERE type IN ('llm.request', 'llm.response')
+)
+SELECT req.job_id,
+       req.step,
+       json_extract(req.data, '$.provider')        AS provider,
+       json_extract(req.data, '$.model')           AS model,
+       req.ts                                      AS started,
+       json_extract(res.data, '$.duration_s')      AS duration_s,
+       json_extract(res.data, '$.tokens_in')       AS tokens_in,
+       json_extract(res.data, '$.tokens_out')      AS tokens_out,
+       json_extract(res.data, '$.success')         AS success,
+       json_extract(res.data, '$.status')          AS status,
+       json_extract(res.data, '$.error')           AS error,
+       json_extract(res.data, '$.error_class')     AS error_class,
+       json_extract(req.data, '$.cache_key')       AS cache_key,
+       json_extract(req.data, '$.attempt')         AS attempt,
+       json_extract(res.data, '$.cost')            AS cost,
+       res.ts                                      AS finished,
+       json_extract(req.data, '$.kind')            AS kind,
+       json_extract(res.data, '$.model')           AS response_model,
+       json_extract(req.data, '$.prompt_tokens')   AS prompt_tokens,
+       json_extract(req.data, '$.prompt_sha256')   AS prompt_sha256,
+       json_extract(res.data, '$.response_sha256') AS response_sha256,
+       json_extract(res.data, '$.finish_reason')   AS finish_reason,
+       req.version                                 AS version,
+       req.seq                                     AS seq
+FROM llm AS req
+LEFT JOIN events AS res
+       ON res.seq = req.next_seq
+      AND res.type = 'llm.response'
+      AND json_extract(res.data, '$.attempt') = json_extract(req.data, '$.attempt')
+      AND json_extract(res.data, '$.cache_key') = json_extract(req.data, '$.cache_key')
+WHERE req.type = 'llm.request';
+
+-- One row per run of a step: each step.started with the step.succeeded / step.failed that
+-- ended it, and each step.skipped (a resume reusing an earlier result). A run with no end is
+-- 'interrupted' once the step started again or the job moved on (resumed, ended), else 'running'.
+CREATE VIEW IF NOT EXISTS step_runs AS
+WITH marks AS (
+    SELECT seq, job_id, version, ts, type, step, data,
+           lead(seq) OVER (PARTITION BY job_id, step ORDER BY version) AS next_seq
+    FROM events
+    WHERE type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
+)
+SELECT s.job_id,
+       s.step,
+       json_extract(s.data, '$.attempt') AS attempt,
+       CASE
+           WHEN s.type = 'step.skipped' THEN 'skipped'
+           WHEN e.type = 'step.succeeded' THEN 'succeeded'
+           WHEN e.type = 'step.failed' THEN 'failed'
+           WHEN s.next_seq IS NOT NULL OR EXISTS (
+               SELECT 1 FROM events AS later
+               WHERE later.job_id = s.job_id AND later.version > s.version
+                 AND later.type IN ('job.resumed', 'job.succeeded', 'job.failed',
+                                    'job.cancelled', 'job.interrupted')
+           ) THEN 'interrupted'
+           ELSE 'running'
+       END AS status,
+       s.ts AS started,
+       CASE WHEN s.type = 'step.skipped' THEN s.ts ELSE e.ts END AS finished,
+       CASE WHEN s.type = 'step.skipped' THEN 0.0 ELSE json_extract(e.data, '$.duration_s') END
+           AS duration_s,
+       CASE
+           WHEN s.type = 'step.skipped' THEN NULL
+           WHEN e.type = 'step.succeeded' THEN json_extract(e.data, '$.cache_hit')
+           ELSE EXISTS (
+               SELECT 1 FROM events AS h
+               WHERE h.type = 'cache.hit' AND h.job_id = s.job_id AND h.step = s.step
+                 AND h.version > s.version
+                 AND h.seq < coalesce(s.next_seq, 9223372036854775807)
+           )
+       END AS cache_hit,
+       json_extract(e.data, '$.error')      AS error,
+       json_extract(e.data, '$.error_type') AS error_type,
+       json_extract(e.data, '$.cache_key')  AS cache_key,
+       json_extract(s.data, '$.reason')     AS skip_reason,
+       s.version                            AS version,
+       s.seq                                AS seq
+FROM marks AS s
+LEFT JOIN events AS e
+       ON e.seq = s.next_seq AND e.type IN ('step.succeeded', 'step.failed')
+WHERE s.type IN ('step.started', 'step.skipped');
+
+-- One row per file.written: every file a step put in the workspace, or found already identical.
+CREATE VIEW IF NOT EXISTS file_writes AS
+SELECT job_id,
+       step,
+       json_extract(data, '$.path')   AS path,
+       json_extract(data, '$.sha256') AS sha256,
+       json_extract(data, '$.wrote')  AS wrote,
+       json_extract(data, '$.reason') AS reason,
+       ts,
+       json_extract(data, '$.size')   AS size,
+       version,
+       seq
+FROM events
+WHERE type = 'file.written';
+
+-- Cache lookups per provider and model across all jobs. A hit carries no provider, so it is
+-- attributed through its cache key to the llm.request that paid for the answer.
+CREATE VIEW IF NOT EXISTS cache_stats AS
+WITH lookups AS (
+    SELECT type,
+           json_extract(data, '$.cache_key') AS cache_key,
+           coalesce(json_extract(data, '$.tokens_saved'), 0) AS tokens_saved
+    FROM events
+    WHERE type IN ('cache.hit', 'cache.miss')
+),
+keys AS (
+    SELECT json_extract(data, '$.cache_key') AS cache_key,
+           min(json_extract(data, '$.provider')) AS provider,
+           min(json_extract(data, '$.model')) AS model
+    FROM events
+    WHERE type = 'llm.request'
+    GROUP BY 1
+)
+SELECT k.provider,
+       k.model,
+       sum(l.type = 'cache.hit')  AS hits,
+       sum(l.type = 'cache.miss') AS misses,
+       sum(l.tokens_saved)        AS tokens_saved,
+       count(*)                   AS lookups,
+       round(1.0 * sum(l.type = 'cache.hit') / count(*), 4) AS hit_rate
+FROM lookups AS l
+LEFT JOIN keys AS k ON k.cache_key = l.cache_key
+GROUP BY k.provider, k.model;
+
+-- One row per job: the `jobs` projection with totals folded from the job's events.
+-- steps_succeeded / steps_failed count each step by its latest outcome (skipped = succeeded
+-- earlier), so a step that failed and then succeeded on resume counts once, as succeeded.
+-- Written so that `WHERE job_id = ?` reaches the per-job aggregate (an inner join on it) and
+-- so the (job_id, version) index, instead of aggregating every job first.
+CREATE VIEW IF NOT EXISTS job_summary AS
+WITH per_job AS (
+    SELECT job_id,
+           min(CASE WHEN type IN ('job.started', 'job.resumed') THEN version END) AS first_start,
+           max(CASE WHEN type IN ('job.started', 'job.resumed') THEN version END) AS last_start,
+           max(CASE WHEN type IN ('job.succeeded', 'job.failed', 'job.cancelled',
+                                  'job.interrupted') THEN version END) AS last_end,
+           sum(type = 'llm.request') AS calls,
+           sum(type = 'llm.response' AND json_extract(data, '$.success') = 0) AS failed_calls,
+           sum(CASE WHEN type = 'llm.response' THEN json_extract(data, '$.tokens_in') END)
+               AS tokens_in,
+           sum(CASE WHEN type = 'llm.response' THEN json_extract(data, '$.tokens_out') END)
+               AS tokens_out,
+           sum(CASE WHEN type = 'llm.response' THEN json_extract(data, '$.cost') END) AS cost,
+           sum(type = 'cache.hit') AS cache_hits,
+           sum(type = 'cache.miss') AS cache_misses,
+           sum(CASE WHEN type = 'cache.hit' THEN json_extract(data, '$.tokens_saved') END)
+               AS tokens_saved
+    FROM events
+    WHERE type IN ('job.created', 'job.started', 'job.resumed', 'job.succeeded', 'job.failed',
+                   'job.cancelled', 'job.interrupted', 'llm.request', 'llm.response',
+                   'cache.hit', 'cache.miss')
+    GROUP BY job_id
+),
+bounds AS (  -- timestamps by position (version), not by comparing ts strings
+    SELECT p.*,
+           (SELECT ts FROM events AS e WHERE e.job_id = p.job_id AND e.version = p.first_start)
+               AS started,
+           CASE WHEN p.last_end > p.last_start THEN
+               (SELECT ts FROM events AS e WHERE e.job_id = p.job_id AND e.version = p.last_end)
+           END AS finished
+    FROM per_job AS p
+)
+SELECT b.job_id,
+       j.pipeline,
+       j.status,
+       b.started,
+       b.finished,
+       round((julianday(coalesce(b.finished, s.updated_ts)) - julianday(b.started)) * 86400, 6)
+           AS duration_s,
+       (SELECT count(*) FROM events AS c, json_each(c.data, '$.steps')
+        WHERE c.type = 'job.created' AND c.job_id = b.job_id) AS steps,
+       (SELECT count(*) FROM (
+            SELECT type, max(version)  -- SQLite: `type` comes from the row with max(version)
+            FROM events AS o
+            WHERE o.type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
+              AND o.job_id = b.job_id
+            GROUP BY step
+        ) WHERE type IN ('step.succeeded', 'step.skipped')) AS steps_succeeded,
+       (SELECT count(*) FROM (
+            SELECT type, max(version)
+            FROM events AS o
+            WHERE o.type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
+              AND o.job_id = b.job_id
+            GROUP BY step
+        ) WHERE type = 'step.failed') AS steps_failed,
+       coalesce(b.tokens_in, 0)    AS tokens_in,
+       coalesce(b.tokens_out, 0)   AS tokens_out,
+       b.cost                      AS cost,
+       b.calls                     AS calls,
+       b.failed_calls              AS failed_calls,
+       b.cache_hits                AS cache_hits,
+       b.cache_misses              AS cache_misses,
+       coalesce(b.tokens_saved, 0) AS tokens_saved,
+       j.created_ts                AS created
+FROM bounds AS b
+JOIN jobs AS j ON j.job_id = b.job_id
+JOIN streams AS s ON s.job_id = b.job_id;

@@ -6,14 +6,16 @@ Plain `sqlite3` on the append path (bench/ measures it); sqlite-utils for intros
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import sqlite_utils
 
-from eventstore.events import NewEvent
+from eventstore.events import NewEvent, utc_now
 from eventstore.record import (
     GENESIS_HASH,
     DatabaseUnusable,
@@ -24,11 +26,12 @@ from eventstore.record import (
     chain_hash,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
 # eventstore/schema.sql is a symlink to the repository's schema.sql (the one definition), so the
 # schema ships inside the package when installed from a wheel.
 SCHEMA_PATH = Path(__file__).parent / "schema.sql"
+MIGRATIONS_PATH = Path(__file__).parent / "migrations.sql"  # a symlink too
 SQLITE_MAGIC = b"SQLite format 3\x00"
 READ_BATCH = 5000
 
@@ -52,6 +55,45 @@ def schema_statements(text: str) -> list[str]:
     if rest and not all(ln.strip().startswith("--") or not ln.strip() for ln in rest.splitlines()):
         raise StoreError(f"schema.sql ends with an incomplete statement: {rest[:60]!r}")
     return statements
+
+
+_MIGRATION_HEADER = re.compile(r"^-- migration (\d+): (.+)$", re.MULTILINE)
+
+
+def migrations(text: str) -> dict[int, tuple[str, list[str]]]:
+    """migrations.sql as {version: (description, statements)}; every version up to the current."""
+    heads = list(_MIGRATION_HEADER.finditer(text))
+    found: dict[int, tuple[str, list[str]]] = {}
+    for head, nxt in zip(heads, [*heads[1:], None]):
+        body = text[head.end() : nxt.start() if nxt else len(text)]
+        found[int(head.group(1))] = (head.group(2).strip(), schema_statements(body))
+    if sorted(found) != list(range(2, SCHEMA_VERSION + 1)):
+        raise StoreError(f"migrations.sql has versions {sorted(found)}, not 2..{SCHEMA_VERSION}")
+    return found
+
+
+def apply_migrations(
+    conn: sqlite3.Connection, from_version: int, schema: Sequence[str]
+) -> list[tuple[int, str]]:
+    """Inside the caller's transaction: run the sections above `from_version`, then drop every
+    view and create the views of schema.sql. Returns (version, description) of each section."""
+    steps = migrations(MIGRATIONS_PATH.read_text(encoding="utf-8"))
+    applied = []
+    for version in range(from_version + 1, SCHEMA_VERSION + 1):
+        description, statements = steps[version]
+        for statement in statements:
+            conn.execute(statement)
+        applied.append((version, description))
+    views = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'view'")]
+    for view in views:
+        conn.execute(f'DROP VIEW "{view}"')
+    for statement in schema:
+        if _CREATE_VIEW.match(statement):
+            conn.execute(statement)
+    return applied
+
+
+_CREATE_VIEW = re.compile(r"^(--[^\n]*\n|\s)*CREATE\s+VIEW\b", re.IGNORECASE)
 
 
 def _check_file(path: Path) -> None:
@@ -80,6 +122,7 @@ class SQLiteEventStore:
     ) -> None:
         self.path = Path(path)
         self._projectors = list(projectors)
+        self._busy_timeout_s = busy_timeout_ms / 1000
         _check_file(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,10 +145,36 @@ class SQLiteEventStore:
     # -- opening -------------------------------------------------------------------------------
 
     def _prepare(self, synchronous: str) -> None:
-        conn = self.conn
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        user_version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = sqlite_utils.Database(conn).table_names()
+        app_id, user_version, tables = self._read_header()
+        self._check_usable(app_id, user_version, tables)
+        self._use_wal()
+        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+            raise StoreError(
+                f"STEPLOG_SYNCHRONOUS must be NORMAL, FULL or EXTRA, not {synchronous!r}"
+            )
+        self.conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        self.conn.execute("PRAGMA foreign_keys = ON")
+        if not tables or user_version < SCHEMA_VERSION:
+            self._create_or_upgrade()
+
+    def _read_header(self, conn: sqlite3.Connection | None = None) -> tuple[int, int, list[str]]:
+        """application_id, user_version and the tables, read in one transaction so a concurrent
+        open applying the schema is seen either not at all or whole. Inside the caller's
+        transaction when `conn` is given."""
+        own = conn is None
+        conn = conn or self.conn
+        if own:
+            conn.execute("BEGIN")
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            user_version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = sqlite_utils.Database(conn).table_names()
+        finally:
+            if own:
+                conn.execute("ROLLBACK")
+        return app_id, user_version, tables
+
+    def _check_usable(self, app_id: int, user_version: int, tables: list[str]) -> None:
         if app_id not in (0, APPLICATION_ID):
             raise DatabaseUnusable(
                 f"{self.path} belongs to another application (application_id {app_id})"
@@ -119,29 +188,50 @@ class SQLiteEventStore:
                 f"{self.path} was written by a newer steplog (schema {user_version}; "
                 f"this steplog knows up to {SCHEMA_VERSION})"
             )
-        if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
-            raise DatabaseUnusable(f"cannot switch {self.path} to WAL mode")
-        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
-            raise StoreError(
-                f"STEPLOG_SYNCHRONOUS must be NORMAL, FULL or EXTRA, not {synchronous!r}"
-            )
-        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        if not tables:
-            self._apply_schema()
 
-    def _apply_schema(self) -> None:
-        statements = schema_statements(SCHEMA_PATH.read_text(encoding="utf-8"))
+    def _use_wal(self) -> None:
+        """Switch to WAL. Changing the journal mode needs the file to itself and SQLite does not
+        wait for that (no busy handler), so a switch racing another open is retried here."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+        if mode.lower() != "wal":
+            raise DatabaseUnusable(f"cannot switch {self.path} to WAL mode")
+
+    def _create_or_upgrade(self) -> None:
+        """Apply schema.sql to an empty file, or migrations.sql to an older one: one transaction.
+
+        Re-reads the header under the write lock: another process may have done it meanwhile.
+        """
+        schema = schema_statements(SCHEMA_PATH.read_text(encoding="utf-8"))
         with self.write_transaction() as conn:
-            if conn.execute("PRAGMA user_version").fetchone()[0] != 0:
-                return  # another process applied it while we waited for the lock
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            app_id, user_version, tables = self._read_header(conn)
+            self._check_usable(app_id, user_version, tables)
+            if not tables:
+                for statement in schema:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                applied = [(SCHEMA_VERSION, f"created at schema {SCHEMA_VERSION}")]
+            elif user_version < SCHEMA_VERSION:
+                applied = apply_migrations(conn, user_version, schema)
+            else:
+                return
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute(
-                "INSERT INTO steplog_meta (key, value) VALUES ('schema_version', ?)",
+                "INSERT INTO steplog_meta (key, value) VALUES ('schema_version', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
+            )
+            now = utc_now()
+            conn.executemany(
+                "INSERT INTO schema_migrations (version, ts, description) VALUES (?, ?, ?)",
+                [(version, now, description) for version, description in applied],
             )
 
     def close(self) -> None:

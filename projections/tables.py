@@ -7,7 +7,8 @@ event sequence, so the tables are a cache of the log, never a second truth.
 from __future__ import annotations
 
 import sqlite3
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 import orjson
 
@@ -127,3 +128,38 @@ def rebuild(store: SQLiteEventStore) -> int:
             sorted(index.values()),  # key order: the b-tree fills page by page
         )
     return count
+
+
+# -- the registry of table projections -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableProjection:
+    """A projection kept as a SQL table, described so that it can be refolded and compared
+    (`steplog verify`): a fold (start, apply) whose rows(state) must equal the table's rows.
+    A new projection table is checked by adding one entry to TABLE_PROJECTIONS."""
+
+    table: str
+    columns: tuple[str, ...]  # the key column first; every column is compared
+    start: Callable[[], Any]
+    apply: Callable[[Any, StoredEvent], Any]
+    rows: Callable[[Any], Iterable[tuple[Any, ...]]]
+
+
+TABLE_PROJECTIONS: tuple[TableProjection, ...] = (
+    TableProjection(
+        "jobs",
+        ("job_id", "pipeline", "status", "created_ts"),
+        start=dict,
+        apply=apply_job_row,
+        rows=lambda state: ((job_id, *row) for job_id, row in state.items()),
+    ),
+    TableProjection(
+        "cache_index",
+        ("cache_key", "response_sha256", "origin_job", "origin_step", "seq", "tokens_in",
+         "tokens_out"),
+        start=dict,
+        apply=cache.apply,
+        rows=lambda state: state.values(),
+    ),  # fmt: skip
+)

@@ -1,14 +1,19 @@
-"""The README is the manual: its SQL recipes run on a real database and every verb is documented."""
+"""The README is the manual: its SQL recipes run on a database made by real pipeline runs and
+return what they should, and every verb is documented."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
+from collections import Counter, defaultdict
+from typing import Any, Callable
 
 import pytest
 
 from commands.cli import cli
-from tests.cli_helpers import EXAMPLE, ROOT, steplog
+from tests.audit_fixture import Event, build_audit_db, raw_events
+from tests.cli_helpers import ROOT
 
 README = (ROOT / "README.md").read_text()
 
@@ -26,32 +31,179 @@ def sql_recipes() -> list[str]:
     return statements
 
 
+def title(statement: str) -> str:
+    return statement.splitlines()[0].removeprefix("--").strip()
+
+
+class Fixture:
+    def __init__(self, root) -> None:
+        self.root = root
+        self.db = build_audit_db(root)
+        self.events = raw_events(self.db)
+
+    def of(self, type_: str, job: str | None = None) -> list[Event]:
+        return [e for e in self.events if e.type == type_ and (job is None or e.job_id == job)]
+
+
 @pytest.fixture(scope="module")
-def example_db(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("readme")
-    db = tmp / "s.db"
-    assert steplog(db, "run", str(EXAMPLE), "--job-id", "JOB").code == 0
-    assert steplog(db, "run", str(EXAMPLE), "--job-id", "again").code == 0
-    return db
+def fx(tmp_path_factory) -> Fixture:
+    return Fixture(tmp_path_factory.mktemp("readme"))
 
 
-def test_there_are_at_least_eight_recipes():
-    assert len(sql_recipes()) >= 8
+# -- what each recipe must answer, computed from the raw events, not from the views ------------
 
 
-@pytest.mark.parametrize("statement", sql_recipes(), ids=lambda s: s.splitlines()[0][:50])
-def test_sql_recipe_runs_and_answers(example_db, statement):
-    statement = statement.replace("qwen2.5-coder-7b", "offline-1")  # the model the example used
-    conn = sqlite3.connect(f"file:{example_db}?mode=ro", uri=True)
+def _model_jobs(fx: Fixture, rows: list[tuple]) -> None:
+    assert rows == [("first",)]  # `second` called only offline-flaky; its other steps were hits
+    wanted = sorted({e.job_id for e in fx.of("llm.request") if e.data["model"] == "offline-1"})
+    assert [r[0] for r in rows] == wanted
+
+
+def _tokens_per_step(fx: Fixture, rows: list[tuple]) -> None:
+    calls = Counter(e.step for e in fx.of("llm.request"))
+    tin, tout = defaultdict(int), defaultdict(int)
+    for e in fx.of("llm.response"):
+        tin[e.step] += e.data["tokens_in"]
+        tout[e.step] += e.data["tokens_out"]
+    assert {r[0]: r[1:] for r in rows} == {
+        s: (calls[s], tin[s], tout[s], tin[s] + tout[s]) for s in calls
+    }
+    assert calls["flaky"] == 5 and [r[4] for r in rows] == sorted((r[4] for r in rows), reverse=True)
+
+
+def _files(fx: Fixture, rows: list[tuple]) -> None:
+    assert [r[1] for r in rows] == ["app.py", "tests/test_app.py", "README.md"]
+    for step, path, sha, wrote, reason, size in rows:
+        content = (fx.root / "runs" / "first" / path).read_bytes()
+        assert (step, sha, wrote, reason, size) == (
+            "builder", hashlib.sha256(content).hexdigest(), 1, "created", len(content)
+        )  # fmt: skip
+
+
+def _failed_steps(fx: Fixture, rows: list[tuple]) -> None:
+    failed = fx.of("step.failed")
+    assert [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows] == [
+        (e.job_id, e.step, e.data["attempt"], e.ts, e.data["error_type"], e.data["error"])
+        for e in failed
+    ]
+    assert [(r[0], r[1], r[4]) for r in rows] == [
+        ("first", "flaky", "unavailable"), ("second", "flaky", "unavailable")
+    ]  # fmt: skip
+    assert all("told to fail" in r[5] for r in rows)
+
+
+def _cache_saved(fx: Fixture, rows: list[tuple]) -> None:
+    paid = sum(
+        e.data["tokens_in"] + e.data["tokens_out"]
+        for e in fx.of("llm.response", "first")
+        if e.step in ("architect", "builder", "qa")
+    )
+    assert paid > 0
+    assert rows == [("local", "offline-1", 3, 3, 0.5, paid), ("broken", "offline-flaky", 0, 3, 0.0, 0)]
+
+
+def _retries(fx: Fixture, rows: list[tuple]) -> None:
+    assert rows == [("broken", 5, 2, 4, "unavailable"), ("local", 3, 0, 0, None)]
+
+
+def _slowest(fx: Fixture, rows: list[tuple]) -> None:
+    durations = sorted((e.data["duration_s"] for e in fx.of("llm.response")), reverse=True)
+    assert [r[5] for r in rows] == durations[:10] and len(rows) == 8
+
+
+def _cost(fx: Fixture, rows: list[tuple]) -> None:
+    tokens = sum(e.data["tokens_in"] + e.data["tokens_out"] for e in fx.of("llm.response", "first"))
+    assert rows == [("first", "audit", "succeeded", None, tokens, 6), ("second", "audit", "failed", None, 0, 2)]
+
+
+def _glance(fx: Fixture, rows: list[tuple]) -> None:
+    assert [r[:8] for r in rows] == [
+        ("second", "failed", 4, 3, 1, 2, 2, 3),
+        ("first", "succeeded", 4, 4, 0, 6, 2, 0),
+    ]
+    assert all(r[8] > 0 for r in rows)
+
+
+def _timeline(fx: Fixture, rows: list[tuple]) -> None:
+    assert [r[:3] + (r[5],) for r in rows] == [
+        ("architect", 1, "succeeded", 0), ("flaky", 1, "failed", 0), ("builder", 1, "succeeded", 0),
+        ("qa", 1, "succeeded", 0), ("architect", None, "skipped", None),
+        ("builder", None, "skipped", None), ("qa", None, "skipped", None),
+        ("flaky", 2, "succeeded", 0),
+    ]  # fmt: skip
+
+
+def _reused(fx: Fixture, rows: list[tuple]) -> None:
+    hits = fx.of("cache.hit")
+    assert rows == [(e.job_id, e.step, e.data["origin_job"], e.data["tokens_saved"]) for e in hits]
+    assert {(r[0], r[1], r[2]) for r in rows} == {
+        ("second", s, "first") for s in ("architect", "builder", "qa")
+    }
+
+
+def _prompt_answer(fx: Fixture, rows: list[tuple]) -> None:
+    [(attempt, prompt, answer)] = rows
+    assert attempt == 1
+    assert b"Design a command-line todo list." in prompt
+    [response] = [e for e in fx.of("llm.response", "first") if e.step == "architect"]
+    assert hashlib.sha256(answer).hexdigest() == response.data["response_sha256"]
+
+
+def _statuses(fx: Fixture, rows: list[tuple]) -> None:
+    last = {e.job_id: e.version for e in fx.events}
+    assert [(r[0], r[2], r[5]) for r in rows] == [
+        ("first", "succeeded", last["first"]), ("second", "failed", last["second"])
+    ]  # fmt: skip
+
+
+def _why_again(fx: Fixture, rows: list[tuple]) -> None:
+    expected = []
+    for miss in reversed([e for e in fx.of("cache.miss") if e.step == "builder"]):
+        for change in miss.data.get("changed") or [None]:
+            part, name = (change["part"], change["name"]) if change else (None, None)
+            expected.append((miss.job_id, miss.data["reason"], part, name))
+    assert [(r[0], r[2], r[3], r[4]) for r in rows] == expected
+    assert rows[-1][2] == "first run of this step"  # the fixture's builder missed once, first
+
+
+EXPECTED: dict[str, Callable[[Fixture, list[tuple]], Any]] = {
+    "Which jobs called a given model in the last 7 days": _model_jobs,
+    "Tokens per step across all jobs": _tokens_per_step,
+    "Every file a job wrote, with its hash": _files,
+    "Which steps failed, and why": _failed_steps,
+    "How much the cache saved, per provider and model": _cache_saved,
+    "Retries per provider: attempts after the first, and failed attempts": _retries,
+    "The slowest calls": _slowest,
+    "Jobs that cost the most (by tokens where the provider reports no cost)": _cost,
+    "Jobs at a glance, most recent first": _glance,
+    "A job's timeline: every step run, retried and resumed ones included": _timeline,
+    "Answers reused from the cache, and the job that paid for them": _reused,
+    "The prompt and the answer of a call (blobs are stored once, by sha256)": _prompt_answer,
+    "Why did this step call the model again? What changed since its previous run, one row per change": _why_again,
+    "Job statuses (a projection table kept in the append transaction), most recent first": _statuses,
+}
+
+
+def test_there_are_at_least_eight_recipes_and_each_has_its_expected_answer():
+    titles = [title(s) for s in sql_recipes()]
+    assert len(titles) >= 8
+    assert sorted(titles) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("statement", sql_recipes(), ids=title)
+def test_sql_recipe_returns_what_it_should(fx, statement):
+    statement = statement.replace("qwen2.5-coder-7b", "offline-1").replace("'JOB'", "'first'")
+    conn = sqlite3.connect(f"file:{fx.db}?mode=ro", uri=True)
     try:
         rows = conn.execute(statement).fetchall()
     finally:
         conn.close()
-    if "step.retrying" not in statement and "step.failed" not in statement:
-        assert rows, statement  # the example run produced something for every other recipe
+    EXPECTED[title(statement)](fx, rows)
 
 
-def test_every_cli_verb_has_help_and_a_readme_section():
+def test_every_cli_verb_has_help_with_an_example_and_a_readme_section():
     for name, command in cli.commands.items():
         assert command.help, name
         assert f"### `steplog {name}" in README, f"README has no section for `steplog {name}`"
+    for name in ("sql", "audit", "verify"):
+        assert "Example: steplog " + name in cli.commands[name].help

@@ -521,14 +521,6 @@ def test_a_fresh_file_gets_the_schema_version_wal_and_the_meta_row(tmp_path):
         assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: a lucky run passes, so an XPASS is not an error
-    raises=DatabaseUnusable,
-    reason="BUG eventstore/sqlite.py SQLiteEventStore._prepare: application_id, user_version and "
-    "the table list are read in separate autocommit statements, so an open racing another "
-    "open's schema transaction sees application_id 0 *and* tables ('is not a steplog "
-    "database'); PRAGMA journal_mode = WAL can also fail at once with 'database is locked'",
-)
 def test_stores_opening_a_new_file_at_the_same_time_all_succeed(tmp_path):
     for round_ in range(40):
         path = tmp_path / f"new-{round_}.db"

@@ -1,0 +1,124 @@
+"""The audit verbs `steplog sql`, `steplog audit`, `steplog verify`, registered on the main CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from typing import Any
+
+import click
+from rich.table import Table
+
+from commands.audit import audit_document, print_audit
+from commands.cli import _echo_json, _open, cli, console, json_option
+from commands.jobs import Rejected
+from commands.readonly import open_readonly, parse_params, plain_value, run_query
+from commands.verify import verify
+
+
+@cli.command("sql")
+@click.argument("query")
+@click.option(
+    "--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
+    help="Bind :NAME in the query (a plain number binds as a number).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row.")
+@click.pass_context
+def sql_cmd(
+    ctx: click.Context, query: str, params: tuple[str, ...], as_json: bool, as_csv: bool
+) -> None:
+    """Run one read-only SQL query on the database (tables and audit views).
+
+    Anything that would write (INSERT, UPDATE, DELETE, CREATE, DROP, ATTACH, PRAGMA x = y,
+    VACUUM …) is refused with exit code 2 and the file is left untouched.
+
+    Example: steplog sql "SELECT * FROM llm_calls WHERE job_id = :job" --param job=job_x --csv
+    """
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv exclude each other")
+    bound = parse_params(params)
+    with open_readonly(ctx.obj["db"], upgrade=True) as ro:
+        result = run_query(ro, query, bound)
+    if as_json:
+        objects = [
+            {col: plain_value(v) for col, v in zip(result.columns, row)} for row in result.rows
+        ]
+        click.echo(json.dumps(objects, indent=2, ensure_ascii=False))
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(result.columns)
+        for row in result.rows:
+            writer.writerow([_csv_value(v) for v in row])
+    else:
+        table = Table(show_edge=True)
+        for col in result.columns:
+            table.add_column(col)
+        for row in result.rows:
+            table.add_row(*(_cell(v) for v in row))
+        out = console()
+        out.print(table)
+        out.print(f"{len(result.rows)} row{'s' if len(result.rows) != 1 else ''}")
+
+
+def _csv_value(value: Any) -> Any:
+    plain = plain_value(value)
+    return plain["encoded"] if isinstance(plain, dict) else plain
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    return str(value)
+
+
+@cli.command("audit")
+@click.argument("job")
+@json_option
+@click.pass_context
+def audit_cmd(ctx: click.Context, job: str, as_json: bool) -> None:
+    """Report on JOB from the audit views: step runs, LLM calls with failures and retries,
+    tokens and cost, cache hits and tokens saved, files written, failures and why.
+
+    Example: steplog audit job_20261124_101500_ab12cd --json
+    """
+    doc = audit_document(_open(ctx).conn, job)
+    if as_json:
+        _echo_json(doc)
+        return
+    print_audit(console(), doc)
+
+
+@cli.command("verify")
+@click.argument("job", required=False)
+@json_option
+@click.pass_context
+def verify_cmd(ctx: click.Context, job: str | None, as_json: bool) -> None:
+    """Check the database: hash chains, append-only triggers and schema version, SQLite
+    integrity, projection tables against a fresh fold, blobs against their sha256.
+
+    Exit 0 when all is well; 1 naming the first bad event (job, version, seq) and what is wrong.
+    JOB limits the hash-chain check to that job. The file is opened read-only.
+
+    Example: steplog verify --json
+    """
+    with open_readonly(ctx.obj["db"]) as ro:
+        if job is not None and not ro.conn.execute(
+            "SELECT 1 FROM events WHERE job_id = ? LIMIT 1", (job,)
+        ).fetchone():
+            raise Rejected(f"unknown job {job}")
+        report = verify(ro.conn, job)
+    if as_json:
+        _echo_json(report.document())
+    elif report.ok:
+        click.echo(report.summary())
+    else:
+        lines = [p.line() for p in report.problems]
+        if report.dropped:
+            lines.append(f"… and {report.dropped} more")
+        click.echo("\n".join(lines))
+    if not report.ok:
+        raise SystemExit(1)

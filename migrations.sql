@@ -1,0 +1,40 @@
+-- steplog schema migrations: how a database written at an older schema version becomes current.
+--
+-- schema.sql is the full definition of the current schema; this file holds only the steps from
+-- one version to the next. Each section starts with a line `-- migration N: description` and
+-- takes a database from version N-1 to N. At open, every section above the file's
+-- PRAGMA user_version runs in ONE transaction together with: dropping and re-creating every
+-- view from schema.sql (views hold no data, so their definition lives only there), setting
+-- user_version and steplog_meta.schema_version, and one schema_migrations row per section.
+-- Tables, indexes and triggers are never re-created from schema.sql: what a section adds must
+-- be here, and tests/test_migrations.py checks that an upgraded file equals a new one.
+
+-- migration 2: audit views (llm_calls, step_runs, file_writes, cache_stats, job_summary), schema_migrations, REPLACE-proof triggers, the previous-run index
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     INTEGER PRIMARY KEY,
+    ts          TEXT    NOT NULL,             -- when it was applied, ISO 8601 UTC
+    description TEXT    NOT NULL
+);
+
+-- INSERT OR REPLACE could rewrite an event or a blob without firing the DELETE trigger.
+CREATE TRIGGER IF NOT EXISTS events_append_only_replace
+BEFORE INSERT ON events
+WHEN EXISTS (
+    SELECT 1 FROM events
+    WHERE seq = NEW.seq OR (job_id = NEW.job_id AND version = NEW.version)
+)
+BEGIN
+    SELECT RAISE(ABORT, 'steplog: events is append-only (UNIQUE job_id, version or seq: REPLACE refused)');
+END;
+
+CREATE TRIGGER IF NOT EXISTS blobs_immutable_replace
+BEFORE INSERT ON blobs
+WHEN EXISTS (SELECT 1 FROM blobs WHERE sha256 = NEW.sha256)
+BEGIN
+    SELECT RAISE(IGNORE);  -- content-addressed: the same sha256 already holds the same bytes
+END;
+
+-- A step's previous run, for explaining cache misses (executor/cachehistory.py).
+CREATE INDEX IF NOT EXISTS events_cache_runs
+    ON events (step, json_extract(data, '$.pipeline'), seq)
+    WHERE type IN ('cache.hit', 'cache.miss');

@@ -1,0 +1,186 @@
+"""Properties of the audit views and of verify over random plausible logs (tests/strategies.py):
+each view equals a plain Python fold of the same events, and verify passes every log the store
+writes and names the one event whose bytes were changed."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from commands.readonly import open_readonly
+from commands.verify import verify
+from eventstore.record import StoredEvent
+from projections import manifest
+from tests.strategies import append_batches, fresh_store, job_batches, names, pools
+
+SETTINGS = settings(max_examples=30, deadline=None)
+
+
+@st.composite
+def logs(draw: st.DrawFn):
+    """Interleaved batches of 1-3 jobs sharing one pool; the pool's blobs are all stored."""
+    pool = draw(pools)
+    jobs = draw(st.lists(names, min_size=1, max_size=3, unique=True))
+    queues = {job: draw(job_batches(pool, job)) for job in jobs}
+    order = []
+    while queues:
+        job = draw(st.sampled_from(sorted(queues)))
+        order.append(queues[job].pop(0))
+        if not queues[job]:
+            del queues[job]
+    return pool, order
+
+
+def written(store, pool, batches) -> list[StoredEvent]:
+    for blob in pool.blobs:
+        store.put_blob(blob)
+    return append_batches(store, batches)
+
+
+def query(store, sql: str) -> list[tuple]:
+    return store.conn.execute(sql).fetchall()
+
+
+# -- the folds the views must equal --------------------------------------------------------------
+
+
+def fold_llm_calls(events: list[StoredEvent]) -> list[tuple[Any, ...]]:
+    """A request is answered by the next llm.* event of its job and step, if that is a response
+    to the same attempt and key."""
+    rows: list[list[Any]] = []
+    pending: dict[tuple[str, str | None], int] = {}
+    for ev in events:
+        if ev.type not in ("llm.request", "llm.response"):
+            continue
+        d = orjson.loads(ev.data_json)
+        at = pending.pop((ev.job_id, ev.step), None)
+        if ev.type == "llm.request":
+            rows.append([ev.seq, ev.job_id, ev.step, d["attempt"], d["cache_key"], None, None])
+            pending[(ev.job_id, ev.step)] = len(rows) - 1
+        elif at is not None and rows[at][3:5] == [d["attempt"], d["cache_key"]]:
+            rows[at][5:] = [int(d["success"]), d.get("tokens_in", 0)]
+    return [tuple(r) for r in rows]
+
+
+LIFECYCLE = ("job.resumed", "job.succeeded", "job.failed", "job.cancelled", "job.interrupted")
+
+
+def fold_step_runs(events: list[StoredEvent]) -> list[tuple[Any, ...]]:
+    rows: list[list[Any]] = []
+    running: dict[tuple[str, str | None], int] = {}
+    for ev in events:
+        key = (ev.job_id, ev.step)
+        if ev.type in LIFECYCLE:
+            for (job, _), at in running.items():
+                if job == ev.job_id:
+                    rows[at][4] = "interrupted"  # unless it ends later; see below
+            continue
+        if ev.type not in ("step.started", "step.succeeded", "step.failed", "step.skipped"):
+            if ev.type == "cache.hit" and key in running:
+                rows[running[key]][5] = 1
+            continue
+        d = orjson.loads(ev.data_json)
+        at = running.pop(key, None)
+        if at is not None:
+            if ev.type in ("step.succeeded", "step.failed"):
+                rows[at][4] = ev.type.removeprefix("step.")
+                if ev.type == "step.succeeded":
+                    rows[at][5] = int(d["cache_hit"])
+            else:
+                rows[at][4] = "interrupted"
+        if ev.type == "step.started":
+            rows.append([ev.seq, ev.job_id, ev.step, d["attempt"], "running", 0])
+            running[key] = len(rows) - 1
+        elif ev.type == "step.skipped":
+            rows.append([ev.seq, ev.job_id, ev.step, None, "skipped", None])
+    return [tuple(r) for r in rows]
+
+
+@SETTINGS
+@given(logs())
+def test_llm_calls_pairs_every_request_as_a_fold_of_the_log_does(log):
+    pool, batches = log
+    with fresh_store() as store:
+        events = written(store, pool, batches)
+        view = query(
+            store,
+            "SELECT seq, job_id, step, attempt, cache_key, success, tokens_in FROM llm_calls"
+            " ORDER BY seq",
+        )
+        assert view == fold_llm_calls(events)
+
+
+@SETTINGS
+@given(logs())
+def test_step_runs_is_a_fold_of_the_log(log):
+    pool, batches = log
+    with fresh_store() as store:
+        events = written(store, pool, batches)
+        view = query(
+            store,
+            "SELECT seq, job_id, step, attempt, status, cache_hit FROM step_runs ORDER BY seq",
+        )
+        assert view == fold_step_runs(events)
+
+
+@SETTINGS
+@given(logs())
+def test_job_summary_agrees_with_the_manifest_fold(log):
+    pool, batches = log
+    with fresh_store() as store:
+        events = written(store, pool, batches)
+        rows = store.conn.execute("SELECT * FROM job_summary").fetchall()
+        names_ = [d[0] for d in store.conn.execute("SELECT * FROM job_summary LIMIT 0").description]
+        summary = {r[0]: dict(zip(names_, r)) for r in rows}
+        assert set(summary) == {ev.job_id for ev in events}
+        for job, row in summary.items():
+            mine = [ev for ev in events if ev.job_id == job]
+            state = manifest.project(job, mine)
+            steps = state.steps.values()
+            assert (row["status"], row["started"], row["finished"]) == (
+                state.status, state.started_ts, state.finished_ts
+            )  # fmt: skip
+            if state.elapsed_s is None:
+                assert row["duration_s"] is None
+            else:
+                assert abs(row["duration_s"] - state.elapsed_s) < 0.002
+            created = orjson.loads(mine[0].data_json)
+            assert row["steps"] == len(created["steps"])
+            assert row["steps_succeeded"] == sum(s.status in ("succeeded", "skipped") for s in steps)
+            assert row["steps_failed"] == sum(s.status == "failed" for s in steps)
+            assert (row["tokens_in"], row["tokens_out"], row["failed_calls"]) == (
+                state.tokens_in, state.tokens_out, state.llm_failures
+            )  # fmt: skip
+            assert (row["cache_hits"], row["cache_misses"]) == (
+                state.cache_hits, state.cache_misses
+            )  # fmt: skip
+            assert row["calls"] == sum(ev.type == "llm.request" for ev in mine)
+
+
+@SETTINGS
+@given(logs(), st.data())
+def test_verify_passes_any_log_and_names_the_one_event_changed(log, data):
+    pool, batches = log
+    with fresh_store() as store:
+        events = written(store, pool, batches)
+        path = store.path
+        with open_readonly(path) as ro:
+            report = verify(ro.conn)
+        assert report.ok, [p.line() for p in report.problems]
+        assert report.events == len(events)
+        target = data.draw(st.sampled_from(events))
+        conn = sqlite3.connect(path)
+        with conn:
+            conn.execute("DROP TRIGGER events_append_only_update")
+            conn.execute("UPDATE events SET data = data || ' ' WHERE seq = ?", (target.seq,))
+        conn.close()
+        with open_readonly(path) as ro:
+            report = verify(ro.conn)
+    assert [(p.seq, p.message) for p in report.problems if p.check != "schema"] == [
+        (target.seq, "hash does not match the event's content (edited after append)")
+    ]
+    assert report.problems[0].seq == target.seq
