@@ -86,3 +86,16 @@ CREATE TABLE IF NOT EXISTS cache_index (
     tokens_in       INTEGER NOT NULL DEFAULT 0,
     tokens_out      INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+
+-- Projection: one circuit breaker per provider endpoint (kind + public base URL), shared by every
+-- job and process using this file. Equal to projections.breaker.project over all events; tested.
+-- status: closed | open | half_open; until: epoch seconds (open: when a probe may go,
+-- half_open: when the probe's claim lapses).
+CREATE TABLE IF NOT EXISTS breakers (
+    endpoint TEXT PRIMARY KEY,
+    status   TEXT    NOT NULL,
+    failures INTEGER NOT NULL,
+    until    REAL    NOT NULL,
+    provider TEXT    NOT NULL,
+    seq      INTEGER NOT NULL
+) WITHOUT ROWID;

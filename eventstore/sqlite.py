@@ -6,6 +6,7 @@ Plain `sqlite3` on the append path (bench/ measures it); sqlite-utils for intros
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,6 +130,8 @@ class SQLiteEventStore:
         conn.execute("PRAGMA foreign_keys = ON")
         if not tables:
             self._apply_schema()
+        else:
+            self._add_missing_tables(set(tables))
 
     def _apply_schema(self) -> None:
         statements = schema_statements(SCHEMA_PATH.read_text(encoding="utf-8"))
@@ -143,6 +146,17 @@ class SQLiteEventStore:
                 "INSERT INTO steplog_meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+
+    def _add_missing_tables(self, tables: set[str]) -> None:
+        """A file of this schema version that predates a table added since (every statement in
+        schema.sql is IF NOT EXISTS, so applying it again only adds what is missing)."""
+        text = SCHEMA_PATH.read_text(encoding="utf-8")
+        defined = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", text))
+        if defined <= tables:
+            return
+        with self.write_transaction() as conn:
+            for statement in schema_statements(text):
+                conn.execute(statement)
 
     def close(self) -> None:
         self.conn.close()
