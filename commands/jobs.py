@@ -150,15 +150,11 @@ def check_breakers(
         if row is None:
             continue
         admission = breaker.admit(row.state, breaker_policy(config), now)
-        if admission.allowed:
+        if admission.allowed or row.status == "half_open":  # a probe is out: its calls wait
             continue
-        why = (
-            f"circuit open after {row.failures} failures"
-            if row.status == "open"
-            else "circuit half-open, its probe call is under way"
-        )
         raise Rejected(
-            f"provider {name!r} ({endpoint}): {why}; it may be retried after "
+            f"provider {name!r} ({endpoint}): circuit open after {row.failures} failures; "
+            f"it may be retried after "
             f"{iso(row.until)} (in {admission.retry_after:.0f}s), or pass --ignore-breaker"
         )
 

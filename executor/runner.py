@@ -462,7 +462,7 @@ class JobRunner:
                 if over is not None:
                     await self._refuse_budget(name, request, provider.name, over, estimate, pending)
                 try:
-                    self._admit(name, provider.name, endpoint, config)
+                    await self._admit(name, provider.name, endpoint, config)
                 except CircuitOpen as exc:
                     if pending:
                         await self.commit(pending)
@@ -557,31 +557,44 @@ class JobRunner:
             )
         raise StepFailure(error, "budget_exceeded")
 
-    def _admit(self, step: str, provider: str, endpoint: str | None, config: ProviderConfig) -> None:
+    async def _admit(
+        self, step: str, provider: str, endpoint: str | None, config: ProviderConfig
+    ) -> None:
         """Consult the endpoint's breaker (as the log has it now); raise CircuitOpen if refused.
 
         A closed breaker costs one primary-key read. Otherwise the decision and, for the one
         half-open probe, its claim are made in one write transaction, so two processes never
-        both probe.
+        both probe. A call that finds another call probing waits for the probe's outcome
+        (polling the log) instead of failing: closed lets it through, open fails it.
         """
         if endpoint is None or self.ignore_breaker:
             return
-        row = breaker_row(self.store.conn, endpoint)
-        if row is None or row.status == "closed":
-            return
         policy = breaker_policy(config)
-        decided: list[breaker.Admission] = []
+        pause = 0.02
+        while True:
+            row = breaker_row(self.store.conn, endpoint)
+            if row is None or row.status == "closed":
+                return
+            decided: list[tuple[BreakerState, breaker.Admission]] = []
 
-        def decide(state: BreakerState) -> list[NewEvent]:
-            admission = breaker.admit(state, policy, self.clock())
-            decided.append(admission)
-            if admission.transition is None:
-                return []
-            return [self._transition_event(step, provider, endpoint, admission.transition, policy)]
+            def decide(state: BreakerState) -> list[NewEvent]:
+                admission = breaker.admit(state, policy, self.clock())
+                decided.append((state, admission))
+                if admission.transition is None:
+                    return []
+                transition = admission.transition
+                return [self._transition_event(step, provider, endpoint, transition, policy)]
 
-        self._breaker_txn(endpoint, decide)
-        if not decided[0].allowed:
-            raise CircuitOpen(provider=provider, endpoint=endpoint, retry_after=decided[0].retry_after)
+            self._breaker_txn(endpoint, decide)
+            state, admission = decided[0]
+            if admission.allowed:
+                return
+            if state.status != "half_open":
+                raise CircuitOpen(
+                    provider=provider, endpoint=endpoint, retry_after=admission.retry_after
+                )
+            await anyio.sleep(min(pause, admission.retry_after))
+            pause = min(pause * 2, 0.5)
 
     async def _commit_outcome(
         self, step: str, provider: str, endpoint: str | None, config: ProviderConfig,
