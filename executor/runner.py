@@ -461,25 +461,27 @@ class JobRunner:
                 over = budget.exceeded(self.pipeline.spec.budget, spent_now, estimate)
                 if over is not None:
                     await self._refuse_budget(name, request, provider.name, over, estimate, pending)
-                try:
-                    await self._admit(name, provider.name, endpoint, config)
-                except CircuitOpen as exc:
-                    if pending:
-                        await self.commit(pending)
-                    raise StepFailure(str(exc), exc.error_class) from exc
-                requested = LLMRequested(
-                    provider=provider.name, kind=provider.kind, model=request.model,
-                    prompt_tokens=prompt_tokens, attempt=call, cache_key=key,
-                    prompt_sha256=prompt_sha, endpoint=endpoint,
-                )  # fmt: skip
-                await self.commit([*pending, self._ev(requested, name)], blobs)
-                pending, blobs = [], []
-                t = time.monotonic()
+                # reserved at once, so a parallel step's check sees this call's estimate
                 self._in_flight = self._in_flight + estimate
                 try:
-                    result: LLMResult = await provider.complete(request)
-                except Exception as exc:  # judged below, once the slot is free
-                    failed = exc
+                    try:
+                        await self._admit(name, provider.name, endpoint, config)
+                    except CircuitOpen as exc:
+                        if pending:
+                            await self.commit(pending)
+                        raise StepFailure(str(exc), exc.error_class) from exc
+                    requested = LLMRequested(
+                        provider=provider.name, kind=provider.kind, model=request.model,
+                        prompt_tokens=prompt_tokens, attempt=call, cache_key=key,
+                        prompt_sha256=prompt_sha, endpoint=endpoint,
+                    )  # fmt: skip
+                    await self.commit([*pending, self._ev(requested, name)], blobs)
+                    pending, blobs = [], []
+                    t = time.monotonic()
+                    try:
+                        result: LLMResult = await provider.complete(request)
+                    except Exception as exc:  # judged below, once the slot is free
+                        failed = exc
                 finally:
                     self._in_flight = self._in_flight - estimate
             finally:

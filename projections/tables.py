@@ -70,7 +70,8 @@ def project_breakers(conn: sqlite3.Connection, events: Sequence[StoredEvent]) ->
     """The breaker fold applied to the rows it touches (read, fold, write back)."""
     touched: Breakers = {}
     for ev in events:
-        if ev.type not in BREAKER_EVENT_TYPES:
+        # most llm.response events (offline providers) have no endpoint: skip them unparsed
+        if ev.type not in BREAKER_EVENT_TYPES or '"endpoint":"' not in ev.data_json:
             continue
         endpoint = orjson.loads(ev.data_json).get("endpoint")
         if not endpoint:
