@@ -264,3 +264,21 @@ def test_max_cost_with_an_unpriced_model_is_a_load_time_error_naming_it():
     assert ok.spec.prices["big-model"].output_per_mtok == 15.0
     with pytest.raises(PipelineError, match="unknown key 'budget.max_dollars'"):
         parse_pipeline(PRICED.replace("max_cost", "max_dollars"))
+
+
+def test_a_database_from_before_the_breakers_table_gets_it_on_open(tmp_path):
+    from projections.store import open_store
+
+    path = tmp_path / "old.db"
+    store = open_store(path)
+    with store.write_transaction() as conn:
+        conn.execute("DROP TABLE breakers")  # what a file written before this table looks like
+    store.close()
+    store = open_store(path)
+    try:
+        fail = LLMResponded(provider="p", model="m", duration_s=0, success=False, attempt=1,
+                            cache_key="k", endpoint=ENDPOINTS[0], retryable=True)  # fmt: skip
+        store.append("j", [NewEvent.of(fail)])
+        assert read_breakers_table(store.conn)[ENDPOINTS[0]].failures == 1
+    finally:
+        store.close()
