@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import anyio
 import httpx
@@ -423,44 +423,27 @@ class JobRunner:
         prompt_sha = blob_sha256(prompt_blob)
         prompt_tokens = len(request.prompt.split()) + len((request.system or "").split())
         estimate = budget.estimate(prompt_tokens, request.options, price)
-        pending = head
+        pending = list(head)  # this step's events not committed yet
         blobs: list[bytes] = [prompt_blob]
+
+        async def note(data: EventData) -> None:
+            """Commit an event now, after the step's pending ones."""
+            await self.commit([*pending, self._ev(data, name)])
+            pending.clear()
 
         def cost(tokens_in: int, tokens_out: int) -> float | None:
             found = budget.cost_of(price, tokens_in, tokens_out)
             return 0.0 if found is None and config.kind == "offline" else found
 
         for call in range(1, policy.max_attempts + 1):
-            limiter = self.limiters.get(provider.name)
-            holding = False
-            failed: BaseException | None = None
-            try:
-                if limiter is not None:
-                    try:
-                        limiter.acquire_nowait()
-                    except anyio.WouldBlock:
-                        waiting = StepWaiting(
-                            provider=provider.name, reason="concurrency",
-                            limit=limiter.total_tokens,
-                        )  # fmt: skip
-                        await self.commit([*pending, self._ev(waiting, name)])
-                        pending = []
-                        await limiter.acquire()
-                    holding = True
-                gate = self.gates.get(provider.name)
-                wait = gate.reserve() if gate is not None else 0.0
-                if wait > 0:
-                    waiting = StepWaiting(
-                        provider=provider.name, reason="rate_limit",
-                        limit=config.requests_per_minute or 0, wait_s=round(wait, 3),
-                    )  # fmt: skip
-                    await self.commit([*pending, self._ev(waiting, name)])
-                    pending = []
-                    await anyio.sleep(wait)
-                spent_now = self.spent + self._in_flight
-                over = budget.exceeded(self.pipeline.spec.budget, spent_now, estimate)
+            failed: Exception | None = None
+            async with self._slot(provider.name, config, note):
+                over = budget.exceeded(
+                    self.pipeline.spec.budget, self.spent + self._in_flight, estimate
+                )
                 if over is not None:
-                    await self._refuse_budget(name, request, provider.name, over, estimate, pending)
+                    await note(self._overrun(request, provider.name, over, estimate))
+                    raise StepFailure(self._overrun_text(over, estimate), "budget_exceeded")
                 # reserved at once, so a parallel step's check sees this call's estimate
                 self._in_flight = self._in_flight + estimate
                 try:
@@ -476,7 +459,8 @@ class JobRunner:
                         prompt_sha256=prompt_sha, endpoint=endpoint,
                     )  # fmt: skip
                     await self.commit([*pending, self._ev(requested, name)], blobs)
-                    pending, blobs = [], []
+                    pending.clear()
+                    blobs = []
                     t = time.monotonic()
                     try:
                         result: LLMResult = await provider.complete(request)
@@ -484,9 +468,6 @@ class JobRunner:
                         failed = exc
                 finally:
                     self._in_flight = self._in_flight - estimate
-            finally:
-                if holding and limiter is not None:
-                    limiter.release()
             duration = round(time.monotonic() - t, 6)
             if isinstance(failed, ProviderError):
                 exc = failed
@@ -534,30 +515,64 @@ class JobRunner:
 
     # -- budget and breaker ----------------------------------------------------------------------
 
-    async def _refuse_budget(
-        self, name: str, request: LLMRequest, provider: str, over: budget.Limit,
-        estimate: Spend, pending: list[NewEvent],
-    ) -> None:  # fmt: skip
+    @asynccontextmanager
+    async def _slot(
+        self, provider: str, config: ProviderConfig,
+        note: Callable[[EventData], Awaitable[None]],
+    ) -> AsyncIterator[None]:  # fmt: skip
+        """A place under the provider's concurrency and rate limits, for one attempt.
+
+        `note` records step.waiting, only when the step really has to wait: the display and
+        `status` show the step as waiting until its llm.request.
+        """
+        limiter = self.limiters.get(provider)
+        if limiter is not None:
+            try:
+                limiter.acquire_nowait()
+            except anyio.WouldBlock:
+                await note(
+                    StepWaiting(provider=provider, reason="concurrency", limit=limiter.total_tokens)
+                )
+                await limiter.acquire()
+        try:
+            gate = self.gates.get(provider)
+            wait = gate.reserve() if gate is not None else 0.0
+            if wait > 0:
+                await note(
+                    StepWaiting(provider=provider, reason="rate_limit",
+                                limit=config.requests_per_minute or 0, wait_s=round(wait, 3))
+                )  # fmt: skip
+                await anyio.sleep(wait)
+            yield
+        finally:
+            if limiter is not None:
+                limiter.release()
+
+    def _overrun(
+        self, request: LLMRequest, provider: str, over: budget.Limit, estimate: Spend
+    ) -> BudgetExceeded:
         limits = self.pipeline.spec.budget
         assert limits is not None
         spent = self.spent + self._in_flight
-        event = BudgetExceeded(
+        return BudgetExceeded(
             provider=provider, model=request.model, limit=over, max_tokens=limits.max_tokens,
             max_cost=limits.max_cost, tokens_spent=spent.tokens, cost_spent=spent.cost,
             estimate_tokens=estimate.tokens, estimate_cost=estimate.cost,
         )  # fmt: skip
-        await self.commit([*pending, self._ev(event, name)])
+
+    def _overrun_text(self, over: budget.Limit, estimate: Spend) -> str:
+        limits = self.pipeline.spec.budget
+        assert limits is not None
+        spent = self.spent + self._in_flight
         if over == "max_tokens":
-            error = (
+            return (
                 f"budget exceeded: {spent.tokens} tokens spent + {estimate.tokens} estimated for "
                 f"this call > max_tokens {limits.max_tokens}; no call made"
             )
-        else:
-            error = (
-                f"budget exceeded: ${spent.cost:.6f} spent + ${estimate.cost:.6f} estimated for "
-                f"this call > max_cost ${limits.max_cost}; no call made"
-            )
-        raise StepFailure(error, "budget_exceeded")
+        return (
+            f"budget exceeded: ${spent.cost:.6f} spent + ${estimate.cost:.6f} estimated for "
+            f"this call > max_cost ${limits.max_cost}; no call made"
+        )
 
     async def _admit(
         self, step: str, provider: str, endpoint: str | None, config: ProviderConfig

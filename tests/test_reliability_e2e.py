@@ -3,6 +3,7 @@ concurrency and rate limits, a chaos run, and Ctrl-C in the middle of an HTTP ca
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import signal
@@ -12,8 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from commands.display import PlainDisplay
+from commands.display import LiveDisplay, PlainDisplay
 from commands.jobs import RunCommand, execute, prepare_run
 from projections import manifest
 from projections.store import open_store
@@ -258,15 +260,25 @@ def test_max_concurrency_bounds_in_flight_calls_and_waiting_is_recorded(tmp_path
     waits = rows(db, "SELECT step, level, json_extract(data, '$.reason') FROM events"
                      " WHERE type = 'step.waiting'")  # fmt: skip
     assert len(waits) >= 4 and {(lvl, why) for _, lvl, why in waits} == {("DEBUG", "concurrency")}
-    # the fold shows a waiting step as such until its call goes out
+    # the fold, and so the live display, shows a waiting step as such until its call goes out
     store = open_store(db)
+    events = list(store.read_job("j"))
+    store.close()
     state = manifest.JobState(job_id="j")
     statuses = set()
-    for ev in store.read_job("j"):
+    for ev in events:
         manifest.apply(state, ev)
         statuses |= {s.status for s in state.steps.values()}
-    store.close()
     assert "waiting" in statuses and state.status == "succeeded"
+    first_wait = next(i for i, ev in enumerate(events) if ev.type == "step.waiting")
+    live = LiveDisplay(manifest.JobState(job_id="j"), console=Console(file=io.StringIO()))
+    live(events[: first_wait + 1])
+    screen = io.StringIO()
+    Console(file=screen, width=120).print(live.render())
+    assert "waiting" in screen.getvalue()
+    plain = PlainDisplay(manifest.JobState(job_id="j"), out=io.StringIO())
+    plain(events)
+    assert "waiting for provider remote's concurrency limit" in plain.out.getvalue()  # type: ignore[attr-defined]
 
 
 def test_requests_per_minute_spaces_calls(tmp_path):
