@@ -11,7 +11,8 @@ event (provider.circuit_opened / _half_open / _closed). projections.breaker fold
 back into the same BreakerState, so the state lives in the log, not in a process.
 
 A "counted" failure is one the retry policy treats as the provider's health (connect errors,
-timeouts, 408/409/429/5xx/529); a 400 or an unusable answer neither counts nor resets.
+timeouts, 408/409/429/5xx/529); a 400 or an unusable answer neither counts nor resets while
+closed, but while open or half-open it shows the endpoint answers, so it closes the circuit.
 While half-open, the probe's claim lapses after `probe_timeout_s` (its process may have died),
 then the next caller becomes the probe.
 """
@@ -81,7 +82,8 @@ def on_outcome(
     """State after one call's outcome (`state` is before it) and the transition, if any."""
     after = count(state, success, counted)
     transition: Transition | None = None
-    if success and state.status != "closed":
+    if state.status != "closed" and (success or not counted):
+        # the endpoint answered (even a 400 or an unusable body is an answer): close
         transition = Transition("closed", 0, 0.0)
     elif not success and counted:
         if state.status == "half_open" or (

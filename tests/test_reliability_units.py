@@ -101,6 +101,9 @@ def test_a_failed_probe_opens_again_and_a_success_resets_the_count():
     state = BreakerState(status="half_open", failures=3, until=20.0)
     state, moved = breaker.on_outcome(state, POLICY, False, True, 15.0)
     assert moved is not None and state.status == "open" and state.until == 25.0
+    probing = BreakerState(status="half_open", failures=3, until=20.0)
+    state, moved = breaker.on_outcome(probing, POLICY, False, False, 15.0)  # e.g. a 400: it answers
+    assert moved is not None and moved.to == "closed" and state == BreakerState()
     closed = BreakerState(failures=2)
     assert breaker.on_outcome(closed, POLICY, True, False, 0)[0].failures == 0
     assert breaker.on_outcome(closed, POLICY, False, False, 0)[0].failures == 2  # a 400: no count
