@@ -9,7 +9,7 @@
 -- Tables, indexes and triggers are never re-created from schema.sql: what a section adds must
 -- be here, and tests/test_migrations.py checks that an upgraded file equals a new one.
 
--- migration 2: audit views (llm_calls, step_runs, file_writes, cache_stats, job_summary), schema_migrations, REPLACE-proof triggers, the previous-run index
+-- migration 2: audit views (llm_calls, step_runs, file_writes, cache_stats, job_summary), schema_migrations, REPLACE-proof triggers, the previous-run index, the breakers projection
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version     INTEGER PRIMARY KEY,
     ts          TEXT    NOT NULL,             -- when it was applied, ISO 8601 UTC
@@ -38,3 +38,13 @@ END;
 CREATE INDEX IF NOT EXISTS events_cache_runs
     ON events (step, json_extract(data, '$.pipeline'), seq)
     WHERE type IN ('cache.hit', 'cache.miss');
+
+-- Circuit breakers per provider endpoint, a projection of llm.response and provider.* events.
+CREATE TABLE IF NOT EXISTS breakers (
+    endpoint TEXT PRIMARY KEY,
+    status   TEXT    NOT NULL,
+    failures INTEGER NOT NULL,
+    until    REAL    NOT NULL,
+    provider TEXT    NOT NULL,
+    seq      INTEGER NOT NULL
+) WITHOUT ROWID;

@@ -115,6 +115,19 @@ CREATE INDEX IF NOT EXISTS events_cache_runs
     ON events (step, json_extract(data, '$.pipeline'), seq)
     WHERE type IN ('cache.hit', 'cache.miss');
 
+-- Projection: one circuit breaker per provider endpoint (kind + public base URL), shared by every
+-- job and process using this file. Equal to projections.breaker.project over all events; tested.
+-- status: closed | open | half_open; until: epoch seconds (open: when a probe may go,
+-- half_open: when the probe's claim lapses).
+CREATE TABLE IF NOT EXISTS breakers (
+    endpoint TEXT PRIMARY KEY,
+    status   TEXT    NOT NULL,
+    failures INTEGER NOT NULL,
+    until    REAL    NOT NULL,
+    provider TEXT    NOT NULL,
+    seq      INTEGER NOT NULL
+) WITHOUT ROWID;
+
 -- Schema 2 ---------------------------------------------------------------------------------------
 
 -- One row per schema change applied to this file: the version it created or upgraded to.

@@ -114,7 +114,8 @@ def _run_prepared(store: SQLiteEventStore, prepared: Prepared, quiet: bool) -> N
     if outcome.succeeded:
         click.echo(
             f"job {prepared.job_id} succeeded: {len(state.steps)} steps, {state.cache_hits} cache hits, "
-            f"{state.llm_calls} provider calls, {tokens} tokens; workspace {prepared.workspace}"
+            f"{state.llm_calls} provider calls, {tokens} tokens, ${state.cost:.4f}; "
+            f"workspace {prepared.workspace}"
         )
         return
     click.echo(
@@ -137,6 +138,9 @@ def _run_prepared(store: SQLiteEventStore, prepared: Prepared, quiet: bool) -> N
     help="Where files are written (default: runs/<job_id>).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only the closing line.")
+@click.option(
+    "--ignore-breaker", is_flag=True, help="Call providers even while their circuit is open."
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -145,6 +149,7 @@ def run(
     job_id: str | None,
     workspace: Path | None,
     quiet: bool,
+    ignore_breaker: bool,
 ) -> None:
     """Run PIPELINE (a TOML file) as a new job.
 
@@ -152,8 +157,9 @@ def run(
     """
     store = _open(ctx)
     cmd = RunCommand(
-        pipeline_path=pipeline, inputs=_parse_inputs(inputs), job_id=job_id, workspace=workspace
-    )
+        pipeline_path=pipeline, inputs=_parse_inputs(inputs), job_id=job_id, workspace=workspace,
+        ignore_breaker=ignore_breaker,
+    )  # fmt: skip
     _run_prepared(store, prepare_run(store, cmd), quiet)
 
 
@@ -166,8 +172,14 @@ def run(
 )
 @click.option("--force", is_flag=True, help="Take over a job whose owner runs on another host.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the closing line.")
+@click.option(
+    "--ignore-breaker", is_flag=True, help="Call providers even while their circuit is open."
+)
 @click.pass_context
-def resume(ctx: click.Context, job: str, pipeline: Path | None, force: bool, quiet: bool) -> None:
+def resume(
+    ctx: click.Context, job: str, pipeline: Path | None, force: bool, quiet: bool,
+    ignore_breaker: bool,
+) -> None:  # fmt: skip
     """Continue JOB: skip completed steps, re-run failed and interrupted ones.
 
     Example: steplog resume job_20261124_101500_ab12cd
@@ -175,7 +187,12 @@ def resume(ctx: click.Context, job: str, pipeline: Path | None, force: bool, qui
     store = _open(ctx)
     _run_prepared(
         store,
-        prepare_resume(store, ResumeCommand(job_id=job, pipeline_path=pipeline, force=force)),
+        prepare_resume(
+            store,
+            ResumeCommand(
+                job_id=job, pipeline_path=pipeline, force=force, ignore_breaker=ignore_breaker
+            ),
+        ),
         quiet,
     )
 

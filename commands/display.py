@@ -21,6 +21,7 @@ from projections.manifest import JobState
 STATUS_STYLE = {
     "pending": "dim",
     "running": "yellow",
+    "waiting": "magenta",
     "succeeded": "green",
     "skipped": "cyan",
     "failed": "bold red",
@@ -43,6 +44,7 @@ class PlainDisplay:
         "step.failed",
         "step.skipped",
         "step.retrying",
+        "step.waiting",
         "job.succeeded",
         "job.failed",
     }
@@ -71,6 +73,10 @@ class PlainDisplay:
         if ev.type == "step.retrying":
             d = ev.data
             return f"{ev.type:<15} {ev.step}  attempt {d['attempt']} failed, retrying in {d['delay_s']}s: {d['error']}"
+        if ev.type == "step.waiting":
+            d = ev.data
+            what = "concurrency limit" if d["reason"] == "concurrency" else "rate limit"
+            return f"{ev.type:<15} {ev.step}  waiting for provider {d['provider']}'s {what}"
         return f"{ev.type:<15} {ev.step}"
 
     def __enter__(self) -> PlainDisplay:
@@ -122,7 +128,7 @@ class LiveDisplay:
             )
         table.caption = (
             f"{len(s.completed_steps)}/{len(s.steps)} done · {s.cache_hits} cache hits · "
-            f"{s.tokens_in + s.tokens_out} tokens · {s.llm_calls} calls"
+            f"{s.tokens_in + s.tokens_out} tokens · ${s.cost:.4f} · {s.llm_calls} calls"
         )
         return table
 

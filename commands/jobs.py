@@ -25,9 +25,13 @@ from eventstore.sqlite import SQLiteEventStore
 from executor import faults
 from executor.ownership import current_owner, owner_alive
 from executor.pipeline import NAME_PATTERN, Pipeline, PipelineError, load_pipeline, parse_pipeline
-from executor.runner import JobOutcome, JobRunner, Observer, Plan
+from executor.budget import Spend, still_blocked
+from executor.runner import JobOutcome, JobRunner, Observer, Plan, breaker_endpoint, breaker_policy
 from projections import manifest
+from projections.breaker import iso
 from projections.manifest import JobState
+from projections.tables import breaker_row
+from providers import breaker
 
 
 class Rejected(Exception):
@@ -53,6 +57,7 @@ class RunCommand(BaseModel):
     inputs: dict[str, str] = Field(default_factory=dict)
     job_id: str | None = None
     workspace: Path | None = None
+    ignore_breaker: bool = False
 
 
 class ResumeCommand(BaseModel):
@@ -61,6 +66,7 @@ class ResumeCommand(BaseModel):
     job_id: str
     pipeline_path: Path | None = None
     force: bool = False
+    ignore_breaker: bool = False
 
 
 @dataclass
@@ -73,6 +79,7 @@ class Prepared:
     workspace: Path
     plan: Plan
     state: JobState  # the job as folded right after the command's opening events
+    ignore_breaker: bool = False
 
 
 def new_job_id() -> str:
@@ -92,6 +99,8 @@ def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
     pipeline = load_pipeline(cmd.pipeline_path)
     inputs = pipeline.resolve_inputs(cmd.inputs)
     _check_keys(pipeline, list(pipeline.order))
+    if not cmd.ignore_breaker:
+        check_breakers(store, pipeline, list(pipeline.order))
     job_id = cmd.job_id or new_job_id()
     _check_job_id(job_id)
     if store.job_exists(job_id):
@@ -120,13 +129,50 @@ def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
     faults.after_commit([(ev.type, ev.step) for ev in stored])
     state = manifest.project(job_id, stored)
     plan = Plan(run=list(pipeline.order))
-    return Prepared(job_id, pipeline, inputs, workspace, plan, state)
+    return Prepared(job_id, pipeline, inputs, workspace, plan, state, cmd.ignore_breaker)
 
 
 def _check_keys(pipeline: Pipeline, steps: list[str]) -> None:
     problems = pipeline.missing_keys(steps, os.environ)
     if problems:
         raise Rejected(problems[0])
+
+
+def check_breakers(
+    store: SQLiteEventStore, pipeline: Pipeline, steps: list[str], now: float | None = None
+) -> None:
+    """Refuse up front while a breaker the steps' providers need would refuse a call."""
+    now = time.time() if now is None else now
+    for name in sorted({pipeline.spec.steps[s].provider for s in steps}):
+        config = pipeline.spec.providers[name]
+        endpoint = breaker_endpoint(config)
+        row = breaker_row(store.conn, endpoint) if endpoint else None
+        if row is None:
+            continue
+        admission = breaker.admit(row.state, breaker_policy(config), now)
+        if admission.allowed or row.status == "half_open":  # a probe is out: its calls wait
+            continue
+        raise Rejected(
+            f"provider {name!r} ({endpoint}): circuit open after {row.failures} failures; "
+            f"it may be retried after "
+            f"{iso(row.until)} (in {admission.retry_after:.0f}s), or pass --ignore-breaker"
+        )
+
+
+def _check_budget(state: JobState, pipeline: Pipeline, path: str | None) -> None:
+    stopped = state.budget_exceeded
+    if stopped is None or not still_blocked(pipeline.spec.budget, stopped):
+        return
+    limit = stopped["limit"]
+    if limit == "max_tokens":
+        spent = f"{stopped['tokens_spent']} tokens spent of max_tokens {stopped['max_tokens']}"
+    else:
+        spent = f"${stopped['cost_spent']:.6f} spent of max_cost ${stopped['max_cost']}"
+    raise Rejected(
+        f"job {state.job_id} stopped at its budget ({spent}; step {stopped.get('step')} needed "
+        f"about {stopped['estimate_tokens']} more tokens); raise [budget] {limit} in "
+        f"{path or 'the pipeline file'} to resume"
+    )
 
 
 def _owner_text(owner: dict[str, object]) -> str:
@@ -202,6 +248,9 @@ def prepare_resume(store: SQLiteEventStore, cmd: ResumeCommand) -> Prepared:
     pipeline = _pipeline_for_resume(store, state, cmd.pipeline_path)
     plan, changed = plan_resume(state, pipeline)
     _check_keys(pipeline, plan.run)
+    _check_budget(state, pipeline, pipeline.path)
+    if not cmd.ignore_breaker:
+        check_breakers(store, pipeline, plan.run)
     resumed = JobResumed(
         owner=current_owner(),
         pipeline_fingerprint=pipeline.fingerprint,
@@ -217,7 +266,9 @@ def prepare_resume(store: SQLiteEventStore, cmd: ResumeCommand) -> Prepared:
     faults.after_commit([(ev.type, ev.step) for ev in stored])
     state = manifest.project(cmd.job_id, stored, state)
     workspace = Path(state.workspace or Path("runs") / cmd.job_id)
-    return Prepared(cmd.job_id, pipeline, state.inputs, workspace, plan, state)
+    return Prepared(
+        cmd.job_id, pipeline, state.inputs, workspace, plan, state, cmd.ignore_breaker
+    )
 
 
 def execute(
@@ -232,6 +283,8 @@ def execute(
         prepared.workspace,
         version=prepared.state.version,
         observer=observer,
+        spent=Spend(prepared.state.tokens_in + prepared.state.tokens_out, prepared.state.cost),
+        ignore_breaker=prepared.ignore_breaker,
     )
     received = {"signal": "SIGINT"}
 

@@ -106,8 +106,16 @@ def print_manifest(console: Console, state: JobState, *, historical: bool = Fals
     console.print(
         f"calls {state.llm_calls} ({state.llm_failures} failed)  tokens in {state.tokens_in} out "
         f"{state.tokens_out}  cache hits {state.cache_hits} misses {state.cache_misses}  "
-        f"files {state.files_written}"
+        f"files {state.files_written}  cost ${state.cost:.6f}"
     )
+    if state.budget_exceeded:
+        b = state.budget_exceeded
+        console.print(
+            f"[red]budget:[/] step {b.get('step')} stopped at {b['limit']} "
+            f"(max_tokens {b.get('max_tokens')}, max_cost {b.get('max_cost')}; spent "
+            f"{b['tokens_spent']} tokens, ${b['cost_spent']:.6f})",
+            markup=True, highlight=False,
+        )  # fmt: skip
     if state.last_error:
         console.print(f"[red]last error:[/] {state.last_error}", markup=True, highlight=False)
     table = Table()

@@ -134,7 +134,10 @@ def _check_log(
                 referenced[value] = (ev.job_id, ev.version, ev.seq)
     report.jobs = len(heads)
     _check_streams(conn, report, heads, job_id)
+    present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     for projection, state in states:
+        if projection.table not in present:
+            continue  # an older schema: the schema check reports the missing table
         _check_projection(conn, report, projection, state)
         report.projections.append(projection.table)
     if job_id is not None and job_id not in heads:

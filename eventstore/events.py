@@ -165,6 +165,9 @@ class LLMRequested(EventData):
     attempt: int = Field(ge=1)
     cache_key: str
     prompt_sha256: Sha256
+    endpoint: str | None = Field(
+        default=None, description="kind + public base URL: the circuit breaker's identity"
+    )
 
 
 class LLMResponded(EventData):
@@ -182,6 +185,15 @@ class LLMResponded(EventData):
     status: int | None = None
     error: str | None = None
     error_class: str | None = None
+    endpoint: str | None = Field(
+        default=None, description="kind + public base URL: the circuit breaker's identity"
+    )
+    retryable: bool | None = Field(
+        default=None, description="a failure that counts against the circuit breaker"
+    )
+    cost: float | None = Field(
+        default=None, description="USD from the pipeline's [prices]; None when unpriced"
+    )
 
 
 class CacheDetail(BaseModel):
@@ -261,11 +273,51 @@ class CircuitOpened(EventData):
     provider: str
     failures: int
     retry_at: str
+    endpoint: str | None = None
+    cooldown_s: float | None = None
+
+
+class CircuitHalfOpen(EventData):
+    """The cool-down is over and this event's step holds the one probe call."""
+
+    TYPE = "provider.circuit_half_open"
+    provider: str
+    endpoint: str
+    failures: int
+    probe_until: str = Field(description="when the probe's claim lapses if no outcome arrives")
 
 
 class CircuitClosed(EventData):
     TYPE = "provider.circuit_closed"
     provider: str
+    endpoint: str | None = None
+
+
+class StepWaiting(EventData):
+    """The step had to wait for its provider's concurrency or rate limit (only when it did)."""
+
+    TYPE = "step.waiting"
+    LEVEL = "DEBUG"
+    provider: str
+    reason: Literal["concurrency", "rate_limit"]
+    limit: float = Field(description="max_concurrency, or requests_per_minute")
+    wait_s: float | None = Field(default=None, description="known in advance for rate limits")
+
+
+class BudgetExceeded(EventData):
+    """A call was not made: tokens or cost so far plus its estimate would pass the job's budget."""
+
+    TYPE = "budget.exceeded"
+    LEVEL = "WARNING"
+    provider: str
+    model: str
+    limit: Literal["max_tokens", "max_cost"]
+    max_tokens: int | None = None
+    max_cost: float | None = None
+    tokens_spent: int
+    cost_spent: float
+    estimate_tokens: int
+    estimate_cost: float | None = None
 
 
 EVENT_TYPES: dict[str, type[EventData]] = {
@@ -275,6 +327,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         JobInterrupted, JobForked, StepStarted, StepSucceeded, StepFailed, StepSkipped,
         StepRetrying, LLMRequested, LLMResponded, CacheHit, CacheMiss, CacheInvalidated,
         FileWritten, CircuitOpened, CircuitClosed,
+        CircuitHalfOpen, StepWaiting, BudgetExceeded,
     )
 }  # fmt: skip
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from executor.budget import Budget, Price
 from executor.cachekey import canonical_json
 from executor.templates import TemplateProblem, check_template
 from providers.config import ProviderConfig
@@ -60,6 +61,8 @@ class PipelineSpec(BaseModel):
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     providers: dict[str, ProviderConfig]
     steps: dict[str, StepSpec]
+    budget: Budget | None = Field(default=None, description="per-job limits on tokens and cost")
+    prices: dict[str, Price] = Field(default_factory=dict, description="model -> USD per Mtok")
 
     @field_validator("inputs", "providers", "steps")
     @classmethod
@@ -149,6 +152,9 @@ class Pipeline:
 
     def provider_for(self, step: str) -> ProviderConfig:
         return self.spec.providers[self.spec.steps[step].provider]
+
+    def model_for(self, step: str) -> str:
+        return self.spec.steps[step].model or self.provider_for(step).model
 
     def missing_keys(self, steps: list[str], environ: Mapping[str, str]) -> list[str]:
         """Problems with API keys the given steps' providers need (named, never the key)."""
@@ -315,6 +321,14 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
                 f"{label}: provider {name!r} of kind {provider.kind} needs base_url"
             )
     _check_max_tokens(spec, label)
+    if spec.budget is not None and spec.budget.max_cost is not None:
+        for name in spec.steps:  # offline models cost nothing; every other one needs a price
+            model = pipeline.model_for(name)
+            if pipeline.provider_for(name).kind != "offline" and model not in spec.prices:
+                raise PipelineError(
+                    f"{label}: step {name!r} uses model {model!r}, which has no "
+                    f'[prices."{model}"] entry; [budget] max_cost needs one'
+                )
     return pipeline
 
 

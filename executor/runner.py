@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import anyio
 import httpx
 
 from eventstore.events import (
+    BudgetExceeded,
     CacheHit,
     CacheInvalidated,
     CacheMiss,
+    CircuitClosed,
+    CircuitHalfOpen,
+    CircuitOpened,
     EventData,
     FileWritten,
     JobFailed,
@@ -34,37 +38,55 @@ from eventstore.events import (
     StepSkipped,
     StepStarted,
     StepSucceeded,
+    StepWaiting,
 )
 from eventstore.record import StoredEvent, blob_sha256
 from eventstore.sqlite import SQLiteEventStore
-from executor import cachekey, explain, faults
+from executor import budget, cachekey, explain, faults
+from executor.budget import Spend
 from executor.cachehistory import previous_run
 from executor.committer import GroupCommitter
 from executor.outputs import OutputProblem, StepOutput, parse_output
 from executor.pipeline import Pipeline
 from executor.templates import TemplateProblem, render
 from executor.workspace import UnsafePath, safe_relative, write_file
-from projections.tables import cache_lookup
+from projections.breaker import iso
+from projections.tables import breaker_row, cache_lookup
+from providers import breaker
+from providers.backoff import RetryPolicy
 from providers.base import LLMRequest, LLMResult, Provider, ProviderError
+from providers.breaker import BreakerPolicy, BreakerState, CircuitOpen, Transition, endpoint_of
+from providers.config import ProviderConfig
+from providers.ratelimit import RateGate
 from providers.registry import build_provider
 
 Observer = Callable[[Sequence[StoredEvent]], None]
 
-BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 30.0
-RETRY_AFTER_CAP_S = 60.0
-# In-flight calls per provider. The offline provider has nothing to protect, so no limiter
-# (entering one costs a trip through the event loop per call).
+# In-flight calls per provider unless `max_concurrency` says otherwise. The offline provider has
+# nothing to protect, so no limiter (entering one costs a trip through the event loop per call).
 DEFAULT_CONCURRENCY: dict[str, int | None] = {"offline": None}
+DEFAULT_MAX_CONCURRENCY = 4
 
 
-def backoff_delay(attempt: int, retry_after: float | None, rng: random.Random) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))], or Retry-After if larger."""
-    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
-    delay = rng.uniform(0, ceiling)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, RETRY_AFTER_CAP_S))
-    return round(delay, 3)
+def retry_policy(config: ProviderConfig) -> RetryPolicy:
+    return RetryPolicy(
+        base_s=config.backoff_base_s,
+        cap_s=config.backoff_cap_s,
+        max_attempts=config.max_retries + 1,
+    )
+
+
+def breaker_policy(config: ProviderConfig) -> BreakerPolicy:
+    return BreakerPolicy(
+        failures=config.breaker_failures,
+        cooldown_s=config.breaker_cooldown_s,
+        probe_timeout_s=config.timeout_s + config.breaker_cooldown_s,
+    )
+
+
+def breaker_endpoint(config: ProviderConfig) -> str | None:
+    """The breaker a provider's calls count against; none for offline (nothing to protect)."""
+    return None if config.kind == "offline" else endpoint_of(config.kind, config.base_url)
 
 
 @dataclass
@@ -102,6 +124,9 @@ class JobRunner:
         version: int,
         observer: Observer | None = None,
         rng: random.Random | None = None,
+        spent: Spend | None = None,
+        ignore_breaker: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.job_id = job_id
@@ -115,6 +140,11 @@ class JobRunner:
         self._steps_context: dict[str, dict[str, Any]] = {}  # what templates see as `steps`
         self.providers: dict[str, Provider] = {}
         self.limiters: dict[str, anyio.CapacityLimiter] = {}
+        self.gates: dict[str, RateGate] = {}
+        self.spent = spent or Spend()  # the job's tokens and cost so far, all runs
+        self._in_flight = Spend()  # estimates of calls under way, reserved against the budget
+        self.ignore_breaker = ignore_breaker
+        self.clock = clock  # wall time: breakers are shared with other processes
         self._errors: dict[str, str] = {}
         self._attempted: set[str] = set()  # steps that got past their needs and started
         self._committer: GroupCommitter | None = None
@@ -159,9 +189,13 @@ class JobRunner:
                 client = await stack.enter_async_context(httpx.AsyncClient(verify=tls))
             for name, config in configs.items():
                 self.providers[name] = build_provider(name, config, client)
-                limit = DEFAULT_CONCURRENCY.get(config.kind, 4)
+                limit = config.max_concurrency or DEFAULT_CONCURRENCY.get(
+                    config.kind, DEFAULT_MAX_CONCURRENCY
+                )
                 if limit is not None:
                     self.limiters[name] = anyio.CapacityLimiter(limit)
+                if config.requests_per_minute:
+                    self.gates[name] = RateGate(config.requests_per_minute)
             done = {name: anyio.Event() for name in plan.run}
             ok: dict[str, bool] = {name: True for name in plan.reuse}
             self._committer = committer = GroupCommitter(self.emit)
@@ -388,64 +422,272 @@ class JobRunner:
     ) -> tuple[str, NewEvent, bytes]:
         """Call the provider with retries; every attempt is a request/response pair in the log.
 
-        Failed attempts are committed here; the successful llm.response is returned uncommitted
-        (with its blob) so the caller commits it with whatever the answer settles, at once.
+        Before each attempt: a slot under the provider's concurrency and rate limits
+        (step.waiting when the step had to wait), the job's budget, the endpoint's circuit
+        breaker; a refusal fails the step without an llm.request. Failed attempts are committed
+        here (with any breaker transition they cause); the successful llm.response is returned
+        uncommitted (with its blob) so the caller commits it with whatever the answer settles.
         """
         config = self.pipeline.provider_for(name)
         provider = self.providers[self.pipeline.spec.steps[name].provider]
+        policy = retry_policy(config)
+        endpoint = breaker_endpoint(config)
+        price = self.pipeline.spec.prices.get(request.model)
         prompt_blob = _prompt_blob(request)
         prompt_sha = blob_sha256(prompt_blob)
         prompt_tokens = len(request.prompt.split()) + len((request.system or "").split())
-        pending = head
+        estimate = budget.estimate(prompt_tokens, request.options, price)
+        pending = list(head)  # this step's events not committed yet
         blobs: list[bytes] = [prompt_blob]
-        max_attempts = config.max_retries + 1
-        for call in range(1, max_attempts + 1):
-            requested = LLMRequested(
-                provider=provider.name, kind=provider.kind, model=request.model,
-                prompt_tokens=prompt_tokens, attempt=call, cache_key=key, prompt_sha256=prompt_sha,
-            )  # fmt: skip
-            await self.commit([*pending, self._ev(requested, name)], blobs)
-            pending, blobs = [], []
-            t = time.monotonic()
-            try:
-                limiter = self.limiters.get(provider.name)
-                if limiter is None:
-                    result: LLMResult = await provider.complete(request)
-                else:
-                    async with limiter:
-                        result = await provider.complete(request)
-            except ProviderError as exc:
+
+        async def note(data: EventData) -> None:
+            """Commit an event now, after the step's pending ones."""
+            await self.commit([*pending, self._ev(data, name)])
+            pending.clear()
+
+        def cost(tokens_in: int, tokens_out: int) -> float | None:
+            found = budget.cost_of(price, tokens_in, tokens_out)
+            return 0.0 if found is None and config.kind == "offline" else found
+
+        for call in range(1, policy.max_attempts + 1):
+            failed: Exception | None = None
+            async with self._slot(provider.name, config, note):
+                over = budget.exceeded(
+                    self.pipeline.spec.budget, self.spent + self._in_flight, estimate
+                )
+                if over is not None:
+                    await note(self._overrun(request, provider.name, over, estimate))
+                    raise StepFailure(self._overrun_text(over, estimate), "budget_exceeded")
+                # reserved at once, so a parallel step's check sees this call's estimate
+                self._in_flight = self._in_flight + estimate
+                try:
+                    try:
+                        await self._admit(name, provider.name, endpoint, config)
+                    except CircuitOpen as exc:
+                        if pending:
+                            await self.commit(pending)
+                        raise StepFailure(str(exc), exc.error_class) from exc
+                    requested = LLMRequested(
+                        provider=provider.name, kind=provider.kind, model=request.model,
+                        prompt_tokens=prompt_tokens, attempt=call, cache_key=key,
+                        prompt_sha256=prompt_sha, endpoint=endpoint,
+                    )  # fmt: skip
+                    await self.commit([*pending, self._ev(requested, name)], blobs)
+                    pending.clear()
+                    blobs = []
+                    t = time.monotonic()
+                    try:
+                        result: LLMResult = await provider.complete(request)
+                    except Exception as exc:  # judged below, once the slot is free
+                        failed = exc
+                finally:
+                    self._in_flight = self._in_flight - estimate
+            duration = round(time.monotonic() - t, 6)
+            if isinstance(failed, ProviderError):
+                exc = failed
                 failure = LLMResponded(
-                    provider=provider.name, model=request.model,
-                    duration_s=round(time.monotonic() - t, 6), success=False, attempt=call,
-                    cache_key=key, status=exc.status, error=str(exc), error_class=exc.error_class,
+                    provider=provider.name, model=request.model, duration_s=duration,
+                    success=False, attempt=call, cache_key=key, status=exc.status,
+                    error=str(exc), error_class=exc.error_class, endpoint=endpoint,
+                    retryable=exc.retryable, cost=cost(0, 0),
                 )  # fmt: skip
-                if exc.retryable and call < max_attempts:
-                    delay = backoff_delay(call, exc.retry_after, self.rng)
+                outcome = [self._ev(failure, name)]
+                retry = policy.should_retry(exc, call)
+                delay = policy.delay(call, exc.retry_after, self.rng) if retry else 0.0
+                if retry:
                     retrying = StepRetrying(attempt=call, delay_s=delay, error=str(exc))
-                    await self.commit([self._ev(failure, name), self._ev(retrying, name)])
+                    outcome.append(self._ev(retrying, name))
+                await self._commit_outcome(
+                    name, provider.name, endpoint, config, outcome, False, exc.retryable
+                )
+                if retry:
                     await anyio.sleep(delay)
                     continue
-                await self.commit([self._ev(failure, name)])
                 raise StepFailure(str(exc), exc.error_class) from exc
-            except Exception as exc:  # a provider bug must fail the step, not wedge the job
-                error = f"provider {provider.name!r} raised {type(exc).__name__}: {exc}"
+            if failed is not None:  # a provider bug must fail the step, not wedge the job
+                error = f"provider {provider.name!r} raised {type(failed).__name__}: {failed}"
                 failure = LLMResponded(
-                    provider=provider.name, model=request.model,
-                    duration_s=round(time.monotonic() - t, 6), success=False, attempt=call,
-                    cache_key=key, error=error, error_class="internal_error",
+                    provider=provider.name, model=request.model, duration_s=duration,
+                    success=False, attempt=call, cache_key=key, error=error,
+                    error_class="internal_error", endpoint=endpoint, retryable=False,
+                    cost=cost(0, 0),
                 )  # fmt: skip
                 await self.commit([self._ev(failure, name)])
-                raise StepFailure(error, "internal_error") from exc
+                raise StepFailure(error, "internal_error") from failed
             response = result.text.encode("utf-8")
+            spent = cost(result.tokens_in, result.tokens_out)
             answered = LLMResponded(
-                provider=provider.name, model=result.model,
-                duration_s=round(time.monotonic() - t, 6), tokens_in=result.tokens_in,
-                tokens_out=result.tokens_out, success=True, attempt=call, cache_key=key,
-                response_sha256=blob_sha256(response), finish_reason=result.finish_reason,
+                provider=provider.name, model=result.model, duration_s=duration,
+                tokens_in=result.tokens_in, tokens_out=result.tokens_out, success=True,
+                attempt=call, cache_key=key, response_sha256=blob_sha256(response),
+                finish_reason=result.finish_reason, endpoint=endpoint, cost=spent,
             )  # fmt: skip
+            self.spent = self.spent + Spend(result.tokens_in + result.tokens_out, spent or 0.0)
+            await self._commit_outcome(name, provider.name, endpoint, config, [], True, False)
             return result.text, self._ev(answered, name), response
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    # -- budget and breaker ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _slot(
+        self, provider: str, config: ProviderConfig,
+        note: Callable[[EventData], Awaitable[None]],
+    ) -> AsyncIterator[None]:  # fmt: skip
+        """A place under the provider's concurrency and rate limits, for one attempt.
+
+        `note` records step.waiting, only when the step really has to wait: the display and
+        `status` show the step as waiting until its llm.request.
+        """
+        limiter = self.limiters.get(provider)
+        if limiter is not None:
+            try:
+                limiter.acquire_nowait()
+            except anyio.WouldBlock:
+                await note(
+                    StepWaiting(provider=provider, reason="concurrency", limit=limiter.total_tokens)
+                )
+                await limiter.acquire()
+        try:
+            gate = self.gates.get(provider)
+            wait = gate.reserve() if gate is not None else 0.0
+            if wait > 0:
+                await note(
+                    StepWaiting(provider=provider, reason="rate_limit",
+                                limit=config.requests_per_minute or 0, wait_s=round(wait, 3))
+                )  # fmt: skip
+                await anyio.sleep(wait)
+            yield
+        finally:
+            if limiter is not None:
+                limiter.release()
+
+    def _overrun(
+        self, request: LLMRequest, provider: str, over: budget.Limit, estimate: Spend
+    ) -> BudgetExceeded:
+        limits = self.pipeline.spec.budget
+        assert limits is not None
+        spent = self.spent + self._in_flight
+        return BudgetExceeded(
+            provider=provider, model=request.model, limit=over, max_tokens=limits.max_tokens,
+            max_cost=limits.max_cost, tokens_spent=spent.tokens, cost_spent=spent.cost,
+            estimate_tokens=estimate.tokens, estimate_cost=estimate.cost,
+        )  # fmt: skip
+
+    def _overrun_text(self, over: budget.Limit, estimate: Spend) -> str:
+        limits = self.pipeline.spec.budget
+        assert limits is not None
+        spent = self.spent + self._in_flight
+        if over == "max_tokens":
+            return (
+                f"budget exceeded: {spent.tokens} tokens spent + {estimate.tokens} estimated for "
+                f"this call > max_tokens {limits.max_tokens}; no call made"
+            )
+        return (
+            f"budget exceeded: ${spent.cost:.6f} spent + ${estimate.cost:.6f} estimated for "
+            f"this call > max_cost ${limits.max_cost}; no call made"
+        )
+
+    async def _admit(
+        self, step: str, provider: str, endpoint: str | None, config: ProviderConfig
+    ) -> None:
+        """Consult the endpoint's breaker (as the log has it now); raise CircuitOpen if refused.
+
+        A closed breaker costs one primary-key read. Otherwise the decision and, for the one
+        half-open probe, its claim are made in one write transaction, so two processes never
+        both probe. A call that finds another call probing waits for the probe's outcome
+        (polling the log) instead of failing: closed lets it through, open fails it.
+        """
+        if endpoint is None or self.ignore_breaker:
+            return
+        policy = breaker_policy(config)
+        pause = 0.02
+        while True:
+            row = breaker_row(self.store.conn, endpoint)
+            if row is None or row.status == "closed":
+                return
+            decided: list[tuple[BreakerState, breaker.Admission]] = []
+
+            def decide(state: BreakerState) -> list[NewEvent]:
+                admission = breaker.admit(state, policy, self.clock())
+                decided.append((state, admission))
+                if admission.transition is None:
+                    return []
+                transition = admission.transition
+                return [self._transition_event(step, provider, endpoint, transition, policy)]
+
+            self._breaker_txn(endpoint, decide)
+            state, admission = decided[0]
+            if admission.allowed:
+                return
+            if state.status != "half_open":
+                raise CircuitOpen(
+                    provider=provider, endpoint=endpoint, retry_after=admission.retry_after
+                )
+            await anyio.sleep(min(pause, admission.retry_after))
+            pause = min(pause * 2, 0.5)
+
+    async def _commit_outcome(
+        self, step: str, provider: str, endpoint: str | None, config: ProviderConfig,
+        events: list[NewEvent], success: bool, counted: bool,
+    ) -> None:  # fmt: skip
+        """Commit an attempt's outcome events with the breaker transition they cause, if any."""
+        if endpoint is None:
+            if events:
+                await self.commit(events)
+            return
+        if success:  # a success only matters to a breaker that is not closed
+            row = breaker_row(self.store.conn, endpoint)
+            if row is None or row.status == "closed":
+                if events:
+                    await self.commit(events)
+                return
+        policy = breaker_policy(config)
+
+        def decide(state: BreakerState) -> list[NewEvent]:
+            _, transition = breaker.on_outcome(state, policy, success, counted, self.clock())
+            if transition is None:
+                return events
+            # the transition follows the llm.response that caused it, before step.retrying
+            moved = self._transition_event(step, provider, endpoint, transition, policy)
+            return [*events[:1], moved, *events[1:]]
+
+        self._breaker_txn(endpoint, decide)
+
+    def _transition_event(
+        self, step: str, provider: str, endpoint: str, transition: Transition,
+        policy: BreakerPolicy,
+    ) -> NewEvent:  # fmt: skip
+        data: EventData
+        if transition.to == "open":
+            data = CircuitOpened(
+                provider=provider, failures=transition.failures, retry_at=iso(transition.until),
+                endpoint=endpoint, cooldown_s=policy.cooldown_s,
+            )  # fmt: skip
+        elif transition.to == "half_open":
+            data = CircuitHalfOpen(
+                provider=provider, endpoint=endpoint, failures=transition.failures,
+                probe_until=iso(transition.until),
+            )  # fmt: skip
+        else:
+            data = CircuitClosed(provider=provider, endpoint=endpoint)
+        return self._ev(data, step)
+
+    def _breaker_txn(
+        self, endpoint: str, decide: Callable[[BreakerState], list[NewEvent]]
+    ) -> None:
+        """Read the breaker, decide, append: one IMMEDIATE transaction (other processes wait)."""
+        with self.store.write_transaction() as conn:
+            row = breaker_row(conn, endpoint)
+            events = decide(row.state if row else BreakerState())
+            if not events:
+                return
+            prepared = [(e.ts, e.level, e.type, e.step, e.data_json()) for e in events]
+            stored = self.store.append_txn(conn, self.job_id, prepared, self.version, ())
+        self.version = stored[-1].version
+        if self.observer is not None:
+            self.observer(stored)
+        faults.after_commit([(ev.type, ev.step) for ev in stored])
 
 
 def _prompt_blob(request: LLMRequest) -> bytes:

@@ -14,7 +14,7 @@ import orjson
 
 from eventstore.record import StoredEvent
 
-STEP_STATUSES = ("pending", "running", "succeeded", "failed", "skipped")
+STEP_STATUSES = ("pending", "running", "waiting", "succeeded", "failed", "skipped")
 
 # Job status after an event of each type (other types leave it as it was).
 JOB_STATUS_AFTER = {
@@ -48,6 +48,7 @@ class StepState:
     tokens_in: int = 0
     tokens_out: int = 0
     files: list[str] = field(default_factory=list)
+    cost: float = 0.0  # USD, from llm.response `cost` (unpriced calls add nothing)
 
     @property
     def completed(self) -> bool:
@@ -83,6 +84,8 @@ class JobState:
     cache_hits: int = 0
     cache_misses: int = 0
     files_written: int = 0
+    cost: float = 0.0
+    budget_exceeded: dict[str, Any] | None = None  # the last run's budget.exceeded, until resumed
 
     @property
     def exists(self) -> bool:
@@ -147,6 +150,7 @@ def _job_started(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
     state.finished_ts = None
     if ev.type == "job.resumed":
         state.pipeline_fingerprint = d["pipeline_fingerprint"]
+        state.budget_exceeded = None
 
 
 def _job_ended(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
@@ -215,6 +219,26 @@ def _llm_response(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
     state.tokens_out += d.get("tokens_out", 0)
     s.tokens_in += d.get("tokens_in", 0)
     s.tokens_out += d.get("tokens_out", 0)
+    cost = d.get("cost") or 0.0
+    if cost:
+        state.cost = round(state.cost + cost, 9)
+        s.cost = round(s.cost + cost, 9)
+
+
+def _llm_request(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    s = _step(state, ev)
+    if s.status == "waiting":  # the wait is over once the call is on its way
+        s.status = "running"
+
+
+def _step_waiting(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    s = _step(state, ev)
+    if s.status == "running":
+        s.status = "waiting"
+
+
+def _budget_exceeded(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    state.budget_exceeded = {**d, "step": ev.step}
 
 
 def _cache_hit(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
@@ -251,6 +275,9 @@ _HANDLERS: dict[str, Handler] = {
     "step.failed": _step_failed,
     "step.skipped": _step_skipped,
     "llm.response": _llm_response,
+    "llm.request": _llm_request,
+    "step.waiting": _step_waiting,
+    "budget.exceeded": _budget_exceeded,
     "cache.hit": _cache_hit,
     "cache.miss": _cache_miss,
     "file.written": _file_written,

@@ -14,7 +14,8 @@ import orjson
 
 from eventstore.record import StoredEvent
 from eventstore.sqlite import SQLiteEventStore
-from projections import cache
+from projections import breaker, cache
+from projections.breaker import BREAKER_EVENT_TYPES, BreakerRow, Breakers
 from projections.cache import CACHE_EVENT_TYPES, CacheEntry, CacheIndex
 from projections.manifest import JOB_STATUS_AFTER
 
@@ -63,7 +64,44 @@ def project_cache(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> No
             )
 
 
-PROJECTORS = (project_jobs, project_cache)
+_BREAKER_COLUMNS = "endpoint, status, failures, until, provider, seq"
+
+
+def project_breakers(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> None:
+    """The breaker fold applied to the rows it touches (read, fold, write back)."""
+    touched: Breakers = {}
+    for ev in events:
+        # most llm.response events (offline providers) have no endpoint: skip them unparsed
+        if ev.type not in BREAKER_EVENT_TYPES or '"endpoint":"' not in ev.data_json:
+            continue
+        endpoint = orjson.loads(ev.data_json).get("endpoint")
+        if not endpoint:
+            continue
+        if endpoint not in touched:
+            row = breaker_row(conn, endpoint)
+            if row is not None:
+                touched[endpoint] = row
+        breaker.apply(touched, ev)
+    if touched:
+        conn.executemany(
+            f"INSERT OR REPLACE INTO breakers ({_BREAKER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            list(touched.values()),
+        )
+
+
+PROJECTORS = (project_jobs, project_cache, project_breakers)
+
+
+def breaker_row(conn: sqlite3.Connection, endpoint: str) -> BreakerRow | None:
+    row = conn.execute(
+        f"SELECT {_BREAKER_COLUMNS} FROM breakers WHERE endpoint = ?", (endpoint,)
+    ).fetchone()
+    return BreakerRow(*row) if row else None
+
+
+def read_breakers_table(conn: sqlite3.Connection) -> Breakers:
+    rows = conn.execute(f"SELECT {_BREAKER_COLUMNS} FROM breakers").fetchall()
+    return {r[0]: BreakerRow(*r) for r in rows}
 
 
 def cache_lookup(conn: sqlite3.Connection, cache_key: str) -> CacheEntry | None:
@@ -108,13 +146,17 @@ def rebuild(store: SQLiteEventStore) -> int:
     """
     rows: dict[str, JobRow] = {}
     index: CacheIndex = {}
+    breakers: Breakers = {}
     count = 0
     # Fold inside the write transaction: an append by another process between the read and the
     # rewrite would otherwise be wiped from the tables. Writers wait (busy_timeout) meanwhile.
     with store.write_transaction() as conn:
-        for ev in store.read_all(data_for=("job.created", *CACHE_EVENT_TYPES)):
+        for ev in store.read_all(
+            data_for=("job.created", *CACHE_EVENT_TYPES, *BREAKER_EVENT_TYPES)
+        ):
             apply_job_row(rows, ev)
             cache.apply(index, ev)
+            breaker.apply(breakers, ev)
             count += 1
         conn.execute("DELETE FROM jobs")
         conn.execute("DELETE FROM cache_index")
@@ -126,6 +168,11 @@ def rebuild(store: SQLiteEventStore) -> int:
             "INSERT INTO cache_index (cache_key, response_sha256, origin_job, origin_step, seq,"
             " tokens_in, tokens_out) VALUES (?, ?, ?, ?, ?, ?, ?)",
             sorted(index.values()),  # key order: the b-tree fills page by page
+        )
+        conn.execute("DELETE FROM breakers")
+        conn.executemany(
+            f"INSERT INTO breakers ({_BREAKER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            sorted(breakers.values()),
         )
     return count
 
@@ -161,5 +208,12 @@ TABLE_PROJECTIONS: tuple[TableProjection, ...] = (
         start=dict,
         apply=cache.apply,
         rows=lambda state: state.values(),
-    ),  # fmt: skip
-)
+    ),
+    TableProjection(
+        "breakers",
+        ("endpoint", "status", "failures", "until", "provider", "seq"),
+        start=dict,
+        apply=breaker.apply,
+        rows=lambda state: state.values(),
+    ),
+)  # fmt: skip

@@ -44,6 +44,14 @@ class ProviderConfig(BaseModel):
         default=None, description="openai/ollama: ask for JSON when a step's output is json"
     )
 
+    # reliability: backoff between retries, circuit breaker, in-flight and per-minute limits
+    backoff_base_s: float = Field(default=0.5, ge=0, le=3600)
+    backoff_cap_s: float = Field(default=30.0, ge=0, le=3600)
+    breaker_failures: int = Field(default=5, ge=1, le=1000)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, le=86400)
+    max_concurrency: int | None = Field(default=None, ge=1, le=1000)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+
     @model_validator(mode="after")
     def _kind_keys(self) -> ProviderConfig:
         for key, kinds in KIND_KEYS.items():

@@ -113,7 +113,14 @@ def _slowest(fx: Fixture, rows: list[tuple]) -> None:
 
 def _cost(fx: Fixture, rows: list[tuple]) -> None:
     tokens = sum(e.data["tokens_in"] + e.data["tokens_out"] for e in fx.of("llm.response", "first"))
-    assert rows == [("first", "audit", "succeeded", None, tokens, 6), ("second", "audit", "failed", None, 0, 2)]
+    def cost(job: str) -> float | None:
+        costs = [e.data.get("cost") for e in fx.of("llm.response", job)]
+        return None if all(c is None for c in costs) else sum(c or 0 for c in costs)
+
+    assert rows == [
+        ("first", "audit", "succeeded", cost("first"), tokens, 6),
+        ("second", "audit", "failed", cost("second"), 0, 2),
+    ]
 
 
 def _glance(fx: Fixture, rows: list[tuple]) -> None:
