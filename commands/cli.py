@@ -311,5 +311,7 @@ def main() -> None:
         sys.exit(130)
 
 
+import commands.cli_interchange  # noqa: E402,F401
+
 if __name__ == "__main__":
     main()
