@@ -115,7 +115,10 @@ class _Mapper:
             }  # fmt: skip
         if type_ == "llm.response":
             # no response blob: an imported answer never enters the shared cache
-            return {"model": self.model.get(s, ""), "attempt": attempt, "cache_key": key, **d}
+            return {
+                "model": self.model.get(s, ""), "attempt": attempt, "cache_key": key,
+                "success": True, **d,
+            }  # fmt: skip
         if type_ == "file.written":
             return {"size": 0, **d}
         return d
@@ -125,9 +128,10 @@ def _synthetic_created(lines: list[tuple[int, dict[str, Any]]], job_id: str) -> 
     """job.created from what the predecessor's job.started and step lines say."""
     pipeline, inputs = "predecessor", {}
     steps: dict[str, list[str]] = {}
+    first_start = next((n for n, obj in lines if obj["type"] == "job.started"), None)
     for number, obj in lines:
         data = obj.get("data") or {}
-        if obj["type"] == "job.started" and not steps:
+        if number == first_start:
             for key, value in data.items():
                 if key in ("pipeline", "name", "dag") and isinstance(value, str):
                     pipeline = value
@@ -183,7 +187,12 @@ def parse_predecessor(lines: list[tuple[int, dict[str, Any]]]) -> ImportPlan:
             raise BadImport(f"line {number}: job_id {obj['job_id']!r} differs from {job!r} (one job per file)")
     mapper = _Mapper(job, lines[0][1]["ts"])
     events: list[NewEvent] = []
+    starts = 0
     for number, obj in lines:
+        if obj["type"] == "job.started":
+            starts += 1
+            if starts > 1:  # the predecessor wrote job.started again when it resumed
+                obj = {**obj, "type": "job.resumed"}
         if obj["type"] == "job.created" and number != lines[0][0]:
             raise BadImport(f"line {number}: job.created after the job's first line")
         data = dict(obj.get("data") or {})

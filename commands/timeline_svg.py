@@ -43,18 +43,56 @@ MIN_BAR_W = 3.0
 SKIP_W = 6.0
 
 
+GAP_W = 40.0  # pixels an idle stretch is squeezed into
+GAP_MIN_SHARE = 0.2  # … when it is at least this share of the job's span
+GAP_MIN_S = 2.0  # … and at least this long
+
+
+def idle_gaps(busy: list[tuple[float, float]], span: float) -> list[tuple[float, float]]:
+    """Stretches with nothing going on (no bar, no marker) long enough to squeeze."""
+    if span <= 0:
+        return []
+    gaps = []
+    reach = 0.0
+    for start, end in sorted(busy):
+        if start - reach >= max(GAP_MIN_S, GAP_MIN_SHARE * span):
+            gaps.append((reach, start))
+        reach = max(reach, end)
+    return gaps
+
+
 @dataclass
 class Layout:
+    """Time → x: linear, except idle gaps, each drawn GAP_W wide (an axis break)."""
+
     width: int
     left: float  # x where time 0 is drawn
     right: float  # x where the last event is drawn
     top: float  # y of the first row
     span: float
+    gaps: list[tuple[float, float]]
+
+    @property
+    def busy_time(self) -> float:
+        return self.span - sum(b - a for a, b in self.gaps)
 
     def x(self, t: float) -> float:
         if self.span <= 0:
             return self.left
-        return self.left + (self.right - self.left) * t / self.span
+        scale = (self.right - self.left - GAP_W * len(self.gaps)) / max(self.busy_time, 1e-12)
+        x = self.left
+        cursor = 0.0
+        for a, b in self.gaps:
+            if t <= a:
+                break
+            if t < b:
+                return x + (a - cursor) * scale + GAP_W * (t - a) / (b - a)
+            x += (a - cursor) * scale + GAP_W
+            cursor = b
+        return x + (t - cursor) * scale
+
+    def visible(self, t: float) -> bool:
+        return not any(a < t < b for a, b in self.gaps)
 
 
 def nice_step(span: float, max_ticks: int) -> float:
@@ -74,19 +112,46 @@ def nice_step(span: float, max_ticks: int) -> float:
     return 10 * power
 
 
+def axis_ticks(lay: Layout, max_ticks: int) -> list[dict]:
+    """Ticks at multiples of a nice step over the busy time; around each axis break, the times
+    where it starts and ends; labels that would collide are dropped (the line stays)."""
+    if lay.span <= 0:
+        return [{"x": lay.left, "label": "0 s", "major": True}]
+    step = nice_step(lay.busy_time, max_ticks)
+    times = [n * step for n in range(int(lay.span / step + 1e-9) + 1)]
+    times = [t for t in times if lay.visible(t)]
+    times += [t for gap in lay.gaps for t in gap]
+    ticks = []
+    last_x = -1e9
+    for t in sorted(set(times)):
+        x = lay.x(t)
+        label = tick_label(t, step, lay.span)
+        fits = x - last_x >= max(len(label) * CHAR_W * 0.9 + 10, 40)
+        ticks.append({"x": x, "label": label if fits else "", "major": fits})
+        if fits:
+            last_x = x
+    return ticks
+
+
+def _decimals(step: float) -> int:
+    return max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 0
+
+
 def tick_label(t: float, step: float, span: float) -> str:
-    """One unit for the whole axis: ms under a second, seconds under two minutes, then m/h."""
+    """One style for the whole axis: ms under a second, seconds under two minutes, then m:ss
+    (h:mm:ss past an hour), with as many decimals as the step needs."""
     if span < 1:
-        decimals = max(0, -math.floor(math.log10(step * 1000) + 1e-9)) if step > 0 else 0
-        return f"{t * 1000:.{decimals}f} ms"
+        return f"{t * 1000:.{_decimals(step * 1000)}f} ms"
     if span < 120:
-        decimals = max(0, -math.floor(math.log10(step) + 1e-9))
-        return f"{t:.{decimals}f} s"
-    minutes, seconds = divmod(round(t), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m" if not seconds else f"{hours}h{minutes:02d}m{seconds:02d}s"
-    return f"{minutes}m{seconds:02d}s" if seconds else f"{minutes} min"
+        return f"{t:.{_decimals(step)}f} s"
+    digits = _decimals(step)
+    minutes, seconds = divmod(t, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    width = 2 + (digits + 1 if digits else 0)
+    sec = f"{seconds:0{width}.{digits}f}"
+    if sec.startswith("60"):  # rounding up to the next minute
+        return tick_label(round(t), 1, span)
+    return f"{hours}:{minutes:02d}:{sec}" if hours else f"{minutes}:{sec}"
 
 
 def human_duration(seconds: float | None) -> str:
@@ -106,21 +171,42 @@ def _fit(text: str, width: float) -> str:
     return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
-def _lanes(items: list[tuple[float, str]], gap: float = 6.0) -> list[int]:
-    """Greedy lanes for labels starting at x so that none overlaps another in its lane."""
-    ends: list[float] = []
-    out = []
-    for x, text in items:
-        width = len(text) * CHAR_W * 0.92
-        for lane, end in enumerate(ends):
-            if x >= end + gap:
-                ends[lane] = x + width
-                out.append(lane)
+def place_labels(
+    items: list[tuple[float, str]], lo: float, hi: float, gap: float = 6.0
+) -> list[tuple[int, float, str]]:
+    """(lane, x, anchor) for each vertical marker's label, x-sorted input: right of its line
+    when it fits, else left, else one lane up. No label overlaps another, and no marker line
+    (drawn from its label down) crosses a label in a lower lane."""
+    placed: list[tuple[int, float, float, float]] = []  # lane, x0, x1, line x
+    out: dict[int, tuple[int, float, str]] = {}
+    # right to left: a label then moves left of its line rather than under a later line
+    for index in range(len(items) - 1, -1, -1):
+        x, text = items[index]
+        w = len(text) * CHAR_W * 0.92
+        lane = 0
+        while True:
+            found = None
+            for side in ("start", "end"):
+                a, b = (x + 3, x + 3 + w) if side == "start" else (x - 3 - w, x - 3)
+                if a < lo or b > hi:
+                    continue
+                strict = lane < 4  # past a few lanes, only labels must not overlap
+                clash = any(
+                    (pl == lane and a < px1 + gap and b > px0 - gap)
+                    or (strict and lane < pl and a - 2 <= line <= b + 2)
+                    or (strict and pl < lane and px0 - 2 <= x <= px1 + 2)
+                    for pl, px0, px1, line in placed
+                )
+                if not clash:
+                    found = (side, a, b)
+                    break
+            if found is not None or lane > 20:
+                side, a, b = found or ("start", x + 3, x + 3 + w)
+                placed.append((lane, a, b, x))
+                out[index] = (lane, x + 3 if side == "start" else x - 3, side)
                 break
-        else:
-            ends.append(x + width)
-            out.append(len(ends) - 1)
-    return out
+            lane += 1
+    return [out[i] for i in range(len(items))]
 
 
 def _bar_title(bar: Bar) -> str:
@@ -143,9 +229,11 @@ def scene(tl: Timeline, width: int = 1200) -> dict:
     markers_sorted = sorted(tl.markers, key=lambda m: m.t)
     top_axis = 118.0
     lane_y0 = top_axis - 26  # marker labels sit above the tick labels
-    lay = Layout(width, gutter + 10, width - 40, top_axis + 10, tl.span)
-    marker_lanes = _lanes([(lay.x(m.t) + 3, m.text) for m in markers_sorted])
-    extra = (max(marker_lanes) + 1) * 14 if marker_lanes else 0
+    busy = [(b.start, b.end) for b in tl.bars] + [(m.t, m.t) for m in tl.markers]
+    busy += [(0.0, 0.0), (tl.span, tl.span)]
+    lay = Layout(width, gutter + 10, width - 40, top_axis + 10, tl.span, idle_gaps(busy, tl.span))
+    marker_labels = place_labels([(lay.x(m.t), m.text) for m in markers_sorted], 16, width - 8)
+    extra = (max(lane for lane, _, _ in marker_labels) + 1) * 14 if marker_labels else 0
     lay.top += extra
     top_axis += extra
     rows = {name: i for i, name in enumerate(tl.steps)}
@@ -155,15 +243,11 @@ def scene(tl: Timeline, width: int = 1200) -> dict:
     row_y = {name: lay.top + i * ROW_H for name, i in rows.items()}
     plot_bottom = lay.top + len(rows) * ROW_H
     max_ticks = max(2, int((lay.right - lay.left) / 90))
-    step = nice_step(tl.span, max_ticks)
-    ticks = []
-    n = 0
-    while n * step <= tl.span * (1 + 1e-9) and n <= 200:
-        t = n * step
-        ticks.append({"x": lay.x(t), "label": tick_label(t, step, tl.span)})
-        n += 1
-    if tl.span <= 0:
-        ticks = [{"x": lay.left, "label": "0 s"}]
+    ticks = axis_ticks(lay, max_ticks)
+    gaps = [
+        {"x0": lay.x(a), "x1": lay.x(b), "label": human_duration(b - a) + " idle"}
+        for a, b in lay.gaps
+    ]
     bars = []
     for bar in tl.bars:
         x0 = lay.x(bar.start)
@@ -200,12 +284,13 @@ def scene(tl: Timeline, width: int = 1200) -> dict:
                 }
             )  # fmt: skip
     markers = []
-    for m, lane in zip(markers_sorted, marker_lanes):
+    for m, (lane, label_x, anchor) in zip(markers_sorted, marker_labels):
         x = lay.x(m.t)
         markers.append(
             {
                 "x": x, "kind": m.kind, "text": m.text, "color": MARKER_COLORS[m.kind],
-                "label_y": lane_y0 + extra - lane * 14, "label_x": min(x + 3, width - 4 - len(m.text) * CHAR_W),
+                "label_y": lane_y0 + extra - lane * 14,
+                "label_x": label_x, "anchor": anchor,
             }
         )  # fmt: skip
     labels = [
@@ -238,14 +323,14 @@ def scene(tl: Timeline, width: int = 1200) -> dict:
             f"started {started}",
         ]
     )
-    height = plot_bottom + 44
+    height = plot_bottom + (56 if len(rows) > 12 else 44)
     return {
         "width": width, "height": int(math.ceil(height)), "gutter": gutter, "lay": lay,
         "title": _fit(f"{tl.job_id} — {tl.pipeline}", width - 32), "subtitle": subtitle,
         "status": tl.status, "legend": legend, "legend_y": legend_y, "ticks": ticks,
         "top_axis": top_axis, "plot_top": lay.top, "plot_bottom": plot_bottom,
         "bottom_axis": len(rows) > 12, "rows": [row_y[n] for n in rows], "labels": labels,
-        "bars": bars, "edges": edges, "markers": markers, "job_id": tl.job_id,
+        "bars": bars, "edges": edges, "markers": markers, "job_id": tl.job_id, "gaps": gaps,
     }  # fmt: skip
 
 
@@ -284,8 +369,13 @@ SVG = """\
 <g class="axis">
 {%- for t in s.ticks %}
 <line class="grid" x1="{{ '%.1f'|format(t.x) }}" y1="{{ '%.1f'|format(s.top_axis + 4) }}" x2="{{ '%.1f'|format(t.x) }}" y2="{{ '%.1f'|format(s.plot_bottom) }}"/>
-<text class="tick" x="{{ '%.1f'|format(t.x) }}" y="{{ '%.1f'|format(s.top_axis) }}" text-anchor="middle">{{ t.label }}</text>
-{%- if s.bottom_axis %}<text class="tick" x="{{ '%.1f'|format(t.x) }}" y="{{ '%.1f'|format(s.plot_bottom + 15) }}" text-anchor="middle">{{ t.label }}</text>{% endif %}
+{%- if t.label %}<text class="tick" x="{{ '%.1f'|format(t.x) }}" y="{{ '%.1f'|format(s.top_axis) }}" text-anchor="middle">{{ t.label }}</text>
+{%- if s.bottom_axis %}<text class="tick" x="{{ '%.1f'|format(t.x) }}" y="{{ '%.1f'|format(s.plot_bottom + 15) }}" text-anchor="middle">{{ t.label }}</text>{% endif %}{% endif %}
+{%- endfor %}
+{%- for g in s.gaps %}
+<g class="gap"><title>{{ g.label }}: squeezed</title><rect x="{{ '%.1f'|format(g.x0 + 3) }}" y="{{ '%.1f'|format(s.top_axis + 4) }}" width="{{ '%.1f'|format(g.x1 - g.x0 - 6) }}" height="{{ '%.1f'|format(s.plot_bottom - s.top_axis - 4) }}" fill="#ffffff"/>
+<path d="M{{ '%.1f'|format(g.x0 + 6) }},{{ '%.1f'|format(s.plot_bottom + 4) }} l6,-10 M{{ '%.1f'|format(g.x1 - 12) }},{{ '%.1f'|format(s.plot_bottom + 4) }} l6,-10" stroke="#7b8794" stroke-width="1.5"/>
+<text x="{{ '%.1f'|format((g.x0 + g.x1) / 2) }}" y="{{ '%.1f'|format(s.plot_bottom + 26 if s.bottom_axis else s.plot_bottom + 16) }}" text-anchor="middle" class="tick">{{ g.label }}</text></g>
 {%- endfor %}
 </g>
 <g class="labels">
@@ -296,7 +386,7 @@ SVG = """\
 <g class="markers">
 {%- for m in s.markers %}
 <g class="marker {{ m.kind }}"><title>{{ m.text }}</title><line x1="{{ '%.1f'|format(m.x) }}" y1="{{ '%.1f'|format(m.label_y + 3) }}" x2="{{ '%.1f'|format(m.x) }}" y2="{{ '%.1f'|format(s.plot_bottom) }}" stroke="{{ m.color }}" stroke-width="1.5" stroke-dasharray="4,3"/>
-<text x="{{ '%.1f'|format(m.label_x) }}" y="{{ '%.1f'|format(m.label_y) }}" fill="{{ m.color }}" font-size="11">{{ m.text }}</text></g>
+<text x="{{ '%.1f'|format(m.label_x) }}" y="{{ '%.1f'|format(m.label_y) }}" fill="{{ m.color }}" font-size="11" text-anchor="{{ m.anchor }}">{{ m.text }}</text></g>
 {%- endfor %}
 </g>
 <g class="edges">
