@@ -314,4 +314,8 @@ def main() -> None:
 import commands.cli_interchange  # noqa: E402,F401
 
 if __name__ == "__main__":
-    main()
+    # `python -m commands.cli` runs this file as __main__, a second copy of the module; the
+    # verbs add-on modules register live on the imported commands.cli, so run that one.
+    from commands.cli import main as _imported_main
+
+    _imported_main()

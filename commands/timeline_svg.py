@@ -331,6 +331,7 @@ def scene(tl: Timeline, width: int = 1200) -> dict:
         "top_axis": top_axis, "plot_top": lay.top, "plot_bottom": plot_bottom,
         "bottom_axis": len(rows) > 12, "rows": [row_y[n] for n in rows], "labels": labels,
         "bars": bars, "edges": edges, "markers": markers, "job_id": tl.job_id, "gaps": gaps,
+        "edge_opacity": 0.75 if len(edges) <= 20 else 0.45,
     }  # fmt: skip
 
 
@@ -343,7 +344,7 @@ SVG = """\
 </defs>
 <style>
 .bar:hover rect.fill { stroke: #111; stroke-width: 1.5; }
-.dep { fill: none; stroke: #7b8794; stroke-width: 1.2; stroke-opacity: 0.75; }
+.dep { fill: none; stroke: #7b8794; stroke-width: 1.2; stroke-opacity: {{ s.edge_opacity }}; }
 .grid { stroke: #e3e7eb; stroke-width: 1; }
 .tick { fill: #52606d; font-size: 11px; }
 .label { fill: #1f2933; }
