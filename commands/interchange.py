@@ -61,13 +61,18 @@ def blob_refs(data_json: str) -> list[str]:
     return [v for k, v in data.items() if k.endswith("sha256") and isinstance(v, str) and _SHA.fullmatch(v)]
 
 
+# Line breaks to some readers (str.splitlines, editors) though not to JSON: always escaped, so a
+# line is a line everywhere. They can only occur inside JSON strings, where the escape is equal.
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def _envelope(ts: str, level: str, job_id: str, type_: str, step: str | None, data_json: str) -> str:
     head = json.dumps(
         {"ts": ts, "level": level, "job_id": job_id, "type": type_, "step": step},
         ensure_ascii=False,
         separators=(",", ":"),
     )
-    return head[:-1] + ',"data":' + data_json + "}"
+    return (head[:-1] + ',"data":' + data_json + "}").translate(_LINE_BREAKS)
 
 
 def _compact(value: Any) -> str:

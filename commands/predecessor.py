@@ -21,6 +21,7 @@ NOT_RECORDED = (
     b"# (pipeline file, step output or prompt). steplog cannot resume from it.\n"
 )
 NOT_RECORDED_SHA = blob_sha256(NOT_RECORDED)
+FORGET_REASON = "imported from the predecessor, whose answer was not recorded"
 OWNER = {"pid": 0, "host": "predecessor", "started": "imported"}
 
 # predecessor type -> steplog type; anything else has no counterpart and is refused
@@ -199,6 +200,10 @@ def parse_predecessor(lines: list[tuple[int, dict[str, Any]]]) -> ImportPlan:
         if obj["type"] != "job.created":
             data = mapper.fill(obj["type"], obj.get("step"), obj["ts"], data)
         events.append(parse_event(number, {**obj, "data": data}))
+        if obj["type"] == "cache.hit":
+            # its answer was never recorded: keep the placeholder out of the shared cache
+            forget = {"cache_key": data.get("cache_key"), "reason": FORGET_REASON}
+            events.append(parse_event(number, {**obj, "type": "cache.invalidated", "level": "WARNING", "data": forget}))
     if events[0].type != "job.created":  # its ts and level are valid: the first line parsed
         events.insert(0, _synthetic_created(lines, job))
     blobs = {NOT_RECORDED_SHA: NOT_RECORDED}
