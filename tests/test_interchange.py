@@ -132,6 +132,28 @@ def test_the_predecessors_events_jsonl_imports_and_status_shows_it(tmp_path):
     assert _swap_job_id(steplog(db, "export", "abc2").out, "job_abc", "abc2") == out.read_text()
 
 
+def test_a_failed_predecessor_job_resumes_only_with_a_pipeline_file(tmp_path):
+    failed = tmp_path / "failed.jsonl"
+    failed.write_text("".join(FIXTURE.read_text().splitlines(keepends=True)[:16]))
+    db = tmp_path / "p.db"
+    assert steplog(db, "import", str(failed)).code == 0
+    assert status_json(db, "job_abc")["status"] == "failed"
+    refused = steplog(db, "resume", "job_abc")
+    assert refused.code == 2 and "resume it with --pipeline FILE" in refused.err
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        'name = "factory"\n[providers.local]\nkind = "offline"\n'
+        '[steps.architect]\nprovider = "local"\nprompt = "Design."\n'
+        '[steps.builder]\nneeds = ["architect"]\nprovider = "local"\nprompt = "Build."\n'
+        '[steps.qa]\nneeds = ["builder"]\nprovider = "local"\nprompt = "Review."\n'
+    )
+    resumed = steplog(db, "resume", "job_abc", "--pipeline", str(pipeline))
+    assert resumed.code == 0, resumed.err
+    doc = status_json(db, "job_abc")
+    assert doc["status"] == "succeeded"
+    assert {s["attempts"] for s in doc["steps"].values()} == {2}  # no definitions: all re-run
+
+
 def _rich_export(tmp_path: Path) -> list[str]:
     db = tmp_path / "src.db"
     assert steplog(db, "run", str(Path(__file__).parent.parent / "examples/factory/pipeline.toml"), "--job-id", "src").code == 0
