@@ -93,4 +93,6 @@ def import_cmd(ctx: click.Context, file: Path, job_id: str | None) -> None:
     store = _open(ctx)
     target, plan = import_job(store, file, job_id)
     kind = "predecessor events.jsonl" if plan.predecessor else "steplog export"
-    click.echo(f"imported job {target} from {file} ({kind}): {len(plan.events)} events, {len(plan.blobs)} blobs")
+    click.echo(
+        f"imported job {target} from {file} ({kind}): {len(plan.events)} events, {len(plan.blobs)} blobs"
+    )

@@ -58,7 +58,11 @@ def blob_refs(data_json: str) -> list[str]:
     if "sha256" not in data_json:
         return []
     data = json.loads(data_json)
-    return [v for k, v in data.items() if k.endswith("sha256") and isinstance(v, str) and _SHA.fullmatch(v)]
+    return [
+        v
+        for k, v in data.items()
+        if k.endswith("sha256") and isinstance(v, str) and _SHA.fullmatch(v)
+    ]
 
 
 # Line breaks to some readers (str.splitlines, editors) though not to JSON: always escaped, so a
@@ -66,7 +70,9 @@ def blob_refs(data_json: str) -> list[str]:
 _LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
 
 
-def _envelope(ts: str, level: str, job_id: str, type_: str, step: str | None, data_json: str) -> str:
+def _envelope(
+    ts: str, level: str, job_id: str, type_: str, step: str | None, data_json: str
+) -> str:
     head = json.dumps(
         {"ts": ts, "level": level, "job_id": job_id, "type": type_, "step": step},
         ensure_ascii=False,
@@ -81,7 +87,12 @@ def _compact(value: Any) -> str:
 
 def _blob_data_inline(sha: str, content: bytes) -> dict[str, Any]:
     try:
-        return {"sha256": sha, "size": len(content), "encoding": "utf-8", "content": content.decode("utf-8")}
+        return {
+            "sha256": sha,
+            "size": len(content),
+            "encoding": "utf-8",
+            "content": content.decode("utf-8"),
+        }
     except UnicodeDecodeError:
         text = base64.b64encode(content).decode("ascii")
         return {"sha256": sha, "size": len(content), "encoding": "base64", "content": text}
@@ -139,7 +150,11 @@ def export_job(
                 else:
                     where = blob_dir / sha
                     path = os.path.relpath(where, relative_to) if relative_to else str(where)
-                    data = {"sha256": sha, "size": len(contents[sha]), "path": Path(path).as_posix()}
+                    data = {
+                        "sha256": sha,
+                        "size": len(contents[sha]),
+                        "path": Path(path).as_posix(),
+                    }
                 body.append(_envelope(ev.ts, "DEBUG", job_id, BLOB_TYPE, None, _compact(data)))
         body.append(_envelope(ev.ts, ev.level, ev.job_id, ev.type, ev.step, ev.data_json))
     header = {
@@ -213,7 +228,9 @@ def read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BadImport(f"line {number}: not JSON ({exc})") from exc
         if not isinstance(value, dict):
-            raise BadImport(f"line {number}: a line must be a JSON object, not {type(value).__name__}")
+            raise BadImport(
+                f"line {number}: a line must be a JSON object, not {type(value).__name__}"
+            )
         yield number, value
 
 
@@ -236,7 +253,9 @@ def _envelope_of(number: int, obj: dict[str, Any], required: Iterable[str]) -> N
 def parse_event(number: int, obj: dict[str, Any]) -> NewEvent:
     """One envelope line as a validated event (types, data fields, level, ts, step)."""
     try:
-        return NewEvent.parse(obj["type"], obj.get("data"), obj.get("step"), obj["level"], obj["ts"])
+        return NewEvent.parse(
+            obj["type"], obj.get("data"), obj.get("step"), obj["level"], obj["ts"]
+        )
     except InvalidEvent as exc:
         raise BadImport(f"line {number}: {exc}") from exc
 
@@ -255,7 +274,9 @@ def _blob(number: int, obj: dict[str, Any], base: Path) -> tuple[str, bytes]:
         try:
             content = where.read_bytes()
         except OSError as exc:
-            raise BadImport(f"line {number}: cannot read blob file {where}: {exc.strerror or exc}") from exc
+            raise BadImport(
+                f"line {number}: cannot read blob file {where}: {exc.strerror or exc}"
+            ) from exc
     elif line.encoding == "base64":
         try:
             content = base64.b64decode(line.content or "", validate=True)
@@ -269,7 +290,9 @@ def _blob(number: int, obj: dict[str, Any], base: Path) -> tuple[str, bytes]:
             f"line {number}: blob content does not match its sha256 {line.sha256[:12]} (it hashes to {actual[:12]})"
         )
     if len(content) != line.size:
-        raise BadImport(f"line {number}: blob {line.sha256[:12]} is {len(content)} bytes, not {line.size}")
+        raise BadImport(
+            f"line {number}: blob {line.sha256[:12]} is {len(content)} bytes, not {line.size}"
+        )
     return line.sha256, content
 
 
@@ -279,14 +302,18 @@ def parse_export(lines: list[tuple[int, dict[str, Any]]], base: Path) -> ImportP
     _envelope_of(number, header, ENVELOPE_KEYS)
     fmt = (header.get("data") or {}).get("format")
     if fmt != FORMAT:
-        raise BadImport(f"line {number}: export format {fmt!r} is not supported (this steplog reads {FORMAT})")
+        raise BadImport(
+            f"line {number}: export format {fmt!r} is not supported (this steplog reads {FORMAT})"
+        )
     job = header["job_id"]
     events: list[NewEvent] = []
     blobs: dict[str, bytes] = {}
     for number, obj in lines[1:]:
         _envelope_of(number, obj, ENVELOPE_KEYS)
         if obj["job_id"] != job:
-            raise BadImport(f"line {number}: job_id {obj['job_id']!r} differs from {job!r} (one job per file)")
+            raise BadImport(
+                f"line {number}: job_id {obj['job_id']!r} differs from {job!r} (one job per file)"
+            )
         if obj["type"] == BLOB_TYPE:
             sha, content = _blob(number, obj, base)
             blobs[sha] = content
@@ -313,7 +340,9 @@ def read_import(path: Path) -> ImportPlan:
     return parse_predecessor(lines)
 
 
-def import_job(store: SQLiteEventStore, path: Path, job_id: str | None = None) -> tuple[str, ImportPlan]:
+def import_job(
+    store: SQLiteEventStore, path: Path, job_id: str | None = None
+) -> tuple[str, ImportPlan]:
     """Validate the whole file, then append it as one new job in one transaction."""
     plan = read_import(path)
     target = job_id or plan.source_job
@@ -326,7 +355,9 @@ def import_job(store: SQLiteEventStore, path: Path, job_id: str | None = None) -
     try:
         store.append(target, plan.events, expected_version=0, blobs=list(plan.blobs.values()))
     except VersionConflict as exc:
-        raise BadImport(f"job {target} already exists; import it under another name with --job-id") from exc
+        raise BadImport(
+            f"job {target} already exists; import it under another name with --job-id"
+        ) from exc
     return target, plan
 
 

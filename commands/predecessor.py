@@ -71,7 +71,11 @@ class _Mapper:
         if type_ == "job.succeeded":
             return {"duration_s": _seconds(self.first_ts, ts), **d}
         if type_ == "job.failed":
-            return {"error": "failed (no message recorded)", "duration_s": _seconds(self.first_ts, ts), **d}
+            return {
+                "error": "failed (no message recorded)",
+                "duration_s": _seconds(self.first_ts, ts),
+                **d,
+            }
         if type_ == "job.interrupted":
             return {"signal": "unknown", **d}
         if type_ == "step.started":
@@ -185,7 +189,9 @@ def parse_predecessor(lines: list[tuple[int, dict[str, Any]]]) -> ImportPlan:
     job = lines[0][1]["job_id"]
     for number, obj in lines:
         if obj["job_id"] != job:
-            raise BadImport(f"line {number}: job_id {obj['job_id']!r} differs from {job!r} (one job per file)")
+            raise BadImport(
+                f"line {number}: job_id {obj['job_id']!r} differs from {job!r} (one job per file)"
+            )
     mapper = _Mapper(job, lines[0][1]["ts"])
     events: list[NewEvent] = []
     starts = 0
@@ -203,7 +209,11 @@ def parse_predecessor(lines: list[tuple[int, dict[str, Any]]]) -> ImportPlan:
         if obj["type"] == "cache.hit":
             # its answer was never recorded: keep the placeholder out of the shared cache
             forget = {"cache_key": data.get("cache_key"), "reason": FORGET_REASON}
-            events.append(parse_event(number, {**obj, "type": "cache.invalidated", "level": "WARNING", "data": forget}))
+            events.append(
+                parse_event(
+                    number, {**obj, "type": "cache.invalidated", "level": "WARNING", "data": forget}
+                )
+            )
     if events[0].type != "job.created":  # its ts and level are valid: the first line parsed
         events.insert(0, _synthetic_created(lines, job))
     blobs = {NOT_RECORDED_SHA: NOT_RECORDED}

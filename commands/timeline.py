@@ -17,7 +17,14 @@ from eventstore.record import StoredEvent
 from projections import manifest
 
 Outcome = Literal["succeeded", "cached", "failed", "skipped", "interrupted", "running"]
-OUTCOMES: tuple[Outcome, ...] = ("succeeded", "cached", "failed", "skipped", "interrupted", "running")
+OUTCOMES: tuple[Outcome, ...] = (
+    "succeeded",
+    "cached",
+    "failed",
+    "skipped",
+    "interrupted",
+    "running",
+)
 
 
 @dataclass
@@ -114,7 +121,9 @@ def build(job_id: str, events: Iterable[StoredEvent]) -> Timeline:
             markers.append(Marker(t, "interrupted", f"interrupted ({d.get('signal', '?')})"))
         elif ev.type in ("job.failed", "job.cancelled"):
             close_open(t, "interrupted", f"the job ended ({ev.type})")
-            kind: Literal["failed", "cancelled"] = "failed" if ev.type == "job.failed" else "cancelled"
+            kind: Literal["failed", "cancelled"] = (
+                "failed" if ev.type == "job.failed" else "cancelled"
+            )
             markers.append(Marker(t, kind, "job " + kind))
             run_ended = True
         elif ev.type == "job.succeeded":
@@ -140,7 +149,9 @@ def build(job_id: str, events: Iterable[StoredEvent]) -> Timeline:
                     text = f"LLM call {d.get('attempt', '?')} failed: {_short(d.get('error') or '?', 100)}"
                     bar.marks.append(Mark(t, "llm-failed", text))
             elif ev.type == "step.retrying":
-                text = f"retry after {d.get('delay_s', 0):.2f}s: {_short(d.get('error') or '', 100)}"
+                text = (
+                    f"retry after {d.get('delay_s', 0):.2f}s: {_short(d.get('error') or '', 100)}"
+                )
                 bar.marks.append(Mark(t, "retry", text))
             elif ev.type == "step.succeeded":
                 bar.outcome = "cached" if d.get("cache_hit") else "succeeded"

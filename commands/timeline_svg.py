@@ -308,9 +308,22 @@ def scene(tl: Timeline, width: int = 1200) -> dict:
     for outcome in OUTCOMES:
         if outcome in ("running", "interrupted") and outcome not in present:
             continue
-        legend.append({"x": x, "kind": "bar", "outcome": outcome, "color": COLORS[outcome], "text": LABELS[outcome]})
+        legend.append(
+            {
+                "x": x,
+                "kind": "bar",
+                "outcome": outcome,
+                "color": COLORS[outcome],
+                "text": LABELS[outcome],
+            }
+        )
         x += 34 + len(LABELS[outcome]) * CHAR_W
-    for kind, text in (("retry", "retry"), ("llm-failed", "failed LLM call"), ("dep", "dependency"), ("marker", "resume / stop")):
+    for kind, text in (
+        ("retry", "retry"),
+        ("llm-failed", "failed LLM call"),
+        ("dep", "dependency"),
+        ("marker", "resume / stop"),
+    ):
         legend.append({"x": x, "kind": kind, "text": text, "color": ""})
         x += 34 + len(text) * CHAR_W
     started = tl.start_ts[:19].replace("T", " ") + " UTC" if tl.start_ts else ""
@@ -463,4 +476,3 @@ def render_html(tl: Timeline, width: int = 1200) -> str:
         )  # fmt: skip
     svg = Markup(render_svg(tl, width))  # our own escaped output
     return _HTML.render(s=scene(tl, width), svg=svg, table=table)
-

@@ -13,7 +13,12 @@ from tests.fake_llm_server import FakeLLMServer
 KEY_ENV = {"OPENAI_API_KEY": "sk-test"}
 RICH_JOB = "rich"
 STEPS = ["plan", "research", "draft", "review", "publish"]
-NEEDS = {"research": ["plan"], "draft": ["plan"], "review": ["research", "draft"], "publish": ["review"]}
+NEEDS = {
+    "research": ["plan"],
+    "draft": ["plan"],
+    "review": ["research", "draft"],
+    "publish": ["review"],
+}
 
 PIPELINE = """\
 name = "newsroom"
@@ -82,7 +87,9 @@ def make_rich_job(tmp_path: Path) -> Path:
         fixed = tmp_path / "fixed.toml"
         broken.write_text(PIPELINE.format(port=server.port, closed=closed, draft_provider="broken"))
         fixed.write_text(PIPELINE.format(port=server.port, closed=closed, draft_provider="remote"))
-        warm = steplog(db, "run", str(fixed), "--job-id", "warmup", "--input", "topic=moons", env=KEY_ENV)
+        warm = steplog(
+            db, "run", str(fixed), "--job-id", "warmup", "--input", "topic=moons", env=KEY_ENV
+        )
         assert warm.code == 0, warm.err
         server.faults.extend([("status", 503, None, {"Retry-After": "0"})] * 2)
         first = steplog(db, "run", str(broken), "--job-id", RICH_JOB, env=KEY_ENV)

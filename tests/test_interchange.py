@@ -27,7 +27,9 @@ def _swap_job_id(text: str, old: str, new: str) -> str:
         prefix = line.index('"job_id":')
         end = prefix + len('"job_id":') + len(json.dumps(new, ensure_ascii=False))
         assert line[prefix:end] == '"job_id":' + json.dumps(new, ensure_ascii=False)
-        out.append(line[:prefix] + '"job_id":' + json.dumps(old, ensure_ascii=False) + line[end:] + "\n")
+        out.append(
+            line[:prefix] + '"job_id":' + json.dumps(old, ensure_ascii=False) + line[end:] + "\n"
+        )
     return "".join(out)
 
 
@@ -72,26 +74,39 @@ def test_a_real_job_round_trips_through_the_cli(rich_db, tmp_path):
     assert lines[0]["type"] == "steplog.export" and lines[0]["data"]["format"] == 1
     events = [o for o in lines if not o["type"].startswith("steplog.")]
     assert [o["type"] for o in events] == [
-        r[0] for r in db_rows(rich_db, "SELECT type FROM events WHERE job_id = ? ORDER BY version", (RICH_JOB,))
+        r[0]
+        for r in db_rows(
+            rich_db, "SELECT type FROM events WHERE job_id = ? ORDER BY version", (RICH_JOB,)
+        )
     ]
-    blobs = {o["data"]["sha256"]: o["data"]["content"] for o in lines if o["type"] == "steplog.blob"}
+    blobs = {
+        o["data"]["sha256"]: o["data"]["content"] for o in lines if o["type"] == "steplog.blob"
+    }
     for sha, content in blobs.items():
         assert hashlib.sha256(content.encode()).hexdigest() == sha
     # every prompt, response, output and the pipeline source and snapshot travel with the job
     refs = {
-        v for o in events for k, v in o["data"].items() if k.endswith("sha256") and v and o["type"] != "file.written"
+        v
+        for o in events
+        for k, v in o["data"].items()
+        if k.endswith("sha256") and v and o["type"] != "file.written"
     }
     assert refs <= set(blobs) and len(refs) >= 10
 
     assert steplog(rich_db, "import", str(out), "--job-id", "rich_copy").code == 0
     again = steplog(rich_db, "export", "rich_copy").out
     assert _swap_job_id(again, RICH_JOB, "rich_copy") == text
-    assert status_json(rich_db, "rich_copy")["completed_steps"] == status_json(rich_db, RICH_JOB)["completed_steps"]
+    assert (
+        status_json(rich_db, "rich_copy")["completed_steps"]
+        == status_json(rich_db, RICH_JOB)["completed_steps"]
+    )
 
     # the same with blobs in a sidecar directory, imported into a fresh database
     side = tmp_path / "side"
     side.mkdir()
-    result = steplog(rich_db, "export", RICH_JOB, "-o", str(side / "rich.jsonl"), "--blobs", str(side / "blobs"))
+    result = steplog(
+        rich_db, "export", RICH_JOB, "-o", str(side / "rich.jsonl"), "--blobs", str(side / "blobs")
+    )
     assert result.code == 0, result.err
     sidecar = (side / "rich.jsonl").read_text()
     assert '"content"' not in sidecar and '"path":"blobs/' in sidecar
@@ -156,7 +171,16 @@ def test_a_failed_predecessor_job_resumes_only_with_a_pipeline_file(tmp_path):
 
 def _rich_export(tmp_path: Path) -> list[str]:
     db = tmp_path / "src.db"
-    assert steplog(db, "run", str(Path(__file__).parent.parent / "examples/factory/pipeline.toml"), "--job-id", "src").code == 0
+    assert (
+        steplog(
+            db,
+            "run",
+            str(Path(__file__).parent.parent / "examples/factory/pipeline.toml"),
+            "--job-id",
+            "src",
+        ).code
+        == 0
+    )
     return steplog(db, "export", "src").out.splitlines()
 
 
@@ -177,36 +201,54 @@ def _event_index(lines: list[str], type_: str) -> int:
 BAD_LINES = {
     "not JSON": (lambda ls: ls[:3] + ["{not json"] + ls[4:], 4, "not JSON"),
     "unknown type": (
-        lambda ls: _edit(ls, _event_index(ls, "step.started"), lambda o: o.update(type="step.exploded")),
-        None, "unknown event type 'step.exploded'",
+        lambda ls: _edit(
+            ls, _event_index(ls, "step.started"), lambda o: o.update(type="step.exploded")
+        ),
+        None,
+        "unknown event type 'step.exploded'",
     ),
     "bad data field": (
-        lambda ls: _edit(ls, _event_index(ls, "step.started"), lambda o: o["data"].update(attempt=0)),
-        None, "step.started: data.attempt",
+        lambda ls: _edit(
+            ls, _event_index(ls, "step.started"), lambda o: o["data"].update(attempt=0)
+        ),
+        None,
+        "step.started: data.attempt",
     ),
     "unknown data field": (
-        lambda ls: _edit(ls, _event_index(ls, "llm.request"), lambda o: o["data"].update(api_key="x")),
-        None, "data.api_key",
+        lambda ls: _edit(
+            ls, _event_index(ls, "llm.request"), lambda o: o["data"].update(api_key="x")
+        ),
+        None,
+        "data.api_key",
     ),
     "missing envelope key": (
         lambda ls: _edit(ls, _event_index(ls, "step.succeeded"), lambda o: o.pop("step")),
-        None, "missing envelope key 'step'",
+        None,
+        "missing envelope key 'step'",
     ),
     "bad ts": (
-        lambda ls: _edit(ls, _event_index(ls, "cache.miss"), lambda o: o.update(ts="2026-11-26 10:00:00")),
-        None, "is not ISO 8601 UTC",
+        lambda ls: _edit(
+            ls, _event_index(ls, "cache.miss"), lambda o: o.update(ts="2026-11-26 10:00:00")
+        ),
+        None,
+        "is not ISO 8601 UTC",
     ),
     "blob hash mismatch": (
-        lambda ls: _edit(ls, _blob_index(ls), lambda o: o["data"].update(content=o["data"]["content"] + "!")),
-        None, "does not match its sha256",
+        lambda ls: _edit(
+            ls, _blob_index(ls), lambda o: o["data"].update(content=o["data"]["content"] + "!")
+        ),
+        None,
+        "does not match its sha256",
     ),
     "other job": (
         lambda ls: _edit(ls, _event_index(ls, "job.started"), lambda o: o.update(job_id="other")),
-        None, "differs from 'src'",
+        None,
+        "differs from 'src'",
     ),
     "bad level": (
         lambda ls: _edit(ls, _event_index(ls, "job.started"), lambda o: o.update(level="LOUD")),
-        None, "level 'LOUD'",
+        None,
+        "level 'LOUD'",
     ),
 }
 
@@ -225,7 +267,16 @@ def test_a_bad_line_is_named_and_nothing_is_imported(kind, good_lines, tmp_path)
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n")
     db = tmp_path / "target.db"
-    assert steplog(db, "run", str(Path(__file__).parent.parent / "examples/factory/pipeline.toml"), "--job-id", "keep").code == 0
+    assert (
+        steplog(
+            db,
+            "run",
+            str(Path(__file__).parent.parent / "examples/factory/pipeline.toml"),
+            "--job-id",
+            "keep",
+        ).code
+        == 0
+    )
     before = _dump(db)
     result = steplog(db, "import", str(path), "--job-id", "new")
     assert result.code == 2, result.out
@@ -251,8 +302,16 @@ def test_an_existing_job_id_is_refused_unless_renamed(good_lines, tmp_path):
 def test_predecessor_lines_that_cannot_be_represented_are_refused(tmp_path):
     lines = FIXTURE.read_text().splitlines()
     cases = {
-        "provider.call": (4, lambda o: o.update(type="provider.call"), "has no steplog counterpart"),
-        "nested input": (1, lambda o: o["data"].update(config={"a": 1}), "not a text or number input"),
+        "provider.call": (
+            4,
+            lambda o: o.update(type="provider.call"),
+            "has no steplog counterpart",
+        ),
+        "nested input": (
+            1,
+            lambda o: o["data"].update(config={"a": 1}),
+            "not a text or number input",
+        ),
         "unknown field": (5, lambda o: o["data"].update(temperature=0.2), "data.temperature"),
         "bad reason": (9, lambda o: o["data"].update(reason="touched"), "data.reason"),
     }
@@ -263,7 +322,9 @@ def test_predecessor_lines_that_cannot_be_represented_are_refused(tmp_path):
         path.write_text("\n".join(edited) + "\n")
         result = steplog(db, "import", str(path))
         assert result.code == 2, name
-        assert result.err.startswith(f"error: line {line_no}: ") and message in result.err, result.err
+        assert result.err.startswith(f"error: line {line_no}: ") and message in result.err, (
+            result.err
+        )
     assert not db.exists() or db_rows(db, "SELECT count(*) FROM events")[0][0] == 0
 
 

@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from commands.timeline import build
-from commands.timeline_svg import COLORS, GAP_W, Layout, axis_ticks, idle_gaps, place_labels, render_svg
+from commands.timeline_svg import (
+    COLORS,
+    GAP_W,
+    Layout,
+    axis_ticks,
+    idle_gaps,
+    place_labels,
+    render_svg,
+)
 from eventstore.events import (
     JobCreated,
     JobInterrupted,
@@ -67,7 +75,9 @@ def _expected_bars(db: Path, job: str) -> list[tuple[str, str]]:
     return sorted((s, o) for s, o in bars)
 
 
-def test_timeline_of_a_real_job_has_one_bar_per_attempt_edges_markers_and_an_axis(rich_db, tmp_path):
+def test_timeline_of_a_real_job_has_one_bar_per_attempt_edges_markers_and_an_axis(
+    rich_db, tmp_path
+):
     out = tmp_path / "pic.svg"
     result = steplog(rich_db, "timeline", RICH_JOB, "--output", str(out))
     assert result.code == 0, result.err
@@ -98,7 +108,11 @@ def test_timeline_of_a_real_job_has_one_bar_per_attempt_edges_markers_and_an_axi
     assert marks[("draft", "1")] == ["llm-failed"] * 2 + ["retry"]
     assert marks[("draft", "2")] == []
     # dependencies: one edge per (need -> step) of job.created's steps map
-    edges = {(p.get("data-from"), p.get("data-to")) for p in root.iter(f"{SVG_NS}path") if "dep" in _classes(p) and p.get("data-from")}
+    edges = {
+        (p.get("data-from"), p.get("data-to"))
+        for p in root.iter(f"{SVG_NS}path")
+        if "dep" in _classes(p) and p.get("data-from")
+    }
     assert edges == {(need, step) for step, needs in NEEDS.items() for need in needs}
     # the failure and the resume are vertical markers
     assert sorted(_classes(g)[1] for g in _groups(root, "marker")) == ["failed", "resumed"]
@@ -179,13 +193,23 @@ def test_interrupted_crashed_and_running_attempts(store):
         ("b", 1, "interrupted", 7, 7), ("b", 2, "running", 10, 10),
     ]  # fmt: skip
     assert [(m.kind, m.t) for m in tl.markers] == [
-        ("interrupted", 3), ("resumed", 4), ("crashed", 7), ("resumed", 9)
+        ("interrupted", 3),
+        ("resumed", 4),
+        ("crashed", 7),
+        ("resumed", 9),
     ]
     root = ET.fromstring(render_svg(tl))
     assert sorted(_classes(g)[1] for g in _groups(root, "bar")) == [
-        "interrupted", "interrupted", "running", "succeeded"
+        "interrupted",
+        "interrupted",
+        "running",
+        "succeeded",
     ]
-    assert {(p.get("data-from"), p.get("data-to")) for p in root.iter(f"{SVG_NS}path") if p.get("data-from")} == {("a", "b")}
+    assert {
+        (p.get("data-from"), p.get("data-to"))
+        for p in root.iter(f"{SVG_NS}path")
+        if p.get("data-from")
+    } == {("a", "b")}
 
 
 def test_forty_steps_fit_one_row_each_with_labels_apart(store):
@@ -196,7 +220,9 @@ def test_forty_steps_fit_one_row_each_with_labels_apart(store):
     )  # fmt: skip
     events = [_ev(created), _ev(JobStarted(owner=OWNER))]
     for i, name in enumerate(names):
-        events.append(_ev(StepStarted(attempt=1, fingerprint="f"), name, f"2026-01-01T00:00:{i:02d}Z"))
+        events.append(
+            _ev(StepStarted(attempt=1, fingerprint="f"), name, f"2026-01-01T00:00:{i:02d}Z")
+        )
         ok = StepSucceeded(output_sha256="0" * 64, output="text", cache_hit=i % 5 == 0,
                            cache_key="k", duration_s=1, fingerprint="f")  # fmt: skip
         events.append(_ev(ok, name, f"2026-01-01T00:00:{i + 1:02d}Z"))
@@ -213,7 +239,8 @@ def test_forty_steps_fit_one_row_each_with_labels_apart(store):
 @given(
     st.lists(
         st.tuples(st.floats(0, 5e4, allow_nan=False), st.floats(0, 600, allow_nan=False)),
-        min_size=1, max_size=12,
+        min_size=1,
+        max_size=12,
     )  # fmt: skip
 )
 def test_axis_ticks_increase_stay_inside_and_labels_never_collide(spans):
@@ -232,12 +259,20 @@ def test_axis_ticks_increase_stay_inside_and_labels_never_collide(spans):
 
 
 @settings(max_examples=60)
-@given(st.lists(st.tuples(st.floats(150, 1150), st.sampled_from(["resumed", "interrupted (SIGINT)", "job failed", "process gone"])), max_size=8))
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(150, 1150),
+            st.sampled_from(["resumed", "interrupted (SIGINT)", "job failed", "process gone"]),
+        ),
+        max_size=8,
+    )
+)
 def test_marker_labels_do_not_overlap(items):
     items = sorted(items)
     placed = place_labels(items, 16, 1192)
     boxes = []
-    for (x, text), (lane, lx, anchor) in zip(items, placed):
+    for (_x, text), (lane, lx, anchor) in zip(items, placed):
         w = len(text) * 7.3 * 0.92
         a, b = (lx, lx + w) if anchor == "start" else (lx - w, lx)
         boxes.append((lane, a, b))
