@@ -137,7 +137,7 @@ def build(job_id: str, events: Iterable[StoredEvent]) -> Timeline:
             bars.append(bar)
         elif ev.type == "step.skipped":
             reason = d.get("reason", "")
-            bars.append(Bar(step, 0, t, t, "skipped", detail=f"skipped: {_short(reason)}"))
+            bars.append(Bar(step, 0, t, t, "skipped", detail=_short(reason)))
         elif ev.step in open_bars:
             bar = open_bars[step]
             bar.end = t
