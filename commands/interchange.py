@@ -28,6 +28,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
@@ -253,11 +254,16 @@ def _envelope_of(number: int, obj: dict[str, Any], required: Iterable[str]) -> N
 def parse_event(number: int, obj: dict[str, Any]) -> NewEvent:
     """One envelope line as a validated event (types, data fields, level, ts, step)."""
     try:
-        return NewEvent.parse(
+        event = NewEvent.parse(
             obj["type"], obj.get("data"), obj.get("step"), obj["level"], obj["ts"]
         )
     except InvalidEvent as exc:
         raise BadImport(f"line {number}: {exc}") from exc
+    try:  # the store's check is a pattern; a file can still say February 30th
+        datetime.fromisoformat(event.ts.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadImport(f"line {number}: ts {event.ts!r} is not a real date and time") from exc
+    return event
 
 
 def _blob(number: int, obj: dict[str, Any], base: Path) -> tuple[str, bytes]:

@@ -234,6 +234,13 @@ BAD_LINES = {
         None,
         "is not ISO 8601 UTC",
     ),
+    "impossible date": (
+        lambda ls: _edit(
+            ls, _event_index(ls, "cache.miss"), lambda o: o.update(ts="2026-02-30T10:00:00Z")
+        ),
+        None,
+        "is not a real date and time",
+    ),
     "blob hash mismatch": (
         lambda ls: _edit(
             ls, _blob_index(ls), lambda o: o["data"].update(content=o["data"]["content"] + "!")
