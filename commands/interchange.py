@@ -226,8 +226,10 @@ def read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             continue
         try:
             value = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadImport(f"line {number}: not JSON ({exc})") from exc
+        except json.JSONDecodeError as exc:
+            raise BadImport(f"line {number}: not JSON ({exc.msg} at column {exc.colno})") from exc
+        except UnicodeDecodeError as exc:
+            raise BadImport(f"line {number}: not JSON (not UTF-8 at byte {exc.start})") from exc
         if not isinstance(value, dict):
             raise BadImport(
                 f"line {number}: a line must be a JSON object, not {type(value).__name__}"
@@ -332,11 +334,17 @@ def parse_export(lines: list[tuple[int, dict[str, Any]]], base: Path) -> ImportP
         events.append(ev)
     if not events:
         raise BadImport("the file holds no events")
+    promised = (header["data"].get("events"), header["data"].get("blobs"))
+    if promised != (len(events), len(blobs)):
+        raise BadImport(
+            f"line {lines[0][0]}: the header promises {promised[0]} events and {promised[1]} blobs,"
+            f" the file holds {len(events)} and {len(blobs)} (truncated or edited?)"
+        )
     return ImportPlan(job, events, blobs, predecessor=False)
 
 
 def read_import(path: Path) -> ImportPlan:
-    from commands.predecessor import parse_predecessor
+    from commands.predecessor import parse_predecessor  # it builds on this module
 
     lines = list(read_lines(path))
     if not lines:

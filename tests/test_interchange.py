@@ -234,6 +234,7 @@ BAD_LINES = {
         None,
         "is not ISO 8601 UTC",
     ),
+    "truncated": (lambda ls: ls[:-1], 1, "the header promises"),
     "impossible date": (
         lambda ls: _edit(
             ls, _event_index(ls, "cache.miss"), lambda o: o.update(ts="2026-02-30T10:00:00Z")
