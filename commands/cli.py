@@ -373,6 +373,7 @@ def main() -> None:
 import commands.cli_providers  # noqa: E402,F401
 import commands.cli_debug  # noqa: E402,F401
 import commands.cli_audit  # noqa: E402,F401
+import commands.cli_interchange  # noqa: E402,F401
 
 if __name__ == "__main__":
     # `python -m commands.cli` runs this file as __main__, but the verb modules imported above

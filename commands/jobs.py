@@ -214,6 +214,11 @@ def _pipeline_for_resume(
         return load_pipeline(path)
     if override is not None:
         raise Rejected(f"pipeline file {override} does not exist")
+    if not state.pipeline_fingerprint:  # imported from the predecessor, which kept no pipeline
+        raise Rejected(
+            f"job {state.job_id} was imported without its pipeline file; "
+            "resume it with --pipeline FILE"
+        )
     source = store.get_blob(state.pipeline_sha256 or "").decode("utf-8")
     return parse_pipeline(source, state.pipeline_path)
 

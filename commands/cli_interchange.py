@@ -1,0 +1,98 @@
+"""CLI verbs for looking at a job and moving it between databases: timeline, export, import."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from commands.cli import _open, cli
+from commands.interchange import export_job, import_job, write_atomically
+from commands.jobs import Rejected
+from commands.timeline import build
+from commands.timeline_svg import render_html, render_svg
+
+
+@cli.command()
+@click.argument("job")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="FILE.svg or FILE.html; '-' prints the SVG (default: runs/<JOB>.timeline.svg).",
+)
+@click.option("--width", default=1200, show_default=True, help="Picture width in pixels.")
+@click.pass_context
+def timeline(ctx: click.Context, job: str, output: Path | None, width: int) -> None:
+    """Draw JOB as a timeline: one bar per step attempt, dependencies, retries, resumes.
+
+    Example: steplog timeline job_x --output job_x.html
+    """
+    store = _open(ctx)
+    if not store.job_exists(job):
+        raise Rejected(f"unknown job {job}")
+    tl = build(job, store.read_job(job))
+    if output is not None and str(output) == "-":
+        sys.stdout.write(render_svg(tl, width))
+        return
+    target = output or Path("runs") / f"{job}.timeline.svg"
+    suffix = target.suffix.lower()
+    if suffix not in (".svg", ".html", ".htm"):
+        raise Rejected(f"--output must end in .svg or .html, not {target.name!r}")
+    text = render_svg(tl, width) if suffix == ".svg" else render_html(tl, width)
+    write_atomically(target, text)
+    click.echo(f"wrote {target} ({len(tl.bars)} bars, {len(tl.steps)} steps)")
+
+
+@cli.command("export")
+@click.argument("job")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to FILE instead of standard output.",
+)
+@click.option(
+    "--blobs",
+    "blobs",
+    default="inline",
+    show_default=True,
+    metavar="inline|DIR",
+    help="Put blob contents in the file, or in DIR/<sha256> beside it.",
+)
+@click.pass_context
+def export_cmd(ctx: click.Context, job: str, output: Path | None, blobs: str) -> None:
+    """Write JOB's events (and the blobs they point at) as JSON lines.
+
+    Example: steplog export job_x --output job_x.jsonl
+    """
+    store = _open(ctx)
+    blob_dir = None if blobs == "inline" else Path(blobs).resolve()
+    # blob lines name their files relative to the export file, so the pair can move together
+    base = (output.parent if output is not None else Path.cwd()).resolve()
+    exported = export_job(store, job, blob_dir=blob_dir, relative_to=base)
+    if output is None:
+        sys.stdout.write(exported.text())
+        sys.stdout.flush()
+        return
+    write_atomically(output, exported.text())
+    note = f"; {len(exported.missing)} referenced hashes have no blob" if exported.missing else ""
+    click.echo(f"wrote {output}: {exported.events} events, {exported.blobs} blobs{note}", err=True)
+
+
+@cli.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--job-id", help="Import under this job id (default: the file's).")
+@click.pass_context
+def import_cmd(ctx: click.Context, file: Path, job_id: str | None) -> None:
+    """Load FILE (a steplog export or the predecessor's events.jsonl) as a new job.
+
+    Example: steplog import job_x.jsonl --job-id job_x_copy
+    """
+    store = _open(ctx)
+    target, plan = import_job(store, file, job_id)
+    kind = "predecessor events.jsonl" if plan.predecessor else "steplog export"
+    click.echo(
+        f"imported job {target} from {file} ({kind}): {len(plan.events)} events, {len(plan.blobs)} blobs"
+    )
