@@ -240,7 +240,7 @@ BAD_LINES = {
             ls, _event_index(ls, "cache.miss"), lambda o: o.update(ts="2026-02-30T10:00:00Z")
         ),
         None,
-        "is not a real date and time",
+        "is not a real time",
     ),
     "blob hash mismatch": (
         lambda ls: _edit(
