@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
-from urllib.parse import urlsplit
 
 from providers.base import ProviderError
+from providers.http import public_url
 
 BreakerStatus = Literal["closed", "open", "half_open"]
 
@@ -101,13 +101,7 @@ def endpoint_of(kind: str, base_url: str | None) -> str:
     """
     if not base_url:
         return kind
-    parts = urlsplit(base_url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{kind} {parts.scheme}://{host}{parts.path.rstrip('/')}"
+    return f"{kind} {public_url(base_url).rstrip('/')}"
 
 
 class CircuitOpen(ProviderError):
