@@ -126,6 +126,11 @@ def build(job_id: str, events: Iterable[StoredEvent]) -> Timeline:
             )
             markers.append(Marker(t, kind, "job " + kind))
             run_ended = True
+        elif ev.type == "job.forked":  # the copied history ends here; the fork's own runs follow
+            close_open(t, "interrupted", "the fork point came before this attempt ended")
+            source, until = d.get("source_job", "?"), d.get("until_version", "?")
+            markers.append(Marker(t, "interrupted", f"forked from {source} at event {until}"))
+            run_ended = True
         elif ev.type == "job.succeeded":
             run_ended = True
         elif ev.type == "step.started":

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from commands import timeline
 from commands.fork import fork_job
 from commands.jobs import (
     Rejected,
@@ -116,6 +117,9 @@ def test_a_fork_of_a_job_owned_by_a_live_process_resumes(tmp_path):
     assert outcome.succeeded
     assert fold_job(store, "src").status == "running"  # the source did not move
     assert set(workspace_files(tmp_path / "fork")) == {"app.py", "tests/test_app.py", "README.md"}
+    # its picture marks where the copied history ends, not a dead process
+    texts = [m.text for m in timeline.build("fork", store.read_job("fork")).markers]
+    assert texts[0] == "forked from src at event 2" and "process gone" not in texts
     store.close()
 
 
