@@ -10,8 +10,6 @@ import click
 from commands.cli import _open, cli
 from commands.interchange import export_job, import_job, write_atomically
 from commands.jobs import Rejected
-from commands.timeline import build
-from commands.timeline_svg import render_html, render_svg
 
 
 @cli.command()
@@ -29,6 +27,10 @@ def timeline(ctx: click.Context, job: str, output: Path | None, width: int) -> N
 
     Example: steplog timeline job_x --output job_x.html
     """
+    # Imported here: drawing is the one verb that needs them, and every command pays for imports.
+    from commands.timeline import build
+    from commands.timeline_svg import render_html, render_svg
+
     store = _open(ctx)
     if not store.job_exists(job):
         raise Rejected(f"unknown job {job}")

@@ -6,10 +6,11 @@ place what was computed. No external resources: fonts are the viewer's sans-seri
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
-from jinja2 import Environment
+from jinja2 import Environment, Template
 
 from commands.timeline import OUTCOMES, Bar, Timeline
 
@@ -449,13 +450,14 @@ tr:hover td { background: #f5f7fa; }
 </body></html>
 """
 
-_env = Environment(autoescape=True, trim_blocks=False, lstrip_blocks=False)
-_SVG = _env.from_string(SVG)
-_HTML = _env.from_string(HTML)
+@functools.cache
+def _template(source: str) -> Template:
+    """Compiled on first use: every `steplog` command imports this module, few draw."""
+    return Environment(autoescape=True).from_string(source)
 
 
 def render_svg(tl: Timeline, width: int = 1200) -> str:
-    return _SVG.render(s=scene(tl, width))
+    return _template(SVG).render(s=scene(tl, width))
 
 
 def render_html(tl: Timeline, width: int = 1200) -> str:
@@ -479,4 +481,4 @@ def render_html(tl: Timeline, width: int = 1200) -> str:
             }
         )  # fmt: skip
     svg = Markup(render_svg(tl, width))  # our own escaped output
-    return _HTML.render(s=scene(tl, width), svg=svg, table=table)
+    return _template(HTML).render(s=scene(tl, width), svg=svg, table=table)
