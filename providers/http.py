@@ -6,7 +6,8 @@
     httpx.DecodingError (Content-Encoding does not decode) -> ProviderBadResponse
     a non-2xx status                                      -> ProviderHTTPError: retryable for
       base.RETRYABLE_STATUSES, else it fails fast; carries the server's own message and the
-      Retry-After header (seconds or an HTTP date), capped
+      Retry-After header (seconds or an HTTP date) as sent: the retry policy caps the wait
+      (providers.backoff.RETRY_AFTER_CAP_S)
     a 2xx body we cannot use                              -> ProviderBadResponse
     a stream that ends without its closing event          -> ProviderUnavailable (it was cut)
     an error object inside a 2xx body or stream           -> ProviderStreamError
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import os
 import re
 import time
@@ -42,7 +44,6 @@ from providers.base import (
 )
 from providers.config import ProviderConfig
 
-RETRY_AFTER_MAX_S = 300.0
 SERVER_MESSAGE_MAX = 500
 # A header value must be visible ASCII; anything else (a stray newline from `$(cat keyfile)`, a
 # non-ASCII char) would fail inside httpx/h11 with an error text that may quote the header.
@@ -64,7 +65,10 @@ def public_url(url: str) -> str:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), in [0, 300]."""
+    """Seconds a Retry-After header (delta-seconds or an HTTP date) asks for, >= 0, uncapped.
+
+    Uncapped so the log shows what the server asked; the one cap is the retry policy's.
+    """
     if not value:
         return None
     value = value.strip()
@@ -78,9 +82,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         if when.tzinfo is None:  # "-0000" dates parse naive; HTTP dates are always GMT
             when = when.replace(tzinfo=timezone.utc)
         seconds = when.timestamp() - (now if now is not None else time.time())
-    if seconds != seconds:  # NaN
+    if not math.isfinite(seconds):
         return None
-    return max(0.0, min(seconds, RETRY_AFTER_MAX_S))
+    return max(0.0, seconds)
 
 
 def error_message(body: Any) -> str | None:

@@ -26,10 +26,7 @@ from providers.http import (
     text_or_none,
 )
 
-# Re-exported: callers and tests have imported these from here.
-from providers.http import parse_retry_after, server_message  # noqa: F401
-
-__all__ = ["OpenAIProvider", "parse_retry_after", "public_url", "server_message"]
+__all__ = ["OpenAIProvider"]
 
 
 class _Stream:

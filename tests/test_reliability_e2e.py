@@ -392,3 +392,45 @@ def test_ctrl_c_in_the_middle_of_an_http_call_leaves_the_job_resumable(tmp_path)
                         " AND json_extract(data, '$.success') = 1 GROUP BY step ORDER BY step")  # fmt: skip
     assert answered == [("a", 1), ("b", 1)]
     assert status_json(db, "j")["status"] == "succeeded"
+
+
+def test_a_failure_that_opens_the_circuit_is_not_retried_into_it(tmp_path):
+    """The retry would be refused by the breaker the failure just opened: no step.retrying, no
+    sleep; the step fails with its own error, saying why it was not retried."""
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        server.faults.extend(("status", 503, None, {}) for _ in range(10))
+        path = pipeline(tmp_path, server.port, {"a": []},
+                        provider=FAST + "max_retries = 5\nbreaker_failures = 2\n"
+                        "breaker_cooldown_s = 600\n")  # fmt: skip
+        outcome, _ = run_here(db, path, "j", tmp_path)
+        assert not outcome.succeeded and completions(server) == 2
+    trail = rows(db, "SELECT type FROM events WHERE type IN ('llm.request', 'llm.response',"
+                     " 'step.retrying', 'provider.circuit_opened', 'step.failed') ORDER BY seq")  # fmt: skip
+    assert [t for (t,) in trail] == [
+        "llm.request", "llm.response", "step.retrying", "llm.request", "llm.response",
+        "provider.circuit_opened", "step.failed",
+    ]
+    [(error_type, error)] = rows(db, "SELECT json_extract(data, '$.error_type'),"
+                                     " json_extract(data, '$.error') FROM events"
+                                     " WHERE type = 'step.failed'")  # fmt: skip
+    assert error_type == "http_error" and "HTTP 503" in error
+    assert f"not retried: the circuit for openai http://127.0.0.1:{server.port}/v1 is open" in error
+
+
+def test_a_retry_after_the_cool_down_goes_ahead_as_the_probe(tmp_path):
+    """Retry-After (0.3 s) outlasts the cool-down (0.1 s): the retry is the half-open probe."""
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        server.faults.extend(("status", 429, None, {"Retry-After": "0.3"}) for _ in range(2))
+        path = pipeline(tmp_path, server.port, {"a": []},
+                        provider=FAST + "max_retries = 2\nbreaker_failures = 2\n"
+                        "breaker_cooldown_s = 0.1\n")  # fmt: skip
+        outcome, _ = run_here(db, path, "j", tmp_path)
+        assert outcome.succeeded and completions(server) == 3
+    retries = rows(db, "SELECT json_extract(data, '$.delay_s'), json_extract(data, '$.retry_after_s')"
+                       " FROM events WHERE type = 'step.retrying' ORDER BY seq")  # fmt: skip
+    assert len(retries) == 2 and all(delay >= 0.3 and asked == 0.3 for delay, asked in retries)
+    assert [t for (t,) in rows(db, "SELECT type FROM events WHERE type LIKE 'provider.%'"
+                                   " ORDER BY seq")] == [  # fmt: skip
+        "provider.circuit_opened", "provider.circuit_half_open", "provider.circuit_closed"]
