@@ -214,3 +214,14 @@ def test_every_cli_verb_has_help_with_an_example_and_a_readme_section():
         assert f"### `steplog {name}" in README, f"README has no section for `steplog {name}`"
     for name in ("sql", "audit", "verify"):
         assert "Example: steplog " + name in cli.commands[name].help
+
+
+def test_every_provider_key_is_in_the_providers_key_table():
+    """One table documents a provider's keys; a key added to ProviderConfig must appear there."""
+    from providers.config import ProviderConfig
+
+    start = README.index("Every key of a provider table:")
+    table = README[start : README.index("\n\n", README.index("| key |", start))]
+    documented = set(re.findall(r"`(\w+)`", "\n".join(line.split("|")[1] for line in
+                                                       table.splitlines()[3:])))  # fmt: skip
+    assert set(ProviderConfig.model_fields) <= documented, set(ProviderConfig.model_fields) - documented
