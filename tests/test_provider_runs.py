@@ -115,6 +115,27 @@ def test_a_client_error_fails_fast_with_the_servers_message(
 
 
 @by_kind
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("fault", [("garbage",), ("empty",)], ids=["malformed_json", "empty"])
+def test_an_unusable_answer_fails_fast_and_is_recorded(
+    server, tmp_path, proto: Proto, stream: bool, fault
+) -> None:
+    server.faults.append(fault)
+    stream_key = f"stream = {str(stream).lower()}"
+    outcome, events = run(tmp_path, pipeline_toml(proto, proto.base_url(server), provider=stream_key))
+    assert not outcome.succeeded and outcome.failed_steps == ["a"]
+    assert llm_trace(events, "a") == [
+        ("llm.request", 1, None, None, None),
+        ("llm.response", 1, False, 200, "bad_response"),
+    ]  # max_retries = 2, yet no retry: the same request would get the same answer
+    response = next(d for t, s, d in events if t == "llm.response")
+    assert response["retryable"] is False and proto.base_url(server) in response["error"]
+    failed = next(d for t, s, d in events if t == "step.failed")
+    assert failed["error_type"] == "bad_response" and failed["error"] == response["error"]
+    assert len(server.calls) == 1
+
+
+@by_kind
 def test_streamed_runs_record_what_whole_runs_record(server, tmp_path, proto: Proto) -> None:
     base = proto.base_url(server)
     _, whole = run(tmp_path, pipeline_toml(proto, base), job="whole", db="whole.db")
