@@ -18,6 +18,14 @@ from eventstore.record import StoredEvent
 from projections import manifest
 from projections.manifest import JobState
 
+
+def cost_text(cost: float, unpriced_calls: int, places: int = 6) -> str:
+    """USD spent; answered calls of a model without a price make it a lower bound, said so."""
+    text = f"${cost:.{places}f}"
+    if not unpriced_calls:
+        return text
+    return f"{text} + {unpriced_calls} unpriced call{'s' if unpriced_calls > 1 else ''}"
+
 STATUS_STYLE = {
     "pending": "dim",
     "running": "yellow",
@@ -128,7 +136,8 @@ class LiveDisplay:
             )
         table.caption = (
             f"{len(s.completed_steps)}/{len(s.steps)} done · {s.cache_hits} cache hits · "
-            f"{s.tokens_in + s.tokens_out} tokens · ${s.cost:.4f} · {s.llm_calls} calls"
+            f"{s.tokens_in + s.tokens_out} tokens · {cost_text(s.cost, s.unpriced_calls, 4)} · "
+            f"{s.llm_calls} calls"
         )
         return table
 

@@ -434,3 +434,21 @@ def test_a_retry_after_the_cool_down_goes_ahead_as_the_probe(tmp_path):
     assert [t for (t,) in rows(db, "SELECT type FROM events WHERE type LIKE 'provider.%'"
                                    " ORDER BY seq")] == [  # fmt: skip
         "provider.circuit_opened", "provider.circuit_half_open", "provider.circuit_closed"]
+
+
+def test_status_says_when_the_cost_leaves_out_calls_of_a_model_without_a_price(tmp_path):
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        bare = pipeline(tmp_path, server.port, {"a": [], "b": ["a"]})
+        ran = steplog(db, "run", str(bare), "--job-id", "bare")
+        assert ran.code == 0 and "$0.0000 + 2 unpriced calls" in ran.out
+        priced = pipeline(tmp_path, server.port, {"a": [], "b": ["a"]}, extra=PRICES,
+                          prompts={"a": "Other", "b": "Words {{ steps.a.output }}"}, name="q.toml")  # fmt: skip
+        assert steplog(db, "run", str(priced), "--job-id", "priced").code == 0
+    text = steplog(db, "status", "bare").out
+    assert "cost $0.000000 + 2 unpriced calls" in text and "$0.000000 + 1 unpriced call " in text
+    doc = status_json(db, "bare")
+    assert doc["unpriced_calls"] == 2 and doc["steps"]["a"]["unpriced_calls"] == 1
+    doc = status_json(db, "priced")
+    assert doc["unpriced_calls"] == 0 and doc["cost"] > 0
+    assert "unpriced" not in steplog(db, "status", "priced").out
