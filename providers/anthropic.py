@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator
 
-from providers.base import LLMRequest, LLMResult, ProviderError, ProviderHTTPError
+from providers.base import LLMRequest, LLMResult, ProviderError
 from providers.http import (
     ErrorInAnswer,
     HTTPProvider,
@@ -22,7 +22,6 @@ from providers.http import (
     Unusable,
     count,
     error_message,
-    model_ids,
     parse_json,
     text_or_none,
 )
@@ -172,23 +171,4 @@ class AnthropicProvider(HTTPProvider):
         )
 
     async def check(self) -> str:
-        key = self.key()
-        url = self._v1("/models")
-        headers = {"Accept": "application/json", **self.headers(key)}
-        try:
-            data = await self.wire.request_json("GET", url, headers=headers, key=key)
-        except ProviderHTTPError as exc:
-            if exc.status != 404:
-                raise
-            # a server without the model list: one request for one token instead
-            request = LLMRequest(
-                step="providers-check", prompt="ping", model=self.config.model,
-                options={"max_tokens": 1},
-            )  # fmt: skip
-            result = await self.complete(request)
-            return f"no model list; a 1-token request to {self.config.model} answered ({result.finish_reason})"
-        ids = model_ids(data)
-        if ids is None:
-            raise self.wire.bad(url, "the model list is not in the expected shape", key)
-        listed = "listed" if self.config.model in ids else "not listed"
-        return f"{len(ids)} models; {self.config.model} {listed}"
+        return await self.check_model_list(self._v1("/models"))

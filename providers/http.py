@@ -405,3 +405,28 @@ class HTTPProvider:
     async def check(self) -> str:
         """Reach the server the cheapest way; a short note on success, a ProviderError if not."""
         raise NotImplementedError
+
+    async def check_model_list(self, url: str) -> str:
+        """GET an OpenAI/Anthropic-style model list at `url` and say whether the model is in it.
+
+        A server without that route (404: some OpenAI-compatible proxies, Anthropic-compatible
+        gateways) gets one request for one token instead, which proves the chat route works.
+        """
+        key = self.key()
+        headers = {"Accept": "application/json", **self.headers(key)}
+        try:
+            data = await self.wire.request_json("GET", url, headers=headers, key=key)
+        except ProviderHTTPError as exc:
+            if exc.status != 404:
+                raise
+            model = self.config.model
+            request = LLMRequest(
+                step="providers-check", prompt="ping", model=model, options={"max_tokens": 1}
+            )
+            result = await self.complete(request)
+            return f"no model list; a 1-token request to {model} answered ({result.finish_reason})"
+        ids = model_ids(data)
+        if ids is None:
+            raise self.wire.bad(url, "the model list is not in the expected shape", key)
+        listed = "listed" if self.config.model in ids else "not listed"
+        return f"{len(ids)} models; {self.config.model} {listed}"

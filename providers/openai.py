@@ -20,9 +20,7 @@ from providers.http import (
     Unusable,
     count,
     error_message,
-    model_ids,
     parse_json,
-    public_url,
     text_or_none,
 )
 
@@ -140,14 +138,4 @@ class OpenAIProvider(HTTPProvider):
         )
 
     async def check(self) -> str:
-        key = self.key()
-        url = self.wire.url("/models")
-        data = await self.wire.request_json(
-            "GET", url, headers={"Accept": "application/json", **self.headers(key)}, key=key
-        )
-        ids = model_ids(data)
-        if ids is None:
-            raise self.wire.bad(url, "the model list is not in the expected shape", key)
-        listed = "listed" if self.config.model in ids else "not listed"
-        return f"{len(ids)} models; {self.config.model} {listed}"
-
+        return await self.check_model_list(self.wire.url("/models"))
