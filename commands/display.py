@@ -80,10 +80,18 @@ class PlainDisplay:
             return f"{ev.type:<15} {ev.step}  {step.error}"
         if ev.type == "step.retrying":
             d = ev.data
-            return f"{ev.type:<15} {ev.step}  attempt {d['attempt']} failed, retrying in {d['delay_s']}s: {d['error']}"
+            asked = d.get("retry_after_s")
+            asked_text = f" (the server asked for {asked:g}s)" if asked is not None else ""
+            return (
+                f"{ev.type:<15} {ev.step}  attempt {d['attempt']} failed, retrying in "
+                f"{d['delay_s']}s{asked_text}: {d['error']}"
+            )
         if ev.type == "step.waiting":
             d = ev.data
-            what = "concurrency limit" if d["reason"] == "concurrency" else "rate limit"
+            if d["reason"] == "concurrency":
+                what = f"concurrency limit ({d['limit']:g} in flight)"
+            else:
+                what = f"rate limit ({d['limit']:g}/min, {d['wait_s']}s)"
             return f"{ev.type:<15} {ev.step}  waiting for provider {d['provider']}'s {what}"
         return f"{ev.type:<15} {ev.step}"
 

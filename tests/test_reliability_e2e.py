@@ -278,7 +278,7 @@ def test_max_concurrency_bounds_in_flight_calls_and_waiting_is_recorded(tmp_path
     assert "waiting" in screen.getvalue()
     plain = PlainDisplay(manifest.JobState(job_id="j"), out=io.StringIO())
     plain(events)
-    assert "waiting for provider remote's concurrency limit" in plain.out.getvalue()  # type: ignore[attr-defined]
+    assert "waiting for provider remote's concurrency limit (2 in flight)" in plain.out.getvalue()  # type: ignore[attr-defined]
 
 
 def test_requests_per_minute_spaces_calls(tmp_path):
@@ -293,6 +293,11 @@ def test_requests_per_minute_spaces_calls(tmp_path):
         path = pipeline(tmp_path, server.port, steps, provider="requests_per_minute = 600")
         outcome, _ = run_here(db, path, "j", tmp_path)
         assert outcome.succeeded and completions(server) == 4
+        store = open_store(db)
+        plain = PlainDisplay(manifest.JobState(job_id="j"), out=io.StringIO())
+        plain(list(store.read_job("j")))
+        store.close()
+        assert "waiting for provider remote's rate limit (600/min, 0." in plain.out.getvalue()  # type: ignore[attr-defined]
     waits = rows(db, "SELECT json_extract(data, '$.wait_s') FROM events WHERE type = 'step.waiting'"
                      " AND json_extract(data, '$.reason') = 'rate_limit' ORDER BY seq")  # fmt: skip
     assert len(waits) == 3 and all(w > 0 for (w,) in waits)
@@ -431,6 +436,13 @@ def test_a_retry_after_the_cool_down_goes_ahead_as_the_probe(tmp_path):
     retries = rows(db, "SELECT json_extract(data, '$.delay_s'), json_extract(data, '$.retry_after_s')"
                        " FROM events WHERE type = 'step.retrying' ORDER BY seq")  # fmt: skip
     assert len(retries) == 2 and all(delay >= 0.3 and asked == 0.3 for delay, asked in retries)
+    shown = steplog(db, "events", "j", "--type", "step.retrying", "--json").out
+    assert shown.count('"retry_after_s": 0.3') == 2
+    store = open_store(db)
+    plain = PlainDisplay(manifest.JobState(job_id="j"), out=io.StringIO())
+    plain(list(store.read_job("j")))
+    store.close()
+    assert plain.out.getvalue().count("(the server asked for 0.3s): ") == 2  # type: ignore[attr-defined]
     assert [t for (t,) in rows(db, "SELECT type FROM events WHERE type LIKE 'provider.%'"
                                    " ORDER BY seq")] == [  # fmt: skip
         "provider.circuit_opened", "provider.circuit_half_open", "provider.circuit_closed"]
