@@ -458,20 +458,3 @@ def test_cache_identity_ignores_everything_but_kind_model_and_options():
         "kind": "openai", "model": "m", "options": {"t": 0},
     }  # fmt: skip
 
-
-def test_check_lists_models_or_falls_back_to_one_token(server):
-    """A server without GET /models (some proxies) is checked with a 1-token request instead."""
-    from tests.provider_cases import OPENAI, check
-
-    server.models[:] = ["m"]
-    assert check(OPENAI.config(server)) == "1 models; m listed"
-    server.no_model_list = True
-    note = check(OPENAI.config(server))
-    assert note.startswith("no model list; a 1-token request to m answered")
-    get, post = server.calls[1:]
-    assert (get["method"], get["path"]) == ("GET", "/v1/models")
-    assert post["path"] == "/v1/chat/completions" and post["body"]["max_tokens"] == 1
-    server.no_model_list = False
-    server.require_key = "sk-right"
-    with pytest.raises(ProviderHTTPError, match="HTTP 401"):  # only a 404 falls back
-        check(OPENAI.config(server))
