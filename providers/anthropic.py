@@ -11,18 +11,19 @@ treated like OpenAI's `length`.
 from __future__ import annotations
 
 import json
+from contextlib import aclosing
 from typing import Any, AsyncIterator
 
 from providers.base import LLMRequest, LLMResult, ProviderError
 from providers.http import (
     ErrorInAnswer,
     HTTPProvider,
-    SSEParser,
     StreamCut,
     Unusable,
     count,
     error_message,
     parse_json,
+    sse_events,
     text_or_none,
 )
 
@@ -147,17 +148,12 @@ class AnthropicProvider(HTTPProvider):
         )
 
     async def read_stream(self, lines: AsyncIterator[str], request: LLMRequest) -> LLMResult:
-        parser, state = SSEParser(), _Stream()
-        async for line in lines:
-            event = parser.feed(line)
-            if event is not None:
+        state = _Stream()
+        async with aclosing(sse_events(lines)) as events:
+            async for event in events:
                 state.feed(event.event, event.data)
                 if state.done:
                     break
-        if not state.done:
-            last = parser.flush()
-            if last is not None:
-                state.feed(last.event, last.data)
         if not state.done:
             raise StreamCut("the stream ended before message_stop")
         if not state.saw_text:

@@ -182,6 +182,27 @@ class SSEParser:
         return event
 
 
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[SSEEvent]:
+    """The server-sent events of a stream's lines, an unterminated last one included."""
+    parser = SSEParser()
+    async for line in lines:
+        event = parser.feed(line)
+        if event is not None:
+            yield event
+    last = parser.flush()
+    if last is not None:
+        yield last
+
+
+def chat_messages(request: LLMRequest) -> list[dict[str, str]]:
+    """The system prompt, if any, and the prompt as chat messages (OpenAI's and Ollama's shape)."""
+    messages = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    messages.append({"role": "user", "content": request.prompt})
+    return messages
+
+
 # -- what the protocol parsers raise; complete() turns them into the error tree ---------------------
 
 
@@ -200,6 +221,12 @@ class ErrorInAnswer(Exception):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+
+
+def raise_if_error(data: Any) -> None:
+    """An error object where the answer should be (OpenAI's and Ollama's shape): ErrorInAnswer."""
+    if isinstance(data, dict) and "error" in data:
+        raise ErrorInAnswer(error_message(data) or json.dumps(data)[:200])
 
 
 # -- the wire ---------------------------------------------------------------------------------------
