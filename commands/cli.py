@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from commands import queries
-from commands.display import LiveDisplay, PlainDisplay
+from commands.display import LiveDisplay, PlainDisplay, cost_text
 from commands.jobs import (
     Interrupted,
     Prepared,
@@ -114,7 +114,8 @@ def _run_prepared(store: SQLiteEventStore, prepared: Prepared, quiet: bool) -> N
     if outcome.succeeded:
         click.echo(
             f"job {prepared.job_id} succeeded: {len(state.steps)} steps, {state.cache_hits} cache hits, "
-            f"{state.llm_calls} provider calls, {tokens} tokens, ${state.cost:.4f}; "
+            f"{state.llm_calls} provider calls, {tokens} tokens, "
+            f"{cost_text(state.cost, state.unpriced_calls, 4)}; "
             f"workspace {prepared.workspace}"
         )
         return

@@ -18,6 +18,14 @@ from eventstore.record import StoredEvent
 from projections import manifest
 from projections.manifest import JobState
 
+
+def cost_text(cost: float, unpriced_calls: int, places: int = 6) -> str:
+    """USD spent; answered calls of a model without a price make it a lower bound, said so."""
+    text = f"${cost:.{places}f}"
+    if not unpriced_calls:
+        return text
+    return f"{text} + {unpriced_calls} unpriced call{'s' if unpriced_calls > 1 else ''}"
+
 STATUS_STYLE = {
     "pending": "dim",
     "running": "yellow",
@@ -72,10 +80,18 @@ class PlainDisplay:
             return f"{ev.type:<15} {ev.step}  {step.error}"
         if ev.type == "step.retrying":
             d = ev.data
-            return f"{ev.type:<15} {ev.step}  attempt {d['attempt']} failed, retrying in {d['delay_s']}s: {d['error']}"
+            asked = d.get("retry_after_s")
+            asked_text = f" (the server asked for {asked:g}s)" if asked is not None else ""
+            return (
+                f"{ev.type:<15} {ev.step}  attempt {d['attempt']} failed, retrying in "
+                f"{d['delay_s']}s{asked_text}: {d['error']}"
+            )
         if ev.type == "step.waiting":
             d = ev.data
-            what = "concurrency limit" if d["reason"] == "concurrency" else "rate limit"
+            if d["reason"] == "concurrency":
+                what = f"concurrency limit ({d['limit']:g} in flight)"
+            else:
+                what = f"rate limit ({d['limit']:g}/min, {d['wait_s']}s)"
             return f"{ev.type:<15} {ev.step}  waiting for provider {d['provider']}'s {what}"
         return f"{ev.type:<15} {ev.step}"
 
@@ -128,7 +144,8 @@ class LiveDisplay:
             )
         table.caption = (
             f"{len(s.completed_steps)}/{len(s.steps)} done · {s.cache_hits} cache hits · "
-            f"{s.tokens_in + s.tokens_out} tokens · ${s.cost:.4f} · {s.llm_calls} calls"
+            f"{s.tokens_in + s.tokens_out} tokens · {cost_text(s.cost, s.unpriced_calls, 4)} · "
+            f"{s.llm_calls} calls"
         )
         return table
 

@@ -1,7 +1,8 @@
 """`steplog providers check`: reach each provider a pipeline configures, the cheapest way.
 
-ollama: GET /api/tags (and is the model pulled?); openai: GET {base_url}/models; anthropic:
-GET /v1/models, or a 1-token request when that route is missing; offline is always reachable.
+ollama: GET /api/tags (and is the model pulled?); openai: GET {base_url}/models, anthropic:
+GET /v1/models, each with a 1-token request when that route is missing; offline is always
+reachable.
 A failure is that provider's row (never a crash): it names the provider, the URL without
 credentials, the HTTP status and the server's message; a key is never shown.
 """

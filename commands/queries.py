@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from commands.display import cost_text
 from commands.jobs import Rejected, fold_job
 from commands.replay import ReplayView
 from eventstore.events import LEVELS
@@ -106,7 +107,7 @@ def print_manifest(console: Console, state: JobState, *, historical: bool = Fals
     console.print(
         f"calls {state.llm_calls} ({state.llm_failures} failed)  tokens in {state.tokens_in} out "
         f"{state.tokens_out}  cache hits {state.cache_hits} misses {state.cache_misses}  "
-        f"files {state.files_written}  cost ${state.cost:.6f}"
+        f"files {state.files_written}  cost {cost_text(state.cost, state.unpriced_calls)}"
     )
     if state.budget_exceeded:
         b = state.budget_exceeded
@@ -119,7 +120,7 @@ def print_manifest(console: Console, state: JobState, *, historical: bool = Fals
     if state.last_error:
         console.print(f"[red]last error:[/] {state.last_error}", markup=True, highlight=False)
     table = Table()
-    for col in ("step", "status", "attempts", "cache", "tokens", "duration"):
+    for col in ("step", "status", "attempts", "cache", "tokens", "cost", "duration"):
         table.add_column(col)
     for step in state.steps.values():
         table.add_row(
@@ -128,6 +129,7 @@ def print_manifest(console: Console, state: JobState, *, historical: bool = Fals
             str(step.attempts),
             {True: "hit", False: "miss", None: ""}[step.cache_hit],
             str(step.tokens_in + step.tokens_out),
+            cost_text(step.cost, step.unpriced_calls) if step.llm_calls else "",
             f"{step.duration_s:.3f}s" if step.duration_s is not None else "",
         )
     console.print(table)

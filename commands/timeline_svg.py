@@ -104,7 +104,8 @@ def nice_step(span: float, max_ticks: int) -> float:
     """A tick step of 1, 2 or 5 × 10^k seconds giving at most max_ticks intervals."""
     if span <= 0:
         return 1.0
-    raw = span / max(1, max_ticks)
+    # not below a microsecond, the log's resolution (a denormal span would underflow to 0)
+    raw = max(span / max(1, max_ticks), 1e-6)
     if span >= 120:  # whole minutes and hours read better than 2 × 10^k seconds
         for step in (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400):
             if step >= raw:

@@ -151,6 +151,9 @@ class StepRetrying(EventData):
     attempt: int = Field(ge=1, description="the attempt that failed")
     delay_s: float = Field(ge=0)
     error: str
+    retry_after_s: float | None = Field(
+        default=None, description="what the server's Retry-After asked for, before the cap"
+    )
 
 
 # -- llm and cache -----------------------------------------------------------------------------

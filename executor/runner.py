@@ -495,15 +495,18 @@ class JobRunner:
                 retry = policy.should_retry(exc, call)
                 delay = policy.delay(call, exc.retry_after, self.rng) if retry else 0.0
                 if retry:
-                    retrying = StepRetrying(attempt=call, delay_s=delay, error=str(exc))
+                    retrying = StepRetrying(
+                        attempt=call, delay_s=delay, error=str(exc), retry_after_s=exc.retry_after
+                    )
                     outcome.append(self._ev(retrying, name))
-                await self._commit_outcome(
-                    name, provider.name, endpoint, config, outcome, False, exc.retryable
-                )
-                if retry:
+                refused = await self._commit_outcome(
+                    name, provider.name, endpoint, config, outcome, False, exc.retryable,
+                    retry_in=delay if retry else None,
+                )  # fmt: skip
+                if retry and refused is None:
                     await anyio.sleep(delay)
                     continue
-                raise StepFailure(str(exc), exc.error_class) from exc
+                raise StepFailure(str(exc) + (refused or ""), exc.error_class) from exc
             if failed is not None:  # a provider bug must fail the step, not wedge the job
                 error = f"provider {provider.name!r} raised {type(failed).__name__}: {failed}"
                 failure = LLMResponded(
@@ -629,30 +632,46 @@ class JobRunner:
 
     async def _commit_outcome(
         self, step: str, provider: str, endpoint: str | None, config: ProviderConfig,
-        events: list[NewEvent], success: bool, counted: bool,
-    ) -> None:  # fmt: skip
-        """Commit an attempt's outcome events with the breaker transition they cause, if any."""
+        events: list[NewEvent], success: bool, counted: bool, retry_in: float | None = None,
+    ) -> str | None:  # fmt: skip
+        """Commit an attempt's outcome events with the breaker transition they cause, if any.
+
+        `events` is the llm.response, then the step.retrying when `retry_in` (its delay) is
+        set. A retry the breaker, as it stands after this outcome, would refuse when the delay
+        is over is dropped (no step.retrying, no sleep): the reason is returned, to be added to
+        the step's error. None: the retry, if any, goes ahead.
+        """
         if endpoint is None:
             if events:
                 await self.commit(events)
-            return
+            return None
         if success:  # a success only matters to a breaker that is not closed
             row = breaker_row(self.store.conn, endpoint)
             if row is None or row.status == "closed":
                 if events:
                     await self.commit(events)
-                return
+                return None
         policy = breaker_policy(config)
+        refused: list[str] = []
 
         def decide(state: BreakerState) -> list[NewEvent]:
-            _, transition = breaker.on_outcome(state, policy, success, counted, self.clock())
+            now = self.clock()
+            after, transition = breaker.on_outcome(state, policy, success, counted, now)
+            kept = events
+            if retry_in is not None and not self.ignore_breaker and after.status == "open":
+                if not breaker.admit(after, policy, now + retry_in).allowed:
+                    kept = events[:1]
+                    refused.append(
+                        f"; not retried: the circuit for {endpoint} is open until {iso(after.until)}"
+                    )
             if transition is None:
-                return events
+                return kept
             # the transition follows the llm.response that caused it, before step.retrying
             moved = self._transition_event(step, provider, endpoint, transition, policy)
-            return [*events[:1], moved, *events[1:]]
+            return [*kept[:1], moved, *kept[1:]]
 
         self._breaker_txn(endpoint, decide)
+        return refused[0] if refused else None
 
     def _transition_event(
         self, step: str, provider: str, endpoint: str, transition: Transition,

@@ -49,6 +49,7 @@ class StepState:
     tokens_out: int = 0
     files: list[str] = field(default_factory=list)
     cost: float = 0.0  # USD, from llm.response `cost` (unpriced calls add nothing)
+    unpriced_calls: int = 0  # answered calls whose model has no price: cost is a lower bound
 
     @property
     def completed(self) -> bool:
@@ -85,6 +86,7 @@ class JobState:
     cache_misses: int = 0
     files_written: int = 0
     cost: float = 0.0
+    unpriced_calls: int = 0  # answered calls whose model has no price
     budget_exceeded: dict[str, Any] | None = None  # the last run's budget.exceeded, until resumed
 
     @property
@@ -219,6 +221,9 @@ def _llm_response(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
     state.tokens_out += d.get("tokens_out", 0)
     s.tokens_in += d.get("tokens_in", 0)
     s.tokens_out += d.get("tokens_out", 0)
+    if d["success"] and d.get("cost") is None:
+        state.unpriced_calls += 1
+        s.unpriced_calls += 1
     cost = d.get("cost") or 0.0
     if cost:
         state.cost = round(state.cost + cost, 9)

@@ -11,19 +11,19 @@ treated like OpenAI's `length`.
 from __future__ import annotations
 
 import json
+from contextlib import aclosing
 from typing import Any, AsyncIterator
 
-from providers.base import LLMRequest, LLMResult, ProviderError, ProviderHTTPError
+from providers.base import LLMRequest, LLMResult, ProviderError
 from providers.http import (
     ErrorInAnswer,
     HTTPProvider,
-    SSEParser,
     StreamCut,
     Unusable,
     count,
     error_message,
-    model_ids,
     parse_json,
+    sse_events,
     text_or_none,
 )
 
@@ -148,17 +148,12 @@ class AnthropicProvider(HTTPProvider):
         )
 
     async def read_stream(self, lines: AsyncIterator[str], request: LLMRequest) -> LLMResult:
-        parser, state = SSEParser(), _Stream()
-        async for line in lines:
-            event = parser.feed(line)
-            if event is not None:
+        state = _Stream()
+        async with aclosing(sse_events(lines)) as events:
+            async for event in events:
                 state.feed(event.event, event.data)
                 if state.done:
                     break
-        if not state.done:
-            last = parser.flush()
-            if last is not None:
-                state.feed(last.event, last.data)
         if not state.done:
             raise StreamCut("the stream ended before message_stop")
         if not state.saw_text:
@@ -172,23 +167,4 @@ class AnthropicProvider(HTTPProvider):
         )
 
     async def check(self) -> str:
-        key = self.key()
-        url = self._v1("/models")
-        headers = {"Accept": "application/json", **self.headers(key)}
-        try:
-            data = await self.wire.request_json("GET", url, headers=headers, key=key)
-        except ProviderHTTPError as exc:
-            if exc.status != 404:
-                raise
-            # a server without the model list: one request for one token instead
-            request = LLMRequest(
-                step="providers-check", prompt="ping", model=self.config.model,
-                options={"max_tokens": 1},
-            )  # fmt: skip
-            result = await self.complete(request)
-            return f"no model list; a 1-token request to {self.config.model} answered ({result.finish_reason})"
-        ids = model_ids(data)
-        if ids is None:
-            raise self.wire.bad(url, "the model list is not in the expected shape", key)
-        listed = "listed" if self.config.model in ids else "not listed"
-        return f"{len(ids)} models; {self.config.model} {listed}"
+        return await self.check_model_list(self._v1("/models"))

@@ -1,8 +1,10 @@
 """When to retry a failed provider call, and how long to wait first: pure, no sleeping here.
 
 Exponential backoff with full jitter: the n-th retry waits a uniform time in
-[0, min(cap, base * 2^(n-1))]; a server's Retry-After, capped, is a floor on that wait. The
-runner asks `should_retry`, then sleeps `delay(...)` seconds.
+[0, min(cap, base * 2^(n-1))]; a server's Retry-After is a floor on that wait, capped at
+RETRY_AFTER_CAP_S (the one cap: providers.http passes the header's value on as sent), so a
+server asking for an hour costs a retry a minute's wait, not an hour's. The runner asks
+`should_retry`, then sleeps `delay(...)` seconds.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from dataclasses import dataclass
 
 from providers.base import RETRYABLE_STATUSES, ProviderError
 
-__all__ = ["RETRYABLE_STATUSES", "RetryPolicy"]
+__all__ = ["RETRYABLE_STATUSES", "RETRY_AFTER_CAP_S", "RetryPolicy"]
+
+RETRY_AFTER_CAP_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -20,7 +24,7 @@ class RetryPolicy:
     base_s: float = 0.5
     cap_s: float = 30.0
     max_attempts: int = 3  # the first call included
-    retry_after_cap_s: float = 60.0
+    retry_after_cap_s: float = RETRY_AFTER_CAP_S
 
     def __post_init__(self) -> None:
         if self.base_s < 0 or self.cap_s < 0 or self.retry_after_cap_s < 0:

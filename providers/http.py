@@ -6,7 +6,8 @@
     httpx.DecodingError (Content-Encoding does not decode) -> ProviderBadResponse
     a non-2xx status                                      -> ProviderHTTPError: retryable for
       base.RETRYABLE_STATUSES, else it fails fast; carries the server's own message and the
-      Retry-After header (seconds or an HTTP date), capped
+      Retry-After header (seconds or an HTTP date) as sent: the retry policy caps the wait
+      (providers.backoff.RETRY_AFTER_CAP_S)
     a 2xx body we cannot use                              -> ProviderBadResponse
     a stream that ends without its closing event          -> ProviderUnavailable (it was cut)
     an error object inside a 2xx body or stream           -> ProviderStreamError
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import os
 import re
 import time
@@ -42,7 +44,6 @@ from providers.base import (
 )
 from providers.config import ProviderConfig
 
-RETRY_AFTER_MAX_S = 300.0
 SERVER_MESSAGE_MAX = 500
 # A header value must be visible ASCII; anything else (a stray newline from `$(cat keyfile)`, a
 # non-ASCII char) would fail inside httpx/h11 with an error text that may quote the header.
@@ -64,7 +65,10 @@ def public_url(url: str) -> str:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), in [0, 300]."""
+    """Seconds a Retry-After header (delta-seconds or an HTTP date) asks for, >= 0, uncapped.
+
+    Uncapped so the log shows what the server asked; the one cap is the retry policy's.
+    """
     if not value:
         return None
     value = value.strip()
@@ -78,9 +82,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         if when.tzinfo is None:  # "-0000" dates parse naive; HTTP dates are always GMT
             when = when.replace(tzinfo=timezone.utc)
         seconds = when.timestamp() - (now if now is not None else time.time())
-    if seconds != seconds:  # NaN
+    if not math.isfinite(seconds):
         return None
-    return max(0.0, min(seconds, RETRY_AFTER_MAX_S))
+    return max(0.0, seconds)
 
 
 def error_message(body: Any) -> str | None:
@@ -178,6 +182,27 @@ class SSEParser:
         return event
 
 
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[SSEEvent]:
+    """The server-sent events of a stream's lines, an unterminated last one included."""
+    parser = SSEParser()
+    async for line in lines:
+        event = parser.feed(line)
+        if event is not None:
+            yield event
+    last = parser.flush()
+    if last is not None:
+        yield last
+
+
+def chat_messages(request: LLMRequest) -> list[dict[str, str]]:
+    """The system prompt, if any, and the prompt as chat messages (OpenAI's and Ollama's shape)."""
+    messages = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    messages.append({"role": "user", "content": request.prompt})
+    return messages
+
+
 # -- what the protocol parsers raise; complete() turns them into the error tree ---------------------
 
 
@@ -196,6 +221,12 @@ class ErrorInAnswer(Exception):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+
+
+def raise_if_error(data: Any) -> None:
+    """An error object where the answer should be (OpenAI's and Ollama's shape): ErrorInAnswer."""
+    if isinstance(data, dict) and "error" in data:
+        raise ErrorInAnswer(error_message(data) or json.dumps(data)[:200])
 
 
 # -- the wire ---------------------------------------------------------------------------------------
@@ -401,3 +432,28 @@ class HTTPProvider:
     async def check(self) -> str:
         """Reach the server the cheapest way; a short note on success, a ProviderError if not."""
         raise NotImplementedError
+
+    async def check_model_list(self, url: str) -> str:
+        """GET an OpenAI/Anthropic-style model list at `url` and say whether the model is in it.
+
+        A server without that route (404: some OpenAI-compatible proxies, Anthropic-compatible
+        gateways) gets one request for one token instead, which proves the chat route works.
+        """
+        key = self.key()
+        headers = {"Accept": "application/json", **self.headers(key)}
+        try:
+            data = await self.wire.request_json("GET", url, headers=headers, key=key)
+        except ProviderHTTPError as exc:
+            if exc.status != 404:
+                raise
+            model = self.config.model
+            request = LLMRequest(
+                step="providers-check", prompt="ping", model=model, options={"max_tokens": 1}
+            )
+            result = await self.complete(request)
+            return f"no model list; a 1-token request to {model} answered ({result.finish_reason})"
+        ids = model_ids(data)
+        if ids is None:
+            raise self.wire.bad(url, "the model list is not in the expected shape", key)
+        listed = "listed" if self.config.model in ids else "not listed"
+        return f"{len(ids)} models; {self.config.model} {listed}"

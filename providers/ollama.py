@@ -9,26 +9,20 @@ stream, is an error.
 
 from __future__ import annotations
 
-import json
 from typing import Any, AsyncIterator
 
 from providers.base import LLMRequest, LLMResult, ProviderError
 from providers.http import (
-    ErrorInAnswer,
     HTTPProvider,
     StreamCut,
     Unusable,
+    chat_messages,
     count,
-    error_message,
     parse_json,
     public_url,
+    raise_if_error,
     text_or_none,
 )
-
-
-def _raise_if_error(data: Any) -> None:
-    if isinstance(data, dict) and "error" in data:
-        raise ErrorInAnswer(error_message(data) or json.dumps(data)[:200])
 
 
 class OllamaProvider(HTTPProvider):
@@ -41,11 +35,9 @@ class OllamaProvider(HTTPProvider):
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def body(self, request: LLMRequest, stream: bool) -> dict[str, Any]:
-        messages = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
-        messages.append({"role": "user", "content": request.prompt})
-        body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": stream}
+        body: dict[str, Any] = {
+            "model": request.model, "messages": chat_messages(request), "stream": stream
+        }
         if request.options:
             body["options"] = dict(request.options)
         if self.config.keep_alive is not None:
@@ -64,7 +56,7 @@ class OllamaProvider(HTTPProvider):
         )
 
     def parse(self, data: Any, request: LLMRequest) -> LLMResult:
-        _raise_if_error(data)
+        raise_if_error(data)
         if not isinstance(data, dict):
             raise Unusable("answer is not an object")
         message = data.get("message")
@@ -79,7 +71,7 @@ class OllamaProvider(HTTPProvider):
             if not line.strip():
                 continue
             data = parse_json(line)
-            _raise_if_error(data)
+            raise_if_error(data)
             if not isinstance(data, dict):
                 raise Unusable(f"stream line is not an object: {line[:80]!r}")
             message = data.get("message")

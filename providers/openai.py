@@ -8,28 +8,23 @@ knows the protocol's shapes. Streaming sends `stream: true` with
 
 from __future__ import annotations
 
-import json
+from contextlib import aclosing
 from typing import Any, AsyncIterator
 
 from providers.base import LLMRequest, LLMResult
 from providers.http import (
-    ErrorInAnswer,
     HTTPProvider,
-    SSEParser,
     StreamCut,
     Unusable,
+    chat_messages,
     count,
-    error_message,
-    model_ids,
     parse_json,
-    public_url,
+    raise_if_error,
+    sse_events,
     text_or_none,
 )
 
-# Re-exported: callers and tests have imported these from here.
-from providers.http import parse_retry_after, server_message  # noqa: F401
-
-__all__ = ["OpenAIProvider", "parse_retry_after", "public_url", "server_message"]
+__all__ = ["OpenAIProvider"]
 
 
 class _Stream:
@@ -50,8 +45,7 @@ class _Stream:
         chunk = parse_json(data)
         if not isinstance(chunk, dict):
             raise Unusable(f"stream chunk is not an object: {data[:80]!r}")
-        if "error" in chunk:
-            raise ErrorInAnswer(error_message(chunk) or json.dumps(chunk)[:200])
+        raise_if_error(chunk)
         self.model = text_or_none(chunk.get("model")) or self.model
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
@@ -83,12 +77,10 @@ class OpenAIProvider(HTTPProvider):
         return headers
 
     def body(self, request: LLMRequest, stream: bool) -> dict[str, Any]:
-        messages = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
-        messages.append({"role": "user", "content": request.prompt})
         # Options go first so they can never replace the model or the rendered messages.
-        body: dict[str, Any] = {**request.options, "model": request.model, "messages": messages}
+        body: dict[str, Any] = {
+            **request.options, "model": request.model, "messages": chat_messages(request)
+        }
         json_mode = self.config.json_mode is not False
         if request.output == "json" and json_mode and "response_format" not in body:
             body["response_format"] = {"type": "json_object"}
@@ -98,8 +90,7 @@ class OpenAIProvider(HTTPProvider):
         return body
 
     def parse(self, data: Any, request: LLMRequest) -> LLMResult:
-        if isinstance(data, dict) and "error" in data:
-            raise ErrorInAnswer(error_message(data) or json.dumps(data)[:200])
+        raise_if_error(data)
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices:
             raise Unusable("answer has no choices")
@@ -119,17 +110,13 @@ class OpenAIProvider(HTTPProvider):
         )
 
     async def read_stream(self, lines: AsyncIterator[str], request: LLMRequest) -> LLMResult:
-        parser, state = SSEParser(), _Stream()
-        async for line in lines:
-            event = parser.feed(line)
-            if event is not None and event.data:
-                state.feed(event.data)
-                if state.done:
-                    break
-        if not state.done:
-            last = parser.flush()
-            if last is not None and last.data:
-                state.feed(last.data)
+        state = _Stream()
+        async with aclosing(sse_events(lines)) as events:
+            async for event in events:
+                if event.data:
+                    state.feed(event.data)
+                    if state.done:
+                        break
         if not state.done:
             raise StreamCut("the stream ended before data: [DONE]")
         if not state.saw_choice:
@@ -143,14 +130,4 @@ class OpenAIProvider(HTTPProvider):
         )
 
     async def check(self) -> str:
-        key = self.key()
-        url = self.wire.url("/models")
-        data = await self.wire.request_json(
-            "GET", url, headers={"Accept": "application/json", **self.headers(key)}, key=key
-        )
-        ids = model_ids(data)
-        if ids is None:
-            raise self.wire.bad(url, "the model list is not in the expected shape", key)
-        listed = "listed" if self.config.model in ids else "not listed"
-        return f"{len(ids)} models; {self.config.model} {listed}"
-
+        return await self.check_model_list(self.wire.url("/models"))

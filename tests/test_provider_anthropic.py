@@ -12,7 +12,7 @@ from providers.base import LLMResult, ProviderError, ProviderHTTPError, Provider
 from providers.config import ProviderConfig
 from providers.http import ErrorInAnswer
 from tests.fake_llm_server import FakeLLMServer
-from tests.provider_cases import ANTHROPIC, call, check, streaming
+from tests.provider_cases import ANTHROPIC, call, streaming
 
 KEY = "sk-ant-test-0123456789"
 
@@ -120,17 +120,6 @@ def test_an_overloaded_event_mid_stream_is_retryable(server) -> None:
     with pytest.raises(ProviderStreamError, match="overloaded_error: Overloaded") as info:
         call(ANTHROPIC.config(server, stream=True), ANTHROPIC.request())
     assert info.value.retryable
-
-
-def test_check_lists_models_or_falls_back_to_one_token(server) -> None:
-    server.models[:] = ["m"]
-    assert check(ANTHROPIC.config(server)) == "1 models; m listed"
-    server.no_model_list = True
-    note = check(ANTHROPIC.config(server))
-    assert note.startswith("no model list; a 1-token request to m answered")
-    get, post = server.calls[1:]
-    assert (get["method"], get["path"], get["body"]) == ("GET", "/v1/models", None)
-    assert post["path"] == "/v1/messages" and post["body"]["max_tokens"] == 1
 
 
 def test_a_base_url_is_required_and_must_be_http() -> None:

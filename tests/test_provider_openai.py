@@ -27,7 +27,8 @@ from providers.base import (
     ProviderUnavailable,
 )
 from providers.config import ProviderConfig
-from providers.openai import OpenAIProvider, parse_retry_after, public_url
+from providers.http import parse_retry_after, public_url
+from providers.openai import OpenAIProvider
 from tests.fake_llm_server import FakeLLMServer
 
 KEY = "sk-test-very-secret-123"
@@ -301,7 +302,8 @@ def test_a_url_that_is_not_http_is_refused_up_front():
 def test_helpers():
     assert public_url("http://u:p@127.0.0.1:8080/v1/x?key=1#f") == "http://127.0.0.1:8080/v1/x"
     assert public_url("http://u:p@[::1]:8080/v1") == "http://[::1]:8080/v1"
-    assert parse_retry_after("1000") == 300.0
+    assert parse_retry_after("1000") == 1000.0  # as sent: the retry policy caps the wait
+    assert parse_retry_after("inf") is None
     assert parse_retry_after("-3") == 0.0
     assert parse_retry_after("0.5") == 0.5
     assert parse_retry_after("nonsense") is None and parse_retry_after("nan") is None
@@ -455,3 +457,4 @@ def test_cache_identity_ignores_everything_but_kind_model_and_options():
     assert plain.cache_identity("m", {"t": 0}) == dressed.cache_identity("m", {"t": 0}) == {
         "kind": "openai", "model": "m", "options": {"t": 0},
     }  # fmt: skip
+

@@ -17,7 +17,7 @@ from projections.store import open_store
 from tests.cli_helpers import steplog
 from tests import fake_llm_server
 from tests.fake_llm_server import FakeLLMServer
-from tests.provider_cases import ANTHROPIC, Proto, by_kind, pipeline_toml
+from tests.provider_cases import ANTHROPIC, Proto, by_kind, pipeline_toml, streaming
 
 KEY = "sk-run-test-key"
 
@@ -64,8 +64,15 @@ def llm_trace(events, step: str) -> list[tuple]:
     ]
 
 
+def run_with_fault(server, tmp_path: Path, proto: Proto, stream: bool, fault: tuple):
+    """Run the two-step pipeline, whole or streamed, with `fault` for the first call."""
+    server.faults.append(fault)
+    stream_key = f"stream = {str(stream).lower()}"
+    return run(tmp_path, pipeline_toml(proto, proto.base_url(server), provider=stream_key))
+
+
 @by_kind
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@streaming
 @pytest.mark.parametrize(
     "fault",
     [("status", 429, None, {"Retry-After": "0"}), ("status", 529, None, {}), ("drop",)],
@@ -74,9 +81,7 @@ def llm_trace(events, step: str) -> list[tuple]:
 def test_a_retryable_fault_is_retried_and_every_attempt_is_logged(
     server, tmp_path, proto: Proto, stream: bool, fault
 ) -> None:
-    server.faults.append(fault)
-    stream_key = f"stream = {str(stream).lower()}"
-    outcome, events = run(tmp_path, pipeline_toml(proto, proto.base_url(server), provider=stream_key))
+    outcome, events = run_with_fault(server, tmp_path, proto, stream, fault)
     assert outcome.succeeded
     status = fault[1] if fault[0] == "status" else None
     error_class = "http_error" if status else "unavailable"
@@ -111,6 +116,25 @@ def test_a_client_error_fails_fast_with_the_servers_message(
     failed = next(d for t, s, d in events if t == "step.failed")
     assert message in failed["error"] and f"HTTP {code}" in failed["error"]
     assert failed["error_type"] == "http_error"
+    assert len(server.calls) == 1
+
+
+@by_kind
+@streaming
+@pytest.mark.parametrize("fault", [("garbage",), ("empty",)], ids=["malformed_json", "empty"])
+def test_an_unusable_answer_fails_fast_and_is_recorded(
+    server, tmp_path, proto: Proto, stream: bool, fault
+) -> None:
+    outcome, events = run_with_fault(server, tmp_path, proto, stream, fault)
+    assert not outcome.succeeded and outcome.failed_steps == ["a"]
+    assert llm_trace(events, "a") == [
+        ("llm.request", 1, None, None, None),
+        ("llm.response", 1, False, 200, "bad_response"),
+    ]  # max_retries = 2, yet no retry: the same request would get the same answer
+    response = next(d for t, s, d in events if t == "llm.response")
+    assert response["retryable"] is False and proto.base_url(server) in response["error"]
+    failed = next(d for t, s, d in events if t == "step.failed")
+    assert failed["error_type"] == "bad_response" and failed["error"] == response["error"]
     assert len(server.calls) == 1
 
 

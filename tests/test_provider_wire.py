@@ -22,7 +22,16 @@ from providers.base import (
 )
 from providers.http import SSEEvent, SSEParser, error_message
 from tests.fake_llm_server import FakeLLMServer
-from tests.provider_cases import PROTOCOLS, Proto, by_kind, call, streaming
+from tests.provider_cases import (
+    ANTHROPIC,
+    OPENAI,
+    PROTOCOLS,
+    Proto,
+    by_kind,
+    call,
+    check,
+    streaming,
+)
 
 KEY = "sk-wire-test-0123456789"
 
@@ -219,3 +228,22 @@ def test_sse_parser_keeps_an_unterminated_last_event() -> None:
     parser = SSEParser()
     assert parser.feed("data:x") is None  # no space after the colon is allowed too
     assert parser.flush() == SSEEvent("message", "x")
+
+
+@pytest.mark.parametrize("proto", [OPENAI, ANTHROPIC], ids=lambda p: p.kind)
+def test_check_lists_models_or_falls_back_to_one_token(server, proto: Proto) -> None:
+    """A server without GET /models (some proxies and gateways) gets a 1-token request instead."""
+    server.models[:] = ["m"]
+    assert check(proto.config(server)) == "1 models; m listed"
+    server.no_model_list = True
+    try:
+        note = check(proto.config(server))
+    finally:
+        server.no_model_list = False
+    assert note.startswith("no model list; a 1-token request to m answered")
+    get, post = server.calls[1:]
+    assert (get["method"], get["path"], get["body"]) == ("GET", "/v1/models", None)
+    assert post["path"] == proto.chat_path and post["body"]["max_tokens"] == 1
+    server.require_key = "sk-right"
+    with pytest.raises(ProviderHTTPError, match="HTTP 401"):  # only a 404 falls back
+        check(proto.config(server))

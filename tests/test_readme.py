@@ -214,3 +214,33 @@ def test_every_cli_verb_has_help_with_an_example_and_a_readme_section():
         assert f"### `steplog {name}" in README, f"README has no section for `steplog {name}`"
     for name in ("sql", "audit", "verify"):
         assert "Example: steplog " + name in cli.commands[name].help
+
+
+def test_every_provider_key_is_in_the_providers_key_table():
+    """One table documents a provider's keys; a key added to ProviderConfig must appear there."""
+    from providers.config import ProviderConfig
+
+    start = README.index("Every key of a provider table:")
+    table = README[start : README.index("\n\n", README.index("| key |", start))]
+    documented = set(re.findall(r"`(\w+)`", "\n".join(line.split("|")[1] for line in
+                                                       table.splitlines()[3:])))  # fmt: skip
+    assert set(ProviderConfig.model_fields) <= documented, set(ProviderConfig.model_fields) - documented
+
+
+def test_the_events_table_lists_the_fields_of_every_provider_and_reliability_event():
+    """What the README says llm.*, step.retrying/waiting, budget and provider.* events carry is
+    exactly what their models define."""
+    from eventstore.events import EVENT_TYPES
+
+    rows = {}
+    for line in README[README.index("## Events") : README.index("## The cache")].splitlines():
+        cells = line.split("|")
+        if len(cells) > 3 and cells[1].strip().startswith("`"):
+            for name in re.findall(r"`([a-z_.]+)`", cells[1]):
+                rows[name] = cells[2]
+    for type_ in ("llm.request", "llm.response", "step.retrying", "step.waiting",
+                  "budget.exceeded", "provider.circuit_opened", "provider.circuit_half_open",
+                  "provider.circuit_closed"):  # fmt: skip
+        # a field is named in backticks, before any parenthesis that explains it
+        named = set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", rows[type_])))
+        assert named == set(EVENT_TYPES[type_].model_fields), type_

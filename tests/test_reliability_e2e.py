@@ -278,7 +278,7 @@ def test_max_concurrency_bounds_in_flight_calls_and_waiting_is_recorded(tmp_path
     assert "waiting" in screen.getvalue()
     plain = PlainDisplay(manifest.JobState(job_id="j"), out=io.StringIO())
     plain(events)
-    assert "waiting for provider remote's concurrency limit" in plain.out.getvalue()  # type: ignore[attr-defined]
+    assert "waiting for provider remote's concurrency limit (2 in flight)" in plain.out.getvalue()  # type: ignore[attr-defined]
 
 
 def test_requests_per_minute_spaces_calls(tmp_path):
@@ -293,6 +293,11 @@ def test_requests_per_minute_spaces_calls(tmp_path):
         path = pipeline(tmp_path, server.port, steps, provider="requests_per_minute = 600")
         outcome, _ = run_here(db, path, "j", tmp_path)
         assert outcome.succeeded and completions(server) == 4
+        store = open_store(db)
+        plain = PlainDisplay(manifest.JobState(job_id="j"), out=io.StringIO())
+        plain(list(store.read_job("j")))
+        store.close()
+        assert "waiting for provider remote's rate limit (600/min, 0." in plain.out.getvalue()  # type: ignore[attr-defined]
     waits = rows(db, "SELECT json_extract(data, '$.wait_s') FROM events WHERE type = 'step.waiting'"
                      " AND json_extract(data, '$.reason') = 'rate_limit' ORDER BY seq")  # fmt: skip
     assert len(waits) == 3 and all(w > 0 for (w,) in waits)
@@ -392,3 +397,70 @@ def test_ctrl_c_in_the_middle_of_an_http_call_leaves_the_job_resumable(tmp_path)
                         " AND json_extract(data, '$.success') = 1 GROUP BY step ORDER BY step")  # fmt: skip
     assert answered == [("a", 1), ("b", 1)]
     assert status_json(db, "j")["status"] == "succeeded"
+
+
+def test_a_failure_that_opens_the_circuit_is_not_retried_into_it(tmp_path):
+    """The retry would be refused by the breaker the failure just opened: no step.retrying, no
+    sleep; the step fails with its own error, saying why it was not retried."""
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        server.faults.extend(("status", 503, None, {}) for _ in range(10))
+        path = pipeline(tmp_path, server.port, {"a": []},
+                        provider=FAST + "max_retries = 5\nbreaker_failures = 2\n"
+                        "breaker_cooldown_s = 600\n")  # fmt: skip
+        outcome, _ = run_here(db, path, "j", tmp_path)
+        assert not outcome.succeeded and completions(server) == 2
+    trail = rows(db, "SELECT type FROM events WHERE type IN ('llm.request', 'llm.response',"
+                     " 'step.retrying', 'provider.circuit_opened', 'step.failed') ORDER BY seq")  # fmt: skip
+    assert [t for (t,) in trail] == [
+        "llm.request", "llm.response", "step.retrying", "llm.request", "llm.response",
+        "provider.circuit_opened", "step.failed",
+    ]
+    [(error_type, error)] = rows(db, "SELECT json_extract(data, '$.error_type'),"
+                                     " json_extract(data, '$.error') FROM events"
+                                     " WHERE type = 'step.failed'")  # fmt: skip
+    assert error_type == "http_error" and "HTTP 503" in error
+    assert f"not retried: the circuit for openai http://127.0.0.1:{server.port}/v1 is open" in error
+
+
+def test_a_retry_after_the_cool_down_goes_ahead_as_the_probe(tmp_path):
+    """Retry-After (0.3 s) outlasts the cool-down (0.1 s): the retry is the half-open probe."""
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        server.faults.extend(("status", 429, None, {"Retry-After": "0.3"}) for _ in range(2))
+        path = pipeline(tmp_path, server.port, {"a": []},
+                        provider=FAST + "max_retries = 2\nbreaker_failures = 2\n"
+                        "breaker_cooldown_s = 0.1\n")  # fmt: skip
+        outcome, _ = run_here(db, path, "j", tmp_path)
+        assert outcome.succeeded and completions(server) == 3
+    retries = rows(db, "SELECT json_extract(data, '$.delay_s'), json_extract(data, '$.retry_after_s')"
+                       " FROM events WHERE type = 'step.retrying' ORDER BY seq")  # fmt: skip
+    assert len(retries) == 2 and all(delay >= 0.3 and asked == 0.3 for delay, asked in retries)
+    shown = steplog(db, "events", "j", "--type", "step.retrying", "--json").out
+    assert shown.count('"retry_after_s": 0.3') == 2
+    store = open_store(db)
+    plain = PlainDisplay(manifest.JobState(job_id="j"), out=io.StringIO())
+    plain(list(store.read_job("j")))
+    store.close()
+    assert plain.out.getvalue().count("(the server asked for 0.3s): ") == 2  # type: ignore[attr-defined]
+    assert [t for (t,) in rows(db, "SELECT type FROM events WHERE type LIKE 'provider.%'"
+                                   " ORDER BY seq")] == [  # fmt: skip
+        "provider.circuit_opened", "provider.circuit_half_open", "provider.circuit_closed"]
+
+
+def test_status_says_when_the_cost_leaves_out_calls_of_a_model_without_a_price(tmp_path):
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        bare = pipeline(tmp_path, server.port, {"a": [], "b": ["a"]})
+        ran = steplog(db, "run", str(bare), "--job-id", "bare")
+        assert ran.code == 0 and "$0.0000 + 2 unpriced calls" in ran.out
+        priced = pipeline(tmp_path, server.port, {"a": [], "b": ["a"]}, extra=PRICES,
+                          prompts={"a": "Other", "b": "Words {{ steps.a.output }}"}, name="q.toml")  # fmt: skip
+        assert steplog(db, "run", str(priced), "--job-id", "priced").code == 0
+    text = steplog(db, "status", "bare").out
+    assert "cost $0.000000 + 2 unpriced calls" in text and "$0.000000 + 1 unpriced call " in text
+    doc = status_json(db, "bare")
+    assert doc["unpriced_calls"] == 2 and doc["steps"]["a"]["unpriced_calls"] == 1
+    doc = status_json(db, "priced")
+    assert doc["unpriced_calls"] == 0 and doc["cost"] > 0
+    assert "unpriced" not in steplog(db, "status", "priced").out

@@ -23,9 +23,10 @@ from projections import breaker as breaker_fold
 from projections.breaker import iso
 from projections.tables import read_breakers_table, rebuild
 from providers import breaker
-from providers.backoff import RetryPolicy
+from providers.backoff import RETRY_AFTER_CAP_S, RetryPolicy
 from providers.base import ProviderBadResponse, ProviderHTTPError, ProviderUnavailable
 from providers.breaker import BreakerPolicy, BreakerState, CircuitOpen, endpoint_of
+from providers.http import parse_retry_after
 from providers.ratelimit import RateState, reserve
 from tests.strategies import fresh_store
 
@@ -46,6 +47,14 @@ def test_the_delay_always_stays_within_its_bounds(base, cap, ra_cap, attempt, re
     assert 0 <= delay <= max(min(cap, base * 2.0 ** min(attempt - 1, 64)), floor)
     assert delay >= floor  # Retry-After honoured, capped
     assert delay <= max(cap, ra_cap)
+
+
+def test_a_long_retry_after_is_carried_as_sent_and_the_policy_alone_caps_the_wait():
+    asked = parse_retry_after("3600")
+    assert asked == 3600.0  # what the server said, for the log
+    error = ProviderHTTPError("x", provider="p", status=429, retry_after=asked)
+    policy = RetryPolicy(base_s=0.5, cap_s=30.0)
+    assert policy.delay(1, error.retry_after, random.Random(1)) == RETRY_AFTER_CAP_S == 60.0
 
 
 def test_the_jitter_range_doubles_up_to_the_cap():
