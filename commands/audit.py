@@ -130,7 +130,8 @@ def print_audit(out: Console, doc: dict[str, Any]) -> None:
     for col in ("step", "attempt", "provider", "model", "seconds", "in", "out", "cost", "result"):
         calls.add_column(col)
     for c in doc["llm_calls"]:
-        result = {1: "ok", 0: f"failed: {c['error_class']}", None: "no response"}[c["success"]]
+        failed = f"failed: {c['error_class']}" if c["error_class"] else "failed"
+        result = {1: "ok", 0: failed, None: "no response"}[c["success"]]
         calls.add_row(c["step"], _num(c["attempt"]), c["provider"], c["model"],
                       _num(c["duration_s"]), _num(c["tokens_in"]), _num(c["tokens_out"]),
                       _num(c["cost"]), result)  # fmt: skip
@@ -151,12 +152,13 @@ def print_audit(out: Console, doc: dict[str, Any]) -> None:
     for f in doc["files"]:
         files.add_row(f["step"], f["path"], f["sha256"][:16], "yes" if f["wrote"] else "no",
                       f["reason"], _num(f["size"]))  # fmt: skip
-    out.print(files)
+    out.print(files if doc["files"] else "no files written")
 
     if doc["failures"]:
         out.print("[bold]failures[/]")
         for f in doc["failures"]:
             where = f"{f['what']} {f['step']} attempt {f['attempt']}"
-            out.print(f"  {where} ({f['kind']}): {f['error']}")
+            kind = f" ({f['kind']})" if f["kind"] else ""
+            out.print(f"  {where}{kind}: {f['error'] or 'no error recorded'}")
     else:
         out.print("no failures")
