@@ -191,7 +191,8 @@ WHERE req.type = 'llm.request';
 
 -- One row per run of a step: each step.started with the step.succeeded / step.failed that
 -- ended it, and each step.skipped (a resume reusing an earlier result). A run with no end is
--- 'interrupted' once the step started again or the job moved on (resumed, ended), else 'running'.
+-- 'interrupted' once the step started again or the job moved on (resumed, ended, or forked: a
+-- fork's copied history stops at its point), else 'running'.
 CREATE VIEW IF NOT EXISTS step_runs AS
 WITH marks AS (
     SELECT seq, job_id, version, ts, type, step, data,
@@ -210,7 +211,7 @@ SELECT s.job_id,
                SELECT 1 FROM events AS later
                WHERE later.job_id = s.job_id AND later.version > s.version
                  AND later.type IN ('job.resumed', 'job.succeeded', 'job.failed',
-                                    'job.cancelled', 'job.interrupted')
+                                    'job.cancelled', 'job.interrupted', 'job.forked')
            ) THEN 'interrupted'
            ELSE 'running'
        END AS status,
@@ -292,7 +293,9 @@ CREATE VIEW IF NOT EXISTS job_summary AS
 WITH per_job AS (
     SELECT job_id,
            min(CASE WHEN type IN ('job.started', 'job.resumed') THEN version END) AS first_start,
-           max(CASE WHEN type IN ('job.started', 'job.resumed') THEN version END) AS last_start,
+           -- job.forked reopens a copied history that had ended, as in the manifest
+           max(CASE WHEN type IN ('job.started', 'job.resumed', 'job.forked') THEN version END)
+               AS last_start,
            max(CASE WHEN type IN ('job.succeeded', 'job.failed', 'job.cancelled',
                                   'job.interrupted') THEN version END) AS last_end,
            sum(type = 'llm.request') AS calls,
@@ -308,7 +311,7 @@ WITH per_job AS (
                AS tokens_saved
     FROM events
     WHERE type IN ('job.created', 'job.started', 'job.resumed', 'job.succeeded', 'job.failed',
-                   'job.cancelled', 'job.interrupted', 'llm.request', 'llm.response',
+                   'job.cancelled', 'job.interrupted', 'job.forked', 'llm.request', 'llm.response',
                    'cache.hit', 'cache.miss')
     GROUP BY job_id
 ),

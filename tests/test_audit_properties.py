@@ -66,7 +66,9 @@ def fold_llm_calls(events: list[StoredEvent]) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in rows]
 
 
-LIFECYCLE = ("job.resumed", "job.succeeded", "job.failed", "job.cancelled", "job.interrupted")
+LIFECYCLE = (
+    "job.resumed", "job.succeeded", "job.failed", "job.cancelled", "job.interrupted", "job.forked"
+)
 
 
 def fold_step_runs(events: list[StoredEvent]) -> list[tuple[Any, ...]]:
