@@ -214,3 +214,29 @@ def test_every_cli_verb_has_help_with_an_example_and_a_readme_section():
         assert f"### `steplog {name}" in README, f"README has no section for `steplog {name}`"
     for name in ("sql", "audit", "verify"):
         assert "Example: steplog " + name in cli.commands[name].help
+
+
+VIEWS = ("llm_calls", "step_runs", "file_writes", "cache_stats", "job_summary")
+
+
+def test_the_readme_documents_every_column_of_every_view():
+    """Each view's columns (as schema.sql defines them) are named in its README paragraph, and
+    the README names no column the view lacks, so the manual cannot drift from the schema."""
+    from eventstore.sqlite import SCHEMA_PATH, schema_statements
+
+    mem = sqlite3.connect(":memory:")
+    for statement in schema_statements(SCHEMA_PATH.read_text()):
+        mem.execute(statement)
+    section = README.split("## Auditing with SQL", 1)[1].split("Recipes (", 1)[0]
+    parts = re.split(r"\*\*`(\w+)`\*\*", section)
+    documented = dict(zip(parts[1::2], parts[2::2]))
+    assert sorted(documented) == sorted(VIEWS)
+    for view in VIEWS:
+        columns = [row[1] for row in mem.execute(f"PRAGMA table_info({view})")]
+        named = set(re.findall(r"`(\w+)`", documented[view]))
+        missing = [c for c in columns if c not in named]
+        assert not missing, f"README does not document {view} columns {missing}"
+        table_cells = re.findall(r"^\| ([^|]+) \|", documented[view], re.MULTILINE)
+        in_tables = {c for cell in table_cells for c in re.findall(r"`(\w+)`", cell)}
+        assert in_tables <= set(columns), f"README documents {view} columns it lacks"
+    mem.close()
