@@ -321,7 +321,17 @@ bounds AS (  -- timestamps by position (version), not by comparing ts strings
                AS started,
            CASE WHEN p.last_end > p.last_start THEN
                (SELECT ts FROM events AS e WHERE e.job_id = p.job_id AND e.version = p.last_end)
-           END AS finished
+           END AS finished,
+           (SELECT json_object(
+                       'succeeded', coalesce(sum(type IN ('step.succeeded', 'step.skipped')), 0),
+                       'failed', coalesce(sum(type = 'step.failed'), 0))
+            FROM (
+                SELECT type, max(version)  -- SQLite: `type` comes from the row with max(version)
+                FROM events AS o
+                WHERE o.type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
+                  AND o.job_id = p.job_id
+                GROUP BY step
+            )) AS outcomes  -- each step's latest outcome, counted
     FROM per_job AS p
 )
 SELECT b.job_id,
@@ -333,20 +343,8 @@ SELECT b.job_id,
            AS duration_s,
        (SELECT count(*) FROM events AS c, json_each(c.data, '$.steps')
         WHERE c.type = 'job.created' AND c.job_id = b.job_id) AS steps,
-       (SELECT count(*) FROM (
-            SELECT type, max(version)  -- SQLite: `type` comes from the row with max(version)
-            FROM events AS o
-            WHERE o.type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
-              AND o.job_id = b.job_id
-            GROUP BY step
-        ) WHERE type IN ('step.succeeded', 'step.skipped')) AS steps_succeeded,
-       (SELECT count(*) FROM (
-            SELECT type, max(version)
-            FROM events AS o
-            WHERE o.type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
-              AND o.job_id = b.job_id
-            GROUP BY step
-        ) WHERE type = 'step.failed') AS steps_failed,
+       json_extract(b.outcomes, '$.succeeded') AS steps_succeeded,
+       json_extract(b.outcomes, '$.failed')    AS steps_failed,
        coalesce(b.tokens_in, 0)    AS tokens_in,
        coalesce(b.tokens_out, 0)   AS tokens_out,
        b.cost                      AS cost,

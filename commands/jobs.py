@@ -179,13 +179,18 @@ def _owner_text(owner: dict[str, object]) -> str:
     return f"process {owner.get('pid')} on host {owner.get('host')}"
 
 
-def _check_resumable(state: JobState, cmd: ResumeCommand) -> None:
+def check_can_continue(state: JobState, job_id: str) -> None:
+    """A job that does not exist, succeeded or was cancelled has nothing left to run."""
     if not state.exists:
-        raise Rejected(f"unknown job {cmd.job_id}")
+        raise Rejected(f"unknown job {job_id}")
     if state.status == "succeeded":
-        raise Rejected(f"job {cmd.job_id} already succeeded; nothing to resume")
+        raise Rejected(f"job {job_id} already succeeded; nothing to resume")
     if state.status == "cancelled":
-        raise Rejected(f"job {cmd.job_id} was cancelled; run the pipeline again as a new job")
+        raise Rejected(f"job {job_id} was cancelled; run the pipeline again as a new job")
+
+
+def _check_resumable(state: JobState, cmd: ResumeCommand) -> None:
+    check_can_continue(state, cmd.job_id)
     if state.status == "running" and state.owner:
         alive = owner_alive(state.owner)
         if alive:

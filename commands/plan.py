@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from commands.jobs import Rejected, _pipeline_for_resume, fold_job, plan_resume
+from commands.jobs import (
+    Rejected,
+    _pipeline_for_resume,
+    check_can_continue,
+    fold_job,
+    plan_resume,
+)
 from eventstore.events import CacheChange
 from eventstore.sqlite import SQLiteEventStore
 from executor import cachekey, explain
@@ -213,12 +219,7 @@ def plan_for_resume(
     if given:
         raise Rejected("--input cannot be used with --job: a resumed job keeps its inputs")
     state = fold_job(store, job_id)
-    if not state.exists:
-        raise Rejected(f"unknown job {job_id}")
-    if state.status == "succeeded":
-        raise Rejected(f"job {job_id} already succeeded; nothing to resume")
-    if state.status == "cancelled":
-        raise Rejected(f"job {job_id} was cancelled; run the pipeline again as a new job")
+    check_can_continue(state, job_id)
     pipeline = _pipeline_for_resume(store, state, pipeline_path)
     plan, _ = plan_resume(state, pipeline)
     reuse = {name: sha for name, (sha, _) in plan.reuse.items()}

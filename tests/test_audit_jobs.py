@@ -14,7 +14,7 @@ import pytest
 from commands.timeline import _ts, build
 from projections.store import open_store
 from tests.cli_helpers import EXAMPLE, db_rows, status_json, steplog
-from tests.rich_job import closed_port
+from tests.fake_llm_server import closed_port
 
 PREDECESSOR = Path(__file__).parent / "fixtures" / "predecessor_events.jsonl"
 
