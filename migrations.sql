@@ -48,3 +48,6 @@ CREATE TABLE IF NOT EXISTS breakers (
     provider TEXT    NOT NULL,
     seq      INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- migration 3: views only: audit views mark a fork's copied history (copied) and end a run the fork point cut; job_summary counts each step's latest outcome once
+-- Views only: they are re-created from schema.sql with every migration, so nothing else to do.

@@ -1,4 +1,4 @@
--- steplog schema, version 2.
+-- steplog schema, version 3.
 --
 -- The single definition of the database. Applied at open (one transaction) to an empty file;
 -- the schema version lives in PRAGMA user_version and in steplog_meta, set by the code that
@@ -147,15 +147,20 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 -- the event right after an llm.request of that (job, step) is its llm.response if it has one.
 -- This stays right when a call is retried (each attempt is its own request/response pair),
 -- when a run was interrupted between the two, and when a resumed job runs a step again.
+-- `copied` marks a fork's copied history: the rows before its (latest) job.forked, which
+-- happened in the source job and are counted there too.
 
 -- One row per provider call attempt (llm.request), with its llm.response when there is one.
 -- success/duration_s/tokens are NULL when no response was recorded (the process died mid-call).
 CREATE VIEW IF NOT EXISTS llm_calls AS
 WITH llm AS (
     SELECT seq, job_id, version, ts, type, step, data,
-           lead(seq) OVER (PARTITION BY job_id, step ORDER BY version) AS next_seq
+           lead(seq) OVER (PARTITION BY job_id, step, type = 'job.forked' ORDER BY version)
+               AS next_seq,
+           max(CASE WHEN type = 'job.forked' THEN version END) OVER (PARTITION BY job_id)
+               AS forked_at
     FROM events
-    WHERE type IN ('llm.request', 'llm.response')
+    WHERE type IN ('llm.request', 'llm.response', 'job.forked')
 )
 SELECT req.job_id,
        req.step,
@@ -180,7 +185,8 @@ SELECT req.job_id,
        json_extract(res.data, '$.response_sha256') AS response_sha256,
        json_extract(res.data, '$.finish_reason')   AS finish_reason,
        req.version                                 AS version,
-       req.seq                                     AS seq
+       req.seq                                     AS seq,
+       coalesce(req.version < req.forked_at, 0)    AS copied
 FROM llm AS req
 LEFT JOIN events AS res
        ON res.seq = req.next_seq
@@ -196,9 +202,12 @@ WHERE req.type = 'llm.request';
 CREATE VIEW IF NOT EXISTS step_runs AS
 WITH marks AS (
     SELECT seq, job_id, version, ts, type, step, data,
-           lead(seq) OVER (PARTITION BY job_id, step ORDER BY version) AS next_seq
+           lead(seq) OVER (PARTITION BY job_id, step, type = 'job.forked' ORDER BY version)
+               AS next_seq,
+           max(CASE WHEN type = 'job.forked' THEN version END) OVER (PARTITION BY job_id)
+               AS forked_at
     FROM events
-    WHERE type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
+    WHERE type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped', 'job.forked')
 )
 SELECT s.job_id,
        s.step,
@@ -234,7 +243,8 @@ SELECT s.job_id,
        json_extract(e.data, '$.cache_key')  AS cache_key,
        json_extract(s.data, '$.reason')     AS skip_reason,
        s.version                            AS version,
-       s.seq                                AS seq
+       s.seq                                AS seq,
+       coalesce(s.version < s.forked_at, 0) AS copied
 FROM marks AS s
 LEFT JOIN events AS e
        ON e.seq = s.next_seq AND e.type IN ('step.succeeded', 'step.failed')
@@ -242,6 +252,13 @@ WHERE s.type IN ('step.started', 'step.skipped');
 
 -- One row per file.written: every file a step put in the workspace, or found already identical.
 CREATE VIEW IF NOT EXISTS file_writes AS
+WITH w AS (
+    SELECT seq, job_id, version, ts, type, step, data,
+           max(CASE WHEN type = 'job.forked' THEN version END) OVER (PARTITION BY job_id)
+               AS forked_at
+    FROM events
+    WHERE type IN ('file.written', 'job.forked')
+)
 SELECT job_id,
        step,
        json_extract(data, '$.path')   AS path,
@@ -251,19 +268,28 @@ SELECT job_id,
        ts,
        json_extract(data, '$.size')   AS size,
        version,
-       seq
-FROM events
+       seq,
+       coalesce(version < forked_at, 0) AS copied
+FROM w
 WHERE type = 'file.written';
 
 -- Cache lookups per provider and model across all jobs. A hit carries no provider, so it is
--- attributed through its cache key to the llm.request that paid for the answer.
+-- attributed through its cache key to the llm.request that paid for the answer. A fork's copied
+-- history (its events before job.forked) looked nothing up, so it is not counted again.
 CREATE VIEW IF NOT EXISTS cache_stats AS
-WITH lookups AS (
+WITH marked AS (
+    SELECT type, version, data,
+           max(CASE WHEN type = 'job.forked' THEN version END) OVER (PARTITION BY job_id)
+               AS forked_at
+    FROM events
+    WHERE type IN ('cache.hit', 'cache.miss', 'job.forked')
+),
+lookups AS (
     SELECT type,
            json_extract(data, '$.cache_key') AS cache_key,
            coalesce(json_extract(data, '$.tokens_saved'), 0) AS tokens_saved
-    FROM events
-    WHERE type IN ('cache.hit', 'cache.miss')
+    FROM marked
+    WHERE type IN ('cache.hit', 'cache.miss') AND NOT coalesce(version < forked_at, 0)
 ),
 keys AS (
     SELECT json_extract(data, '$.cache_key') AS cache_key,

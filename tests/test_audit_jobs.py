@@ -1,6 +1,7 @@
 """The audit views, `steplog audit`, `verify` and `timeline` on the kinds of job a real database
-holds besides plain runs: a fork cut inside a step, a fork of an ended job, an imported
-predecessor job (with a retry inside one run), and a job whose provider is a closed port."""
+holds besides plain runs: a fork cut inside a step, a fork of an ended job, a fork resumed, an
+imported predecessor job (with a retry inside one run), and a job whose provider is a closed
+port."""
 
 from __future__ import annotations
 
@@ -15,27 +16,30 @@ from commands.timeline import _ts, build
 from projections.store import open_store
 from tests.cli_helpers import EXAMPLE, db_rows, status_json, steplog
 from tests.fake_llm_server import closed_port
+from tests.test_readme import sql_recipes
 
 PREDECESSOR = Path(__file__).parent / "fixtures" / "predecessor_events.jsonl"
 
 # One run of a step with a retry inside it, then a resume that runs the step again.
+REQ = {"provider": "x", "model": "m", "prompt_tokens": 1}
+FAILED = {"provider": "x", "duration_s": 1, "success": False}
 RETRIED = [
     {"type": "job.started", "data": {"pipeline": "p"}},
     {"type": "step.started", "step": "a"},
-    {"type": "llm.request", "step": "a", "data": {"provider": "x", "model": "m", "prompt_tokens": 1}},
-    {"type": "llm.response", "step": "a", "data": {"provider": "x", "duration_s": 1, "success": False}},
+    {"type": "llm.request", "step": "a", "data": REQ},
+    {"type": "llm.response", "step": "a", "data": FAILED},
     {"type": "step.retrying", "step": "a"},
-    {"type": "llm.request", "step": "a", "data": {"provider": "x", "model": "m", "prompt_tokens": 1}},
-    {"type": "llm.response", "step": "a", "data": {"provider": "x", "duration_s": 1, "success": False}},
+    {"type": "llm.request", "step": "a", "data": REQ},
+    {"type": "llm.response", "step": "a", "data": FAILED},
     {"type": "step.failed", "step": "a", "data": {"error": "gave up"}},
     {"type": "job.failed", "data": {"error": "step a failed"}},
     {"type": "job.started", "data": {}},
     {"type": "step.started", "step": "a"},
-    {"type": "llm.request", "step": "a", "data": {"provider": "x", "model": "m", "prompt_tokens": 1}},
-    {"type": "llm.response", "step": "a", "data": {"provider": "x", "duration_s": 1, "success": True}},
+    {"type": "llm.request", "step": "a", "data": REQ},
+    {"type": "llm.response", "step": "a", "data": {**FAILED, "success": True}},
     {"type": "step.succeeded", "step": "a"},
     {"type": "job.succeeded", "data": {}},
-]  # fmt: skip
+]
 
 DOWN = """\
 name = "down"
@@ -58,6 +62,9 @@ def built(tmp_path_factory) -> Path:
     cut = steplog(db, "replay", "src", "--until", "llm.request:builder", "--fork", "cut")
     assert cut.code == 0, cut.err
     assert steplog(db, "replay", "src", "--until", "job.succeeded", "--fork", "ended").code == 0
+    again = steplog(db, "replay", "src", "--until", "step.succeeded:builder", "--fork", "again")
+    assert again.code == 0, again.err
+    assert steplog(db, "resume", "again", "-q").code == 0  # docs and qa: cache hits
     assert steplog(db, "import", str(PREDECESSOR)).code == 0
     retried = root / "retried.jsonl"
     retried.write_text(
@@ -191,3 +198,49 @@ def test_verify_names_a_tampered_or_missing_breaker_row(db):
         conn.execute("DELETE FROM breakers")
     conn.close()
     assert f"projection breakers: row endpoint={endpoint!r} is missing" in steplog(db, "verify").out
+
+
+def test_a_forks_copied_history_is_marked_and_counted_once(db):
+    assert rows(db, "SELECT step, copied FROM llm_calls WHERE job_id = 'again' ORDER BY seq") == [
+        ("architect", 1), ("builder", 1)
+    ]  # fmt: skip
+    assert rows(db, "SELECT step, status, cache_hit, copied FROM step_runs"
+                " WHERE job_id = 'again' ORDER BY seq") == [
+        ("architect", "succeeded", 0, 1), ("builder", "succeeded", 0, 1),
+        ("architect", "skipped", None, 0), ("builder", "skipped", None, 0),
+        ("docs", "succeeded", 1, 0), ("qa", "succeeded", 1, 0),
+    ]  # fmt: skip
+    assert rows(db, "SELECT DISTINCT copied FROM file_writes WHERE job_id = 'again'") == [(1,)]
+    assert rows(db, "SELECT DISTINCT copied FROM llm_calls WHERE job_id IN ('src', 'job_abc')"
+                " UNION SELECT DISTINCT copied FROM step_runs WHERE job_id = 'src'") == [(0,)]
+    # the cache was asked 4 times by src (misses) and twice by the resumed fork (hits); the
+    # copies of src's lookups in three forks are no lookups
+    assert rows(db, "SELECT hits, misses FROM cache_stats WHERE model = 'offline-1'") == [(2, 4)]
+    # the fork's own summary includes its copied history, as status does
+    [(calls, hits)] = rows(db, "SELECT calls, cache_hits FROM job_summary WHERE job_id = 'again'")
+    assert (calls, hits) == (2, 2) == (
+        status_json(db, "again")["llm_calls"], status_json(db, "again")["cache_hits"]
+    )
+
+
+def test_the_tokens_recipe_counts_each_real_call_once(db):
+    [recipe] = [s for s in sql_recipes() if s.startswith("-- Tokens per step across all jobs")]
+    got = {r[0]: r[1:] for r in rows(db, recipe)}
+    forks = {"cut", "ended", "again"}
+    calls: dict[str, list[int]] = {}
+    for job, step, data in rows(db, "SELECT job_id, step, data FROM events"
+                                    " WHERE type = 'llm.response'"):  # fmt: skip
+        if job not in forks:  # every call a fork holds is a copy: none of them called again
+            d = json.loads(data)
+            c = calls.setdefault(step, [0, 0, 0])
+            c[0], c[1], c[2] = c[0] + 1, c[1] + d["tokens_in"], c[2] + d["tokens_out"]
+    assert got == {step: (n, tin, tout, tin + tout) for step, (n, tin, tout) in calls.items()}
+
+
+def test_audit_of_a_fork_marks_its_copied_history(db):
+    doc = json.loads(steplog(db, "audit", "again", "--json").out)
+    assert [(c["step"], c["copied"]) for c in doc["llm_calls"]] == [("architect", 1), ("builder", 1)]
+    assert [f["copied"] for f in doc["files"]] == [1, 1, 1]
+    text = steplog(db, "audit", "again").out
+    assert text.count("succeeded (copied)") == 2 and text.count("ok (copied)") == 2
+    assert "job.forked" in text

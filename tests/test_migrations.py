@@ -1,5 +1,5 @@
-"""Schema 2: a database written at schema 1 is upgraded at open, in one transaction, and then
-equals a database created new; the audit views answer on it."""
+"""Schema upgrades: a database written at schema 1 (or 2) is upgraded at open, in one
+transaction, and then equals a database created new; the audit views answer on it."""
 
 from __future__ import annotations
 
@@ -59,17 +59,17 @@ def test_the_checked_in_database_is_at_schema_1():
 def test_opening_a_schema_1_database_upgrades_it_and_records_the_migration(v1, tmp_path):
     events_before = rows(v1, "SELECT * FROM events ORDER BY seq")
     open_store(v1).close()
-    assert rows(v1, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(2,)]
-    assert rows(v1, "SELECT value FROM steplog_meta") == [("2",)]
-    [(version, ts, description)] = rows(v1, "SELECT * FROM schema_migrations")
-    assert version == 2 and ts.endswith("Z") and "audit views" in description
+    assert rows(v1, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
+    assert rows(v1, "SELECT value FROM steplog_meta") == [("3",)]
+    [(version, ts, description), (later, _, _)] = rows(v1, "SELECT * FROM schema_migrations")
+    assert version == 2 and ts.endswith("Z") and "audit views" in description and later == 3
     assert rows(v1, "SELECT * FROM events ORDER BY seq") == events_before
     # the upgraded file has exactly the schema of a new one
     fresh = tmp_path / "new.db"
     open_store(fresh).close()
     assert schema_of(v1) == schema_of(fresh)
     open_store(v1).close()  # a second open applies nothing
-    assert len(rows(v1, "SELECT * FROM schema_migrations")) == 1
+    assert len(rows(v1, "SELECT * FROM schema_migrations")) == 2
 
 
 def test_every_view_answers_on_the_upgraded_database(v1):
@@ -123,10 +123,31 @@ def test_stores_opening_an_old_database_at_once_migrate_it_once(v1):
     with ThreadPoolExecutor(4) as pool:
         for future in [pool.submit(open_it) for _ in range(4)]:
             future.result(timeout=60)
-    assert rows(v1, "SELECT version FROM schema_migrations") == [(2,)]
+    assert rows(v1, "SELECT version FROM schema_migrations") == [(2,), (3,)]
 
 
 def test_migrations_file_covers_every_version_up_to_the_current():
     found = migrations(store_module.MIGRATIONS_PATH.read_text())
     assert sorted(found) == list(range(2, SCHEMA_VERSION + 1))
-    assert all(statements for _, statements in found.values())
+    # a section with nothing but new view definitions says so (views come from schema.sql)
+    assert all(statements or d.startswith("views only") for d, statements in found.values())
+
+
+def test_a_schema_2_database_gets_the_views_of_schema_3(tmp_path):
+    """A file from before `copied`: its views are replaced, its data untouched."""
+    path = tmp_path / "v2.db"
+    open_store(path).close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("DROP VIEW file_writes")
+        conn.execute("CREATE VIEW file_writes AS SELECT job_id FROM events")  # an older shape
+        conn.execute("DELETE FROM schema_migrations WHERE version = 3")
+        conn.execute("UPDATE steplog_meta SET value = '2' WHERE key = 'schema_version'")
+        conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    open_store(path).close()
+    fresh = tmp_path / "new.db"
+    open_store(fresh).close()
+    assert schema_of(path) == schema_of(fresh)
+    assert "copied" in [r[1] for r in rows(path, "PRAGMA table_info(file_writes)")]
+    assert rows(path, "SELECT version FROM schema_migrations") == [(3,)]

@@ -175,7 +175,8 @@ def _why_again(fx: Fixture, rows: list[tuple]) -> None:
 
 EXPECTED: dict[str, Callable[[Fixture, list[tuple]], Any]] = {
     "Which jobs called a given model in the last 7 days": _model_jobs,
-    "Tokens per step across all jobs": _tokens_per_step,
+    "Tokens per step across all jobs (a fork's copied calls counted once, in their source)":
+        _tokens_per_step,
     "Every file a job wrote, with its hash": _files,
     "Which steps failed, and why": _failed_steps,
     "How much the cache saved, per provider and model": _cache_saved,
