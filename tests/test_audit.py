@@ -241,7 +241,11 @@ def test_verify_passes_a_clean_database_without_touching_it(db, cli):
     count = sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone()[0]
     assert result.out.startswith(f"ok: {count} events in 2 jobs")
     assert "jobs, cache_index, breakers match a fresh fold" in result.out
-    assert cli(db, "verify", "second").code == 0
+    one = cli(db, "verify", "second")
+    [(second,)] = sqlite3.connect(db).execute(
+        "SELECT count(*) FROM events WHERE job_id = 'second'"
+    ).fetchall()
+    assert one.code == 0 and one.out.startswith(f"ok: {second} events in 1 jobs")
     assert db.read_bytes() == before
 
 
