@@ -148,19 +148,22 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 -- This stays right when a call is retried (each attempt is its own request/response pair),
 -- when a run was interrupted between the two, and when a resumed job runs a step again.
 -- `copied` marks a fork's copied history: the rows before its (latest) job.forked, which
--- happened in the source job and are counted there too.
+-- happened in the source job and are counted there too. Every window is partitioned by job_id
+-- alone (a step's next event: the next row ordered by step, version, if of the same step), and
+-- ordered alike (one sort), so that `WHERE job_id = ?` is pushed into the window and reaches
+-- the (job_id, version) index.
 
 -- One row per provider call attempt (llm.request), with its llm.response when there is one.
 -- success/duration_s/tokens are NULL when no response was recorded (the process died mid-call).
 CREATE VIEW IF NOT EXISTS llm_calls AS
 WITH llm AS (
     SELECT seq, job_id, version, ts, type, step, data,
-           lead(seq) OVER (PARTITION BY job_id, step, type = 'job.forked' ORDER BY version)
-               AS next_seq,
-           max(CASE WHEN type = 'job.forked' THEN version END) OVER (PARTITION BY job_id)
-               AS forked_at
+           CASE WHEN lead(step) OVER by_step = step THEN lead(seq) OVER by_step END AS next_seq,
+           max(CASE WHEN type = 'job.forked' THEN version END) OVER whole_job AS forked_at
     FROM events
     WHERE type IN ('llm.request', 'llm.response', 'job.forked')
+    WINDOW by_step AS (PARTITION BY job_id ORDER BY step, version),
+           whole_job AS (by_step ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 )
 SELECT req.job_id,
        req.step,
@@ -202,12 +205,12 @@ WHERE req.type = 'llm.request';
 CREATE VIEW IF NOT EXISTS step_runs AS
 WITH marks AS (
     SELECT seq, job_id, version, ts, type, step, data,
-           lead(seq) OVER (PARTITION BY job_id, step, type = 'job.forked' ORDER BY version)
-               AS next_seq,
-           max(CASE WHEN type = 'job.forked' THEN version END) OVER (PARTITION BY job_id)
-               AS forked_at
+           CASE WHEN lead(step) OVER by_step = step THEN lead(seq) OVER by_step END AS next_seq,
+           max(CASE WHEN type = 'job.forked' THEN version END) OVER whole_job AS forked_at
     FROM events
     WHERE type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped', 'job.forked')
+    WINDOW by_step AS (PARTITION BY job_id ORDER BY step, version),
+           whole_job AS (by_step ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 )
 SELECT s.job_id,
        s.step,
@@ -277,19 +280,16 @@ WHERE type = 'file.written';
 -- attributed through its cache key to the llm.request that paid for the answer. A fork's copied
 -- history (its events before job.forked) looked nothing up, so it is not counted again.
 CREATE VIEW IF NOT EXISTS cache_stats AS
-WITH marked AS (
-    SELECT type, version, data,
-           max(CASE WHEN type = 'job.forked' THEN version END) OVER (PARTITION BY job_id)
-               AS forked_at
-    FROM events
-    WHERE type IN ('cache.hit', 'cache.miss', 'job.forked')
+WITH forks AS (  -- where each fork's copied history ends
+    SELECT job_id, max(version) AS forked_at FROM events WHERE type = 'job.forked' GROUP BY job_id
 ),
 lookups AS (
-    SELECT type,
-           json_extract(data, '$.cache_key') AS cache_key,
-           coalesce(json_extract(data, '$.tokens_saved'), 0) AS tokens_saved
-    FROM marked
-    WHERE type IN ('cache.hit', 'cache.miss') AND NOT coalesce(version < forked_at, 0)
+    SELECT l.type,
+           json_extract(l.data, '$.cache_key') AS cache_key,
+           coalesce(json_extract(l.data, '$.tokens_saved'), 0) AS tokens_saved
+    FROM events AS l
+    LEFT JOIN forks AS f ON f.job_id = l.job_id
+    WHERE l.type IN ('cache.hit', 'cache.miss') AND NOT coalesce(l.version < f.forked_at, 0)
 ),
 keys AS (
     SELECT json_extract(data, '$.cache_key') AS cache_key,
