@@ -216,6 +216,8 @@ def test_a_forks_copied_history_is_marked_and_counted_once(db):
     # the cache was asked 4 times by src (misses) and twice by the resumed fork (hits); the
     # copies of src's lookups in three forks are no lookups
     assert rows(db, "SELECT hits, misses FROM cache_stats WHERE model = 'offline-1'") == [(2, 4)]
+    # job_abc's imported hit: no call in the log paid for it, so no provider to name
+    assert rows(db, "SELECT hits, misses FROM cache_stats WHERE provider IS NULL") == [(1, 0)]
     # the fork's own summary includes its copied history, as status does
     [(calls, hits)] = rows(db, "SELECT calls, cache_hits FROM job_summary WHERE job_id = 'again'")
     assert (calls, hits) == (2, 2) == (
