@@ -241,7 +241,8 @@ def test_the_tokens_recipe_counts_each_real_call_once(db):
 
 def test_audit_of_a_fork_marks_its_copied_history(db):
     doc = json.loads(steplog(db, "audit", "again", "--json").out)
-    assert [(c["step"], c["copied"]) for c in doc["llm_calls"]] == [("architect", 1), ("builder", 1)]
+    calls = [(c["step"], c["copied"]) for c in doc["llm_calls"]]
+    assert calls == [("architect", 1), ("builder", 1)]
     assert [f["copied"] for f in doc["files"]] == [1, 1, 1]
     text = steplog(db, "audit", "again").out
     assert text.count("succeeded (copied)") == 2 and text.count("ok (copied)") == 2
