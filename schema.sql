@@ -1,4 +1,4 @@
--- steplog schema, version 2.
+-- steplog schema, version 3.
 --
 -- The single definition of the database. Applied at open (one transaction) to an empty file;
 -- the schema version lives in PRAGMA user_version and in steplog_meta, set by the code that
@@ -147,15 +147,23 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 -- the event right after an llm.request of that (job, step) is its llm.response if it has one.
 -- This stays right when a call is retried (each attempt is its own request/response pair),
 -- when a run was interrupted between the two, and when a resumed job runs a step again.
+-- `copied` marks a fork's copied history: the rows before its (latest) job.forked, which
+-- happened in the source job and are counted there too. Every window is partitioned by job_id
+-- alone (a step's next event: the next row ordered by step, version, if of the same step), and
+-- ordered alike (one sort), so that `WHERE job_id = ?` is pushed into the window and reaches
+-- the (job_id, version) index.
 
 -- One row per provider call attempt (llm.request), with its llm.response when there is one.
 -- success/duration_s/tokens are NULL when no response was recorded (the process died mid-call).
 CREATE VIEW IF NOT EXISTS llm_calls AS
 WITH llm AS (
     SELECT seq, job_id, version, ts, type, step, data,
-           lead(seq) OVER (PARTITION BY job_id, step ORDER BY version) AS next_seq
+           CASE WHEN lead(step) OVER by_step = step THEN lead(seq) OVER by_step END AS next_seq,
+           max(CASE WHEN type = 'job.forked' THEN version END) OVER whole_job AS forked_at
     FROM events
-    WHERE type IN ('llm.request', 'llm.response')
+    WHERE type IN ('llm.request', 'llm.response', 'job.forked')
+    WINDOW by_step AS (PARTITION BY job_id ORDER BY step, version),
+           whole_job AS (by_step ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 )
 SELECT req.job_id,
        req.step,
@@ -180,7 +188,8 @@ SELECT req.job_id,
        json_extract(res.data, '$.response_sha256') AS response_sha256,
        json_extract(res.data, '$.finish_reason')   AS finish_reason,
        req.version                                 AS version,
-       req.seq                                     AS seq
+       req.seq                                     AS seq,
+       coalesce(req.version < req.forked_at, 0)    AS copied
 FROM llm AS req
 LEFT JOIN events AS res
        ON res.seq = req.next_seq
@@ -191,13 +200,17 @@ WHERE req.type = 'llm.request';
 
 -- One row per run of a step: each step.started with the step.succeeded / step.failed that
 -- ended it, and each step.skipped (a resume reusing an earlier result). A run with no end is
--- 'interrupted' once the step started again or the job moved on (resumed, ended), else 'running'.
+-- 'interrupted' once the step started again or the job moved on (resumed, ended, or forked: a
+-- fork's copied history stops at its point), else 'running'.
 CREATE VIEW IF NOT EXISTS step_runs AS
 WITH marks AS (
     SELECT seq, job_id, version, ts, type, step, data,
-           lead(seq) OVER (PARTITION BY job_id, step ORDER BY version) AS next_seq
+           CASE WHEN lead(step) OVER by_step = step THEN lead(seq) OVER by_step END AS next_seq,
+           max(CASE WHEN type = 'job.forked' THEN version END) OVER whole_job AS forked_at
     FROM events
-    WHERE type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
+    WHERE type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped', 'job.forked')
+    WINDOW by_step AS (PARTITION BY job_id ORDER BY step, version),
+           whole_job AS (by_step ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 )
 SELECT s.job_id,
        s.step,
@@ -210,7 +223,7 @@ SELECT s.job_id,
                SELECT 1 FROM events AS later
                WHERE later.job_id = s.job_id AND later.version > s.version
                  AND later.type IN ('job.resumed', 'job.succeeded', 'job.failed',
-                                    'job.cancelled', 'job.interrupted')
+                                    'job.cancelled', 'job.interrupted', 'job.forked')
            ) THEN 'interrupted'
            ELSE 'running'
        END AS status,
@@ -233,7 +246,8 @@ SELECT s.job_id,
        json_extract(e.data, '$.cache_key')  AS cache_key,
        json_extract(s.data, '$.reason')     AS skip_reason,
        s.version                            AS version,
-       s.seq                                AS seq
+       s.seq                                AS seq,
+       coalesce(s.version < s.forked_at, 0) AS copied
 FROM marks AS s
 LEFT JOIN events AS e
        ON e.seq = s.next_seq AND e.type IN ('step.succeeded', 'step.failed')
@@ -241,6 +255,13 @@ WHERE s.type IN ('step.started', 'step.skipped');
 
 -- One row per file.written: every file a step put in the workspace, or found already identical.
 CREATE VIEW IF NOT EXISTS file_writes AS
+WITH w AS (
+    SELECT seq, job_id, version, ts, type, step, data,
+           max(CASE WHEN type = 'job.forked' THEN version END) OVER (PARTITION BY job_id)
+               AS forked_at
+    FROM events
+    WHERE type IN ('file.written', 'job.forked')
+)
 SELECT job_id,
        step,
        json_extract(data, '$.path')   AS path,
@@ -250,19 +271,25 @@ SELECT job_id,
        ts,
        json_extract(data, '$.size')   AS size,
        version,
-       seq
-FROM events
+       seq,
+       coalesce(version < forked_at, 0) AS copied
+FROM w
 WHERE type = 'file.written';
 
 -- Cache lookups per provider and model across all jobs. A hit carries no provider, so it is
--- attributed through its cache key to the llm.request that paid for the answer.
+-- attributed through its cache key to the llm.request that paid for the answer. A fork's copied
+-- history (its events before job.forked) looked nothing up, so it is not counted again.
 CREATE VIEW IF NOT EXISTS cache_stats AS
-WITH lookups AS (
-    SELECT type,
-           json_extract(data, '$.cache_key') AS cache_key,
-           coalesce(json_extract(data, '$.tokens_saved'), 0) AS tokens_saved
-    FROM events
-    WHERE type IN ('cache.hit', 'cache.miss')
+WITH forks AS (  -- where each fork's copied history ends
+    SELECT job_id, max(version) AS forked_at FROM events WHERE type = 'job.forked' GROUP BY job_id
+),
+lookups AS (
+    SELECT l.type,
+           json_extract(l.data, '$.cache_key') AS cache_key,
+           coalesce(json_extract(l.data, '$.tokens_saved'), 0) AS tokens_saved
+    FROM events AS l
+    LEFT JOIN forks AS f ON f.job_id = l.job_id
+    WHERE l.type IN ('cache.hit', 'cache.miss') AND NOT coalesce(l.version < f.forked_at, 0)
 ),
 keys AS (
     SELECT json_extract(data, '$.cache_key') AS cache_key,
@@ -292,7 +319,9 @@ CREATE VIEW IF NOT EXISTS job_summary AS
 WITH per_job AS (
     SELECT job_id,
            min(CASE WHEN type IN ('job.started', 'job.resumed') THEN version END) AS first_start,
-           max(CASE WHEN type IN ('job.started', 'job.resumed') THEN version END) AS last_start,
+           -- job.forked reopens a copied history that had ended, as in the manifest
+           max(CASE WHEN type IN ('job.started', 'job.resumed', 'job.forked') THEN version END)
+               AS last_start,
            max(CASE WHEN type IN ('job.succeeded', 'job.failed', 'job.cancelled',
                                   'job.interrupted') THEN version END) AS last_end,
            sum(type = 'llm.request') AS calls,
@@ -308,7 +337,7 @@ WITH per_job AS (
                AS tokens_saved
     FROM events
     WHERE type IN ('job.created', 'job.started', 'job.resumed', 'job.succeeded', 'job.failed',
-                   'job.cancelled', 'job.interrupted', 'llm.request', 'llm.response',
+                   'job.cancelled', 'job.interrupted', 'job.forked', 'llm.request', 'llm.response',
                    'cache.hit', 'cache.miss')
     GROUP BY job_id
 ),
@@ -318,7 +347,17 @@ bounds AS (  -- timestamps by position (version), not by comparing ts strings
                AS started,
            CASE WHEN p.last_end > p.last_start THEN
                (SELECT ts FROM events AS e WHERE e.job_id = p.job_id AND e.version = p.last_end)
-           END AS finished
+           END AS finished,
+           (SELECT json_object(
+                       'succeeded', coalesce(sum(type IN ('step.succeeded', 'step.skipped')), 0),
+                       'failed', coalesce(sum(type = 'step.failed'), 0))
+            FROM (
+                SELECT type, max(version)  -- SQLite: `type` comes from the row with max(version)
+                FROM events AS o
+                WHERE o.type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
+                  AND o.job_id = p.job_id
+                GROUP BY step
+            )) AS outcomes  -- each step's latest outcome, counted
     FROM per_job AS p
 )
 SELECT b.job_id,
@@ -330,20 +369,8 @@ SELECT b.job_id,
            AS duration_s,
        (SELECT count(*) FROM events AS c, json_each(c.data, '$.steps')
         WHERE c.type = 'job.created' AND c.job_id = b.job_id) AS steps,
-       (SELECT count(*) FROM (
-            SELECT type, max(version)  -- SQLite: `type` comes from the row with max(version)
-            FROM events AS o
-            WHERE o.type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
-              AND o.job_id = b.job_id
-            GROUP BY step
-        ) WHERE type IN ('step.succeeded', 'step.skipped')) AS steps_succeeded,
-       (SELECT count(*) FROM (
-            SELECT type, max(version)
-            FROM events AS o
-            WHERE o.type IN ('step.started', 'step.succeeded', 'step.failed', 'step.skipped')
-              AND o.job_id = b.job_id
-            GROUP BY step
-        ) WHERE type = 'step.failed') AS steps_failed,
+       json_extract(b.outcomes, '$.succeeded') AS steps_succeeded,
+       json_extract(b.outcomes, '$.failed')    AS steps_failed,
        coalesce(b.tokens_in, 0)    AS tokens_in,
        coalesce(b.tokens_out, 0)   AS tokens_out,
        b.cost                      AS cost,

@@ -25,13 +25,14 @@ def audit_document(conn: sqlite3.Connection, job_id: str) -> dict[str, Any]:
     runs = _rows(
         conn,
         "SELECT step, attempt, status, started, finished, duration_s, cache_hit, error_type,"
-        " error, skip_reason FROM step_runs WHERE job_id = ? ORDER BY seq",
+        " error, skip_reason, copied FROM step_runs WHERE job_id = ? ORDER BY seq",
         one,
     )
     calls = _rows(
         conn,
         "SELECT step, attempt, provider, model, started, duration_s, tokens_in, tokens_out, cost,"
-        " success, status, error_class, error FROM llm_calls WHERE job_id = ? ORDER BY seq",
+        " success, status, error_class, error, copied FROM llm_calls"
+        " WHERE job_id = ? ORDER BY seq",
         one,
     )
     hits = _rows(
@@ -44,7 +45,7 @@ def audit_document(conn: sqlite3.Connection, job_id: str) -> dict[str, Any]:
     )
     files = _rows(
         conn,
-        "SELECT step, path, sha256, wrote, reason, size, ts FROM file_writes"
+        "SELECT step, path, sha256, wrote, reason, size, ts, copied FROM file_writes"
         " WHERE job_id = ? ORDER BY seq",
         one,
     )
@@ -122,7 +123,8 @@ def print_audit(out: Console, doc: dict[str, Any]) -> None:
         timeline.add_column(col)
     for r in doc["step_runs"]:
         cache_col = {None: "", 0: "miss", 1: "hit"}.get(r["cache_hit"], str(r["cache_hit"]))
-        timeline.add_row(r["step"], _num(r["attempt"]), r["status"], _time(r["started"]),
+        status = r["status"] + (" (copied)" if r["copied"] else "")
+        timeline.add_row(r["step"], _num(r["attempt"]), status, _time(r["started"]),
                          _num(r["duration_s"]), cache_col)  # fmt: skip
     out.print(timeline)
 
@@ -130,7 +132,9 @@ def print_audit(out: Console, doc: dict[str, Any]) -> None:
     for col in ("step", "attempt", "provider", "model", "seconds", "in", "out", "cost", "result"):
         calls.add_column(col)
     for c in doc["llm_calls"]:
-        result = {1: "ok", 0: f"failed: {c['error_class']}", None: "no response"}[c["success"]]
+        failed = f"failed: {c['error_class']}" if c["error_class"] else "failed"
+        result = {1: "ok", 0: failed, None: "no response"}[c["success"]]
+        result += " (copied)" if c["copied"] else ""
         calls.add_row(c["step"], _num(c["attempt"]), c["provider"], c["model"],
                       _num(c["duration_s"]), _num(c["tokens_in"]), _num(c["tokens_out"]),
                       _num(c["cost"]), result)  # fmt: skip
@@ -151,12 +155,13 @@ def print_audit(out: Console, doc: dict[str, Any]) -> None:
     for f in doc["files"]:
         files.add_row(f["step"], f["path"], f["sha256"][:16], "yes" if f["wrote"] else "no",
                       f["reason"], _num(f["size"]))  # fmt: skip
-    out.print(files)
+    out.print(files if doc["files"] else "no files written")
 
     if doc["failures"]:
         out.print("[bold]failures[/]")
         for f in doc["failures"]:
             where = f"{f['what']} {f['step']} attempt {f['attempt']}"
-            out.print(f"  {where} ({f['kind']}): {f['error']}")
+            kind = f" ({f['kind']})" if f["kind"] else ""
+            out.print(f"  {where}{kind}: {f['error'] or 'no error recorded'}")
     else:
         out.print("no failures")

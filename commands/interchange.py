@@ -109,18 +109,6 @@ class Exported:
         return "".join(line + "\n" for line in self.lines)
 
 
-def _stored_blobs(store: SQLiteEventStore, shas: list[str]) -> dict[str, bytes]:
-    found: dict[str, bytes] = {}
-    for start in range(0, len(shas), 500):
-        chunk = shas[start : start + 500]
-        marks = ", ".join("?" * len(chunk))
-        for sha, content in store.conn.execute(
-            f"SELECT sha256, content FROM blobs WHERE sha256 IN ({marks})", chunk
-        ):
-            found[sha] = bytes(content)
-    return found
-
-
 def export_job(
     store: SQLiteEventStore,
     job_id: str,
@@ -135,7 +123,7 @@ def export_job(
         raise Rejected(f"unknown job {job_id}")
     refs = {ev.version: blob_refs(ev.data_json) for ev in events}
     wanted = list(dict.fromkeys(sha for shas in refs.values() for sha in shas))
-    contents = _stored_blobs(store, wanted)
+    contents = store.find_blobs(wanted)
     missing = [sha for sha in wanted if sha not in contents]
     if blob_dir is not None:
         _write_sidecar(blob_dir, contents)

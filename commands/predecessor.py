@@ -44,12 +44,16 @@ def _seconds(a: str, b: str) -> float:
 
 
 class _Mapper:
-    """Per-job memory the mapping needs: attempts, the open step's cache key and model."""
+    """Per-job memory the mapping needs: attempts, the open step's cache key and model.
+
+    As in steplog's own log, a step.* attempt is the step's run number within the job and an
+    llm.* / step.retrying attempt the call number within the current run (retries)."""
 
     def __init__(self, job_id: str, first_ts: str) -> None:
         self.job_id = job_id
         self.first_ts = first_ts
         self.attempt: dict[str, int] = {}
+        self.call: dict[str, int] = {}
         self.started_ts: dict[str, str] = {}
         self.cache_key: dict[str, str] = {}
         self.cache_hit: dict[str, bool] = {}
@@ -59,6 +63,7 @@ class _Mapper:
         """The steplog data for a predecessor event: its own fields win over what is filled in."""
         s = step or ""
         attempt = max(1, self.attempt.get(s, 1))
+        call = max(1, self.call.get(s, 1))
         since_start = _seconds(self.started_ts.get(s, ts), ts)
         key = self.cache_key.get(s, "")
         if type_ in ("job.started", "job.resumed"):
@@ -80,6 +85,7 @@ class _Mapper:
             return {"signal": "unknown", **d}
         if type_ == "step.started":
             self.attempt[s] = self.attempt.get(s, 0) + 1
+            self.call[s] = 0
             self.started_ts[s] = ts
             self.cache_hit[s] = False
             return {"attempt": self.attempt[s], "fingerprint": "", **d}
@@ -100,7 +106,7 @@ class _Mapper:
                 "output_sha256": NOT_RECORDED_SHA, **d,
             }  # fmt: skip
         if type_ == "step.retrying":
-            return {"attempt": attempt, "delay_s": 0.0, "error": "", **d}
+            return {"attempt": call, "delay_s": 0.0, "error": "", **d}
         if type_ in ("cache.hit", "cache.miss"):
             if isinstance(d.get("cache_key"), str):
                 self.cache_key[s] = d["cache_key"]
@@ -114,14 +120,15 @@ class _Mapper:
         if type_ == "llm.request":
             if isinstance(d.get("model"), str):
                 self.model[s] = d["model"]
+            self.call[s] = self.call.get(s, 0) + 1
             return {
-                "kind": str(d.get("provider", "")), "attempt": attempt, "cache_key": key,
+                "kind": str(d.get("provider", "")), "attempt": self.call[s], "cache_key": key,
                 "prompt_sha256": NOT_RECORDED_SHA, "model": "", "provider": "", **d,
             }  # fmt: skip
         if type_ == "llm.response":
             # no response blob: an imported answer never enters the shared cache
             return {
-                "model": self.model.get(s, ""), "attempt": attempt, "cache_key": key,
+                "model": self.model.get(s, ""), "attempt": call, "cache_key": key,
                 "success": True, **d,
             }  # fmt: skip
         if type_ == "file.written":

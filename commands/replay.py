@@ -43,7 +43,9 @@ def matcher(point: str, job_version: int):
         raise BadPoint("empty point: give an event number, a timestamp or TYPE[:STEP]")
     if point.isdigit():
         n = int(point)
-        if n < 1 or n > job_version:
+        if n < 1:
+            raise BadPoint(f"event {n} does not exist: a job's events are numbered from 1")
+        if n > job_version:
             raise BadPoint(f"event {n} is past the end of the job (it has {job_version} events)")
         return ("version", n)
     ts = _parse_ts(point) if point[:1].isdigit() else None

@@ -104,6 +104,10 @@ def build(job_id: str, events: Iterable[StoredEvent]) -> Timeline:
 
     for ev in evs:
         t = (_ts(ev.ts) - t0).total_seconds() if t0 else 0.0
+        if ev.type == "job.forked":
+            # drawn where the copied history ends, not when the fork was made: the time between
+            # is no part of this job, and the fork's own runs then follow one idle stretch
+            t = last_t
         d = orjson.loads(ev.data_json)
         step = ev.step or "?"
         if ev.type in ("job.started", "job.resumed"):

@@ -61,7 +61,8 @@ def idle_gaps(busy: list[tuple[float, float]], span: float) -> list[tuple[float,
         reach = max(reach, end)
     # Squeezing needs some busy time left to scale; with (almost) none, the float error of
     # span - gaps would blow the scale up. Then the plain linear axis is the honest picture.
-    if span - sum(b - a for a, b in gaps) < max(1e-3, 0.01 * span):
+    # (A millisecond of work after hours idle is squeezed: ticks follow the busy time only.)
+    if span - sum(b - a for a, b in gaps) < max(1e-3, 1e-9 * span):
         return []
     return gaps
 
@@ -124,18 +125,22 @@ def axis_ticks(lay: Layout, max_ticks: int) -> list[dict]:
     if lay.span <= 0:
         return [{"x": lay.left, "label": "0 s", "major": True}]
     step = nice_step(lay.busy_time, max_ticks)
-    times = [n * step for n in range(int(lay.span / step + 1e-9) + 1)]
-    times = [t for t in times if lay.visible(t)]
-    times += [t for gap in lay.gaps for t in gap]
+    times = [t for gap in lay.gaps for t in gap]
+    edges = [0.0, *times, lay.span]
+    for lo, hi in zip(edges[::2], edges[1::2]):  # the drawn stretches, between the breaks
+        first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
+        times += [n * step for n in range(first, last + 1)]
     ticks = []
-    last_x = -1e9
+    last_x, last_label = -1e9, ""
     for t in sorted(set(times)):
         x = lay.x(t)
         label = tick_label(t, step, lay.span)
+        if label == last_label:  # a break's edge next to a tick: tell them apart
+            label = tick_label(t, step / 10, lay.span)
         fits = x - last_x >= max(len(label) * CHAR_W * 0.9 + 10, 40)
         ticks.append({"x": x, "label": label if fits else "", "major": fits})
         if fits:
-            last_x = x
+            last_x, last_label = x, label
     return ticks
 
 

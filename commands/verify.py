@@ -119,11 +119,11 @@ def _check_log(
     states = [(p, p.start()) for p in TABLE_PROJECTIONS]
     referenced: dict[str, tuple[str, int, int]] = {}
     for ev in _events(conn):
-        report.events += 1
         for projection, state in states:
             projection.apply(state, ev)
         if job_id is not None and ev.job_id != job_id:
             continue
+        report.events += 1  # events whose chain was checked
         _check_event(ev, heads, report)
         try:
             data = orjson.loads(ev.data_json)

@@ -401,8 +401,8 @@ class SQLiteEventStore:
     def last_seq(self) -> int:
         return self.conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
 
-    def get_blobs(self, shas: Sequence[str]) -> dict[str, bytes]:
-        """Many blobs in few queries; raises StoreError naming the first one missing."""
+    def find_blobs(self, shas: Sequence[str]) -> dict[str, bytes]:
+        """Many blobs in few queries; those not stored are simply absent from the answer."""
         found: dict[str, bytes] = {}
         wanted = list(dict.fromkeys(shas))
         for start in range(0, len(wanted), 500):
@@ -412,7 +412,12 @@ class SQLiteEventStore:
                 f"SELECT sha256, content FROM blobs WHERE sha256 IN ({marks})", chunk
             ):
                 found[sha] = bytes(content)
-        for sha in wanted:
+        return found
+
+    def get_blobs(self, shas: Sequence[str]) -> dict[str, bytes]:
+        """Many blobs in few queries; raises StoreError naming the first one missing."""
+        found = self.find_blobs(shas)
+        for sha in shas:
             if sha not in found:
                 raise StoreError(f"blob {sha[:12]} is missing from the database")
         return found

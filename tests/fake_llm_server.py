@@ -57,6 +57,7 @@ import collections
 import hashlib
 import json
 import os
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -586,6 +587,13 @@ class FakeLLMServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound for a moment, then closed): a provider down."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main(argv: Optional[list[str]] = None) -> None:

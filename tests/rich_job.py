@@ -4,11 +4,10 @@ OpenAI-compatible server on 127.0.0.1 and a closed 127.0.0.1 port."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from tests.cli_helpers import steplog
-from tests.fake_llm_server import FakeLLMServer
+from tests.fake_llm_server import FakeLLMServer, closed_port
 
 KEY_ENV = {"OPENAI_API_KEY": "sk-test"}
 RICH_JOB = "rich"
@@ -68,12 +67,6 @@ needs = ["review"]
 provider = "remote"
 prompt = "Publish {{{{ steps.review.output }}}}"
 """
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_rich_job(tmp_path: Path) -> Path:

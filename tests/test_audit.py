@@ -133,6 +133,9 @@ REFUSED = [
     "ATTACH DATABASE '{dir}/other.db' AS other",
     "DETACH DATABASE main",
     "PRAGMA user_version = 7",
+    "PRAGMA main.user_version = 7",
+    "PRAGMA user_version(7)",
+    "PRAGMA query_only = 0",
     "PRAGMA journal_mode = DELETE",
     "PRAGMA writable_schema = 1",
     "PRAGMA wal_checkpoint(TRUNCATE)",
@@ -141,6 +144,7 @@ REFUSED = [
     "REINDEX",
     "ANALYZE",
     "BEGIN IMMEDIATE",
+    "SAVEPOINT s",
     "WITH x AS (SELECT 1) INSERT INTO jobs SELECT 'y', 'p', 'created', 'ts' FROM x",
     "WITH x AS (SELECT 1) DELETE FROM jobs",
     "EXPLAIN DELETE FROM jobs",
@@ -241,7 +245,11 @@ def test_verify_passes_a_clean_database_without_touching_it(db, cli):
     count = sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone()[0]
     assert result.out.startswith(f"ok: {count} events in 2 jobs")
     assert "jobs, cache_index, breakers match a fresh fold" in result.out
-    assert cli(db, "verify", "second").code == 0
+    one = cli(db, "verify", "second")
+    [(second,)] = sqlite3.connect(db).execute(
+        "SELECT count(*) FROM events WHERE job_id = 'second'"
+    ).fetchall()
+    assert one.code == 0 and one.out.startswith(f"ok: {second} events in 1 jobs")
     assert db.read_bytes() == before
 
 

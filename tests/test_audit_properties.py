@@ -48,6 +48,15 @@ def query(store, sql: str) -> list[tuple]:
 # -- the folds the views must equal --------------------------------------------------------------
 
 
+def copied(events: list[StoredEvent]) -> dict[int, int]:
+    """seq -> 1 when the event is before its job's latest job.forked (a fork's copied history)."""
+    forked_at: dict[str, int] = {}
+    for ev in events:
+        if ev.type == "job.forked":
+            forked_at[ev.job_id] = ev.version
+    return {ev.seq: int(ev.version < forked_at.get(ev.job_id, 0)) for ev in events}
+
+
 def fold_llm_calls(events: list[StoredEvent]) -> list[tuple[Any, ...]]:
     """A request is answered by the next llm.* event of its job and step, if that is a response
     to the same attempt and key."""
@@ -66,7 +75,9 @@ def fold_llm_calls(events: list[StoredEvent]) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in rows]
 
 
-LIFECYCLE = ("job.resumed", "job.succeeded", "job.failed", "job.cancelled", "job.interrupted")
+LIFECYCLE = (
+    "job.resumed", "job.succeeded", "job.failed", "job.cancelled", "job.interrupted", "job.forked"
+)
 
 
 def fold_step_runs(events: list[StoredEvent]) -> list[tuple[Any, ...]]:
@@ -108,10 +119,11 @@ def test_llm_calls_pairs_every_request_as_a_fold_of_the_log_does(log):
         events = written(store, pool, batches)
         view = query(
             store,
-            "SELECT seq, job_id, step, attempt, cache_key, success, tokens_in FROM llm_calls"
-            " ORDER BY seq",
+            "SELECT seq, job_id, step, attempt, cache_key, success, tokens_in, copied"
+            " FROM llm_calls ORDER BY seq",
         )
-        assert view == fold_llm_calls(events)
+        marks = copied(events)
+        assert view == [(*row, marks[row[0]]) for row in fold_llm_calls(events)]
 
 
 @SETTINGS
@@ -122,9 +134,11 @@ def test_step_runs_is_a_fold_of_the_log(log):
         events = written(store, pool, batches)
         view = query(
             store,
-            "SELECT seq, job_id, step, attempt, status, cache_hit FROM step_runs ORDER BY seq",
+            "SELECT seq, job_id, step, attempt, status, cache_hit, copied FROM step_runs"
+            " ORDER BY seq",
         )
-        assert view == fold_step_runs(events)
+        marks = copied(events)
+        assert view == [(*row, marks[row[0]]) for row in fold_step_runs(events)]
 
 
 @SETTINGS

@@ -119,7 +119,7 @@ def test_replay_until_n_is_the_fold_of_the_first_n_events_for_every_n(batches):
         for past in (n + 1, n + 1000):
             with pytest.raises(BadPoint, match="past the end"):
                 replay(store, job, str(past))
-        with pytest.raises(BadPoint):
+        with pytest.raises(BadPoint, match="numbered from 1"):
             replay(store, job, "0")
         with pytest.raises(BadPoint, match="unknown job"):
             replay(store, job + "-missing", "1")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import email.utils
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from providers.base import (
 from providers.config import ProviderConfig
 from providers.http import parse_retry_after, public_url
 from providers.openai import OpenAIProvider
-from tests.fake_llm_server import FakeLLMServer
+from tests.fake_llm_server import FakeLLMServer, closed_port
 
 KEY = "sk-test-very-secret-123"
 SERVER_SCRIPT = Path(__file__).with_name("fake_llm_server.py")
@@ -55,12 +54,6 @@ def call(url: str, request: LLMRequest | None = None, **config: Any) -> LLMResul
                 return await OpenAIProvider("remote", cfg, client).complete(request)
 
     return anyio.run(go)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the block ends: nothing listens there
 
 
 # -- success ---------------------------------------------------------------------------------------

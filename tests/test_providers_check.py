@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
 from tests.cli_helpers import steplog
-from tests.fake_llm_server import FakeLLMServer
+from tests.fake_llm_server import FakeLLMServer, closed_port
 
 KEY = "sk-check-DISTINCTIVE-55aa"
 
@@ -19,12 +18,6 @@ def server():
     with FakeLLMServer() as s:
         s.models[:] = ["gpt-x", "llama3.2", "claude-y"]
         yield s
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_pipeline(tmp_path: Path, providers: str) -> Path:

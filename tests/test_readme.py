@@ -175,7 +175,8 @@ def _why_again(fx: Fixture, rows: list[tuple]) -> None:
 
 EXPECTED: dict[str, Callable[[Fixture, list[tuple]], Any]] = {
     "Which jobs called a given model in the last 7 days": _model_jobs,
-    "Tokens per step across all jobs": _tokens_per_step,
+    "Tokens per step across all jobs (a fork's copied calls counted once, in their source)":
+        _tokens_per_step,
     "Every file a job wrote, with its hash": _files,
     "Which steps failed, and why": _failed_steps,
     "How much the cache saved, per provider and model": _cache_saved,
@@ -244,3 +245,29 @@ def test_the_events_table_lists_the_fields_of_every_provider_and_reliability_eve
         # a field is named in backticks, before any parenthesis that explains it
         named = set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", rows[type_])))
         assert named == set(EVENT_TYPES[type_].model_fields), type_
+
+
+VIEWS = ("llm_calls", "step_runs", "file_writes", "cache_stats", "job_summary")
+
+
+def test_the_readme_documents_every_column_of_every_view():
+    """Each view's columns (as schema.sql defines them) are named in its README paragraph, and
+    the README names no column the view lacks, so the manual cannot drift from the schema."""
+    from eventstore.sqlite import SCHEMA_PATH, schema_statements
+
+    mem = sqlite3.connect(":memory:")
+    for statement in schema_statements(SCHEMA_PATH.read_text()):
+        mem.execute(statement)
+    section = README.split("## Auditing with SQL", 1)[1].split("Recipes (", 1)[0]
+    parts = re.split(r"\*\*`(\w+)`\*\*", section)
+    documented = dict(zip(parts[1::2], parts[2::2]))
+    assert sorted(documented) == sorted(VIEWS)
+    for view in VIEWS:
+        columns = [row[1] for row in mem.execute(f"PRAGMA table_info({view})")]
+        named = set(re.findall(r"`(\w+)`", documented[view]))
+        missing = [c for c in columns if c not in named]
+        assert not missing, f"README does not document {view} columns {missing}"
+        table_cells = re.findall(r"^\| ([^|]+) \|", documented[view], re.MULTILINE)
+        in_tables = {c for cell in table_cells for c in re.findall(r"`(\w+)`", cell)}
+        assert in_tables <= set(columns), f"README documents {view} columns it lacks"
+    mem.close()

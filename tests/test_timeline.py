@@ -280,3 +280,17 @@ def test_marker_labels_do_not_overlap(items):
     for i, (lane, a, b) in enumerate(boxes):
         for lane2, a2, b2 in boxes[i + 1 :]:
             assert lane != lane2 or b <= a2 or b2 <= a
+
+
+def test_a_moment_of_work_after_hours_idle_is_squeezed_and_labels_stay_distinct():
+    """A fast job failed, then resumed an hour later: the hour is an axis break, the ticks cover
+    only the work (a bounded number of them), and a break's edge never repeats a tick label."""
+    busy = [(0.0, 0.0), (0.0, 0.64), (3600.0, 3600.05)]
+    lay = Layout(1200, 150, 1160, 100, 3600.05, idle_gaps(busy, 3600.05))
+    assert lay.gaps == [(0.64, 3600.0)]
+    ticks = axis_ticks(lay, 10)
+    assert len(ticks) <= 30
+    labels = [t["label"] for t in ticks if t["label"]]
+    assert len(labels) == len(set(labels)) and len(labels) >= 4
+    assert "0:00.6" in labels and "0:00.64" in labels  # the tick, and the break's start
+    assert lay.x(0.64) - lay.x(0.0) > 600  # the work gets the width, not the idle hour
