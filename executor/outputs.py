@@ -30,6 +30,10 @@ _LABELLED_BLOCK = re.compile(
 )
 
 
+# json.loads raises RecursionError, not a JSONDecodeError, on nesting deeper than the stack.
+_TOO_DEEP = "response is not usable JSON (nested too deeply to read)"
+
+
 def _strip_fence(text: str) -> str:
     match = _FENCE.match(text.strip())
     return match.group(1) if match else text
@@ -60,11 +64,19 @@ def parse_output(kind: str, text: str) -> StepOutput:
             raise OutputProblem(
                 f"response is not valid JSON ({exc.msg} at line {exc.lineno})"
             ) from exc
-        return StepOutput(kind, canonical_json(value), value)
+        except RecursionError as exc:
+            raise OutputProblem(_TOO_DEEP) from exc
+        try:
+            canonical = canonical_json(value)
+        except (ValueError, RecursionError) as exc:  # json.loads reads NaN/Infinity; JSON has none
+            raise OutputProblem(f"response is not valid JSON ({exc})") from exc
+        return StepOutput(kind, canonical, value)
     if kind == "files":
         files: dict[str, str] | None = None
         try:
             files = _files_from_json(json.loads(_strip_fence(text)))
+        except RecursionError as exc:
+            raise OutputProblem(_TOO_DEEP) from exc
         except json.JSONDecodeError:
             blocks = {
                 m.group("path"): m.group("body") + "\n" for m in _LABELLED_BLOCK.finditer(text)

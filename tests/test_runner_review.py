@@ -1,0 +1,61 @@
+"""A fresh-eyes review of the runner: each test pins a path where a paid-for answer or a step's
+outcome could be lost (real SQLite file, real HTTP server on 127.0.0.1, real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.cli_helpers import db_rows, steplog
+from tests.fake_llm_server import FakeLLMServer
+
+pytestmark = pytest.mark.slow
+
+FAST = "backoff_base_s = 0.001\nbackoff_cap_s = 0.005\n"
+
+
+def one_step(tmp_path: Path, port: int, output: str = "text", provider: str = "") -> Path:
+    path = tmp_path / "p.toml"
+    path.write_text(
+        "\n".join([
+            'name = "review"', "[providers.remote]", 'kind = "openai"',
+            f'base_url = "http://127.0.0.1:{port}/v1"', 'model = "fake-model"', provider,
+            "[steps.a]", 'provider = "remote"', 'prompt = "Say something."',
+            f'output = "{output}"',
+        ]) + "\n"
+    )  # fmt: skip
+    return path
+
+
+def types(db: Path, job: str) -> list[str]:
+    return [t for (t,) in db_rows(db, "SELECT type FROM events WHERE job_id = ? ORDER BY seq", (job,))]
+
+
+@pytest.mark.parametrize(
+    "output, answer",
+    [("json", '{"score": NaN}'), ("json", '{"big": Infinity}'), ("json", "[" * 100_000),
+     ("files", "[" * 100_000)],
+)  # fmt: skip
+def test_a_json_answer_python_reads_but_cannot_store_fails_the_step_and_keeps_the_answer(
+    tmp_path, output, answer
+):
+    """json.loads takes NaN/Infinity (and recurses on deep nesting); the canonical form refuses
+    NaN. Either must fail the step as bad_output, with the paid-for answer in the log."""
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        server.faults.append(("answer", answer))
+        result = steplog(db, "run", str(one_step(tmp_path, server.port, output)), "--job-id", "j")
+    assert result.code == 1, result.err
+    assert "Traceback" not in result.err
+    assert types(db, "j")[-5:] == [
+        "llm.request", "llm.response", "cache.invalidated", "step.failed", "job.failed"
+    ]
+    (error_type,) = db_rows(db, "SELECT json_extract(data, '$.error_type') FROM events"
+                                " WHERE type = 'step.failed'")[0]  # fmt: skip
+    assert error_type == "bad_output"
+    (sha,) = db_rows(db, "SELECT json_extract(data, '$.response_sha256') FROM events"
+                         " WHERE type = 'llm.response'")[0]  # fmt: skip
+    assert db_rows(db, "SELECT count(*) FROM blobs WHERE sha256 = ?", (sha,)) == [(1,)]
+
