@@ -342,11 +342,10 @@ class JobRunner:
             )  # fmt: skip
             pending.append(self._ev(miss, name))
             try:
-                text, answered, response = await self._call(name, request, key, pending)
+                text, pending, pending_blobs = await self._call(name, request, key, pending)
             except StepFailure as exc:
                 await self._fail(name, [], exc, attempt, t0)
                 return False
-            pending, pending_blobs = [answered], [response]
             cache_hit = False
         try:
             output = parse_output(spec.output, text)
@@ -361,7 +360,7 @@ class JobRunner:
             )
             return False
         if output.files:
-            if not cache_hit:  # a paid-for answer is committed before the workspace is touched
+            if not cache_hit and pending:  # the paid-for answer lands before the workspace moves
                 await self.commit(pending, pending_blobs)
                 pending, pending_blobs = [], []
             try:
@@ -419,14 +418,15 @@ class JobRunner:
 
     async def _call(
         self, name: str, request: LLMRequest, key: str, head: list[NewEvent]
-    ) -> tuple[str, NewEvent, bytes]:
+    ) -> tuple[str, list[NewEvent], list[bytes]]:
         """Call the provider with retries; every attempt is a request/response pair in the log.
 
         Before each attempt: a slot under the provider's concurrency and rate limits
         (step.waiting when the step had to wait), the job's budget, the endpoint's circuit
         breaker; a refusal fails the step without an llm.request. Failed attempts are committed
         here (with any breaker transition they cause); the successful llm.response is returned
-        uncommitted (with its blob) so the caller commits it with whatever the answer settles.
+        uncommitted (with its blob) so the caller commits it with whatever the answer settles,
+        unless it closes the endpoint's breaker: then it is committed here, with the close.
         """
         config = self.pipeline.provider_for(name)
         provider = self.providers[self.pipeline.spec.steps[name].provider]
@@ -526,8 +526,16 @@ class JobRunner:
                 finish_reason=result.finish_reason, endpoint=endpoint, cost=spent,
             )  # fmt: skip
             self.spent = self.spent + Spend(result.tokens_in + result.tokens_out, spent or 0.0)
-            await self._commit_outcome(name, provider.name, endpoint, config, [], True, False)
-            return result.text, self._ev(answered, name), response
+            event = self._ev(answered, name)
+            row = breaker_row(self.store.conn, endpoint) if endpoint is not None else None
+            if row is not None and row.status != "closed":
+                # the close is caused by this answer: both in one transaction, the answer first,
+                # so no crash or failed write between them loses the paid-for answer
+                await self._commit_outcome(
+                    name, provider.name, endpoint, config, [event], True, False, blobs=[response]
+                )
+                return result.text, [], []
+            return result.text, [event], [response]
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     # -- budget and breaker ----------------------------------------------------------------------
@@ -633,6 +641,7 @@ class JobRunner:
     async def _commit_outcome(
         self, step: str, provider: str, endpoint: str | None, config: ProviderConfig,
         events: list[NewEvent], success: bool, counted: bool, retry_in: float | None = None,
+        blobs: Sequence[bytes] = (),
     ) -> str | None:  # fmt: skip
         """Commit an attempt's outcome events with the breaker transition they cause, if any.
 
@@ -643,13 +652,13 @@ class JobRunner:
         """
         if endpoint is None:
             if events:
-                await self.commit(events)
+                await self.commit(events, blobs)
             return None
         if success:  # a success only matters to a breaker that is not closed
             row = breaker_row(self.store.conn, endpoint)
             if row is None or row.status == "closed":
                 if events:
-                    await self.commit(events)
+                    await self.commit(events, blobs)
                 return None
         policy = breaker_policy(config)
         refused: list[str] = []
@@ -670,7 +679,7 @@ class JobRunner:
             moved = self._transition_event(step, provider, endpoint, transition, policy)
             return [*kept[:1], moved, *kept[1:]]
 
-        self._breaker_txn(endpoint, decide)
+        self._breaker_txn(endpoint, decide, blobs)
         return refused[0] if refused else None
 
     def _transition_event(
@@ -693,8 +702,9 @@ class JobRunner:
         return self._ev(data, step)
 
     def _breaker_txn(
-        self, endpoint: str, decide: Callable[[BreakerState], list[NewEvent]]
-    ) -> None:
+        self, endpoint: str, decide: Callable[[BreakerState], list[NewEvent]],
+        blobs: Sequence[bytes] = (),
+    ) -> None:  # fmt: skip
         """Read the breaker, decide, append: one IMMEDIATE transaction (other processes wait)."""
         with self.store.write_transaction() as conn:
             row = breaker_row(conn, endpoint)
@@ -702,7 +712,7 @@ class JobRunner:
             if not events:
                 return
             prepared = [(e.ts, e.level, e.type, e.step, e.data_json()) for e in events]
-            stored = self.store.append_txn(conn, self.job_id, prepared, self.version, ())
+            stored = self.store.append_txn(conn, self.job_id, prepared, self.version, blobs)
         self.version = stored[-1].version
         if self.observer is not None:
             self.observer(stored)

@@ -30,7 +30,8 @@ def one_step(tmp_path: Path, port: int, output: str = "text", provider: str = ""
 
 
 def types(db: Path, job: str) -> list[str]:
-    return [t for (t,) in db_rows(db, "SELECT type FROM events WHERE job_id = ? ORDER BY seq", (job,))]
+    sql = "SELECT type FROM events WHERE job_id = ? ORDER BY seq"
+    return [t for (t,) in db_rows(db, sql, (job,))]
 
 
 @pytest.mark.parametrize(
@@ -59,3 +60,24 @@ def test_a_json_answer_python_reads_but_cannot_store_fails_the_step_and_keeps_th
                          " WHERE type = 'llm.response'")[0]  # fmt: skip
     assert db_rows(db, "SELECT count(*) FROM blobs WHERE sha256 = ?", (sha,)) == [(1,)]
 
+
+def test_the_answer_that_closes_a_circuit_is_committed_before_the_circuit_closes(tmp_path):
+    """A success that closes an open breaker: the llm.response (and its blob) must land no later
+    than provider.circuit_closed, so a crash right after the close keeps the paid-for answer."""
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        server.faults.append(("status", 503, None, {}))
+        path = one_step(
+            tmp_path, server.port,
+            provider=FAST + "max_retries = 0\nbreaker_failures = 1\nbreaker_cooldown_s = 600\n",
+        )  # fmt: skip
+        assert steplog(db, "run", str(path), "--job-id", "first").code == 1
+        crashed = steplog(db, "run", str(path), "--job-id", "second", "--ignore-breaker",
+                          env={"STEPLOG_FAULT": "after:provider.circuit_closed"})  # fmt: skip
+        assert crashed.code != 0
+    second = types(db, "second")
+    assert "provider.circuit_closed" in second
+    assert second.index("llm.response") < second.index("provider.circuit_closed")
+    (sha,) = db_rows(db, "SELECT json_extract(data, '$.response_sha256') FROM events"
+                         " WHERE type = 'llm.response' AND job_id = 'second'")[0]  # fmt: skip
+    assert db_rows(db, "SELECT count(*) FROM blobs WHERE sha256 = ?", (sha,)) == [(1,)]
