@@ -34,6 +34,14 @@ _LABELLED_BLOCK = re.compile(
 _TOO_DEEP = "response is not usable JSON (nested too deeply to read)"
 
 
+def _check_text(what: str, text: str) -> None:
+    """A JSON "\\ud800" escape decodes to a str that UTF-8 (blobs, files, paths) cannot hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise OutputProblem(f"{what} is not valid Unicode text ({exc.reason})") from exc
+
+
 def _strip_fence(text: str) -> str:
     match = _FENCE.match(text.strip())
     return match.group(1) if match else text
@@ -70,6 +78,7 @@ def parse_output(kind: str, text: str) -> StepOutput:
             canonical = canonical_json(value)
         except (ValueError, RecursionError) as exc:  # json.loads reads NaN/Infinity; JSON has none
             raise OutputProblem(f"response is not valid JSON ({exc})") from exc
+        _check_text("the JSON value", canonical)
         return StepOutput(kind, canonical, value)
     if kind == "files":
         files: dict[str, str] | None = None
@@ -87,5 +96,8 @@ def parse_output(kind: str, text: str) -> StepOutput:
                 'response holds no files: expected {"files": [{"path": ..., "content": ...}]} '
                 "or fenced blocks under a '### path' heading"
             )
+        for path, content in files.items():
+            _check_text("a file path", path)
+            _check_text(f"file {path!r}", content)
         return StepOutput(kind, text, text, files)
     raise OutputProblem(f"unknown output kind {kind!r}")

@@ -54,7 +54,7 @@ from projections.breaker import iso
 from projections.tables import breaker_row, cache_lookup
 from providers import breaker
 from providers.backoff import RetryPolicy
-from providers.base import LLMRequest, LLMResult, Provider, ProviderError
+from providers.base import LLMRequest, LLMResult, Provider, ProviderBadResponse, ProviderError
 from providers.breaker import BreakerPolicy, BreakerState, CircuitOpen, Transition, endpoint_of
 from providers.config import ProviderConfig
 from providers.ratelimit import RateGate
@@ -480,6 +480,14 @@ class JobRunner:
                         result: LLMResult = await provider.complete(request)
                     except Exception as exc:  # judged below, once the slot is free
                         failed = exc
+                    else:
+                        try:
+                            response = result.text.encode("utf-8")
+                        except UnicodeEncodeError as exc:  # e.g. a lone "\ud800" JSON escape
+                            failed = ProviderBadResponse(
+                                f"the answer is not valid Unicode text ({exc.reason})",
+                                provider=provider.name,
+                            )
                 finally:
                     self._in_flight = self._in_flight - estimate
             duration = round(time.monotonic() - t, 6)
@@ -517,7 +525,6 @@ class JobRunner:
                 )  # fmt: skip
                 await self.commit([self._ev(failure, name)])
                 raise StepFailure(error, "internal_error") from failed
-            response = result.text.encode("utf-8")
             spent = cost(result.tokens_in, result.tokens_out)
             answered = LLMResponded(
                 provider=provider.name, model=result.model, duration_s=duration,

@@ -81,3 +81,26 @@ def test_the_answer_that_closes_a_circuit_is_committed_before_the_circuit_closes
     (sha,) = db_rows(db, "SELECT json_extract(data, '$.response_sha256') FROM events"
                          " WHERE type = 'llm.response' AND job_id = 'second'")[0]  # fmt: skip
     assert db_rows(db, "SELECT count(*) FROM blobs WHERE sha256 = ?", (sha,)) == [(1,)]
+
+
+@pytest.mark.parametrize(
+    "output, answer",
+    [("text", "half a pair: \ud800"), ("json", '{"a": "\\ud800"}'),
+     ("files", json.dumps({"files": [{"path": "a.txt", "content": "half a pair: \ud800"}]})),
+     ("files", json.dumps({"files": [{"path": "\ud800.txt", "content": "x"}]}))],
+)  # fmt: skip
+def test_an_answer_with_a_lone_surrogate_fails_the_step_not_the_run(tmp_path, output, answer):
+    """JSON's \\ud800 escape decodes to a str UTF-8 cannot encode: the step fails with one
+    error type, the job ends failed, no traceback."""
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        server.faults.append(("answer", answer))
+        result = steplog(db, "run", str(one_step(tmp_path, server.port, output)), "--job-id", "j")
+    assert result.code == 1, result.err
+    assert "Traceback" not in result.err
+    seen = types(db, "j")
+    assert seen[-2:] == ["step.failed", "job.failed"]
+    assert seen.count("llm.response") == 1
+    (error_type,) = db_rows(db, "SELECT json_extract(data, '$.error_type') FROM events"
+                                " WHERE type = 'step.failed'")[0]  # fmt: skip
+    assert error_type == ("bad_response" if output == "text" else "bad_output")
