@@ -54,7 +54,14 @@ from projections.breaker import iso
 from projections.tables import breaker_row, cache_lookup
 from providers import breaker
 from providers.backoff import RetryPolicy
-from providers.base import LLMRequest, LLMResult, Provider, ProviderBadResponse, ProviderError
+from providers.base import (
+    LLMRequest,
+    LLMResult,
+    Provider,
+    ProviderBadResponse,
+    ProviderError,
+    ProviderTruncated,
+)
 from providers.breaker import BreakerPolicy, BreakerState, CircuitOpen, Transition, endpoint_of
 from providers.config import ProviderConfig
 from providers.ratelimit import RateGate
@@ -493,12 +500,17 @@ class JobRunner:
             duration = round(time.monotonic() - t, 6)
             if isinstance(failed, ProviderError):
                 exc = failed
+                used = (0, 0)
+                if isinstance(exc, ProviderTruncated):  # the cut-off answer was paid for
+                    used = (exc.tokens_in, exc.tokens_out)
                 failure = LLMResponded(
                     provider=provider.name, model=request.model, duration_s=duration,
                     success=False, attempt=call, cache_key=key, status=exc.status,
                     error=str(exc), error_class=exc.error_class, endpoint=endpoint,
-                    retryable=exc.retryable, cost=cost(0, 0),
+                    retryable=exc.retryable, cost=cost(*used), tokens_in=used[0],
+                    tokens_out=used[1],
                 )  # fmt: skip
+                self.spent = self.spent + Spend(sum(used), cost(*used) or 0.0)
                 outcome = [self._ev(failure, name)]
                 retry = policy.should_retry(exc, call)
                 delay = policy.delay(call, exc.retry_after, self.rng) if retry else 0.0

@@ -113,8 +113,13 @@ class ProviderStreamError(ProviderError):
 class ProviderTruncated(ProviderError):
     error_class = "truncated"
 
-    def __init__(self, message: str, *, provider: str) -> None:
+    def __init__(
+        self, message: str, *, provider: str, tokens_in: int = 0, tokens_out: int = 0
+    ) -> None:
         super().__init__(message, provider=provider, retryable=False)
+        # the cut-off answer was paid for: the runner counts these against the budget
+        self.tokens_in = tokens_in
+        self.tokens_out = tokens_out
 
 
 class Provider(Protocol):

@@ -426,6 +426,8 @@ class HTTPProvider:
                 f"(finish reason {result.finish_reason!r}, {result.tokens_out} tokens out); "
                 'raise max_tokens in options, or set on_truncation = "accept" on the step',
                 provider=self.name,
+                tokens_in=result.tokens_in,
+                tokens_out=result.tokens_out,
             )
         return result
 

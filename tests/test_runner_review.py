@@ -104,3 +104,31 @@ def test_an_answer_with_a_lone_surrogate_fails_the_step_not_the_run(tmp_path, ou
     (error_type,) = db_rows(db, "SELECT json_extract(data, '$.error_type') FROM events"
                                 " WHERE type = 'step.failed'")[0]  # fmt: skip
     assert error_type == ("bad_response" if output == "text" else "bad_output")
+
+
+def test_a_truncated_answer_refused_by_on_truncation_still_counts_against_the_budget(tmp_path):
+    """The cut-off answer was paid for: its tokens are on its llm.response and in the job's
+    spend, so the next call's budget check sees them (here: b is refused)."""
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        server.faults.append(("truncated", "one two three four five six seven eight nine ten"))
+        path = tmp_path / "p.toml"
+        path.write_text(
+            "\n".join([
+                'name = "review"', "[budget]", "max_tokens = 8", "[providers.remote]",
+                'kind = "openai"', f'base_url = "http://127.0.0.1:{server.port}/v1"',
+                'model = "fake-model"', "max_concurrency = 1",
+                "[steps.a]", 'provider = "remote"', 'prompt = "Step a."',
+                'on_truncation = "error"',
+                "[steps.b]", 'provider = "remote"', 'prompt = "Step b."',
+            ]) + "\n"
+        )  # fmt: skip
+        result = steplog(db, "run", str(path), "--job-id", "j")
+        assert result.code == 1, result.err
+        assert sum(1 for c in server.calls if c["path"].endswith("/chat/completions")) == 1
+    (tokens_out,) = db_rows(db, "SELECT json_extract(data, '$.tokens_out') FROM events"
+                                " WHERE type = 'llm.response'")[0]  # fmt: skip
+    assert tokens_out == 10
+    failed = dict(db_rows(db, "SELECT step, json_extract(data, '$.error_type') FROM events"
+                              " WHERE type = 'step.failed'"))  # fmt: skip
+    assert failed == {"a": "truncated", "b": "budget_exceeded"}
