@@ -468,6 +468,13 @@ class JobRunner:
                 # reserved at once, so a parallel step's check sees this call's estimate
                 self._in_flight = self._in_flight + estimate
                 try:
+                    if pending and endpoint is not None and not self.ignore_breaker:
+                        row = breaker_row(self.store.conn, endpoint)
+                        if row is not None and row.status != "closed":
+                            # _admit may claim the half-open probe for this attempt: its
+                            # step.started goes first
+                            await self.commit(pending)
+                            pending.clear()
                     try:
                         await self._admit(name, provider.name, endpoint, config)
                     except CircuitOpen as exc:

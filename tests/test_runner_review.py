@@ -132,3 +132,22 @@ def test_a_truncated_answer_refused_by_on_truncation_still_counts_against_the_bu
     failed = dict(db_rows(db, "SELECT step, json_extract(data, '$.error_type') FROM events"
                               " WHERE type = 'step.failed'"))  # fmt: skip
     assert failed == {"a": "truncated", "b": "budget_exceeded"}
+
+
+def test_the_half_open_probe_claim_follows_the_steps_start_in_the_log(tmp_path):
+    """The probe's provider.circuit_half_open is this attempt's: it comes after its step.started
+    and cache.miss, before its llm.request (a crash after the claim leaves a started attempt)."""
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        server.faults.append(("status", 503, None, {}))
+        path = one_step(
+            tmp_path, server.port,
+            provider=FAST + "max_retries = 0\nbreaker_failures = 1\nbreaker_cooldown_s = 0.001\n",
+        )  # fmt: skip
+        assert steplog(db, "run", str(path), "--job-id", "first").code == 1
+        result = steplog(db, "run", str(path), "--job-id", "second")
+        assert result.code == 0, result.err
+    assert types(db, "second")[:7] == [
+        "job.created", "job.started", "step.started", "cache.miss", "provider.circuit_half_open",
+        "llm.request", "llm.response",
+    ]
