@@ -74,6 +74,8 @@ def parse_output(kind: str, text: str) -> StepOutput:
             ) from exc
         except RecursionError as exc:
             raise OutputProblem(_TOO_DEEP) from exc
+        except ValueError as exc:  # e.g. an integer of more digits than Python converts
+            raise OutputProblem(f"response is not usable JSON ({exc})") from exc
         try:
             canonical = canonical_json(value)
         except (ValueError, RecursionError) as exc:  # json.loads reads NaN/Infinity; JSON has none
@@ -86,7 +88,7 @@ def parse_output(kind: str, text: str) -> StepOutput:
             files = _files_from_json(json.loads(_strip_fence(text)))
         except RecursionError as exc:
             raise OutputProblem(_TOO_DEEP) from exc
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or an integer too long to convert: not JSON files
             blocks = {
                 m.group("path"): m.group("body") + "\n" for m in _LABELLED_BLOCK.finditer(text)
             }

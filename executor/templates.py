@@ -176,3 +176,5 @@ def render(source: str, context: dict[str, Any], *, where: str) -> str:
         raise TemplateProblem(f"{where}: refused by the template sandbox: {exc}") from exc
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"{where}: template syntax error: {exc.message}") from exc
+    except Exception as exc:  # the template's own arithmetic or calls, e.g. {{ 10 // 0 }}
+        raise TemplateProblem(f"{where}: {type(exc).__name__}: {exc}") from exc

@@ -37,7 +37,7 @@ def types(db: Path, job: str) -> list[str]:
 @pytest.mark.parametrize(
     "output, answer",
     [("json", '{"score": NaN}'), ("json", '{"big": Infinity}'), ("json", "[" * 100_000),
-     ("files", "[" * 100_000)],
+     ("files", "[" * 100_000), ("json", "1" * 5000), ("files", "1" * 5000)],
 )  # fmt: skip
 def test_a_json_answer_python_reads_but_cannot_store_fails_the_step_and_keeps_the_answer(
     tmp_path, output, answer
@@ -151,3 +151,25 @@ def test_the_half_open_probe_claim_follows_the_steps_start_in_the_log(tmp_path):
         "job.created", "job.started", "step.started", "cache.miss", "provider.circuit_half_open",
         "llm.request", "llm.response",
     ]
+
+
+def test_a_template_that_raises_at_render_time_fails_its_step_not_the_run(tmp_path):
+    """{{ 10 // 0 }} raises ZeroDivisionError inside jinja: a template_error for that step; an
+    independent step still runs and the job ends failed, no traceback."""
+    db = tmp_path / "s.db"
+    path = tmp_path / "p.toml"
+    path.write_text(
+        'name = "tpl"\n[inputs.n]\ndefault = "0"\n[providers.local]\nkind = "offline"\n'
+        '[steps.a]\nprovider = "local"\nprompt = "Ten over n: {{ 10 // (inputs.n | int) }}"\n'
+        '[steps.b]\nprovider = "local"\nprompt = "Fine."\n'
+    )
+    result = steplog(db, "run", str(path), "--job-id", "j")
+    assert result.code == 1, result.err
+    assert "Traceback" not in result.err
+    outcomes = dict(db_rows(db, "SELECT step, type FROM events WHERE type IN"
+                                " ('step.failed', 'step.succeeded')"))  # fmt: skip
+    assert outcomes == {"a": "step.failed", "b": "step.succeeded"}
+    (error,) = db_rows(db, "SELECT json_extract(data, '$.error') FROM events"
+                           " WHERE type = 'step.failed' AND json_extract(data, '$.error_type')"
+                           " = 'template_error'")[0]  # fmt: skip
+    assert "ZeroDivisionError" in error and "steps.a.prompt" in error
