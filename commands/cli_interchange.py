@@ -20,7 +20,13 @@ from commands.jobs import Rejected
     type=click.Path(dir_okay=False, path_type=Path),
     help="FILE.svg or FILE.html; '-' prints the SVG (default: runs/<JOB>.timeline.svg).",
 )
-@click.option("--width", default=1200, show_default=True, help="Picture width in pixels.")
+@click.option(
+    "--width",
+    default=1200,
+    show_default=True,
+    type=click.IntRange(400, 20000),
+    help="Picture width in pixels (400 to 20000).",
+)
 @click.pass_context
 def timeline(ctx: click.Context, job: str, output: Path | None, width: int) -> None:
     """Draw JOB as a timeline: one bar per step attempt, dependencies, retries, resumes.

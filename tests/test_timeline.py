@@ -151,7 +151,9 @@ def test_default_output_and_bad_requests(rich_db, tmp_path):
     printed = steplog(rich_db, "timeline", RICH_JOB, "-o", "-")
     assert printed.out == (cwd / "runs" / f"{RICH_JOB}.timeline.svg").read_text()
     before = event_count(rich_db)
-    for args in (["nope"], [RICH_JOB, "-o", str(tmp_path / "x.png")]):
+    for args in (
+        ["nope"], [RICH_JOB, "-o", str(tmp_path / "x.png")], [RICH_JOB, "--width", "0"]
+    ):
         bad = steplog(rich_db, "timeline", *args)
         assert bad.code == 2 and bad.err.startswith("error: ") and bad.err.count("\n") == 1
     assert event_count(rich_db) == before
