@@ -169,11 +169,15 @@ class JobRunner:
     def emit(self, events: list[NewEvent], blobs: Sequence[bytes] = ()) -> list[StoredEvent]:
         """Append now, in this transaction of our own."""
         stored = self.store.append(self.job_id, events, expected_version=self.version, blobs=blobs)
+        self._appended(stored)
+        return stored
+
+    def _appended(self, stored: list[StoredEvent]) -> None:
+        """After a commit of ours: the job's head moves, the observer sees it, faults may fire."""
         self.version = stored[-1].version
         if self.observer is not None:
             self.observer(stored)
         faults.after_commit([(ev.type, ev.step) for ev in stored])
-        return stored
 
     @staticmethod
     def _ev(data: EventData, step: str | None = None) -> NewEvent:
@@ -739,10 +743,7 @@ class JobRunner:
                 return
             prepared = [(e.ts, e.level, e.type, e.step, e.data_json()) for e in events]
             stored = self.store.append_txn(conn, self.job_id, prepared, self.version, blobs)
-        self.version = stored[-1].version
-        if self.observer is not None:
-            self.observer(stored)
-        faults.after_commit([(ev.type, ev.step) for ev in stored])
+        self._appended(stored)
 
 
 def _prompt_blob(request: LLMRequest) -> bytes:
