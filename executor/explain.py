@@ -18,7 +18,7 @@ from jinja2 import TemplateSyntaxError, nodes
 from eventstore.events import CacheChange, CacheDetail
 from executor.cachekey import canonical_json
 from executor.pipeline import Pipeline
-from executor.templates import ENV, simple_plan
+from executor.templates import ENV, simple_plan, static_key
 
 SHORT = 12
 _UNSET = object()
@@ -59,9 +59,7 @@ def template_inputs(source: str) -> frozenset[str] | None:
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         base = node.node
         if isinstance(base, nodes.Name) and base.name == "inputs":
-            key = node.attr if isinstance(node, nodes.Getattr) else None
-            if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
-                key = node.arg.value if isinstance(node.arg.value, str) else None
+            key = static_key(node)
             if key is None or hasattr(dict, key):  # inputs.items() and the like read them all
                 return None
             names.add(key)

@@ -30,7 +30,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
 ENV = _environment()
 
 
-def _name_of(node: nodes.Node) -> str | None:
+def static_key(node: nodes.Node) -> str | None:
     """The attribute or constant key a Getattr/Getitem node reads, if static."""
     if isinstance(node, nodes.Getattr):
         return node.attr
@@ -70,7 +70,7 @@ def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
         base = node.node
         if not isinstance(base, nodes.Name) or base.name in assigned:
             continue
-        key = _name_of(node)
+        key = static_key(node)
         if key is None:
             continue
         if base.name == "inputs" and key not in inputs:
@@ -85,10 +85,10 @@ def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
             and inner.node.name == "steps"
             and inner.node.name not in assigned
         ):
-            field = _name_of(node)
+            field = static_key(node)
             if field is not None and field not in STEP_FIELDS:
                 raise TemplateProblem(
-                    f"{where}: steps.{_name_of(inner)}.{field} is not a step field "
+                    f"{where}: steps.{static_key(inner)}.{field} is not a step field "
                     f"(one of: {', '.join(STEP_FIELDS)})"
                 )
     return referenced
