@@ -22,11 +22,11 @@ from commands.jobs import (
 )
 from eventstore.events import CacheChange
 from eventstore.sqlite import SQLiteEventStore
-from executor import cachekey, explain
+from executor import explain
 from executor.cachehistory import previous_run
 from executor.outputs import OutputProblem, StepOutput, parse_output
 from executor.pipeline import Pipeline, load_pipeline
-from executor.templates import TemplateProblem, render
+from executor.templates import TemplateProblem
 from projections.tables import cache_lookup
 
 Action = Literal["hit", "miss", "skip", "depends", "fail"]
@@ -104,13 +104,8 @@ def _depends(
     previous = previous_run(store.conn, pipeline.name, name)
     changed: list[CacheChange] = []
     if previous is not None and previous.detail is not None:
-        spec = pipeline.spec.steps[name]
-        config = pipeline.provider_for(name)
-        identity = config.cache_identity(
-            spec.model or config.model, {**config.options, **spec.options}
-        )
         known = explain.cache_detail(
-            pipeline, name, provider=identity, system=None, prompt="", inputs=inputs, outputs={}
+            pipeline, name, provider=pipeline.cache_identity_for(name), system=None, prompt="", inputs=inputs, outputs={}
         ).model_dump()
         # upstream output and rendered text are unknown until the upstream steps ran
         known["upstream"] = previous.detail.get("upstream")
@@ -158,25 +153,12 @@ def predict(
             "steps": {r: {"output": outputs[r].value, "files": outputs[r].files} for r in reads},
         }
         try:
-            prompt = render(spec.prompt, context, where=f"steps.{name}.prompt")
-            system = (
-                render(spec.system, context, where=f"steps.{name}.system") if spec.system else None
-            )
+            system, prompt = pipeline.render_step(name, context)
         except TemplateProblem as exc:
             steps.append(StepPlan(name, "fail", str(exc)))
             unsettled.add(name)
             continue
-        # the same key as executor.runner.JobRunner._run_step computes
-        config = pipeline.provider_for(name)
-        model = spec.model or config.model
-        identity = config.cache_identity(model, {**config.options, **spec.options})
-        parts = cachekey.key_parts(
-            provider=identity,
-            step=name,
-            rendered={"system": system, "prompt": prompt, "output": spec.output},
-            fingerprint=pipeline.step_fingerprints[name],
-        )
-        key = cachekey.cache_key(parts)
+        parts, key = pipeline.key_for(name, system, prompt)  # the key the executor computes
         entry = cache_lookup(store.conn, key)
         if entry is not None:
             found = _output(store, spec.output, entry.response_sha256)
@@ -192,7 +174,8 @@ def predict(
             steps.append(StepPlan(name, "hit", origin, cache_key=key, origin_job=entry.origin_job))
             continue
         detail = explain.cache_detail(
-            pipeline, name, provider=identity, system=system, prompt=prompt, inputs=inputs,
+            pipeline, name, provider=pipeline.cache_identity_for(name), system=system, prompt=prompt,
+            inputs=inputs,
             outputs={r: outputs[r].text for r in reads},
         )  # fmt: skip
         why = explain.miss_fields(previous_run(store.conn, pipeline.name, name), key, parts, detail)

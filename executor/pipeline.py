@@ -19,8 +19,8 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from executor.budget import Budget, Price
-from executor.cachekey import canonical_json
-from executor.templates import TemplateProblem, check_template
+from executor.cachekey import cache_key, canonical_json, key_parts
+from executor.templates import TemplateProblem, check_template, render
 from providers.config import ProviderConfig
 
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
@@ -155,6 +155,31 @@ class Pipeline:
 
     def model_for(self, step: str) -> str:
         return self.spec.steps[step].model or self.provider_for(step).model
+
+    def options_for(self, step: str) -> dict[str, Any]:
+        """The provider's options with the step's own merged over them."""
+        return {**self.provider_for(step).options, **self.spec.steps[step].options}
+
+    def cache_identity_for(self, step: str) -> dict[str, Any]:
+        return self.provider_for(step).cache_identity(self.model_for(step), self.options_for(step))
+
+    def render_step(self, step: str, context: dict[str, Any]) -> tuple[str | None, str]:
+        """The step's (system, prompt) for this context; raises TemplateProblem."""
+        spec = self.spec.steps[step]
+        prompt = render(spec.prompt, context, where=f"steps.{step}.prompt")
+        system = render(spec.system, context, where=f"steps.{step}.system") if spec.system else None
+        return system, prompt
+
+    def key_for(self, step: str, system: str | None, prompt: str) -> tuple[dict[str, str], str]:
+        """The cache key of the step for this rendered input, with its parts: the one
+        computation the executor and `steplog plan` share."""
+        parts = key_parts(
+            provider=self.cache_identity_for(step),
+            step=step,
+            rendered={"system": system, "prompt": prompt, "output": self.spec.steps[step].output},
+            fingerprint=self.step_fingerprints[step],
+        )
+        return parts, cache_key(parts)
 
     def missing_keys(self, steps: list[str], environ: Mapping[str, str]) -> list[str]:
         """Problems with API keys the given steps' providers need (named, never the key)."""

@@ -48,7 +48,7 @@ from executor.cachehistory import previous_run
 from executor.committer import GroupCommitter
 from executor.outputs import OutputProblem, StepOutput, parse_output
 from executor.pipeline import Pipeline
-from executor.templates import TemplateProblem, render
+from executor.templates import TemplateProblem
 from executor.workspace import UnsafePath, safe_relative, write_file
 from projections.breaker import iso
 from projections.tables import breaker_row, cache_lookup
@@ -295,26 +295,13 @@ class JobRunner:
         t0 = time.monotonic()
         started = self._ev(StepStarted(attempt=attempt, fingerprint=fingerprint), name)
         try:
-            context = self._context()
-            prompt = render(spec.prompt, context, where=f"steps.{name}.prompt")
-            system = (
-                render(spec.system, context, where=f"steps.{name}.system") if spec.system else None
-            )
+            system, prompt = self.pipeline.render_step(name, self._context())
         except TemplateProblem as exc:
             await self._fail(name, [started], StepFailure(str(exc), "template_error"), attempt, t0)
             return False
-        config = self.pipeline.provider_for(name)
-        model = spec.model or config.model
-        options = {**config.options, **spec.options}
-        parts = cachekey.key_parts(
-            provider=config.cache_identity(model, options),
-            step=name,
-            rendered={"system": system, "prompt": prompt, "output": spec.output},
-            fingerprint=fingerprint,
-        )
-        key = cachekey.cache_key(parts)
+        parts, key = self.pipeline.key_for(name, system, prompt)
         detail = explain.cache_detail(
-            self.pipeline, name, provider=config.cache_identity(model, options), system=system,
+            self.pipeline, name, provider=self.pipeline.cache_identity_for(name), system=system,
             prompt=prompt, inputs=self.inputs,
             outputs={r: self.outputs[r].text for r in self.pipeline.references.get(name, ())},
         )  # fmt: skip
@@ -341,8 +328,8 @@ class JobRunner:
                 step=name,
                 system=system,
                 prompt=prompt,
-                model=model,
-                options=options,
+                model=self.pipeline.model_for(name),
+                options=self.pipeline.options_for(name),
                 output=spec.output,
                 on_truncation=spec.on_truncation,
             )
