@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from commands import follow, plan
+from commands import follow, plan, queries
 from commands.cli import _echo_json, _open, _parse_inputs, cli, json_option
 from commands.fork import fork_job
 from eventstore.record import StoredEvent
@@ -92,5 +92,5 @@ def follow_events(
         else:
             click.echo(follow.line(ev))
 
-    follow.follow(store, job, follow.event_filter(type_glob, step, level), emit,
+    follow.follow(store, job, queries.event_filter(type_glob, step, level), emit,
                   interval_s=interval)  # fmt: skip

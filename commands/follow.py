@@ -9,11 +9,9 @@ interrupted), or on Ctrl-C; both are a normal end (exit 0).
 from __future__ import annotations
 
 import time
-from fnmatch import fnmatchcase
 from typing import Callable
 
 from commands.jobs import Rejected
-from eventstore.events import LEVELS
 from eventstore.record import StoredEvent
 from eventstore.sqlite import SQLiteEventStore
 from projections.manifest import JOB_STATUS_AFTER, TERMINAL_JOB_STATUSES
@@ -21,22 +19,6 @@ from projections.manifest import JOB_STATUS_AFTER, TERMINAL_JOB_STATUSES
 Predicate = Callable[[StoredEvent], bool]
 
 DEFAULT_INTERVAL_S = 0.2
-
-
-def event_filter(
-    type_glob: str | None = None, step: str | None = None, level: str | None = None
-) -> Predicate:
-    """The same filters as `steplog events`: type glob, step, this level and above."""
-    levels = set(LEVELS[LEVELS.index(level.upper()) :]) if level else None  # type: ignore[arg-type]
-
-    def keep(ev: StoredEvent) -> bool:
-        if type_glob and not fnmatchcase(ev.type, type_glob):
-            return False
-        if step and ev.step != step:
-            return False
-        return not (levels and ev.level not in levels)
-
-    return keep
 
 
 def follow(

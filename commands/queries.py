@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from fnmatch import fnmatchcase
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -53,23 +54,24 @@ def events(
 ) -> list[StoredEvent]:
     if not store.job_exists(job_id):
         raise Rejected(f"unknown job {job_id}")
+    keep = event_filter(type_glob, step, level)
+    return [ev for ev in store.read_job(job_id) if keep(ev)]
+
+
+def event_filter(
+    type_glob: str | None = None, step: str | None = None, level: str | None = None
+) -> Callable[[StoredEvent], bool]:
+    """Which events `steplog events` shows: type glob, step, this level and above."""
     levels = set(LEVELS[LEVELS.index(level.upper()) :]) if level else None  # type: ignore[arg-type]
-    out = []
-    for ev in store.read_job(job_id):
-        if type_glob and not _glob(ev.type, type_glob):
-            continue
+
+    def keep(ev: StoredEvent) -> bool:
+        if type_glob and not fnmatchcase(ev.type, type_glob):
+            return False
         if step and ev.step != step:
-            continue
-        if levels and ev.level not in levels:
-            continue
-        out.append(ev)
-    return out
+            return False
+        return not (levels and ev.level not in levels)
 
-
-def _glob(value: str, pattern: str) -> bool:
-    from fnmatch import fnmatchcase
-
-    return fnmatchcase(value, pattern)
+    return keep
 
 
 def manifest_document(state: JobState) -> dict[str, Any]:
