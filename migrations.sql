@@ -48,3 +48,11 @@ CREATE TABLE IF NOT EXISTS breakers (
     provider TEXT    NOT NULL,
     seq      INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- migration 3: cache_refused, the sticky record of answers a step could not use
+CREATE TABLE IF NOT EXISTS cache_refused (
+    cache_key       TEXT    NOT NULL,
+    response_sha256 TEXT    NOT NULL,
+    seq             INTEGER NOT NULL,         -- the first cache.invalidated that refused it
+    PRIMARY KEY (cache_key, response_sha256)
+) WITHOUT ROWID;

@@ -108,6 +108,15 @@ CREATE TABLE IF NOT EXISTS cache_index (
     tokens_out      INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
+-- Projection: answers a step could not use (cache.invalidated naming its response), per key.
+-- Sticky: such an answer never enters cache_index again, whatever event later names it.
+CREATE TABLE IF NOT EXISTS cache_refused (
+    cache_key       TEXT    NOT NULL,
+    response_sha256 TEXT    NOT NULL,
+    seq             INTEGER NOT NULL,         -- the first cache.invalidated that refused it
+    PRIMARY KEY (cache_key, response_sha256)
+) WITHOUT ROWID;
+
 -- "Why did this step call the model again?": the previous run of a step is its most recent
 -- cache.hit/cache.miss with the same pipeline name (any job). Partial, so only cache events
 -- are indexed (see executor/cachehistory.py, the one query that uses it).

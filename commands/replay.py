@@ -63,7 +63,7 @@ def replay(store: SQLiteEventStore, job_id: str, point: str) -> ReplayView:
         raise BadPoint(f"unknown job {job_id}")
     kind, target = matcher(point, job_version)
     state = JobState(job_id=job_id)
-    index: CacheIndex = {}
+    index = CacheIndex()
     events: list[StoredEvent] = []
     found = False
     until = target if kind == "version" else None

@@ -259,6 +259,11 @@ class CacheInvalidated(EventData):
     LEVEL = "WARNING"
     cache_key: str
     reason: str
+    response_sha256: Sha256 | None = Field(
+        default=None,
+        description="the refused answer; it is never served for this key again (None: older "
+        "events, which forget the key)",
+    )
 
 
 class FileWritten(EventData):

@@ -26,7 +26,7 @@ from eventstore.record import (
     chain_hash,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
 # eventstore/schema.sql is a symlink to the repository's schema.sql (the one definition), so the
 # schema ships inside the package when installed from a wheel.

@@ -351,7 +351,9 @@ class JobRunner:
                 safe_relative(path)  # an answer naming a bad path is refused before any write
         except (OutputProblem, UnsafePath) as exc:
             # A response the step cannot use must not be served again from the cache.
-            pending.append(self._ev(CacheInvalidated(cache_key=key, reason=str(exc)), name))
+            refused = entry.response_sha256 if entry else blob_sha256(text.encode("utf-8"))
+            invalidated = CacheInvalidated(cache_key=key, reason=str(exc), response_sha256=refused)
+            pending.append(self._ev(invalidated, name))
             error_type = "unsafe_path" if isinstance(exc, UnsafePath) else "bad_output"
             await self._fail(
                 name, pending, StepFailure(str(exc), error_type), attempt, t0, pending_blobs

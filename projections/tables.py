@@ -36,32 +36,39 @@ def project_jobs(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> Non
 
 
 def project_cache(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> None:
+    """`cache_index` and `cache_refused` as projections.cache.apply folds them."""
     for ev in events:
         if ev.type not in CACHE_EVENT_TYPES:
             continue
         d = orjson.loads(ev.data_json)
+        key, sha = d["cache_key"], d.get("response_sha256")
         if ev.type == "cache.invalidated":
-            conn.execute("DELETE FROM cache_index WHERE cache_key = ?", (d["cache_key"],))
-        elif ev.type == "llm.response":
-            if d["success"] and d.get("response_sha256"):
-                conn.execute(
-                    "INSERT OR IGNORE INTO cache_index (cache_key, response_sha256, origin_job,"
-                    " origin_step, seq, tokens_in, tokens_out) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (d["cache_key"], d["response_sha256"], ev.job_id, ev.step, ev.seq,
-                     d.get("tokens_in", 0), d.get("tokens_out", 0)),
-                )  # fmt: skip
-        else:
+            if sha is None:
+                conn.execute("DELETE FROM cache_index WHERE cache_key = ?", (key,))
+                continue
             conn.execute(
-                "INSERT OR IGNORE INTO cache_index (cache_key, response_sha256, origin_job,"
-                " origin_step, seq) VALUES (?, ?, ?, ?, ?)",
-                (
-                    d["cache_key"],
-                    d["response_sha256"],
-                    d["origin_job"],
-                    d.get("origin_step"),
-                    ev.seq,
-                ),
+                "INSERT OR IGNORE INTO cache_refused (cache_key, response_sha256, seq)"
+                " VALUES (?, ?, ?)",
+                (key, sha, ev.seq),
             )
+            conn.execute(
+                "DELETE FROM cache_index WHERE cache_key = ? AND response_sha256 = ?", (key, sha)
+            )
+            continue
+        if ev.type == "llm.response":
+            if not (d["success"] and sha):
+                continue
+            row = (key, sha, ev.job_id, ev.step, ev.seq, d.get("tokens_in", 0),
+                   d.get("tokens_out", 0))  # fmt: skip
+        else:
+            row = (key, sha, d["origin_job"], d.get("origin_step"), ev.seq, 0, 0)
+        conn.execute(
+            "INSERT OR IGNORE INTO cache_index (cache_key, response_sha256, origin_job,"
+            " origin_step, seq, tokens_in, tokens_out)"
+            " SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
+            " (SELECT 1 FROM cache_refused WHERE cache_key = ? AND response_sha256 = ?)",
+            (*row, key, sha),
+        )
 
 
 _BREAKER_COLUMNS = "endpoint, status, failures, until, provider, seq"
@@ -113,12 +120,16 @@ def cache_lookup(conn: sqlite3.Connection, cache_key: str) -> CacheEntry | None:
     return CacheEntry(*row) if row else None
 
 
-def read_cache_table(conn: sqlite3.Connection) -> dict[str, CacheEntry]:
+def read_cache_table(conn: sqlite3.Connection) -> CacheIndex:
+    """`cache_index` and `cache_refused` read back into the fold's shape."""
     rows = conn.execute(
         "SELECT cache_key, response_sha256, origin_job, origin_step, seq, tokens_in, tokens_out"
         " FROM cache_index"
     ).fetchall()
-    return {r[0]: CacheEntry(*r) for r in rows}
+    index = CacheIndex({r[0]: CacheEntry(*r) for r in rows})
+    refused = conn.execute("SELECT cache_key, response_sha256, seq FROM cache_refused")
+    index.refused = {(key, sha): seq for key, sha, seq in refused}
+    return index
 
 
 def read_jobs_table(conn: sqlite3.Connection) -> dict[str, tuple[str | None, str, str]]:
@@ -145,7 +156,7 @@ def rebuild(store: SQLiteEventStore) -> int:
     Memory grows with the number of jobs and cache keys, not with the number of events.
     """
     rows: dict[str, JobRow] = {}
-    index: CacheIndex = {}
+    index = CacheIndex()
     breakers: Breakers = {}
     count = 0
     # Fold inside the write transaction: an append by another process between the read and the
@@ -168,6 +179,11 @@ def rebuild(store: SQLiteEventStore) -> int:
             "INSERT INTO cache_index (cache_key, response_sha256, origin_job, origin_step, seq,"
             " tokens_in, tokens_out) VALUES (?, ?, ?, ?, ?, ?, ?)",
             sorted(index.values()),  # key order: the b-tree fills page by page
+        )
+        conn.execute("DELETE FROM cache_refused")
+        conn.executemany(
+            "INSERT INTO cache_refused (cache_key, response_sha256, seq) VALUES (?, ?, ?)",
+            sorted((key, sha, seq) for (key, sha), seq in index.refused.items()),
         )
         conn.execute("DELETE FROM breakers")
         conn.executemany(
@@ -205,9 +221,16 @@ TABLE_PROJECTIONS: tuple[TableProjection, ...] = (
         "cache_index",
         ("cache_key", "response_sha256", "origin_job", "origin_step", "seq", "tokens_in",
          "tokens_out"),
-        start=dict,
+        start=CacheIndex,
         apply=cache.apply,
         rows=lambda state: state.values(),
+    ),
+    TableProjection(
+        "cache_refused",
+        ("cache_key", "response_sha256", "seq"),
+        start=CacheIndex,
+        apply=cache.apply,
+        rows=lambda state: ((key, sha, seq) for (key, sha), seq in state.refused.items()),
     ),
     TableProjection(
         "breakers",

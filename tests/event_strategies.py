@@ -97,7 +97,9 @@ def step_event(draw: st.DrawFn, steps: list[str]) -> NewEvent:
         ),
         "hit": lambda: CacheHit(cache_key=key, response_sha256=sha, origin_job="other", origin_step=step),
         "miss": lambda: CacheMiss(cache_key=key, parts={"input": sha}),
-        "invalidated": lambda: CacheInvalidated(cache_key=key, reason=draw(text)),
+        "invalidated": lambda: CacheInvalidated(
+            cache_key=key, reason=draw(text), response_sha256=draw(st.none() | st.just(sha))
+        ),
         "file": lambda: FileWritten(
             path=draw(st.sampled_from(["a.py", "b/c.txt", "ü.md"])), sha256=sha, wrote=draw(st.booleans()),
             reason=draw(st.sampled_from(["created", "updated", "unchanged"])), size=draw(small),

@@ -184,6 +184,15 @@ def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
             step,
         )
         cache_hit = True
+        if draw(st.integers(0, 5)) == 0:  # a served answer the step could not use
+            job.emit(CacheInvalidated(cache_key=key, reason=draw(texts), response_sha256=sha),
+                     step)  # fmt: skip
+            job.emit(
+                StepFailed(error=draw(texts), error_type="bad_output", attempt=attempt,
+                           duration_s=draw(seconds)),
+                step,
+            )  # fmt: skip
+            return True
     else:
         job.emit(CacheMiss(cache_key=key, parts=_parts(draw)), step)
         provider, model = draw(names), draw(names)
@@ -214,7 +223,9 @@ def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
                 step,
             )  # fmt: skip
         if success and draw(st.integers(0, 4)) == 0:  # an answer the step could not use
-            job.emit(CacheInvalidated(cache_key=key, reason=draw(texts)), step)
+            refused = draw(st.sampled_from([sha, sha, None]))  # None: written before schema 3
+            job.emit(CacheInvalidated(cache_key=key, reason=draw(texts), response_sha256=refused),
+                     step)  # fmt: skip
             success = False
         if not success:
             if draw(st.booleans()):

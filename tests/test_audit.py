@@ -244,7 +244,7 @@ def test_verify_passes_a_clean_database_without_touching_it(db, cli):
     assert result.code == 0, result.out
     count = sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone()[0]
     assert result.out.startswith(f"ok: {count} events in 2 jobs")
-    assert "jobs, cache_index, breakers match a fresh fold" in result.out
+    assert "jobs, cache_index, cache_refused, breakers match a fresh fold" in result.out
     one = cli(db, "verify", "second")
     [(second,)] = sqlite3.connect(db).execute(
         "SELECT count(*) FROM events WHERE job_id = 'second'"
@@ -347,7 +347,7 @@ def test_verify_does_not_upgrade_an_old_database_it_reports_it(tmp_path, cli):
     before = old.read_bytes()
     result = cli(old, "verify")
     assert result.code == 1
-    assert "schema: schema version is 1, this steplog expects 2" in result.out.splitlines()[0]
+    assert "schema: schema version is 1, this steplog expects 3" in result.out.splitlines()[0]
     assert old.read_bytes() == before
 
 

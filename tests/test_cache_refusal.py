@@ -1,0 +1,96 @@
+"""A refused answer (cache.invalidated naming its response) never comes back into the cache:
+not through a cache.hit committed by a job that read it before the refusal, and not through a
+fork that copies the history from before the refusal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eventstore.events import CacheHit, CacheInvalidated, LLMResponded, NewEvent
+from projections.store import open_store
+from projections import cache
+from projections.tables import cache_lookup, read_cache_table, rebuild
+from tests.cli_helpers import db_rows, steplog
+from tests.fake_llm_server import FakeLLMServer
+
+KEY, BAD, GOOD = "k" * 64, "a" * 64, "b" * 64
+
+
+def _answer(sha: str) -> NewEvent:
+    return NewEvent.of(
+        LLMResponded(provider="p", model="m", duration_s=0.1, tokens_in=1, tokens_out=2,
+                     success=True, attempt=1, cache_key=KEY, response_sha256=sha),
+        step="s",
+    )  # fmt: skip
+
+
+def _hit(sha: str) -> NewEvent:
+    return NewEvent.of(
+        CacheHit(cache_key=KEY, response_sha256=sha, origin_job="paid", origin_step="s"), step="s"
+    )
+
+
+def _refuse(sha: str | None) -> NewEvent:
+    return NewEvent.of(
+        CacheInvalidated(cache_key=KEY, reason="not JSON", response_sha256=sha), step="s"
+    )
+
+
+def test_a_hit_committed_after_the_refusal_does_not_bring_the_answer_back(tmp_path):
+    with open_store(tmp_path / "s.db") as store:
+        store.append("paid", [_answer(BAD)])
+        store.append("refuser", [_hit(BAD), _refuse(BAD)])
+        # a job that looked the key up before the refusal commits its hit afterwards
+        store.append("late", [_hit(BAD)])
+        assert cache_lookup(store.conn, KEY) is None
+        # another answer for the key is cached as usual, and a late refusal of the old one
+        # does not remove it
+        store.append("payer", [_answer(GOOD)])
+        store.append("later", [_refuse(BAD)])
+        assert cache_lookup(store.conn, KEY).response_sha256 == GOOD  # type: ignore[union-attr]
+        table = read_cache_table(store.conn)
+        assert table == cache.project(store.read_all())
+        assert table.refused == {(KEY, BAD): 3}
+        rebuild(store)
+        assert read_cache_table(store.conn) == table
+
+
+def test_a_refusal_written_before_schema_3_forgets_the_key_as_it_did(tmp_path):
+    with open_store(tmp_path / "s.db") as store:
+        store.append("paid", [_answer(BAD), _refuse(None)])
+        assert cache_lookup(store.conn, KEY) is None
+        store.append("late", [_hit(BAD)])  # no sha was named: nothing to keep out
+        assert cache_lookup(store.conn, KEY).response_sha256 == BAD  # type: ignore[union-attr]
+        assert read_cache_table(store.conn) == cache.project(store.read_all())
+
+
+def _json_step(tmp_path: Path, port: int) -> Path:
+    path = tmp_path / "p.toml"
+    path.write_text(
+        "\n".join([
+            'name = "refusal"', "[providers.remote]", 'kind = "openai"',
+            f'base_url = "http://127.0.0.1:{port}/v1"', 'model = "fake-model"',
+            "[steps.a]", 'provider = "remote"', 'prompt = "Give JSON."', 'output = "json"',
+        ]) + "\n"
+    )  # fmt: skip
+    return path
+
+
+@pytest.mark.slow
+def test_a_fork_cut_between_the_answer_and_its_refusal_asks_the_provider_again(tmp_path):
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        server.faults.append(("answer", "not JSON at all"))
+        pipeline = _json_step(tmp_path, server.port)
+        assert steplog(db, "run", str(pipeline), "--job-id", "j").code == 1
+        fork = steplog(db, "replay", "j", "--until", "llm.response:a", "--fork", "f")
+        assert fork.code == 0, fork.err
+        server.faults.append(("answer", '{"ok": true}'))
+        resumed = steplog(db, "resume", "f")
+        assert resumed.code == 0, resumed.err
+        assert len(server.calls) == 2  # the refused answer was not served to the fork
+    hits = db_rows(db, "SELECT count(*) FROM events WHERE type = 'cache.hit'")
+    assert hits == [(0,)]
+    assert steplog(db, "verify").code == 0
