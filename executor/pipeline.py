@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from executor.budget import Budget, Price
 from executor.cachekey import cache_key, canonical_json, key_parts
 from executor.templates import TemplateProblem, check_template, render
-from providers.config import ProviderConfig
+from providers.config import ProviderConfig, literal_url_credential, url_env_names
 
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
@@ -185,11 +185,18 @@ class Pipeline:
         """Problems with API keys the given steps' providers need (named, never the key)."""
         problems = []
         for name in sorted({self.spec.steps[s].provider for s in steps}):
-            variable = self.spec.providers[name].api_key_env
+            config = self.spec.providers[name]
+            variable = config.api_key_env
             if variable and not environ.get(variable):
                 problems.append(
                     f"provider {name!r} reads its API key from {variable}, which is not set"
                 )
+            for variable in url_env_names(config.base_url):
+                if not environ.get(variable):
+                    problems.append(
+                        f"provider {name!r} reads part of its base_url from {variable}, "
+                        "which is not set"
+                    )
         return problems
 
     def resolve_inputs(self, given: dict[str, str]) -> dict[str, str]:
@@ -344,6 +351,12 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
         if provider.kind != "offline" and not provider.base_url:
             raise PipelineError(
                 f"{label}: provider {name!r} of kind {provider.kind} needs base_url"
+            )
+        credential = literal_url_credential(provider.base_url)
+        if credential:  # the pipeline file is stored in the database; a secret must not be
+            raise PipelineError(
+                f"{label}: provider {name!r}: base_url holds {credential} written out; write "
+                "it as ${ENV_VAR} (read when calling, never stored) or use api_key_env"
             )
     _check_max_tokens(spec, label)
     if spec.budget is not None and spec.budget.max_cost is not None:

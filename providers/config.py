@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -17,6 +20,29 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
     "anthropic_version": ("anthropic",),
     "json_mode": ("openai", "ollama"),
 }
+
+
+# `${NAME}` in base_url: read from the environment when calling, so the stored pipeline file
+# never holds what it names (a proxy password, a key some gateways take in the query).
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SECRET_PARAMETER = re.compile(r"key|token|secret|passw|auth|sig|credential", re.IGNORECASE)
+
+
+def url_env_names(url: str | None) -> list[str]:
+    return ENV_REFERENCE.findall(url or "")
+
+
+def literal_url_credential(url: str | None) -> str | None:
+    """What in `url` is a credential written out rather than read from `${NAME}`, or None."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.password and not ENV_REFERENCE.fullmatch(parts.password):
+        return "a password"
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if value and _SECRET_PARAMETER.search(name) and not ENV_REFERENCE.fullmatch(value):
+            return f"query parameter {name!r}"
+    return None
 
 
 class ProviderConfig(BaseModel):
@@ -62,6 +88,19 @@ class ProviderConfig(BaseModel):
                     {"key": key, "kinds": " or ".join(kinds), "kind": self.kind},
                 )
         return self
+
+    def resolved_base_url(self, environ: Mapping[str, str]) -> str | None:
+        """base_url with each `${NAME}` replaced from `environ` (ValueError naming one unset)."""
+        if self.base_url is None:
+            return None
+
+        def value(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if not environ.get(name):
+                raise ValueError(f"base_url reads {name}, which is not set")
+            return environ[name]
+
+        return ENV_REFERENCE.sub(value, self.base_url)
 
     def cache_identity(self, model: str, options: dict[str, Any]) -> dict[str, Any]:
         """What of this config decides the answer: never the key, the URL or the timeouts."""

@@ -382,7 +382,8 @@ class HTTPProvider:
     def __init__(self, name: str, config: ProviderConfig, client: httpx.AsyncClient) -> None:
         self.name = name
         self.config = config
-        self.wire = Wire(name, client, config.base_url, config.timeout_s)
+        base_url = config.resolved_base_url(os.environ)
+        self.wire = Wire(name, client, base_url, config.timeout_s)
         self.url = self.endpoint()
         self.safe_url = public_url(self.url)
 

@@ -96,7 +96,7 @@ kind = "offline"
 
 [providers.down]
 kind = "openai"
-base_url = "http://user:hunter2pw@127.0.0.1:{port}/v1"
+base_url = "http://user:${{CHECK_PROXY_PW}}@127.0.0.1:{port}/v1"
 model = "m"
 
 [providers.nokey]
@@ -112,7 +112,8 @@ base_url = "{server.base}"
 model = "mistral"
 """
     pipeline = write_pipeline(tmp_path, providers)
-    result = steplog(tmp_path / "s.db", "providers", "check", str(pipeline))
+    result = steplog(tmp_path / "s.db", "providers", "check", str(pipeline),
+                     env={"CHECK_PROXY_PW": "hunter2pw"})  # fmt: skip
     assert result.code == 1, result.err
     assert "Traceback" not in result.err and result.err == ""
     lines = {line.split("│")[1].strip(): line for line in result.out.splitlines() if "│" in line}

@@ -1,0 +1,80 @@
+"""A credential in a provider's base_url (a proxy password, a key some gateways take in the
+query) must never reach the database: the pipeline file is stored as a blob for resume. Written
+out it is refused at load time; written as ${NAME} it is read from the environment when calling."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from providers.config import ProviderConfig, literal_url_credential
+from tests.cli_helpers import steplog
+from tests.fake_llm_server import FakeLLMServer
+
+SECRET = "pr0xy-Pa55-7c1d"
+
+
+@pytest.mark.parametrize(
+    ("url", "found"),
+    [
+        ("http://u:hunter2@127.0.0.1/v1", "a password"),
+        ("http://127.0.0.1/v1?api-key=abc", "query parameter 'api-key'"),
+        ("http://127.0.0.1/v1?access_token=abc&x=1", "query parameter 'access_token'"),
+        ("http://127.0.0.1/v1?SIG=abc", "query parameter 'SIG'"),
+        ("http://u:${PW}@127.0.0.1/v1", None),
+        ("http://127.0.0.1/v1?api-key=${KEY}", None),
+        ("http://127.0.0.1/v1?api-version=2024-06-01", None),
+        ("http://user@127.0.0.1/v1", None),
+        (None, None),
+    ],
+)
+def test_literal_credentials_are_found_and_references_are_not(url, found):
+    assert literal_url_credential(url) == found
+
+
+def test_references_resolve_from_the_environment_and_name_what_is_missing():
+    config = ProviderConfig(kind="openai", base_url="http://u:${PW}@127.0.0.1/v1?k=${K}")
+    assert config.resolved_base_url({"PW": "p", "K": "q"}) == "http://u:p@127.0.0.1/v1?k=q"
+    with pytest.raises(ValueError, match="base_url reads K, which is not set"):
+        config.resolved_base_url({"PW": "p"})
+
+
+def _pipeline(tmp_path: Path, base_url: str) -> Path:
+    path = tmp_path / "p.toml"
+    path.write_text(
+        "\n".join([
+            'name = "creds"', "[providers.remote]", 'kind = "openai"',
+            f'base_url = "{base_url}"', 'model = "fake-model"',
+            "[steps.a]", 'provider = "remote"', 'prompt = "Say hi."',
+        ]) + "\n"
+    )  # fmt: skip
+    return path
+
+
+def test_a_password_written_into_base_url_is_refused_before_anything_is_stored(tmp_path):
+    db = tmp_path / "s.db"
+    pipeline = _pipeline(tmp_path, f"http://proxy:{SECRET}@127.0.0.1:9/v1")
+    result = steplog(db, "run", str(pipeline))
+    assert result.code == 2
+    assert result.err.count("\n") == 1 and "base_url holds a password written out" in result.err
+    assert SECRET not in result.err + result.out
+    assert not db.exists() or SECRET.encode() not in db.read_bytes()
+
+
+def test_a_password_read_from_the_environment_is_sent_and_never_stored(tmp_path):
+    db = tmp_path / "s.db"
+    with FakeLLMServer() as server:
+        pipeline = _pipeline(tmp_path, f"http://proxy:${{PROXY_PW}}@127.0.0.1:{server.port}/v1")
+        missing = steplog(db, "run", str(pipeline), "--job-id", "j")
+        assert missing.code == 2 and "reads part of its base_url from PROXY_PW" in missing.err
+        result = steplog(db, "run", str(pipeline), "--job-id", "j", env={"PROXY_PW": SECRET})
+        assert result.code == 0, result.err
+        [call] = server.calls
+    sent = {k.lower(): v for k, v in call["headers"].items()}["authorization"]
+    assert base64.b64decode(sent.removeprefix("Basic ")).decode() == f"proxy:{SECRET}"
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in result.out + result.err
