@@ -368,6 +368,20 @@ def interleaved_batches(draw: st.DrawFn, max_jobs: int = 3):
 # -- helpers for the properties -----------------------------------------------------------------
 
 
+def job_created(steps: list[str]) -> NewEvent:
+    """A job.created for a pipeline of `steps` with no dependencies."""
+    return NewEvent.of(
+        JobCreated(
+            pipeline="p",
+            pipeline_fingerprint="f" * 64,
+            pipeline_sha256=hashlib.sha256(b"pipeline").hexdigest(),
+            inputs={"idea": "x"},
+            steps={s: [] for s in steps},
+            workspace="/tmp/ws",
+        )
+    )
+
+
 @contextmanager
 def fresh_store() -> Iterator[SQLiteEventStore]:
     """A store with the projection tables on a new SQLite file (one per hypothesis example)."""

@@ -8,7 +8,7 @@ from eventstore.events import NewEvent, StepStarted
 from eventstore.record import VersionConflict
 from executor.committer import GroupCommitter
 from projections.store import open_store
-from tests.event_strategies import job_created
+from tests.strategies import job_created
 
 
 def started(step: str) -> NewEvent:
