@@ -18,8 +18,9 @@ from typing import Any, Mapping
 import sqlite_utils
 
 from commands.jobs import Rejected
+from eventstore.errors import database_error
 from eventstore.record import DatabaseUnusable
-from eventstore.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLITE_MAGIC
+from eventstore.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLITE_MAGIC, read_only_uri
 from projections.store import open_store
 
 
@@ -116,9 +117,13 @@ def open_readonly(path: Path, *, upgrade: bool = False) -> ReadOnly:
     through the store, so the views exist); otherwise the file is never written."""
     if not path.is_file():
         raise Rejected(f"no database at {path}")
-    with path.open("rb") as fh:
-        if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
-            raise DatabaseUnusable(f"{path} is not a SQLite database")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise DatabaseUnusable(f"cannot read database {path}: {exc.strerror}") from exc
+    if head != SQLITE_MAGIC:
+        raise DatabaseUnusable(f"{path} is not a SQLite database")
     conn = _connect(path)
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -136,11 +141,11 @@ def open_readonly(path: Path, *, upgrade: bool = False) -> ReadOnly:
 
 def _connect(path: Path) -> sqlite3.Connection:
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        conn = sqlite3.connect(read_only_uri(path), uri=True, timeout=10)
         conn.execute("PRAGMA query_only = ON")
         return conn
     except sqlite3.DatabaseError as exc:
-        raise DatabaseUnusable(f"cannot read database {path}: {exc}") from exc
+        raise database_error(path, exc, opening=True) from exc
 
 
 _NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][-+]?\d+)?")
