@@ -124,7 +124,7 @@ def read_only_reason(path: Path) -> str | None:
     if not os.access(path.parent, os.W_OK | os.X_OK) and not all(
         os.access(p, os.W_OK) for p in sidecars
     ):
-        return f"its directory {path.parent} is not writable"
+        return f"its directory {path.resolve().parent} is not writable"
     return None
 
 
@@ -308,7 +308,10 @@ class SQLiteEventStore:
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite may already have rolled back (it does on SQLITE_FULL and some I/O errors);
+            # a second ROLLBACK would raise and hide the error that matters.
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         try:
             self.conn.execute("COMMIT")
@@ -344,6 +347,8 @@ class SQLiteEventStore:
             if "UNIQUE" in str(exc):
                 raise VersionConflict(f"job {job_id}: another writer appended first") from exc
             raise StoreError(f"job {job_id}: event refused by the database: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # disk full, corrupt page, I/O error …
+            raise database_error(self.path, exc) from exc
 
     def append_txn(
         self,
