@@ -172,7 +172,8 @@ def test_a_damaged_events_page_fails_the_verbs_that_read_the_log_with_one_line(g
         assert result.code == 2, (args, result.err)
         assert_one_error_line(result.err, db, "corrupt")
         assert db.read_bytes() == before, args
-    assert not (tmp_path / "runs" / "two").exists() or not any((tmp_path / "runs" / "two").iterdir())
+    workspace = tmp_path / "runs" / "two"
+    assert not workspace.exists() or not any(workspace.iterdir())
 
 
 # -- 2. foreign, newer, non-SQLite: every verb that opens the database --------------------------
@@ -255,8 +256,8 @@ def test_the_real_cli_refuses_a_foreign_wal_file_without_touching_it(good, tmp_p
 needs_permissions = pytest.mark.skipif(
     ROOT_USER, reason="root ignores file permissions, so nothing is read-only to it"
 )
-READ_VERBS = [("status", "one"), ("jobs",), ("events", "one"), ("sql", "SELECT count(*) FROM events"),
-              ("verify",), ("export", "one")]  # fmt: skip
+READ_VERBS = [("status", "one"), ("jobs",), ("events", "one"),
+              ("sql", "SELECT count(*) FROM events"), ("verify",), ("export", "one")]  # fmt: skip
 
 
 def write_verbs(export: Path) -> list[tuple[str, ...]]:
@@ -369,7 +370,8 @@ def test_a_disk_that_fills_mid_run_stops_with_one_line_and_the_job_resumes(tmp_p
     failed = steplog_limited(db, 1_000_000, "run", str(pipeline), "--job-id", "big", "-q")
     assert failed.returncode == 2, failed.stderr
     assert_one_error_line(failed.stderr, db, "disk full")
-    committed = db_rows(db, "SELECT seq, job_id, version, type, step, hash FROM events ORDER BY seq")
+    log = "SELECT seq, job_id, version, type, step, hash FROM events ORDER BY seq"
+    committed = db_rows(db, log)
     assert committed and any(t == "llm.response" for _, _, _, t, _, _ in committed)
     assert steplog(db, "verify").code == 0
     doc = status_json(db, "big")
@@ -377,7 +379,7 @@ def test_a_disk_that_fills_mid_run_stops_with_one_line_and_the_job_resumes(tmp_p
 
     resumed = steplog(db, "resume", "big", "-q")
     assert resumed.code == 0, resumed.err
-    after = db_rows(db, "SELECT seq, job_id, version, type, step, hash FROM events ORDER BY seq")
+    after = db_rows(db, log)
     assert after[: len(committed)] == committed  # every event committed before is still there
     assert status_json(db, "big")["status"] == "succeeded"
     check = steplog(db, "verify")
