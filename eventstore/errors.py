@@ -46,6 +46,12 @@ _IOERR_WRITES = {
 } - {None}
 
 
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Another connection holds a lock (SQLITE_BUSY / SQLITE_LOCKED): not a broken database."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (_BUSY, _LOCKED)
+
+
 def database_error(
     path: str | os.PathLike[str] | None, exc: sqlite3.Error, *, opening: bool = False
 ) -> StoreError:

@@ -25,7 +25,7 @@ from eventstore.record import (
     blob_sha256,
     chain_hash,
 )
-from eventstore.errors import DatabaseReadOnly, database_error
+from eventstore.errors import DatabaseReadOnly, database_error, is_busy
 
 SCHEMA_VERSION = 2
 APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
@@ -348,6 +348,8 @@ class SQLiteEventStore:
                 raise VersionConflict(f"job {job_id}: another writer appended first") from exc
             raise StoreError(f"job {job_id}: event refused by the database: {exc}") from exc
         except sqlite3.DatabaseError as exc:  # disk full, corrupt page, I/O error …
+            if is_busy(exc):
+                raise  # another writer holds the lock: the caller decides whether to retry
             raise database_error(self.path, exc) from exc
 
     def append_txn(
