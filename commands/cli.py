@@ -29,6 +29,7 @@ from commands.jobs import (
     prepare_run,
 )
 from commands.replay import BadPoint, replay
+from eventstore.errors import database_error
 from eventstore.events import InvalidEvent
 from eventstore.record import StoreError
 from eventstore.sqlite import SQLiteEventStore
@@ -49,11 +50,15 @@ def one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
-def _open(ctx: click.Context) -> SQLiteEventStore:
+def _open(ctx: click.Context, *, write: bool = False) -> SQLiteEventStore:
+    """The store for this command. write: the verb appends, so a read-only file is refused
+    here, before anything starts."""
     store = ctx.obj.get("store")
     if store is None:
         store = ctx.obj["store"] = open_store(ctx.obj["db"])
         ctx.call_on_close(store.close)
+    if write:
+        store.require_writable()
     return store
 
 
@@ -156,7 +161,7 @@ def run(
 
     Example: steplog run examples/factory/pipeline.toml --input idea="a todo CLI"
     """
-    store = _open(ctx)
+    store = _open(ctx, write=True)
     cmd = RunCommand(
         pipeline_path=pipeline, inputs=_parse_inputs(inputs), job_id=job_id, workspace=workspace,
         ignore_breaker=ignore_breaker,
@@ -185,7 +190,7 @@ def resume(
 
     Example: steplog resume job_20261124_101500_ab12cd
     """
-    store = _open(ctx)
+    store = _open(ctx, write=True)
     _run_prepared(
         store,
         prepare_resume(
@@ -231,7 +236,7 @@ def replay_cmd(
     if fork is not None:
         from commands.cli_debug import print_fork
 
-        print_fork(_open(ctx), job, point, fork, workspace, as_json)
+        print_fork(_open(ctx, write=True), job, point, fork, workspace, as_json)
         return
     if workspace is not None:
         raise click.UsageError("--workspace is only for --fork")
@@ -346,13 +351,14 @@ def events(
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
+    obj: dict[str, Any] = {}  # the group fills in "db", so an error can name the file
     try:
-        cli.main(standalone_mode=False)
+        cli.main(standalone_mode=False, obj=obj)
     except USER_ERRORS as exc:
         click.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(2)
     except DATABASE_ERRORS as exc:
-        click.echo(f"error: database error: {one_line(str(exc))}", err=True)
+        click.echo(f"error: {one_line(str(database_error(obj.get('db'), exc)))}", err=True)
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

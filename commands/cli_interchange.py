@@ -98,7 +98,7 @@ def import_cmd(ctx: click.Context, file: Path, job_id: str | None) -> None:
 
     Example: steplog import job_x.jsonl --job-id job_x_copy
     """
-    store = _open(ctx)
+    store = _open(ctx, write=True)
     target, plan = import_job(store, file, job_id)
     kind = "predecessor events.jsonl" if plan.predecessor else "steplog export"
     click.echo(

@@ -18,8 +18,9 @@ from typing import Any, Mapping
 import sqlite_utils
 
 from commands.jobs import Rejected
+from eventstore.errors import database_error
 from eventstore.record import DatabaseUnusable
-from eventstore.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLITE_MAGIC
+from eventstore.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLITE_MAGIC, read_only_uri
 from projections.store import open_store
 
 
@@ -116,15 +117,27 @@ def open_readonly(path: Path, *, upgrade: bool = False) -> ReadOnly:
     through the store, so the views exist); otherwise the file is never written."""
     if not path.is_file():
         raise Rejected(f"no database at {path}")
-    with path.open("rb") as fh:
-        if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
-            raise DatabaseUnusable(f"{path} is not a SQLite database")
-    conn = _connect(path)
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if app_id != APPLICATION_ID:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise DatabaseUnusable(f"cannot read database {path}: {exc.strerror}") from exc
+    if head != SQLITE_MAGIC:
+        raise DatabaseUnusable(f"{path} is not a SQLite database")
+    conn = _connect(path, peek=True)
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
         conn.close()
+    if app_id != APPLICATION_ID:
         raise DatabaseUnusable(f"{path} is not a steplog database")
+    if version > SCHEMA_VERSION:
+        raise DatabaseUnusable(
+            f"{path} was written by a newer steplog (schema {version};"
+            f" this steplog knows up to {SCHEMA_VERSION})"
+        )
+    conn = _connect(path)
     if upgrade and version < SCHEMA_VERSION:
         conn.close()
         open_store(path).close()
@@ -134,13 +147,20 @@ def open_readonly(path: Path, *, upgrade: bool = False) -> ReadOnly:
     return ReadOnly(conn, guard)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, *, peek: bool = False) -> sqlite3.Connection:
+    """peek: for asking whose file this is without leaving a trace. With no -wal beside it the
+    whole database is in the main file, and immutable=1 reads it without creating -shm/-wal
+    (a read-only connection to a WAL-mode file would otherwise leave both behind, beside a
+    file that may belong to another application)."""
+    uri = read_only_uri(path)
+    if peek and "immutable" not in uri and not path.with_name(path.name + "-wal").exists():
+        uri += "&immutable=1"
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        conn = sqlite3.connect(uri, uri=True, timeout=10)
         conn.execute("PRAGMA query_only = ON")
         return conn
     except sqlite3.DatabaseError as exc:
-        raise DatabaseUnusable(f"cannot read database {path}: {exc}") from exc
+        raise database_error(path, exc, opening=True) from exc
 
 
 _NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][-+]?\d+)?")

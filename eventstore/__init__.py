@@ -1,5 +1,6 @@
 """The append-only event log: typed events, the SQLite store, the hash chain."""
 
+from eventstore.errors import DatabaseCorrupt, DatabaseFull, DatabaseReadOnly
 from eventstore.events import EVENT_TYPES, EventData, InvalidEvent, NewEvent
 from eventstore.record import (
     DatabaseUnusable,
@@ -13,6 +14,9 @@ from eventstore.sqlite import SCHEMA_VERSION, SQLiteEventStore
 __all__ = [
     "EVENT_TYPES",
     "SCHEMA_VERSION",
+    "DatabaseCorrupt",
+    "DatabaseFull",
+    "DatabaseReadOnly",
     "DatabaseUnusable",
     "EventData",
     "EventStore",

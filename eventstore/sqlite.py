@@ -25,6 +25,7 @@ from eventstore.record import (
     blob_sha256,
     chain_hash,
 )
+from eventstore.errors import DatabaseReadOnly, database_error, is_busy
 
 SCHEMA_VERSION = 3
 APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
@@ -109,6 +110,35 @@ def _check_file(path: Path) -> None:
             raise DatabaseUnusable(f"{path} is not a SQLite database")
 
 
+def read_only_reason(path: Path) -> str | None:
+    """Why steplog cannot write the existing database at `path`, or None if it can.
+
+    WAL keeps `-wal` and `-shm` files beside the database, so a writer also needs to create
+    them in its directory (unless both are there already and writable).
+    """
+    if not path.is_file():
+        return None
+    if not os.access(path, os.W_OK):
+        return "the file is not writable"
+    sidecars = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    if not os.access(path.parent, os.W_OK | os.X_OK) and not all(
+        os.access(p, os.W_OK) for p in sidecars
+    ):
+        return f"its directory {path.resolve().parent} is not writable"
+    return None
+
+
+def read_only_uri(path: Path) -> str:
+    """A `mode=ro` URI for `path`. In a directory no one can write, with no `-wal` beside the
+    file, nobody can be writing it (a writer would need that file), so it is opened
+    `immutable=1`: SQLite then reads a WAL-mode file without creating `-shm`, which it cannot."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    wal = path.with_name(path.name + "-wal")
+    if not os.access(path.parent, os.W_OK) and not wal.exists():
+        uri += "&immutable=1"
+    return uri
+
+
 class SQLiteEventStore:
     """The event log in one SQLite file. One connection; writers use IMMEDIATE transactions."""
 
@@ -124,6 +154,9 @@ class SQLiteEventStore:
         self._projectors = list(projectors)
         self._busy_timeout_s = busy_timeout_ms / 1000
         _check_file(self.path)
+        # Set when the file exists but cannot be written: the store then only reads (mode=ro)
+        # and every write is refused with this reason before it reaches SQLite.
+        self.read_only_reason = read_only_reason(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -132,21 +165,37 @@ class SQLiteEventStore:
             ) from exc
         try:
             self.conn = sqlite3.connect(
-                self.path,
+                read_only_uri(self.path) if self.read_only_reason else self.path,
                 isolation_level=None,
                 check_same_thread=False,
                 timeout=busy_timeout_ms / 1000,
+                uri=bool(self.read_only_reason),
             )
+        except sqlite3.DatabaseError as exc:
+            raise database_error(self.path, exc, opening=True) from exc
+        try:
             self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             self._prepare(synchronous or os.environ.get("STEPLOG_SYNCHRONOUS", "NORMAL"))
         except sqlite3.DatabaseError as exc:
-            raise DatabaseUnusable(f"cannot use database {self.path}: {exc}") from exc
+            self.conn.close()
+            raise database_error(self.path, exc, opening=True) from exc
+        except BaseException:
+            self.conn.close()
+            raise
 
     # -- opening -------------------------------------------------------------------------------
 
     def _prepare(self, synchronous: str) -> None:
         app_id, user_version, tables = self._read_header()
         self._check_usable(app_id, user_version, tables)
+        if self.read_only_reason:
+            if not tables or user_version < SCHEMA_VERSION:
+                raise DatabaseReadOnly(
+                    f"database {self.path} needs an upgrade to schema {SCHEMA_VERSION}"
+                    f" (it is at {user_version}) but is read-only ({self.read_only_reason})"
+                )
+            self.conn.execute("PRAGMA query_only = ON")
+            return
         self._use_wal()
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise StoreError(
@@ -243,14 +292,26 @@ class SQLiteEventStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def require_writable(self) -> None:
+        """Refuse up front, before a write verb starts anything, if the file is read-only."""
+        if self.read_only_reason:
+            raise DatabaseReadOnly(
+                f"database {self.path} is read-only ({self.read_only_reason});"
+                " read verbs (status, jobs, events, sql, verify) still work"
+            )
+
     @contextmanager
     def write_transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT, rolled back on any error."""
+        self.require_writable()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite may already have rolled back (it does on SQLITE_FULL and some I/O errors);
+            # a second ROLLBACK would raise and hide the error that matters.
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         try:
             self.conn.execute("COMMIT")
@@ -286,6 +347,10 @@ class SQLiteEventStore:
             if "UNIQUE" in str(exc):
                 raise VersionConflict(f"job {job_id}: another writer appended first") from exc
             raise StoreError(f"job {job_id}: event refused by the database: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # disk full, corrupt page, I/O error …
+            if is_busy(exc):
+                raise  # another writer holds the lock: the caller decides whether to retry
+            raise database_error(self.path, exc) from exc
 
     def append_txn(
         self,

@@ -1,0 +1,85 @@
+"""What SQLite's failures mean for the user, in one line naming the database file.
+
+The one place that turns a `sqlite3.Error` into a StoreError: the store uses it while opening
+a file, the CLI for an error that reaches it mid-command (a corrupt page read late, a disk that
+fills during a run). Codes are SQLite's primary result codes (the low byte of the extended one).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from eventstore.record import DatabaseUnusable, StoreError
+
+
+class DatabaseReadOnly(DatabaseUnusable):
+    """The file (or the directory WAL needs beside it) cannot be written: reading still works."""
+
+
+class DatabaseCorrupt(DatabaseUnusable):
+    """SQLite found the file damaged (SQLITE_CORRUPT / SQLITE_NOTADB)."""
+
+
+class DatabaseFull(StoreError):
+    """A write failed for lack of space (disk full, quota, file size limit). Nothing of the
+    failed transaction was committed; what was committed before is intact."""
+
+
+class DatabaseIOFailure(StoreError):
+    """The operating system refused a read or write of the database file."""
+
+
+_FULL = getattr(sqlite3, "SQLITE_FULL", 13)
+_READONLY = getattr(sqlite3, "SQLITE_READONLY", 8)
+_CANTOPEN = getattr(sqlite3, "SQLITE_CANTOPEN", 14)
+_CORRUPT = getattr(sqlite3, "SQLITE_CORRUPT", 11)
+_NOTADB = getattr(sqlite3, "SQLITE_NOTADB", 26)
+_IOERR = getattr(sqlite3, "SQLITE_IOERR", 10)
+_BUSY = getattr(sqlite3, "SQLITE_BUSY", 5)
+_LOCKED = getattr(sqlite3, "SQLITE_LOCKED", 6)
+# Extended IOERR codes of a failed write: SQLite reports ENOSPC as SQLITE_FULL but any other
+# failed write (EFBIG past a file size limit, EDQUOT over a quota) as one of these.
+_IOERR_WRITES = {
+    getattr(sqlite3, name, None)
+    for name in ("SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_TRUNCATE")
+} - {None}
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Another connection holds a lock (SQLITE_BUSY / SQLITE_LOCKED): not a broken database."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (_BUSY, _LOCKED)
+
+
+def database_error(
+    path: str | os.PathLike[str] | None, exc: sqlite3.Error, *, opening: bool = False
+) -> StoreError:
+    """The StoreError to raise (`from exc`) for `exc` on the database at `path`."""
+    detail = str(exc) or type(exc).__name__
+    where = f"database {path}" if path is not None else "the database"
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    error: type[StoreError]
+    if primary == _FULL:
+        error, reason = DatabaseFull, f"disk full ({detail})"
+    elif code in _IOERR_WRITES:
+        error, reason = DatabaseFull, f"disk full or file size limit reached ({detail})"
+    elif primary == _READONLY:
+        error, reason = DatabaseReadOnly, f"read-only ({detail})"
+    elif primary == _CORRUPT:
+        error, reason = DatabaseCorrupt, f"corrupt ({detail}); restore it from a backup"
+    elif primary == _NOTADB:
+        error, reason = DatabaseCorrupt, f"not a SQLite database ({detail})"
+    elif primary == _CANTOPEN:
+        error = DatabaseUnusable
+        reason = f"cannot open it ({detail}); check the file and its directory are accessible"
+    elif primary == _IOERR:
+        error, reason = DatabaseIOFailure, f"I/O error ({detail})"
+    elif primary in (_BUSY, _LOCKED):
+        error, reason = StoreError, f"locked by another process ({detail})"
+    else:
+        error, reason = StoreError, detail
+    if opening:
+        return (DatabaseUnusable if error is StoreError else error)(f"cannot use {where}: {reason}")
+    return error(f"{where}: {reason}")
