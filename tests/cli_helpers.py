@@ -22,8 +22,20 @@ class Result:
     err: str
 
 
+def drop_root_file_powers() -> None:
+    """preexec_fn: the child, even as root, obeys file permissions (a 0444 file is read-only to
+    it). Drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set before exec."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
 def steplog(db: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = CLI_TIMEOUT_S) -> Result:  # fmt: skip
+            timeout: float = CLI_TIMEOUT_S, as_plain_user: bool = False) -> Result:  # fmt: skip
+    """Run the CLI in a subprocess; as_plain_user: without root's power over file permissions."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
     full_env = {**inherited, "STEPLOG_DB": str(db), **(env or {})}
     proc = subprocess.run(
@@ -33,6 +45,7 @@ def steplog(db: Path, *args: str, cwd: Path | None = None, env: dict[str, str] |
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=drop_root_file_powers if as_plain_user and os.geteuid() == 0 else None,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
