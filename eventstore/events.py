@@ -266,8 +266,13 @@ class FileWritten(EventData):
     path: str
     sha256: Sha256
     wrote: bool
-    reason: Literal["created", "updated", "unchanged"]
+    reason: Literal["created", "updated", "unchanged", "modified_outside"]
     size: int = Field(ge=0)
+    # modified_outside: the file held content steplog had not written there (edited by hand,
+    # or there before the job). previous_sha256: what the log says steplog last wrote at this
+    # path (None: nothing); found_sha256: the content found, kept as a blob before the write.
+    previous_sha256: Sha256 | None = None
+    found_sha256: Sha256 | None = None
 
 
 class CircuitOpened(EventData):

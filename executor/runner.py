@@ -9,6 +9,7 @@ depend on it never start; independent branches run to completion; the job ends f
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from executor.committer import GroupCommitter
 from executor.outputs import OutputProblem, StepOutput, parse_output
 from executor.pipeline import Pipeline
 from executor.templates import TemplateProblem
-from executor.workspace import UnsafePath, safe_relative, write_file
+from executor.workspace import UnsafePath, safe_relative, sweep_stale_temps, write_file
 from projections.breaker import iso
 from projections.tables import breaker_row, cache_lookup
 from providers import breaker
@@ -155,6 +156,7 @@ class JobRunner:
         self._errors: dict[str, str] = {}
         self._attempted: set[str] = set()  # steps that got past their needs and started
         self._committer: GroupCommitter | None = None
+        self._last_written: dict[str, str] = {}  # path -> sha256 steplog last wrote there
 
     # -- the log ---------------------------------------------------------------------------------
 
@@ -188,6 +190,8 @@ class JobRunner:
     async def run(self, plan: Plan) -> JobOutcome:
         started = time.monotonic()
         self._load_reused(plan)
+        self._last_written = files_in_log(self.store.conn, self.job_id)
+        sweep_stale_temps(self.workspace)  # a crash mid-write leaves its temp file behind
         used = {self.pipeline.spec.steps[step].provider for step in plan.run}
         configs = {name: c for name, c in self.pipeline.spec.providers.items() if name in used}
         async with AsyncExitStack() as stack:
@@ -378,6 +382,7 @@ class JobRunner:
         )
         pending.append(self._ev(succeeded, name))
         self._record_output(name, output)
+        faults.reached("before:step.succeeded", name)
         release()
         await self.commit(pending, [*pending_blobs, output.text.encode("utf-8")])
         return True
@@ -387,16 +392,26 @@ class JobRunner:
         self.workspace.mkdir(parents=True, exist_ok=True)
         for path, content in output.files.items():
             faults.reached("before:file.write", name)
-            result = write_file(self.workspace, path, content.encode("utf-8"))
+            result = write_file(
+                self.workspace, path, content.encode("utf-8"), last_written=self._last_written,
+                keep=self.store.put_blob,  # a hand-edited file is kept before it is replaced
+                checkpoint=lambda point: faults.reached(point, name),
+            )  # fmt: skip
+            outside = result.reason == "modified_outside"
             events.append(
                 self._ev(
                     FileWritten(
                         path=result.path, sha256=result.sha256, wrote=result.wrote,
                         reason=result.reason, size=result.size,  # type: ignore[arg-type]
+                        previous_sha256=self._last_written.get(result.path) if outside else None,
+                        found_sha256=result.found_sha256,
                     ),
                     name,
                 )
             )  # fmt: skip
+            self._last_written[result.path] = result.sha256
+            if result.wrote:
+                faults.reached("after:file.rename", name)
 
     async def _fail(
         self,
@@ -738,3 +753,13 @@ def _prompt_blob(request: LLMRequest) -> bytes:
         {"system": request.system, "prompt": request.prompt, "model": request.model,
          "options": request.options, "output": request.output}
     ).encode("utf-8")  # fmt: skip
+
+
+def files_in_log(conn: sqlite3.Connection, job_id: str) -> dict[str, str]:
+    """What the log says steplog last wrote at each path of the job's workspace."""
+    rows = conn.execute(
+        "SELECT json_extract(data, '$.path'), json_extract(data, '$.sha256') FROM events"
+        " WHERE job_id = ? AND type = 'file.written' ORDER BY version",
+        (job_id,),
+    )
+    return {path: sha for path, sha in rows}
