@@ -32,6 +32,7 @@ from commands.replay import BadPoint, replay
 from eventstore.events import InvalidEvent
 from eventstore.record import StoreError
 from eventstore.sqlite import SQLiteEventStore
+from executor import drift
 from executor.pipeline import PipelineError
 from projections.store import open_store
 
@@ -186,16 +187,15 @@ def resume(
     Example: steplog resume job_20261124_101500_ab12cd
     """
     store = _open(ctx)
-    _run_prepared(
+    prepared = prepare_resume(
         store,
-        prepare_resume(
-            store,
-            ResumeCommand(
-                job_id=job, pipeline_path=pipeline, force=force, ignore_breaker=ignore_breaker
-            ),
-        ),
-        quiet,
+        ResumeCommand(job_id=job, pipeline_path=pipeline, force=force, ignore_breaker=ignore_breaker),
     )
+    # completed steps are skipped, so their files are never rewritten: say which were changed
+    logged = drift.logged_files(store.conn, job)
+    for found in drift.find_drift(prepared.workspace, logged, prepared.plan.reuse):
+        click.echo(drift.describe(found), err=True)
+    _run_prepared(store, prepared, quiet)
 
 
 @cli.command("replay")

@@ -269,10 +269,11 @@ class FileWritten(EventData):
     reason: Literal["created", "updated", "unchanged", "modified_outside"]
     size: int = Field(ge=0)
     # modified_outside: the file held content steplog had not written there (edited by hand,
-    # or there before the job). previous_sha256: what the log says steplog last wrote at this
-    # path (None: nothing); found_sha256: the content found, kept as a blob before the write.
-    previous_sha256: Sha256 | None = None
+    # or there before the job). found_sha256: that content, kept as a blob before the write;
+    # last_written: the sha256 of what the log says steplog last wrote at this path (None:
+    # nothing). Not named *_sha256: it names file content, which need not be a blob.
     found_sha256: Sha256 | None = None
+    last_written: Sha256 | None = None
 
 
 class CircuitOpened(EventData):

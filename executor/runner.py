@@ -9,7 +9,6 @@ depend on it never start; independent branches run to completion; the job ends f
 from __future__ import annotations
 
 import random
-import sqlite3
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from executor import budget, cachekey, explain, faults
 from executor.budget import Spend
 from executor.cachehistory import previous_run
 from executor.committer import GroupCommitter
+from executor.drift import logged_files
 from executor.outputs import OutputProblem, StepOutput, parse_output
 from executor.pipeline import Pipeline
 from executor.templates import TemplateProblem
@@ -190,7 +190,8 @@ class JobRunner:
     async def run(self, plan: Plan) -> JobOutcome:
         started = time.monotonic()
         self._load_reused(plan)
-        self._last_written = files_in_log(self.store.conn, self.job_id)
+        logged = logged_files(self.store.conn, self.job_id)
+        self._last_written = {path: sha for path, (_, sha) in logged.items()}
         sweep_stale_temps(self.workspace)  # a crash mid-write leaves its temp file behind
         used = {self.pipeline.spec.steps[step].provider for step in plan.run}
         configs = {name: c for name, c in self.pipeline.spec.providers.items() if name in used}
@@ -399,14 +400,15 @@ class JobRunner:
             )  # fmt: skip
             outside = result.reason == "modified_outside"
             events.append(
-                self._ev(
+                NewEvent.of(
                     FileWritten(
                         path=result.path, sha256=result.sha256, wrote=result.wrote,
                         reason=result.reason, size=result.size,  # type: ignore[arg-type]
-                        previous_sha256=self._last_written.get(result.path) if outside else None,
                         found_sha256=result.found_sha256,
+                        last_written=self._last_written.get(result.path) if outside else None,
                     ),
                     name,
+                    "WARNING" if outside else None,
                 )
             )  # fmt: skip
             self._last_written[result.path] = result.sha256
@@ -754,12 +756,3 @@ def _prompt_blob(request: LLMRequest) -> bytes:
          "options": request.options, "output": request.output}
     ).encode("utf-8")  # fmt: skip
 
-
-def files_in_log(conn: sqlite3.Connection, job_id: str) -> dict[str, str]:
-    """What the log says steplog last wrote at each path of the job's workspace."""
-    rows = conn.execute(
-        "SELECT json_extract(data, '$.path'), json_extract(data, '$.sha256') FROM events"
-        " WHERE job_id = ? AND type = 'file.written' ORDER BY version",
-        (job_id,),
-    )
-    return {path: sha for path, sha in rows}

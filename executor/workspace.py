@@ -130,6 +130,26 @@ def _read_existing(dir_fd: int, name: str, rel: PurePosixPath) -> bytes | None:
         os.close(fd)
 
 
+def read_inside(root: Path, path: str) -> bytes | None:
+    """The content of `root/path` reached without following any symlink; None if absent."""
+    rel = safe_relative(path)
+    try:
+        fd = os.open(root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        for part in rel.parts[:-1]:
+            try:
+                child = _open_dir(fd, part, rel, create=False)
+            except FileNotFoundError:
+                return None
+            os.close(fd)
+            fd = child
+        return _read_existing(fd, rel.parts[-1], rel)
+    finally:
+        os.close(fd)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
