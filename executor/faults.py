@@ -9,7 +9,8 @@ Points (tests/test_crash_matrix.py kills at each and resumes):
 
     after:job.created, after:job.started, after:job.resumed
     after:step.started       committed with the step's cache.miss + llm.request, or, on a
-                             cache hit, with cache.hit and step.succeeded (one transaction)
+                             cache hit, with cache.hit, file.written and step.succeeded
+                             (one transaction, after the files are written)
     after:cache.miss, after:llm.request, after:llm.response, after:cache.hit
     after:file.written, after:step.succeeded, after:step.skipped, after:<any other event>
     before:file.write        a files step, before each file (the first one kills)
@@ -18,7 +19,9 @@ Points (tests/test_crash_matrix.py kills at each and resumes):
     before:file.rename       the temp file complete and fsynced, not yet renamed
     after:file.rename        a file landed under its name, its file.written not yet committed
                              (with several files: after the first)
-    before:step.succeeded    every file written, step.succeeded not yet committed
+    before:step.succeeded    every file written, step.succeeded not yet committed (a text
+                             or json step commits its llm.response in that same transaction:
+                             its answer is not durable yet, so resume asks again)
 """
 
 from __future__ import annotations
