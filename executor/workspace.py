@@ -59,7 +59,11 @@ def safe_relative(path: str) -> PurePosixPath:
         raise UnsafePath("empty file path")
     if "\x00" in path:
         raise UnsafePath(f"file path {path!r} contains a NUL byte")
-    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: no file name can hold it
+        raise UnsafePath(f"file path {path!r} is not valid Unicode text ({exc.reason})") from exc
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
         raise UnsafePath(f"file path is longer than {MAX_PATH_BYTES} bytes")
     if "\\" in path:
         raise UnsafePath(f"file path {path!r} uses backslashes; use /")
@@ -74,7 +78,7 @@ def safe_relative(path: str) -> PurePosixPath:
     for part in parts:
         if part == "..":
             raise UnsafePath(f"file path {path!r} escapes the workspace with '..'")
-        if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
             raise UnsafePath(
                 f"a name in file path {path[:60]!r}... is longer than {MAX_NAME_BYTES} bytes"
             )
