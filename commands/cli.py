@@ -189,7 +189,9 @@ def resume(
     store = _open(ctx)
     prepared = prepare_resume(
         store,
-        ResumeCommand(job_id=job, pipeline_path=pipeline, force=force, ignore_breaker=ignore_breaker),
+        ResumeCommand(
+            job_id=job, pipeline_path=pipeline, force=force, ignore_breaker=ignore_breaker
+        ),
     )
     # completed steps are skipped, so their files are never rewritten: say which were changed
     logged = drift.logged_files(store.conn, job)

@@ -167,7 +167,9 @@ def test_kill_9_during_a_cache_hit_then_resume(tmp_path, clean):
     assert steplog(db, "resume", "k", env=env).code == 0
     assert_like_clean(db, workspace, clean)
     assert calls(log) == ONCE  # all from the warm job; the crashed job never called
-    hits = db_rows(db, "SELECT count(DISTINCT step) FROM events WHERE job_id='k' AND type='cache.hit'")
+    hits = db_rows(
+        db, "SELECT count(DISTINCT step) FROM events WHERE job_id = 'k' AND type = 'cache.hit'"
+    )
     assert hits == [(len(STEPS),)]
 
 
@@ -179,7 +181,8 @@ def test_kill_9_while_a_fan_out_has_several_calls_in_flight(tmp_path):
     clean_db = tmp_path / "clean.db"
     assert steplog(clean_db, "run", str(pipeline), "--job-id", "k", "--workspace",
                    str(tmp_path / "clean_ws")).code == 0  # fmt: skip
-    clean = (comparable_manifest(status_json(clean_db, "k")), workspace_files(tmp_path / "clean_ws"))
+    clean_doc = comparable_manifest(status_json(clean_db, "k"))
+    clean = (clean_doc, workspace_files(tmp_path / "clean_ws"))
     proc = _popen(db, "run", str(pipeline), "--job-id", "k", env=env)
     in_flight = (
         "SELECT count(*) = 3 FROM events WHERE type = 'llm.request'"
@@ -188,7 +191,9 @@ def test_kill_9_while_a_fan_out_has_several_calls_in_flight(tmp_path):
     _signal_when(db, proc, in_flight, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     answered = db_rows(
-        db, "SELECT count(*) FROM events WHERE type = 'llm.response' AND step IN ('docs', 'review', 'notes')"
+        db,
+        "SELECT count(*) FROM events WHERE type = 'llm.response'"
+        " AND step IN ('docs', 'review', 'notes')",
     )
     assert answered == [(0,)] and calls(log) == Counter({"plan": 1, "build": 1})
     assert steplog(db, "resume", "k", env=env).code == 0

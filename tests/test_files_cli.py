@@ -36,7 +36,10 @@ provider = "remote"
 prompt = "STEP=docs {{% for p in steps.build.files %}}{{{{ p }}}} {{% endfor %}}"
 """
 
-GOOD = [{"path": "main.py", "content": "print('ok')\n"}, {"path": "pkg/util.py", "content": "X = 1\n"}]
+GOOD = [
+    {"path": "main.py", "content": "print('ok')\n"},
+    {"path": "pkg/util.py", "content": "X = 1\n"},
+]
 # one of each kind through the CLI; tests/test_workspace.py tries thousands in-process
 NASTY = ["../outside/escaped.py", "/tmp/absolute.py", "pkg/../../outside/up.py", "CON",
          "/".join(["deep"] * 1100), "a\x00b.py"]  # fmt: skip
@@ -144,14 +147,16 @@ output = "text"{docs_extra}
 
 def _offline(tmp_path: Path, tag: str = "v1", docs_fail: bool = False) -> Path:
     path = tmp_path / "pipeline.toml"
-    path.write_text(OFFLINE.format(tag=tag, docs_extra="\noptions = { fail = true }" if docs_fail else ""))
+    extra = "\noptions = { fail = true }" if docs_fail else ""
+    path.write_text(OFFLINE.format(tag=tag, docs_extra=extra))
     return path
 
 
 def test_resume_reports_files_of_completed_steps_edited_or_deleted_and_leaves_them(tmp_path):
     db, log = tmp_path / "s.db", tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
-    assert steplog(db, "run", str(_offline(tmp_path, docs_fail=True)), "--job-id", "j", env=env).code == 1
+    failing = str(_offline(tmp_path, docs_fail=True))
+    assert steplog(db, "run", failing, "--job-id", "j", env=env).code == 1
     ws = tmp_path / "runs" / "j"
     (ws / "app.py").write_text("# my own fix\n")
     (ws / "README.md").unlink()
@@ -160,9 +165,10 @@ def test_resume_reports_files_of_completed_steps_edited_or_deleted_and_leaves_th
     resumed = steplog(db, "resume", "j", env=env)
     assert resumed.code == 0, resumed.err
     warnings = [ln for ln in resumed.err.splitlines() if ln.startswith("warning:")]
+    said = "(written by completed step build) was {} outside steplog; left as it is"
     assert warnings == [
-        "warning: README.md (written by completed step build) was deleted outside steplog; left as it is",
-        "warning: app.py (written by completed step build) was edited outside steplog; left as it is",
+        "warning: README.md " + said.format("deleted"),
+        "warning: app.py " + said.format("edited"),
     ]
     assert workspace_files(ws) == before  # nothing silently overwritten or restored
     assert calls(log) == Counter({"build": 1, "docs": 1})  # the failed call logged nothing
@@ -196,10 +202,14 @@ def test_a_re_run_step_records_modified_outside_and_keeps_the_hand_edited_conten
     assert by_path["README.md"][1] == "updated"  # its content changed with the prompt; not edited
     # nothing the user wrote is lost: the blob, and `export --blobs DIR` writes it to DIR/<sha>
     assert db_rows(db, "SELECT content FROM blobs WHERE sha256 = ?", (found,)) == [(mine,)]
-    exported = steplog(db, "export", "j", "-o", str(tmp_path / "j.jsonl"), "--blobs", str(tmp_path / "blobs"))
+    exported = steplog(
+        db, "export", "j", "-o", str(tmp_path / "j.jsonl"), "--blobs", str(tmp_path / "blobs")
+    )
     assert exported.code == 0, exported.err
     assert (tmp_path / "blobs" / found).read_bytes() == mine
-    warned = steplog(db, "events", "j", "--type", "file.written", "--level", "warning", "--json").out.strip().splitlines()
+    warned = steplog(
+        db, "events", "j", "--type", "file.written", "--level", "warning", "--json"
+    ).out.strip().splitlines()
     assert [json.loads(line)["data"]["reason"] for line in warned] == ["modified_outside"]
     assert steplog(db, "verify").code == 0
     assert event_count(db) > 0
