@@ -94,6 +94,8 @@ def cli(ctx: click.Context, db: Path) -> None:
 
 
 def _run_prepared(store: SQLiteEventStore, prepared: Prepared, quiet: bool) -> None:
+    for warning in drift.warnings(store.conn, prepared.job_id, prepared.workspace, prepared.plan):
+        click.echo(warning, err=True)  # files of skipped steps edited by hand: left as they are
     live = sys.stdout.isatty() and not quiet
     display = LiveDisplay(prepared.state) if live else PlainDisplay(prepared.state, quiet=quiet)
     if not live and not quiet:
@@ -187,17 +189,16 @@ def resume(
     Example: steplog resume job_20261124_101500_ab12cd
     """
     store = _open(ctx)
-    prepared = prepare_resume(
+    _run_prepared(
         store,
-        ResumeCommand(
-            job_id=job, pipeline_path=pipeline, force=force, ignore_breaker=ignore_breaker
+        prepare_resume(
+            store,
+            ResumeCommand(
+                job_id=job, pipeline_path=pipeline, force=force, ignore_breaker=ignore_breaker
+            ),
         ),
+        quiet,
     )
-    # completed steps are skipped, so their files are never rewritten: say which were changed
-    logged = drift.logged_files(store.conn, job)
-    for found in drift.find_drift(prepared.workspace, logged, prepared.plan.reuse):
-        click.echo(drift.describe(found), err=True)
-    _run_prepared(store, prepared, quiet)
 
 
 @cli.command("replay")

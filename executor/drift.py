@@ -12,9 +12,12 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from executor.workspace import UnsafePath, read_inside
+
+if TYPE_CHECKING:
+    from executor.runner import Plan
 
 
 @dataclass(frozen=True)
@@ -65,3 +68,10 @@ def describe(drift: Drift) -> str:
         f"warning: {drift.path} (written by completed step {drift.step}) {what}; "
         "left as it is"
     )
+
+
+def warnings(conn: sqlite3.Connection, job_id: str, root: Path, plan: Plan) -> list[str]:
+    """One line per file of a step the plan skips (reuses) that no longer holds our content."""
+    if not plan.reuse:
+        return []
+    return [describe(d) for d in find_drift(root, logged_files(conn, job_id), plan.reuse)]

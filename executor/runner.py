@@ -755,4 +755,3 @@ def _prompt_blob(request: LLMRequest) -> bytes:
         {"system": request.system, "prompt": request.prompt, "model": request.model,
          "options": request.options, "output": request.output}
     ).encode("utf-8")  # fmt: skip
-
