@@ -307,3 +307,26 @@ def test_a_file_changed_outside_is_reported_and_its_content_handed_over_first(tm
     # the same content as found: nothing to write, nothing to keep
     (ws / "app.py").write_bytes(b"v9")
     assert write_file(ws, "app.py", b"v9", last_written=log).reason == "unchanged"
+
+
+def test_a_file_swapped_for_a_symlink_during_the_write_is_replaced_not_followed(tmp_path):
+    ws, outside = tmp_path / "ws", tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_bytes(b"keep me")
+
+    def plant(point: str) -> None:
+        if point == "before:file.rename":
+            os.symlink(victim, ws / "f.txt")
+
+    write_file(ws, "f.txt", b"ours", checkpoint=plant)
+    assert victim.read_bytes() == b"keep me"  # rename replaces the link itself
+    assert not (ws / "f.txt").is_symlink() and (ws / "f.txt").read_bytes() == b"ours"
+
+
+def test_a_fifo_or_directory_where_the_file_goes_is_refused_without_blocking(tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    os.mkfifo(ws / "pipe.py")
+    with pytest.raises(UnsafePath, match="not a regular file"):
+        write_file(ws, "pipe.py", b"x")
