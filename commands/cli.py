@@ -33,6 +33,7 @@ from eventstore.errors import database_error
 from eventstore.events import InvalidEvent
 from eventstore.record import StoreError
 from eventstore.sqlite import SQLiteEventStore
+from executor import drift
 from executor.pipeline import PipelineError
 from projections.store import open_store
 
@@ -98,6 +99,8 @@ def cli(ctx: click.Context, db: Path) -> None:
 
 
 def _run_prepared(store: SQLiteEventStore, prepared: Prepared, quiet: bool) -> None:
+    for warning in drift.warnings(store.conn, prepared.job_id, prepared.workspace, prepared.plan):
+        click.echo(warning, err=True)  # files of skipped steps edited by hand: left as they are
     live = sys.stdout.isatty() and not quiet
     display = LiveDisplay(prepared.state) if live else PlainDisplay(prepared.state, quiet=quiet)
     if not live and not quiet:

@@ -271,8 +271,14 @@ class FileWritten(EventData):
     path: str
     sha256: Sha256
     wrote: bool
-    reason: Literal["created", "updated", "unchanged"]
+    reason: Literal["created", "updated", "unchanged", "modified_outside"]
     size: int = Field(ge=0)
+    # modified_outside: the file held content steplog had not written there (edited by hand,
+    # or there before the job). found_sha256: that content, kept as a blob before the write;
+    # last_written: the sha256 of what the log says steplog last wrote at this path (None:
+    # nothing). Not named *_sha256: it names file content, which need not be a blob.
+    found_sha256: Sha256 | None = None
+    last_written: Sha256 | None = None
 
 
 class CircuitOpened(EventData):

@@ -46,10 +46,11 @@ from executor import budget, cachekey, explain, faults
 from executor.budget import Spend
 from executor.cachehistory import previous_run
 from executor.committer import GroupCommitter
+from executor.drift import logged_files
 from executor.outputs import OutputProblem, StepOutput, parse_output
 from executor.pipeline import Pipeline
 from executor.templates import TemplateProblem
-from executor.workspace import UnsafePath, safe_relative, write_file
+from executor.workspace import UnsafePath, safe_relative, sweep_stale_temps, write_file
 from projections.breaker import iso
 from projections.tables import breaker_row, cache_lookup
 from providers import breaker
@@ -155,6 +156,7 @@ class JobRunner:
         self._errors: dict[str, str] = {}
         self._attempted: set[str] = set()  # steps that got past their needs and started
         self._committer: GroupCommitter | None = None
+        self._last_written: dict[str, str] = {}  # path -> sha256 steplog last wrote there
 
     # -- the log ---------------------------------------------------------------------------------
 
@@ -188,6 +190,9 @@ class JobRunner:
     async def run(self, plan: Plan) -> JobOutcome:
         started = time.monotonic()
         self._load_reused(plan)
+        logged = logged_files(self.store.conn, self.job_id)
+        self._last_written = {path: sha for path, (_, sha) in logged.items()}
+        sweep_stale_temps(self.workspace)  # a crash mid-write leaves its temp file behind
         used = {self.pipeline.spec.steps[step].provider for step in plan.run}
         configs = {name: c for name, c in self.pipeline.spec.providers.items() if name in used}
         async with AsyncExitStack() as stack:
@@ -380,6 +385,7 @@ class JobRunner:
         )
         pending.append(self._ev(succeeded, name))
         self._record_output(name, output)
+        faults.reached("before:step.succeeded", name)
         release()
         await self.commit(pending, [*pending_blobs, output.text.encode("utf-8")])
         return True
@@ -389,16 +395,27 @@ class JobRunner:
         self.workspace.mkdir(parents=True, exist_ok=True)
         for path, content in output.files.items():
             faults.reached("before:file.write", name)
-            result = write_file(self.workspace, path, content.encode("utf-8"))
+            result = write_file(
+                self.workspace, path, content.encode("utf-8"), last_written=self._last_written,
+                keep=self.store.put_blob,  # a hand-edited file is kept before it is replaced
+                checkpoint=lambda point: faults.reached(point, name),
+            )  # fmt: skip
+            outside = result.reason == "modified_outside"
             events.append(
-                self._ev(
+                NewEvent.of(
                     FileWritten(
                         path=result.path, sha256=result.sha256, wrote=result.wrote,
                         reason=result.reason, size=result.size,  # type: ignore[arg-type]
+                        found_sha256=result.found_sha256,
+                        last_written=self._last_written.get(result.path) if outside else None,
                     ),
                     name,
+                    "WARNING" if outside else None,
                 )
             )  # fmt: skip
+            self._last_written[result.path] = result.sha256
+            if result.wrote:
+                faults.reached("after:file.rename", name)
 
     async def _fail(
         self,

@@ -180,18 +180,6 @@ def test_failed_step_exits_1_then_resume_skips_completed_steps(tmp_path):
     assert calls(log) == Counter({"architect": 1, "builder": 1, "qa": 1, "docs": 1})
 
 
-CRASH_POINTS = [
-    "after:job.started",
-    "after:step.succeeded:architect",
-    "after:cache.miss:builder",
-    "after:llm.request:builder",
-    "after:llm.response:builder",
-    "before:file.write:builder",
-    "after:file.written:builder",
-    "after:llm.response:qa",
-]
-
-
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("clean")
@@ -200,20 +188,7 @@ def clean_run(tmp_path_factory):
     return comparable_manifest(status_json(db, "clean")), workspace_files(tmp / "runs" / "clean")
 
 
-@pytest.mark.parametrize("point", CRASH_POINTS)
-def test_kill_9_at_a_fault_point_then_resume_matches_a_clean_run(tmp_path, clean_run, point):
-    db, log = tmp_path / "s.db", tmp_path / "calls.log"
-    killed = steplog(db, "run", str(EXAMPLE), "--job-id", "k",
-                     env={"STEPLOG_OFFLINE_CALL_LOG": str(log), "STEPLOG_FAULT": point})  # fmt: skip
-    assert killed.code == -signal.SIGKILL, (point, killed.code, killed.err)
-    assert status_json(db, "k")["status"] == "running"
-    resumed = steplog(db, "resume", "k", env={"STEPLOG_OFFLINE_CALL_LOG": str(log)})
-    assert resumed.code == 0, (point, resumed.err)
-    manifest, files = clean_run
-    assert comparable_manifest(status_json(db, "k")) == manifest
-    assert workspace_files(tmp_path / "runs" / "k") == files
-    # every step called its provider exactly once, across the crash
-    assert calls(log) == Counter({"architect": 1, "builder": 1, "docs": 1, "qa": 1}), point
+# The kill -9 matrix over the named fault points is in tests/test_crash_matrix.py.
 
 
 def _wait_for(db: Path, sql: str, timeout: float = 20) -> None:

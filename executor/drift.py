@@ -1,0 +1,77 @@
+"""Files of a job's workspace that no longer hold what the log says steplog wrote there.
+
+`resume` skips completed steps, so it never rewrites their files; it reports the ones edited or
+deleted by hand instead (see README, "Files"). A step that runs again and finds its file changed
+records `file.written` with reason `modified_outside` (executor/workspace.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from executor.workspace import UnsafePath, read_inside
+
+if TYPE_CHECKING:
+    from executor.runner import Plan
+
+
+@dataclass(frozen=True)
+class Drift:
+    step: str
+    path: str
+    change: Literal["modified", "deleted", "unreadable"]
+
+
+def logged_files(conn: sqlite3.Connection, job_id: str) -> dict[str, tuple[str, str]]:
+    """path -> (step, sha256) of the last file.written at that path in the job's log."""
+    rows = conn.execute(
+        "SELECT step, json_extract(data, '$.path'), json_extract(data, '$.sha256') FROM events"
+        " WHERE job_id = ? AND type = 'file.written' ORDER BY version",
+        (job_id,),
+    )
+    return {path: (step, sha) for step, path, sha in rows}
+
+
+def find_drift(
+    root: Path, logged: dict[str, tuple[str, str]], steps: Iterable[str]
+) -> list[Drift]:
+    """The files of `steps` whose content differs from the log's, or that are gone."""
+    wanted = set(steps)
+    found: list[Drift] = []
+    for path, (step, sha) in sorted(logged.items()):
+        if step not in wanted:
+            continue
+        try:
+            content = read_inside(root, path)
+        except (UnsafePath, OSError):  # e.g. a symlink put where the file was
+            found.append(Drift(step, path, "unreadable"))
+            continue
+        if content is None:
+            found.append(Drift(step, path, "deleted"))
+        elif hashlib.sha256(content).hexdigest() != sha:
+            found.append(Drift(step, path, "modified"))
+    return found
+
+
+def describe(drift: Drift) -> str:
+    what = {
+        "modified": "was edited outside steplog",
+        "deleted": "was deleted outside steplog",
+        "unreadable": "cannot be read inside the workspace (a symlink or a directory now?)",
+    }[drift.change]
+    return (
+        f"warning: {drift.path} (written by completed step {drift.step}) {what}; "
+        "left as it is"
+    )
+
+
+def warnings(conn: sqlite3.Connection, job_id: str, root: Path, plan: Plan) -> list[str]:
+    """One line per file of a step the plan skips (reuses) that no longer holds our content."""
+    if not plan.reuse:
+        return []
+    return [describe(d) for d in find_drift(root, logged_files(conn, job_id), plan.reuse)]
