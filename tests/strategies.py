@@ -243,7 +243,8 @@ def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
         job.emit(
             FileWritten(path=draw(st.sampled_from(["a.py", "b/c.txt", "ü/ß.md", "x y"])),
                         sha256=job.sha(), wrote=draw(st.booleans()),
-                        reason=draw(st.sampled_from(["created", "updated", "unchanged"])),
+                        reason=draw(st.sampled_from(
+                            ["created", "updated", "unchanged", "modified_outside"])),
                         size=draw(tokens)),
             step,
         )  # fmt: skip
