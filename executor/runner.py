@@ -517,11 +517,13 @@ class JobRunner:
                         prompt_tokens=prompt_tokens, attempt=call, cache_key=key,
                         prompt_sha256=prompt_sha, endpoint=endpoint,
                     )  # fmt: skip
+                    # In flight from here: a stop that finds this llm.request committed (or
+                    # being committed) lets the call run its grace period instead of cutting it.
+                    self._calling.add(name)
                     await self.commit([*pending, self._ev(requested, name)], blobs)
                     pending.clear()
                     blobs = []
                     t = time.monotonic()
-                    self._calling.add(name)
                     try:
                         result: LLMResult = await provider.complete(request)
                     except Exception as exc:  # judged below, once the slot is free
