@@ -15,11 +15,15 @@ def dag_pipeline(
     name: str = "p.toml",
     provider: str = 'kind = "offline"\nmodel = "offline-1"',
     title: str = "dag",
+    salt: str = "",
 ) -> Path:
-    """Text steps on one provider: {step: (needs, delay_s)}; delay_s is an offline option."""
+    """Text steps on one provider: {step: (needs, delay_s)}; delay_s is an offline option.
+
+    `salt` goes into every prompt: pipelines with different salts share no cache entry.
+    """
     lines = [f'name = "{title}"', "[providers.local]", provider]
     for step, (needs, delay) in steps.items():
-        prompt = f"Step {step}." + "".join(f" {{{{ steps.{n}.output }}}}" for n in needs)
+        prompt = f"Step {step}{salt}." + "".join(f" {{{{ steps.{n}.output }}}}" for n in needs)
         lines += [
             f"[steps.{step}]",
             f"needs = {json.dumps(needs)}",
