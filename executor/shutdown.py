@@ -48,9 +48,11 @@ class StopReport:
 def first_notice(report: StopReport) -> str:
     """The line printed on the first signal."""
     calls = report.calls_running
-    if calls == 0 or report.grace_s <= 0:
-        return f"stopping ({report.signal}): no new steps start; cancelling {calls} running call(s)"
     plural = "call" if calls == 1 else "calls"
+    if calls == 0:
+        return f"stopping ({report.signal}): no call is running; no new step starts"
+    if report.grace_s <= 0:
+        return f"stopping ({report.signal}): cancelling {calls} running {plural} (grace 0)"
     return (
         f"stopping ({report.signal}): waiting up to {report.grace_s:g}s for {calls} running "
         f"{plural} (Ctrl-C again to stop now)"

@@ -14,11 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from eventstore.events import JobResumed, NewEvent, Owner
+from eventstore.events import JobResumed, JobStarted, NewEvent, Owner
+from eventstore.record import StoreError
+from eventstore.sqlite import DatabaseBusy, SQLiteEventStore
 from projections.store import open_store
+from projections.tables import PROJECTORS
 from tests.cli_helpers import db_rows, event_count, status_json, steplog
 from tests.proc_pipelines import StderrLines, dag_pipeline
 from tests.test_cli_e2e import _popen, _wait_for, calls
+from tests.test_projection_properties import OWNER, _created
 
 pytestmark = pytest.mark.slow
 
@@ -262,3 +266,30 @@ def test_a_reader_polling_while_a_job_writes_never_fails(tmp_path):
             proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert reads >= 1
+
+
+def test_the_store_gives_up_on_a_held_lock_with_a_clear_error(tmp_path):
+    """In process: the busy error is a StoreError (one CLI line) and still an OperationalError;
+    nothing of the refused batch is written. A bad STEPLOG_BUSY_TIMEOUT_MS is refused."""
+    db = tmp_path / "s.db"
+    holder, waiter = open_store(db), None
+    try:
+        holder.append("j", [_created(), NewEvent.of(JobStarted(owner=OWNER))], expected_version=0)
+        waiter = SQLiteEventStore(db, projectors=PROJECTORS, busy_timeout_ms=100)
+        with holder.write_transaction():
+            with pytest.raises(DatabaseBusy) as caught:
+                waiter.append("j", [NewEvent.of(JobStarted(owner=OWNER))], expected_version=2)
+        assert isinstance(caught.value, StoreError)
+        assert isinstance(caught.value, sqlite3.OperationalError)
+        assert "more than 100 ms" in str(caught.value)
+        assert waiter.job_version("j") == 2  # nothing written
+        waiter.append("j", [NewEvent.of(JobStarted(owner=OWNER))], expected_version=2)
+    finally:
+        holder.close()
+        if waiter is not None:
+            waiter.close()
+    bad = steplog(db, "status", "j", env={"STEPLOG_BUSY_TIMEOUT_MS": "soon"})
+    assert bad.code == 2
+    assert bad.err.strip() == (
+        "error: STEPLOG_BUSY_TIMEOUT_MS must be a whole number of milliseconds, not 'soon'"
+    )

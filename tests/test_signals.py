@@ -148,7 +148,7 @@ def test_grace_zero_cancels_at_once_and_bad_grace_is_refused(tmp_path):
     finally:
         _finish(proc)
     assert proc.returncode == 143, err.text()
-    assert "stopping (SIGTERM): no new steps start; cancelling 1 running call(s)" in err.text()
+    assert "stopping (SIGTERM): cancelling 1 running call (grace 0)" in err.text()
     assert _interruption(db)["calls_cancelled"] == 1
     assert calls(log) == Counter()  # the offline call was cut off before it answered
 
@@ -182,3 +182,20 @@ def test_a_signal_while_steps_wait_for_a_slot_starts_none_of_them(tmp_path):
     resumed = steplog(db, "resume", "j", env=env)
     assert resumed.code == 0, resumed.err
     assert calls(log) == Counter({"a": 1, "b": 1, "c": 1})
+
+
+def test_a_signal_during_the_last_call_lets_the_job_finish(tmp_path):
+    """Nothing is left once the call in flight answers: the job ends as it would have."""
+    db = tmp_path / "s.db"
+    path = dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], 1.5)})
+    proc = _popen(db, "run", str(path), "--job-id", "j", env={})
+    err = StderrLines(proc)
+    try:
+        _wait_for(db, "SELECT count(*) FROM events WHERE type = 'llm.request' AND step = 'b'")
+        proc.send_signal(signal.SIGINT)
+        err.wait_for("stopping")
+    finally:
+        _finish(proc)
+    assert proc.returncode == 0, err.text()
+    assert status_json(db, "j")["status"] == "succeeded"
+    assert db_rows(db, "SELECT count(*) FROM events WHERE type = 'job.interrupted'") == [(0,)]
