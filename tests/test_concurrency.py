@@ -4,6 +4,7 @@ jobs with readers, a write lock held too long, and a second writer on a running 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -293,3 +294,43 @@ def test_the_store_gives_up_on_a_held_lock_with_a_clear_error(tmp_path):
     assert bad.err.strip() == (
         "error: STEPLOG_BUSY_TIMEOUT_MS must be a whole number of milliseconds, not 'soon'"
     )
+
+
+def test_the_claim_that_loses_the_append_race_names_the_winner(tmp_path):
+    """Both resumes read the job before either appends (the interleaving the process race hits
+    only sometimes, forced here): the second append fails the version check and is refused
+    with the winner's pid and host; one job.resumed in all."""
+    from commands.jobs import Rejected, ResumeCommand, RunCommand, prepare_resume, prepare_run
+    from eventstore.events import JobInterrupted
+
+    db = tmp_path / "s.db"
+    path = dag_pipeline(tmp_path, {"a": ([], 0.0)})
+    store = open_store(db)
+    try:
+        prepare_run(store, RunCommand(pipeline_path=path, job_id="j", workspace=tmp_path / "w"))
+        store.append("j", [NewEvent.of(JobInterrupted(signal="SIGINT"))])
+    finally:
+        store.close()
+
+    winner = open_store(db)
+
+    class ReadThenLoseTheRace(SQLiteEventStore):
+        raced = False
+
+        def append(self, job_id, events, **kwargs):  # type: ignore[no-untyped-def]
+            if not self.raced:  # between this claim's read and its append, another claims
+                self.raced = True
+                prepare_resume(winner, ResumeCommand(job_id=job_id))
+            return super().append(job_id, events, **kwargs)
+
+    loser = ReadThenLoseTheRace(db, projectors=PROJECTORS)
+    try:
+        with pytest.raises(Rejected) as refused:
+            prepare_resume(loser, ResumeCommand(job_id="j"))
+    finally:
+        loser.close()
+        winner.close()
+    assert str(refused.value) == (
+        f"job j is being run by process {os.getpid()} on host {socket.gethostname()}"
+    )
+    assert db_rows(db, "SELECT count(*) FROM events WHERE type = 'job.resumed'") == [(1,)]
