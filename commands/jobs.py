@@ -28,7 +28,7 @@ from executor.ownership import current_owner, owner_alive
 from executor.pipeline import NAME_PATTERN, Pipeline, PipelineError, load_pipeline, parse_pipeline
 from executor.budget import Spend, still_blocked
 from executor.runner import JobOutcome, JobRunner, Observer, Plan, breaker_endpoint, breaker_policy
-from executor.shutdown import DEFAULT_GRACE_S, Shutdown, StopReport
+from executor.shutdown import DEFAULT_GRACE_S, Shutdown, StopReport, signals_ignored
 from projections import manifest
 from projections.breaker import iso
 from projections.manifest import JobState
@@ -347,7 +347,8 @@ def execute(
         signal.signal(signal.SIGTERM, previous)
     if outcome.interrupted:
         report = shutdown.report or StopReport("SIGINT", grace_s)
-        _record_stop(store, prepared.job_id, report, detailed=shutdown.report is not None)
+        with signals_ignored():
+            _record_stop(store, prepared.job_id, report, detailed=shutdown.report is not None)
         raise Interrupted(report.signal, shutdown.report)
     return outcome
 

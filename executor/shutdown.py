@@ -10,8 +10,9 @@ an await point, never in the middle of a commit or a file write.
 from __future__ import annotations
 
 import signal
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -90,3 +91,14 @@ class Shutdown:
             report.calls_cancelled = target.stop_now()
             async for _ in signals:  # more signals while the stop is recorded change nothing
                 pass
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """While the stop is recorded (one short append): one more Ctrl-C must not cut it off."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -199,3 +199,62 @@ def test_a_signal_during_the_last_call_lets_the_job_finish(tmp_path):
     assert proc.returncode == 0, err.text()
     assert status_json(db, "j")["status"] == "succeeded"
     assert db_rows(db, "SELECT count(*) FROM events WHERE type = 'job.interrupted'") == [(0,)]
+
+
+class _Recorder:
+    """A run with `running` calls in flight; records what the watcher asked of it."""
+
+    def __init__(self, running: int) -> None:
+        self.running = running
+        self.asked: list[str] = []
+
+    def drain(self) -> int:
+        self.asked.append("drain")
+        return self.running
+
+    def stop_now(self) -> int:
+        self.asked.append("stop_now")
+        return self.running
+
+
+@pytest.mark.parametrize(
+    ("running", "grace", "second", "expected"),
+    [
+        (2, 600.0, True, ("SIGINT", 2, 0, 2)),  # the second signal cuts a long grace short
+        (1, 0.05, False, (None, 1, 0, 1)),  # the grace runs out
+        (0, 600.0, False, (None, 0, 0, 0)),  # nothing in flight: no grace to wait
+    ],
+)  # fmt: skip
+def test_the_watcher_drains_then_stops_on_real_signals(running, grace, second, expected):
+    import os
+
+    import anyio
+
+    from executor.shutdown import Shutdown
+
+    said: list[str] = []
+    target = _Recorder(running)
+    shutdown = Shutdown(grace, said.append)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            await group.start(shutdown.watch, target)
+            os.kill(os.getpid(), signal.SIGINT)
+            with anyio.fail_after(30):
+                while "drain" not in target.asked:
+                    await anyio.sleep(0.01)
+                if second:
+                    os.kill(os.getpid(), signal.SIGINT)
+                while "stop_now" not in target.asked:
+                    await anyio.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)  # a third one changes nothing
+            await anyio.sleep(0.05)
+            group.cancel_scope.cancel()
+
+    anyio.run(main)
+    report = shutdown.report
+    assert report is not None and report.signal == "SIGINT"
+    assert (report.second_signal, report.calls_running, report.calls_finished,
+            report.calls_cancelled) == expected  # fmt: skip
+    assert target.asked == ["drain", "stop_now"]
+    assert len(said) == 1 and said[0].startswith("stopping (SIGINT)")
