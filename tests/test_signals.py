@@ -68,7 +68,9 @@ def test_calls_in_flight_finish_in_the_grace_period_and_are_not_asked_again(tmp_
         _finish(proc)
     assert proc.returncode == CODES[sig], err.text()
     name = signal.Signals(sig).name
-    assert notice == f"stopping ({name}): waiting up to 10s for 3 running calls (Ctrl-C again to stop now)"
+    assert notice == (
+        f"stopping ({name}): waiting up to 10s for 3 running calls (Ctrl-C again to stop now)"
+    )
     assert "Traceback" not in err.text()
     for step in "bcd":  # each answer that came in the grace period is committed with its step
         assert _count(db, "llm.response", step) == 1
@@ -166,7 +168,7 @@ def test_a_signal_while_steps_wait_for_a_slot_starts_none_of_them(tmp_path):
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     provider = 'kind = "offline"\nmodel = "offline-1"\nmax_concurrency = 1'
     path = dag_pipeline(
-        tmp_path, {"a": ([], 1.0), "b": ([], 1.0), "c": ([], 1.0)}, provider=provider
+        tmp_path, {"a": ([], 1.5), "b": ([], 1.5), "c": ([], 1.5)}, provider=provider
     )
     proc = _popen(db, "run", str(path), "--job-id", "j", env=env)
     err = StderrLines(proc)
