@@ -35,6 +35,7 @@ from eventstore.record import StoreError
 from eventstore.sqlite import SQLiteEventStore
 from executor import drift
 from executor.pipeline import PipelineError
+from executor.shutdown import DEFAULT_GRACE_S
 from projections.store import open_store
 
 USER_ERRORS = (Rejected, PipelineError, StoreError, InvalidEvent, BadPoint)
@@ -98,7 +99,23 @@ def cli(ctx: click.Context, db: Path) -> None:
     ctx.obj["db"] = db
 
 
-def _run_prepared(store: SQLiteEventStore, prepared: Prepared, quiet: bool) -> None:
+def grace_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--grace",
+        "grace_s",
+        envvar="STEPLOG_GRACE_S",
+        default=DEFAULT_GRACE_S,
+        show_default=True,
+        type=click.FloatRange(0, 3600),
+        metavar="SECONDS",
+        help="On Ctrl-C/SIGTERM, how long running provider calls may finish before they are "
+        "cancelled (0: at once; env STEPLOG_GRACE_S).",
+    )(func)
+
+
+def _run_prepared(
+    store: SQLiteEventStore, prepared: Prepared, quiet: bool, grace_s: float = DEFAULT_GRACE_S
+) -> None:
     for warning in drift.warnings(store.conn, prepared.job_id, prepared.workspace, prepared.plan):
         click.echo(warning, err=True)  # files of skipped steps edited by hand: left as they are
     live = sys.stdout.isatty() and not quiet
@@ -109,10 +126,16 @@ def _run_prepared(store: SQLiteEventStore, prepared: Prepared, quiet: bool) -> N
         )
     try:
         with display:
-            outcome = execute(store, prepared, observer=display)
+            outcome = execute(store, prepared, observer=display, grace_s=grace_s)
     except Interrupted as stop:
+        done = ""
+        if stop.report is not None and stop.report.calls_running:
+            done = (
+                f", {stop.report.calls_finished} running call(s) finished, "
+                f"{stop.report.calls_cancelled} cancelled"
+            )
         click.echo(
-            f"job {prepared.job_id} interrupted ({stop.signal_name}); "
+            f"job {prepared.job_id} interrupted ({stop.signal_name}{done}); "
             f"continue with: steplog resume {prepared.job_id}",
             err=True,
         )
@@ -150,6 +173,7 @@ def _run_prepared(store: SQLiteEventStore, prepared: Prepared, quiet: bool) -> N
 @click.option(
     "--ignore-breaker", is_flag=True, help="Call providers even while their circuit is open."
 )
+@grace_option
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -159,6 +183,7 @@ def run(
     workspace: Path | None,
     quiet: bool,
     ignore_breaker: bool,
+    grace_s: float,
 ) -> None:
     """Run PIPELINE (a TOML file) as a new job.
 
@@ -169,7 +194,7 @@ def run(
         pipeline_path=pipeline, inputs=_parse_inputs(inputs), job_id=job_id, workspace=workspace,
         ignore_breaker=ignore_breaker,
     )  # fmt: skip
-    _run_prepared(store, prepare_run(store, cmd), quiet)
+    _run_prepared(store, prepare_run(store, cmd), quiet, grace_s)
 
 
 @cli.command()
@@ -184,10 +209,11 @@ def run(
 @click.option(
     "--ignore-breaker", is_flag=True, help="Call providers even while their circuit is open."
 )
+@grace_option
 @click.pass_context
 def resume(
     ctx: click.Context, job: str, pipeline: Path | None, force: bool, quiet: bool,
-    ignore_breaker: bool,
+    ignore_breaker: bool, grace_s: float,
 ) -> None:  # fmt: skip
     """Continue JOB: skip completed steps, re-run failed and interrupted ones.
 
@@ -203,6 +229,7 @@ def resume(
             ),
         ),
         quiet,
+        grace_s,
     )
 
 

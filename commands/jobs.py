@@ -10,11 +10,12 @@ import gc
 import os
 import secrets
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +28,7 @@ from executor.ownership import current_owner, owner_alive
 from executor.pipeline import NAME_PATTERN, Pipeline, PipelineError, load_pipeline, parse_pipeline
 from executor.budget import Spend, still_blocked
 from executor.runner import JobOutcome, JobRunner, Observer, Plan, breaker_endpoint, breaker_policy
+from executor.shutdown import DEFAULT_GRACE_S, Shutdown, StopReport, signals_ignored
 from projections import manifest
 from projections.breaker import iso
 from projections.manifest import JobState
@@ -41,9 +43,10 @@ class Rejected(Exception):
 class Interrupted(Exception):
     """The run stopped on SIGINT or SIGTERM; job.interrupted is recorded and resume continues."""
 
-    def __init__(self, signal_name: str) -> None:
+    def __init__(self, signal_name: str, report: StopReport | None = None) -> None:
         super().__init__(signal_name)
         self.signal_name = signal_name
+        self.report = report
 
     @property
     def exit_code(self) -> int:
@@ -281,10 +284,24 @@ def prepare_resume(store: SQLiteEventStore, cmd: ResumeCommand) -> Prepared:
     )
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def execute(
-    store: SQLiteEventStore, prepared: Prepared, observer: Observer | None = None
+    store: SQLiteEventStore,
+    prepared: Prepared,
+    observer: Observer | None = None,
+    *,
+    grace_s: float = DEFAULT_GRACE_S,
+    say: Callable[[str], None] = _to_stderr,
 ) -> JobOutcome:
-    """Run the plan to its end. Ctrl-C/SIGTERM record job.interrupted so `resume` can continue."""
+    """Run the plan to its end. Ctrl-C/SIGTERM record job.interrupted so `resume` can continue.
+
+    The first signal stops new steps and gives calls in flight `grace_s` seconds to finish
+    (their answers are committed); a second signal, or the end of the grace, cancels the rest
+    (executor/shutdown.py).
+    """
     runner = JobRunner(
         store,
         prepared.job_id,
@@ -296,6 +313,17 @@ def execute(
         spent=Spend(prepared.state.tokens_in + prepared.state.tokens_out, prepared.state.cost),
         ignore_breaker=prepared.ignore_breaker,
     )
+    shutdown = Shutdown(grace_s, say)
+
+    async def run_watched() -> JobOutcome:
+        async with anyio.create_task_group() as group:
+            await group.start(shutdown.watch, runner)
+            outcome = await runner.run(prepared.plan)
+            group.cancel_scope.cancel()
+        return outcome
+
+    # Outside the event loop's own handlers (before they are set up, after they are removed) a
+    # signal still ends the run the old way: KeyboardInterrupt, then job.interrupted.
     received = {"signal": "SIGINT"}
 
     def on_sigterm(signum: int, frame: object) -> None:
@@ -306,17 +334,47 @@ def execute(
     try:
         try:
             with _long_lived_heap():
-                return anyio.run(runner.run, prepared.plan)
+                outcome = anyio.run(run_watched)
         except BaseExceptionGroup as group:
-            raise _first_leaf(group) from group  # one clear error, not a task-group tree
+            # one clear error, not a task-group tree
+            raise _explained(_first_leaf(group), prepared.job_id) from group
+        except VersionConflict as exc:
+            raise _explained(exc, prepared.job_id) from exc
     except KeyboardInterrupt:
-        # The signal may land between a commit and the runner noting its new version, so append
-        # at the head: this process still owns the job.
-        interrupted = NewEvent.of(JobInterrupted(signal=received["signal"]))
-        store.append(prepared.job_id, [interrupted])
+        _record_stop(store, prepared.job_id, StopReport(received["signal"], grace_s=0))
         raise Interrupted(received["signal"]) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if outcome.interrupted:
+        report = shutdown.report or StopReport("SIGINT", grace_s)
+        with signals_ignored():
+            _record_stop(store, prepared.job_id, report, detailed=shutdown.report is not None)
+        raise Interrupted(report.signal, shutdown.report)
+    return outcome
+
+
+def _explained(exc: BaseException, job_id: str) -> BaseException:
+    """A conflict inside the run means a second writer appended to this job meanwhile."""
+    if isinstance(exc, VersionConflict):
+        return VersionConflict(
+            f"job {job_id} was appended to by another process while this one ran it; "
+            f"this run stopped (see: steplog status {job_id})"
+        )
+    return exc
+
+
+def _record_stop(
+    store: SQLiteEventStore, job_id: str, report: StopReport, detailed: bool = False
+) -> None:
+    """Append job.interrupted at the head: the signal may land between a commit and the runner
+    noting its new version, and this process still owns the job."""
+    data = JobInterrupted(signal=report.signal)
+    if detailed:
+        data = JobInterrupted(
+            signal=report.signal, grace_s=report.grace_s, calls_finished=report.calls_finished,
+            calls_cancelled=report.calls_cancelled, second_signal=report.second_signal,
+        )  # fmt: skip
+    store.append(job_id, [NewEvent.of(data)])
 
 
 @contextmanager

@@ -26,6 +26,14 @@ class DatabaseFull(StoreError):
     failed transaction was committed; what was committed before is intact."""
 
 
+class DatabaseBusy(StoreError, sqlite3.OperationalError):
+    """Another connection held the write lock past the busy timeout.
+
+    A StoreError, so the CLI prints it as one line (exit 2); still an OperationalError, so code
+    that catches SQLite's own "database is locked" keeps working.
+    """
+
+
 class DatabaseIOFailure(StoreError):
     """The operating system refused a read or write of the database file."""
 

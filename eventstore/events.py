@@ -94,6 +94,17 @@ class JobInterrupted(EventData):
     TYPE = "job.interrupted"
     LEVEL = "WARNING"
     signal: str
+    # How the stop went (absent when the signal came before the run's own handlers were up)
+    grace_s: float | None = Field(default=None, ge=0, description="the grace period allowed")
+    calls_finished: int | None = Field(
+        default=None, ge=0, description="calls in flight at the signal that finished in grace"
+    )
+    calls_cancelled: int | None = Field(
+        default=None, ge=0, description="calls cut off by the grace deadline or a second signal"
+    )
+    second_signal: str | None = Field(
+        default=None, description="a second signal that cut the grace short"
+    )
 
 
 class JobForked(EventData):

@@ -6,6 +6,7 @@ Plain `sqlite3` on the append path (bench/ measures it); sqlite-utils for intros
 from __future__ import annotations
 
 import os
+import random
 import re
 import sqlite3
 import time
@@ -25,7 +26,7 @@ from eventstore.record import (
     blob_sha256,
     chain_hash,
 )
-from eventstore.errors import DatabaseReadOnly, database_error, is_busy
+from eventstore.errors import DatabaseBusy, DatabaseReadOnly, database_error, is_busy
 
 SCHEMA_VERSION = 3
 APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
@@ -35,6 +36,24 @@ SCHEMA_PATH = Path(__file__).parent / "schema.sql"
 MIGRATIONS_PATH = Path(__file__).parent / "migrations.sql"  # a symlink too
 SQLITE_MAGIC = b"SQLite format 3\x00"
 READ_BATCH = 5000
+DEFAULT_BUSY_TIMEOUT_MS = 10_000
+
+
+def busy_timeout_from_env() -> int:
+    """STEPLOG_BUSY_TIMEOUT_MS, or the default: how long a writer waits for the write lock."""
+    raw = os.environ.get("STEPLOG_BUSY_TIMEOUT_MS")
+    if raw is None or not raw.strip():
+        return DEFAULT_BUSY_TIMEOUT_MS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise StoreError(
+            f"STEPLOG_BUSY_TIMEOUT_MS must be a whole number of milliseconds, not {raw!r}"
+        )
+    return value
+
 
 # Runs inside the append transaction after the events are inserted: keeps projection tables
 # in step with the log (see projections.tables).
@@ -148,10 +167,13 @@ class SQLiteEventStore:
         *,
         projectors: Sequence[Projector] = (),
         synchronous: str | None = None,
-        busy_timeout_ms: int = 10_000,
+        busy_timeout_ms: int | None = None,
     ) -> None:
         self.path = Path(path)
         self._projectors = list(projectors)
+        if busy_timeout_ms is None:
+            busy_timeout_ms = busy_timeout_from_env()
+        self.busy_timeout_ms = busy_timeout_ms
         self._busy_timeout_s = busy_timeout_ms / 1000
         _check_file(self.path)
         # Set when the file exists but cannot be written: the store then only reads (mode=ro)
@@ -300,11 +322,36 @@ class SQLiteEventStore:
                 " read verbs (status, jobs, events, sql, verify) still work"
             )
 
+    def _begin_immediate(self) -> None:
+        """BEGIN IMMEDIATE, waiting at most the busy timeout for the write lock.
+
+        SQLite's busy handler does the waiting in most cases; some BUSY answers skip it (e.g.
+        a WAL reset or recovery by another connection), so those are retried here with jittered
+        backoff until the same deadline. Past it: DatabaseBusy, with nothing written.
+        """
+        deadline = time.monotonic() + self._busy_timeout_s
+        pause = 0.002
+        while True:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DatabaseBusy(
+                        f"database {self.path} is locked: another process held its write lock "
+                        f"for more than {self.busy_timeout_ms} ms (STEPLOG_BUSY_TIMEOUT_MS)"
+                    ) from exc
+                time.sleep(min(left, pause * (0.5 + random.random())))
+                pause = min(pause * 2, 0.1)
+
     @contextmanager
     def write_transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT, rolled back on any error."""
         self.require_writable()
-        self.conn.execute("BEGIN IMMEDIATE")
+        self._begin_immediate()
         try:
             yield self.conn
         except BaseException:
@@ -347,6 +394,8 @@ class SQLiteEventStore:
             if "UNIQUE" in str(exc):
                 raise VersionConflict(f"job {job_id}: another writer appended first") from exc
             raise StoreError(f"job {job_id}: event refused by the database: {exc}") from exc
+        except DatabaseBusy:
+            raise
         except sqlite3.DatabaseError as exc:  # disk full, corrupt page, I/O error …
             if is_busy(exc):
                 raise  # another writer holds the lock: the caller decides whether to retry

@@ -111,6 +111,7 @@ class JobOutcome:
     succeeded: bool
     failed_steps: list[str]
     blocked_steps: list[str]
+    interrupted: bool = False  # stopped by drain/stop_now: no job.succeeded/failed was appended
 
 
 class StepFailure(Exception):
@@ -157,6 +158,12 @@ class JobRunner:
         self._attempted: set[str] = set()  # steps that got past their needs and started
         self._committer: GroupCommitter | None = None
         self._last_written: dict[str, str] = {}  # path -> sha256 steplog last wrote there
+        # Stopping (see executor/shutdown.py): once draining, no step starts and no attempt
+        # begins; steps outside a provider call are cancelled through their scopes.
+        self._draining = False
+        self._scopes: dict[str, anyio.CancelScope] = {}  # steps under way
+        self._calling: set[str] = set()  # steps awaiting their provider's answer
+        self._steps_scope: anyio.CancelScope | None = None
 
     # -- the log ---------------------------------------------------------------------------------
 
@@ -218,6 +225,7 @@ class JobRunner:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(committer.run)
                 async with anyio.create_task_group() as steps:
+                    self._steps_scope = steps.cancel_scope
                     for name in plan.run:
                         steps.start_soon(self._step_task, name, plan, done, ok)
                 committer.flush()
@@ -225,6 +233,9 @@ class JobRunner:
             self._committer = None
         failed = [n for n in plan.run if ok.get(n) is False and n in self._attempted]
         blocked = [n for n in plan.run if n not in self._attempted]
+        if self._draining and any(ok.get(n) is None for n in plan.run):
+            # steps were cancelled or never started: the caller records job.interrupted
+            return JobOutcome(False, failed, blocked, interrupted=True)
         duration = round(time.monotonic() - started, 6)
         if failed or blocked:
             error = "steps could not start"
@@ -270,15 +281,44 @@ class JobRunner:
                 if not ok.get(need, False):
                     ok[name] = False
                     return  # blocked: a dependency failed or never ran
+            if self._draining:
+                return  # stopping: the step stays pending for resume
             self._attempted.add(name)
 
             def release() -> None:
                 ok[name] = True
                 done[name].set()
 
-            ok[name] = await self._run_step(name, plan.attempts.get(name, 0) + 1, release)
+            with anyio.CancelScope() as scope:
+                self._scopes[name] = scope
+                try:
+                    ok[name] = await self._run_step(name, plan.attempts.get(name, 0) + 1, release)
+                finally:
+                    del self._scopes[name]
         finally:
             done[name].set()
+
+    # -- stopping --------------------------------------------------------------------------------
+
+    def drain(self) -> int:
+        """Start no more steps or attempts; cancel the steps not waiting for a provider's answer.
+
+        Returns the number of provider calls in flight: they may finish (and their steps with
+        them) until `stop_now`.
+        """
+        self._draining = True
+        for name, scope in self._scopes.items():
+            if name not in self._calling:
+                scope.cancel()
+        return len(self._calling)
+
+    def stop_now(self) -> int:
+        """Cancel every step still under way; returns how many provider calls that cut off."""
+        self._draining = True
+        cut = len(self._calling)
+        if self._steps_scope is not None:
+            self._steps_scope.cancel()
+        return cut
 
     # -- one step --------------------------------------------------------------------------------
 
@@ -496,6 +536,9 @@ class JobRunner:
                         prompt_tokens=prompt_tokens, attempt=call, cache_key=key,
                         prompt_sha256=prompt_sha, endpoint=endpoint,
                     )  # fmt: skip
+                    # In flight from here: a stop that finds this llm.request committed (or
+                    # being committed) lets the call run its grace period instead of cutting it.
+                    self._calling.add(name)
                     await self.commit([*pending, self._ev(requested, name)], blobs)
                     pending.clear()
                     blobs = []
@@ -513,6 +556,7 @@ class JobRunner:
                                 provider=provider.name,
                             )
                 finally:
+                    self._calling.discard(name)
                     self._in_flight = self._in_flight - estimate
             duration = round(time.monotonic() - t, 6)
             if isinstance(failed, ProviderError):
@@ -540,9 +584,12 @@ class JobRunner:
                     name, provider.name, endpoint, config, outcome, False, exc.retryable,
                     retry_in=delay if retry else None,
                 )  # fmt: skip
-                if retry and refused is None:
+                if retry and refused is None and not self._draining:
                     await anyio.sleep(delay)
                     continue
+                if retry and refused is None:  # stopping: no new attempt; resume makes it
+                    self._scopes[name].cancel()
+                    await anyio.lowlevel.checkpoint()
                 raise StepFailure(str(exc) + (refused or ""), exc.error_class) from exc
             if failed is not None:  # a provider bug must fail the step, not wedge the job
                 error = f"provider {provider.name!r} raised {type(failed).__name__}: {failed}"

@@ -373,7 +373,7 @@ def test_ctrl_c_in_the_middle_of_an_http_call_leaves_the_job_resumable(tmp_path)
         env = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
         proc = subprocess.Popen(
             [sys.executable, "-m", "commands.cli", "run", str(path), "--job-id", "j"],
-            cwd=tmp_path, env={**env, "STEPLOG_DB": str(db)},
+            cwd=tmp_path, env={**env, "STEPLOG_DB": str(db), "STEPLOG_GRACE_S": "0"},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:

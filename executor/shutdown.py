@@ -1,0 +1,104 @@
+"""Stopping a run on SIGINT/SIGTERM: drain, give in-flight calls a grace period, then cancel.
+
+The first signal stops new work (the runner's `drain`): steps that have not reached their
+provider call are cancelled and no step starts; calls already in flight may finish, their answers
+committed, until the grace period ends or a second signal comes, and then whatever is left is
+cancelled (`stop_now`). The signals are received inside the event loop, so every stop happens at
+an await point, never in the middle of a commit or a file write.
+"""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+import anyio
+from anyio.abc import TaskStatus
+
+DEFAULT_GRACE_S = 10.0
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Drainable(Protocol):
+    def drain(self) -> int:
+        """Stop new work; return how many provider calls are in flight."""
+        ...
+
+    def stop_now(self) -> int:
+        """Cancel what is left; return how many provider calls were cancelled."""
+        ...
+
+
+@dataclass
+class StopReport:
+    """What a stop did, for job.interrupted and the closing line."""
+
+    signal: str
+    grace_s: float
+    calls_running: int = 0  # in flight when the first signal came
+    calls_cancelled: int = 0  # cut off by the grace deadline or a second signal
+    second_signal: str | None = None
+
+    @property
+    def calls_finished(self) -> int:
+        return self.calls_running - self.calls_cancelled
+
+
+def first_notice(report: StopReport) -> str:
+    """The line printed on the first signal."""
+    calls = report.calls_running
+    plural = "call" if calls == 1 else "calls"
+    if calls == 0:
+        return f"stopping ({report.signal}): no call is running; no new step starts"
+    if report.grace_s <= 0:
+        return f"stopping ({report.signal}): cancelling {calls} running {plural} (grace 0)"
+    return (
+        f"stopping ({report.signal}): waiting up to {report.grace_s:g}s for {calls} running "
+        f"{plural} (Ctrl-C again to stop now)"
+    )
+
+
+class Shutdown:
+    """Watches for SIGINT/SIGTERM while a run is under way; `report` is set once one came."""
+
+    def __init__(self, grace_s: float, say: Callable[[str], None]) -> None:
+        if grace_s < 0:
+            raise ValueError("grace must not be negative")
+        self.grace_s = grace_s
+        self.say = say
+        self.report: StopReport | None = None
+
+    async def watch(
+        self, target: Drainable, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run (in the run's task group) until cancelled when the run ends."""
+        with anyio.open_signal_receiver(*SIGNALS) as signals:
+            task_status.started()  # the handlers are in place before any step starts
+            async for signum in signals:
+                report = self.report = StopReport(signal.Signals(signum).name, self.grace_s)
+                break
+            else:  # pragma: no cover - the receiver never ends by itself
+                return
+            report.calls_running = target.drain()
+            self.say(first_notice(report))
+            if report.calls_running and self.grace_s > 0:
+                with anyio.move_on_after(self.grace_s):
+                    async for signum in signals:
+                        report.second_signal = signal.Signals(signum).name
+                        break
+            report.calls_cancelled = target.stop_now()
+            async for _ in signals:  # more signals while the stop is recorded change nothing
+                pass
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """While the stop is recorded (one short append): one more Ctrl-C must not cut it off."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
