@@ -217,6 +217,10 @@ def read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise BadImport(f"line {number}: not JSON ({exc.msg} at column {exc.colno})") from exc
         except UnicodeDecodeError as exc:
             raise BadImport(f"line {number}: not JSON (not UTF-8 at byte {exc.start})") from exc
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise BadImport(f"line {number}: not usable JSON ({exc})") from exc
+        except RecursionError as exc:
+            raise BadImport(f"line {number}: not usable JSON (nested too deeply)") from exc
         if not isinstance(value, dict):
             raise BadImport(
                 f"line {number}: a line must be a JSON object, not {type(value).__name__}"

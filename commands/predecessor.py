@@ -38,7 +38,7 @@ def _seconds(a: str, b: str) -> float:
     parse = datetime.fromisoformat
     try:
         delta = parse(b.replace("Z", "+00:00")) - parse(a.replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: one has a time zone, the other not
         return 0.0
     return max(0.0, round(delta.total_seconds(), 6))
 
