@@ -10,7 +10,7 @@ result would pass a limit; executor.templates reports it as a TemplateProblem.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from jinja2.exceptions import SecurityError
 
@@ -55,6 +55,22 @@ def _check_format_text(fmt: str, what: str) -> None:
             _refuse(f"{what} asks for a field {digits} characters wide")
 
 
+def materialized(value: Any) -> Any:
+    """An iterator (a generator, a `map` result) as a list, so its size can be checked; any
+    other value as it is. Used on what join() is given."""
+    if isinstance(value, Iterator):
+        return list(value)
+    return value
+
+
+def _check_join(items: Any, sep: Any, what: str) -> None:
+    if not isinstance(items, _SIZED):
+        return
+    count = len(items)
+    sizes = count if isinstance(items, (str, bytes)) else sum(size_of(i) or len(str(i)) for i in items)
+    _check_size(sizes + len(str(sep)) * count, what)
+
+
 def check_binop(operator: str, left: Any, right: Any) -> None:
     """`*`, `**`, `+` and `%` between template values."""
     if operator == "*":
@@ -81,9 +97,7 @@ def _check_text_method(name: str, text: str, args: tuple[Any, ...], kwargs: Mapp
         count = text.count(args[0]) if args[0] else len(text) + 1
         _check_size(len(text) + count * len(args[1]), "replace")
     elif name == "join" and args:
-        items = args[0]
-        if isinstance(items, (list, tuple)):
-            _check_size(sum(map(size_of, items)) + len(text) * len(items), "join")
+        _check_join(args[0], text, "join")
     elif name == "expandtabs":
         width = args[0] if args else kwargs.get("tabsize", 8)
         if _is_int(width):
@@ -113,9 +127,8 @@ def check_filter(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) ->
     elif name == "replace" and len(texts) >= 3:
         _check_text_method("replace", texts[0], (texts[1], texts[2]), {})
     elif name == "join":
-        items = next((a for a in args if isinstance(a, (list, tuple))), None)
-        sep = kwargs.get("d", texts[0] if texts else "")
-        if items is not None and isinstance(sep, str):
-            _check_size(sum(map(size_of, items)) + len(sep) * len(items), "filter join")
+        sized = [a for a in args if isinstance(a, _SIZED)]
+        if sized:
+            _check_join(sized[0], kwargs.get("d", sized[1] if len(sized) > 1 else ""), "filter join")
     elif name == "format" and texts:
         _check_format_text(texts[0], "filter format")

@@ -16,7 +16,13 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from executor.limits import MAX_RENDERED_CHARS, check_binop, check_call, check_filter
+from executor.limits import (
+    MAX_RENDERED_CHARS,
+    check_binop,
+    check_call,
+    check_filter,
+    materialized,
+)
 
 STEP_FIELDS = ("output", "files")
 
@@ -53,6 +59,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        if getattr(__obj, "__name__", None) == "join":
+            args = tuple(materialized(a) for a in args)
         check_call(__obj, args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
@@ -68,6 +76,8 @@ def _bounded_filter(name: str, func: Any) -> Any:
     # wraps() copies jinja's pass_context / pass_environment mark (an attribute of func)
     @functools.wraps(func)
     def bounded(*args: Any, **kwargs: Any) -> Any:
+        if name == "join":
+            args = tuple(materialized(a) for a in args)
         check_filter(name, args, kwargs)
         return func(*args, **kwargs)
 
