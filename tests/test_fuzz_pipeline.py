@@ -28,6 +28,10 @@ from executor.templates import TemplateProblem, check_template, render
 from tests.cli_helpers import ROOT, steplog
 from tests.inprocess import assert_refused_in_one_line, copy_db, db_dump, steplog_here
 
+# A failing example may be a large document: hypothesis warns that its repr is large while
+# reporting it, and with warnings as errors that warning would hide the failure.
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
+
 # -- a small TOML writer (no TOML writer is installed) ----------------------------------------
 
 
