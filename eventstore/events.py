@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticSerializationError
 
 Level = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LEVELS: tuple[Level, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -376,6 +377,8 @@ class NewEvent:
             raise InvalidEvent(f"{self.type}: ts {self.ts!r} is not a real time: {exc}") from None
         if self.step is not None and not self.step:
             raise InvalidEvent(f"{self.type}: step must be a non-empty name or null")
+        if self.step is not None and not _is_utf8(self.step):
+            raise InvalidEvent(f"{self.type}: step {self.step!r} is not valid UTF-8 text")
 
     @classmethod
     def of(cls, data: EventData, step: str | None = None, level: Level | None = None) -> NewEvent:
@@ -409,7 +412,20 @@ class NewEvent:
         )
 
     def data_json(self) -> str:
-        return self.data.model_dump_json()
+        try:
+            return self.data.model_dump_json()
+        except PydanticSerializationError as exc:  # a lone surrogate: no UTF-8 for it
+            raise InvalidEvent(
+                f"{self.type}: data cannot be written as UTF-8 JSON: {' '.join(str(exc).split())}"
+            ) from None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_data(type: str, data_json: str) -> EventData:
