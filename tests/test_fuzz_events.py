@@ -139,6 +139,11 @@ JOB_NUMBERS = itertools.count()
 @example(("step.started", {"attempt": 1, "fingerprint": "f"}, "\udc80", None, None))
 @example(("llm.response", {"provider": "p", "model": "m", "duration_s": 1.0, "success": True,
           "attempt": 1, "cache_key": "k", "tokens_in": 2**70}, "a", None, None))  # fmt: skip
+@example(("cache.miss", {"cache_key": "k", "detail": {"provider": {}, "output": "",
+          "fingerprint": "", "templates": {}, "rendered": {}, "upstream": {"\ud800": ""}}},
+          None, None, None))  # a surrogate in a key was written as U+FFFD: read back changed
+@example(("cache.miss", {"cache_key": "k", "changed": [{"part": "p", "name": "n",
+          "old": float("nan")}]}, None, None, None))  # NaN in an Any field was written as null
 def test_any_payload_is_refused_cleanly_or_round_trips(shared_store, generated):
     type_, data, step, level, ts = generated
     store, job = shared_store, f"j{next(JOB_NUMBERS)}"
