@@ -250,6 +250,7 @@ def parse_event(number: int, obj: dict[str, Any]) -> NewEvent:
         event = NewEvent.parse(
             obj["type"], obj.get("data"), obj.get("step"), obj["level"], obj["ts"]
         )
+        event.data_json()  # text UTF-8 cannot hold (a lone \ud800) is refused here, with its line
     except InvalidEvent as exc:
         raise BadImport(f"line {number}: {exc}") from exc
     return event

@@ -441,9 +441,10 @@ class NewEvent:
         try:
             text = self.data.model_dump_json()
         except PydanticSerializationError as exc:  # a lone surrogate: no UTF-8 for it
-            raise InvalidEvent(
-                f"{self.type}: data cannot be written as UTF-8 JSON: {' '.join(str(exc).split())}"
-            ) from None
+            why = " ".join(str(exc).split())
+            if "surrogates not allowed" in why:
+                why = "data holds text that is not valid UTF-8 (a lone surrogate)"
+            raise InvalidEvent(f"{self.type}: {why}") from None
         # A lone surrogate in a dict key is written as U+FFFD instead of failing: the event would
         # read back changed. Only text holding U+FFFD pays for the check.
         if "\ufffd" in text and json.loads(text) != self.data.model_dump():

@@ -174,6 +174,13 @@ REGRESSIONS = {
         '{"ts":"2026-01-01T00:00:01","level":"INFO","job_id":"p","type":"step.succeeded","step":"a"}',
         "line 2: step.succeeded: ts",
     ),
+    # a lone surrogate (a \ud800 escape) cannot be stored as UTF-8: refused with its line
+    "surrogate": (
+        '{"ts":"2026-01-01T00:00:00Z","level":"INFO","job_id":"p","type":"step.started","step":"a"}\n'
+        '{"ts":"2026-01-01T00:00:01Z","level":"ERROR","job_id":"p","type":"step.failed",'
+        '"step":"a","data":{"error":"\\ud800"}}',
+        "line 2: step.failed: data holds text that is not valid UTF-8",
+    ),
     # a predecessor line whose ts is not a string reached the step-time arithmetic: a traceback
     "ts null": (
         '{"ts":"2026-01-01T00:00:00Z","level":"INFO","job_id":"p","type":"step.started","step":"a"}\n'
