@@ -26,7 +26,6 @@ from executor import faults
 from executor.ownership import current_owner, owner_alive
 from executor.pipeline import NAME_PATTERN, Pipeline, PipelineError, load_pipeline, parse_pipeline
 from executor.budget import Spend, still_blocked
-from executor.templates import TemplateProblem
 from executor.runner import JobOutcome, JobRunner, Observer, Plan, breaker_endpoint, breaker_policy
 from projections import manifest
 from projections.breaker import iso
@@ -99,7 +98,6 @@ def _check_job_id(job_id: str) -> None:
 def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
     pipeline = load_pipeline(cmd.pipeline_path)
     inputs = pipeline.resolve_inputs(cmd.inputs)
-    check_renders_on_inputs(pipeline, inputs)
     _check_keys(pipeline, list(pipeline.order))
     if not cmd.ignore_breaker:
         check_breakers(store, pipeline, list(pipeline.order))
@@ -132,18 +130,6 @@ def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
     state = manifest.project(job_id, stored)
     plan = Plan(run=list(pipeline.order))
     return Prepared(job_id, pipeline, inputs, workspace, plan, state, cmd.ignore_breaker)
-
-
-def check_renders_on_inputs(pipeline: Pipeline, inputs: dict[str, str]) -> None:
-    """A template that reads no step output and fails on the inputs alone (sandbox refusal,
-    size limit, `{{ 1 // 0 }}`) would fail every run: refuse it before the job exists."""
-    for name, step in pipeline.spec.steps.items():
-        if "steps" in step.prompt or "steps" in (step.system or ""):
-            continue  # it may read upstream output, known only when the job runs
-        try:
-            pipeline.render_step(name, {"inputs": inputs, "steps": {}})
-        except TemplateProblem as exc:
-            raise Rejected(f"{pipeline.path or 'pipeline'}: {exc}") from exc
 
 
 def _check_keys(pipeline: Pipeline, steps: list[str]) -> None:

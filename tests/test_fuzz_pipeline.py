@@ -1,6 +1,7 @@
 """Fuzzed pipeline files and --input values: `steplog plan` and `steplog run` (offline provider)
-either succeed or exit 2 with one line naming the problem; never a traceback; a refused command
-leaves the database as it was, and `plan` never changes it.
+either succeed or exit 2 with one line naming the problem (for `run` also exit 1: the job ran
+and a step failed, e.g. a template refused while rendering); never a traceback; a refused
+command leaves the database as it was, and `plan` never changes it.
 
 Documents are built as dicts (random structure, names, cycles, unknown keys, wrong types,
 template injection and resource bombs) and written by the small TOML writer below, sometimes
@@ -269,23 +270,44 @@ def test_fuzzed_pipeline_files_plan_and_run_or_are_refused_in_one_line(seeded_db
         )
 
 
-@pytest.mark.parametrize("template", INJECTION + BOMBS)
-def test_injection_and_bombs_are_refused_before_any_event(seeded_db, tmp_path, template):
-    """Each of these fails on the inputs alone: `run` refuses it (exit 2) and writes nothing."""
-    db = copy_db(seeded_db, tmp_path / "t.db")
-    doc = {
+def _one_step(template: str) -> str:
+    return toml_document({
         "name": "bomb",
         "inputs": {"x": {"default": "hello"}},
         "providers": {"local": {"kind": "offline", "model": "m"}},
         "steps": {"a": {"provider": "local", "prompt": template}},
-    }
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize("template", INJECTION)
+def test_injection_is_refused_when_the_pipeline_loads(seeded_db, tmp_path, template):
+    """Private names and names other than inputs/steps: `run` and `plan` exit 2, nothing written."""
+    db = copy_db(seeded_db, tmp_path / "t.db")
     path = tmp_path / "p.toml"
-    path.write_text(toml_document(doc))
+    path.write_text(_one_step(template))
     before = db_dump(db)
-    result = steplog_here(db, "run", str(path), "--workspace", str(tmp_path / "ws"), "-q")
-    assert_refused_in_one_line(result)
-    assert "MemoryError" not in result.err
+    for args in (["plan", str(path)], ["run", str(path), "--workspace", str(tmp_path / "w"), "-q"]):
+        assert_refused_in_one_line(steplog_here(db, *args))
     assert db_dump(db) == before
+
+
+@pytest.mark.parametrize("template", BOMBS)
+def test_resource_bombs_fail_their_step_refused_by_the_sandbox(seeded_db, tmp_path, template):
+    """Found only when rendering: the step fails with the sandbox's refusal (a render error,
+    exit 1, as tests/test_runner_review.py fixes for any template error), never a MemoryError,
+    and `plan` predicts it without writing anything."""
+    db = copy_db(seeded_db, tmp_path / "t.db")
+    path = tmp_path / "p.toml"
+    path.write_text(_one_step(template))
+    before = db_dump(db)
+    plan = steplog_here(db, "plan", str(path), "--json")
+    assert plan.code == 0, plan.err
+    (step,) = json.loads(plan.out)["steps"]
+    assert step["action"] == "fail" and "refused by the template sandbox" in step["reason"]
+    assert db_dump(db) == before
+    result = steplog_here(db, "run", str(path), "--job-id", "b", "--workspace", str(tmp_path / "w"), "-q")
+    assert result.code == 1 and result.err.count("\n") == 1, result.err
+    assert "refused by the template sandbox" in result.err and "MemoryError" not in result.err
 
 
 def test_a_prompt_of_over_a_megabyte_runs(seeded_db, tmp_path):
