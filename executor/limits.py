@@ -12,12 +12,16 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator, Mapping
 
+from jinja2 import Environment
 from jinja2.exceptions import SecurityError
+from jinja2.nodes import EvalContext
+from jinja2.runtime import Context
 
 MAX_RENDERED_CHARS = 16 * 1024 * 1024  # a rendered prompt, and any text or list a template builds
 MAX_INT_BITS = 64 * 1024  # an integer a template computes (about 20,000 decimal digits)
 
 _SIZED = (str, bytes, list, tuple, dict, set, frozenset)
+_JINJA_STATE = (Environment, Context, EvalContext)  # what pass_context & co. put first
 # a width or precision in a printf (`%10.3f`) or str.format (`{:>10}`) specification
 _PRINTF_NUMBERS = re.compile(r"%[#0\- +]*(\d*)(?:\.(\d*))?")
 _FORMAT_SPEC_NUMBERS = re.compile(r"\{[^{}]*?:([^{}]*)\}")
@@ -32,18 +36,19 @@ def _is_int(value: Any) -> bool:
 
 
 def _refuse(what: str) -> None:
-    raise SecurityError(f"{what} (limit {MAX_RENDERED_CHARS} characters)")
+    raise SecurityError(what)
 
 
 def _check_size(size: int, what: str) -> None:
     if size > MAX_RENDERED_CHARS:
-        _refuse(f"{what} would build {size} characters or items")
+        _refuse(f"{what} would build {size} characters or items (limit {MAX_RENDERED_CHARS})")
 
 
-def _check_number_args(args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str) -> None:
+def _check_widths(args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str) -> None:
+    """Numbers that set a size (a width, a count): none may pass the text limit."""
     for value in (*args, *kwargs.values()):
         if _is_int(value) and abs(value) > MAX_RENDERED_CHARS:
-            _refuse(f"{what} was given the number {value}, larger than any text may be")
+            _refuse(f"{what} was given the width {value} (limit {MAX_RENDERED_CHARS} characters)")
 
 
 def _check_format_text(fmt: str, what: str) -> None:
@@ -52,7 +57,7 @@ def _check_format_text(fmt: str, what: str) -> None:
         numbers += re.findall(r"\d+", spec)
     for digits in numbers:
         if len(digits) > 9 or int(digits) > MAX_RENDERED_CHARS:
-            _refuse(f"{what} asks for a field {digits} characters wide")
+            _refuse(f"{what} asks for a field {digits} characters wide (limit {MAX_RENDERED_CHARS})")
 
 
 def materialized(value: Any) -> Any:
@@ -67,7 +72,10 @@ def _check_join(items: Any, sep: Any, what: str) -> None:
     if not isinstance(items, _SIZED):
         return
     count = len(items)
-    sizes = count if isinstance(items, (str, bytes)) else sum(size_of(i) or len(str(i)) for i in items)
+    if isinstance(items, (str, bytes)):
+        sizes = count
+    else:
+        sizes = sum(size_of(i) or len(str(i)) for i in items)
     _check_size(sizes + len(str(sep)) * count, what)
 
 
@@ -89,11 +97,14 @@ def check_binop(operator: str, left: Any, right: Any) -> None:
             _check_size(size_of(left) + size_of(right), "`+`")
     elif operator == "%" and isinstance(left, str):
         _check_format_text(left, "`%`")
-        _check_number_args(right if isinstance(right, tuple) else (right,), {}, "`%`")
+        if "*" in left:  # `%*d`: the width comes from the arguments
+            _check_widths(right if isinstance(right, tuple) else (right,), {}, "`%`")
 
 
-def _check_text_method(name: str, text: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-    if name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+def _check_text_method(
+    name: str, text: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> None:
+    if name == "replace" and len(args) >= 2 and all(isinstance(a, str) for a in args[:2]):
         count = text.count(args[0]) if args[0] else len(text) + 1
         _check_size(len(text) + count * len(args[1]), "replace")
     elif name == "join" and args:
@@ -106,18 +117,25 @@ def _check_text_method(name: str, text: str, args: tuple[Any, ...], kwargs: Mapp
         _check_format_text(text, name)
 
 
+_WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+
+
 def check_call(func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     """A call in a template, e.g. `'x'.center(n)`, `', '.join(list)`, `'{}'.format(v)`."""
     name = getattr(func, "__name__", "a call")
-    _check_number_args(args, kwargs, name)
     owner = getattr(func, "__self__", None)
     if isinstance(owner, str):
+        if name in _WIDTH_METHODS:
+            _check_widths(args, kwargs, name)
         _check_text_method(name, owner, args, kwargs)
 
 
 def check_filter(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-    """A filter call; args start with the environment/context for filters that take it."""
-    _check_number_args(args, kwargs, f"filter {name}")
+    """A filter call: the environment/context first for filters that take it, then the value
+    filtered (any number: `{{ 10**12|filesizeformat }}`), then the filter's own arguments."""
+    values = [i for i, a in enumerate(args) if not isinstance(a, _JINJA_STATE)]
+    own = args[values[0] + 1 :] if values else ()
+    _check_widths(own, kwargs, f"filter {name}")
     texts = [a for a in args if isinstance(a, str)]
     if name == "indent" and texts:
         width = kwargs.get("width", next((a for a in args if _is_int(a)), 4))
@@ -129,6 +147,7 @@ def check_filter(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) ->
     elif name == "join":
         sized = [a for a in args if isinstance(a, _SIZED)]
         if sized:
-            _check_join(sized[0], kwargs.get("d", sized[1] if len(sized) > 1 else ""), "filter join")
+            sep = kwargs.get("d", sized[1] if len(sized) > 1 else "")
+            _check_join(sized[0], sep, "filter join")
     elif name == "format" and texts:
         _check_format_text(texts[0], "filter format")

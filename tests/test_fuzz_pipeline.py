@@ -476,3 +476,19 @@ def test_the_toml_writer_round_trips():
     doc = {"name": "a\"b\\c\x00\n", "n": 3, "f": 1.5, "l": [1, "x"], "t": {"k": {"v": True}}}
     assert tomllib.loads(toml_document(doc)) == doc
     assert json.dumps(doc)  # plain data
+
+
+@pytest.mark.parametrize(
+    "template, expected",
+    [
+        ("{{ '%d' % 123456789012 }}", "123456789012"),  # a value, not a width
+        ("{{ '{}'.format(10**10) }}", "10000000000"),
+        ("{{ (10**10)|string }}", "10000000000"),
+        ("{{ (2**64)|filesizeformat }}", "18.4 EB"),
+        ("{{ 'ab' * 3 }}|{{ [1, 2]|join('-') }}|{{ 'x'|center(5) }}", "ababab|1-2|  x  "),
+        ("{{ (inputs.x ~ inputs.x)|length }}", str(2 * 4_000_000)),  # big, within the limit
+    ],
+)
+def test_the_limits_refuse_sizes_not_values(template, expected):
+    context = {"inputs": {"x": "é" * 4_000_000}, "steps": {}}
+    assert render(template, context, where="t") == expected
