@@ -379,10 +379,27 @@ def events(
     queries.print_events(console(), found)
 
 
+def _check_arguments(args: list[str]) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates, which neither the log (JSON)
+    nor SQLite can hold: refuse them here rather than half-way through a command."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            try:  # show the bytes as given: b'\xff' rather than '\udcff'
+                shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:
+                shown = arg.encode("utf-8", "backslashreplace").decode("utf-8")
+            raise click.UsageError(f"argument '{shown}' is not valid UTF-8") from None
+        if "\0" in arg:  # a real command line cannot carry NUL; main() called from Python can
+            raise click.UsageError(f"argument {arg!r} contains a NUL character")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     obj: dict[str, Any] = {}  # the group fills in "db", so an error can name the file
     try:
+        _check_arguments(sys.argv[1:])
         cli.main(standalone_mode=False, obj=obj)
     except USER_ERRORS as exc:
         click.echo(f"error: {one_line(str(exc))}", err=True)

@@ -217,6 +217,10 @@ def read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise BadImport(f"line {number}: not JSON ({exc.msg} at column {exc.colno})") from exc
         except UnicodeDecodeError as exc:
             raise BadImport(f"line {number}: not JSON (not UTF-8 at byte {exc.start})") from exc
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise BadImport(f"line {number}: not usable JSON ({exc})") from exc
+        except RecursionError as exc:
+            raise BadImport(f"line {number}: not usable JSON (nested too deeply)") from exc
         if not isinstance(value, dict):
             raise BadImport(
                 f"line {number}: a line must be a JSON object, not {type(value).__name__}"
@@ -246,6 +250,7 @@ def parse_event(number: int, obj: dict[str, Any]) -> NewEvent:
         event = NewEvent.parse(
             obj["type"], obj.get("data"), obj.get("step"), obj["level"], obj["ts"]
         )
+        event.data_json()  # text UTF-8 cannot hold (a lone \ud800) is refused here, with its line
     except InvalidEvent as exc:
         raise BadImport(f"line {number}: {exc}") from exc
     return event

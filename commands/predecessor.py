@@ -38,7 +38,7 @@ def _seconds(a: str, b: str) -> float:
     parse = datetime.fromisoformat
     try:
         delta = parse(b.replace("Z", "+00:00")) - parse(a.replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: one has a time zone, the other not
         return 0.0
     return max(0.0, round(delta.total_seconds(), 6))
 
@@ -185,6 +185,9 @@ def parse_predecessor(lines: list[tuple[int, dict[str, Any]]]) -> ImportPlan:
                 raise BadImport(f"line {number}: unknown envelope key {key!r}")
         if not isinstance(obj["type"], str) or not isinstance(obj["job_id"], str):
             raise BadImport(f"line {number}: type and job_id must be strings")
+        for key in ("ts", "level"):  # read (step times) before each line's event is validated
+            if not isinstance(obj[key], str):
+                raise BadImport(f"line {number}: {key} must be a string")
         if obj["type"] not in MAPPED:
             raise BadImport(
                 f"line {number}: predecessor event type {obj['type']!r} has no steplog counterpart"

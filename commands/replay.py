@@ -41,7 +41,12 @@ def matcher(point: str, job_version: int):
     point = point.strip()
     if not point:
         raise BadPoint("empty point: give an event number, a timestamp or TYPE[:STEP]")
-    if point.isdigit():
+    if point.isascii() and point.isdigit():  # str.isdigit admits '²' and '٣', int() does not
+        if len(point.lstrip("0")) > len(str(job_version)):  # also spares int() a 5000-digit text
+            raise BadPoint(
+                f"event {point[:20]}{'…' if len(point) > 20 else ''} is past the end of the job "
+                f"(it has {job_version} events)"
+            )
         n = int(point)
         if n < 1:
             raise BadPoint(f"event {n} does not exist: a job's events are numbered from 1")

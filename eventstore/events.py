@@ -8,12 +8,15 @@ Unknown fields are refused so a typo cannot slip into the permanent log.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticSerializationError
 
 Level = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LEVELS: tuple[Level, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -210,6 +213,20 @@ class LLMResponded(EventData):
     )
 
 
+def finite_json(value: Any) -> Any:
+    """For fields typed Any: NaN and infinities would be written as null (allow_inf_nan covers
+    float fields only), so the event would not read back as it was given: refuse them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("NaN and infinite numbers cannot be stored")
+    if isinstance(value, dict):
+        for item in value.values():
+            finite_json(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            finite_json(item)
+    return value
+
+
 class CacheDetail(BaseModel):
     """What went into a cache key, in a form that can explain a miss (see executor/explain.py).
 
@@ -220,6 +237,11 @@ class CacheDetail(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     provider: dict[str, Any] = Field(description="{kind, model, options}, as in the key")
+
+    @field_validator("provider")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        return finite_json(value)
     output: str
     fingerprint: str
     templates: dict[str, str | None] = Field(description="sha256 of the system/prompt templates")
@@ -238,6 +260,11 @@ class CacheChange(BaseModel):
     name: str
     old: Any = None
     new: Any = None
+
+    @field_validator("old", "new")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        return finite_json(value)
 
 
 class CacheHit(EventData):
@@ -398,6 +425,8 @@ class NewEvent:
             raise InvalidEvent(f"{self.type}: ts {self.ts!r} is not a real time: {exc}") from None
         if self.step is not None and not self.step:
             raise InvalidEvent(f"{self.type}: step must be a non-empty name or null")
+        if self.step is not None and not _is_utf8(self.step):
+            raise InvalidEvent(f"{self.type}: step {self.step!r} is not valid UTF-8 text")
 
     @classmethod
     def of(cls, data: EventData, step: str | None = None, level: Level | None = None) -> NewEvent:
@@ -431,7 +460,28 @@ class NewEvent:
         )
 
     def data_json(self) -> str:
-        return self.data.model_dump_json()
+        try:
+            text = self.data.model_dump_json()
+        except PydanticSerializationError as exc:  # a lone surrogate: no UTF-8 for it
+            why = " ".join(str(exc).split())
+            if "surrogates not allowed" in why:
+                why = "data holds text that is not valid UTF-8 (a lone surrogate)"
+            raise InvalidEvent(f"{self.type}: {why}") from None
+        # A lone surrogate in a dict key is written as U+FFFD instead of failing: the event would
+        # read back changed. Only text holding U+FFFD pays for the check.
+        if "\ufffd" in text and json.loads(text) != self.data.model_dump():
+            raise InvalidEvent(
+                f"{self.type}: data holds text that is not valid UTF-8 (a lone surrogate)"
+            )
+        return text
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_data(type: str, data_json: str) -> EventData:

@@ -6,13 +6,23 @@ for a files step). Anything else is refused when the pipeline loads, not half-wa
 
 from __future__ import annotations
 
+import functools
 import re
 from functools import lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from executor.limits import (
+    MAX_RENDERED_CHARS,
+    check_binop,
+    check_call,
+    check_filter,
+    materialized,
+)
 
 STEP_FIELDS = ("output", "files")
 
@@ -21,10 +31,61 @@ class TemplateProblem(ValueError):
     """A template that cannot be loaded or rendered; the message names what is wrong."""
 
 
+class _BoundedCodeGenerator(CodeGenerator):
+    """`a ~ b` compiles to a join jinja cannot intercept: route it through the environment."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, plus size limits (executor.limits): no operator, method, filter or
+    concatenation may build a text or list longer than MAX_RENDERED_CHARS, nor a power an
+    integer of more than a few thousand bits, so `{{ 'a' * 10**10 }}` is refused, not run."""
+
+    code_generator_class = _BoundedCodeGenerator
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        if getattr(__obj, "__name__", None) == "join":
+            args = tuple(materialized(a) for a in args)
+        check_call(__obj, args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def bounded_concat(self, parts: tuple[Any, ...]) -> str:
+        texts = [str(p) for p in parts]
+        total = sum(map(len, texts))
+        if total > MAX_RENDERED_CHARS:
+            raise SecurityError(f"`~` would build {total} characters (limit {MAX_RENDERED_CHARS})")
+        return "".join(texts)
+
+
+def _bounded_filter(name: str, func: Any) -> Any:
+    # wraps() copies jinja's pass_context / pass_environment mark (an attribute of func)
+    @functools.wraps(func)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        if name == "join":
+            args = tuple(materialized(a) for a in args)
+        check_filter(name, args, kwargs)
+        return func(*args, **kwargs)
+
+    return bounded
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
-    )
+    return BoundedSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 ENV = _environment()
@@ -64,6 +125,13 @@ def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
             raise TemplateProblem(
                 f"{where}: template names unknown variable {name.name!r} "
                 "(use inputs.<name> or steps.<step>.output)"
+            )
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        key = static_key(node)
+        if key is not None and key.startswith("_"):
+            raise TemplateProblem(
+                f"{where}: template reads {key!r}; names starting with _ are refused by the "
+                "template sandbox"
             )
     referenced: set[str] = set()
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
@@ -131,7 +199,25 @@ def _render_simple(plan: tuple[Piece, ...], context: dict[str, Any]) -> str | No
                 return None  # let jinja produce its exact error (or attribute lookup)
             value = value[name]
         out.append(value if isinstance(value, str) else str(value))
+    _check_rendered(sum(map(len, out)), "the rendered text")
     return "".join(out)
+
+
+def _check_rendered(size: int, what: str) -> None:
+    if size > MAX_RENDERED_CHARS:
+        raise SecurityError(f"{what} exceeds {MAX_RENDERED_CHARS} characters")
+
+
+def _render_bounded(template: Template, context: dict[str, Any]) -> str:
+    """Render chunk by chunk, stopping as soon as the text passes the limit (a loop that
+    writes a little many times never holds more than the limit)."""
+    chunks: list[str] = []
+    total = 0
+    for chunk in template.generate(context):
+        total += len(chunk)
+        _check_rendered(total, "the rendered text")
+        chunks.append(chunk)
+    return "".join(chunks)
 
 
 @lru_cache(maxsize=4096)
@@ -145,6 +231,12 @@ def _check_simple(plan: tuple[Piece, ...], *, where: str, inputs: set[str]) -> s
         if isinstance(piece, str):
             continue
         root, *rest = piece
+        private = next((name for name in rest if name.startswith("_")), None)
+        if private is not None:
+            raise TemplateProblem(
+                f"{where}: template reads {private!r}; names starting with _ are refused by the "
+                "template sandbox"
+            )
         if root not in ("inputs", "steps"):
             raise TemplateProblem(
                 f"{where}: template names unknown variable {root!r} "
@@ -164,12 +256,12 @@ def _check_simple(plan: tuple[Piece, ...], *, where: str, inputs: set[str]) -> s
 
 def render(source: str, context: dict[str, Any], *, where: str) -> str:
     plan = simple_plan(source)
-    if plan is not None:
-        text = _render_simple(plan, context)
-        if text is not None:
-            return text
     try:
-        return _compiled(source).render(context)
+        if plan is not None:
+            text = _render_simple(plan, context)
+            if text is not None:
+                return text
+        return _render_bounded(_compiled(source), context)
     except UndefinedError as exc:
         raise TemplateProblem(f"{where}: {exc.message}") from exc
     except SecurityError as exc:

@@ -1,0 +1,80 @@
+"""Running `steplog` in this process, as the console script would, for fuzz tests.
+
+A subprocess costs ~0.4 s; calling commands.cli.main() costs milliseconds, so properties with
+many examples call it here. The helper reproduces the console script exactly (main() with
+sys.argv set, stdout and stderr captured) and lets nothing but SystemExit out of it: any other
+exception is what a user would see as a traceback, so it fails the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import sqlite3
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from commands.cli import main
+from tests.strategies import dump
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+
+class Traceback(AssertionError):
+    """main() let an exception other than SystemExit escape: a user would see a traceback."""
+
+
+def steplog_here(db: Path, *args: str) -> Outcome:
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv
+    sys.argv = ["steplog", "--db", str(db), *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException as exc:  # noqa: BLE001 - any of them is the bug this helper reports
+        shown = [repr(a)[:80] for a in args]
+        raise Traceback(
+            f"steplog {' '.join(shown)} raised {type(exc).__name__}:\n{traceback.format_exc()}"
+        ) from exc
+    finally:
+        sys.argv = saved
+    return Outcome(code, out.getvalue(), err.getvalue())
+
+
+def assert_refused_in_one_line(result: Outcome, *, mentions: str | None = None) -> None:
+    """Exit 2 and exactly one line on stderr (which names the problem)."""
+    assert result.code == 2, (result.code, result.err[-500:])
+    assert result.err.startswith("error: "), result.err[:500]
+    assert result.err.count("\n") == 1 and result.err.endswith("\n"), result.err[:500]
+    if mentions is not None:
+        assert mentions in result.err, result.err[:500]
+
+
+def db_dump(db: Path) -> dict[str, list[tuple]]:
+    """Every row of every table ('nothing changed' is dump before == dump after)."""
+    conn = sqlite3.connect(db)
+    try:
+        return dump(conn)
+    finally:
+        conn.close()
+
+
+def copy_db(source: Path, target: Path) -> Path:
+    """A copy of a closed database (its WAL, if any, goes with it)."""
+    shutil.copyfile(source, target)
+    for suffix in ("-wal", "-shm"):
+        side = source.with_name(source.name + suffix)
+        if side.exists():
+            shutil.copyfile(side, target.with_name(target.name + suffix))
+    return target
