@@ -19,8 +19,8 @@ echoes back is redacted. The key itself is read from the environment at call tim
 
 from __future__ import annotations
 
+import codecs
 import email.utils
-import io
 import json
 import math
 import os
@@ -185,21 +185,40 @@ class LineSplitter:
 
 
 class TextParts:
-    """The text of a streamed answer, piece by piece.
+    """The text of a streamed answer, piece by piece, in bounded memory.
 
-    A list of pieces costs a str object (about 50 bytes) per piece, several times the text itself
-    for the few-character deltas servers stream; a StringIO holds just the characters, and its
-    value is returned without another copy of them.
+    A list of pieces costs a str object (about 50 bytes) per piece: several times the text itself
+    for the few-character deltas servers stream. A StringIO grown to 100 MB by reallocation
+    leaves freed blocks behind that the allocator cannot reuse for the next large object (RSS
+    measured at 3x the text after encoding it). So pieces are joined into 1 MiB chunks as they
+    come, and the chunks once at the end: 2x the text at the join, freed in one piece.
     """
 
+    CHUNK = 2**20
+
     def __init__(self) -> None:
-        self._io = io.StringIO()
+        self._chunks: list[str] = []
+        self._pending: list[str] = []
+        self._size = 0
 
     def append(self, piece: str) -> None:
-        self._io.write(piece)
+        self._pending.append(piece)
+        self._size += len(piece)
+        if self._size >= self.CHUNK:
+            self._chunks.append("".join(self._pending))
+            self._pending.clear()
+            self._size = 0
 
     def text(self) -> str:
-        return self._io.getvalue()
+        if self._pending:
+            self._chunks.append("".join(self._pending))
+            self._pending.clear()
+            self._size = 0
+        if len(self._chunks) == 1:
+            return self._chunks[0]
+        text = "".join(self._chunks)
+        self._chunks = [text]  # the pieces go now; text() again returns the same str
+        return text
 
 
 @dataclass(frozen=True)
@@ -419,11 +438,8 @@ class Wire:
             ) as response:
                 if not response.is_success:
                     raise await self.error_of(url, response, key)
-                raw = await self.read_body(response)
-            # decoded, then the bytes dropped: the parse holds the text and its result, no more
-            text = raw.decode("utf-8", "replace")
-            del raw
-            return parse_json(text)
+                text = await self.read_text(response)
+            return parse_json(text)  # the text and its parse: 2x the answer at the peak
 
     async def error_of(self, url: str, response: httpx.Response, key: str | None) -> ProviderError:
         """The ProviderHTTPError of a non-2xx answer, from at most ERROR_BODY_MAX of its body."""
@@ -456,15 +472,23 @@ class Wire:
             "the rest was not read"
         )
 
-    async def read_body(self, response: httpx.Response) -> bytearray:
-        """The whole (decoded) body, refusing it past max_bytes without reading further."""
+    async def read_text(self, response: httpx.Response) -> str:
+        """The whole body as UTF-8 text, refusing it past max_bytes without reading further.
+
+        Decoded chunk by chunk into TextParts: the bytes are never held whole beside the text,
+        and no buffer is grown by reallocation (which leaves unusable holes in the heap).
+        """
         self._check_declared(response)
-        body = bytearray()
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        parts = TextParts()
+        total = 0
         async for chunk in response.aiter_bytes():
-            body += chunk
-            if self.max_bytes is not None and len(body) > self.max_bytes:
+            total += len(chunk)
+            if self.max_bytes is not None and total > self.max_bytes:
                 raise self._over()
-        return body
+            parts.append(decoder.decode(chunk))
+        parts.append(decoder.decode(b"", final=True))
+        return parts.text()
 
     async def lines(self, response: httpx.Response) -> AsyncIterator[str]:
         """The body's lines as they arrive, refusing it past max_bytes without reading further."""
