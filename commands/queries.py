@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from fnmatch import fnmatchcase
 from typing import Any, Callable
 
@@ -124,7 +125,8 @@ def print_manifest(console: Console, state: JobState, *, historical: bool = Fals
     table = Table()
     for col in ("step", "status", "attempts", "cache", "tokens", "cost", "duration"):
         table.add_column(col)
-    for step in state.steps.values():
+    shown, hidden = steps_to_show(state)
+    for step in shown:
         table.add_row(
             step.name,
             step.status,
@@ -135,8 +137,37 @@ def print_manifest(console: Console, state: JobState, *, historical: bool = Fals
             f"{step.duration_s:.3f}s" if step.duration_s is not None else "",
         )
     console.print(table)
-    console.print(f"completed_steps: {', '.join(state.completed_steps) or '-'}")
-    console.print(f"pending_steps: {', '.join(state.pending_steps) or '-'}")
+    if hidden:
+        counts = Counter(step.status for step in hidden)
+        listed = ", ".join(f"{n:,} {status}" for status, n in sorted(counts.items()))
+        console.print(
+            f"… and {len(hidden):,} more steps ({listed}); `--json` lists every step",
+            highlight=False,
+        )
+    console.print(f"completed_steps: {name_list(state.completed_steps)}", highlight=False)
+    console.print(f"pending_steps: {name_list(state.pending_steps)}", highlight=False)
+
+
+# A table row costs rich about a millisecond: a 10,000-step job would take 10 s to show. Above
+# this many steps, the table shows the ones that need attention first and counts the rest.
+STEP_ROWS = 200
+
+
+def steps_to_show(state: JobState) -> tuple[list[Any], list[Any]]:
+    """The steps the table lists (in pipeline order) and those it only counts."""
+    steps = list(state.steps.values())
+    if len(steps) <= STEP_ROWS:
+        return steps, []
+    # failed, running, pending … first; completed ones fill what room is left
+    ranked = [s for s in steps if not s.completed] + [s for s in steps if s.completed]
+    keep = {s.name for s in ranked[:STEP_ROWS]}
+    return [s for s in steps if s.name in keep], [s for s in steps if s.name not in keep]
+
+
+def name_list(names: list[str]) -> str:
+    if len(names) <= STEP_ROWS:
+        return ", ".join(names) or "-"
+    return ", ".join(names[:STEP_ROWS]) + f", … ({len(names):,} in all; `--json` lists them)"
 
 
 def print_events(console: Console, events: list[StoredEvent]) -> None:
