@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 from fnmatch import fnmatchcase
-from typing import Any, Callable
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -52,11 +53,12 @@ def events(
     type_glob: str | None = None,
     step: str | None = None,
     level: str | None = None,
-) -> list[StoredEvent]:
+) -> Iterator[StoredEvent]:
+    """JOB's events as they are read, in batches: a million-event job is never held whole."""
     if not store.job_exists(job_id):
         raise Rejected(f"unknown job {job_id}")
     keep = event_filter(type_glob, step, level)
-    return [ev for ev in store.read_job(job_id) if keep(ev)]
+    return (ev for ev in store.read_job(job_id) if keep(ev))
 
 
 def event_filter(
@@ -170,11 +172,40 @@ def name_list(names: list[str]) -> str:
     return ", ".join(names[:STEP_ROWS]) + f", … ({len(names):,} in all; `--json` lists them)"
 
 
-def print_events(console: Console, events: list[StoredEvent]) -> None:
-    table = Table()
+# Rows rich lays out as one table; a longer listing goes out a page at a time, so its first
+# lines come at once (`steplog events JOB | head`) and memory holds one page, not the job.
+EVENT_PAGE = 200
+
+
+def print_events(console: Console, events: Iterable[StoredEvent]) -> None:
+    rows = iter(events)
+    page = list(islice(rows, EVENT_PAGE))
+    if len(page) < EVENT_PAGE:
+        console.print(_events_table(page))
+        return
+    # Fixed widths, so the pages line up as one table: one header, no edges between pages.
+    widths = {
+        "#": 9, "ts": max(len(ev.ts) for ev in page), "level": 7,
+        "type": max(22, *(len(ev.type) for ev in page)),
+        "step": max(4, *(len(ev.step or "") for ev in page)),
+    }  # fmt: skip
+    # what is left of the line: each column has one space either side, five rules between
+    widths["data"] = max(20, console.width - sum(widths.values()) - 2 * 6 - 5)
+    first = True
+    while page:
+        console.print(_events_table(page, widths=widths, header=first))
+        first = False
+        page = list(islice(rows, EVENT_PAGE))
+
+
+def _events_table(
+    events: list[StoredEvent], *, widths: dict[str, int] | None = None, header: bool = True
+) -> Table:
+    table = Table(show_header=header, show_edge=widths is None)
     for col in ("#", "ts", "level", "type", "step", "data"):
-        table.add_column(col, overflow="fold")
+        width = (widths or {}).get(col)
+        table.add_column(col, overflow="fold", min_width=width, max_width=width)
     for ev in events:
         data = ev.data_json if len(ev.data_json) <= 160 else ev.data_json[:157] + "..."
         table.add_row(str(ev.version), ev.ts, ev.level, ev.type, ev.step or "", data)
-    console.print(table)
+    return table
