@@ -270,3 +270,68 @@ def test_text_parts_joins_pieces_in_order(pieces, chunk) -> None:
     for piece in pieces:
         parts.append(piece)
     assert parts.text() == "".join(pieces) == parts.text()
+
+
+# -- long jobs: what status and events print --------------------------------------------------
+
+
+def _console() -> tuple[Any, Any]:
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    return Console(file=out, width=160), out
+
+
+def test_status_of_a_long_job_lists_the_steps_needing_attention_and_counts_the_rest() -> None:
+    from commands.queries import STEP_ROWS, print_manifest
+    from projections.manifest import JobState, StepState
+
+    n = STEP_ROWS * 3
+    state = JobState(job_id="long", status="failed")
+    for i in range(n):
+        state.steps[f"s{i}"] = StepState(name=f"s{i}", status="succeeded")
+    state.steps[f"s{n - 1}"].status = "failed"  # the last: not in the first 200 by order
+    for i in range(n - 11, n - 1):
+        state.steps[f"s{i}"].status = "pending"
+    console, out = _console()
+    print_manifest(console, state)
+    text = out.getvalue()
+    listed = [line.split("│")[1].strip() for line in text.splitlines()
+              if line.startswith("│") and line.split("│")[1].strip().startswith("s")]  # fmt: skip
+    assert len(listed) == STEP_ROWS
+    assert f"s{n - 1}" in listed and all(f"s{i}" in listed for i in range(n - 11, n - 1))
+    assert listed == sorted(listed, key=lambda s: int(s[1:]))  # in pipeline order
+    assert f"… and {n - STEP_ROWS:,} more steps ({n - STEP_ROWS:,} succeeded)" in text
+    assert f"({n - 11:,} in all;" in text  # completed_steps: 589 names, the first 200 shown
+    assert "pending_steps: s589" in text
+
+
+def test_events_are_read_lazily_and_printed_as_aligned_pages(tmp_path, monkeypatch) -> None:
+    import eventstore.sqlite
+    from commands.queries import EVENT_PAGE, events, print_events
+    from eventstore.events import NewEvent, StepStarted
+
+    monkeypatch.setattr(eventstore.sqlite, "READ_BATCH", 50)  # the job is 9 batches
+    store = open_store(tmp_path / "s.db")
+    try:
+        total = EVENT_PAGE * 2 + 17
+        batch = [NewEvent.of(StepStarted(attempt=1, fingerprint="f" * 64), step=f"s{i}") for i in range(total)]
+        store.append("long", batch)
+        statements: list[str] = []
+        store.conn.set_trace_callback(statements.append)
+        found = events(store, "long")
+        first = next(found)
+        reads = [s for s in statements if "FROM events" in s]
+        assert first.version == 1 and len(reads) == 1  # one batch read so far, not the job
+        store.conn.set_trace_callback(None)
+        console, out = _console()
+        print_events(console, events(store, "long"))
+    finally:
+        store.close()
+    lines = out.getvalue().splitlines()
+    rows = [line for line in lines if line.split("│")[0].strip().isdigit()]
+    assert [int(r.split("│")[0]) for r in rows] == list(range(1, total + 1))
+    assert sum(" # " in line and "type" in line for line in lines) == 1  # one header
+    assert len({len(line) for line in lines}) == 1  # the pages line up as one table
