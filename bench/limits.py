@@ -311,9 +311,9 @@ def steps_toml(steps: int, shape: str) -> str:
     for i in range(steps):
         lines.append(f"[steps.s{i}]")
         if i and shape == "chain":
-            lines += [f'needs = ["s{i - 1}"]', f'prompt = "step {i} after {{{{ steps.s{i - 1}.output[:40] }}}}"']
+            lines += [f'needs = ["s{i - 1}"]', f'prompt = "step {i} after {{{{ steps.s{i - 1}.output }}}}"']
         elif i:
-            lines += ['needs = ["s0"]', f'prompt = "step {i} from {{{{ steps.s0.output[:40] }}}}"']
+            lines += ['needs = ["s0"]', f'prompt = "step {i} from {{{{ steps.s0.output }}}}"']
         else:
             lines.append('prompt = "start"')
         lines += ['provider = "local"', ""]
