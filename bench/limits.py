@@ -3,6 +3,7 @@
     python bench/limits.py                 full sizes (a few minutes once the big log exists)
     python bench/limits.py --quick         10 MB answers, 1,000 steps, the 100,000-event log
     python bench/limits.py --only responses|steps|log
+    python bench/limits.py --only responses --piece 8   streams of 8-character events
     python bench/limits.py --json out.json also write the figures as JSON
 
 Every command runs as a user runs it: `steplog ...` in a subprocess. Its peak RSS is the
@@ -435,6 +436,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()),
                         help="where bench/biglog.py keeps the generated log (default: the temp dir)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--piece", type=int, default=1024,
+                        help="characters per streamed event (default 1024; a real server sends a few)")
     args = parser.parse_args()  # fmt: skip
     quick = args.quick
     only = set(args.only or ("responses", "steps", "log"))
@@ -446,7 +449,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="steplog-limits-") as name:
         tmp = Path(name)
         if "responses" in only:
-            bench_responses(tmp, size, piece=1024)
+            bench_responses(tmp, size, piece=args.piece)
         if "steps" in only:
             bench_steps(tmp, 1_000 if quick else 10_000)
         if "log" in only:

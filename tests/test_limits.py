@@ -335,3 +335,23 @@ def test_events_are_read_lazily_and_printed_as_aligned_pages(tmp_path, monkeypat
     assert [int(r.split("│")[0]) for r in rows] == list(range(1, total + 1))
     assert sum(" # " in line and "type" in line for line in lines) == 1  # one header
     assert len({len(line) for line in lines}) == 1  # the pages line up as one table
+
+
+def test_the_manifest_document_is_what_asdict_gives() -> None:
+    """to_manifest skips dataclasses.asdict's recursion per step; the document is unchanged."""
+    from dataclasses import asdict
+
+    from projections.manifest import JobState, StepState
+
+    state = JobState(job_id="j", status="running", inputs={"a": "b"}, owner={"pid": 1})
+    state.steps = {f"s{i}": StepState(name=f"s{i}", needs=[f"s{i - 1}"] if i else [],
+                                      files=["x.py"] * i, status="succeeded", tokens_in=i)
+                   for i in range(5)}  # fmt: skip
+    want = asdict(state)
+    want["elapsed_s"] = state.elapsed_s
+    want["completed_steps"], want["pending_steps"] = state.completed_steps, state.pending_steps
+    got = state.to_manifest()
+    assert got == want and list(got) == list(want)
+    assert list(got["steps"]["s1"]) == list(want["steps"]["s1"])
+    got["steps"]["s1"]["needs"].append("changed")  # a copy: the state is not touched
+    assert state.steps["s1"].needs == ["s0"]
