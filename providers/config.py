@@ -54,7 +54,7 @@ class ProviderConfig(BaseModel):
     breaker_cooldown_s: float = Field(default=30.0, gt=0, le=86400)
     max_concurrency: int | None = Field(default=None, ge=1, le=1000)
     requests_per_minute: float | None = Field(default=None, gt=0)
-    # a server that sends more than this (body or stream, as received) fails the step, unretried
+    # a server that sends more than this (body or stream, decompressed) fails the step, unretried
     max_response_bytes: int = Field(
         default=DEFAULT_MAX_RESPONSE_BYTES, ge=1, le=MAX_RESPONSE_BYTES_CEILING
     )

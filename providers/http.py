@@ -348,7 +348,7 @@ class Wire:
         self.provider = provider
         self.client = client
         self.timeout_s = timeout_s
-        self.max_bytes = max_bytes  # of an answer's body as received; None: no limit
+        self.max_bytes = max_bytes  # bytes of an answer's body, decompressed; None: no limit
         # one bound for connect, read (each gap between bytes), write and pool
         self.timeout = httpx.Timeout(timeout_s)
         self._base = parts._replace(fragment="")
