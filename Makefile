@@ -23,6 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/limits.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from fnmatch import fnmatchcase
-from typing import Any, Callable
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -51,11 +53,12 @@ def events(
     type_glob: str | None = None,
     step: str | None = None,
     level: str | None = None,
-) -> list[StoredEvent]:
+) -> Iterator[StoredEvent]:
+    """JOB's events as they are read, in batches: a million-event job is never held whole."""
     if not store.job_exists(job_id):
         raise Rejected(f"unknown job {job_id}")
     keep = event_filter(type_glob, step, level)
-    return [ev for ev in store.read_job(job_id) if keep(ev)]
+    return (ev for ev in store.read_job(job_id) if keep(ev))
 
 
 def event_filter(
@@ -124,7 +127,8 @@ def print_manifest(console: Console, state: JobState, *, historical: bool = Fals
     table = Table()
     for col in ("step", "status", "attempts", "cache", "tokens", "cost", "duration"):
         table.add_column(col)
-    for step in state.steps.values():
+    shown, hidden = steps_to_show(state)
+    for step in shown:
         table.add_row(
             step.name,
             step.status,
@@ -135,15 +139,73 @@ def print_manifest(console: Console, state: JobState, *, historical: bool = Fals
             f"{step.duration_s:.3f}s" if step.duration_s is not None else "",
         )
     console.print(table)
-    console.print(f"completed_steps: {', '.join(state.completed_steps) or '-'}")
-    console.print(f"pending_steps: {', '.join(state.pending_steps) or '-'}")
+    if hidden:
+        counts = Counter(step.status for step in hidden)
+        listed = ", ".join(f"{n:,} {status}" for status, n in sorted(counts.items()))
+        console.print(
+            f"… and {len(hidden):,} more steps ({listed}); `--json` lists every step",
+            highlight=False,
+        )
+    console.print(f"completed_steps: {name_list(state.completed_steps)}", highlight=False)
+    console.print(f"pending_steps: {name_list(state.pending_steps)}", highlight=False)
 
 
-def print_events(console: Console, events: list[StoredEvent]) -> None:
-    table = Table()
+# A table row costs rich about a millisecond: a 10,000-step job would take 10 s to show. Above
+# this many steps, the table shows the ones that need attention first and counts the rest.
+STEP_ROWS = 200
+
+
+def steps_to_show(state: JobState) -> tuple[list[Any], list[Any]]:
+    """The steps the table lists (in pipeline order) and those it only counts."""
+    steps = list(state.steps.values())
+    if len(steps) <= STEP_ROWS:
+        return steps, []
+    # failed, running, pending … first; completed ones fill what room is left
+    ranked = [s for s in steps if not s.completed] + [s for s in steps if s.completed]
+    keep = {s.name for s in ranked[:STEP_ROWS]}
+    return [s for s in steps if s.name in keep], [s for s in steps if s.name not in keep]
+
+
+def name_list(names: list[str]) -> str:
+    if len(names) <= STEP_ROWS:
+        return ", ".join(names) or "-"
+    return ", ".join(names[:STEP_ROWS]) + f", … ({len(names):,} in all; `--json` lists them)"
+
+
+# Rows rich lays out as one table; a longer listing goes out a page at a time, so its first
+# lines come at once (`steplog events JOB | head`) and memory holds one page, not the job.
+EVENT_PAGE = 200
+
+
+def print_events(console: Console, events: Iterable[StoredEvent]) -> None:
+    rows = iter(events)
+    page = list(islice(rows, EVENT_PAGE))
+    if len(page) < EVENT_PAGE:
+        console.print(_events_table(page))
+        return
+    # Fixed widths, so the pages line up as one table: one header, no edges between pages.
+    widths = {
+        "#": 9, "ts": max(len(ev.ts) for ev in page), "level": 7,
+        "type": max(22, *(len(ev.type) for ev in page)),
+        "step": max(4, *(len(ev.step or "") for ev in page)),
+    }  # fmt: skip
+    # what is left of the line: each column has one space either side, five rules between
+    widths["data"] = max(20, console.width - sum(widths.values()) - 2 * 6 - 5)
+    first = True
+    while page:
+        console.print(_events_table(page, widths=widths, header=first))
+        first = False
+        page = list(islice(rows, EVENT_PAGE))
+
+
+def _events_table(
+    events: list[StoredEvent], *, widths: dict[str, int] | None = None, header: bool = True
+) -> Table:
+    table = Table(show_header=header, show_edge=widths is None)
     for col in ("#", "ts", "level", "type", "step", "data"):
-        table.add_column(col, overflow="fold")
+        width = (widths or {}).get(col)
+        table.add_column(col, overflow="fold", min_width=width, max_width=width)
     for ev in events:
         data = ev.data_json if len(ev.data_json) <= 160 else ev.data_json[:157] + "..."
         table.add_row(str(ev.version), ev.ts, ev.level, ev.type, ev.step or "", data)
-    console.print(table)
+    return table

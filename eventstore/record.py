@@ -80,6 +80,14 @@ def blob_sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
+def text_sha256(text: str, slice_chars: int = 2**20) -> str:
+    """blob_sha256 of text's UTF-8, encoded a slice at a time (no copy of a large text)."""
+    digest = hashlib.sha256()
+    for start in range(0, len(text), slice_chars):
+        digest.update(text[start : start + slice_chars].encode("utf-8"))
+    return digest.hexdigest()
+
+
 class EventStore(Protocol):
     """What the rest of steplog needs from a log backend."""
 

@@ -33,6 +33,10 @@ APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
 # eventstore/schema.sql is a symlink to the repository's schema.sql (the one definition), so the
 # schema ships inside the package when installed from a wheel.
 SCHEMA_PATH = Path(__file__).parent / "schema.sql"
+# A blob this long is written in slices through SQLite's incremental blob I/O: a plain INSERT
+# binds a copy of it and builds the row as a second one, 3x its size at once for a 100 MB answer.
+BIG_BLOB = 4 * 2**20
+_BLOB_SLICE = 2**20
 MIGRATIONS_PATH = Path(__file__).parent / "migrations.sql"  # a symlink too
 SQLITE_MAGIC = b"SQLite format 3\x00"
 READ_BATCH = 5000
@@ -419,10 +423,14 @@ class SQLiteEventStore:
                 f"job {job_id} is at version {version}, expected {expected_version}"
             )
         if blobs:
+            small = [b for b in blobs if len(b) < BIG_BLOB]
             conn.executemany(
                 "INSERT OR IGNORE INTO blobs (sha256, size, content) VALUES (?, ?, ?)",
-                [(blob_sha256(b), len(b), b) for b in blobs],
+                [(blob_sha256(b), len(b), b) for b in small],
             )
+            for big in blobs:
+                if len(big) >= BIG_BLOB:
+                    _insert_big_blob(conn, big)
         seq0 = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         rows = []
         for offset, (ts, level, type_, step, data_json) in enumerate(prepared, start=1):
@@ -541,3 +549,18 @@ class SQLiteEventStore:
         if row is None:
             raise StoreError(f"blob {sha256[:12]} is missing from the database")
         return bytes(row[0])
+
+
+def _insert_big_blob(conn: sqlite3.Connection, content: bytes) -> None:
+    """INSERT OR IGNORE of one large blob, its bytes copied into the row slice by slice."""
+    sha = blob_sha256(content)
+    if conn.execute("SELECT 1 FROM blobs WHERE sha256 = ?", (sha,)).fetchone():
+        return  # content-addressed: the same sha256 already holds the same bytes
+    cursor = conn.execute(
+        "INSERT INTO blobs (sha256, size, content) VALUES (?, ?, zeroblob(?))",
+        (sha, len(content), len(content)),
+    )
+    view = memoryview(content)
+    with conn.blobopen("blobs", "content", cursor.lastrowid) as blob:
+        for start in range(0, len(view), _BLOB_SLICE):
+            blob.write(view[start : start + _BLOB_SLICE])

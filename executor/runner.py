@@ -40,7 +40,7 @@ from eventstore.events import (
     StepSucceeded,
     StepWaiting,
 )
-from eventstore.record import StoredEvent, blob_sha256
+from eventstore.record import StoredEvent, blob_sha256, text_sha256
 from eventstore.sqlite import SQLiteEventStore
 from executor import budget, cachekey, explain, faults
 from executor.budget import Spend
@@ -415,8 +415,12 @@ class JobRunner:
                 failure = StepFailure(f"cannot write files: {exc}", error_type)
                 await self._fail(name, pending, failure, attempt, t0, pending_blobs)
                 return False
+        # A text step's output is its answer, whose blob this commit or the cache holds already:
+        # not encoded a second time (an answer may be hundreds of MB).
+        same = output.text is text
+        output_blobs = [] if same else [output.text.encode("utf-8")]
         succeeded = StepSucceeded(
-            output_sha256=blob_sha256(output.text.encode("utf-8")),
+            output_sha256=text_sha256(text) if same else blob_sha256(output_blobs[0]),
             output=spec.output,
             cache_hit=cache_hit,
             cache_key=key,
@@ -427,7 +431,7 @@ class JobRunner:
         self._record_output(name, output)
         faults.reached("before:step.succeeded", name)
         release()
-        await self.commit(pending, [*pending_blobs, output.text.encode("utf-8")])
+        await self.commit(pending, [*pending_blobs, *output_blobs])
         return True
 
     def _write_files(self, name: str, output: StepOutput, events: list[NewEvent]) -> None:

@@ -6,7 +6,7 @@ with the same code; `apply` is the single step of the fold and touches no databa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
@@ -111,12 +111,24 @@ class JobState:
 
     def to_manifest(self) -> dict[str, Any]:
         """The manifest as users see it (`status --json`), with the predecessor's field names."""
-        out = asdict(self)
+        out = asdict(replace(self, steps={}))
         out["elapsed_s"] = self.elapsed_s
-        out["steps"] = {name: asdict(s) for name, s in self.steps.items()}
+        # asdict's recursive copy cost ~0.1 ms a step: 1 s of `status --json` for 10,000 steps
+        out["steps"] = {name: _step_document(s) for name, s in self.steps.items()}
         out["completed_steps"] = self.completed_steps
         out["pending_steps"] = self.pending_steps
         return out
+
+
+_STEP_FIELDS = tuple(f.name for f in fields(StepState))
+
+
+def _step_document(step: StepState) -> dict[str, Any]:
+    """asdict(step), without its generic recursion: the fields are flat but for two lists."""
+    out = {name: getattr(step, name) for name in _STEP_FIELDS}
+    out["needs"] = list(step.needs)
+    out["files"] = list(step.files)
+    return out
 
 
 def _parse_ts(ts: str) -> datetime:

@@ -19,6 +19,7 @@ from providers.http import (
     ErrorInAnswer,
     HTTPProvider,
     StreamCut,
+    TextParts,
     Unusable,
     count,
     error_message,
@@ -43,7 +44,7 @@ class _Stream:
     """The state of one streamed message, event by event (pure: no I/O)."""
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
+        self.parts = TextParts()
         self.saw_text = False
         self.stop: str | None = None
         self.model: str | None = None
@@ -159,7 +160,7 @@ class AnthropicProvider(HTTPProvider):
         if not state.saw_text:
             raise Unusable("the stream carried no text content")
         return LLMResult(
-            text="".join(state.parts),
+            text=state.parts.text(),
             model=state.model or request.model,
             tokens_in=state.tokens_in,
             tokens_out=state.tokens_out,

@@ -4,6 +4,7 @@
     ├── ProviderUnavailable       could not reach the server (connect error, read timeout) — retryable
     ├── ProviderHTTPError         the server answered with an error status; retryable for 408/409/429/5xx/529
     ├── ProviderBadResponse       the server answered 2xx with something we cannot use — not retryable
+    │   └── ProviderTooLarge      the answer passed the provider's max_response_bytes — not retryable
     ├── ProviderStreamError       the server put an error object inside a 2xx answer or stream;
     │                             retryable when the protocol says the cause is transient
     └── ProviderTruncated         the answer was cut off at the token limit and the step said
@@ -101,6 +102,10 @@ class ProviderBadResponse(ProviderError):
 
     def __init__(self, message: str, *, provider: str, status: int | None = None) -> None:
         super().__init__(message, provider=provider, status=status, retryable=False)
+
+
+class ProviderTooLarge(ProviderBadResponse):
+    error_class = "too_large"
 
 
 class ProviderStreamError(ProviderError):

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 ProviderKind = Literal["offline", "openai", "ollama", "anthropic"]
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20
+# SQLite's default SQLITE_MAX_LENGTH: no blob (an answer is stored as one) can be longer
+MAX_RESPONSE_BYTES_CEILING = 1_000_000_000
 HTTP_KINDS = ("openai", "ollama", "anthropic")
 # keys that mean something to one kind only; set on another kind they are an error
 KIND_KEYS: dict[str, tuple[str, ...]] = {
@@ -77,6 +80,10 @@ class ProviderConfig(BaseModel):
     breaker_cooldown_s: float = Field(default=30.0, gt=0, le=86400)
     max_concurrency: int | None = Field(default=None, ge=1, le=1000)
     requests_per_minute: float | None = Field(default=None, gt=0)
+    # a server that sends more than this (body or stream, decompressed) fails the step, unretried
+    max_response_bytes: int = Field(
+        default=DEFAULT_MAX_RESPONSE_BYTES, ge=1, le=MAX_RESPONSE_BYTES_CEILING
+    )
 
     @model_validator(mode="after")
     def _kind_keys(self) -> ProviderConfig:

@@ -10,6 +10,7 @@
       (providers.backoff.RETRY_AFTER_CAP_S)
     a 2xx body we cannot use                              -> ProviderBadResponse
     a stream that ends without its closing event          -> ProviderUnavailable (it was cut)
+    a body or stream longer than max_response_bytes       -> ProviderTooLarge (not retried)
     an error object inside a 2xx body or stream           -> ProviderStreamError
 
 Each message names the provider and the URL without credentials; any key a server or a library
@@ -18,6 +19,7 @@ echoes back is redacted. The key itself is read from the environment at call tim
 
 from __future__ import annotations
 
+import codecs
 import email.utils
 import json
 import math
@@ -39,12 +41,16 @@ from providers.base import (
     ProviderError,
     ProviderHTTPError,
     ProviderStreamError,
+    ProviderTooLarge,
     ProviderTruncated,
     ProviderUnavailable,
 )
 from providers.config import ProviderConfig
 
 SERVER_MESSAGE_MAX = 500
+# what of an error status's body is read: its message is cut to SERVER_MESSAGE_MAX anyway
+ERROR_BODY_MAX = 64 * 1024
+_ERROR_HEADERS = ("content-type", "retry-after")
 # A header value must be visible ASCII; anything else (a stray newline from `$(cat keyfile)`, a
 # non-ASCII char) would fail inside httpx/h11 with an error text that may quote the header.
 _VALID_KEY = re.compile(r"[\x21-\x7e]+")
@@ -147,6 +153,74 @@ def parse_json(text: str) -> Any:
         raise Unusable(f"answer is not JSON: {text[:80]!r}") from exc
 
 
+class LineSplitter:
+    """Lines of a body that arrives in byte chunks, split as SSE and NDJSON split them.
+
+    `feed(chunk)` returns the lines the chunk completes; `end()` the unterminated last one.
+    A line ends at CR, LF or CRLF (bytes.splitlines), never at the Unicode separators (U+2028,
+    U+0085 …) that str.splitlines also splits on: those may stand raw inside a JSON string.
+    Each chunk is scanned once, so a long line arriving in many chunks costs linear time.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, chunk: bytes) -> list[str]:
+        start = len(self._buf)
+        self._buf += chunk
+        # the last line end inside this chunk; a CR at its very end may be half of a CRLF
+        tail = len(chunk) - 1 if chunk.endswith(b"\r") else len(chunk)
+        end = max(chunk.rfind(b"\n", 0, tail), chunk.rfind(b"\r", 0, tail))
+        if end < 0:
+            return []
+        end += start + 1
+        with memoryview(self._buf) as view:
+            complete = bytes(view[:end])
+        del self._buf[:end]
+        return [line.decode("utf-8", "replace") for line in complete.splitlines()]
+
+    def end(self) -> list[str]:
+        rest, self._buf = bytes(self._buf), bytearray()
+        return [line.decode("utf-8", "replace") for line in rest.splitlines()]
+
+
+class TextParts:
+    """The text of a streamed answer, piece by piece, in bounded memory.
+
+    A list of pieces costs a str object (about 50 bytes) per piece: several times the text itself
+    for the few-character deltas servers stream. A StringIO grown to 100 MB by reallocation
+    leaves freed blocks behind that the allocator cannot reuse for the next large object (RSS
+    measured at 3x the text after encoding it). So pieces are joined into 1 MiB chunks as they
+    come, and the chunks once at the end: 2x the text at the join, freed in one piece.
+    """
+
+    CHUNK = 2**20
+
+    def __init__(self) -> None:
+        self._chunks: list[str] = []
+        self._pending: list[str] = []
+        self._size = 0
+
+    def append(self, piece: str) -> None:
+        self._pending.append(piece)
+        self._size += len(piece)
+        if self._size >= self.CHUNK:
+            self._chunks.append("".join(self._pending))
+            self._pending.clear()
+            self._size = 0
+
+    def text(self) -> str:
+        if self._pending:
+            self._chunks.append("".join(self._pending))
+            self._pending.clear()
+            self._size = 0
+        if len(self._chunks) == 1:
+            return self._chunks[0]
+        text = "".join(self._chunks)
+        self._chunks = [text]  # the pieces go now; text() again returns the same str
+        return text
+
+
 @dataclass(frozen=True)
 class SSEEvent:
     event: str
@@ -214,6 +288,10 @@ class StreamCut(Exception):
     """A stream that ended before its closing event -> ProviderUnavailable (retryable)."""
 
 
+class TooLarge(Exception):
+    """More bytes than max_response_bytes -> ProviderTooLarge (not retryable)."""
+
+
 class ErrorInAnswer(Exception):
     """The server reported an error inside a 2xx answer -> ProviderStreamError."""
 
@@ -252,7 +330,12 @@ class Wire:
     """One provider's HTTP: its client and timeout, its URLs, and the secrets kept out of messages."""
 
     def __init__(
-        self, provider: str, client: httpx.AsyncClient, base_url: str | None, timeout_s: float
+        self,
+        provider: str,
+        client: httpx.AsyncClient,
+        base_url: str | None,
+        timeout_s: float,
+        max_bytes: int | None = None,
     ) -> None:
         if not base_url:
             raise ValueError(f"provider {provider!r}: base_url is required")
@@ -265,6 +348,7 @@ class Wire:
         self.provider = provider
         self.client = client
         self.timeout_s = timeout_s
+        self.max_bytes = max_bytes  # bytes of an answer's body, decompressed; None: no limit
         # one bound for connect, read (each gap between bytes), write and pool
         self.timeout = httpx.Timeout(timeout_s)
         self._base = parts._replace(fragment="")
@@ -321,6 +405,12 @@ class Wire:
             ) from exc
         except Unusable as exc:
             raise self.bad(url, str(exc), key) from exc
+        except TooLarge as exc:
+            raise ProviderTooLarge(
+                f"{safe}: {exc}; raise max_response_bytes on the provider if it is expected",
+                provider=self.provider,
+                status=200,
+            ) from exc
         except StreamCut as exc:
             raise ProviderUnavailable(
                 f"{safe}: {self.redact(str(exc), key)}", provider=self.provider
@@ -343,12 +433,76 @@ class Wire:
     ) -> Any:
         """One request; the parsed JSON of a 2xx answer, or a ProviderError."""
         async with self.mapped(url, key):
-            response = await self.client.request(
+            async with self.client.stream(
                 method, url, json=body, headers=headers, timeout=self.timeout
-            )
-            if not response.is_success:
-                raise self.http_error(url, response, key)
-            return parse_json(response.text)
+            ) as response:
+                if not response.is_success:
+                    raise await self.error_of(url, response, key)
+                text = await self.read_text(response)
+            return parse_json(text)  # the text and its parse: 2x the answer at the peak
+
+    async def error_of(self, url: str, response: httpx.Response, key: str | None) -> ProviderError:
+        """The ProviderHTTPError of a non-2xx answer, from at most ERROR_BODY_MAX of its body."""
+        head = bytearray()
+        async for chunk in response.aiter_bytes():
+            head += chunk
+            if len(head) >= ERROR_BODY_MAX:
+                break
+        # the headers a message needs; not Content-Encoding: these bytes are already decoded
+        kept = {k: v for k, v in response.headers.items() if k.lower() in _ERROR_HEADERS}
+        read = httpx.Response(
+            response.status_code, headers=kept, content=bytes(head[:ERROR_BODY_MAX])
+        )
+        return self.http_error(url, read, key)
+
+    def _check_declared(self, response: httpx.Response) -> None:
+        """Refuse at once a body whose Content-Length already says it is too long."""
+        declared = response.headers.get("content-length", "")
+        encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
+        if self.max_bytes is not None and declared.isdigit() and not encoded:
+            if int(declared) > self.max_bytes:
+                raise TooLarge(
+                    f"the answer is {int(declared):,} bytes (Content-Length), over "
+                    f"max_response_bytes = {self.max_bytes:,}"
+                )
+
+    def _over(self) -> TooLarge:
+        return TooLarge(
+            f"the answer passed max_response_bytes = {self.max_bytes:,} bytes; "
+            "the rest was not read"
+        )
+
+    async def read_text(self, response: httpx.Response) -> str:
+        """The whole body as UTF-8 text, refusing it past max_bytes without reading further.
+
+        Decoded chunk by chunk into TextParts: the bytes are never held whole beside the text,
+        and no buffer is grown by reallocation (which leaves unusable holes in the heap).
+        """
+        self._check_declared(response)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        parts = TextParts()
+        total = 0
+        async for chunk in response.aiter_bytes():
+            total += len(chunk)
+            if self.max_bytes is not None and total > self.max_bytes:
+                raise self._over()
+            parts.append(decoder.decode(chunk))
+        parts.append(decoder.decode(b"", final=True))
+        return parts.text()
+
+    async def lines(self, response: httpx.Response) -> AsyncIterator[str]:
+        """The body's lines as they arrive, refusing it past max_bytes without reading further."""
+        self._check_declared(response)
+        splitter = LineSplitter()
+        total = 0
+        async for chunk in response.aiter_bytes():
+            total += len(chunk)
+            if self.max_bytes is not None and total > self.max_bytes:
+                raise self._over()
+            for line in splitter.feed(chunk):
+                yield line
+        for line in splitter.end():
+            yield line
 
     @asynccontextmanager
     async def stream(
@@ -360,9 +514,12 @@ class Wire:
                 "POST", url, json=body, headers=headers, timeout=self.timeout
             ) as response:
                 if not response.is_success:
-                    await response.aread()
-                    raise self.http_error(url, response, key)
-                yield response.aiter_lines()
+                    raise await self.error_of(url, response, key)
+                lines = self.lines(response)
+                try:
+                    yield lines
+                finally:
+                    await lines.aclose()
 
 
 # -- the shape of every HTTP provider ---------------------------------------------------------------
@@ -383,7 +540,7 @@ class HTTPProvider:
         self.name = name
         self.config = config
         base_url = config.resolved_base_url(os.environ)
-        self.wire = Wire(name, client, base_url, config.timeout_s)
+        self.wire = Wire(name, client, base_url, config.timeout_s, config.max_response_bytes)
         self.url = self.endpoint()
         self.safe_url = public_url(self.url)
 

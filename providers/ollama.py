@@ -15,6 +15,7 @@ from providers.base import LLMRequest, LLMResult, ProviderError
 from providers.http import (
     HTTPProvider,
     StreamCut,
+    TextParts,
     Unusable,
     chat_messages,
     count,
@@ -66,7 +67,7 @@ class OllamaProvider(HTTPProvider):
         return self._result(data, content, request)
 
     async def read_stream(self, lines: AsyncIterator[str], request: LLMRequest) -> LLMResult:
-        parts: list[str] = []
+        parts = TextParts()
         async for line in lines:
             if not line.strip():
                 continue
@@ -81,7 +82,7 @@ class OllamaProvider(HTTPProvider):
             elif not data.get("done"):
                 raise Unusable("stream line has no message content")
             if data.get("done") is True:
-                return self._result(data, "".join(parts), request)
+                return self._result(data, parts.text(), request)
         raise StreamCut("the stream ended before the line with done: true")
 
     async def check(self) -> str:

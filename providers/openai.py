@@ -15,6 +15,7 @@ from providers.base import LLMRequest, LLMResult
 from providers.http import (
     HTTPProvider,
     StreamCut,
+    TextParts,
     Unusable,
     chat_messages,
     count,
@@ -31,7 +32,7 @@ class _Stream:
     """The state of one streamed answer, chunk by chunk (pure: no I/O)."""
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
+        self.parts = TextParts()
         self.finish: str | None = None
         self.usage: dict[str, Any] = {}
         self.model: str | None = None
@@ -122,7 +123,7 @@ class OpenAIProvider(HTTPProvider):
         if not state.saw_choice:
             raise Unusable("the stream carried no choices")
         return LLMResult(
-            text="".join(state.parts),
+            text=state.parts.text(),
             model=state.model or request.model,
             tokens_in=count(state.usage.get("prompt_tokens")),
             tokens_out=count(state.usage.get("completion_tokens")),

@@ -100,8 +100,8 @@ def test_the_stream_fold_reads_usage_from_start_and_delta() -> None:
     ]  # fmt: skip
     for event, data in events:
         state.feed(event, data)
-    assert (state.parts, state.model, state.tokens_in, state.tokens_out, state.stop, state.done) == (
-        ["x"], "c", 12, 5, "stop_sequence", True,
+    assert (state.parts.text(), state.model, state.tokens_in, state.tokens_out, state.stop, state.done) == (
+        "x", "c", 12, 5, "stop_sequence", True,
     )  # fmt: skip
 
 
