@@ -341,8 +341,12 @@ def execute(
         except VersionConflict as exc:
             raise _explained(exc, prepared.job_id) from exc
     except KeyboardInterrupt:
-        _record_stop(store, prepared.job_id, StopReport(received["signal"], grace_s=0))
-        raise Interrupted(received["signal"]) from None
+        if runner.ended is None:
+            with signals_ignored():  # a second Ctrl-C must not cut the record off
+                _record_stop(store, prepared.job_id, StopReport(received["signal"], grace_s=0))
+            raise Interrupted(received["signal"]) from None
+        # the job had ended (job.succeeded/failed committed) before the signal came: it stays so
+        outcome = runner.ended
     finally:
         signal.signal(signal.SIGTERM, previous)
     if outcome.interrupted:

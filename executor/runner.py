@@ -164,6 +164,8 @@ class JobRunner:
         self._scopes: dict[str, anyio.CancelScope] = {}  # steps under way
         self._calling: set[str] = set()  # steps awaiting their provider's answer
         self._steps_scope: anyio.CancelScope | None = None
+        # Set once job.succeeded or job.failed is committed: a signal after it changes nothing.
+        self.ended: JobOutcome | None = None
 
     # -- the log ---------------------------------------------------------------------------------
 
@@ -244,9 +246,11 @@ class JobRunner:
             if len(failed) > 1:
                 error += f" (and {len(failed) - 1} more: {', '.join(failed[1:])})"
             self.emit([self._ev(JobFailed(error=error, failed_steps=failed, duration_s=duration))])
-            return JobOutcome(False, failed, blocked)
+            self.ended = JobOutcome(False, failed, blocked)
+            return self.ended
         self.emit([self._ev(JobSucceeded(duration_s=duration))])
-        return JobOutcome(True, [], [])
+        self.ended = JobOutcome(True, [], [])
+        return self.ended
 
     def _load_reused(self, plan: Plan) -> None:
         """Append step.skipped for every reused step; load the outputs still to be read."""

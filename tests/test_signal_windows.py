@@ -1,0 +1,86 @@
+"""Signals that land outside the event loop's handlers: before they exist, after they are gone.
+
+There the old path applies (KeyboardInterrupt, then job.interrupted). These tests put a real
+signal, sent to this process, at exactly those places, on a real database:
+- after the job ended (job.succeeded committed, the loop's handlers removed): the job stays
+  succeeded, nothing is appended after its end;
+- a second signal while that path appends job.interrupted: the record is not cut off.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from commands import jobs
+from commands.jobs import Interrupted, RunCommand, execute, fold_job, prepare_run
+from eventstore.sqlite import SQLiteEventStore
+from projections.store import open_store
+from tests.proc_pipelines import dag_pipeline
+
+
+def _prepared(tmp_path: Path, store: SQLiteEventStore) -> jobs.Prepared:
+    path = dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], 0)})
+    return prepare_run(store, RunCommand(pipeline_path=path, job_id="j", workspace=tmp_path / "w"))
+
+
+def _types(store: SQLiteEventStore) -> list[str]:
+    return [ev.type for ev in store.read_job("j")]
+
+
+def test_a_signal_after_the_job_ended_leaves_it_ended(tmp_path, monkeypatch):
+    store = open_store(tmp_path / "s.db")
+    prepared = _prepared(tmp_path, store)
+
+    @contextmanager
+    def then_signal() -> Iterator[None]:
+        yield  # the run is over: job.succeeded committed, the loop and its handlers gone
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+
+    monkeypatch.setattr(jobs, "_long_lived_heap", then_signal)
+    try:
+        outcome = execute(store, prepared, say=lambda line: None)
+    except Interrupted:
+        outcome = None
+    except KeyboardInterrupt:  # pragma: no cover - the bug this test is about, not pytest's
+        pytest.fail("the signal escaped execute() as KeyboardInterrupt")
+    types = _types(store)
+    assert types[-1] == "job.succeeded", types
+    assert "job.interrupted" not in types
+    assert fold_job(store, "j").status == "succeeded"
+    assert outcome is not None and outcome.succeeded
+
+
+def test_a_second_signal_while_job_interrupted_is_appended_does_not_cut_it_off(
+    tmp_path, monkeypatch
+):
+    store = open_store(tmp_path / "s.db")
+    prepared = _prepared(tmp_path, store)
+    append = store.append
+
+    def append_after_a_signal(job_id, events, **kwargs):  # type: ignore[no-untyped-def]
+        if any(e.type == "job.interrupted" for e in events):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again, as the record is written
+        return append(job_id, events, **kwargs)
+
+    @contextmanager
+    def signal_first() -> Iterator[None]:
+        os.kill(os.getpid(), signal.SIGINT)  # before the loop and its handlers exist
+        yield
+
+    monkeypatch.setattr(store, "append", append_after_a_signal)
+    monkeypatch.setattr(jobs, "_long_lived_heap", signal_first)
+    try:
+        with pytest.raises(Interrupted) as stopped:
+            execute(store, prepared, say=lambda line: None)
+    except KeyboardInterrupt:  # pragma: no cover - the bug this test is about, not pytest's
+        pytest.fail("the second signal cut off the job.interrupted append")
+    assert stopped.value.exit_code == 130
+    assert _types(store)[-1] == "job.interrupted"
+    assert fold_job(store, "j").status == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
