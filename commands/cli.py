@@ -27,6 +27,7 @@ from commands.jobs import (
     execute,
     prepare_resume,
     prepare_run,
+    stop_recorded,
 )
 from commands.replay import BadPoint, replay
 from eventstore.errors import database_error
@@ -116,15 +117,21 @@ def grace_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def _run_prepared(
     store: SQLiteEventStore, prepared: Prepared, quiet: bool, grace_s: float = DEFAULT_GRACE_S
 ) -> None:
-    for warning in drift.warnings(store.conn, prepared.job_id, prepared.workspace, prepared.plan):
-        click.echo(warning, err=True)  # files of skipped steps edited by hand: left as they are
-    live = sys.stdout.isatty() and not quiet
-    display = LiveDisplay(prepared.state) if live else PlainDisplay(prepared.state, quiet=quiet)
-    if not live and not quiet:
-        click.echo(
-            f"job {prepared.job_id}: {prepared.pipeline.name}, {len(prepared.plan.run)} step(s) to run"
-        )
     try:
+        with stop_recorded(store, prepared.job_id):  # the job is ours from here: Ctrl-C is recorded
+            for warning in drift.warnings(
+                store.conn, prepared.job_id, prepared.workspace, prepared.plan
+            ):
+                click.echo(warning, err=True)  # files of skipped steps edited by hand: left
+            live = sys.stdout.isatty() and not quiet
+            display = (
+                LiveDisplay(prepared.state) if live else PlainDisplay(prepared.state, quiet=quiet)
+            )
+            if not live and not quiet:
+                click.echo(
+                    f"job {prepared.job_id}: {prepared.pipeline.name}, "
+                    f"{len(prepared.plan.run)} step(s) to run"
+                )
         with display:
             outcome = execute(store, prepared, observer=display, grace_s=grace_s)
     except Interrupted as stop:

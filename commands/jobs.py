@@ -357,6 +357,18 @@ def execute(
     return outcome
 
 
+@contextmanager
+def stop_recorded(store: SQLiteEventStore, job_id: str) -> Iterator[None]:
+    """Between a job's opening events and execute() (which handles signals itself): a Ctrl-C
+    there records job.interrupted too, and ends as Interrupted, not as a bare abort."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        with signals_ignored():
+            _record_stop(store, job_id, StopReport("SIGINT", grace_s=0))
+        raise Interrupted("SIGINT") from None
+
+
 def _explained(exc: BaseException, job_id: str) -> BaseException:
     """A conflict inside the run means a second writer appended to this job meanwhile."""
     if isinstance(exc, VersionConflict):

@@ -84,3 +84,49 @@ def test_a_second_signal_while_job_interrupted_is_appended_does_not_cut_it_off(
     assert _types(store)[-1] == "job.interrupted"
     assert fold_job(store, "j").status == "interrupted"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_after_job_resumed_before_the_run_starts_is_one_line_and_resumable(
+    tmp_path, monkeypatch
+):
+    """`resume` checks the workspace for hand-edited files after job.resumed is committed and
+    before the run takes over the signals (a big workspace takes a while): Ctrl-C there."""
+    from commands import cli
+    from tests.inprocess import steplog_here
+
+    db = tmp_path / "s.db"
+    path = tmp_path / "p.toml"
+    text = """name = "w"
+[providers.local]
+kind = "offline"
+model = "offline-1"
+[steps.a]
+provider = "local"
+prompt = "A."
+[steps.b]
+needs = ["a"]
+provider = "local"
+prompt = "B {{ steps.a.output }}"
+"""
+    path.write_text(text + "options = { fail = true }\n")
+    first = steplog_here(db, "run", str(path), "--job-id", "k", "--workspace", str(tmp_path / "k"))
+    assert first.code == 1, first.err  # b failed: the job waits for a resume
+    path.write_text(text)
+
+    def warnings_then_ctrl_c(*args, **kwargs):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)
+        return []
+
+    monkeypatch.setattr(cli.drift, "warnings", warnings_then_ctrl_c)
+    try:
+        stopped = steplog_here(db, "resume", "k")
+    except KeyboardInterrupt:  # pragma: no cover - the bug this test is about, not pytest's
+        pytest.fail("Ctrl-C before the run escaped as KeyboardInterrupt")
+    assert stopped.code == 130, stopped.err
+    assert stopped.err.count("\n") == 1 and "continue with: steplog resume k" in stopped.err
+    with open_store(db) as s:
+        assert [ev.type for ev in s.read_job("k")][-2:] == ["job.resumed", "job.interrupted"]
+        assert fold_job(s, "k").status == "interrupted"
+    monkeypatch.undo()
+    resumed = steplog_here(db, "resume", "k")
+    assert resumed.code == 0, resumed.err
