@@ -268,18 +268,26 @@ def test_resume_of_a_job_another_live_process_runs_is_refused(tmp_path):
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_records_interruption_and_resume_continues(tmp_path, sig, code):
-    db = tmp_path / "s.db"
-    pipeline = factory(tmp_path, **SLOW)
-    proc = _popen(db, "run", str(pipeline), "--job-id", "t", env={})
-    _signal_when(db, proc, "SELECT count(*) FROM events WHERE type='step.succeeded'", sig)
+    """The signal comes while b's call is in flight (a minute long, so however late a busy
+    machine delivers it, the job cannot have ended first; grace 0 cuts the call off), with c
+    still to start. Resume, with the delay taken out of the pipeline, runs b and c only."""
+    from tests.proc_pipelines import dag_pipeline
+
+    db, log = tmp_path / "s.db", tmp_path / "calls.log"
+    env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
+    pipeline = dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], 60), "c": (["b"], 0)})
+    proc = _popen(db, "run", str(pipeline), "--job-id", "t", "--grace", "0", env=env)
+    _signal_when(db, proc, "SELECT count(*) FROM events WHERE type='llm.request' AND step='b'", sig)
     assert proc.returncode == code
     assert status_json(db, "t")["status"] == "interrupted"
     interrupted = db_rows(
         db, "SELECT json_extract(data, '$.signal') FROM events WHERE type='job.interrupted'"
     )
     assert interrupted == [(signal.Signals(sig).name,)]
-    assert steplog(db, "resume", "t").code == 0
+    dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], 0), "c": (["b"], 0)})
+    assert steplog(db, "resume", "t", env=env).code == 0
     assert status_json(db, "t")["status"] == "succeeded"
+    assert calls(log) == Counter({"a": 1, "b": 1, "c": 1})  # a not again; b's cut-off call again
 
 
 def test_events_replay_and_jobs_output(tmp_path):
