@@ -320,6 +320,9 @@ def execute(
             await group.start(shutdown.watch, runner)
             outcome = await runner.run(prepared.plan)
             group.cancel_scope.cancel()
+        # the loop, removing its handler with the watcher, put back SIGTERM's default (die at
+        # once, nothing recorded); ours again until execute() ends
+        signal.signal(signal.SIGTERM, on_sigterm)
         return outcome
 
     # Outside the event loop's own handlers (before they are set up, after they are removed) a

@@ -130,3 +130,55 @@ prompt = "B {{ steps.a.output }}"
     monkeypatch.undo()
     resumed = steplog_here(db, "resume", "k")
     assert resumed.code == 0, resumed.err
+
+
+_SIGTERM_AFTER_THE_LOOP = """
+import os, signal, sys
+from contextlib import contextmanager
+from pathlib import Path
+from commands import jobs
+from projections.store import open_store
+
+@contextmanager
+def then_sigterm():
+    yield  # the loop is closed: its handlers are gone, job.interrupted not yet appended
+    os.kill(os.getpid(), signal.SIGTERM)
+
+def ctrl_c_once_a_is_asked(stored):
+    if any(ev.type == "llm.request" and ev.step == "a" for ev in stored):
+        os.kill(os.getpid(), signal.SIGINT)
+
+jobs._long_lived_heap = then_sigterm
+store = open_store(sys.argv[1])
+cmd = jobs.RunCommand(pipeline_path=Path(sys.argv[2]), job_id="j", workspace=Path(sys.argv[3]))
+prepared = jobs.prepare_run(store, cmd)
+try:
+    jobs.execute(store, prepared, observer=ctrl_c_once_a_is_asked, say=lambda line: None)
+except jobs.Interrupted as stop:
+    sys.exit(stop.exit_code)
+sys.exit(0)
+"""
+
+
+def test_sigterm_after_the_loop_closed_still_records_the_interruption(tmp_path):
+    """The event loop, removing its SIGTERM handler at the end of the run, puts back the
+    default action (die at once), not steplog's: a SIGTERM between the loop's end and the
+    job.interrupted append must still be recorded, in a real process."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "s.db"
+    path = dag_pipeline(tmp_path, {"a": ([], 0.2), "b": (["a"], 0)})
+    script = tmp_path / "child.py"
+    script.write_text(_SIGTERM_AFTER_THE_LOOP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(script), str(db), str(path), str(tmp_path / "w")],
+        cwd=root, env={**env, "PYTHONPATH": str(root)}, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 143, (proc.returncode, proc.stderr[-2000:])
+    with open_store(db) as store:
+        assert [ev.type for ev in store.read_job("j")][-1] == "job.interrupted"
+        assert fold_job(store, "j").status == "interrupted"
