@@ -22,6 +22,9 @@ from tests.test_cli_e2e import _popen, _wait_for, calls
 pytestmark = pytest.mark.slow
 
 CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# How long a call the test signals during stays in flight: the test process, slowed by a busy
+# machine, must get its signal in before the call answers (1.5 s leaves little margin).
+CALL_S = 4.0
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 30) -> None:
@@ -60,7 +63,7 @@ def test_calls_in_flight_finish_in_the_grace_period_and_are_not_asked_again(tmp_
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     path = dag_pipeline(
         tmp_path,
-        {"a": ([], 0), "b": (["a"], 1.5), "c": (["a"], 1.5), "d": (["a"], 1.5),
+        {"a": ([], 0), "b": (["a"], CALL_S), "c": (["a"], CALL_S), "d": (["a"], CALL_S),
          "e": (["b", "c", "d"], 0)},
     )  # fmt: skip
     proc = _popen(db, "run", str(path), "--job-id", "j", env=env)
@@ -178,7 +181,7 @@ def test_a_signal_while_steps_wait_for_a_slot_starts_none_of_them(tmp_path):
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     provider = 'kind = "offline"\nmodel = "offline-1"\nmax_concurrency = 1'
     path = dag_pipeline(
-        tmp_path, {"a": ([], 1.5), "b": ([], 1.5), "c": ([], 1.5)}, provider=provider
+        tmp_path, {"a": ([], CALL_S), "b": ([], 1.5), "c": ([], 1.5)}, provider=provider
     )
     proc = _popen(db, "run", str(path), "--job-id", "j", env=env)
     err = StderrLines(proc)
@@ -199,7 +202,7 @@ def test_a_signal_while_steps_wait_for_a_slot_starts_none_of_them(tmp_path):
 def test_a_signal_during_the_last_call_lets_the_job_finish(tmp_path):
     """Nothing is left once the call in flight answers: the job ends as it would have."""
     db = tmp_path / "s.db"
-    path = dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], 1.5)})
+    path = dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], CALL_S)})
     proc = _popen(db, "run", str(path), "--job-id", "j", env={})
     err = StderrLines(proc)
     try:
