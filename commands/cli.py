@@ -52,11 +52,17 @@ def one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
-def _open(ctx: click.Context, *, write: bool = False) -> SQLiteEventStore:
+def _open(
+    ctx: click.Context, *, write: bool = False, create: bool | None = None
+) -> SQLiteEventStore:
     """The store for this command. write: the verb appends, so a read-only file is refused
-    here, before anything starts."""
+    here, before anything starts. create (default: write): a missing file is created; else it
+    is refused, so a read verb or a typo in --db leaves no empty database (or directory)."""
     store = ctx.obj.get("store")
     if store is None:
+        path = ctx.obj["db"]
+        if not (write if create is None else create) and not Path(path).exists():
+            raise Rejected(f"no database at {path}; start one with: steplog run PIPELINE.toml")
         store = ctx.obj["store"] = open_store(ctx.obj["db"])
         ctx.call_on_close(store.close)
     if write:
@@ -99,6 +105,12 @@ def cli(ctx: click.Context, db: Path) -> None:
     ctx.obj["db"] = db
 
 
+def _not_nan(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if value != value:  # FloatRange lets NaN through: it compares false with both bounds
+        raise click.BadParameter("nan is not a number of seconds", ctx=ctx, param=param)
+    return value
+
+
 def grace_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--grace",
@@ -107,6 +119,7 @@ def grace_option(func: Callable[..., Any]) -> Callable[..., Any]:
         default=DEFAULT_GRACE_S,
         show_default=True,
         type=click.FloatRange(0, 3600),
+        callback=_not_nan,
         metavar="SECONDS",
         help="On Ctrl-C/SIGTERM, how long running provider calls may finish before they are "
         "cancelled (0: at once; env STEPLOG_GRACE_S).",
@@ -219,7 +232,7 @@ def resume(
 
     Example: steplog resume job_20261124_101500_ab12cd
     """
-    store = _open(ctx, write=True)
+    store = _open(ctx, write=True, create=False)
     _run_prepared(
         store,
         prepare_resume(
@@ -266,7 +279,7 @@ def replay_cmd(
     if fork is not None:
         from commands.cli_debug import print_fork
 
-        print_fork(_open(ctx, write=True), job, point, fork, workspace, as_json)
+        print_fork(_open(ctx, write=True, create=False), job, point, fork, workspace, as_json)
         return
     if workspace is not None:
         raise click.UsageError("--workspace is only for --fork")
