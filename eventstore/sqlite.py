@@ -144,6 +144,11 @@ def read_only_reason(path: Path) -> str | None:
     if not os.access(path, os.W_OK):
         return "the file is not writable"
     sidecars = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    for sidecar in sidecars:
+        # A reader of a read-only file leaves these with the file's mode (0444): made writable
+        # again, the file alone is not enough, and SQLite would only say "readonly database".
+        if sidecar.exists() and not os.access(sidecar, os.W_OK):
+            return f"{sidecar.name} beside it is not writable; delete it or make it writable"
     if not os.access(path.parent, os.W_OK | os.X_OK) and not all(
         os.access(p, os.W_OK) for p in sidecars
     ):
