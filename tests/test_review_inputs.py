@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.cli_helpers import EXAMPLE, db_rows, steplog
