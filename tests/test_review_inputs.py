@@ -101,3 +101,51 @@ def test_a_read_only_sidecar_left_by_a_reader_is_named_when_writing(tmp_path):
         sidecar.unlink(missing_ok=True)
     assert steplog(db, "run", str(EXAMPLE), "--job-id", "w", "-q", as_plain_user=True).code == 0
     assert db_rows(db, "SELECT count(*) FROM events") > before
+
+
+def _remote_pipeline(tmp_path, base_url: str):
+    path = tmp_path / "remote.toml"
+    path.write_text(
+        'name = "remote"\n[providers.r]\nkind = "openai"\n'
+        f'base_url = "{base_url}"\nmodel = "m"\nmax_retries = 0\n'
+        '[steps.a]\nprovider = "r"\nprompt = "hi"\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("base_url", "problem"),
+    [
+        ("http://[::1", "is not a valid URL"),
+        ("http://proxy:${PW}@[::1/v1", "is not a valid URL"),
+        ("http://127.0.0.1:99999/v1", "has a bad port"),
+        ("http://${HOST}:${PORT}/v1", "has a bad port"),
+        ("ftp://127.0.0.1/v1", "must start with http:// or https://"),
+        ("127.0.0.1:8080/v1", "must start with http:// or https://"),
+        ("http:///v1", "has no host"),
+    ],
+)
+def test_a_malformed_base_url_is_refused_when_the_pipeline_loads(tmp_path, base_url, problem):
+    """These were tracebacks (exit 1) from urlsplit; `ftp://` even started the job, which then
+    crashed building its provider and stayed `running`."""
+    db = _seeded(tmp_path)
+    pipeline = _remote_pipeline(tmp_path, base_url)
+    env = {"OPENAI_API_KEY": "sk-test-key", "PW": "pw-secret-1", "HOST": "127.0.0.1", "PORT": "9"}
+    before = db_rows(db, "SELECT count(*) FROM events")
+    for args in (["run", str(pipeline), "-q"], ["plan", str(pipeline)],
+                 ["providers", "check", str(pipeline)]):  # fmt: skip
+        result = steplog(db, *args, env=env)
+        _refused(result, f"provider 'r': base_url {problem}")
+        assert "pw-secret-1" not in result.err
+    assert db_rows(db, "SELECT count(*) FROM events") == before
+
+
+def test_a_base_url_made_malformed_by_the_environment_is_refused_before_the_job_starts(tmp_path):
+    db = _seeded(tmp_path)
+    pipeline = _remote_pipeline(tmp_path, "http://${HOST}:9/v1")
+    before = db_rows(db, "SELECT count(*) FROM events")
+    result = steplog(db, "run", str(pipeline), "-q",
+                     env={"OPENAI_API_KEY": "sk-test-key", "HOST": "[::1-secret"})  # fmt: skip
+    _refused(result, "base_url, with HOST from the environment, is not a valid URL")
+    assert "secret" not in result.err
+    assert db_rows(db, "SELECT count(*) FROM events") == before
