@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 the job failed, 2 the command was rejected or its input is b
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -435,6 +436,13 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except OSError as exc:  # the output could not be written: a full disk behind `>` …
+        # (click itself ends a closed pipe, `| head`, quietly with exit 1.) fd 1 now goes
+        # nowhere, so the flush at exit cannot print a second error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: cannot write: {where}{exc.strerror or one_line(str(exc))}", err=True)
+        sys.exit(2)
 
 
 import commands.cli_providers  # noqa: E402,F401

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from tests.cli_helpers import EXAMPLE, db_rows, steplog
@@ -149,3 +153,19 @@ def test_a_base_url_made_malformed_by_the_environment_is_refused_before_the_job_
     _refused(result, "base_url, with HOST from the environment, is not a valid URL")
     assert "secret" not in result.err
     assert db_rows(db, "SELECT count(*) FROM events") == before
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "args", [["export", "seed"], ["status", "seed", "--json"], ["events", "seed"], ["jobs"]]
+)
+def test_output_to_a_full_disk_is_one_line(tmp_path, args):
+    """`steplog export JOB > backup.jsonl` on a full disk was a traceback (exit 1)."""
+    db = _seeded(tmp_path)
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "commands.cli", "--db", str(db), *args],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "error: cannot write: No space left on device\n"
