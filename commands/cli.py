@@ -325,7 +325,13 @@ def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
 
 @cli.command()
 @json_option
-@click.option("--limit", default=50, show_default=True, help="Most recent jobs to show.")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(0, 2**63 - 1),  # SQLite's integers: larger was an OverflowError
+    help="Most recent jobs to show.",
+)
 @click.pass_context
 def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
     """List jobs, most recent first.

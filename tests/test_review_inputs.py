@@ -190,3 +190,16 @@ def test_verify_accepts_two_refused_answers_for_one_key(tmp_path):
     assert db_rows(db, "SELECT count(*) FROM cache_refused") == [(2,)]
     result = steplog(db, "verify")
     assert result.code == 0, result.out + result.err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["jobs", "--limit", "99999999999999999999999"], "--limit"),
+        (["sql", "SELECT :n", "--param", "n=99999999999999999999999"], "--param n"),
+    ],
+)
+def test_a_number_too_large_for_sqlite_is_one_line(tmp_path, args, needle):
+    """Both were OverflowError tracebacks (exit 1) from binding the value."""
+    db = _seeded(tmp_path)
+    _refused(steplog(db, *args), needle)
