@@ -123,6 +123,8 @@ _CREATE_VIEW = re.compile(r"^(--[^\n]*\n|\s)*CREATE\s+VIEW\b", re.IGNORECASE)
 def _check_file(path: Path) -> None:
     if path.is_dir():
         raise DatabaseUnusable(f"database {path} is a directory")
+    if path.exists() and not path.is_file():  # /dev/null, a FIFO: SQLite's errors mislead
+        raise DatabaseUnusable(f"database {path} is not a regular file")
     if path.exists() and path.stat().st_size > 0:
         try:
             with path.open("rb") as fh:

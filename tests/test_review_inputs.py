@@ -203,3 +203,13 @@ def test_a_number_too_large_for_sqlite_is_one_line(tmp_path, args, needle):
     """Both were OverflowError tracebacks (exit 1) from binding the value."""
     db = _seeded(tmp_path)
     _refused(steplog(db, *args), needle)
+
+
+@pytest.mark.parametrize(
+    "verb", [["status"], ["run", str(EXAMPLE), "-q"], ["verify"], ["sql", "SELECT 1"]]
+)
+def test_a_device_as_the_database_is_named_as_not_a_regular_file(tmp_path, verb):
+    """--db /dev/null was reported as "disk full or file size limit reached"."""
+    result = steplog(tmp_path / "unused.db", "--db", os.devnull, *verb, cwd=tmp_path)
+    assert result.code == 2 and result.err.count("\n") == 1, result.err
+    assert "Traceback" not in result.err and "disk full" not in result.err, result.err
