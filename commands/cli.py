@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 the job failed, 2 the command was rejected or its input is b
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -53,11 +54,17 @@ def one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
-def _open(ctx: click.Context, *, write: bool = False) -> SQLiteEventStore:
+def _open(
+    ctx: click.Context, *, write: bool = False, create: bool | None = None
+) -> SQLiteEventStore:
     """The store for this command. write: the verb appends, so a read-only file is refused
-    here, before anything starts."""
+    here, before anything starts. create (default: write): a missing file is created; else it
+    is refused, so a read verb or a typo in --db leaves no empty database (or directory)."""
     store = ctx.obj.get("store")
     if store is None:
+        path = ctx.obj["db"]
+        if not (write if create is None else create) and not Path(path).exists():
+            raise Rejected(f"no database at {path}; start one with: steplog run PIPELINE.toml")
         store = ctx.obj["store"] = open_store(ctx.obj["db"])
         ctx.call_on_close(store.close)
     if write:
@@ -100,6 +107,12 @@ def cli(ctx: click.Context, db: Path) -> None:
     ctx.obj["db"] = db
 
 
+def _not_nan(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if value != value:  # FloatRange lets NaN through: it compares false with both bounds
+        raise click.BadParameter("nan is not a number of seconds", ctx=ctx, param=param)
+    return value
+
+
 def grace_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--grace",
@@ -108,6 +121,7 @@ def grace_option(func: Callable[..., Any]) -> Callable[..., Any]:
         default=DEFAULT_GRACE_S,
         show_default=True,
         type=click.FloatRange(0, 3600),
+        callback=_not_nan,
         metavar="SECONDS",
         help="On Ctrl-C/SIGTERM, how long running provider calls may finish before they are "
         "cancelled (0: at once; env STEPLOG_GRACE_S).",
@@ -226,7 +240,7 @@ def resume(
 
     Example: steplog resume job_20261124_101500_ab12cd
     """
-    store = _open(ctx, write=True)
+    store = _open(ctx, write=True, create=False)
     _run_prepared(
         store,
         prepare_resume(
@@ -273,7 +287,7 @@ def replay_cmd(
     if fork is not None:
         from commands.cli_debug import print_fork
 
-        print_fork(_open(ctx, write=True), job, point, fork, workspace, as_json)
+        print_fork(_open(ctx, write=True, create=False), job, point, fork, workspace, as_json)
         return
     if workspace is not None:
         raise click.UsageError("--workspace is only for --fork")
@@ -318,7 +332,13 @@ def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
 
 @cli.command()
 @json_option
-@click.option("--limit", default=50, show_default=True, help="Most recent jobs to show.")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(0, 2**63 - 1),  # SQLite's integers: larger was an OverflowError
+    help="Most recent jobs to show.",
+)
 @click.pass_context
 def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
     """List jobs, most recent first.
@@ -429,6 +449,13 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except OSError as exc:  # the output could not be written: a full disk behind `>` …
+        # (click itself ends a closed pipe, `| head`, quietly with exit 1.) fd 1 now goes
+        # nowhere, so the flush at exit cannot print a second error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: cannot write: {where}{exc.strerror or one_line(str(exc))}", err=True)
+        sys.exit(2)
 
 
 import commands.cli_providers  # noqa: E402,F401

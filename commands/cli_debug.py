@@ -29,7 +29,7 @@ def plan_cmd(
 
     Example: steplog plan examples/factory/pipeline.toml --input idea="a chess clock"
     """
-    store = _open(ctx)
+    store = _open(ctx, create=True)  # plan before the first run: all misses
     given = _parse_inputs(inputs)
     if job is None:
         report = plan.plan_new_run(store, pipeline, given)

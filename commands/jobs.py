@@ -98,6 +98,19 @@ def _check_job_id(job_id: str) -> None:
         raise Rejected(f"job id {job_id!r} is not valid (letters, digits, _ and -, at most 64)")
 
 
+def check_workspace(workspace: Path) -> None:
+    """Refuse a workspace that cannot be a writable directory before the job starts: found
+    only when the first file step writes, it would fail the job after paid-for calls."""
+    existing = workspace
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is not a directory" if existing == workspace else f"is under {existing}, a file"
+        raise Rejected(f"workspace {workspace} {where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise Rejected(f"workspace {workspace} cannot be written ({existing} is not writable)")
+
+
 def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
     pipeline = load_pipeline(cmd.pipeline_path)
     inputs = pipeline.resolve_inputs(cmd.inputs)
@@ -109,6 +122,7 @@ def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
     if store.job_exists(job_id):
         raise Rejected(f"job {job_id} already exists; choose another --job-id or resume it")
     workspace = (cmd.workspace or Path("runs") / job_id).resolve()
+    check_workspace(workspace)
     snapshot = pipeline.snapshot().encode("utf-8")
     created = JobCreated(
         pipeline=pipeline.name,
@@ -264,6 +278,7 @@ def prepare_resume(store: SQLiteEventStore, cmd: ResumeCommand) -> Prepared:
     _check_budget(state, pipeline, pipeline.path)
     if not cmd.ignore_breaker:
         check_breakers(store, pipeline, plan.run)
+    check_workspace(Path(state.workspace or Path("runs") / cmd.job_id).resolve())
     resumed = JobResumed(
         owner=current_owner(),
         pipeline_fingerprint=pipeline.fingerprint,

@@ -176,6 +176,10 @@ def parse_params(values: tuple[str, ...]) -> dict[str, Any]:
             raise QueryRefused(f"--param {item!r} is not NAME=VALUE")
         if _NUMBER.fullmatch(value):
             params[name] = float(value) if any(c in value for c in ".eE") else int(value)
+            if isinstance(params[name], int) and not -(2**63) <= params[name] < 2**63:
+                raise QueryRefused(
+                    f"--param {name}: {value} does not fit SQLite's 64-bit integers"
+                )
         else:
             params[name] = value
     return params

@@ -204,26 +204,27 @@ def _check_streams(
 def _check_projection(
     conn: sqlite3.Connection, report: Report, projection: TableProjection, state: Any
 ) -> None:
-    columns = projection.columns
-    folded = {row[0]: tuple(row) for row in projection.rows(state)}
+    columns, width = projection.columns, projection.key_columns
+    folded = {tuple(row[:width]): tuple(row) for row in projection.rows(state)}
     sql = f"SELECT {', '.join(columns)} FROM {projection.table}"
-    table = {row[0]: tuple(row) for row in conn.execute(sql)}
+    table = {tuple(row[:width]): tuple(row) for row in conn.execute(sql)}
     where = f"projection {projection.table}"
     for key in sorted(folded.keys() | table.keys(), key=str):
         have, want = table.get(key), folded.get(key)
         if have == want:
             continue
+        named = ", ".join(f"{col}={value!r}" for col, value in zip(columns, key))
         if have is None:
-            message = f"row {columns[0]}={key!r} is missing (a fresh fold has it)"
+            message = f"row {named} is missing (a fresh fold has it)"
         elif want is None:
-            message = f"row {columns[0]}={key!r} is not in a fresh fold of the log"
+            message = f"row {named} is not in a fresh fold of the log"
         else:
             diffs = [
                 f"{col}={h!r} (fold: {w!r})"
                 for col, h, w in zip(columns, have, want)
                 if h != w
             ]
-            message = f"row {columns[0]}={key!r} drifted from the log: {', '.join(diffs)}"
+            message = f"row {named} drifted from the log: {', '.join(diffs)}"
         report.add(Problem("projection", f"{where}: {message}"))
 
 

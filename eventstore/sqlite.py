@@ -123,6 +123,8 @@ _CREATE_VIEW = re.compile(r"^(--[^\n]*\n|\s)*CREATE\s+VIEW\b", re.IGNORECASE)
 def _check_file(path: Path) -> None:
     if path.is_dir():
         raise DatabaseUnusable(f"database {path} is a directory")
+    if path.exists() and not path.is_file():  # /dev/null, a FIFO: SQLite's errors mislead
+        raise DatabaseUnusable(f"database {path} is not a regular file")
     if path.exists() and path.stat().st_size > 0:
         try:
             with path.open("rb") as fh:
@@ -144,6 +146,11 @@ def read_only_reason(path: Path) -> str | None:
     if not os.access(path, os.W_OK):
         return "the file is not writable"
     sidecars = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    for sidecar in sidecars:
+        # A reader of a read-only file leaves these with the file's mode (0444): made writable
+        # again, the file alone is not enough, and SQLite would only say "readonly database".
+        if sidecar.exists() and not os.access(sidecar, os.W_OK):
+            return f"{sidecar.name} beside it is not writable; delete it or make it writable"
     if not os.access(path.parent, os.W_OK | os.X_OK) and not all(
         os.access(p, os.W_OK) for p in sidecars
     ):

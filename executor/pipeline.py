@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from executor.budget import Budget, Price
 from executor.cachekey import cache_key, canonical_json, key_parts
 from executor.templates import TemplateProblem, check_template, render
-from providers.config import ProviderConfig, literal_url_credential, url_env_names
+from providers.config import ProviderConfig, literal_url_credential, url_env_names, url_problem
 
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
@@ -191,11 +191,19 @@ class Pipeline:
                 problems.append(
                     f"provider {name!r} reads its API key from {variable}, which is not set"
                 )
-            for variable in url_env_names(config.base_url):
-                if not environ.get(variable):
+            unset = [v for v in url_env_names(config.base_url) if not environ.get(v)]
+            for variable in unset:
+                problems.append(
+                    f"provider {name!r} reads part of its base_url from {variable}, "
+                    "which is not set"
+                )
+            if config.base_url and url_env_names(config.base_url) and not unset:
+                problem = url_problem(config.resolved_base_url(environ) or "")
+                if problem:  # the message names the variables, never their values
                     problems.append(
-                        f"provider {name!r} reads part of its base_url from {variable}, "
-                        "which is not set"
+                        f"provider {name!r}: base_url, with "
+                        f"{', '.join(url_env_names(config.base_url))} from the environment, "
+                        f"{problem.split(' (')[0]}"
                     )
         return problems
 
@@ -352,6 +360,9 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
             raise PipelineError(
                 f"{label}: provider {name!r} of kind {provider.kind} needs base_url"
             )
+        problem = provider.base_url and url_problem(provider.base_url)
+        if problem:  # found here, not when the first call is made mid-job
+            raise PipelineError(f"{label}: provider {name!r}: base_url {problem}")
         credential = literal_url_credential(provider.base_url)
         if credential:  # the pipeline file is stored in the database; a secret must not be
             raise PipelineError(

@@ -207,6 +207,7 @@ class TableProjection:
     start: Callable[[], Any]
     apply: Callable[[Any, StoredEvent], Any]
     rows: Callable[[Any], Iterable[tuple[Any, ...]]]
+    key_columns: int = 1  # how many of the first columns make the primary key
 
 
 TABLE_PROJECTIONS: tuple[TableProjection, ...] = (
@@ -231,6 +232,7 @@ TABLE_PROJECTIONS: tuple[TableProjection, ...] = (
         start=CacheIndex,
         apply=cache.apply,
         rows=lambda state: ((key, sha, seq) for (key, sha), seq in state.refused.items()),
+        key_columns=2,  # one key can have several refused answers
     ),
     TableProjection(
         "breakers",

@@ -35,6 +35,24 @@ def url_env_names(url: str | None) -> list[str]:
     return ENV_REFERENCE.findall(url or "")
 
 
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be a provider's base_url, or None. The port must be written out (the
+    breaker names the endpoint by it before any `${NAME}` is read). Never repeats the URL."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "has no host"
+    try:
+        parts.port
+    except ValueError as exc:
+        return f"has a bad port ({exc})"
+    return None
+
+
 def literal_url_credential(url: str | None) -> str | None:
     """What in `url` is a credential written out rather than read from `${NAME}`, or None."""
     if not url:
