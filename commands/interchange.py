@@ -170,11 +170,24 @@ def _write_sidecar(blob_dir: Path, contents: dict[str, bytes]) -> None:
 
 
 def write_atomically(path: Path, text: str) -> None:
+    """A regular file is replaced whole (temp file, fsync, rename); a device or FIFO given as
+    the output (`-o /dev/stdout`) is written to, never replaced by a file."""
+    data = text.encode("utf-8")
     try:
+        if path.exists() and not path.is_file() and not path.is_dir():
+            with path.open("wb") as out:
+                out.write(data)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(text.encode("utf-8"))
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with tmp.open("wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError as exc:
         raise Rejected(f"cannot write {path}: {exc.strerror or exc}") from exc
 

@@ -213,3 +213,24 @@ def test_a_device_as_the_database_is_named_as_not_a_regular_file(tmp_path, verb)
     result = steplog(tmp_path / "unused.db", "--db", os.devnull, *verb, cwd=tmp_path)
     assert result.code == 2 and result.err.count("\n") == 1, result.err
     assert "Traceback" not in result.err and "disk full" not in result.err, result.err
+
+
+def test_an_output_that_is_a_fifo_or_device_is_written_to_not_replaced(tmp_path):
+    """`export -o /dev/stdout` or a named pipe: the output was replaced by a regular file (as
+    root, `-o /dev/full` turned the device into a file)."""
+    import stat
+    import threading
+
+    db = _seeded(tmp_path)
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = steplog(db, "export", "seed", "--output", str(fifo))
+    reader.join(timeout=30)
+    assert result.code == 0, result.err
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    exported = steplog(db, "export", "seed")
+    assert received == [exported.out.encode()]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
