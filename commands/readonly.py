@@ -20,7 +20,7 @@ import sqlite_utils
 from commands.jobs import Rejected
 from eventstore.errors import database_error
 from eventstore.record import DatabaseUnusable
-from eventstore.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLITE_MAGIC, read_only_uri
+from eventstore.sqlite import APPLICATION_ID, SCHEMA_VERSION, check_database_file, read_only_uri
 from projections.store import open_store
 
 
@@ -115,15 +115,9 @@ class ReadOnly:
 def open_readonly(path: Path, *, upgrade: bool = False) -> ReadOnly:
     """Open PATH read-only. upgrade: first bring an older schema up to date (the one write,
     through the store, so the views exist); otherwise the file is never written."""
-    if not path.is_file():
+    if not path.exists():
         raise Rejected(f"no database at {path}")
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(len(SQLITE_MAGIC))
-    except OSError as exc:
-        raise DatabaseUnusable(f"cannot read database {path}: {exc.strerror}") from exc
-    if head != SQLITE_MAGIC:
-        raise DatabaseUnusable(f"{path} is not a SQLite database")
+    check_database_file(path, empty_ok=False)
     conn = _connect(path, peek=True)
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]

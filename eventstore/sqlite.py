@@ -120,12 +120,15 @@ def apply_migrations(
 _CREATE_VIEW = re.compile(r"^(--[^\n]*\n|\s)*CREATE\s+VIEW\b", re.IGNORECASE)
 
 
-def _check_file(path: Path) -> None:
+def check_database_file(path: Path, *, empty_ok: bool = True) -> None:
+    """Refuse what is no SQLite file before SQLite sees it (its own errors mislead): a
+    directory, a device or FIFO, a file without the SQLite header (an empty one if not empty_ok).
+    """
     if path.is_dir():
         raise DatabaseUnusable(f"database {path} is a directory")
     if path.exists() and not path.is_file():  # /dev/null, a FIFO: SQLite's errors mislead
         raise DatabaseUnusable(f"database {path} is not a regular file")
-    if path.exists() and path.stat().st_size > 0:
+    if path.exists() and (path.stat().st_size > 0 or not empty_ok):
         try:
             with path.open("rb") as fh:
                 head = fh.read(len(SQLITE_MAGIC))
@@ -186,7 +189,7 @@ class SQLiteEventStore:
             busy_timeout_ms = busy_timeout_from_env()
         self.busy_timeout_ms = busy_timeout_ms
         self._busy_timeout_s = busy_timeout_ms / 1000
-        _check_file(self.path)
+        check_database_file(self.path)
         # Set when the file exists but cannot be written: the store then only reads (mode=ro)
         # and every write is refused with this reason before it reaches SQLite.
         self.read_only_reason = read_only_reason(self.path)
