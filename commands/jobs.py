@@ -327,6 +327,7 @@ def execute(
         observer=observer,
         spent=Spend(prepared.state.tokens_in + prepared.state.tokens_out, prepared.state.cost),
         ignore_breaker=prepared.ignore_breaker,
+        files_logged=prepared.state.files_written > 0,
     )
     shutdown = Shutdown(grace_s, say)
 

@@ -136,8 +136,10 @@ class JobRunner:
         spent: Spend | None = None,
         ignore_breaker: bool = False,
         clock: Callable[[], float] = time.time,
+        files_logged: bool = True,
     ) -> None:
         self.store = store
+        self._files_logged = files_logged  # False: the job's log has no file.written to read
         self.job_id = job_id
         self.pipeline = pipeline
         self.inputs = inputs
@@ -199,7 +201,7 @@ class JobRunner:
     async def run(self, plan: Plan) -> JobOutcome:
         started = time.monotonic()
         self._load_reused(plan)
-        logged = logged_files(self.store.conn, self.job_id)
+        logged = logged_files(self.store.conn, self.job_id) if self._files_logged else {}
         self._last_written = {path: sha for path, (_, sha) in logged.items()}
         sweep_stale_temps(self.workspace)  # a crash mid-write leaves its temp file behind
         used = {self.pipeline.spec.steps[step].provider for step in plan.run}
