@@ -379,13 +379,23 @@ def execute(
 @contextmanager
 def stop_recorded(store: SQLiteEventStore, job_id: str) -> Iterator[None]:
     """Between a job's opening events and execute() (which handles signals itself): a Ctrl-C
-    there records job.interrupted too, and ends as Interrupted, not as a bare abort."""
+    or SIGTERM there records job.interrupted too, and ends as Interrupted, not as a bare abort
+    or a silent death."""
+    received = {"signal": "SIGINT"}
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        received["signal"] = "SIGTERM"
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     except KeyboardInterrupt:
         with signals_ignored():
-            _record_stop(store, job_id, StopReport("SIGINT", grace_s=0))
-        raise Interrupted("SIGINT") from None
+            _record_stop(store, job_id, StopReport(received["signal"], grace_s=0))
+        raise Interrupted(received["signal"]) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _explained(exc: BaseException, job_id: str) -> BaseException:

@@ -70,8 +70,11 @@ def describe(drift: Drift) -> str:
     )
 
 
-def warnings(conn: sqlite3.Connection, job_id: str, root: Path, plan: Plan) -> list[str]:
-    """One line per file of a step the plan skips (reuses) that no longer holds our content."""
-    if not plan.reuse:
+def warnings(
+    conn: sqlite3.Connection, job_id: str, root: Path, plan: Plan, *, files_logged: bool = True
+) -> list[str]:
+    """One line per file of a step the plan skips (reuses) that no longer holds our content.
+    files_logged=False (the job's fold counted no file.written) skips reading the log."""
+    if not plan.reuse or not files_logged:
         return []
     return [describe(d) for d in find_drift(root, logged_files(conn, job_id), plan.reuse)]

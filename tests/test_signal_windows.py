@@ -86,8 +86,9 @@ def test_a_second_signal_while_job_interrupted_is_appended_does_not_cut_it_off(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_after_job_resumed_before_the_run_starts_is_one_line_and_resumable(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, sig, code
 ):
     """`resume` checks the workspace for hand-edited files after job.resumed is committed and
     before the run takes over the signals (a big workspace takes a while): Ctrl-C there."""
@@ -114,7 +115,7 @@ prompt = "B {{ steps.a.output }}"
     path.write_text(text)
 
     def warnings_then_ctrl_c(*args, **kwargs):  # type: ignore[no-untyped-def]
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), sig)
         return []
 
     monkeypatch.setattr(cli.drift, "warnings", warnings_then_ctrl_c)
@@ -122,10 +123,12 @@ prompt = "B {{ steps.a.output }}"
         stopped = steplog_here(db, "resume", "k")
     except KeyboardInterrupt:  # pragma: no cover - the bug this test is about, not pytest's
         pytest.fail("Ctrl-C before the run escaped as KeyboardInterrupt")
-    assert stopped.code == 130, stopped.err
+    assert stopped.code == code, stopped.err
     assert stopped.err.count("\n") == 1 and "continue with: steplog resume k" in stopped.err
     with open_store(db) as s:
-        assert [ev.type for ev in s.read_job("k")][-2:] == ["job.resumed", "job.interrupted"]
+        events = list(s.read_job("k"))
+        assert [ev.type for ev in events][-2:] == ["job.resumed", "job.interrupted"]
+        assert f'"signal":"{signal.Signals(sig).name}"' in events[-1].data_json
         assert fold_job(s, "k").status == "interrupted"
     monkeypatch.undo()
     resumed = steplog_here(db, "resume", "k")
