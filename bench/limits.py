@@ -307,20 +307,6 @@ def raw_python_args(code: str, args: list[str], cwd: Path) -> Ran:
 # -- 2. a 10,000-step pipeline -----------------------------------------------------------------
 
 
-def steps_toml(steps: int, shape: str) -> str:
-    lines = ['name = "wide"', "", "[providers.local]", 'kind = "offline"', ""]
-    for i in range(steps):
-        lines.append(f"[steps.s{i}]")
-        if i and shape == "chain":
-            lines += [f'needs = ["s{i - 1}"]', f'prompt = "step {i} after {{{{ steps.s{i - 1}.output }}}}"']
-        elif i:
-            lines += ['needs = ["s0"]', f'prompt = "step {i} from {{{{ steps.s0.output }}}}"']
-        else:
-            lines.append('prompt = "start"')
-        lines += ['provider = "local"', ""]
-    return "\n".join(lines)
-
-
 def kill_half_way(db: Path, pipe: Path, steps: int, cwd: Path) -> tuple[int, float]:
     """`steplog run` killed with SIGKILL once half its steps have succeeded (polled, bounded)."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")},
@@ -352,13 +338,15 @@ def kill_half_way(db: Path, pipe: Path, steps: int, cwd: Path) -> tuple[int, flo
 
 
 def bench_steps(tmp: Path, steps: int) -> None:
+    from run import pipeline_toml  # the same pipelines bench/run.py times
+
     print(f"\n2. a {steps:,}-step pipeline on the offline provider (`steplog run`, then the "
           "read verbs on its job)")
     for shape in ("chain", "fan-out"):
         work = tmp / f"steps-{shape}"
         work.mkdir()
         pipe = work / "pipeline.toml"
-        pipe.write_text(steps_toml(steps, shape))
+        pipe.write_text(pipeline_toml(steps, shape))
         db = work / "steplog.db"
         run = measure(steplog_argv(db, "run", str(pipe), "--job-id", "wide"), cwd=work)
         check(run, "run")
