@@ -105,7 +105,7 @@ def _depends(
     changed: list[CacheChange] = []
     if previous is not None and previous.detail is not None:
         known = explain.cache_detail(
-            pipeline, name, provider=pipeline.cache_identity_for(name), system=None, prompt="", inputs=inputs, outputs={}
+            pipeline, name, system=None, prompt="", inputs=inputs, outputs={}
         ).model_dump()
         # upstream output and rendered text are unknown until the upstream steps ran
         known["upstream"] = previous.detail.get("upstream")
@@ -174,7 +174,7 @@ def predict(
             steps.append(StepPlan(name, "hit", origin, cache_key=key, origin_job=entry.origin_job))
             continue
         detail = explain.cache_detail(
-            pipeline, name, provider=pipeline.cache_identity_for(name), system=system, prompt=prompt,
+            pipeline, name, system=system, prompt=prompt,
             inputs=inputs,
             outputs={r: outputs[r].text for r in reads},
         )  # fmt: skip

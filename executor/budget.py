@@ -19,14 +19,14 @@ Limit = Literal["max_tokens", "max_cost"]
 
 
 class Price(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     input_per_mtok: float = Field(ge=0, description="USD per million input tokens")
     output_per_mtok: float = Field(ge=0, description="USD per million output tokens")
 
 
 class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_tokens: int | None = Field(default=None, ge=0)
     max_cost: float | None = Field(default=None, ge=0, description="USD")

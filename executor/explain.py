@@ -8,7 +8,6 @@ the same thing. The key itself is computed by executor.cachekey and is not chang
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Mapping
@@ -16,6 +15,7 @@ from typing import Any, Mapping
 from jinja2 import TemplateSyntaxError, nodes
 
 from eventstore.events import CacheChange, CacheDetail
+from eventstore.record import text_sha256
 from executor.cachekey import canonical_json
 from executor.pipeline import Pipeline
 from executor.templates import ENV, simple_plan, static_key
@@ -29,13 +29,9 @@ _DEFINITION_PARTS = ("provider", "output", "template")
 _RENDER_CAUSES = ("template", "input", "upstream")
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 @lru_cache(maxsize=4096)
 def _template_sha(source: str) -> str:
-    return _sha(source)
+    return text_sha256(source)
 
 
 @lru_cache(maxsize=4096)
@@ -88,26 +84,28 @@ def cache_detail(
     pipeline: Pipeline,
     step: str,
     *,
-    provider: dict[str, Any],
     system: str | None,
     prompt: str,
     inputs: Mapping[str, str],
     outputs: Mapping[str, str],
 ) -> CacheDetail:
-    """The detail of one key. `provider` is the identity the key hashes; `outputs` maps each
-    upstream step the templates read to its output text (as stored in its output blob)."""
+    """The detail of one key. `outputs` maps each upstream step the templates read to its
+    output text (as stored in its output blob)."""
     spec = pipeline.spec.steps[step]
     return CacheDetail.model_construct(
-        provider=provider,
+        provider=pipeline.cache_identity_for(step),
         output=spec.output,
         fingerprint=pipeline.step_fingerprints[step],
         templates={
             "system": _template_sha(spec.system) if spec.system else None,
             "prompt": _template_sha(spec.prompt),
         },
-        rendered={"system": _sha(system) if system is not None else None, "prompt": _sha(prompt)},
-        inputs={k: _sha(v) for k, v in sorted(step_inputs(pipeline, step, inputs).items())},
-        upstream={name: _sha(outputs[name]) for name in sorted(outputs)},
+        rendered={
+            "system": text_sha256(system) if system is not None else None,
+            "prompt": text_sha256(prompt),
+        },
+        inputs={k: text_sha256(v) for k, v in sorted(step_inputs(pipeline, step, inputs).items())},
+        upstream={name: text_sha256(outputs[name]) for name in sorted(outputs)},
     )
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from executor.budget import Budget, Price
 from executor.cachekey import cache_key, canonical_json, key_parts
 from executor.templates import TemplateProblem, check_template, render
+from eventstore.events import finite_json
 from providers.config import ProviderConfig, literal_url_credential, url_env_names, url_problem
 
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
@@ -31,14 +32,14 @@ class PipelineError(ValueError):
 
 
 class InputSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     description: str = ""
     default: str | None = None
 
 
 class StepSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     description: str = ""
     needs: list[str] = Field(default_factory=list)
@@ -51,10 +52,11 @@ class StepSpec(BaseModel):
     on_truncation: Literal["accept", "error"] = Field(
         default="accept", description="an answer cut off at the token limit: keep it or fail"
     )
+    _finite_options = field_validator("options")(finite_json)
 
 
 class PipelineSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     description: str = ""
@@ -191,19 +193,19 @@ class Pipeline:
                 problems.append(
                     f"provider {name!r} reads its API key from {variable}, which is not set"
                 )
-            unset = [v for v in url_env_names(config.base_url) if not environ.get(v)]
+            names = url_env_names(config.base_url)
+            unset = [v for v in names if not environ.get(v)]
             for variable in unset:
                 problems.append(
                     f"provider {name!r} reads part of its base_url from {variable}, "
                     "which is not set"
                 )
-            if config.base_url and url_env_names(config.base_url) and not unset:
+            if names and not unset:
                 problem = url_problem(config.resolved_base_url(environ) or "")
                 if problem:  # the message names the variables, never their values
                     problems.append(
-                        f"provider {name!r}: base_url, with "
-                        f"{', '.join(url_env_names(config.base_url))} from the environment, "
-                        f"{problem.split(' (')[0]}"
+                        f"provider {name!r}: base_url, with {', '.join(names)} from the "
+                        f"environment, {problem}"
                     )
         return problems
 
@@ -369,7 +371,7 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
                 f"{label}: provider {name!r}: base_url holds {credential} written out; write "
                 "it as ${ENV_VAR} (read when calling, never stored) or use api_key_env"
             )
-    _check_max_tokens(spec, label)
+    _check_max_tokens(pipeline, label)
     if spec.budget is not None and spec.budget.max_cost is not None:
         for name in spec.steps:  # offline models cost nothing; every other one needs a price
             model = pipeline.model_for(name)
@@ -381,13 +383,12 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
     return pipeline
 
 
-def _check_max_tokens(spec: PipelineSpec, label: str) -> None:
+def _check_max_tokens(pipeline: Pipeline, label: str) -> None:
     """Anthropic refuses a request without max_tokens: say so now, not at the first call."""
-    for name, step in spec.steps.items():
-        provider = spec.providers[step.provider]
-        if provider.kind != "anthropic":
+    for name, step in pipeline.spec.steps.items():
+        if pipeline.provider_for(name).kind != "anthropic":
             continue
-        value = {**provider.options, **step.options}.get("max_tokens")
+        value = pipeline.options_for(name).get("max_tokens")
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             where = "is missing" if value is None else f"is {value!r}, not a positive integer"
             raise PipelineError(

@@ -352,7 +352,7 @@ class JobRunner:
             return False
         parts, key = self.pipeline.key_for(name, system, prompt)
         detail = explain.cache_detail(
-            self.pipeline, name, provider=self.pipeline.cache_identity_for(name), system=system,
+            self.pipeline, name, system=system,
             prompt=prompt, inputs=self.inputs,
             outputs={r: self.outputs[r].text for r in self.pipeline.references.get(name, ())},
         )  # fmt: skip

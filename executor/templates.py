@@ -115,6 +115,8 @@ def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
         raise TemplateProblem(
             f"{where}: template syntax error on line {exc.lineno}: {exc.message}"
         ) from exc
+    except RecursionError as exc:  # jinja's parser recurses once per nesting level
+        raise TemplateProblem(f"{where}: template nests too deeply to parse") from exc
     assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
     for name in tree.find_all(nodes.Name):
         if (

@@ -7,14 +7,15 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from eventstore.events import finite_json
 
 ProviderKind = Literal["offline", "openai", "ollama", "anthropic"]
 DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20
 # SQLite's default SQLITE_MAX_LENGTH: no blob (an answer is stored as one) can be longer
 MAX_RESPONSE_BYTES_CEILING = 1_000_000_000
-HTTP_KINDS = ("openai", "ollama", "anthropic")
 # keys that mean something to one kind only; set on another kind they are an error
 KIND_KEYS: dict[str, tuple[str, ...]] = {
     "keep_alive": ("ollama",),
@@ -37,19 +38,20 @@ def url_env_names(url: str | None) -> list[str]:
 
 def url_problem(url: str) -> str | None:
     """Why `url` cannot be a provider's base_url, or None. The port must be written out (the
-    breaker names the endpoint by it before any `${NAME}` is read). Never repeats the URL."""
+    breaker names the endpoint by it before any `${NAME}` is read). Never repeats any part of
+    the URL (the parser's own words may quote one, e.g. a password read from the environment)."""
     try:
         parts = urlsplit(url)
-    except ValueError as exc:
-        return f"is not a valid URL ({exc})"
+    except ValueError:
+        return "is not a valid URL"
     if parts.scheme not in ("http", "https"):
         return "must start with http:// or https://"
     if not parts.hostname:
         return "has no host"
     try:
         parts.port
-    except ValueError as exc:
-        return f"has a bad port ({exc})"
+    except ValueError:
+        return "has a bad port"
     return None
 
 
@@ -66,8 +68,12 @@ def literal_url_credential(url: str | None) -> str | None:
     return None
 
 
+# A header value steplog sends as written: printable ASCII, no spaces (as HTTP and the servers want).
+HEADER_VALUE = r"^[\x21-\x7e]+$"
+
+
 class ProviderConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: ProviderKind
     model: str = "offline-1"
@@ -78,14 +84,21 @@ class ProviderConfig(BaseModel):
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=20)
     options: dict[str, Any] = Field(default_factory=dict)
+    _finite_options = field_validator("options")(finite_json)
     stream: bool = Field(default=False, description="ask for the answer as a stream")
     keep_alive: str | int | None = Field(
         default=None, description="ollama: how long the model stays loaded (e.g. '10m', -1)"
     )
-    organization: str | None = Field(default=None, description="openai: OpenAI-Organization")
-    project: str | None = Field(default=None, description="openai: OpenAI-Project")
+    organization: str | None = Field(
+        default=None, pattern=HEADER_VALUE, description="openai: OpenAI-Organization"
+    )
+    project: str | None = Field(
+        default=None, pattern=HEADER_VALUE, description="openai: OpenAI-Project"
+    )
     anthropic_version: str | None = Field(
-        default=None, description="anthropic: the anthropic-version header (default 2023-06-01)"
+        default=None,
+        pattern=HEADER_VALUE,
+        description="anthropic: the anthropic-version header (default 2023-06-01)",
     )
     json_mode: bool | None = Field(
         default=None, description="openai/ollama: ask for JSON when a step's output is json"

@@ -45,7 +45,7 @@ from providers.base import (
     ProviderTruncated,
     ProviderUnavailable,
 )
-from providers.config import ProviderConfig
+from providers.config import ProviderConfig, url_problem
 
 SERVER_MESSAGE_MAX = 500
 # what of an error status's body is read: its message is cut to SERVER_MESSAGE_MAX anyway
@@ -128,7 +128,7 @@ def count(value: Any) -> int:
         return 0
     if isinstance(value, int):
         return max(value, 0)
-    if isinstance(value, float) and value == value and value >= 0:
+    if isinstance(value, float) and math.isfinite(value) and value >= 0:
         return int(value)
     return 0
 
@@ -337,14 +337,10 @@ class Wire:
         timeout_s: float,
         max_bytes: int | None = None,
     ) -> None:
-        if not base_url:
-            raise ValueError(f"provider {provider!r}: base_url is required")
+        problem = url_problem(base_url) if base_url else "is required"
+        if problem:
+            raise ValueError(f"provider {provider!r}: base_url {problem}")
         parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"provider {provider!r}: base_url must be an http(s) URL with a host, "
-                f"got {public_url(base_url)!r}"
-            )
         self.provider = provider
         self.client = client
         self.timeout_s = timeout_s

@@ -216,11 +216,11 @@ prompt = "{{ steps.a.output }}"
 """
     )
     inputs = {"idea": "x", "unused": "y"}
-    identity = {"kind": "offline", "model": "offline-1", "options": {}}
-    a = explain.cache_detail(pipeline, "a", provider=identity, system=None, prompt="x",
+    a = explain.cache_detail(pipeline, "a", system=None, prompt="x",
                              inputs=inputs, outputs={})  # fmt: skip
     assert set(a.inputs) == {"idea"} and a.upstream == {} and a.templates["system"] is None
-    b = explain.cache_detail(pipeline, "b", provider=identity, system=None, prompt="A",
+    assert a.provider == {"kind": "offline", "model": "offline-1", "options": {}}
+    b = explain.cache_detail(pipeline, "b", system=None, prompt="A",
                              inputs=inputs, outputs={"a": "A"})  # fmt: skip
     assert b.inputs == {} and b.upstream == {"a": hashlib.sha256(b"A").hexdigest()}
 

@@ -138,3 +138,33 @@ def test_snapshot_round_trip_keeps_spec_fingerprints_and_references():
     assert q.fingerprint == p.fingerprint and q.step_fingerprints == p.step_fingerprints
     assert q.references == p.references == {"a": frozenset(), "b": {"a"}, "c": {"a", "b"}}
     assert q.order == p.order
+
+
+REMOTE = 'kind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\n'
+
+
+@pytest.mark.parametrize(
+    "extra", ["[budget]\nmax_cost = inf\n", '[prices."m"]\ninput_per_mtok = nan\n']
+)
+def test_non_finite_numbers_are_refused_at_load(extra):
+    """inf/NaN passed validation and then crashed storing the pipeline snapshot (traceback)."""
+    assert "Input should be a finite number" in refuse(GOOD + extra)
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [
+        REMOTE + "timeout_s = inf\n",
+        REMOTE + "requests_per_minute = nan\n",
+        'kind = "offline"\noptions = { temperature = inf }\n',
+        'kind = "offline"\noptions = { t = [1, -inf] }\n',
+        REMOTE + 'organization = "orgä"\n',
+        REMOTE + 'project = "my project"\n',
+    ],
+)
+def test_provider_values_that_cannot_be_stored_or_sent_are_refused_at_load(provider):
+    """A non-finite number crashed storing the pipeline; a header value that is not printable
+    ASCII failed each step with UnicodeEncodeError mid-job."""
+    source = GOOD.replace('[providers.local]\nkind = "offline"\n', f"[providers.local]\n{provider}")
+    message = refuse(source)
+    assert "providers.local." in message

@@ -78,3 +78,17 @@ def test_a_password_read_from_the_environment_is_sent_and_never_stored(tmp_path)
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
     assert SECRET not in result.out + result.err
+
+
+def test_a_password_that_breaks_the_url_is_never_quoted_back(tmp_path):
+    """A '/' in the password ends the URL's host part early, so the parser reads part of the
+    password as the port and quotes it in its error: `providers check` printed that part."""
+    db, leaked = tmp_path / "s.db", "s3cr"
+    pipeline = _pipeline(tmp_path, "http://u:${PROXY_PW}@127.0.0.1:1/v1")
+    env = {"PROXY_PW": f"{leaked}/et:xyz"}
+    checked = steplog(db, "providers", "check", str(pipeline), env=env)
+    run = steplog(db, "run", str(pipeline), env=env)
+    assert checked.code == 1 and "bad port" in checked.out
+    assert run.code == 2 and "base_url, with PROXY_PW from the environment, has a bad port" in run.err
+    for result in (checked, run):
+        assert leaked not in result.out + result.err
