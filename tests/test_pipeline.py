@@ -168,3 +168,10 @@ def test_provider_values_that_cannot_be_stored_or_sent_are_refused_at_load(provi
     source = GOOD.replace('[providers.local]\nkind = "offline"\n', f"[providers.local]\n{provider}")
     message = refuse(source)
     assert "providers.local." in message
+
+
+def test_a_template_nesting_too_deep_to_parse_is_one_line():
+    """jinja's parser recursed past Python's limit: a RecursionError traceback at load."""
+    deep = "{{ " + "(" * 2000 + "1" + ")" * 2000 + " }}"
+    message = refuse(GOOD.replace('prompt = "design {{ inputs.idea }}"', f'prompt = "{deep}"'))
+    assert "nests too deeply to parse" in message
