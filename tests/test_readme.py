@@ -245,6 +245,10 @@ def test_the_events_table_lists_the_fields_of_every_provider_and_reliability_eve
         # a field is named in backticks, before any parenthesis that explains it
         named = set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", rows[type_])))
         assert named == set(EVENT_TYPES[type_].model_fields), type_
+    for type_, model in EVENT_TYPES.items():  # every type has a row naming each of its fields
+        assert type_ in rows, type_
+        named = set(re.findall(r"`(\w+)`", rows[type_]))
+        assert set(model.model_fields) <= named, (type_, set(model.model_fields) - named)
 
 
 VIEWS = ("llm_calls", "step_runs", "file_writes", "cache_stats", "job_summary")
