@@ -133,10 +133,7 @@ def _run_prepared(
 ) -> None:
     try:
         with stop_recorded(store, prepared.job_id):  # the job is ours from here: Ctrl-C is recorded
-            for warning in drift.warnings(
-                store.conn, prepared.job_id, prepared.workspace, prepared.plan,
-                files_logged=prepared.state.files_written > 0,
-            ):  # fmt: skip
+            for warning in drift.warnings(prepared.files, prepared.workspace, prepared.plan):
                 click.echo(warning, err=True)  # files of skipped steps edited by hand: left
             live = sys.stdout.isatty() and not quiet
             display = (

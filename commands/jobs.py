@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -24,6 +24,7 @@ from eventstore.events import JobCreated, JobInterrupted, JobResumed, JobStarted
 from eventstore.record import VersionConflict, blob_sha256
 from eventstore.sqlite import SQLiteEventStore
 from executor import faults
+from executor.drift import logged_files
 from executor.ownership import current_owner, owner_alive
 from executor.pipeline import NAME_PATTERN, Pipeline, PipelineError, load_pipeline, parse_pipeline
 from executor.budget import Spend, still_blocked
@@ -83,6 +84,8 @@ class Prepared:
     plan: Plan
     state: JobState  # the job as folded right after the command's opening events
     ignore_breaker: bool = False
+    # path -> (step, sha256) of the last file.written there: what steplog last wrote
+    files: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def new_job_id() -> str:
@@ -294,8 +297,9 @@ def prepare_resume(store: SQLiteEventStore, cmd: ResumeCommand) -> Prepared:
     faults.after_commit([(ev.type, ev.step) for ev in stored])
     state = manifest.project(cmd.job_id, stored, state)
     workspace = Path(state.workspace or Path("runs") / cmd.job_id)
+    files = logged_files(store.conn, cmd.job_id) if state.files_written else {}
     return Prepared(
-        cmd.job_id, pipeline, state.inputs, workspace, plan, state, cmd.ignore_breaker
+        cmd.job_id, pipeline, state.inputs, workspace, plan, state, cmd.ignore_breaker, files
     )
 
 
@@ -327,7 +331,7 @@ def execute(
         observer=observer,
         spent=Spend(prepared.state.tokens_in + prepared.state.tokens_out, prepared.state.cost),
         ignore_breaker=prepared.ignore_breaker,
-        files_logged=prepared.state.files_written > 0,
+        last_written={path: sha for path, (_, sha) in prepared.files.items()},
     )
     shutdown = Shutdown(grace_s, say)
 

@@ -70,11 +70,9 @@ def describe(drift: Drift) -> str:
     )
 
 
-def warnings(
-    conn: sqlite3.Connection, job_id: str, root: Path, plan: Plan, *, files_logged: bool = True
-) -> list[str]:
-    """One line per file of a step the plan skips (reuses) that no longer holds our content.
-    files_logged=False (the job's fold counted no file.written) skips reading the log."""
-    if not plan.reuse or not files_logged:
+def warnings(logged: dict[str, tuple[str, str]], root: Path, plan: Plan) -> list[str]:
+    """One line per file of a step the plan skips (reuses) that no longer holds our content;
+    `logged` is logged_files() of the job."""
+    if not plan.reuse:
         return []
-    return [describe(d) for d in find_drift(root, logged_files(conn, job_id), plan.reuse)]
+    return [describe(d) for d in find_drift(root, logged, plan.reuse)]

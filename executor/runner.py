@@ -46,7 +46,6 @@ from executor import budget, cachekey, explain, faults
 from executor.budget import Spend
 from executor.cachehistory import previous_run
 from executor.committer import GroupCommitter
-from executor.drift import logged_files
 from executor.outputs import OutputProblem, StepOutput, parse_output
 from executor.pipeline import Pipeline
 from executor.templates import TemplateProblem
@@ -136,10 +135,9 @@ class JobRunner:
         spent: Spend | None = None,
         ignore_breaker: bool = False,
         clock: Callable[[], float] = time.time,
-        files_logged: bool = True,
+        last_written: dict[str, str] | None = None,
     ) -> None:
         self.store = store
-        self._files_logged = files_logged  # False: the job's log has no file.written to read
         self.job_id = job_id
         self.pipeline = pipeline
         self.inputs = inputs
@@ -159,7 +157,8 @@ class JobRunner:
         self._errors: dict[str, str] = {}
         self._attempted: set[str] = set()  # steps that got past their needs and started
         self._committer: GroupCommitter | None = None
-        self._last_written: dict[str, str] = {}  # path -> sha256 steplog last wrote there
+        # path -> sha256 steplog last wrote there (from the log, then as this run writes)
+        self._last_written: dict[str, str] = dict(last_written or {})
         # Stopping (see executor/shutdown.py): once draining, no step starts and no attempt
         # begins; steps outside a provider call are cancelled through their scopes.
         self._draining = False
@@ -201,9 +200,8 @@ class JobRunner:
     async def run(self, plan: Plan) -> JobOutcome:
         started = time.monotonic()
         self._load_reused(plan)
-        logged = logged_files(self.store.conn, self.job_id) if self._files_logged else {}
-        self._last_written = {path: sha for path, (_, sha) in logged.items()}
-        sweep_stale_temps(self.workspace)  # a crash mid-write leaves its temp file behind
+        if self._last_written or plan.attempts:  # only an earlier run can have left one
+            sweep_stale_temps(self.workspace)  # a crash mid-write leaves its temp file behind
         used = {self.pipeline.spec.steps[step].provider for step in plan.run}
         configs = {name: c for name, c in self.pipeline.spec.providers.items() if name in used}
         async with AsyncExitStack() as stack:
