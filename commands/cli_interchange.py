@@ -24,8 +24,8 @@ from commands.jobs import Rejected
     "--width",
     default=1200,
     show_default=True,
-    type=click.IntRange(400, 20000),
-    help="Picture width in pixels (400 to 20000).",
+    type=click.IntRange(600, 20000),
+    help="Picture width in pixels (600 to 20000).",
 )
 @click.pass_context
 def timeline(ctx: click.Context, job: str, output: Path | None, width: int) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import orjson
 
-from commands.jobs import Rejected, _check_job_id
+from commands.jobs import Rejected, _check_job_id, check_workspace
 from commands.replay import replay
 from eventstore.events import JobForked, NewEvent, parse_data
 from eventstore.record import StoredEvent, StoreError, VersionConflict
@@ -132,6 +132,7 @@ def fork_job(
     prefix = view.events
     root = (workspace or Path("runs") / new_job).resolve()
     _check_workspace(root)
+    check_workspace(root)  # writable, before the fork is in the log
     files, missing = files_at_point(store, prefix)
     for ev in prefix:
         parse_data(ev.type, ev.data_json)  # the vocabulary still accepts every copied event

@@ -233,7 +233,7 @@ def _bar_title(bar: Bar) -> str:
 
 def scene(tl: Timeline, width: int = 1200) -> dict:
     """Everything the template draws, positioned."""
-    width = max(600, width)
+    width = max(600, width)  # narrower leaves no room beside the step names (CLI: 600+)
     longest = max((len(s) for s in tl.steps), default=4)
     gutter = min(260.0, max(90.0, longest * CHAR_W + 28))
     legend_y = 62

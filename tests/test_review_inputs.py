@@ -59,6 +59,18 @@ def test_a_workspace_under_a_file_is_refused_before_the_job_starts(tmp_path):
     assert db_rows(db, "SELECT count(*) FROM events") == before
 
 
+def test_a_fork_into_a_workspace_under_a_file_is_refused_before_it_is_logged(tmp_path):
+    """replay --fork appended the fork, then failed restoring its files: a job was left that
+    resume refuses."""
+    db = _seeded(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    before = db_rows(db, "SELECT count(*) FROM events")
+    result = steplog(db, "replay", "seed", "--until", "5", "--fork", "f", "--workspace",
+                     str(tmp_path / "afile" / "ws"))  # fmt: skip
+    _refused(result, "workspace", "afile")
+    assert db_rows(db, "SELECT count(*) FROM events") == before
+
+
 @needs_permissions
 def test_an_unwritable_workspace_is_refused_before_the_job_starts(tmp_path):
     db = _seeded(tmp_path)
