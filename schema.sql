@@ -6,8 +6,8 @@
 -- is upgraded at open by migrations.sql (one transaction), recorded in schema_migrations.
 --
 -- `events` is the source of truth. Everything else is either content (`blobs`, immutable) or a
--- projection kept in the same transaction as the append (`jobs`, `cache_index`) that can be
--- dropped and rebuilt from `events` at any time.
+-- projection kept in the same transaction as the append (`jobs`, `cache_index`, `cache_refused`,
+-- `breakers`) that can be dropped and rebuilt from `events` at any time.
 
 CREATE TABLE IF NOT EXISTS steplog_meta (
     key   TEXT PRIMARY KEY,
@@ -137,7 +137,7 @@ CREATE TABLE IF NOT EXISTS breakers (
     seq      INTEGER NOT NULL
 ) WITHOUT ROWID;
 
--- Schema 2 ---------------------------------------------------------------------------------------
+-- Migrations and audit views -------------------------------------------------------------------
 
 -- One row per schema change applied to this file: the version it created or upgraded to.
 CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -116,11 +116,13 @@ def _check_log(
 ) -> dict[str, tuple[str, int, int]]:
     """Returns blob sha256 -> the first (job, version, seq) pointing at it."""
     heads: dict[str, tuple[int, str, int]] = {}  # job -> (version, hash, seq) as recomputed
-    states = [(p, p.start()) for p in TABLE_PROJECTIONS]
+    # projections sharing a fold (cache_index and cache_refused) share its state: folded once
+    folds: dict[tuple[Any, Any], Any] = {}
+    states = [(p, folds.setdefault((p.start, p.apply), p.start())) for p in TABLE_PROJECTIONS]
     referenced: dict[str, tuple[str, int, int]] = {}
     for ev in _events(conn):
-        for projection, state in states:
-            projection.apply(state, ev)
+        for (_, apply), state in folds.items():
+            apply(state, ev)
         if job_id is not None and ev.job_id != job_id:
             continue
         report.events += 1  # events whose chain was checked

@@ -38,20 +38,19 @@ class DatabaseIOFailure(StoreError):
     """The operating system refused a read or write of the database file."""
 
 
-_FULL = getattr(sqlite3, "SQLITE_FULL", 13)
-_READONLY = getattr(sqlite3, "SQLITE_READONLY", 8)
-_CANTOPEN = getattr(sqlite3, "SQLITE_CANTOPEN", 14)
-_CORRUPT = getattr(sqlite3, "SQLITE_CORRUPT", 11)
-_NOTADB = getattr(sqlite3, "SQLITE_NOTADB", 26)
-_IOERR = getattr(sqlite3, "SQLITE_IOERR", 10)
-_BUSY = getattr(sqlite3, "SQLITE_BUSY", 5)
-_LOCKED = getattr(sqlite3, "SQLITE_LOCKED", 6)
+_FULL = sqlite3.SQLITE_FULL
+_READONLY = sqlite3.SQLITE_READONLY
+_CANTOPEN = sqlite3.SQLITE_CANTOPEN
+_CORRUPT = sqlite3.SQLITE_CORRUPT
+_NOTADB = sqlite3.SQLITE_NOTADB
+_IOERR = sqlite3.SQLITE_IOERR
+_BUSY = sqlite3.SQLITE_BUSY
+_LOCKED = sqlite3.SQLITE_LOCKED
 # Extended IOERR codes of a failed write: SQLite reports ENOSPC as SQLITE_FULL but any other
 # failed write (EFBIG past a file size limit, EDQUOT over a quota) as one of these.
 _IOERR_WRITES = {
-    getattr(sqlite3, name, None)
-    for name in ("SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_TRUNCATE")
-} - {None}
+    sqlite3.SQLITE_IOERR_WRITE, sqlite3.SQLITE_IOERR_FSYNC, sqlite3.SQLITE_IOERR_TRUNCATE
+}
 
 
 def is_busy(exc: sqlite3.Error) -> bool:

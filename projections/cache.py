@@ -49,8 +49,6 @@ class CacheIndex(dict[str, CacheEntry]):
         equal = self.__eq__(other)
         return equal if equal is NotImplemented else not equal
 
-    __hash__ = None  # type: ignore[assignment]
-
 
 def apply(index: CacheIndex, ev: StoredEvent) -> CacheIndex:
     if ev.type not in CACHE_EVENT_TYPES:
