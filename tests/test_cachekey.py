@@ -203,9 +203,13 @@ def test_canonical_json_refuses_nan_and_infinity_at_any_depth(bad):
         build(options={"temperature": bad})
 
 
-def test_the_key_is_versioned():
+def test_the_key_is_versioned(monkeypatch):
+    import executor.cachekey
+
     _, parts = build()
-    assert cache_key(parts) == cache_key(dict(parts))
+    before = cache_key(parts)
+    monkeypatch.setattr(executor.cachekey, "KEY_VERSION", KEY_VERSION + 1)
+    assert cache_key(parts) != before  # the version is part of what the key hashes
     assert KEY_VERSION == 1  # changing it invalidates every cached answer: do it on purpose
 
 

@@ -295,6 +295,7 @@ def test_rebuild_loses_no_append_made_while_it_reads(db_path):
     try:
         store.append("j", [_created(), NewEvent.of(JobStarted(owner=OWNER))], expected_version=0)
         rebuild(store)
+        assert other.tried and not other.appended  # rebuild read and rewrote under one lock
         everything = list(store.read_all())
         assert read_jobs_table(store.conn) == job_row_fold(everything)
         assert read_cache_table(store.conn) == cache.project(everything)
