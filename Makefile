@@ -1,12 +1,13 @@
 # Two entry points for a fresh clone; each sets itself up (idempotently) first.
-#   make demo   run the example pipeline end to end, offline
-#   make test   run the whole test suite
+#   make demo       run the example pipeline end to end, offline
+#   make test       lint, then run the whole test suite (what CI runs)
+#   make test-fast  the daily lane: no subprocess or long fault-loop tests (marker `slow`)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +19,18 @@ demo: $(STAMP)
 	$(BIN)/steplog --db runs/demo.db run examples/factory/pipeline.toml --input idea="a command-line todo list"
 	$(BIN)/steplog --db runs/demo.db status
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# two workers: the machine (and CI) has two cores
+PYTEST := $(BIN)/python -m pytest -q -n 2
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(PYTEST)
+
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -51,8 +51,8 @@ if str(ROOT) not in sys.path:
 
 import pydantic  # noqa: E402
 
-from commands.jobs import RunCommand, execute, prepare_run  # noqa: E402
-from eventstore.events import (  # noqa: E402
+from steplog.commands.jobs import RunCommand, execute, prepare_run  # noqa: E402
+from steplog.eventstore.events import (  # noqa: E402
     CacheHit,
     CacheMiss,
     EventData,
@@ -74,8 +74,8 @@ from eventstore.events import (  # noqa: E402
     StepSucceeded,
     parse_data,
 )
-from eventstore.record import GENESIS_HASH, StoredEvent, chain_hash  # noqa: E402
-from projections.store import open_store  # noqa: E402
+from steplog.eventstore.record import GENESIS_HASH, StoredEvent, chain_hash  # noqa: E402
+from steplog.projections.store import open_store  # noqa: E402
 
 GENERATOR_VERSION = 3  # bump when the shape of the generated log changes
 BIG_JOB = "resume-me"
@@ -153,8 +153,15 @@ class SyntheticPipeline:
 def make_pipeline(name: str, n_steps: int, rng: random.Random) -> SyntheticPipeline:
     steps: dict[str, list[str]] = {}
     outputs: dict[str, str] = {}
-    lines = [f'name = "{name}"', "", "[providers.main]", 'kind = "openai"',
-             'base_url = "http://127.0.0.1:8080/v1"', 'model = "qwen2.5-coder-7b"', ""]  # fmt: skip
+    lines = [
+        f'name = "{name}"',
+        "",
+        "[providers.main]",
+        'kind = "openai"',
+        'base_url = "http://127.0.0.1:8080/v1"',
+        'model = "qwen2.5-coder-7b"',
+        "",
+    ]
     names = [f"{name[:4]}_{i:03d}" for i in range(n_steps)]
     for i, step in enumerate(names):
         if i == 0:
@@ -162,17 +169,27 @@ def make_pipeline(name: str, n_steps: int, rng: random.Random) -> SyntheticPipel
         elif rng.random() < 0.6:
             needs = [names[i - 1]]
         else:
-            needs = sorted({names[rng.randrange(max(0, i - 30), i)] for _ in range(rng.randint(1, 3))})
+            needs = sorted(
+                {names[rng.randrange(max(0, i - 30), i)] for _ in range(rng.randint(1, 3))}
+            )
         steps[step] = needs
         roll = rng.random()
         outputs[step] = "files" if roll < 0.06 else "json" if roll < 0.25 else "text"
         refs = " ".join(f"{{{{ steps.{n}.output }}}}" for n in needs)
-        lines += [f"[steps.{step}]", f"needs = {json.dumps(needs)}", 'provider = "main"',
-                  f'output = "{outputs[step]}"', f'prompt = """Step {i} of {name}. {refs}"""', ""]  # fmt: skip
+        lines += [
+            f"[steps.{step}]",
+            f"needs = {json.dumps(needs)}",
+            'provider = "main"',
+            f'output = "{outputs[step]}"',
+            f'prompt = """Step {i} of {name}. {refs}"""',
+            "",
+        ]
     source = "\n".join(lines).encode()
     step_fingerprints = {s: sha(f"{name}:{s}:{steps[s]}") for s in steps}
-    snapshot = json.dumps({"spec": {"name": name, "steps": steps}, "step_fingerprints": step_fingerprints},
-                          separators=(",", ":")).encode()  # fmt: skip
+    snapshot = json.dumps(
+        {"spec": {"name": name, "steps": steps}, "step_fingerprints": step_fingerprints},
+        separators=(",", ":"),
+    ).encode()
     return SyntheticPipeline(name, steps, outputs, sha(source), source, snapshot, step_fingerprints)
 
 
@@ -220,11 +237,20 @@ def synthetic_job(
         steps=pipeline.steps,
         workspace=f"/srv/runs/{job_id}",
     )
-    yield Commit(t, job_id, [_ev(t, created), _ev(t + 1, JobStarted(owner=owner))],
-                 [pipeline.source, pipeline.snapshot])  # fmt: skip
+    yield Commit(
+        t,
+        job_id,
+        [_ev(t, created), _ev(t + 1, JobStarted(owner=owner))],
+        [pipeline.source, pipeline.snapshot],
+    )
     roll = rng.random()
-    ending = "failed" if roll < 0.06 else "failed+resumed" if roll < 0.09 else (
-        "interrupted+resumed" if roll < 0.12 else "succeeded")  # fmt: skip
+    ending = (
+        "failed"
+        if roll < 0.06
+        else "failed+resumed"
+        if roll < 0.09
+        else ("interrupted+resumed" if roll < 0.12 else "succeeded")
+    )
     order = list(pipeline.steps)
     stop_at = rng.randrange(len(order) // 3, len(order)) if ending != "succeeded" else None
     job_t0 = t
@@ -243,8 +269,18 @@ def synthetic_job(
                 yield from _failed_step(job_id, step, pipeline, t, rng)
                 t += 3_000_000
                 error = f"step {step} failed: server unavailable (connect error)"
-                yield Commit(t, job_id, [_ev(t, JobFailed(error=error, failed_steps=[step],
-                                                          duration_s=(t - job_t0) / 1e6))])  # fmt: skip
+                yield Commit(
+                    t,
+                    job_id,
+                    [
+                        _ev(
+                            t,
+                            JobFailed(
+                                error=error, failed_steps=[step], duration_s=(t - job_t0) / 1e6
+                            ),
+                        )
+                    ],
+                )
             if ending == "failed":
                 return
             t += rng.randint(60_000_000, 3_600_000_000)  # someone notices, fixes, resumes
@@ -252,10 +288,17 @@ def synthetic_job(
             yield Commit(t, job_id, [_ev(t, resumed)])
             t += 15_000
             skipped = [
-                _ev(t, StepSkipped(reason="completed in an earlier run",
-                                   fingerprint=pipeline.step_fingerprints[s], output_sha256=o), s)
+                _ev(
+                    t,
+                    StepSkipped(
+                        reason="completed in an earlier run",
+                        fingerprint=pipeline.step_fingerprints[s],
+                        output_sha256=o,
+                    ),
+                    s,
+                )
                 for s, o in done.items()
-            ]  # fmt: skip
+            ]
             if skipped:
                 yield Commit(t, job_id, skipped)
             continue  # the failed step runs again
@@ -275,9 +318,14 @@ def _parts(key: str) -> dict[str, str]:
 def _response_text(key: str, kind: str, rng: random.Random) -> bytes:
     body = LOREM[: rng.randint(120, len(LOREM))]
     if kind == "json":
-        return json.dumps({"summary": body, "accounts": [key[:8], key[8:16]], "ok": True}, indent=2).encode()
+        return json.dumps(
+            {"summary": body, "accounts": [key[:8], key[8:16]], "ok": True}, indent=2
+        ).encode()
     if kind == "files":
-        files = [{"path": p, "content": f"# {key}\n{body}\n"} for p in ("app.py", "tests/test_app.py", "README.md")]
+        files = [
+            {"path": p, "content": f"# {key}\n{body}\n"}
+            for p in ("app.py", "tests/test_app.py", "README.md")
+        ]
         return json.dumps({"files": files}, indent=2).encode()
     return f"{body}\n\n(answer {key[:12]})".encode()
 
@@ -299,28 +347,58 @@ def _step(
     started = _ev(t, StepStarted(attempt=attempt, fingerprint=fp), step)
     if cache_pool and rng.random() < 0.15:  # a key an earlier job paid for
         src = cache_pool[rng.randrange(len(cache_pool))]
-        hit = CacheHit(cache_key=src.key, response_sha256=src.response_sha256, origin_job=src.job,
-                       origin_step=src.step, tokens_saved=src.tokens, parts=_parts(src.key))  # fmt: skip
+        hit = CacheHit(
+            cache_key=src.key,
+            response_sha256=src.response_sha256,
+            origin_job=src.job,
+            origin_step=src.step,
+            tokens_saved=src.tokens,
+            parts=_parts(src.key),
+        )
         t += rng.randint(300, 1_500)
-        succeeded = StepSucceeded(output_sha256=src.response_sha256, output=kind, cache_hit=True,
-                                  cache_key=src.key, duration_s=0.0012, fingerprint=fp)  # fmt: skip
+        succeeded = StepSucceeded(
+            output_sha256=src.response_sha256,
+            output=kind,
+            cache_hit=True,
+            cache_key=src.key,
+            duration_s=0.0012,
+            fingerprint=fp,
+        )
         done[step] = src.response_sha256
         yield Commit(t, job_id, [started, _ev(t, hit, step), _ev(t, succeeded, step)])
         return
     key = sha(f"{job_id}/{step}/{rng.random()}")
     prompt = f"{LOREM[: rng.randint(200, len(LOREM))]}\n[{job_id}/{step}]".encode()
     tokens_in = len(prompt.split())
-    request = LLMRequested(provider="main", kind="openai", model="qwen2.5-coder-7b",
-                           prompt_tokens=tokens_in, attempt=1, cache_key=key,
-                           prompt_sha256=sha(prompt))  # fmt: skip
-    yield Commit(t, job_id, [started, _ev(t, CacheMiss(cache_key=key, parts=_parts(key)), step),
-                             _ev(t, request, step)], [prompt])  # fmt: skip
+    request = LLMRequested(
+        provider="main",
+        kind="openai",
+        model="qwen2.5-coder-7b",
+        prompt_tokens=tokens_in,
+        attempt=1,
+        cache_key=key,
+        prompt_sha256=sha(prompt),
+    )
+    yield Commit(
+        t,
+        job_id,
+        [started, _ev(t, CacheMiss(cache_key=key, parts=_parts(key)), step), _ev(t, request, step)],
+        [prompt],
+    )
     call = 1
     if rng.random() < 0.04:  # a 503, a back-off, a second attempt
         t += rng.randint(100_000, 2_000_000)
-        failure = LLMResponded(provider="main", model="qwen2.5-coder-7b", duration_s=0.4,
-                               success=False, attempt=1, cache_key=key, status=503,
-                               error="server answered 503", error_class="http_503")  # fmt: skip
+        failure = LLMResponded(
+            provider="main",
+            model="qwen2.5-coder-7b",
+            duration_s=0.4,
+            success=False,
+            attempt=1,
+            cache_key=key,
+            status=503,
+            error="server answered 503",
+            error_class="http_503",
+        )
         retrying = StepRetrying(attempt=1, delay_s=0.731, error="server answered 503")
         yield Commit(t, job_id, [_ev(t, failure, step), _ev(t, retrying, step)])
         t += 731_000
@@ -330,19 +408,35 @@ def _step(
     response = _response_text(key, kind, rng)
     latency = rng.randint(800_000, 25_000_000)
     t += latency
-    answered = LLMResponded(provider="main", model="qwen2.5-coder-7b", duration_s=latency / 1e6,
-                            tokens_in=tokens_in, tokens_out=len(response.split()), success=True,
-                            attempt=call, cache_key=key, response_sha256=sha(response),
-                            finish_reason="stop")  # fmt: skip
+    answered = LLMResponded(
+        provider="main",
+        model="qwen2.5-coder-7b",
+        duration_s=latency / 1e6,
+        tokens_in=tokens_in,
+        tokens_out=len(response.split()),
+        success=True,
+        attempt=call,
+        cache_key=key,
+        response_sha256=sha(response),
+        finish_reason="stop",
+    )
     if len(cache_pool) < 20_000:
         cache_pool.append(CacheSource(key, sha(response), job_id, step, tokens_in))
     else:
-        cache_pool[rng.randrange(len(cache_pool))] = CacheSource(key, sha(response), job_id, step, tokens_in)
+        cache_pool[rng.randrange(len(cache_pool))] = CacheSource(
+            key, sha(response), job_id, step, tokens_in
+        )
     output = response
     if kind == "json":
         output = json.dumps(json.loads(response), sort_keys=True, separators=(",", ":")).encode()
-    succeeded = StepSucceeded(output_sha256=sha(output), output=kind, cache_hit=False, cache_key=key,
-                              duration_s=latency / 1e6 + 0.002, fingerprint=fp)  # fmt: skip
+    succeeded = StepSucceeded(
+        output_sha256=sha(output),
+        output=kind,
+        cache_hit=False,
+        cache_key=key,
+        duration_s=latency / 1e6 + 0.002,
+        fingerprint=fp,
+    )
     done[step] = sha(output)
     if kind == "files":
         yield Commit(t, job_id, [_ev(t, answered, step)], [response])
@@ -350,11 +444,24 @@ def _step(
         written = []
         for path in ("app.py", "tests/test_app.py", "README.md"):
             content = f"# {key}\n{path}\n".encode()
-            written.append(_ev(t, FileWritten(path=path, sha256=sha(content), wrote=True,
-                                              reason="created", size=len(content)), step))  # fmt: skip
+            written.append(
+                _ev(
+                    t,
+                    FileWritten(
+                        path=path,
+                        sha256=sha(content),
+                        wrote=True,
+                        reason="created",
+                        size=len(content),
+                    ),
+                    step,
+                )
+            )
         yield Commit(t, job_id, [*written, _ev(t, succeeded, step)], [output])
     else:
-        yield Commit(t, job_id, [_ev(t, answered, step), _ev(t, succeeded, step)], [response, output])
+        yield Commit(
+            t, job_id, [_ev(t, answered, step), _ev(t, succeeded, step)], [response, output]
+        )
 
 
 def _failed_step(
@@ -366,24 +473,41 @@ def _failed_step(
     started = _ev(t, StepStarted(attempt=1, fingerprint=fp), step)
     events = [started, _ev(t, CacheMiss(cache_key=key, parts=_parts(key)), step)]
     for attempt in (1, 2, 3):
-        request = LLMRequested(provider="main", kind="openai", model="qwen2.5-coder-7b",
-                               prompt_tokens=80, attempt=attempt, cache_key=key,
-                               prompt_sha256=sha(prompt))  # fmt: skip
+        request = LLMRequested(
+            provider="main",
+            kind="openai",
+            model="qwen2.5-coder-7b",
+            prompt_tokens=80,
+            attempt=attempt,
+            cache_key=key,
+            prompt_sha256=sha(prompt),
+        )
         yield Commit(t, job_id, [*events, _ev(t, request, step)], [prompt] if attempt == 1 else [])
         t += rng.randint(50_000, 500_000)
-        failure = LLMResponded(provider="main", model="qwen2.5-coder-7b", duration_s=0.05,
-                               success=False, attempt=attempt, cache_key=key,
-                               error="server unavailable (connect error)",
-                               error_class="unavailable")  # fmt: skip
+        failure = LLMResponded(
+            provider="main",
+            model="qwen2.5-coder-7b",
+            duration_s=0.05,
+            success=False,
+            attempt=attempt,
+            cache_key=key,
+            error="server unavailable (connect error)",
+            error_class="unavailable",
+        )
         if attempt < 3:
-            retrying = StepRetrying(attempt=attempt, delay_s=0.5 * attempt,
-                                    error="server unavailable (connect error)")  # fmt: skip
+            retrying = StepRetrying(
+                attempt=attempt, delay_s=0.5 * attempt, error="server unavailable (connect error)"
+            )
             yield Commit(t, job_id, [_ev(t, failure, step), _ev(t, retrying, step)])
             t += 500_000 * attempt
             events = []
         else:
-            failed = StepFailed(error="server unavailable (connect error)", error_type="unavailable",
-                                attempt=1, duration_s=2.5)  # fmt: skip
+            failed = StepFailed(
+                error="server unavailable (connect error)",
+                error_type="unavailable",
+                attempt=1,
+                duration_s=2.5,
+            )
             yield Commit(t, job_id, [_ev(t, failure, step), _ev(t, failed, step)])
 
 
@@ -393,8 +517,18 @@ def _failed_step(
 def resume_pipeline_toml(steps: int) -> str:
     """A tree of text steps on the offline provider; the last step's provider always fails."""
     rng = random.Random(7)
-    lines = ['name = "bench-resume"', "", "[providers.local]", 'kind = "offline"', "",
-             "[providers.flaky]", 'kind = "offline"', "max_retries = 0", "options = { fail = true }", ""]  # fmt: skip
+    lines = [
+        'name = "bench-resume"',
+        "",
+        "[providers.local]",
+        'kind = "offline"',
+        "",
+        "[providers.flaky]",
+        'kind = "offline"',
+        "max_retries = 0",
+        "options = { fail = true }",
+        "",
+    ]
     for i in range(steps):
         lines.append(f"[steps.s{i}]")
         if i:
@@ -408,13 +542,19 @@ def resume_pipeline_toml(steps: int) -> str:
     return "\n".join(lines)
 
 
-def executor_job(scratch: Path, pipeline_path: Path, steps: int) -> tuple[list[list[StoredEvent]], dict[str, bytes]]:
+def executor_job(
+    scratch: Path, pipeline_path: Path, steps: int
+) -> tuple[list[list[StoredEvent]], dict[str, bytes]]:
     """Run the resume pipeline with the real executor; its commits as they landed, and its blobs."""
     pipeline_path.write_text(resume_pipeline_toml(steps))
     store = open_store(scratch)
     batches: list[list[StoredEvent]] = []
-    prepared = prepare_run(store, RunCommand(pipeline_path=pipeline_path, job_id=BIG_JOB,
-                                             workspace=pipeline_path.parent / "ws"))  # fmt: skip
+    prepared = prepare_run(
+        store,
+        RunCommand(
+            pipeline_path=pipeline_path, job_id=BIG_JOB, workspace=pipeline_path.parent / "ws"
+        ),
+    )
     batches.append(list(store.read_job(BIG_JOB)))  # job.created + job.started (prepare_run)
     outcome = execute(store, prepared, observer=lambda stored: batches.append(list(stored)))
     assert not outcome.succeeded, "the resume job's last step must fail"
@@ -462,12 +602,16 @@ def ensure(cache_root: Path, total_events: int, *, quiet: bool = False) -> BigLo
 def build(home: Path, total_events: int) -> dict:
     rng = random.Random(20260105)
     db = home / "log.db"
-    real_batches, real_blobs = executor_job(home / "executor-scratch.db", home / "resume.toml", BIG_JOB_STEPS)
+    real_batches, real_blobs = executor_job(
+        home / "executor-scratch.db", home / "resume.toml", BIG_JOB_STEPS
+    )
     for suffix in ("", "-wal", "-shm"):
         Path(f"{home / 'executor-scratch.db'}{suffix}").unlink(missing_ok=True)
     real_events = sum(map(len, real_batches))
-    pipelines = [make_pipeline(name, rng.randint(185, 205), rng)
-                 for name in ("triage", "summarise", "extract", "translate", "codegen")]  # fmt: skip
+    pipelines = [
+        make_pipeline(name, rng.randint(185, 205), rng)
+        for name in ("triage", "summarise", "extract", "translate", "codegen")
+    ]
     owner = Owner(pid=4242, host="worker-1", started="123456")
     cache_pool: list[CacheSource] = []
 
@@ -512,9 +656,15 @@ def build(home: Path, total_events: int) -> dict:
                 else:
                     runs.append([ev])
             for run in runs:
-                t += rng.randint(800_000, 25_000_000) if run[0].type == "llm.response" else rng.randint(200, 3_000)
-                events = [(ts_of(t + k), ev.level, ev.type, ev.step, ev.data_json)
-                          for k, ev in enumerate(run)]  # fmt: skip
+                t += (
+                    rng.randint(800_000, 25_000_000)
+                    if run[0].type == "llm.response"
+                    else rng.randint(200, 3_000)
+                )
+                events = [
+                    (ts_of(t + k), ev.level, ev.type, ev.step, ev.data_json)
+                    for k, ev in enumerate(run)
+                ]
                 yield Commit(t, BIG_JOB, events, list(real_blobs.values()) if first else [])
                 first = False
 
@@ -588,7 +738,9 @@ def build(home: Path, total_events: int) -> dict:
 def check_envelopes(events: list[Prepared]) -> None:
     """What NewEvent would refuse is refused here too: type, level, timestamp, data round trip."""
     for ts, level, type_, step, data_json in events:
-        event = NewEvent(type=type_, data=parse_data(type_, data_json), step=step, level=level, ts=ts)
+        event = NewEvent(
+            type=type_, data=parse_data(type_, data_json), step=step, level=level, ts=ts
+        )
         assert event.data_json() == data_json, (type_, data_json)
 
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from eventstore.events import (  # noqa: E402
+from steplog.eventstore.events import (  # noqa: E402
     CircuitClosed,
     CircuitOpened,
     LLMRequested,
@@ -33,10 +33,10 @@ from eventstore.events import (  # noqa: E402
     StepStarted,
     StepSucceeded,
 )
-from eventstore.sqlite import SQLiteEventStore  # noqa: E402
-from projections import breaker as fold  # noqa: E402
-from projections.store import open_store  # noqa: E402
-from projections.tables import PROJECTORS, breaker_row, project_breakers  # noqa: E402
+from steplog.eventstore.sqlite import SQLiteEventStore  # noqa: E402
+from steplog.projections import breaker as fold  # noqa: E402
+from steplog.projections.store import open_store  # noqa: E402
+from steplog.projections.tables import PROJECTORS, breaker_row, project_breakers  # noqa: E402
 
 ENDPOINTS = [f"openai http://127.0.0.1:{8000 + i}/v1" for i in range(8)]
 SHA = "0" * 64
@@ -61,18 +61,47 @@ def step_batch(n: int, endpoint: str | None) -> list[NewEvent]:
     ok = n % 7 != 0
     data = [
         StepStarted(attempt=1, fingerprint="f"),
-        LLMRequested(provider="remote", kind="openai", model="m", prompt_tokens=10, attempt=1,
-                     cache_key=f"k{n}", prompt_sha256=SHA, endpoint=endpoint),
-        LLMResponded(provider="remote", model="m", duration_s=1.0, tokens_in=10, tokens_out=20,
-                     success=ok, attempt=1, cache_key=f"k{n}", endpoint=endpoint,
-                     retryable=None if ok else True, cost=0.001),
-    ]  # fmt: skip
+        LLMRequested(
+            provider="remote",
+            kind="openai",
+            model="m",
+            prompt_tokens=10,
+            attempt=1,
+            cache_key=f"k{n}",
+            prompt_sha256=SHA,
+            endpoint=endpoint,
+        ),
+        LLMResponded(
+            provider="remote",
+            model="m",
+            duration_s=1.0,
+            tokens_in=10,
+            tokens_out=20,
+            success=ok,
+            attempt=1,
+            cache_key=f"k{n}",
+            endpoint=endpoint,
+            retryable=None if ok else True,
+            cost=0.001,
+        ),
+    ]
     if n % 5000 < len(ENDPOINTS):  # now and then every endpoint opens and closes
-        data.append(CircuitOpened(provider="remote", failures=5, retry_at="2026-01-01T00:00:00Z",
-                                  endpoint=endpoint))  # fmt: skip
+        data.append(
+            CircuitOpened(
+                provider="remote", failures=5, retry_at="2026-01-01T00:00:00Z", endpoint=endpoint
+            )
+        )
         data.append(CircuitClosed(provider="remote", endpoint=endpoint))
-    data.append(StepSucceeded(output_sha256=SHA, output="text", cache_hit=False, cache_key="k",
-                              duration_s=1.0, fingerprint="f"))  # fmt: skip
+    data.append(
+        StepSucceeded(
+            output_sha256=SHA,
+            output="text",
+            cache_hit=False,
+            cache_key="k",
+            duration_s=1.0,
+            fingerprint="f",
+        )
+    )
     return [NewEvent.of(d, step=f"s{n % 100}") for d in data]
 
 
@@ -127,7 +156,7 @@ def main() -> None:
         def query() -> None:
             last = conn.execute(LAST_TRANSITION, (endpoint,)).fetchone()
             after = last[1] if last else 0
-            for success, retryable in conn.execute(FAILURES_AFTER, (endpoint, after)):
+            for success, _retryable in conn.execute(FAILURES_AFTER, (endpoint, after)):
                 if success:
                     break  # consecutive failures end at the last success
 
@@ -138,7 +167,7 @@ def main() -> None:
         writer = SQLiteEventStore(path, projectors=())
         for kind, ep in (("remote", endpoint), ("offline", None)):
             batch = step_batch(1, ep)  # type: ignore[arg-type]
-            cost = timed(lambda: writer.append("bench-writer", batch), 300)
+            cost = timed(lambda: writer.append("bench-writer", batch), 300)  # noqa: B023
             print(f"query  append a {kind:<7} step batch, index kept up {cost * 1e6:8.1f} µs")
         writer.close()
         conn.execute("DROP INDEX bench_breaker_events")
@@ -148,14 +177,18 @@ def main() -> None:
         print(f"fold   from seq 0                        {folded * 1e3:10.1f} ms")
 
         # the write side: one step's batch appended with and without the breakers projector
-        for label, projectors in (("with", PROJECTORS),
-                                  ("without", tuple(p for p in PROJECTORS if p is not project_breakers))):  # fmt: skip
+        for label, projectors in (
+            ("with", PROJECTORS),
+            ("without", tuple(p for p in PROJECTORS if p is not project_breakers)),
+        ):
             writer = SQLiteEventStore(path, projectors=projectors)
             for kind, ep in (("remote", endpoint), ("offline", None)):
                 batch = step_batch(1, ep)  # type: ignore[arg-type]
-                cost = timed(lambda: writer.append("bench-writer", batch), 300)
-                print(f"append a {kind:<7} step batch {label:<7} the breakers projector"
-                      f" {cost * 1e6:8.1f} µs")  # fmt: skip
+                cost = timed(lambda: writer.append("bench-writer", batch), 300)  # noqa: B023
+                print(
+                    f"append a {kind:<7} step batch {label:<7} the breakers projector"
+                    f" {cost * 1e6:8.1f} µs"
+                )
             writer.close()
         store.close()
 

@@ -60,8 +60,11 @@ def show(row: Row) -> None:
         raw = f"   raw {row.raw_seconds:7.2f} s {row.raw_rss_mib or 0:6.0f} MiB"
         if row.raw_seconds > 0:
             raw += f"  ({row.seconds / row.raw_seconds:.1f}x time)"
-    print(f"  {row.name:<46} {row.seconds:7.2f} s {row.rss_mib:6.0f} MiB{raw}"
-          + (f"  {row.note}" if row.note else ""), flush=True)  # fmt: skip
+    print(
+        f"  {row.name:<46} {row.seconds:7.2f} s {row.rss_mib:6.0f} MiB{raw}"
+        + (f"  {row.note}" if row.note else ""),
+        flush=True,
+    )
 
 
 @dataclass
@@ -87,8 +90,14 @@ open(sys.argv[1], "w").write(json.dumps({"code": code, "seconds": seconds, "rss_
 """
 
 
-def measure(argv: list[str], *, cwd: Path, env: dict[str, str] | None = None,
-            shell: str | None = None, timeout: float = 1800) -> Ran:  # fmt: skip
+def measure(
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    shell: str | None = None,
+    timeout: float = 1800,
+) -> Ran:
     """Run argv (or a shell pipeline) under the wrapper: wall time and peak RSS of all it ran."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
     full_env = {**inherited, "PYTHONPATH": str(ROOT), **(env or {})}
@@ -97,15 +106,26 @@ def measure(argv: list[str], *, cwd: Path, env: dict[str, str] | None = None,
         report = Path(scratch) / "report.json"
         out, err = Path(scratch) / "out", Path(scratch) / "err"
         with out.open("wb") as fout, err.open("wb") as ferr:
-            subprocess.run([sys.executable, "-c", WRAPPER, str(report), *command], cwd=cwd,
-                           env=full_env, stdout=fout, stderr=ferr, timeout=timeout)  # fmt: skip
+            subprocess.run(
+                [sys.executable, "-c", WRAPPER, str(report), *command],
+                cwd=cwd,
+                env=full_env,
+                stdout=fout,
+                stderr=ferr,
+                timeout=timeout,
+            )
         got = json.loads(report.read_text())
-        return Ran(got["code"], got["seconds"], got["rss_kib"] / 1024,
-                   out.read_text(errors="replace"), err.read_text(errors="replace"))  # fmt: skip
+        return Ran(
+            got["code"],
+            got["seconds"],
+            got["rss_kib"] / 1024,
+            out.read_text(errors="replace"),
+            err.read_text(errors="replace"),
+        )
 
 
 def steplog_argv(db: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "commands.cli", "--db", str(db), *args]
+    return [sys.executable, "-m", "steplog", "--db", str(db), *args]
 
 
 def raw_python(code: str, *, cwd: Path) -> Ran:
@@ -142,8 +162,13 @@ class BigAnswerHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
         route = self.path.rstrip("/")
-        kind = ("openai" if route.endswith("/chat/completions")
-                else "ollama" if route.endswith("/api/chat") else "anthropic")  # fmt: skip
+        kind = (
+            "openai"
+            if route.endswith("/chat/completions")
+            else "ollama"
+            if route.endswith("/api/chat")
+            else "anthropic"
+        )
         text = self.server.text
         if body.get("stream"):
             self._chunked(self._events(kind, text))
@@ -162,34 +187,49 @@ class BigAnswerHandler(BaseHTTPRequestHandler):
 
     def _whole(self, kind: str) -> tuple[bytes, bytes]:
         if kind == "openai":
-            return (b'{"model":"big","choices":[{"index":0,"finish_reason":"stop","message":'
-                    b'{"role":"assistant","content":"',
-                    b'"}}],"usage":{"prompt_tokens":3,"completion_tokens":7}}')  # fmt: skip
+            return (
+                b'{"model":"big","choices":[{"index":0,"finish_reason":"stop","message":'
+                b'{"role":"assistant","content":"',
+                b'"}}],"usage":{"prompt_tokens":3,"completion_tokens":7}}',
+            )
         if kind == "ollama":
-            return (b'{"model":"big","done":true,"done_reason":"stop","prompt_eval_count":3,'
-                    b'"eval_count":7,"message":{"role":"assistant","content":"', b'"}}')  # fmt: skip
-        return (b'{"type":"message","model":"big","stop_reason":"end_turn","usage":'
-                b'{"input_tokens":3,"output_tokens":7},"content":[{"type":"text","text":"',
-                b'"}]}')  # fmt: skip
+            return (
+                b'{"model":"big","done":true,"done_reason":"stop","prompt_eval_count":3,'
+                b'"eval_count":7,"message":{"role":"assistant","content":"',
+                b'"}}',
+            )
+        return (
+            b'{"type":"message","model":"big","stop_reason":"end_turn","usage":'
+            b'{"input_tokens":3,"output_tokens":7},"content":[{"type":"text","text":"',
+            b'"}]}',
+        )
 
     def _events(self, kind: str, text: str) -> Iterator[bytes]:
         piece = self.server.piece
         for i in range(0, len(text), piece):
             part = json.dumps(text[i : i + piece])
             if kind == "openai":
-                yield (f'data: {{"model":"big","choices":[{{"index":0,"delta":{{"content":{part}}}}}]}}\n\n').encode()
+                yield (
+                    f'data: {{"model":"big","choices":[{{"index":0,"delta":{{"content":{part}}}}}]}}\n\n'
+                ).encode()
             elif kind == "ollama":
-                yield (f'{{"model":"big","done":false,"message":{{"role":"assistant","content":{part}}}}}\n').encode()
+                yield (
+                    f'{{"model":"big","done":false,"message":{{"role":"assistant","content":{part}}}}}\n'
+                ).encode()
             else:
-                yield (f'event: content_block_delta\ndata: {{"type":"content_block_delta","index":0,'
-                       f'"delta":{{"type":"text_delta","text":{part}}}}}\n\n').encode()  # fmt: skip
+                yield (
+                    f'event: content_block_delta\ndata: {{"type":"content_block_delta","index":0,'
+                    f'"delta":{{"type":"text_delta","text":{part}}}}}\n\n'
+                ).encode()
         if kind == "openai":
             yield b'data: {"model":"big","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
             yield b'data: {"model":"big","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7}}\n\n'
             yield b"data: [DONE]\n\n"
         elif kind == "ollama":
-            yield (b'{"model":"big","done":true,"done_reason":"stop","prompt_eval_count":3,'
-                   b'"eval_count":7,"message":{"role":"assistant","content":""}}\n')  # fmt: skip
+            yield (
+                b'{"model":"big","done":true,"done_reason":"stop","prompt_eval_count":3,'
+                b'"eval_count":7,"message":{"role":"assistant","content":""}}\n'
+            )
         else:
             yield b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}\n\n'
             yield b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
@@ -230,10 +270,12 @@ class BigAnswerServer(ThreadingHTTPServer):
 def response_pipeline(kind: str, port: int, stream: bool) -> str:
     base = f"http://127.0.0.1:{port}" + ("/v1" if kind == "openai" else "")
     options = "options = { max_tokens = 100 }\n" if kind == "anthropic" else ""
-    return (f'name = "big-answer"\n\n[providers.p]\nkind = "{kind}"\nmodel = "big"\n'
-            f'base_url = "{base}"\nstream = {"true" if stream else "false"}\ntimeout_s = 120\n'
-            f"max_retries = 0\n{options}\n[steps.answer]\nprovider = \"p\"\n"
-            f'prompt = "write a very long answer"\noutput = "text"\n')  # fmt: skip
+    return (
+        f'name = "big-answer"\n\n[providers.p]\nkind = "{kind}"\nmodel = "big"\n'
+        f'base_url = "{base}"\nstream = {"true" if stream else "false"}\ntimeout_s = 120\n'
+        f'max_retries = 0\n{options}\n[steps.answer]\nprovider = "p"\n'
+        f'prompt = "write a very long answer"\noutput = "text"\n'
+    )
 
 
 RAW_DOWNLOAD = r"""
@@ -254,30 +296,40 @@ with conn:
 
 
 def bench_responses(tmp: Path, size: int, piece: int) -> None:
-    print(f"\n1. one answer of {size / MiB:,.0f} MiB ({size:,} characters) from a server on "
-          f"127.0.0.1; `steplog run` of a one-step pipeline; streams send {piece:,} characters "
-          "per event")  # fmt: skip
+    print(
+        f"\n1. one answer of {size / MiB:,.0f} MiB ({size:,} characters) from a server on "
+        f"127.0.0.1; `steplog run` of a one-step pipeline; streams send {piece:,} characters "
+        "per event"
+    )
     server = BigAnswerServer(size, piece)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     port = server.server_address[1]
     try:
         raw_db = tmp / "raw-answer.db"
-        raw = raw_python_args(RAW_DOWNLOAD, [f"http://127.0.0.1:{port}/v1/chat/completions", str(raw_db)], tmp)
+        raw = raw_python_args(
+            RAW_DOWNLOAD, [f"http://127.0.0.1:{port}/v1/chat/completions", str(raw_db)], tmp
+        )
         check(raw, "raw download")
         bare = raw_python("import hashlib, json, sqlite3, urllib.request", cwd=tmp)
         server.answer(1000)  # the same run with a 1,000-character answer: the process's own size
         small = tmp / "small"
         small.mkdir()
         (small / "pipeline.toml").write_text(response_pipeline("openai", port, False))
-        empty = measure(steplog_argv(small / "steplog.db", "run", str(small / "pipeline.toml")), cwd=small)
+        empty = measure(
+            steplog_argv(small / "steplog.db", "run", str(small / "pipeline.toml")), cwd=small
+        )
         check(empty, "run, small answer")
         server.answer(size)
-        print(f"  baseline: urllib + json.loads + one sqlite3 INSERT of the blob: "
-              f"{raw.seconds:.2f} s, {raw.rss_mib:.0f} MiB, "
-              f"{(raw.rss_mib - bare.rss_mib) * MiB / size:.1f}x the answer above the bare "
-              f"interpreter's {bare.rss_mib:.0f} MiB; `steplog run` of a 1,000-character answer: "
-              f"{empty.rss_mib:.0f} MiB")  # fmt: skip
+        print(
+            f"  baseline: urllib + json.loads + one sqlite3 INSERT of the blob: "
+            f"{raw.seconds:.2f} s, {raw.rss_mib:.0f} MiB, "
+            f"{(raw.rss_mib - bare.rss_mib) * MiB / size:.1f}x the answer above the bare "
+            f"interpreter's {bare.rss_mib:.0f} MiB; `steplog run` of a 1,000-character answer: "
+            f"{empty.rss_mib:.0f} MiB"
+        )
         for kind in ("openai", "ollama", "anthropic"):
             for stream in (False, True):
                 work = tmp / f"answer-{kind}-{stream}"
@@ -287,13 +339,23 @@ def bench_responses(tmp: Path, size: int, piece: int) -> None:
                 db = work / "steplog.db"
                 ran = measure(steplog_argv(db, "run", str(pipe), "--job-id", "big"), cwd=work)
                 check(ran, f"run {kind}")
-                stored = sqlite3.connect(db).execute(
-                    "SELECT max(size) FROM blobs").fetchone()[0] or 0  # fmt: skip
+                stored = (
+                    sqlite3.connect(db).execute("SELECT max(size) FROM blobs").fetchone()[0] or 0
+                )
                 factor = (ran.rss_mib - empty.rss_mib) * MiB / size
                 how = "streamed" if stream else "whole"
-                show(Row("responses", f"{kind}, {how}", ran.seconds, ran.rss_mib, raw.seconds,
-                         raw.rss_mib, note=f"{factor:.1f}x the answer above a small run; "
-                         f"stored blob {stored / MiB:,.1f} MiB"))  # fmt: skip
+                show(
+                    Row(
+                        "responses",
+                        f"{kind}, {how}",
+                        ran.seconds,
+                        ran.rss_mib,
+                        raw.seconds,
+                        raw.rss_mib,
+                        note=f"{factor:.1f}x the answer above a small run; "
+                        f"stored blob {stored / MiB:,.1f} MiB",
+                    )
+                )
                 shutil.rmtree(work)
     finally:
         server.shutdown()
@@ -309,10 +371,17 @@ def raw_python_args(code: str, args: list[str], cwd: Path) -> Ran:
 
 def kill_half_way(db: Path, pipe: Path, steps: int, cwd: Path) -> tuple[int, float]:
     """`steplog run` killed with SIGKILL once half its steps have succeeded (polled, bounded)."""
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")},
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
-    proc = subprocess.Popen(steplog_argv(db, "run", str(pipe), "--job-id", "half"), cwd=cwd,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")},
+        "PYTHONPATH": str(ROOT),
+    }
+    proc = subprocess.Popen(
+        steplog_argv(db, "run", str(pipe), "--job-id", "half"),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     t0 = time.perf_counter()
     done = 0
     try:
@@ -323,7 +392,8 @@ def kill_half_way(db: Path, pipe: Path, steps: int, cwd: Path) -> tuple[int, flo
             try:
                 conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
                 done = conn.execute(
-                    "SELECT count(*) FROM events WHERE type = 'step.succeeded'").fetchone()[0]  # fmt: skip
+                    "SELECT count(*) FROM events WHERE type = 'step.succeeded'"
+                ).fetchone()[0]
                 conn.close()
             except sqlite3.OperationalError:
                 continue  # the schema is not there yet
@@ -340,8 +410,10 @@ def kill_half_way(db: Path, pipe: Path, steps: int, cwd: Path) -> tuple[int, flo
 def bench_steps(tmp: Path, steps: int) -> None:
     from run import pipeline_toml  # the same pipelines bench/run.py times
 
-    print(f"\n2. a {steps:,}-step pipeline on the offline provider (`steplog run`, then the "
-          "read verbs on its job)")
+    print(
+        f"\n2. a {steps:,}-step pipeline on the offline provider (`steplog run`, then the "
+        "read verbs on its job)"
+    )
     for shape in ("chain", "fan-out"):
         work = tmp / f"steps-{shape}"
         work.mkdir()
@@ -351,31 +423,65 @@ def bench_steps(tmp: Path, steps: int) -> None:
         run = measure(steplog_argv(db, "run", str(pipe), "--job-id", "wide"), cwd=work)
         check(run, "run")
         events = sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone()[0]
-        show(Row("steps", f"{shape}: run", run.seconds, run.rss_mib,
-                 note=f"{events:,} events; {run.seconds / steps * 1e6:,.0f} µs a step"))  # fmt: skip
-        raw_job = raw_python(f"import sqlite3; c = sqlite3.connect({str(db)!r}); "
-                             "rows = c.execute(\"SELECT * FROM events WHERE job_id = 'wide'\").fetchall()",
-                             cwd=work)  # fmt: skip
-        for label, args in (("status JOB", ("status", "wide")),
-                            ("status JOB --json", ("status", "wide", "--json")),
-                            ("status (latest job)", ("status",)), ("jobs", ("jobs",)),
-                            ("plan PIPELINE", ("plan", str(pipe)))):  # fmt: skip
+        show(
+            Row(
+                "steps",
+                f"{shape}: run",
+                run.seconds,
+                run.rss_mib,
+                note=f"{events:,} events; {run.seconds / steps * 1e6:,.0f} µs a step",
+            )
+        )
+        raw_job = raw_python(
+            f"import sqlite3; c = sqlite3.connect({str(db)!r}); "
+            "rows = c.execute(\"SELECT * FROM events WHERE job_id = 'wide'\").fetchall()",
+            cwd=work,
+        )
+        for label, args in (
+            ("status JOB", ("status", "wide")),
+            ("status JOB --json", ("status", "wide", "--json")),
+            ("status (latest job)", ("status",)),
+            ("jobs", ("jobs",)),
+            ("plan PIPELINE", ("plan", str(pipe))),
+        ):
             ran = measure(steplog_argv(db, *args), cwd=work)
             check(ran, label)
-            show(Row("steps", f"{shape}: {label}", ran.seconds, ran.rss_mib,
-                     raw_job.seconds, raw_job.rss_mib))  # fmt: skip
+            show(
+                Row(
+                    "steps",
+                    f"{shape}: {label}",
+                    ran.seconds,
+                    ran.rss_mib,
+                    raw_job.seconds,
+                    raw_job.rss_mib,
+                )
+            )
         # killed (SIGKILL) once half its steps have succeeded, then resumed by a fresh process
         kdb = work / "killed.db"
         done, run_s = kill_half_way(kdb, pipe, steps, work)
         ran = measure(steplog_argv(kdb, "plan", str(pipe), "--job", "half"), cwd=work)
         check(ran, "plan --job")
-        show(Row("steps", f"{shape}: plan --job (resume prediction)", ran.seconds, ran.rss_mib,
-                 raw_job.seconds, raw_job.rss_mib))  # fmt: skip
+        show(
+            Row(
+                "steps",
+                f"{shape}: plan --job (resume prediction)",
+                ran.seconds,
+                ran.rss_mib,
+                raw_job.seconds,
+                raw_job.rss_mib,
+            )
+        )
         resumed = measure(steplog_argv(kdb, "resume", "half"), cwd=work)
         check(resumed, "resume")
-        show(Row("steps", f"{shape}: resume after a kill -9 half-way", resumed.seconds,
-                 resumed.rss_mib, note=f"{done:,} steps had succeeded at the kill, "
-                 f"{run_s:.1f} s into the run"))  # fmt: skip
+        show(
+            Row(
+                "steps",
+                f"{shape}: resume after a kill -9 half-way",
+                resumed.seconds,
+                resumed.rss_mib,
+                note=f"{done:,} steps had succeeded at the kill, {run_s:.1f} s into the run",
+            )
+        )
         shutil.rmtree(work)
 
 
@@ -390,25 +496,46 @@ def bench_log(tmp: Path, cache_dir: Path, events: int) -> None:
     shutil.copyfile(log.db, db)
     job = log.big_job
     meta = log.meta
-    print(f"\n3. the {meta['events']:,}-event log ({meta['jobs']:,} jobs, "
-          f"{db.stat().st_size / MiB:,.0f} MiB file); JOB is {job} ({meta['big_job_events']:,} events)")  # fmt: skip
+    print(
+        f"\n3. the {meta['events']:,}-event log ({meta['jobs']:,} jobs, "
+        f"{db.stat().st_size / MiB:,.0f} MiB file); JOB is {job} ({meta['big_job_events']:,} events)"
+    )
     q = f"import sqlite3; c = sqlite3.connect({str(db)!r}); "
-    raw_job = raw_python(q + f"rows = c.execute('SELECT * FROM events WHERE job_id = ? ORDER BY version', ({job!r},)).fetchall()", cwd=tmp)  # fmt: skip
-    raw_jobs = raw_python(q + "rows = c.execute('SELECT * FROM jobs ORDER BY job_id DESC LIMIT 50').fetchall()", cwd=tmp)  # fmt: skip
-    raw_head = raw_python(q + f"rows = c.execute('SELECT * FROM events WHERE job_id = ? ORDER BY version LIMIT 20', ({job!r},)).fetchall()", cwd=tmp)  # fmt: skip
-    raw_all = raw_python(q + "import hashlib\nfor row in c.execute('SELECT * FROM events'): hashlib.sha256(repr(row).encode())", cwd=tmp)  # fmt: skip
-    cli = f"{sys.executable} -m commands.cli --db {db}"
+    raw_job = raw_python(
+        q
+        + f"rows = c.execute('SELECT * FROM events WHERE job_id = ? ORDER BY version', ({job!r},)).fetchall()",
+        cwd=tmp,
+    )
+    raw_jobs = raw_python(
+        q + "rows = c.execute('SELECT * FROM jobs ORDER BY job_id DESC LIMIT 50').fetchall()",
+        cwd=tmp,
+    )
+    raw_head = raw_python(
+        q
+        + f"rows = c.execute('SELECT * FROM events WHERE job_id = ? ORDER BY version LIMIT 20', ({job!r},)).fetchall()",
+        cwd=tmp,
+    )
+    raw_all = raw_python(
+        q
+        + "import hashlib\nfor row in c.execute('SELECT * FROM events'): hashlib.sha256(repr(row).encode())",
+        cwd=tmp,
+    )
+    cli = f"{sys.executable} -m steplog --db {db}"
     for label, how, raw in (
         ("status (latest job)", steplog_argv(db, "status"), raw_job),
         ("status JOB", steplog_argv(db, "status", job), raw_job),
         ("status JOB --json", steplog_argv(db, "status", job, "--json"), raw_job),
         ("jobs", steplog_argv(db, "jobs"), raw_jobs),
-        ("jobs --json --limit 100000", steplog_argv(db, "jobs", "--json", "--limit", "100000"), raw_jobs),
+        (
+            "jobs --json --limit 100000",
+            steplog_argv(db, "jobs", "--json", "--limit", "100000"),
+            raw_jobs,
+        ),
         ("events JOB | head", f"{cli} events {job} | head -n 20", raw_head),
         ("events JOB --json | head", f"{cli} events {job} --json | head -n 20", raw_head),
         ("verify JOB", steplog_argv(db, "verify", job), raw_all),
         ("verify (whole log)", steplog_argv(db, "verify"), raw_all),
-    ):  # fmt: skip
+    ):
         if isinstance(how, str):
             ran = measure([], cwd=tmp, shell=how)
         else:
@@ -418,21 +545,35 @@ def bench_log(tmp: Path, cache_dir: Path, events: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="10 MB answers, 1,000 steps, 100,000 events")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="10 MB answers, 1,000 steps, 100,000 events"
+    )
     parser.add_argument("--only", choices=("responses", "steps", "log"), action="append")
-    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()),
-                        help="where bench/biglog.py keeps the generated log (default: the temp dir)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
+        help="where bench/biglog.py keeps the generated log (default: the temp dir)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    parser.add_argument("--piece", type=int, default=1024,
-                        help="characters per streamed event (default 1024; a real server sends a few)")
-    args = parser.parse_args()  # fmt: skip
+    parser.add_argument(
+        "--piece",
+        type=int,
+        default=1024,
+        help="characters per streamed event (default 1024; a real server sends a few)",
+    )
+    args = parser.parse_args()
     quick = args.quick
     only = set(args.only or ("responses", "steps", "log"))
     size = (10 if quick else 100) * 1_000_000
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"steplog limits · {now} · {os.cpu_count()} cores · python {platform.python_version()} · "
-          f"sqlite {sqlite3.sqlite_version} · {'quick' if quick else 'full'} sizes")  # fmt: skip
+    print(
+        f"steplog limits · {now} · {os.cpu_count()} cores · python {platform.python_version()} · "
+        f"sqlite {sqlite3.sqlite_version} · {'quick' if quick else 'full'} sizes"
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="steplog-limits-") as name:
         tmp = Path(name)
@@ -444,8 +585,16 @@ def main() -> None:
             bench_log(tmp, args.cache_dir, 100_000 if quick else 1_000_000)
     print(f"\n{len(ROWS)} figures in {time.perf_counter() - started:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps({"date": now, "mode": "quick" if quick else "full",
-                                         "rows": [asdict(r) for r in ROWS]}, indent=2))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "date": now,
+                    "mode": "quick" if quick else "full",
+                    "rows": [asdict(r) for r in ROWS],
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 import biglog  # noqa: E402
 import pydantic  # noqa: E402
 
-from commands.jobs import (  # noqa: E402
+from steplog.commands.jobs import (  # noqa: E402
     ResumeCommand,
     RunCommand,
     execute,
@@ -46,8 +46,8 @@ from commands.jobs import (  # noqa: E402
     prepare_resume,
     prepare_run,
 )
-from commands.replay import replay  # noqa: E402
-from eventstore.events import (  # noqa: E402
+from steplog.commands.replay import replay  # noqa: E402
+from steplog.eventstore.events import (  # noqa: E402
     CacheMiss,
     JobCreated,
     JobStarted,
@@ -58,10 +58,10 @@ from eventstore.events import (  # noqa: E402
     StepStarted,
     StepSucceeded,
 )
-from eventstore.record import StoredEvent  # noqa: E402
-from eventstore.sqlite import SCHEMA_PATH, SQLiteEventStore, schema_statements  # noqa: E402
-from executor.runner import JobRunner  # noqa: E402
-from projections.store import open_store  # noqa: E402
+from steplog.eventstore.record import StoredEvent  # noqa: E402
+from steplog.eventstore.sqlite import SCHEMA_PATH, SQLiteEventStore, schema_statements  # noqa: E402
+from steplog.executor.runner import JobRunner  # noqa: E402
+from steplog.projections.store import open_store  # noqa: E402
 
 OWNER = Owner(pid=1, host="bench", started="1")
 PEERS = "LangGraph+SqliteSaver ≈ 1,050 µs, DBOS on SQLite ≈ 2,350 µs per durable step"
@@ -103,8 +103,10 @@ def report(figure: Figure) -> None:
     raw = f"raw {fmt(figure.raw, figure.unit)}" if figure.raw is not None else ""
     ratio = f"({figure.ratio:.1f}x raw)" if figure.ratio is not None else ""
     extra = "; ".join(x for x in (figure.target, figure.note) if x)
-    print(f"  {figure.name:<50} {fmt(figure.ours, figure.unit):>18}  {raw:<24} {ratio:<12} {extra}",
-          flush=True)  # fmt: skip
+    print(
+        f"  {figure.name:<50} {fmt(figure.ours, figure.unit):>18}  {raw:<24} {ratio:<12} {extra}",
+        flush=True,
+    )
 
 
 def median_of(runs: list[float]) -> float:
@@ -160,9 +162,20 @@ def raw_commit(conn: sqlite3.Connection, rows: list[tuple], blobs: list[tuple] =
 def raw_rows(events: list[NewEvent], job: str, version: int, seq: int) -> list[tuple]:
     """The rows the store would write, minus its work: hashes are constants here."""
     return [
-        (seq + i, job, version + i, ev.ts, ev.level, ev.type, ev.step, ev.data_json(), "0" * 64, "1" * 64)
+        (
+            seq + i,
+            job,
+            version + i,
+            ev.ts,
+            ev.level,
+            ev.type,
+            ev.step,
+            ev.data_json(),
+            "0" * 64,
+            "1" * 64,
+        )
         for i, ev in enumerate(events, start=1)
-    ]  # fmt: skip
+    ]
 
 
 def copy_db(src: Path, dst: Path) -> None:
@@ -194,25 +207,64 @@ def step_batch(step: str, key: str) -> list[NewEvent]:
     return [
         NewEvent.of(StepStarted(attempt=1, fingerprint=sha(step)), step=step),
         NewEvent.of(CacheMiss(cache_key=key, parts=parts), step=step),
-        NewEvent.of(LLMRequested(provider="local", kind="offline", model="offline-1", prompt_tokens=42,
-                                 attempt=1, cache_key=key, prompt_sha256=sha(key + "p")), step=step),
-        NewEvent.of(LLMResponded(provider="local", model="offline-1", duration_s=0.8123, tokens_in=42,
-                                 tokens_out=300, success=True, attempt=1, cache_key=key,
-                                 response_sha256=sha(key + "r"), finish_reason="stop"), step=step),
-        NewEvent.of(StepSucceeded(output_sha256=sha(key + "r"), output="text", cache_hit=False,
-                                  cache_key=key, duration_s=0.8154, fingerprint=sha(step)), step=step),
-    ]  # fmt: skip
+        NewEvent.of(
+            LLMRequested(
+                provider="local",
+                kind="offline",
+                model="offline-1",
+                prompt_tokens=42,
+                attempt=1,
+                cache_key=key,
+                prompt_sha256=sha(key + "p"),
+            ),
+            step=step,
+        ),
+        NewEvent.of(
+            LLMResponded(
+                provider="local",
+                model="offline-1",
+                duration_s=0.8123,
+                tokens_in=42,
+                tokens_out=300,
+                success=True,
+                attempt=1,
+                cache_key=key,
+                response_sha256=sha(key + "r"),
+                finish_reason="stop",
+            ),
+            step=step,
+        ),
+        NewEvent.of(
+            StepSucceeded(
+                output_sha256=sha(key + "r"),
+                output="text",
+                cache_hit=False,
+                cache_key=key,
+                duration_s=0.8154,
+                fingerprint=sha(step),
+            ),
+            step=step,
+        ),
+    ]
 
 
 def opening(steps: list[str]) -> list[NewEvent]:
-    created = JobCreated(pipeline="bench", pipeline_fingerprint=sha("p"), pipeline_sha256=sha("src"),
-                         inputs={"idea": "x"}, steps={s: [] for s in steps}, workspace="/tmp/ws")  # fmt: skip
+    created = JobCreated(
+        pipeline="bench",
+        pipeline_fingerprint=sha("p"),
+        pipeline_sha256=sha("src"),
+        inputs={"idea": "x"},
+        steps={s: [] for s in steps},
+        workspace="/tmp/ws",
+    )
     return [NewEvent.of(created), NewEvent.of(JobStarted(owner=OWNER))]
 
 
 def bench_append(tmp: Path, batches: int, repeat: int) -> None:
-    print(f"\n1. append ({batches:,} batches of 5 events, one BEGIN IMMEDIATE … COMMIT each; "
-          f"median of {repeat})")  # fmt: skip
+    print(
+        f"\n1. append ({batches:,} batches of 5 events, one BEGIN IMMEDIATE … COMMIT each; "
+        f"median of {repeat})"
+    )
     prepared = [step_batch(f"s{i}", sha(f"k{i}")) for i in range(batches)]
     head = opening(["s"])
     rows = [raw_rows(b, "j", 2 + 5 * i, 2 + 5 * i) for i, b in enumerate(prepared)]
@@ -269,8 +321,15 @@ def bench_append(tmp: Path, batches: int, repeat: int) -> None:
         results["raw"].append(raw())
     med = {k: [median_of([r[i] for r in v]) for i in range(3)] for k, v in results.items()}
     o, b, r = med["ours"], med["bare"], med["raw"]
-    report(Figure("append, 5-event batches", o[0] * 1e6, "µs/event", r[0] * 1e6,
-                  note=f"{1 / o[0]:,.0f} events/s vs raw {1 / r[0]:,.0f}"))  # fmt: skip
+    report(
+        Figure(
+            "append, 5-event batches",
+            o[0] * 1e6,
+            "µs/event",
+            r[0] * 1e6,
+            note=f"{1 / o[0]:,.0f} events/s vs raw {1 / r[0]:,.0f}",
+        )
+    )
     report(Figure("  the same, store without projectors", b[0] * 1e6, "µs/event", r[0] * 1e6))
     report(Figure("append, one 2,000-event batch", o[1] * 1e6, "µs/event", r[1] * 1e6))
     report(Figure("append, one event per commit (WAL)", o[2] * 1e6, "µs/commit", r[2] * 1e6))
@@ -284,7 +343,10 @@ def pipeline_toml(steps: int, shape: str) -> str:
     for i in range(steps):
         lines.append(f"[steps.s{i}]")
         if i and shape == "chain":
-            lines += [f'needs = ["s{i - 1}"]', f'prompt = "step {i} after: {{{{ steps.s{i - 1}.output }}}}"']
+            lines += [
+                f'needs = ["s{i - 1}"]',
+                f'prompt = "step {i} after: {{{{ steps.s{i - 1}.output }}}}"',
+            ]
         elif i:
             lines += ['needs = ["s0"]', f'prompt = "step {i} from: {{{{ steps.s0.output }}}}"']
         else:
@@ -333,8 +395,10 @@ def run_pipeline(store: SQLiteEventStore, path: Path, ws: Path) -> tuple[float, 
 
 
 def bench_steps(tmp: Path, steps: int, repeat: int, profile: Path | None) -> None:
-    print(f"\n2. orchestration: prepare_run + execute of a {steps:,}-step pipeline, offline provider, "
-          f"no observer (median of {repeat}; a fresh database for each first run)")  # fmt: skip
+    print(
+        f"\n2. orchestration: prepare_run + execute of a {steps:,}-step pipeline, offline provider, "
+        f"no observer (median of {repeat}; a fresh database for each first run)"
+    )
     for shape in ("chain", "fanout"):
         path = tmp / f"{shape}.toml"
         path.write_text(pipeline_toml(steps, shape))
@@ -363,18 +427,39 @@ def bench_steps(tmp: Path, steps: int, repeat: int, profile: Path | None) -> Non
         raw_miss = raw_replay_commits(tmp / "steps_raw.db", miss_commits) / steps
         raw_hit = raw_replay_commits(tmp / "steps_raw.db", hit_commits) / steps
         label = "chain" if shape == "chain" else "fan-out"
-        report(Figure(f"{label}, first run (cache misses)", median_of(first) * 1e6, "µs/step",
-                      raw_miss * 1e6, target="target ≤ 200 µs",
-                      note=join(f"{ev_miss:.1f} events, {len(miss_commits) / steps:.2f} commits per step",
-                                f"prepare_run {median_of(prep) * 1e3:.0f} ms", spread(first, 1e6, " µs"))))  # fmt: skip
-        report(Figure(f"{label}, second run (cache hits)", median_of(second) * 1e6, "µs/step",
-                      raw_hit * 1e6, target="target ≤ 200 µs",
-                      note=join(f"{ev_hit:.1f} events, {len(hit_commits) / steps:.2f} commits per step",
-                                spread(second, 1e6, " µs"))))  # fmt: skip
+        report(
+            Figure(
+                f"{label}, first run (cache misses)",
+                median_of(first) * 1e6,
+                "µs/step",
+                raw_miss * 1e6,
+                target="target ≤ 200 µs",
+                note=join(
+                    f"{ev_miss:.1f} events, {len(miss_commits) / steps:.2f} commits per step",
+                    f"prepare_run {median_of(prep) * 1e3:.0f} ms",
+                    spread(first, 1e6, " µs"),
+                ),
+            )
+        )
+        report(
+            Figure(
+                f"{label}, second run (cache hits)",
+                median_of(second) * 1e6,
+                "µs/step",
+                raw_hit * 1e6,
+                target="target ≤ 200 µs",
+                note=join(
+                    f"{ev_hit:.1f} events, {len(hit_commits) / steps:.2f} commits per step",
+                    spread(second, 1e6, " µs"),
+                ),
+            )
+        )
         if profile:
             store = open_store(fresh(tmp / f"{shape}-prof.db"))
             for run in ("miss", "hit"):
-                profiled(profile / f"steps-{shape}-{run}.prof", run_pipeline, store, path, tmp / "ws")
+                profiled(
+                    profile / f"steps-{shape}-{run}.prof", run_pipeline, store, path, tmp / "ws"
+                )
             store.close()
     print(f"  peers on this machine: {PEERS}")
 
@@ -387,9 +472,9 @@ def bench_steps(tmp: Path, steps: int, repeat: int, profile: Path | None) -> Non
 REBUILD_CHILD = r"""
 import cProfile, json, resource, sys, time
 sys.path.insert(0, {root!r})
-from projections.cache import CACHE_EVENT_TYPES
-from projections.store import open_store
-from projections.tables import rebuild
+from steplog.projections.cache import CACHE_EVENT_TYPES
+from steplog.projections.store import open_store
+from steplog.projections.tables import rebuild
 
 def maxrss_kib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -423,8 +508,10 @@ print(json.dumps(dict(events=n, seconds=elapsed, rss_before_kib=before, rss_afte
 
 
 def bench_rebuild(db: Path, meta: dict, profile: Path | None) -> None:
-    print(f"\n3. projection rebuild of a {meta['events']:,}-event log ({meta['jobs']:,} jobs, "
-          f"{meta['file_bytes'] / 2**20:,.0f} MiB file, page cache warm)")  # fmt: skip
+    print(
+        f"\n3. projection rebuild of a {meta['events']:,}-event log ({meta['jobs']:,} jobs, "
+        f"{meta['file_bytes'] / 2**20:,.0f} MiB file, page cache warm)"
+    )
     conn = sqlite3.connect(db)
     raw_runs = []
     for _ in range(2):
@@ -436,6 +523,7 @@ def bench_rebuild(db: Path, meta: dict, profile: Path | None) -> None:
             rows += 1
         raw_runs.append(rows / (time.perf_counter() - t0))
     conn.close()
+
     def child_run(profile_to: str) -> dict:
         code = REBUILD_CHILD.format(root=str(ROOT), db=str(db), profile=profile_to)
         forked = ["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, "-c", code]
@@ -447,15 +535,31 @@ def bench_rebuild(db: Path, meta: dict, profile: Path | None) -> None:
         child_run(str(profile / "rebuild.prof"))
         print(f"  (profile written to {profile / 'rebuild.prof'})")
     rate = child["events"] / child["seconds"]
-    note = (f"{child['seconds']:.2f} s in all, of which reading the rows (read_all) "
-            f"≈ {child['read_all_seconds']:.2f} s")  # fmt: skip
-    report(Figure("rebuild (jobs + cache_index): events folded/s", rate, "events/s",
-                  max(raw_runs), higher_is_better=True,
-                  target="target ≥ 200,000/s; eventsourcing ≈ 40,000/s", note=note))  # fmt: skip
-    report(Figure("  peak RSS of the rebuilding process", child["rss_after_kib"] / 1024, "MiB",
-                  note=f"getrusage ru_maxrss; {child['rss_before_kib'] / 1024:.0f} MiB before folding "
-                       f"(VmHWM {child['vmhwm_kib'] / 1024:.0f} MiB after); "
-                       f"holds {child['jobs']:,} jobs and {child['cache_keys']:,} cache keys"))  # fmt: skip
+    note = (
+        f"{child['seconds']:.2f} s in all, of which reading the rows (read_all) "
+        f"≈ {child['read_all_seconds']:.2f} s"
+    )
+    report(
+        Figure(
+            "rebuild (jobs + cache_index): events folded/s",
+            rate,
+            "events/s",
+            max(raw_runs),
+            higher_is_better=True,
+            target="target ≥ 200,000/s; eventsourcing ≈ 40,000/s",
+            note=note,
+        )
+    )
+    report(
+        Figure(
+            "  peak RSS of the rebuilding process",
+            child["rss_after_kib"] / 1024,
+            "MiB",
+            note=f"getrusage ru_maxrss; {child['rss_before_kib'] / 1024:.0f} MiB before folding "
+            f"(VmHWM {child['vmhwm_kib'] / 1024:.0f} MiB after); "
+            f"holds {child['jobs']:,} jobs and {child['cache_keys']:,} cache keys",
+        )
+    )
 
 
 # -- 4. replay and resume of a 10,000-event job inside the big log -----------------------------
@@ -466,8 +570,10 @@ def bench_job(log: biglog.BigLog, work: Path, repeat: int, profile: Path | None)
     versions = log.meta["big_job_events"]
     first_seq, last_seq = log.meta["big_job_seq_span"]
     middle = versions // 2
-    print(f"\n4. a {versions:,}-event job inside that log (its rows spread over seq "
-          f"{first_seq:,}–{last_seq:,}, interleaved with other jobs)")  # fmt: skip
+    print(
+        f"\n4. a {versions:,}-event job inside that log (its rows spread over seq "
+        f"{first_seq:,}–{last_seq:,}, interleaved with other jobs)"
+    )
     store = open_store(work)
     conn = sqlite3.connect(work)
 
@@ -475,8 +581,9 @@ def bench_job(log: biglog.BigLog, work: Path, repeat: int, profile: Path | None)
         t0 = time.perf_counter()
         conn.execute(
             "SELECT seq, job_id, version, ts, level, type, step, data, prev_hash, hash FROM events"
-            " WHERE job_id = ? AND version <= ? ORDER BY version", (job, until),
-        ).fetchall()  # fmt: skip
+            " WHERE job_id = ? AND version <= ? ORDER BY version",
+            (job, until),
+        ).fetchall()
         return time.perf_counter() - t0
 
     replays, raws = [], []
@@ -486,8 +593,15 @@ def bench_job(log: biglog.BigLog, work: Path, repeat: int, profile: Path | None)
         replays.append(time.perf_counter() - t0)
         raws.append(raw_read(middle))
         assert view.version == middle
-    report(Figure(f"replay --until {middle:,} (the job's middle)", median_of(replays) * 1e3, "ms",
-                  median_of(raws) * 1e3, note="raw: SELECT of those rows"))  # fmt: skip
+    report(
+        Figure(
+            f"replay --until {middle:,} (the job's middle)",
+            median_of(replays) * 1e3,
+            "ms",
+            median_of(raws) * 1e3,
+            note="raw: SELECT of those rows",
+        )
+    )
 
     folds, raws = [], []  # raws: reads of the whole job, the baseline of the resume figures too
     for _ in range(max(5, repeat)):
@@ -496,8 +610,14 @@ def bench_job(log: biglog.BigLog, work: Path, repeat: int, profile: Path | None)
         folds.append(time.perf_counter() - t0)
         raws.append(raw_read(versions))
     assert state.status == "failed" and len(state.completed_steps) == len(state.steps) - 1
-    report(Figure(f"fold of all {versions:,} events (status)", median_of(folds) * 1e3, "ms",
-                  median_of(raws) * 1e3))  # fmt: skip
+    report(
+        Figure(
+            f"fold of all {versions:,} events (status)",
+            median_of(folds) * 1e3,
+            "ms",
+            median_of(raws) * 1e3,
+        )
+    )
     store.close()
     conn.close()
 
@@ -507,8 +627,12 @@ def bench_job(log: biglog.BigLog, work: Path, repeat: int, profile: Path | None)
     # modules imported, a full GC pass done), which shows what of it is a cold process's.
     def resume(mode: str, profile_to: str = "") -> dict:
         copy_db(log.db, work)
-        out = subprocess.run([sys.executable, __file__, "--child-resume", str(work), job, mode, profile_to],
-                             capture_output=True, text=True, check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, __file__, "--child-resume", str(work), job, mode, profile_to],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     cold = [resume("cold") for _ in range(repeat + 2)]
@@ -518,25 +642,55 @@ def bench_job(log: biglog.BigLog, work: Path, repeat: int, profile: Path | None)
         print(f"  (profile written to {profile / 'resume.prof'})")
     starts, raw_starts = [], []
     for _ in range(repeat):
-        starts.append(process_start("import commands.cli"))
+        starts.append(process_start("import steplog.commands.cli"))
         raw_starts.append(process_start("import sqlite3"))
     prepares = [c["prepare_s"] for c in cold]
     firsts = [c["first_step_s"] for c in cold]
     warm_firsts = [c["first_step_s"] for c in warm]
-    report(Figure("resume: prepare_resume (fold, pipeline, plan, job.resumed)",
-                  median_of(prepares) * 1e3, "ms", median_of(raws) * 1e3,
-                  note=join("raw: SELECT of the job's rows", spread(prepares, 1e3, " ms"))))  # fmt: skip
-    report(Figure("resume: to the first step started", median_of(firsts) * 1e3, "ms",
-                  median_of(raws) * 1e3, target="target ≤ 100 ms",
-                  note=join(f"a fresh process; + {cold[0]['reused']:,} step.skipped appended",
-                            spread(firsts, 1e3, " ms"))))  # fmt: skip
-    report(Figure("  the same in a warmed-up process", median_of(warm_firsts) * 1e3, "ms",
-                  median_of(raws) * 1e3, target="target ≤ 100 ms",
-                  note=join("event loop imported and a full GC done before the clock starts",
-                            spread(warm_firsts, 1e3, " ms"))))  # fmt: skip
-    report(Figure("(not in the above) process start: import commands.cli", median_of(starts) * 1e3,
-                  "ms", median_of(raw_starts) * 1e3,
-                  note="what `steplog resume` pays before prepare_resume; raw: python -c 'import sqlite3'"))  # fmt: skip
+    report(
+        Figure(
+            "resume: prepare_resume (fold, pipeline, plan, job.resumed)",
+            median_of(prepares) * 1e3,
+            "ms",
+            median_of(raws) * 1e3,
+            note=join("raw: SELECT of the job's rows", spread(prepares, 1e3, " ms")),
+        )
+    )
+    report(
+        Figure(
+            "resume: to the first step started",
+            median_of(firsts) * 1e3,
+            "ms",
+            median_of(raws) * 1e3,
+            target="target ≤ 100 ms",
+            note=join(
+                f"a fresh process; + {cold[0]['reused']:,} step.skipped appended",
+                spread(firsts, 1e3, " ms"),
+            ),
+        )
+    )
+    report(
+        Figure(
+            "  the same in a warmed-up process",
+            median_of(warm_firsts) * 1e3,
+            "ms",
+            median_of(raws) * 1e3,
+            target="target ≤ 100 ms",
+            note=join(
+                "event loop imported and a full GC done before the clock starts",
+                spread(warm_firsts, 1e3, " ms"),
+            ),
+        )
+    )
+    report(
+        Figure(
+            "(not in the above) process start: import steplog.commands.cli",
+            median_of(starts) * 1e3,
+            "ms",
+            median_of(raw_starts) * 1e3,
+            note="what `steplog resume` pays before prepare_resume; raw: python -c 'import sqlite3'",
+        )
+    )
 
 
 def process_start(code: str) -> float:
@@ -579,8 +733,15 @@ def resume_child(db: str, job: str, mode: str, profile: str) -> None:
         prof.disable()
         prof.dump_stats(profile)
     assert not outcome.succeeded and len(resumed.plan.run) == 1, "the resume job changed shape"
-    print(json.dumps({"prepare_s": t1 - t0, "first_step_s": entered[0] - t0,
-                      "reused": len(resumed.plan.reuse)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "prepare_s": t1 - t0,
+                "first_step_s": entered[0] - t0,
+                "reused": len(resumed.plan.reuse),
+            }
+        )
+    )
 
 
 def profiled(path: Path, fn: Callable, *args: Any) -> Any:
@@ -608,40 +769,64 @@ def print_table() -> None:
     header = ("figure", "steplog", "raw sqlite3", "x raw", "target / peers")
     rows = [header]
     for f in FIGURES:
-        rows.append((
-            f.name.strip(), fmt(f.ours, f.unit), fmt(f.raw, f.unit) if f.raw is not None else "",
-            f"{f.ratio:.1f}x" if f.ratio is not None else "", f.target,
-        ))  # fmt: skip
+        rows.append(
+            (
+                f.name.strip(),
+                fmt(f.ours, f.unit),
+                fmt(f.raw, f.unit) if f.raw is not None else "",
+                f"{f.ratio:.1f}x" if f.ratio is not None else "",
+                f.target,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
     for n, r in enumerate(rows):
-        print("  ".join(c.ljust(w) if i in (0, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        print(
+            "  ".join(
+                c.ljust(w) if i in (0, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+            )
+        )
         if n == 0:
             print(line)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, well under a minute")
-    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()),
-                        help="where the generated big log is kept between runs (default: the temp dir)")
-    parser.add_argument("--repeat", type=int, default=None, help="repetitions per figure (default 3; quick 2)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
+        help="where the generated big log is kept between runs (default: the temp dir)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="repetitions per figure (default 3; quick 2)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    parser.add_argument("--profile", type=Path, help="also write cProfile stats of the hot paths here")
+    parser.add_argument(
+        "--profile", type=Path, help="also write cProfile stats of the hot paths here"
+    )
     parser.add_argument("--child-resume", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args()  # fmt: skip
+    args = parser.parse_args()
     if args.child_resume:
         resume_child(*args.child_resume)
         return
     quick = args.quick
     repeat = args.repeat or (2 if quick else 3)
-    sizes = {"append_batches": 2_000 if quick else 10_000, "steps": 200 if quick else 1_000,
-             "log_events": 100_000 if quick else 1_000_000}  # fmt: skip
+    sizes = {
+        "append_batches": 2_000 if quick else 10_000,
+        "steps": 200 if quick else 1_000,
+        "log_events": 100_000 if quick else 1_000_000,
+    }
     started = time.perf_counter()
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"steplog bench · {now} · {machine()}\n"
-          f"python {platform.python_version()} · sqlite {sqlite3.sqlite_version} · pydantic {pydantic.VERSION} · "
-          f"synchronous={os.environ.get('STEPLOG_SYNCHRONOUS', 'NORMAL')} · {'quick' if quick else 'full'} sizes")  # fmt: skip
+    print(
+        f"steplog bench · {now} · {machine()}\n"
+        f"python {platform.python_version()} · sqlite {sqlite3.sqlite_version} · pydantic {pydantic.VERSION} · "
+        f"synchronous={os.environ.get('STEPLOG_SYNCHRONOUS', 'NORMAL')} · {'quick' if quick else 'full'} sizes"
+    )
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     cwd = os.getcwd()
@@ -662,14 +847,26 @@ def main() -> None:
             os.chdir(cwd)
     print_table()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\n{len(FIGURES)} figures in {time.perf_counter() - started:.0f} s; "
-          f"peak RSS of the bench process {rss:.0f} MiB; big log cached at {log.db}")
+    print(
+        f"\n{len(FIGURES)} figures in {time.perf_counter() - started:.0f} s; "
+        f"peak RSS of the bench process {rss:.0f} MiB; big log cached at {log.db}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({
-            "date": now, "machine": machine(), "python": platform.python_version(),
-            "sqlite": sqlite3.sqlite_version, "mode": "quick" if quick else "full",
-            "log": log.meta, "figures": [{**asdict(f), "ratio": f.ratio} for f in FIGURES],
-        }, indent=2, ensure_ascii=False))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "date": now,
+                    "machine": machine(),
+                    "python": platform.python_version(),
+                    "sqlite": sqlite3.sqlite_version,
+                    "mode": "quick" if quick else "full",
+                    "log": log.meta,
+                    "figures": [{**asdict(f), "ratio": f.ratio} for f in FIGURES],
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
 
 
 if __name__ == "__main__":

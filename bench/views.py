@@ -24,9 +24,8 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import biglog  # noqa: E402
 
-from eventstore.events import LLMRequested, LLMResponded, NewEvent  # noqa: E402
-from projections.store import open_store  # noqa: E402
-
+from steplog.eventstore.events import LLMRequested, LLMResponded, NewEvent  # noqa: E402
+from steplog.projections.store import open_store  # noqa: E402
 
 INDEX = "CREATE INDEX events_by_type ON events (type, job_id, version)"
 
@@ -36,10 +35,25 @@ def append_cost(tmp: Path, batches: int, add_index: bool) -> float:
     store = open_store(tmp / f"append-{add_index}.db")
     if add_index:
         store.conn.execute(INDEX)
-    req = LLMRequested(provider="p", kind="offline", model="m", prompt_tokens=5, attempt=1,
-                       cache_key="k" * 64, prompt_sha256="0" * 64)
-    res = LLMResponded(provider="p", model="m", duration_s=0.1, tokens_in=5, tokens_out=9,
-                       success=True, attempt=1, cache_key="k" * 64)  # fmt: skip
+    req = LLMRequested(
+        provider="p",
+        kind="offline",
+        model="m",
+        prompt_tokens=5,
+        attempt=1,
+        cache_key="k" * 64,
+        prompt_sha256="0" * 64,
+    )
+    res = LLMResponded(
+        provider="p",
+        model="m",
+        duration_s=0.1,
+        tokens_in=5,
+        tokens_out=9,
+        success=True,
+        attempt=1,
+        cache_key="k" * 64,
+    )
     t0 = time.perf_counter()
     for i in range(batches):
         store.append(f"job-{i % 50}", [NewEvent.of(req, "s"), NewEvent.of(res, "s")])
@@ -61,9 +75,16 @@ def queries(job: str) -> list[tuple[str, str, tuple]]:
     one = (job,)
     return [
         ("baseline: SELECT * FROM events (all)", "SELECT * FROM events", ()),
-        ("baseline: SELECT * FROM events WHERE job_id=?", "SELECT * FROM events WHERE job_id = ?", one),
-        ("baseline: json_extract over llm.response rows",
-         "SELECT json_extract(data, '$.tokens_in') FROM events WHERE type = 'llm.response'", ()),
+        (
+            "baseline: SELECT * FROM events WHERE job_id=?",
+            "SELECT * FROM events WHERE job_id = ?",
+            one,
+        ),
+        (
+            "baseline: json_extract over llm.response rows",
+            "SELECT json_extract(data, '$.tokens_in') FROM events WHERE type = 'llm.response'",
+            (),
+        ),
         ("llm_calls (all)", "SELECT * FROM llm_calls", ()),
         ("llm_calls WHERE job_id=?", "SELECT * FROM llm_calls WHERE job_id = ?", one),
         ("step_runs (all)", "SELECT * FROM step_runs", ()),
@@ -73,7 +94,7 @@ def queries(job: str) -> list[tuple[str, str, tuple]]:
         ("cache_stats", "SELECT * FROM cache_stats", ()),
         ("job_summary (all)", "SELECT * FROM job_summary", ()),
         ("job_summary WHERE job_id=?", "SELECT * FROM job_summary WHERE job_id = ?", one),
-    ]  # fmt: skip
+    ]
 
 
 def main() -> None:
@@ -96,8 +117,10 @@ def main() -> None:
         job_events = plain.execute(
             "SELECT count(*) FROM events WHERE job_id = ?", (job,)
         ).fetchone()[0]
-        print(f"log: {n_events:,} events, {n_jobs} jobs; one-job queries use {job} "
-              f"({job_events:,} events); best of {args.repeat}")  # fmt: skip
+        print(
+            f"log: {n_events:,} events, {n_jobs} jobs; one-job queries use {job} "
+            f"({job_events:,} events); best of {args.repeat}"
+        )
         print(f"{'query':48} {'rows':>8} {'shipped ms':>11} {'+type index':>12}")
         for name, sql, params in queries(job):
             t_no, count = best_of(plain, sql, params, args.repeat)
@@ -107,8 +130,10 @@ def main() -> None:
         plain.close()
         shipped = append_cost(Path(tmp), args.appends, add_index=False)
         plus_index = append_cost(Path(tmp), args.appends, add_index=True)
-        print(f"{'append (µs per event, 2 per transaction)':48} {2 * args.appends:>8,} "
-              f"{shipped:>11.1f} {plus_index:>12.1f}")  # fmt: skip
+        print(
+            f"{'append (µs per event, 2 per transaction)':48} {2 * args.appends:>8,} "
+            f"{shipped:>11.1f} {plus_index:>12.1f}"
+        )
 
 
 if __name__ == "__main__":

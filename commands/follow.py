@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from commands.jobs import Rejected
-from eventstore.record import StoredEvent
-from eventstore.sqlite import SQLiteEventStore
-from projections.manifest import JOB_STATUS_AFTER, TERMINAL_JOB_STATUSES
+from steplog.commands.jobs import Rejected
+from steplog.eventstore.record import StoredEvent
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.projections.manifest import JOB_STATUS_AFTER, TERMINAL_JOB_STATUSES
 
 Predicate = Callable[[StoredEvent], bool]
 

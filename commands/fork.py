@@ -25,13 +25,13 @@ from pathlib import Path
 
 import orjson
 
-from commands.jobs import Rejected, _check_job_id, check_workspace
-from commands.replay import replay
-from eventstore.events import JobForked, NewEvent, parse_data
-from eventstore.record import StoredEvent, StoreError, VersionConflict
-from eventstore.sqlite import SQLiteEventStore
-from executor.outputs import OutputProblem, parse_output
-from executor.workspace import UnsafePath, safe_relative, write_file
+from steplog.commands.jobs import Rejected, _check_job_id, check_workspace
+from steplog.commands.replay import replay
+from steplog.eventstore.events import JobForked, NewEvent, parse_data
+from steplog.eventstore.record import StoredEvent, StoreError, VersionConflict
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.executor.outputs import OutputProblem, parse_output
+from steplog.executor.workspace import UnsafePath, safe_relative, write_file
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,13 @@ def files_at_point(
     answers: dict[str, str] = {}  # step -> sha of the answer its files come from
     wanted: dict[str, tuple[str, str | None, str]] = {}  # path -> (sha, step, answer sha)
     for ev in events:
-        if ev.type not in ("llm.response", "cache.hit", "step.succeeded", "step.skipped",
-                           "file.written"):  # fmt: skip
+        if ev.type not in (
+            "llm.response",
+            "cache.hit",
+            "step.succeeded",
+            "step.skipped",
+            "file.written",
+        ):
             continue
         d = orjson.loads(ev.data_json)
         if ev.type == "file.written":

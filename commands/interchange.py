@@ -33,11 +33,11 @@ from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from commands.jobs import Rejected
-from eventstore.events import InvalidEvent, NewEvent
-from eventstore.record import VersionConflict, blob_sha256
-from eventstore.sqlite import SQLiteEventStore
-from executor.pipeline import NAME_PATTERN
+from steplog.commands.jobs import Rejected
+from steplog.eventstore.events import InvalidEvent, NewEvent
+from steplog.eventstore.record import VersionConflict, blob_sha256
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.executor.pipeline import NAME_PATTERN
 
 FORMAT = 1
 HEADER_TYPE = "steplog.export"
@@ -345,7 +345,7 @@ def parse_export(lines: list[tuple[int, dict[str, Any]]], base: Path) -> ImportP
 
 
 def read_import(path: Path) -> ImportPlan:
-    from commands.predecessor import parse_predecessor  # it builds on this module
+    from steplog.commands.predecessor import parse_predecessor  # it builds on this module
 
     lines = list(read_lines(path))
     if not lines:

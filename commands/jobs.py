@@ -20,21 +20,34 @@ from typing import Callable, Iterator
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from eventstore.events import JobCreated, JobInterrupted, JobResumed, JobStarted, NewEvent
-from eventstore.record import VersionConflict, blob_sha256
-from eventstore.sqlite import SQLiteEventStore
-from executor import faults
-from executor.drift import logged_files
-from executor.ownership import current_owner, owner_alive
-from executor.pipeline import NAME_PATTERN, Pipeline, PipelineError, load_pipeline, parse_pipeline
-from executor.budget import Spend, still_blocked
-from executor.runner import JobOutcome, JobRunner, Observer, Plan, breaker_endpoint, breaker_policy
-from executor.shutdown import DEFAULT_GRACE_S, Shutdown, StopReport, signals_ignored
-from projections import manifest
-from projections.breaker import iso
-from projections.manifest import JobState
-from projections.tables import breaker_row
-from providers import breaker
+from steplog.eventstore.events import JobCreated, JobInterrupted, JobResumed, JobStarted, NewEvent
+from steplog.eventstore.record import VersionConflict, blob_sha256
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.executor import faults
+from steplog.executor.budget import Spend, still_blocked
+from steplog.executor.drift import logged_files
+from steplog.executor.ownership import current_owner, owner_alive
+from steplog.executor.pipeline import (
+    NAME_PATTERN,
+    Pipeline,
+    PipelineError,
+    load_pipeline,
+    parse_pipeline,
+)
+from steplog.executor.runner import (
+    JobOutcome,
+    JobRunner,
+    Observer,
+    Plan,
+    breaker_endpoint,
+    breaker_policy,
+)
+from steplog.executor.shutdown import DEFAULT_GRACE_S, Shutdown, StopReport, signals_ignored
+from steplog.projections import manifest
+from steplog.projections.breaker import iso
+from steplog.projections.manifest import JobState
+from steplog.projections.tables import breaker_row
+from steplog.providers import breaker
 
 
 class Rejected(Exception):
@@ -420,9 +433,12 @@ def _record_stop(
     data = JobInterrupted(signal=report.signal)
     if detailed:
         data = JobInterrupted(
-            signal=report.signal, grace_s=report.grace_s, calls_finished=report.calls_finished,
-            calls_cancelled=report.calls_cancelled, second_signal=report.second_signal,
-        )  # fmt: skip
+            signal=report.signal,
+            grace_s=report.grace_s,
+            calls_finished=report.calls_finished,
+            calls_cancelled=report.calls_cancelled,
+            second_signal=report.second_signal,
+        )
     store.append(job_id, [NewEvent.of(data)])
 
 

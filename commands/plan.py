@@ -13,21 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from commands.jobs import (
+from steplog.commands.jobs import (
     Rejected,
     _pipeline_for_resume,
     check_has_work,
     fold_job,
     plan_resume,
 )
-from eventstore.events import CacheChange
-from eventstore.sqlite import SQLiteEventStore
-from executor import explain
-from executor.cachehistory import previous_run
-from executor.outputs import OutputProblem, StepOutput, parse_output
-from executor.pipeline import Pipeline, load_pipeline
-from executor.templates import TemplateProblem
-from projections.tables import cache_lookup
+from steplog.eventstore.events import CacheChange
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.executor import explain
+from steplog.executor.cachehistory import previous_run
+from steplog.executor.outputs import OutputProblem, StepOutput, parse_output
+from steplog.executor.pipeline import Pipeline, load_pipeline
+from steplog.executor.templates import TemplateProblem
+from steplog.projections.tables import cache_lookup
 
 Action = Literal["hit", "miss", "skip", "depends", "fail"]
 
@@ -114,10 +114,14 @@ def _depends(
     if changed:
         reason += "; also " + "; ".join(explain.describe(c) for c in changed)
     return StepPlan(
-        name, "depends", reason, changed=changed, depends_on=waiting,
+        name,
+        "depends",
+        reason,
+        changed=changed,
+        depends_on=waiting,
         previous_key=previous.cache_key if previous else None,
         previous_job=previous.job_id if previous else None,
-    )  # fmt: skip
+    )
 
 
 def predict(
@@ -163,8 +167,14 @@ def predict(
         if entry is not None:
             found = _output(store, spec.output, entry.response_sha256)
             if found is None:
-                steps.append(StepPlan(name, "fail", "the cached answer is not a usable "
-                                      f"{spec.output} output", cache_key=key))  # fmt: skip
+                steps.append(
+                    StepPlan(
+                        name,
+                        "fail",
+                        f"the cached answer is not a usable {spec.output} output",
+                        cache_key=key,
+                    )
+                )
                 unsettled.add(name)
                 continue
             outputs[name] = found
@@ -174,24 +184,30 @@ def predict(
             steps.append(StepPlan(name, "hit", origin, cache_key=key, origin_job=entry.origin_job))
             continue
         detail = explain.cache_detail(
-            pipeline, name, system=system, prompt=prompt,
+            pipeline,
+            name,
+            system=system,
+            prompt=prompt,
             inputs=inputs,
             outputs={r: outputs[r].text for r in reads},
-        )  # fmt: skip
+        )
         why = explain.miss_fields(previous_run(store.conn, pipeline.name, name), key, parts, detail)
         steps.append(
             StepPlan(
-                name, "miss", why["reason"], cache_key=key, changed=why["changed"],
-                previous_key=why.get("previous_key"), previous_job=why.get("previous_job"),
-            )  # fmt: skip
+                name,
+                "miss",
+                why["reason"],
+                cache_key=key,
+                changed=why["changed"],
+                previous_key=why.get("previous_key"),
+                previous_job=why.get("previous_job"),
+            )
         )
         unsettled.add(name)
     return PlanReport(pipeline.name, job, steps)
 
 
-def plan_new_run(
-    store: SQLiteEventStore, pipeline_path: Path, given: dict[str, str]
-) -> PlanReport:
+def plan_new_run(store: SQLiteEventStore, pipeline_path: Path, given: dict[str, str]) -> PlanReport:
     pipeline = load_pipeline(pipeline_path)
     return predict(store, pipeline, pipeline.resolve_inputs(given))
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from commands.interchange import BadImport, ImportPlan, parse_event
-from eventstore.events import NewEvent
-from eventstore.record import blob_sha256
+from steplog.commands.interchange import BadImport, ImportPlan, parse_event
+from steplog.eventstore.events import NewEvent
+from steplog.eventstore.record import blob_sha256
 
 # Stands in for every blob the predecessor never stored (pipeline file, outputs, prompts).
 NOT_RECORDED = (
@@ -26,11 +26,27 @@ OWNER = {"pid": 0, "host": "predecessor", "started": "imported"}
 
 # predecessor type -> steplog type; anything else has no counterpart and is refused
 MAPPED = (
-    "job.created", "job.started", "job.resumed", "job.succeeded", "job.failed", "job.cancelled",
-    "job.interrupted", "step.started", "step.succeeded", "step.failed", "step.skipped",
-    "step.retrying", "llm.request", "llm.response", "cache.hit", "cache.miss",
-    "cache.invalidated", "file.written", "provider.circuit_opened", "provider.circuit_closed",
-)  # fmt: skip
+    "job.created",
+    "job.started",
+    "job.resumed",
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+    "job.interrupted",
+    "step.started",
+    "step.succeeded",
+    "step.failed",
+    "step.skipped",
+    "step.retrying",
+    "llm.request",
+    "llm.response",
+    "cache.hit",
+    "cache.miss",
+    "cache.invalidated",
+    "file.written",
+    "provider.circuit_opened",
+    "provider.circuit_closed",
+)
 REQUIRED = ("ts", "level", "job_id", "type")
 
 
@@ -91,20 +107,29 @@ class _Mapper:
             return {"attempt": self.attempt[s], "fingerprint": "", **d}
         if type_ == "step.succeeded":
             return {
-                "output_sha256": NOT_RECORDED_SHA, "output": "text",
-                "cache_hit": self.cache_hit.get(s, False), "cache_key": key,
-                "duration_s": since_start, "fingerprint": "", **d,
-            }  # fmt: skip
+                "output_sha256": NOT_RECORDED_SHA,
+                "output": "text",
+                "cache_hit": self.cache_hit.get(s, False),
+                "cache_key": key,
+                "duration_s": since_start,
+                "fingerprint": "",
+                **d,
+            }
         if type_ == "step.failed":
             return {
-                "error": "failed (no message recorded)", "error_type": "predecessor",
-                "attempt": attempt, "duration_s": since_start, **d,
-            }  # fmt: skip
+                "error": "failed (no message recorded)",
+                "error_type": "predecessor",
+                "attempt": attempt,
+                "duration_s": since_start,
+                **d,
+            }
         if type_ == "step.skipped":
             return {
-                "reason": "completed in an earlier run", "fingerprint": "",
-                "output_sha256": NOT_RECORDED_SHA, **d,
-            }  # fmt: skip
+                "reason": "completed in an earlier run",
+                "fingerprint": "",
+                "output_sha256": NOT_RECORDED_SHA,
+                **d,
+            }
         if type_ == "step.retrying":
             return {"attempt": call, "delay_s": 0.0, "error": "", **d}
         if type_ in ("cache.hit", "cache.miss"):
@@ -114,23 +139,33 @@ class _Mapper:
                 return d
             self.cache_hit[s] = True
             return {
-                "response_sha256": NOT_RECORDED_SHA, "origin_job": self.job_id,
-                "origin_step": step, **d,
-            }  # fmt: skip
+                "response_sha256": NOT_RECORDED_SHA,
+                "origin_job": self.job_id,
+                "origin_step": step,
+                **d,
+            }
         if type_ == "llm.request":
             if isinstance(d.get("model"), str):
                 self.model[s] = d["model"]
             self.call[s] = self.call.get(s, 0) + 1
             return {
-                "kind": str(d.get("provider", "")), "attempt": self.call[s], "cache_key": key,
-                "prompt_sha256": NOT_RECORDED_SHA, "model": "", "provider": "", **d,
-            }  # fmt: skip
+                "kind": str(d.get("provider", "")),
+                "attempt": self.call[s],
+                "cache_key": key,
+                "prompt_sha256": NOT_RECORDED_SHA,
+                "model": "",
+                "provider": "",
+                **d,
+            }
         if type_ == "llm.response":
             # no response blob: an imported answer never enters the shared cache
             return {
-                "model": self.model.get(s, ""), "attempt": call, "cache_key": key,
-                "success": True, **d,
-            }  # fmt: skip
+                "model": self.model.get(s, ""),
+                "attempt": call,
+                "cache_key": key,
+                "success": True,
+                **d,
+            }
         if type_ == "file.written":
             return {"size": 0, **d}
         return d

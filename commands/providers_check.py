@@ -16,11 +16,11 @@ from typing import Any
 import anyio
 import httpx
 
-from executor.pipeline import Pipeline, load_pipeline
-from providers.base import ProviderError
-from providers.config import ProviderConfig
-from providers.http import HTTPProvider, public_url
-from providers.registry import build_provider
+from steplog.executor.pipeline import Pipeline, load_pipeline
+from steplog.providers.base import ProviderError
+from steplog.providers.config import ProviderConfig
+from steplog.providers.http import HTTPProvider, public_url
+from steplog.providers.registry import build_provider
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,16 @@ from typing import Any, Mapping
 
 import sqlite_utils
 
-from commands.jobs import Rejected
-from eventstore.errors import database_error
-from eventstore.record import DatabaseUnusable
-from eventstore.sqlite import APPLICATION_ID, SCHEMA_VERSION, check_database_file, read_only_uri
-from projections.store import open_store
+from steplog.commands.jobs import Rejected
+from steplog.eventstore.errors import database_error
+from steplog.eventstore.record import DatabaseUnusable
+from steplog.eventstore.sqlite import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    check_database_file,
+    read_only_uri,
+)
+from steplog.projections.store import open_store
 
 
 class QueryRefused(Rejected):
@@ -53,11 +58,19 @@ ACTION_NAMES = {
     if name.startswith(("SQLITE_CREATE", "SQLITE_DROP"))
     or name
     in (
-        "SQLITE_INSERT", "SQLITE_UPDATE", "SQLITE_DELETE", "SQLITE_ATTACH", "SQLITE_DETACH",
-        "SQLITE_ALTER_TABLE", "SQLITE_REINDEX", "SQLITE_ANALYZE", "SQLITE_TRANSACTION",
-        "SQLITE_SAVEPOINT", "SQLITE_PRAGMA",
+        "SQLITE_INSERT",
+        "SQLITE_UPDATE",
+        "SQLITE_DELETE",
+        "SQLITE_ATTACH",
+        "SQLITE_DETACH",
+        "SQLITE_ALTER_TABLE",
+        "SQLITE_REINDEX",
+        "SQLITE_ANALYZE",
+        "SQLITE_TRANSACTION",
+        "SQLITE_SAVEPOINT",
+        "SQLITE_PRAGMA",
     )
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -171,9 +184,7 @@ def parse_params(values: tuple[str, ...]) -> dict[str, Any]:
         if _NUMBER.fullmatch(value):
             params[name] = float(value) if any(c in value for c in ".eE") else int(value)
             if isinstance(params[name], int) and not -(2**63) <= params[name] < 2**63:
-                raise QueryRefused(
-                    f"--param {name}: {value} does not fit SQLite's 64-bit integers"
-                )
+                raise QueryRefused(f"--param {name}: {value} does not fit SQLite's 64-bit integers")
         else:
             params[name] = value
     return params

@@ -6,11 +6,11 @@ import fnmatch
 from dataclasses import dataclass
 from datetime import datetime
 
-from eventstore.record import StoredEvent
-from eventstore.sqlite import SQLiteEventStore
-from projections import cache, manifest
-from projections.cache import CacheIndex
-from projections.manifest import JobState
+from steplog.eventstore.record import StoredEvent
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.projections import cache, manifest
+from steplog.projections.cache import CacheIndex
+from steplog.projections.manifest import JobState
 
 
 class BadPoint(ValueError):

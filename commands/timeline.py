@@ -13,8 +13,8 @@ from typing import Iterable, Literal
 
 import orjson
 
-from eventstore.record import StoredEvent
-from projections import manifest
+from steplog.eventstore.record import StoredEvent
+from steplog.projections import manifest
 
 Outcome = Literal["succeeded", "cached", "failed", "skipped", "interrupted", "running"]
 OUTCOMES: tuple[Outcome, ...] = (

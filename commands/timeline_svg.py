@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from jinja2 import Environment, Template
 
-from commands.timeline import OUTCOMES, Bar, Timeline
+from steplog.commands.timeline import OUTCOMES, Bar, Timeline
 
 COLORS = {
     "succeeded": "#2f9e5b",
@@ -266,12 +266,18 @@ def scene(tl: Timeline, width: int = 1200) -> dict:
         y = row_y[bar.step] + (ROW_H - BAR_H) / 2
         bars.append(
             {
-                "x": x0, "y": y, "w": w, "h": BAR_H, "outcome": bar.outcome,
-                "color": COLORS[bar.outcome], "step": bar.step, "attempt": bar.attempt,
+                "x": x0,
+                "y": y,
+                "w": w,
+                "h": BAR_H,
+                "outcome": bar.outcome,
+                "color": COLORS[bar.outcome],
+                "step": bar.step,
+                "attempt": bar.attempt,
                 "title": _bar_title(bar),
                 "marks": [{"x": lay.x(m.t), "kind": m.kind, "title": m.text} for m in bar.marks],
             }
-        )  # fmt: skip
+        )
     edges = []
     for step_name, needs in tl.needs.items():
         mine = tl.bars_of(step_name)
@@ -290,29 +296,36 @@ def scene(tl: Timeline, width: int = 1200) -> dict:
             bend = max(14.0, min(60.0, abs(ty - sy) / 2))
             edges.append(
                 {
-                    "from": need, "to": step_name,
+                    "from": need,
+                    "to": step_name,
                     "d": f"M{sx:.1f},{sy:.1f} C{sx + bend:.1f},{sy:.1f} {tx - bend:.1f},{ty:.1f} {tx - 1:.1f},{ty:.1f}",
                 }
-            )  # fmt: skip
+            )
     markers = []
     for m, (lane, label_x, anchor) in zip(markers_sorted, marker_labels):
         x = lay.x(m.t)
         markers.append(
             {
-                "x": x, "kind": m.kind, "text": m.text, "color": MARKER_COLORS[m.kind],
+                "x": x,
+                "kind": m.kind,
+                "text": m.text,
+                "color": MARKER_COLORS[m.kind],
                 "label_y": lane_y0 + extra - lane * 14,
-                "label_x": label_x, "anchor": anchor,
+                "label_x": label_x,
+                "anchor": anchor,
             }
-        )  # fmt: skip
+        )
     labels = [
         {
-            "y": row_y[name] + ROW_H / 2 + 4, "text": _fit(name, gutter - 20), "full": name,
+            "y": row_y[name] + ROW_H / 2 + 4,
+            "text": _fit(name, gutter - 20),
+            "full": name,
             "title": f"{name}: {tl.step_status.get(name, '?')}"
             + (f"; needs {', '.join(tl.needs.get(name, []))}" if tl.needs.get(name) else ""),
             "not_run": not tl.bars_of(name),
         }
         for name in rows
-    ]  # fmt: skip
+    ]
     legend = []
     x = 16.0
     present = {b.outcome for b in tl.bars}
@@ -349,14 +362,29 @@ def scene(tl: Timeline, width: int = 1200) -> dict:
     )
     height = plot_bottom + (56 if len(rows) > 12 else 44)
     return {
-        "width": width, "height": int(math.ceil(height)), "gutter": gutter, "lay": lay,
-        "title": _fit(f"{tl.job_id} — {tl.pipeline}", width - 32), "subtitle": subtitle,
-        "status": tl.status, "legend": legend, "legend_y": legend_y, "ticks": ticks,
-        "top_axis": top_axis, "plot_top": lay.top, "plot_bottom": plot_bottom,
-        "bottom_axis": len(rows) > 12, "rows": [row_y[n] for n in rows], "labels": labels,
-        "bars": bars, "edges": edges, "markers": markers, "job_id": tl.job_id, "gaps": gaps,
+        "width": width,
+        "height": int(math.ceil(height)),
+        "gutter": gutter,
+        "lay": lay,
+        "title": _fit(f"{tl.job_id} — {tl.pipeline}", width - 32),
+        "subtitle": subtitle,
+        "status": tl.status,
+        "legend": legend,
+        "legend_y": legend_y,
+        "ticks": ticks,
+        "top_axis": top_axis,
+        "plot_top": lay.top,
+        "plot_bottom": plot_bottom,
+        "bottom_axis": len(rows) > 12,
+        "rows": [row_y[n] for n in rows],
+        "labels": labels,
+        "bars": bars,
+        "edges": edges,
+        "markers": markers,
+        "job_id": tl.job_id,
+        "gaps": gaps,
         "edge_opacity": 0.75 if len(edges) <= 20 else 0.45,
-    }  # fmt: skip
+    }
 
 
 SVG = """\
@@ -456,6 +484,7 @@ tr:hover td { background: #f5f7fa; }
 </body></html>
 """
 
+
 @functools.cache
 def _template(source: str) -> Template:
     """Compiled on first use: every `steplog` command imports this module, few draw."""
@@ -475,16 +504,19 @@ def render_html(tl: Timeline, width: int = 1200) -> str:
         last = bars[-1] if bars else None
         table.append(
             {
-                "step": name, "status": tl.step_status.get(name, "?"),
+                "step": name,
+                "status": tl.step_status.get(name, "?"),
                 "color": COLORS[last.outcome] if last else "#ffffff",
                 "needs": ", ".join(tl.needs.get(name, [])) or "-",
                 "attempts": sum(1 for b in bars if b.outcome != "skipped"),
                 "retries": sum(1 for b in bars for m in b.marks if m.kind == "retry"),
                 "llm_failed": sum(1 for b in bars for m in b.marks if m.kind == "llm-failed"),
                 "time": human_duration(sum(b.end - b.start for b in bars)) if bars else "-",
-                "last": LABELS[last.outcome] + (f" — {last.detail}" if last and last.detail else "") if last else "not run",
+                "last": LABELS[last.outcome] + (f" — {last.detail}" if last and last.detail else "")
+                if last
+                else "not run",
                 "title": _bar_title(last) if last else name,
             }
-        )  # fmt: skip
+        )
     svg = Markup(render_svg(tl, width))  # our own escaped output
     return _template(HTML).render(s=scene(tl, width), svg=svg, table=table)

@@ -18,10 +18,10 @@ from typing import Any, Iterator
 import orjson
 from pydantic import ValidationError
 
-from eventstore.events import EVENT_TYPES, parse_data
-from eventstore.record import GENESIS_HASH, StoredEvent, chain_hash
-from eventstore.sqlite import APPLICATION_ID, SCHEMA_PATH, SCHEMA_VERSION, schema_statements
-from projections.tables import TABLE_PROJECTIONS, TableProjection
+from steplog.eventstore.events import EVENT_TYPES, parse_data
+from steplog.eventstore.record import GENESIS_HASH, StoredEvent, chain_hash
+from steplog.eventstore.sqlite import APPLICATION_ID, SCHEMA_PATH, SCHEMA_VERSION, schema_statements
+from steplog.projections.tables import TABLE_PROJECTIONS, TableProjection
 
 MAX_PER_CHECK = 20  # problems kept per check; the count of all is still reported
 
@@ -147,17 +147,13 @@ def _check_log(
     return referenced
 
 
-def _check_event(
-    ev: StoredEvent, heads: dict[str, tuple[int, str, int]], report: Report
-) -> None:
+def _check_event(ev: StoredEvent, heads: dict[str, tuple[int, str, int]], report: Report) -> None:
     version, prev, _ = heads.get(ev.job_id, (0, GENESIS_HASH, 0))
     at = {"job_id": ev.job_id, "version": ev.version, "seq": ev.seq}
     if ev.version != version + 1:
         report.add(Problem("chain", f"version {ev.version} follows version {version}", **at))
     if ev.prev_hash != prev:
-        report.add(
-            Problem("chain", "prev_hash is not the hash of the job's previous event", **at)
-        )
+        report.add(Problem("chain", "prev_hash is not the hash of the job's previous event", **at))
     expected = chain_hash(
         ev.prev_hash, ev.job_id, ev.version, ev.ts, ev.level, ev.type, ev.step, ev.data_json
     )
@@ -222,9 +218,7 @@ def _check_projection(
             message = f"row {named} is not in a fresh fold of the log"
         else:
             diffs = [
-                f"{col}={h!r} (fold: {w!r})"
-                for col, h, w in zip(columns, have, want)
-                if h != w
+                f"{col}={h!r} (fold: {w!r})" for col, h, w in zip(columns, have, want) if h != w
             ]
             message = f"row {named} drifted from the log: {', '.join(diffs)}"
         report.add(Problem("projection", f"{where}: {message}"))
@@ -284,9 +278,7 @@ def _check_schema(conn: sqlite3.Connection, report: Report) -> None:
             "SELECT value FROM steplog_meta WHERE key = 'schema_version'"
         ).fetchone()
         if meta is None or meta[0] != str(version):
-            report.add(
-                Problem("schema", f"steplog_meta.schema_version is {meta and meta[0]!r}")
-            )
+            report.add(Problem("schema", f"steplog_meta.schema_version is {meta and meta[0]!r}"))
     if "schema_migrations" in names:
         top = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
         if top != version:

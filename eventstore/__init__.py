@@ -1,15 +1,15 @@
 """The append-only event log: typed events, the SQLite store, the hash chain."""
 
-from eventstore.errors import DatabaseCorrupt, DatabaseFull, DatabaseReadOnly
-from eventstore.events import EVENT_TYPES, EventData, InvalidEvent, NewEvent
-from eventstore.record import (
+from steplog.eventstore.errors import DatabaseCorrupt, DatabaseFull, DatabaseReadOnly
+from steplog.eventstore.events import EVENT_TYPES, EventData, InvalidEvent, NewEvent
+from steplog.eventstore.record import (
     DatabaseUnusable,
     EventStore,
     StoredEvent,
     StoreError,
     VersionConflict,
 )
-from eventstore.sqlite import SCHEMA_VERSION, SQLiteEventStore
+from steplog.eventstore.sqlite import SCHEMA_VERSION, SQLiteEventStore
 
 __all__ = [
     "EVENT_TYPES",

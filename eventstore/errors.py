@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from eventstore.record import DatabaseUnusable, StoreError
+from steplog.eventstore.record import DatabaseUnusable, StoreError
 
 
 class DatabaseReadOnly(DatabaseUnusable):
@@ -49,7 +49,9 @@ _LOCKED = sqlite3.SQLITE_LOCKED
 # Extended IOERR codes of a failed write: SQLite reports ENOSPC as SQLITE_FULL but any other
 # failed write (EFBIG past a file size limit, EDQUOT over a quota) as one of these.
 _IOERR_WRITES = {
-    sqlite3.SQLITE_IOERR_WRITE, sqlite3.SQLITE_IOERR_FSYNC, sqlite3.SQLITE_IOERR_TRUNCATE
+    sqlite3.SQLITE_IOERR_WRITE,
+    sqlite3.SQLITE_IOERR_FSYNC,
+    sqlite3.SQLITE_IOERR_TRUNCATE,
 }
 
 

@@ -242,6 +242,7 @@ class CacheDetail(BaseModel):
     @classmethod
     def _finite(cls, value: Any) -> Any:
         return finite_json(value)
+
     output: str
     fingerprint: str
     templates: dict[str, str | None] = Field(description="sha256 of the system/prompt templates")
@@ -375,13 +376,32 @@ class BudgetExceeded(EventData):
 EVENT_TYPES: dict[str, type[EventData]] = {
     cls.TYPE: cls
     for cls in (
-        JobCreated, JobStarted, JobResumed, JobSucceeded, JobFailed, JobCancelled,
-        JobInterrupted, JobForked, StepStarted, StepSucceeded, StepFailed, StepSkipped,
-        StepRetrying, LLMRequested, LLMResponded, CacheHit, CacheMiss, CacheInvalidated,
-        FileWritten, CircuitOpened, CircuitClosed,
-        CircuitHalfOpen, StepWaiting, BudgetExceeded,
+        JobCreated,
+        JobStarted,
+        JobResumed,
+        JobSucceeded,
+        JobFailed,
+        JobCancelled,
+        JobInterrupted,
+        JobForked,
+        StepStarted,
+        StepSucceeded,
+        StepFailed,
+        StepSkipped,
+        StepRetrying,
+        LLMRequested,
+        LLMResponded,
+        CacheHit,
+        CacheMiss,
+        CacheInvalidated,
+        FileWritten,
+        CircuitOpened,
+        CircuitClosed,
+        CircuitHalfOpen,
+        StepWaiting,
+        BudgetExceeded,
     )
-}  # fmt: skip
+}
 
 
 class InvalidEvent(ValueError):

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any, Iterator, NamedTuple, Protocol, Sequence
 
-from eventstore.events import EventData, NewEvent, parse_data
+from steplog.eventstore.events import EventData, NewEvent, parse_data
 
 GENESIS_HASH = "0" * 64
 

@@ -16,8 +16,9 @@ from typing import Callable, Iterator, Sequence
 
 import sqlite_utils
 
-from eventstore.events import NewEvent, utc_now
-from eventstore.record import (
+from steplog.eventstore.errors import DatabaseBusy, DatabaseReadOnly, database_error, is_busy
+from steplog.eventstore.events import NewEvent, utc_now
+from steplog.eventstore.record import (
     GENESIS_HASH,
     DatabaseUnusable,
     StoredEvent,
@@ -26,18 +27,26 @@ from eventstore.record import (
     blob_sha256,
     chain_hash,
 )
-from eventstore.errors import DatabaseBusy, DatabaseReadOnly, database_error, is_busy
 
 SCHEMA_VERSION = 3
 APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
-# eventstore/schema.sql is a symlink to the repository's schema.sql (the one definition), so the
-# schema ships inside the package when installed from a wheel.
-SCHEMA_PATH = Path(__file__).parent / "schema.sql"
+
+
+def _sql_file(name: str) -> Path:
+    """One of the repository's top-level SQL files (the one definition of the schema). A wheel
+    carries them inside this package (setup.py's build step copies them); a source checkout
+    or an editable install reads them where they are, one folder up."""
+    here = Path(__file__).parent
+    shipped = here / name
+    return shipped if shipped.exists() else here.parent / name
+
+
+SCHEMA_PATH = _sql_file("schema.sql")
 # A blob this long is written in slices through SQLite's incremental blob I/O: a plain INSERT
 # binds a copy of it and builds the row as a second one, 3x its size at once for a 100 MB answer.
 BIG_BLOB = 4 * 2**20
 _BLOB_SLICE = 2**20
-MIGRATIONS_PATH = Path(__file__).parent / "migrations.sql"  # a symlink too
+MIGRATIONS_PATH = _sql_file("migrations.sql")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 READ_BATCH = 5000
 DEFAULT_BUSY_TIMEOUT_MS = 10_000

@@ -10,7 +10,7 @@ import sqlite3
 
 import orjson
 
-from executor.explain import PreviousRun
+from steplog.executor.explain import PreviousRun
 
 # The WHERE terms repeat the partial index's expression and condition so SQLite can use it.
 _PREVIOUS_RUN_SQL = (

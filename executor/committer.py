@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 
 import anyio
 
-from eventstore.events import NewEvent
-from eventstore.record import StoredEvent
+from steplog.eventstore.events import NewEvent
+from steplog.eventstore.record import StoredEvent
 
 Commit = Callable[[list[NewEvent], Sequence[bytes]], list[StoredEvent]]
 

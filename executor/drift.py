@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from executor.workspace import UnsafePath, read_inside
+from steplog.executor.workspace import UnsafePath, read_inside
 
 if TYPE_CHECKING:
-    from executor.runner import Plan
+    from steplog.executor.runner import Plan
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,7 @@ def logged_files(conn: sqlite3.Connection, job_id: str) -> dict[str, tuple[str, 
     return {path: (step, sha) for step, path, sha in rows}
 
 
-def find_drift(
-    root: Path, logged: dict[str, tuple[str, str]], steps: Iterable[str]
-) -> list[Drift]:
+def find_drift(root: Path, logged: dict[str, tuple[str, str]], steps: Iterable[str]) -> list[Drift]:
     """The files of `steps` whose content differs from the log's, or that are gone."""
     wanted = set(steps)
     found: list[Drift] = []
@@ -64,10 +62,7 @@ def describe(drift: Drift) -> str:
         "deleted": "was deleted outside steplog",
         "unreadable": "cannot be read inside the workspace (a symlink or a directory now?)",
     }[drift.change]
-    return (
-        f"warning: {drift.path} (written by completed step {drift.step}) {what}; "
-        "left as it is"
-    )
+    return f"warning: {drift.path} (written by completed step {drift.step}) {what}; left as it is"
 
 
 def warnings(logged: dict[str, tuple[str, str]], root: Path, plan: Plan) -> list[str]:

@@ -14,11 +14,11 @@ from typing import Any, Mapping
 
 from jinja2 import TemplateSyntaxError, nodes
 
-from eventstore.events import CacheChange, CacheDetail
-from eventstore.record import text_sha256
-from executor.cachekey import canonical_json
-from executor.pipeline import Pipeline
-from executor.templates import ENV, simple_plan, static_key
+from steplog.eventstore.events import CacheChange, CacheDetail
+from steplog.eventstore.record import text_sha256
+from steplog.executor.cachekey import canonical_json
+from steplog.executor.pipeline import Pipeline
+from steplog.executor.templates import ENV, simple_plan, static_key
 
 SHORT = 12
 _UNSET = object()
@@ -153,8 +153,9 @@ def explain(
     changes += _compare_maps("provider", old_p, new_p, short=False)
     changes += _compare_maps("provider", old_opts, new_opts, prefix="options.", short=False)
     if not _same(old.get("output"), new.get("output")):
-        changes.append(CacheChange(part="output", name="output", old=old.get("output"),
-                                   new=new.get("output")))  # fmt: skip
+        changes.append(
+            CacheChange(part="output", name="output", old=old.get("output"), new=new.get("output"))
+        )
     changes += _compare_maps(
         "template", old.get("templates") or {}, new.get("templates") or {}, short=True
     )
@@ -170,9 +171,14 @@ def explain(
     if not parts & set(_DEFINITION_PARTS) and not _same(
         old.get("fingerprint"), new.get("fingerprint")
     ):
-        changes.append(CacheChange(part="definition", name="fingerprint",
-                                   old=_short(old.get("fingerprint")),
-                                   new=_short(new.get("fingerprint"))))  # fmt: skip
+        changes.append(
+            CacheChange(
+                part="definition",
+                name="fingerprint",
+                old=_short(old.get("fingerprint")),
+                new=_short(new.get("fingerprint")),
+            )
+        )
     return changes
 
 
@@ -234,10 +240,14 @@ def miss_fields(
         changed = explain(previous.detail, detail)
     else:  # recorded before details were: the per-part hashes still say which part moved
         changed = [
-            CacheChange(part="key", name=name, old=_short(previous.parts.get(name)),
-                        new=_short(parts.get(name)))
+            CacheChange(
+                part="key",
+                name=name,
+                old=_short(previous.parts.get(name)),
+                new=_short(parts.get(name)),
+            )
             for name in sorted(set(previous.parts) | set(parts))
             if previous.parts.get(name) != parts.get(name)
-        ]  # fmt: skip
+        ]
     reason = "; ".join(describe(c) for c in changed) or "the key changed"
     return {"reason": reason, "changed": changed, **found}

@@ -57,7 +57,9 @@ def _check_format_text(fmt: str, what: str) -> None:
         numbers += re.findall(r"\d+", spec)
     for digits in numbers:
         if len(digits) > 9 or int(digits) > MAX_RENDERED_CHARS:
-            _refuse(f"{what} asks for a field {digits} characters wide (limit {MAX_RENDERED_CHARS})")
+            _refuse(
+                f"{what} asks for a field {digits} characters wide (limit {MAX_RENDERED_CHARS})"
+            )
 
 
 def materialized(value: Any) -> Any:

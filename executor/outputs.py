@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from executor.cachekey import canonical_json
+from steplog.executor.cachekey import canonical_json
 
 
 class OutputProblem(ValueError):
@@ -54,8 +54,11 @@ def _files_from_json(value: Any) -> dict[str, str] | None:
     if isinstance(files, list):
         out: dict[str, str] = {}
         for item in files:
-            if not (isinstance(item, dict) and isinstance(item.get("path"), str)
-                    and isinstance(item.get("content"), str)):  # fmt: skip
+            if not (
+                isinstance(item, dict)
+                and isinstance(item.get("path"), str)
+                and isinstance(item.get("content"), str)
+            ):
                 return None
             out[item["path"]] = item["content"]
         return out

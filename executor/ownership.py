@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from eventstore.events import Owner
+from steplog.eventstore.events import Owner
 
 
 def _stat_fields(pid: int) -> list[str] | None:

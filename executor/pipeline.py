@@ -18,11 +18,16 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from executor.budget import Budget, Price
-from executor.cachekey import cache_key, canonical_json, key_parts
-from executor.templates import TemplateProblem, check_template, render
-from eventstore.events import finite_json
-from providers.config import ProviderConfig, literal_url_credential, url_env_names, url_problem
+from steplog.eventstore.events import finite_json
+from steplog.executor.budget import Budget, Price
+from steplog.executor.cachekey import cache_key, canonical_json, key_parts
+from steplog.executor.templates import TemplateProblem, check_template, render
+from steplog.providers.config import (
+    ProviderConfig,
+    literal_url_credential,
+    url_env_names,
+    url_problem,
+)
 
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 import anyio
 import httpx
 
-from eventstore.events import (
+from steplog.eventstore.events import (
     BudgetExceeded,
     CacheHit,
     CacheInvalidated,
@@ -40,21 +40,21 @@ from eventstore.events import (
     StepSucceeded,
     StepWaiting,
 )
-from eventstore.record import StoredEvent, blob_sha256, text_sha256
-from eventstore.sqlite import SQLiteEventStore
-from executor import budget, cachekey, explain, faults
-from executor.budget import Spend
-from executor.cachehistory import previous_run
-from executor.committer import GroupCommitter
-from executor.outputs import OutputProblem, StepOutput, parse_output
-from executor.pipeline import Pipeline
-from executor.templates import TemplateProblem
-from executor.workspace import UnsafePath, safe_relative, sweep_stale_temps, write_file
-from projections.breaker import iso
-from projections.tables import breaker_row, cache_lookup
-from providers import breaker
-from providers.backoff import RetryPolicy
-from providers.base import (
+from steplog.eventstore.record import StoredEvent, blob_sha256, text_sha256
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.executor import budget, cachekey, explain, faults
+from steplog.executor.budget import Spend
+from steplog.executor.cachehistory import previous_run
+from steplog.executor.committer import GroupCommitter
+from steplog.executor.outputs import OutputProblem, StepOutput, parse_output
+from steplog.executor.pipeline import Pipeline
+from steplog.executor.templates import TemplateProblem
+from steplog.executor.workspace import UnsafePath, safe_relative, sweep_stale_temps, write_file
+from steplog.projections.breaker import iso
+from steplog.projections.tables import breaker_row, cache_lookup
+from steplog.providers import breaker
+from steplog.providers.backoff import RetryPolicy
+from steplog.providers.base import (
     LLMRequest,
     LLMResult,
     Provider,
@@ -62,10 +62,16 @@ from providers.base import (
     ProviderError,
     ProviderTruncated,
 )
-from providers.breaker import BreakerPolicy, BreakerState, CircuitOpen, Transition, endpoint_of
-from providers.config import ProviderConfig
-from providers.ratelimit import RateGate
-from providers.registry import build_provider
+from steplog.providers.breaker import (
+    BreakerPolicy,
+    BreakerState,
+    CircuitOpen,
+    Transition,
+    endpoint_of,
+)
+from steplog.providers.config import ProviderConfig
+from steplog.providers.ratelimit import RateGate
+from steplog.providers.registry import build_provider
 
 Observer = Callable[[Sequence[StoredEvent]], None]
 
@@ -350,10 +356,13 @@ class JobRunner:
             return False
         parts, key = self.pipeline.key_for(name, system, prompt)
         detail = explain.cache_detail(
-            self.pipeline, name, system=system,
-            prompt=prompt, inputs=self.inputs,
+            self.pipeline,
+            name,
+            system=system,
+            prompt=prompt,
+            inputs=self.inputs,
             outputs={r: self.outputs[r].text for r in self.pipeline.references.get(name, ())},
-        )  # fmt: skip
+        )
         entry = cache_lookup(self.store.conn, key)
         # Events not yet committed, and the blobs they point at: committed together below.
         pending: list[NewEvent] = [started]
@@ -384,9 +393,12 @@ class JobRunner:
             )
             previous = previous_run(self.store.conn, self.pipeline.name, name)
             miss = CacheMiss(
-                cache_key=key, parts=parts, pipeline=self.pipeline.name, detail=detail,
+                cache_key=key,
+                parts=parts,
+                pipeline=self.pipeline.name,
+                detail=detail,
                 **explain.miss_fields(previous, key, parts, detail),
-            )  # fmt: skip
+            )
             pending.append(self._ev(miss, name))
             try:
                 text, pending, pending_blobs = await self._call(name, request, key, pending)
@@ -444,23 +456,29 @@ class JobRunner:
         for path, content in output.files.items():
             faults.reached("before:file.write", name)
             result = write_file(
-                self.workspace, path, content.encode("utf-8"), last_written=self._last_written,
+                self.workspace,
+                path,
+                content.encode("utf-8"),
+                last_written=self._last_written,
                 keep=self.store.put_blob,  # a hand-edited file is kept before it is replaced
                 checkpoint=lambda point: faults.reached(point, name),
-            )  # fmt: skip
+            )
             outside = result.reason == "modified_outside"
             events.append(
                 NewEvent.of(
                     FileWritten(
-                        path=result.path, sha256=result.sha256, wrote=result.wrote,
-                        reason=result.reason, size=result.size,  # type: ignore[arg-type]
+                        path=result.path,
+                        sha256=result.sha256,
+                        wrote=result.wrote,
+                        reason=result.reason,
+                        size=result.size,  # type: ignore[arg-type]
                         found_sha256=result.found_sha256,
                         last_written=self._last_written.get(result.path) if outside else None,
                     ),
                     name,
                     "WARNING" if outside else None,
                 )
-            )  # fmt: skip
+            )
             self._last_written[result.path] = result.sha256
             if result.wrote:
                 faults.reached("after:file.rename", name)
@@ -475,9 +493,11 @@ class JobRunner:
         blobs: Sequence[bytes] = (),
     ) -> None:
         failed = StepFailed(
-            error=exc.error, error_type=exc.error_type, attempt=attempt,
+            error=exc.error,
+            error_type=exc.error_type,
+            attempt=attempt,
             duration_s=round(time.monotonic() - t0, 6),
-        )  # fmt: skip
+        )
         self._errors[name] = exc.error
         await self.commit([*before, self._ev(failed, name)], blobs)
 
@@ -540,10 +560,15 @@ class JobRunner:
                             await self.commit(pending)
                         raise StepFailure(str(exc), exc.error_class) from exc
                     requested = LLMRequested(
-                        provider=provider.name, kind=provider.kind, model=request.model,
-                        prompt_tokens=prompt_tokens, attempt=call, cache_key=key,
-                        prompt_sha256=prompt_sha, endpoint=endpoint,
-                    )  # fmt: skip
+                        provider=provider.name,
+                        kind=provider.kind,
+                        model=request.model,
+                        prompt_tokens=prompt_tokens,
+                        attempt=call,
+                        cache_key=key,
+                        prompt_sha256=prompt_sha,
+                        endpoint=endpoint,
+                    )
                     # In flight from here: a stop that finds this llm.request committed (or
                     # being committed) lets the call run its grace period instead of cutting it.
                     self._calling.add(name)
@@ -573,12 +598,21 @@ class JobRunner:
                 if isinstance(exc, ProviderTruncated):  # the cut-off answer was paid for
                     used = (exc.tokens_in, exc.tokens_out)
                 failure = LLMResponded(
-                    provider=provider.name, model=request.model, duration_s=duration,
-                    success=False, attempt=call, cache_key=key, status=exc.status,
-                    error=str(exc), error_class=exc.error_class, endpoint=endpoint,
-                    retryable=exc.retryable, cost=cost(*used), tokens_in=used[0],
+                    provider=provider.name,
+                    model=request.model,
+                    duration_s=duration,
+                    success=False,
+                    attempt=call,
+                    cache_key=key,
+                    status=exc.status,
+                    error=str(exc),
+                    error_class=exc.error_class,
+                    endpoint=endpoint,
+                    retryable=exc.retryable,
+                    cost=cost(*used),
+                    tokens_in=used[0],
                     tokens_out=used[1],
-                )  # fmt: skip
+                )
                 self.spent = self.spent + Spend(sum(used), cost(*used) or 0.0)
                 outcome = [self._ev(failure, name)]
                 retry = policy.should_retry(exc, call)
@@ -589,9 +623,15 @@ class JobRunner:
                     )
                     outcome.append(self._ev(retrying, name))
                 refused = await self._commit_outcome(
-                    name, provider.name, endpoint, config, outcome, False, exc.retryable,
+                    name,
+                    provider.name,
+                    endpoint,
+                    config,
+                    outcome,
+                    False,
+                    exc.retryable,
                     retry_in=delay if retry else None,
-                )  # fmt: skip
+                )
                 if retry and refused is None and not self._draining:
                     await anyio.sleep(delay)
                     continue
@@ -602,20 +642,35 @@ class JobRunner:
             if failed is not None:  # a provider bug must fail the step, not wedge the job
                 error = f"provider {provider.name!r} raised {type(failed).__name__}: {failed}"
                 failure = LLMResponded(
-                    provider=provider.name, model=request.model, duration_s=duration,
-                    success=False, attempt=call, cache_key=key, error=error,
-                    error_class="internal_error", endpoint=endpoint, retryable=False,
+                    provider=provider.name,
+                    model=request.model,
+                    duration_s=duration,
+                    success=False,
+                    attempt=call,
+                    cache_key=key,
+                    error=error,
+                    error_class="internal_error",
+                    endpoint=endpoint,
+                    retryable=False,
                     cost=cost(0, 0),
-                )  # fmt: skip
+                )
                 await self.commit([self._ev(failure, name)])
                 raise StepFailure(error, "internal_error") from failed
             spent = cost(result.tokens_in, result.tokens_out)
             answered = LLMResponded(
-                provider=provider.name, model=result.model, duration_s=duration,
-                tokens_in=result.tokens_in, tokens_out=result.tokens_out, success=True,
-                attempt=call, cache_key=key, response_sha256=blob_sha256(response),
-                finish_reason=result.finish_reason, endpoint=endpoint, cost=spent,
-            )  # fmt: skip
+                provider=provider.name,
+                model=result.model,
+                duration_s=duration,
+                tokens_in=result.tokens_in,
+                tokens_out=result.tokens_out,
+                success=True,
+                attempt=call,
+                cache_key=key,
+                response_sha256=blob_sha256(response),
+                finish_reason=result.finish_reason,
+                endpoint=endpoint,
+                cost=spent,
+            )
             self.spent = self.spent + Spend(result.tokens_in + result.tokens_out, spent or 0.0)
             event = self._ev(answered, name)
             row = breaker_row(self.store.conn, endpoint) if endpoint is not None else None
@@ -633,9 +688,11 @@ class JobRunner:
 
     @asynccontextmanager
     async def _slot(
-        self, provider: str, config: ProviderConfig,
+        self,
+        provider: str,
+        config: ProviderConfig,
         note: Callable[[EventData], Awaitable[None]],
-    ) -> AsyncIterator[None]:  # fmt: skip
+    ) -> AsyncIterator[None]:
         """A place under the provider's concurrency and rate limits, for one attempt.
 
         `note` records step.waiting, only when the step really has to wait: the display and
@@ -655,9 +712,13 @@ class JobRunner:
             wait = gate.reserve() if gate is not None else 0.0
             if wait > 0:
                 await note(
-                    StepWaiting(provider=provider, reason="rate_limit",
-                                limit=config.requests_per_minute or 0, wait_s=round(wait, 3))
-                )  # fmt: skip
+                    StepWaiting(
+                        provider=provider,
+                        reason="rate_limit",
+                        limit=config.requests_per_minute or 0,
+                        wait_s=round(wait, 3),
+                    )
+                )
                 await anyio.sleep(wait)
             yield
         finally:
@@ -671,10 +732,16 @@ class JobRunner:
         assert limits is not None
         spent = self.spent + self._in_flight
         return BudgetExceeded(
-            provider=provider, model=request.model, limit=over, max_tokens=limits.max_tokens,
-            max_cost=limits.max_cost, tokens_spent=spent.tokens, cost_spent=spent.cost,
-            estimate_tokens=estimate.tokens, estimate_cost=estimate.cost,
-        )  # fmt: skip
+            provider=provider,
+            model=request.model,
+            limit=over,
+            max_tokens=limits.max_tokens,
+            max_cost=limits.max_cost,
+            tokens_spent=spent.tokens,
+            cost_spent=spent.cost,
+            estimate_tokens=estimate.tokens,
+            estimate_cost=estimate.cost,
+        )
 
     def _overrun_text(self, over: budget.Limit, estimate: Spend) -> str:
         limits = self.pipeline.spec.budget
@@ -712,7 +779,7 @@ class JobRunner:
 
             def decide(state: BreakerState) -> list[NewEvent]:
                 admission = breaker.admit(state, policy, self.clock())
-                decided.append((state, admission))
+                decided.append((state, admission))  # noqa: B023 - called at once, in this iteration
                 if admission.transition is None:
                     return []
                 transition = admission.transition
@@ -730,10 +797,17 @@ class JobRunner:
             pause = min(pause * 2, 0.5)
 
     async def _commit_outcome(
-        self, step: str, provider: str, endpoint: str | None, config: ProviderConfig,
-        events: list[NewEvent], success: bool, counted: bool, retry_in: float | None = None,
+        self,
+        step: str,
+        provider: str,
+        endpoint: str | None,
+        config: ProviderConfig,
+        events: list[NewEvent],
+        success: bool,
+        counted: bool,
+        retry_in: float | None = None,
         blobs: Sequence[bytes] = (),
-    ) -> str | None:  # fmt: skip
+    ) -> str | None:
         """Commit an attempt's outcome events with the breaker transition they cause, if any.
 
         `events` is the llm.response, then the step.retrying when `retry_in` (its delay) is
@@ -774,28 +848,39 @@ class JobRunner:
         return refused[0] if refused else None
 
     def _transition_event(
-        self, step: str, provider: str, endpoint: str, transition: Transition,
+        self,
+        step: str,
+        provider: str,
+        endpoint: str,
+        transition: Transition,
         policy: BreakerPolicy,
-    ) -> NewEvent:  # fmt: skip
+    ) -> NewEvent:
         data: EventData
         if transition.to == "open":
             data = CircuitOpened(
-                provider=provider, failures=transition.failures, retry_at=iso(transition.until),
-                endpoint=endpoint, cooldown_s=policy.cooldown_s,
-            )  # fmt: skip
+                provider=provider,
+                failures=transition.failures,
+                retry_at=iso(transition.until),
+                endpoint=endpoint,
+                cooldown_s=policy.cooldown_s,
+            )
         elif transition.to == "half_open":
             data = CircuitHalfOpen(
-                provider=provider, endpoint=endpoint, failures=transition.failures,
+                provider=provider,
+                endpoint=endpoint,
+                failures=transition.failures,
                 probe_until=iso(transition.until),
-            )  # fmt: skip
+            )
         else:
             data = CircuitClosed(provider=provider, endpoint=endpoint)
         return self._ev(data, step)
 
     def _breaker_txn(
-        self, endpoint: str, decide: Callable[[BreakerState], list[NewEvent]],
+        self,
+        endpoint: str,
+        decide: Callable[[BreakerState], list[NewEvent]],
         blobs: Sequence[bytes] = (),
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Read the breaker, decide, append: one IMMEDIATE transaction (other processes wait)."""
         with self.store.write_transaction() as conn:
             row = breaker_row(conn, endpoint)
@@ -809,6 +894,11 @@ class JobRunner:
 
 def _prompt_blob(request: LLMRequest) -> bytes:
     return cachekey.canonical_json(
-        {"system": request.system, "prompt": request.prompt, "model": request.model,
-         "options": request.options, "output": request.output}
-    ).encode("utf-8")  # fmt: skip
+        {
+            "system": request.system,
+            "prompt": request.prompt,
+            "model": request.model,
+            "options": request.options,
+            "output": request.output,
+        }
+    ).encode("utf-8")

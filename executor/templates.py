@@ -16,7 +16,7 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from executor.limits import (
+from steplog.executor.limits import (
     MAX_RENDERED_CHARS,
     check_binop,
     check_call,

@@ -113,8 +113,9 @@ def _open_dir(parent_fd: int, name: str, rel: PurePosixPath, create: bool) -> in
 
 def _read_existing(dir_fd: int, name: str, rel: PurePosixPath) -> bytes | None:
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                     dir_fd=dir_fd)  # fmt: skip
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd
+        )
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -202,8 +203,12 @@ def write_file(
                 if keep is not None:
                     keep(existing)
         tmp = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}{TEMP_SUFFIX}"
-        tmp_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o666, dir_fd=fd)  # fmt: skip
+        tmp_fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o666,
+            dir_fd=fd,
+        )
         try:
             try:
                 half = len(content) // 2

@@ -15,9 +15,9 @@ from typing import Iterable, NamedTuple
 
 import orjson
 
-from eventstore.record import StoredEvent
-from providers import breaker
-from providers.breaker import BreakerState, Transition
+from steplog.eventstore.record import StoredEvent
+from steplog.providers import breaker
+from steplog.providers.breaker import BreakerState, Transition
 
 BREAKER_EVENT_TYPES = (
     "llm.response",

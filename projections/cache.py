@@ -15,7 +15,7 @@ from typing import Iterable, NamedTuple
 
 import orjson
 
-from eventstore.record import StoredEvent
+from steplog.eventstore.record import StoredEvent
 
 CACHE_EVENT_TYPES = ("llm.response", "cache.hit", "cache.invalidated")
 
@@ -68,9 +68,14 @@ def apply(index: CacheIndex, ev: StoredEvent) -> CacheIndex:
     elif ev.type == "llm.response":
         if d["success"] and d.get("response_sha256"):
             index[key] = CacheEntry(
-                key, d["response_sha256"], ev.job_id, ev.step, ev.seq,
-                d.get("tokens_in", 0), d.get("tokens_out", 0),
-            )  # fmt: skip
+                key,
+                d["response_sha256"],
+                ev.job_id,
+                ev.step,
+                ev.seq,
+                d.get("tokens_in", 0),
+                d.get("tokens_out", 0),
+            )
     else:  # cache.hit on a key this fold has not seen: the job's view learns where it came from
         index[key] = CacheEntry(
             key, d["response_sha256"], d["origin_job"], d.get("origin_step"), ev.seq

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
-from eventstore.record import StoredEvent
+from steplog.eventstore.record import StoredEvent
 
 STEP_STATUSES = ("pending", "running", "waiting", "succeeded", "failed", "skipped")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from eventstore.sqlite import SQLiteEventStore
-from projections.tables import PROJECTORS
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.projections.tables import PROJECTORS
 
 
 def open_store(path: str | os.PathLike[str]) -> SQLiteEventStore:

@@ -12,12 +12,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import orjson
 
-from eventstore.record import StoredEvent
-from eventstore.sqlite import SQLiteEventStore
-from projections import breaker, cache
-from projections.breaker import BREAKER_EVENT_TYPES, BreakerRow, Breakers
-from projections.cache import CACHE_EVENT_TYPES, CacheEntry, CacheIndex
-from projections.manifest import JOB_STATUS_AFTER
+from steplog.eventstore.record import StoredEvent
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.projections import breaker, cache
+from steplog.projections.breaker import BREAKER_EVENT_TYPES, BreakerRow, Breakers
+from steplog.projections.cache import CACHE_EVENT_TYPES, CacheEntry, CacheIndex
+from steplog.projections.manifest import JOB_STATUS_AFTER
 
 
 def project_jobs(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> None:
@@ -58,8 +58,15 @@ def project_cache(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> No
         if ev.type == "llm.response":
             if not (d["success"] and sha):
                 continue
-            row = (key, sha, ev.job_id, ev.step, ev.seq, d.get("tokens_in", 0),
-                   d.get("tokens_out", 0))  # fmt: skip
+            row = (
+                key,
+                sha,
+                ev.job_id,
+                ev.step,
+                ev.seq,
+                d.get("tokens_in", 0),
+                d.get("tokens_out", 0),
+            )
         else:
             row = (key, sha, d["origin_job"], d.get("origin_step"), ev.seq, 0, 0)
         conn.execute(
@@ -220,8 +227,15 @@ TABLE_PROJECTIONS: tuple[TableProjection, ...] = (
     ),
     TableProjection(
         "cache_index",
-        ("cache_key", "response_sha256", "origin_job", "origin_step", "seq", "tokens_in",
-         "tokens_out"),
+        (
+            "cache_key",
+            "response_sha256",
+            "origin_job",
+            "origin_step",
+            "seq",
+            "tokens_in",
+            "tokens_out",
+        ),
         start=CacheIndex,
         apply=cache.apply,
         rows=lambda state: state.values(),
@@ -241,4 +255,4 @@ TABLE_PROJECTIONS: tuple[TableProjection, ...] = (
         apply=breaker.apply,
         rows=lambda state: state.values(),
     ),
-)  # fmt: skip
+)

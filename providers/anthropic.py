@@ -14,8 +14,8 @@ import json
 from contextlib import aclosing
 from typing import Any, AsyncIterator
 
-from providers.base import LLMRequest, LLMResult, ProviderError
-from providers.http import (
+from steplog.providers.base import LLMRequest, LLMResult, ProviderError
+from steplog.providers.http import (
     ErrorInAnswer,
     HTTPProvider,
     StreamCut,

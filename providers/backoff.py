@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from providers.base import RETRYABLE_STATUSES, ProviderError
+from steplog.providers.base import RETRYABLE_STATUSES, ProviderError
 
 __all__ = ["RETRYABLE_STATUSES", "RETRY_AFTER_CAP_S", "RetryPolicy"]
 

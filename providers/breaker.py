@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
 
-from providers.base import ProviderError
-from providers.http import public_url
+from steplog.providers.base import ProviderError
+from steplog.providers.http import public_url
 
 BreakerStatus = Literal["closed", "open", "half_open"]
 
@@ -60,7 +60,9 @@ def admit(state: BreakerState, policy: BreakerPolicy, now: float) -> Admission:
         return Admission(True, None, 0.0)
     if now < state.until:
         return Admission(False, None, state.until - now)
-    return Admission(True, Transition("half_open", state.failures, now + policy.probe_timeout_s), 0.0)
+    return Admission(
+        True, Transition("half_open", state.failures, now + policy.probe_timeout_s), 0.0
+    )
 
 
 def count(state: BreakerState, success: bool, counted: bool) -> BreakerState:

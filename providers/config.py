@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from eventstore.events import finite_json
+from steplog.eventstore.events import finite_json
 
 ProviderKind = Literal["offline", "openai", "ollama", "anthropic"]
 DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20
@@ -49,7 +49,7 @@ def url_problem(url: str) -> str | None:
     if not parts.hostname:
         return "has no host"
     try:
-        parts.port
+        parts.port  # noqa: B018 - reading it is the check (ValueError)
     except ValueError:
         return "has a bad port"
     return None

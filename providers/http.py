@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from providers.base import (
+from steplog.providers.base import (
     LLMRequest,
     LLMResult,
     ProviderBadResponse,
@@ -45,7 +45,7 @@ from providers.base import (
     ProviderTruncated,
     ProviderUnavailable,
 )
-from providers.config import ProviderConfig, url_problem
+from steplog.providers.config import ProviderConfig, url_problem
 
 SERVER_MESSAGE_MAX = 500
 # what of an error status's body is read: its message is cut to SERVER_MESSAGE_MAX anyway
@@ -316,7 +316,9 @@ def read_key(provider: str, env: str | None) -> str | None:
         return None
     key = os.environ.get(env, "").strip()
     if not key:
-        raise ProviderError(f"environment variable {env} (api_key_env) is not set", provider=provider)
+        raise ProviderError(
+            f"environment variable {env} (api_key_env) is not set", provider=provider
+        )
     if not _VALID_KEY.fullmatch(key):
         raise ProviderError(
             f"environment variable {env} (api_key_env) holds whitespace, control or "
@@ -367,7 +369,9 @@ class Wire:
                 message = message.replace(secret, "[redacted]")
         return message
 
-    def bad(self, url: str, why: str, key: str | None, status: int | None = 200) -> ProviderBadResponse:
+    def bad(
+        self, url: str, why: str, key: str | None, status: int | None = 200
+    ) -> ProviderBadResponse:
         return ProviderBadResponse(
             f"{public_url(url)}: {self.redact(why, key)}", provider=self.provider, status=status
         )
@@ -571,7 +575,9 @@ class HTTPProvider:
                 result = await self.read_stream(lines, request)
         else:
             headers["Accept"] = "application/json"
-            data = await self.wire.request_json("POST", self.url, headers=headers, key=key, body=body)
+            data = await self.wire.request_json(
+                "POST", self.url, headers=headers, key=key, body=body
+            )
             async with self.wire.mapped(self.url, key):
                 result = self.parse(data, request)
         if result.finish_reason in self.truncated and request.on_truncation == "error":

@@ -19,8 +19,8 @@ import textwrap
 
 import anyio
 
-from providers.base import LLMRequest, LLMResult, ProviderUnavailable
-from providers.config import ProviderConfig
+from steplog.providers.base import LLMRequest, LLMResult, ProviderUnavailable
+from steplog.providers.config import ProviderConfig
 
 
 def _words(text: str) -> int:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator
 
-from providers.base import LLMRequest, LLMResult, ProviderError
-from providers.http import (
+from steplog.providers.base import LLMRequest, LLMResult, ProviderError
+from steplog.providers.http import (
     HTTPProvider,
     StreamCut,
     TextParts,
@@ -37,7 +37,9 @@ class OllamaProvider(HTTPProvider):
 
     def body(self, request: LLMRequest, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "model": request.model, "messages": chat_messages(request), "stream": stream
+            "model": request.model,
+            "messages": chat_messages(request),
+            "stream": stream,
         }
         if request.options:
             body["options"] = dict(request.options)

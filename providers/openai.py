@@ -11,8 +11,8 @@ from __future__ import annotations
 from contextlib import aclosing
 from typing import Any, AsyncIterator
 
-from providers.base import LLMRequest, LLMResult
-from providers.http import (
+from steplog.providers.base import LLMRequest, LLMResult
+from steplog.providers.http import (
     HTTPProvider,
     StreamCut,
     TextParts,
@@ -80,7 +80,9 @@ class OpenAIProvider(HTTPProvider):
     def body(self, request: LLMRequest, stream: bool) -> dict[str, Any]:
         # Options go first so they can never replace the model or the rendered messages.
         body: dict[str, Any] = {
-            **request.options, "model": request.model, "messages": chat_messages(request)
+            **request.options,
+            "model": request.model,
+            "messages": chat_messages(request),
         }
         json_mode = self.config.json_mode is not False
         if request.output == "json" and json_mode and "response_format" not in body:

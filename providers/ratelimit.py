@@ -27,7 +27,9 @@ def reserve(state: RateState, interval_s: float, now: float) -> tuple[RateState,
 class RateGate:
     """The async wrapper: reserve synchronously (so concurrent tasks get distinct slots), sleep."""
 
-    def __init__(self, requests_per_minute: float, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, requests_per_minute: float, clock: Callable[[], float] | None = None
+    ) -> None:
         if requests_per_minute <= 0:
             raise ValueError("requests_per_minute must be positive")
         self.interval_s = 60.0 / requests_per_minute

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from providers.base import Provider
-from providers.config import ProviderConfig
-from providers.offline import OfflineProvider
+from steplog.providers.base import Provider
+from steplog.providers.config import ProviderConfig
+from steplog.providers.offline import OfflineProvider
 
 
 def build_provider(name: str, config: ProviderConfig, client: httpx.AsyncClient | None) -> Provider:
@@ -15,15 +15,15 @@ def build_provider(name: str, config: ProviderConfig, client: httpx.AsyncClient 
     if client is None:
         raise ValueError(f"provider {name!r} of kind {config.kind} needs an HTTP client")
     if config.kind == "openai":
-        from providers.openai import OpenAIProvider
+        from steplog.providers.openai import OpenAIProvider
 
         return OpenAIProvider(name, config, client)
     if config.kind == "ollama":
-        from providers.ollama import OllamaProvider
+        from steplog.providers.ollama import OllamaProvider
 
         return OllamaProvider(name, config, client)
     if config.kind == "anthropic":
-        from providers.anthropic import AnthropicProvider
+        from steplog.providers.anthropic import AnthropicProvider
 
         return AnthropicProvider(name, config, client)
     raise ValueError(f"provider {name!r}: unknown kind {config.kind!r}")

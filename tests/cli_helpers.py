@@ -33,13 +33,19 @@ def drop_root_file_powers() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
-def steplog(db: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = CLI_TIMEOUT_S, as_plain_user: bool = False) -> Result:  # fmt: skip
+def steplog(
+    db: Path,
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = CLI_TIMEOUT_S,
+    as_plain_user: bool = False,
+) -> Result:
     """Run the CLI in a subprocess; as_plain_user: without root's power over file permissions."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
     full_env = {**inherited, "STEPLOG_DB": str(db), **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "commands.cli", *args],
+        [sys.executable, "-m", "steplog", *args],
         cwd=cwd or db.parent,
         env=full_env,
         capture_output=True,

@@ -9,11 +9,11 @@ from typing import Iterator
 import pytest
 from hypothesis import settings
 
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.projections.store import open_store
+
 # tests.strategies holds shared asserts (assert_chain): let pytest explain their failures too.
 pytest.register_assert_rewrite("tests.strategies")
-
-from eventstore.sqlite import SQLiteEventStore
-from projections.store import open_store
 
 # "ci" (the default): no deadline, since SQLite on a loaded CI machine has slow moments, and
 # every failure prints the blob that reproduces it (@reproduce_failure). Examples stay random.

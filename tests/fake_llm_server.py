@@ -197,7 +197,11 @@ class _Ollama:
     def stream(self, body: dict[str, Any], text: str, finish: str, tin: int) -> list[bytes]:
         chunks = [
             self._line(
-                {"model": body["model"], "message": {"role": "assistant", "content": p}, "done": False}
+                {
+                    "model": body["model"],
+                    "message": {"role": "assistant", "content": p},
+                    "done": False,
+                }
             )
             for p in _pieces(text)
         ]
@@ -220,8 +224,13 @@ class _Anthropic:
     stop, limit = "end_turn", "max_tokens"
 
     def error_body(self, code: int, message: str) -> dict[str, Any]:
-        kinds = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-                 429: "rate_limit_error", 529: "overloaded_error"}  # fmt: skip
+        kinds = {
+            401: "authentication_error",
+            403: "permission_error",
+            404: "not_found_error",
+            429: "rate_limit_error",
+            529: "overloaded_error",
+        }
         kind = kinds.get(code, "invalid_request_error" if code < 500 else "api_error")
         return {"type": "error", "error": {"type": kind, "message": message}}
 
@@ -244,22 +253,33 @@ class _Anthropic:
         return f"event: {event}\ndata: {json.dumps({'type': event, **payload})}\n\n".encode()
 
     def _start(self, body: dict[str, Any], tin: int) -> bytes:
-        message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"],
-                   "content": [], "usage": {"input_tokens": tin, "output_tokens": 1}}  # fmt: skip
+        message = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [],
+            "usage": {"input_tokens": tin, "output_tokens": 1},
+        }
         return self._event("message_start", {"message": message})
 
     def _end(self, finish: str, tout: int) -> list[bytes]:
         return [
-            self._event("message_delta", {"delta": {"stop_reason": finish}, "usage": {"output_tokens": tout}}),
+            self._event(
+                "message_delta",
+                {"delta": {"stop_reason": finish}, "usage": {"output_tokens": tout}},
+            ),
             self._event("message_stop", {}),
-        ]  # fmt: skip
+        ]
 
     def stream(self, body: dict[str, Any], text: str, finish: str, tin: int) -> list[bytes]:
         chunks = [
             self._start(body, tin),
-            b"event: ping\ndata: {\"type\": \"ping\"}\n\n",
-            self._event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
-        ]  # fmt: skip
+            b'event: ping\ndata: {"type": "ping"}\n\n',
+            self._event(
+                "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+            ),
+        ]
         for piece in _pieces(text):
             delta = {"index": 0, "delta": {"type": "text_delta", "text": piece}}
             chunks.append(self._event("content_block_delta", delta))
@@ -339,8 +359,10 @@ class _Handler(BaseHTTPRequestHandler):
         if route.endswith(("/models", "/api/tags")) and self.server.no_model_list:
             self._send_json(404, wire.error_body(404, f"no route {self.path}"))
         elif route.endswith("/api/tags"):
-            models = [{"name": m if ":" in m else f"{m}:latest", "model": m, "size": 1}
-                      for m in self.server.models]  # fmt: skip
+            models = [
+                {"name": m if ":" in m else f"{m}:latest", "model": m, "size": 1}
+                for m in self.server.models
+            ]
             self._send_json(200, {"models": models})
         elif route.endswith("/models") and anthropic:
             data = [{"id": m, "type": "model", "display_name": m} for m in self.server.models]
@@ -439,8 +461,16 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(200, wire.answer(body, text, finish, tin))
 
-    def _stream(self, wire: Wire, body: dict[str, Any], kind: Optional[str], fault: Optional[Fault],
-                text: str, finish: str, tin: int) -> None:  # fmt: skip
+    def _stream(
+        self,
+        wire: Wire,
+        body: dict[str, Any],
+        kind: Optional[str],
+        fault: Optional[Fault],
+        text: str,
+        finish: str,
+        tin: int,
+    ) -> None:
         """A chunked streamed answer; "drop" closes the socket without the last chunk."""
         chunks = wire.stream(body, text, finish, tin)
         if kind in ("empty", "empty_choices"):
@@ -597,7 +627,9 @@ def closed_port() -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description="fake LLM server (openai, ollama, anthropic) on 127.0.0.1")
+    parser = argparse.ArgumentParser(
+        description="fake LLM server (openai, ollama, anthropic) on 127.0.0.1"
+    )
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--port-file", type=Path, required=True, help="where to write the port")
     parser.add_argument("--call-log", type=Path, help="append a JSON line per completion request")

@@ -1,9 +1,9 @@
 """Running `steplog` in this process, as the console script would, for fuzz tests.
 
-A subprocess costs ~0.4 s; calling commands.cli.main() costs milliseconds, so properties with
-many examples call it here. The helper reproduces the console script exactly (main() with
-sys.argv set, stdout and stderr captured) and lets nothing but SystemExit out of it: any other
-exception is what a user would see as a traceback, so it fails the test.
+A subprocess costs ~0.4 s; calling steplog.commands.cli.main(argv) costs milliseconds, so
+properties with many examples call it here. main() is what the console script runs; it returns
+the exit code and lets no exception out: any that escapes is what a user would see as a
+traceback, so it fails the test.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ import contextlib
 import io
 import shutil
 import sqlite3
-import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from commands.cli import main
+from steplog.commands.cli import main
 from tests.strategies import dump
 
 
@@ -34,21 +33,14 @@ class Traceback(AssertionError):
 
 def steplog_here(db: Path, *args: str) -> Outcome:
     out, err = io.StringIO(), io.StringIO()
-    saved = sys.argv
-    sys.argv = ["steplog", "--db", str(db), *args]
-    code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            code = main(["--db", str(db), *args])
     except BaseException as exc:  # noqa: BLE001 - any of them is the bug this helper reports
         shown = [repr(a)[:80] for a in args]
         raise Traceback(
             f"steplog {' '.join(shown)} raised {type(exc).__name__}:\n{traceback.format_exc()}"
         ) from exc
-    finally:
-        sys.argv = saved
     return Outcome(code, out.getvalue(), err.getvalue())
 
 

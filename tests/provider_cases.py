@@ -9,9 +9,9 @@ import anyio
 import httpx
 import pytest
 
-from providers.base import LLMRequest, LLMResult
-from providers.config import ProviderConfig
-from providers.registry import build_provider
+from steplog.providers.base import LLMRequest, LLMResult
+from steplog.providers.config import ProviderConfig
+from steplog.providers.registry import build_provider
 from tests.fake_llm_server import FakeLLMServer
 
 
@@ -50,9 +50,14 @@ class Proto:
 OPENAI = Proto("openai", "/v1/chat/completions", "Authorization", "stop", "length")
 OLLAMA = Proto("ollama", "/api/chat", "Authorization", "stop", "length")
 ANTHROPIC = Proto(
-    "anthropic", "/v1/messages", "x-api-key", "end_turn", "max_tokens",
-    options={"max_tokens": 64}, key_prefix="",
-)  # fmt: skip
+    "anthropic",
+    "/v1/messages",
+    "x-api-key",
+    "end_turn",
+    "max_tokens",
+    options={"max_tokens": 64},
+    key_prefix="",
+)
 PROTOCOLS = [OPENAI, OLLAMA, ANTHROPIC]
 by_kind = pytest.mark.parametrize("proto", PROTOCOLS, ids=lambda p: p.kind)
 streaming = pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])

@@ -24,7 +24,7 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 
 from hypothesis import strategies as st
 
-from eventstore.events import (
+from steplog.eventstore.events import (
     LEVELS,
     CacheHit,
     CacheInvalidated,
@@ -51,9 +51,9 @@ from eventstore.events import (
     StepStarted,
     StepSucceeded,
 )
-from eventstore.record import GENESIS_HASH, StoredEvent, chain_hash
-from eventstore.sqlite import SQLiteEventStore
-from projections.store import open_store
+from steplog.eventstore.record import GENESIS_HASH, StoredEvent, chain_hash
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.projections.store import open_store
 
 # -- building blocks ----------------------------------------------------------------------------
 
@@ -151,9 +151,7 @@ class _Job:
 
 
 def _parts(draw: st.DrawFn) -> dict[str, str]:
-    return draw(
-        st.dictionaries(st.sampled_from(["provider", "step", "input", "code"]), sha256_hex)
-    )
+    return draw(st.dictionaries(st.sampled_from(["provider", "step", "input", "code"]), sha256_hex))
 
 
 def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
@@ -165,10 +163,14 @@ def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
     way = draw(st.sampled_from(["hit", "call", "call", "template_error"]))
     if way == "template_error":
         job.emit(
-            StepFailed(error=draw(texts), error_type="template_error", attempt=attempt,
-                       duration_s=draw(seconds)),
+            StepFailed(
+                error=draw(texts),
+                error_type="template_error",
+                attempt=attempt,
+                duration_s=draw(seconds),
+            ),
             step,
-        )  # fmt: skip
+        )
         return True
     if way == "hit":
         sha = job.sha()
@@ -185,75 +187,113 @@ def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
         )
         cache_hit = True
         if draw(st.integers(0, 5)) == 0:  # a served answer the step could not use
-            job.emit(CacheInvalidated(cache_key=key, reason=draw(texts), response_sha256=sha),
-                     step)  # fmt: skip
+            job.emit(CacheInvalidated(cache_key=key, reason=draw(texts), response_sha256=sha), step)
             job.emit(
-                StepFailed(error=draw(texts), error_type="bad_output", attempt=attempt,
-                           duration_s=draw(seconds)),
+                StepFailed(
+                    error=draw(texts),
+                    error_type="bad_output",
+                    attempt=attempt,
+                    duration_s=draw(seconds),
+                ),
                 step,
-            )  # fmt: skip
+            )
             return True
     else:
         job.emit(CacheMiss(cache_key=key, parts=_parts(draw)), step)
         provider, model = draw(names), draw(names)
         job.emit(
-            LLMRequested(provider=provider, kind=draw(st.sampled_from(["offline", "openai"])),
-                         model=model, prompt_tokens=draw(tokens), attempt=attempt,
-                         cache_key=key, prompt_sha256=job.sha()),
+            LLMRequested(
+                provider=provider,
+                kind=draw(st.sampled_from(["offline", "openai"])),
+                model=model,
+                prompt_tokens=draw(tokens),
+                attempt=attempt,
+                cache_key=key,
+                prompt_sha256=job.sha(),
+            ),
             step,
-        )  # fmt: skip
+        )
         success = draw(st.booleans())
         if success:
             sha = job.sha() if draw(st.integers(0, 9)) else None  # an empty answer: no blob
             job.emit(
-                LLMResponded(provider=provider, model=model, duration_s=draw(seconds),
-                             tokens_in=draw(tokens), tokens_out=draw(tokens), success=True,
-                             attempt=attempt, cache_key=key, response_sha256=sha,
-                             finish_reason=draw(st.none() | st.sampled_from(["stop", "length"])),
-                             status=draw(st.none() | st.just(200))),
+                LLMResponded(
+                    provider=provider,
+                    model=model,
+                    duration_s=draw(seconds),
+                    tokens_in=draw(tokens),
+                    tokens_out=draw(tokens),
+                    success=True,
+                    attempt=attempt,
+                    cache_key=key,
+                    response_sha256=sha,
+                    finish_reason=draw(st.none() | st.sampled_from(["stop", "length"])),
+                    status=draw(st.none() | st.just(200)),
+                ),
                 step,
-            )  # fmt: skip
+            )
         else:
             job.emit(
-                LLMResponded(provider=provider, model=model, duration_s=draw(seconds),
-                             success=False, attempt=attempt, cache_key=key,
-                             status=draw(st.none() | st.sampled_from([429, 500, 503])),
-                             error=draw(texts), error_class=draw(st.sampled_from(
-                                 ["http_error", "timeout", "rate_limited"]))),
+                LLMResponded(
+                    provider=provider,
+                    model=model,
+                    duration_s=draw(seconds),
+                    success=False,
+                    attempt=attempt,
+                    cache_key=key,
+                    status=draw(st.none() | st.sampled_from([429, 500, 503])),
+                    error=draw(texts),
+                    error_class=draw(st.sampled_from(["http_error", "timeout", "rate_limited"])),
+                ),
                 step,
-            )  # fmt: skip
+            )
         if success and draw(st.integers(0, 4)) == 0:  # an answer the step could not use
             refused = draw(st.sampled_from([sha, sha, None]))  # None: written before schema 3
-            job.emit(CacheInvalidated(cache_key=key, reason=draw(texts), response_sha256=refused),
-                     step)  # fmt: skip
+            job.emit(
+                CacheInvalidated(cache_key=key, reason=draw(texts), response_sha256=refused), step
+            )
             success = False
         if not success:
             if draw(st.booleans()):
-                job.emit(StepRetrying(attempt=attempt, delay_s=draw(seconds), error=draw(texts)),
-                         step)  # fmt: skip
+                job.emit(
+                    StepRetrying(attempt=attempt, delay_s=draw(seconds), error=draw(texts)), step
+                )
                 return False
             job.emit(
-                StepFailed(error=draw(texts), error_type=draw(names), attempt=attempt,
-                           duration_s=draw(seconds)),
+                StepFailed(
+                    error=draw(texts),
+                    error_type=draw(names),
+                    attempt=attempt,
+                    duration_s=draw(seconds),
+                ),
                 step,
-            )  # fmt: skip
+            )
             return True
         cache_hit = False
     for _ in range(draw(st.integers(0, 2))):
         job.emit(
-            FileWritten(path=draw(st.sampled_from(["a.py", "b/c.txt", "ü/ß.md", "x y"])),
-                        sha256=job.sha(), wrote=draw(st.booleans()),
-                        reason=draw(st.sampled_from(
-                            ["created", "updated", "unchanged", "modified_outside"])),
-                        size=draw(tokens)),
+            FileWritten(
+                path=draw(st.sampled_from(["a.py", "b/c.txt", "ü/ß.md", "x y"])),
+                sha256=job.sha(),
+                wrote=draw(st.booleans()),
+                reason=draw(
+                    st.sampled_from(["created", "updated", "unchanged", "modified_outside"])
+                ),
+                size=draw(tokens),
+            ),
             step,
-        )  # fmt: skip
+        )
     job.emit(
-        StepSucceeded(output_sha256=job.sha(), output=draw(st.sampled_from(["text", "json",
-                      "files"])), cache_hit=cache_hit, cache_key=key, duration_s=draw(seconds),
-                      fingerprint=fp),
+        StepSucceeded(
+            output_sha256=job.sha(),
+            output=draw(st.sampled_from(["text", "json", "files"])),
+            cache_hit=cache_hit,
+            cache_key=key,
+            duration_s=draw(seconds),
+            fingerprint=fp,
+        ),
         step,
-    )  # fmt: skip
+    )
     return True
 
 
@@ -287,15 +327,23 @@ def job_events(draw: st.DrawFn, pool: Pool, other_jobs: Sequence[str] = ("elsewh
             job.emit(JobStarted(owner=owner))
         else:
             job.emit(
-                JobResumed(owner=owner, pipeline_fingerprint=job.fingerprint(),
-                           changed_steps=draw(st.lists(st.sampled_from(steps), unique=True)),
-                           forced=draw(st.booleans())),
-            )  # fmt: skip
+                JobResumed(
+                    owner=owner,
+                    pipeline_fingerprint=job.fingerprint(),
+                    changed_steps=draw(st.lists(st.sampled_from(steps), unique=True)),
+                    forced=draw(st.booleans()),
+                ),
+            )
         for step in draw(st.lists(st.sampled_from(steps), max_size=4)):
             if run and draw(st.integers(0, 3)) == 0:
-                job.emit(StepSkipped(reason="completed in an earlier run",
-                                     fingerprint=job.fingerprint(), output_sha256=job.sha()),
-                         step)  # fmt: skip
+                job.emit(
+                    StepSkipped(
+                        reason="completed in an earlier run",
+                        fingerprint=job.fingerprint(),
+                        output_sha256=job.sha(),
+                    ),
+                    step,
+                )
                 continue
             for _ in range(3):
                 attempt[step] += 1
@@ -303,18 +351,25 @@ def job_events(draw: st.DrawFn, pool: Pool, other_jobs: Sequence[str] = ("elsewh
                     break
             if draw(st.integers(0, 9)) == 0:
                 provider = draw(names)
-                job.emit(CircuitOpened(provider=provider, failures=draw(st.integers(1, 9)),
-                                       retry_at=job.clock.tick(draw)))  # fmt: skip
+                job.emit(
+                    CircuitOpened(
+                        provider=provider,
+                        failures=draw(st.integers(1, 9)),
+                        retry_at=job.clock.tick(draw),
+                    )
+                )
                 job.emit(CircuitClosed(provider=provider))
         ending = draw(st.sampled_from(["none", "succeeded", "failed", "cancelled", "interrupted"]))
         if ending == "succeeded":
             job.emit(JobSucceeded(duration_s=draw(seconds)))
         elif ending == "failed":
             job.emit(
-                JobFailed(error=draw(texts),
-                          failed_steps=draw(st.lists(st.sampled_from(steps), unique=True)),
-                          duration_s=draw(st.none() | seconds)),
-            )  # fmt: skip
+                JobFailed(
+                    error=draw(texts),
+                    failed_steps=draw(st.lists(st.sampled_from(steps), unique=True)),
+                    duration_s=draw(st.none() | seconds),
+                ),
+            )
         elif ending == "cancelled":
             job.emit(JobCancelled(reason=draw(texts)))
         elif ending == "interrupted":

@@ -6,18 +6,17 @@ import hashlib
 import json
 import shutil
 import sqlite3
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from commands import verify as verify_module
-from commands.cli import main
-from commands.readonly import open_readonly
-from commands.verify import verify
-from eventstore.sqlite import SCHEMA_PATH, schema_statements
-from projections.tables import TableProjection
+from steplog.commands import verify as verify_module
+from steplog.commands.cli import main
+from steplog.commands.readonly import open_readonly
+from steplog.commands.verify import verify
+from steplog.eventstore.sqlite import SCHEMA_PATH, schema_statements
+from steplog.projections.tables import TableProjection
 from tests.audit_fixture import build_audit_db
 
 V1 = Path(__file__).parent / "data" / "schema_v1.db"
@@ -46,12 +45,7 @@ def db(built: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def cli(monkeypatch, capsys):
     def run(db: Path, *args: str) -> Out:
-        monkeypatch.setattr(sys, "argv", ["steplog", "--db", str(db), *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+        code = main(["--db", str(db), *args])
         captured = capsys.readouterr()
         return Out(code, captured.out, captured.err)
 
@@ -59,11 +53,7 @@ def cli(monkeypatch, capsys):
 
 
 def files_of(db: Path) -> dict[str, bytes]:
-    return {
-        p.name: p.read_bytes()
-        for p in (db, Path(f"{db}-wal"))
-        if p.exists()
-    }
+    return {p.name: p.read_bytes() for p in (db, Path(f"{db}-wal")) if p.exists()}
 
 
 def edit(db: Path, *statements: str) -> None:
@@ -79,7 +69,8 @@ def edit(db: Path, *statements: str) -> None:
 def trigger(name: str) -> str:
     """schema.sql's CREATE TRIGGER statement for `name`."""
     (statement,) = [
-        s for s in schema_statements(SCHEMA_PATH.read_text())
+        s
+        for s in schema_statements(SCHEMA_PATH.read_text())
         if s.startswith(f"CREATE TRIGGER IF NOT EXISTS {name}\n")
     ]
     return statement
@@ -97,7 +88,11 @@ def test_sql_answers_as_json_csv_and_a_table(db, cli):
         {"job_id": "second", "status": "failed", "calls": 2},
     ]
     as_csv = cli(db, "sql", query, "--csv")
-    assert as_csv.out.splitlines() == ["job_id,status,calls", "first,succeeded,6", "second,failed,2"]
+    assert as_csv.out.splitlines() == [
+        "job_id,status,calls",
+        "first,succeeded,6",
+        "second,failed,2",
+    ]
     table = cli(db, "sql", query)
     assert table.code == 0 and "succeeded" in table.out and "2 rows" in table.out
     empty = cli(db, "sql", "SELECT job_id FROM jobs WHERE 0", "--csv")
@@ -106,13 +101,20 @@ def test_sql_answers_as_json_csv_and_a_table(db, cli):
 
 def test_sql_binds_named_parameters_numbers_as_numbers(db, cli):
     result = cli(
-        db, "sql", "SELECT job_id, step FROM llm_calls WHERE attempt = :n AND step = :step"
-        " ORDER BY seq", "--param", "n=2", "-p", "step=flaky", "--json",
-    )  # fmt: skip
+        db,
+        "sql",
+        "SELECT job_id, step FROM llm_calls WHERE attempt = :n AND step = :step ORDER BY seq",
+        "--param",
+        "n=2",
+        "-p",
+        "step=flaky",
+        "--json",
+    )
     assert result.code == 0, result.err
     assert json.loads(result.out) == [
-        {"job_id": "first", "step": "flaky"}, {"job_id": "second", "step": "flaky"}
-    ]  # fmt: skip
+        {"job_id": "first", "step": "flaky"},
+        {"job_id": "second", "step": "flaky"},
+    ]
     missing = cli(db, "sql", "SELECT :nope")
     assert missing.code == 2 and "nope" in missing.err
 
@@ -198,22 +200,34 @@ def test_audit_json_tells_the_whole_story_of_a_resumed_job(db, built, cli):
     doc = json.loads(result.out)
     s = doc["summary"]
     assert (s["status"], s["steps"], s["steps_succeeded"], s["calls"], s["failed_calls"]) == (
-        "succeeded", 4, 4, 6, 2
-    )  # fmt: skip
-    assert s["tokens_in"] + s["tokens_out"] == sum(
-        (c["tokens_in"] or 0) + (c["tokens_out"] or 0) for c in doc["llm_calls"]
-    ) > 0
+        "succeeded",
+        4,
+        4,
+        6,
+        2,
+    )
+    assert (
+        s["tokens_in"] + s["tokens_out"]
+        == sum((c["tokens_in"] or 0) + (c["tokens_out"] or 0) for c in doc["llm_calls"])
+        > 0
+    )
     assert [e["type"] for e in doc["lifecycle"]] == [
-        "job.created", "job.started", "job.failed", "job.resumed", "job.succeeded"
-    ]  # fmt: skip
+        "job.created",
+        "job.started",
+        "job.failed",
+        "job.resumed",
+        "job.succeeded",
+    ]
     assert [(r["step"], r["status"]) for r in doc["step_runs"] if r["step"] == "flaky"] == [
-        ("flaky", "failed"), ("flaky", "succeeded")
-    ]  # fmt: skip
+        ("flaky", "failed"),
+        ("flaky", "succeeded"),
+    ]
     assert doc["retries"] == {"flaky": 1}
     assert [(f["what"], f["step"], f["kind"]) for f in doc["failures"]] == [
-        ("step", "flaky", "unavailable"), ("call", "flaky", "unavailable"),
+        ("step", "flaky", "unavailable"),
         ("call", "flaky", "unavailable"),
-    ]  # fmt: skip
+        ("call", "flaky", "unavailable"),
+    ]
     workspace = built.parent / "runs" / "first"
     assert {f["path"]: f["sha256"] for f in doc["files"]} == {
         p: hashlib.sha256((workspace / p).read_bytes()).hexdigest()
@@ -246,18 +260,24 @@ def test_verify_passes_a_clean_database_without_touching_it(db, cli):
     assert result.out.startswith(f"ok: {count} events in 2 jobs")
     assert "jobs, cache_index, cache_refused, breakers match a fresh fold" in result.out
     one = cli(db, "verify", "second")
-    [(second,)] = sqlite3.connect(db).execute(
-        "SELECT count(*) FROM events WHERE job_id = 'second'"
-    ).fetchall()
+    [(second,)] = (
+        sqlite3.connect(db)
+        .execute("SELECT count(*) FROM events WHERE job_id = 'second'")
+        .fetchall()
+    )
     assert one.code == 0 and one.out.startswith(f"ok: {second} events in 1 jobs")
     assert db.read_bytes() == before
 
 
 def _an_llm_request(db: Path) -> tuple[int, str, int]:
-    return sqlite3.connect(db).execute(
-        "SELECT seq, job_id, version FROM events WHERE type = 'llm.request'"
-        " AND data LIKE '%offline-1%' ORDER BY seq LIMIT 1 OFFSET 1"
-    ).fetchone()
+    return (
+        sqlite3.connect(db)
+        .execute(
+            "SELECT seq, job_id, version FROM events WHERE type = 'llm.request'"
+            " AND data LIKE '%offline-1%' ORDER BY seq LIMIT 1 OFFSET 1"
+        )
+        .fetchone()
+    )
 
 
 def test_verify_names_the_event_whose_data_was_edited(db, cli):
@@ -275,7 +295,10 @@ def test_verify_names_the_event_whose_data_was_edited(db, cli):
         " content (edited after append)"
     )
     doc = json.loads(cli(db, "verify", "--json").out)
-    assert not doc["ok"] and (doc["problems"][0]["seq"], doc["problems"][0]["check"]) == (seq, "chain")
+    assert not doc["ok"] and (doc["problems"][0]["seq"], doc["problems"][0]["check"]) == (
+        seq,
+        "chain",
+    )
 
 
 def test_verify_reports_the_edit_and_the_dropped_trigger_together(db, cli):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from commands.timeline import _ts, build
-from projections.store import open_store
+from steplog.commands.timeline import _ts, build
+from steplog.projections.store import open_store
 from tests.cli_helpers import EXAMPLE, db_rows, status_json, steplog
 from tests.fake_llm_server import closed_port
 from tests.test_readme import sql_recipes
@@ -97,18 +97,23 @@ def rows(db: Path, sql: str, *params) -> list[tuple]:
 
 def test_an_imported_job_numbers_its_calls_within_each_run_as_steplog_does(db):
     # qa's second call came in a later run (after a resume): it is attempt 1 again, not a retry
-    assert rows(db, "SELECT step, attempt, success FROM llm_calls WHERE job_id = 'job_abc'"
-                " ORDER BY seq") == [("architect", 1, 1), ("qa", 1, 0), ("qa", 1, 1)]  # fmt: skip
+    assert rows(
+        db, "SELECT step, attempt, success FROM llm_calls WHERE job_id = 'job_abc' ORDER BY seq"
+    ) == [("architect", 1, 1), ("qa", 1, 0), ("qa", 1, 1)]
     # a retry inside one run is attempt 2; the resumed run starts at 1 again
     assert rows(db, "SELECT attempt, success FROM llm_calls WHERE job_id = 'rt' ORDER BY seq") == [
-        (1, 0), (2, 0), (1, 1)
-    ]  # fmt: skip
+        (1, 0),
+        (2, 0),
+        (1, 1),
+    ]
     assert rows(
-        db, "SELECT json_extract(data, '$.attempt') FROM events WHERE job_id = 'rt'"
-        " AND type = 'step.retrying'"
-    ) == [(1,)]  # fmt: skip
-    assert rows(db, "SELECT step, attempt, status FROM step_runs WHERE job_id = 'rt'"
-                " ORDER BY seq") == [("a", 1, "failed"), ("a", 2, "succeeded")]  # fmt: skip
+        db,
+        "SELECT json_extract(data, '$.attempt') FROM events WHERE job_id = 'rt'"
+        " AND type = 'step.retrying'",
+    ) == [(1,)]
+    assert rows(
+        db, "SELECT step, attempt, status FROM step_runs WHERE job_id = 'rt' ORDER BY seq"
+    ) == [("a", 1, "failed"), ("a", 2, "succeeded")]
 
 
 def test_audit_of_an_imported_job_counts_retries_and_names_unexplained_failures(db):
@@ -117,8 +122,12 @@ def test_audit_of_an_imported_job_counts_retries_and_names_unexplained_failures(
     assert json.loads(steplog(db, "audit", "rt", "--json").out)["retries"] == {"a": 1}
     s = doc["summary"]
     assert (s["status"], s["steps"], s["steps_succeeded"], s["calls"], s["failed_calls"]) == (
-        "succeeded", 3, 3, 3, 1
-    )  # fmt: skip
+        "succeeded",
+        3,
+        3,
+        3,
+        1,
+    )
     text = steplog(db, "audit", "job_abc")
     assert text.code == 0, text.err
     assert "None" not in text.out
@@ -139,14 +148,19 @@ def test_an_imported_job_draws_and_verifies(db, tmp_path):
 
 def test_a_fork_cut_inside_a_step_shows_that_run_interrupted_not_running(db):
     assert rows(db, "SELECT step, status FROM step_runs WHERE job_id = 'cut' ORDER BY seq") == [
-        ("architect", "succeeded"), ("builder", "interrupted")
-    ]  # fmt: skip
+        ("architect", "succeeded"),
+        ("builder", "interrupted"),
+    ]
     # the copied history is the source's up to the point, in every view
     assert rows(db, "SELECT step, attempt, success FROM llm_calls WHERE job_id = 'cut'") == [
-        ("architect", 1, 1), ("builder", 1, None)
-    ]  # fmt: skip
-    assert rows(db, "SELECT status, steps, steps_succeeded, calls, finished FROM job_summary"
-                " WHERE job_id = 'cut'") == [("created", 4, 1, 2, None)]  # fmt: skip
+        ("architect", 1, 1),
+        ("builder", 1, None),
+    ]
+    assert rows(
+        db,
+        "SELECT status, steps, steps_succeeded, calls, finished FROM job_summary"
+        " WHERE job_id = 'cut'",
+    ) == [("created", 4, 1, 2, None)]
 
 
 def test_a_fork_of_an_ended_job_is_not_finished_as_status_says(db):
@@ -202,17 +216,26 @@ def test_verify_names_a_tampered_or_missing_breaker_row(db):
 
 def test_a_forks_copied_history_is_marked_and_counted_once(db):
     assert rows(db, "SELECT step, copied FROM llm_calls WHERE job_id = 'again' ORDER BY seq") == [
-        ("architect", 1), ("builder", 1)
-    ]  # fmt: skip
-    assert rows(db, "SELECT step, status, cache_hit, copied FROM step_runs"
-                " WHERE job_id = 'again' ORDER BY seq") == [
-        ("architect", "succeeded", 0, 1), ("builder", "succeeded", 0, 1),
-        ("architect", "skipped", None, 0), ("builder", "skipped", None, 0),
-        ("docs", "succeeded", 1, 0), ("qa", "succeeded", 1, 0),
-    ]  # fmt: skip
+        ("architect", 1),
+        ("builder", 1),
+    ]
+    assert rows(
+        db,
+        "SELECT step, status, cache_hit, copied FROM step_runs WHERE job_id = 'again' ORDER BY seq",
+    ) == [
+        ("architect", "succeeded", 0, 1),
+        ("builder", "succeeded", 0, 1),
+        ("architect", "skipped", None, 0),
+        ("builder", "skipped", None, 0),
+        ("docs", "succeeded", 1, 0),
+        ("qa", "succeeded", 1, 0),
+    ]
     assert rows(db, "SELECT DISTINCT copied FROM file_writes WHERE job_id = 'again'") == [(1,)]
-    assert rows(db, "SELECT DISTINCT copied FROM llm_calls WHERE job_id IN ('src', 'job_abc')"
-                " UNION SELECT DISTINCT copied FROM step_runs WHERE job_id = 'src'") == [(0,)]
+    assert rows(
+        db,
+        "SELECT DISTINCT copied FROM llm_calls WHERE job_id IN ('src', 'job_abc')"
+        " UNION SELECT DISTINCT copied FROM step_runs WHERE job_id = 'src'",
+    ) == [(0,)]
     # the cache was asked 4 times by src (misses) and twice by the resumed fork (hits); the
     # copies of src's lookups in three forks are no lookups
     assert rows(db, "SELECT hits, misses FROM cache_stats WHERE model = 'offline-1'") == [(2, 4)]
@@ -220,8 +243,10 @@ def test_a_forks_copied_history_is_marked_and_counted_once(db):
     assert rows(db, "SELECT hits, misses FROM cache_stats WHERE provider IS NULL") == [(1, 0)]
     # the fork's own summary includes its copied history, as status does
     [(calls, hits)] = rows(db, "SELECT calls, cache_hits FROM job_summary WHERE job_id = 'again'")
-    assert (calls, hits) == (2, 2) == (
-        status_json(db, "again")["llm_calls"], status_json(db, "again")["cache_hits"]
+    assert (
+        (calls, hits)
+        == (2, 2)
+        == (status_json(db, "again")["llm_calls"], status_json(db, "again")["cache_hits"])
     )
 
 
@@ -230,8 +255,9 @@ def test_the_tokens_recipe_counts_each_real_call_once(db):
     got = {r[0]: r[1:] for r in rows(db, recipe)}
     forks = {"cut", "ended", "again"}
     calls: dict[str, list[int]] = {}
-    for job, step, data in rows(db, "SELECT job_id, step, data FROM events"
-                                    " WHERE type = 'llm.response'"):  # fmt: skip
+    for job, step, data in rows(
+        db, "SELECT job_id, step, data FROM events WHERE type = 'llm.response'"
+    ):
         if job not in forks:  # every call a fork holds is a copy: none of them called again
             d = json.loads(data)
             c = calls.setdefault(step, [0, 0, 0])

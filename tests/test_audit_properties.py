@@ -11,10 +11,10 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from commands.readonly import open_readonly
-from commands.verify import verify
-from eventstore.record import StoredEvent
-from projections import manifest
+from steplog.commands.readonly import open_readonly
+from steplog.commands.verify import verify
+from steplog.eventstore.record import StoredEvent
+from steplog.projections import manifest
 from tests.strategies import append_batches, fresh_store, job_batches, names, pools
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -76,7 +76,12 @@ def fold_llm_calls(events: list[StoredEvent]) -> list[tuple[Any, ...]]:
 
 
 LIFECYCLE = (
-    "job.resumed", "job.succeeded", "job.failed", "job.cancelled", "job.interrupted", "job.forked"
+    "job.resumed",
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+    "job.interrupted",
+    "job.forked",
 )
 
 
@@ -156,22 +161,29 @@ def test_job_summary_agrees_with_the_manifest_fold(log):
             state = manifest.project(job, mine)
             steps = state.steps.values()
             assert (row["status"], row["started"], row["finished"]) == (
-                state.status, state.started_ts, state.finished_ts
-            )  # fmt: skip
+                state.status,
+                state.started_ts,
+                state.finished_ts,
+            )
             if state.elapsed_s is None:
                 assert row["duration_s"] is None
             else:
                 assert abs(row["duration_s"] - state.elapsed_s) < 0.002
             created = orjson.loads(mine[0].data_json)
             assert row["steps"] == len(created["steps"])
-            assert row["steps_succeeded"] == sum(s.status in ("succeeded", "skipped") for s in steps)
+            assert row["steps_succeeded"] == sum(
+                s.status in ("succeeded", "skipped") for s in steps
+            )
             assert row["steps_failed"] == sum(s.status == "failed" for s in steps)
             assert (row["tokens_in"], row["tokens_out"], row["failed_calls"]) == (
-                state.tokens_in, state.tokens_out, state.llm_failures
-            )  # fmt: skip
+                state.tokens_in,
+                state.tokens_out,
+                state.llm_failures,
+            )
             assert (row["cache_hits"], row["cache_misses"]) == (
-                state.cache_hits, state.cache_misses
-            )  # fmt: skip
+                state.cache_hits,
+                state.cache_misses,
+            )
             assert row["calls"] == sum(ev.type == "llm.request" for ev in mine)
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from eventstore.events import CacheHit, CacheInvalidated, LLMResponded, NewEvent
-from projections.store import open_store
-from projections import cache
-from projections.tables import cache_lookup, read_cache_table, rebuild
+from steplog.eventstore.events import CacheHit, CacheInvalidated, LLMResponded, NewEvent
+from steplog.projections import cache
+from steplog.projections.store import open_store
+from steplog.projections.tables import cache_lookup, read_cache_table, rebuild
 from tests.cli_helpers import db_rows, steplog
 from tests.fake_llm_server import FakeLLMServer
 
@@ -20,10 +20,19 @@ KEY, BAD, GOOD = "k" * 64, "a" * 64, "b" * 64
 
 def _answer(sha: str) -> NewEvent:
     return NewEvent.of(
-        LLMResponded(provider="p", model="m", duration_s=0.1, tokens_in=1, tokens_out=2,
-                     success=True, attempt=1, cache_key=KEY, response_sha256=sha),
+        LLMResponded(
+            provider="p",
+            model="m",
+            duration_s=0.1,
+            tokens_in=1,
+            tokens_out=2,
+            success=True,
+            attempt=1,
+            cache_key=KEY,
+            response_sha256=sha,
+        ),
         step="s",
-    )  # fmt: skip
+    )
 
 
 def _hit(sha: str) -> NewEvent:
@@ -69,12 +78,21 @@ def test_a_refusal_written_before_schema_3_forgets_the_key_as_it_did(tmp_path):
 def _json_step(tmp_path: Path, port: int) -> Path:
     path = tmp_path / "p.toml"
     path.write_text(
-        "\n".join([
-            'name = "refusal"', "[providers.remote]", 'kind = "openai"',
-            f'base_url = "http://127.0.0.1:{port}/v1"', 'model = "fake-model"',
-            "[steps.a]", 'provider = "remote"', 'prompt = "Give JSON."', 'output = "json"',
-        ]) + "\n"
-    )  # fmt: skip
+        "\n".join(
+            [
+                'name = "refusal"',
+                "[providers.remote]",
+                'kind = "openai"',
+                f'base_url = "http://127.0.0.1:{port}/v1"',
+                'model = "fake-model"',
+                "[steps.a]",
+                'provider = "remote"',
+                'prompt = "Give JSON."',
+                'output = "json"',
+            ]
+        )
+        + "\n"
+    )
     return path
 
 

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from executor.cachekey import KEY_VERSION, cache_key, canonical_json, key_parts
-from providers.config import ProviderConfig
+from steplog.executor.cachekey import KEY_VERSION, cache_key, canonical_json, key_parts
+from steplog.providers.config import ProviderConfig
 
 SETTINGS = settings(max_examples=100, deadline=None)
 
@@ -146,9 +146,7 @@ def test_changing_any_single_field_changes_the_key_and_only_its_part(request, fi
 
 @SETTINGS
 @given(requests.filter(lambda r: r["options"]), st.data())
-def test_changing_any_single_option_value_changes_the_key_and_only_the_provider_part(
-    request, data
-):
+def test_changing_any_single_option_value_changes_the_key_and_only_the_provider_part(request, data):
     options = request["options"]
     name = data.draw(st.sampled_from(sorted(options)), label="option")
     value = data.draw(json_values, label="new value")
@@ -163,11 +161,20 @@ def test_changing_any_single_option_value_changes_the_key_and_only_the_provider_
     assert build(**{**request, "options": fewer})[0] != key
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("kind", "openai"), ("model", "m2"), ("options", {"temperature": 0.5}), ("step", "s2"),
-    ("system", None), ("system", ""), ("prompt", "p "), ("output", "json"),
-    ("fingerprint", "e" * 64),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("kind", "openai"),
+        ("model", "m2"),
+        ("options", {"temperature": 0.5}),
+        ("step", "s2"),
+        ("system", None),
+        ("system", ""),
+        ("prompt", "p "),
+        ("output", "json"),
+        ("fingerprint", "e" * 64),
+    ],
+)
 def test_each_field_has_its_own_part(field, value):
     key, parts = build(options={"temperature": 0})
     new_key, new_parts = build(**{"options": {"temperature": 0}, field: value})
@@ -204,11 +211,11 @@ def test_canonical_json_refuses_nan_and_infinity_at_any_depth(bad):
 
 
 def test_the_key_is_versioned(monkeypatch):
-    import executor.cachekey
+    import steplog.executor.cachekey
 
     _, parts = build()
     before = cache_key(parts)
-    monkeypatch.setattr(executor.cachekey, "KEY_VERSION", KEY_VERSION + 1)
+    monkeypatch.setattr(steplog.executor.cachekey, "KEY_VERSION", KEY_VERSION + 1)
     assert cache_key(parts) != before  # the version is part of what the key hashes
     assert KEY_VERSION == 1  # changing it invalidates every cached answer: do it on purpose
 
@@ -255,6 +262,13 @@ def test_provider_identity_text_shows_no_secret_url_or_timeout():
         max_retries=7,
     )
     text = canonical_json(config.cache_identity("gpt-x", {"temperature": 0}))
-    for leaked in ("MY_SECRET_KEY_VAR", "example.invalid", "user:pw", "12.5", "timeout", "base_url",
-                   "api_key"):  # fmt: skip
+    for leaked in (
+        "MY_SECRET_KEY_VAR",
+        "example.invalid",
+        "user:pw",
+        "12.5",
+        "timeout",
+        "base_url",
+        "api_key",
+    ):
         assert leaked not in text

@@ -208,7 +208,7 @@ def _popen(db: Path, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
 
     full = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "commands.cli", *args],
+        [sys.executable, "-m", "steplog", *args],
         cwd=db.parent,
         env={**full, "STEPLOG_DB": str(db), **env},
         stdout=subprocess.PIPE,
@@ -399,10 +399,15 @@ def test_retryable_failures_are_retried_and_every_attempt_is_in_the_log(tmp_path
         " AND type IN ('llm.request', 'llm.response', 'step.retrying') ORDER BY version",
     )
     assert rows == [
-        ("llm.request", 1, None, None), ("llm.response", 1, 0, 503), ("step.retrying", 1, None, None),
-        ("llm.request", 2, None, None), ("llm.response", 2, 0, 429), ("step.retrying", 2, None, None),
-        ("llm.request", 3, None, None), ("llm.response", 3, 1, None),
-    ]  # fmt: skip
+        ("llm.request", 1, None, None),
+        ("llm.response", 1, 0, 503),
+        ("step.retrying", 1, None, None),
+        ("llm.request", 2, None, None),
+        ("llm.response", 2, 0, 429),
+        ("step.retrying", 2, None, None),
+        ("llm.request", 3, None, None),
+        ("llm.response", 3, 1, None),
+    ]
 
 
 def test_bad_answers_fail_the_step_and_are_not_cached(tmp_path):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import anyio
 
-from eventstore.events import NewEvent, StepStarted
-from eventstore.record import VersionConflict
-from executor.committer import GroupCommitter
-from projections.store import open_store
+from steplog.eventstore.events import NewEvent, StepStarted
+from steplog.eventstore.record import VersionConflict
+from steplog.executor.committer import GroupCommitter
+from steplog.projections.store import open_store
 from tests.strategies import job_created
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from eventstore.events import JobResumed, JobStarted, NewEvent, Owner
-from eventstore.record import StoreError
-from eventstore.sqlite import DatabaseBusy, SQLiteEventStore
-from projections.store import open_store
-from projections.tables import PROJECTORS
+from steplog.eventstore.events import JobResumed, JobStarted, NewEvent, Owner
+from steplog.eventstore.record import StoreError
+from steplog.eventstore.sqlite import DatabaseBusy, SQLiteEventStore
+from steplog.projections.store import open_store
+from steplog.projections.tables import PROJECTORS
 from tests.cli_helpers import db_rows, event_count, status_json, steplog
 from tests.proc_pipelines import dag_pipeline
 from tests.test_cli_e2e import _popen, _wait_for, calls
@@ -28,9 +28,12 @@ from tests.test_projection_properties import OWNER, _created
 pytestmark = pytest.mark.slow
 
 FAN_OUT = {
-    "a": ([], 0.0), "b": (["a"], 0.6), "c": (["a"], 0.6), "d": (["a"], 0.6),
+    "a": ([], 0.0),
+    "b": (["a"], 0.6),
+    "c": (["a"], 0.6),
+    "d": (["a"], 0.6),
     "e": (["b", "c", "d"], 0.0),
-}  # fmt: skip
+}
 
 
 def _reap(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
@@ -49,8 +52,14 @@ def _clean(err: str) -> None:
 
 def _dead_owner_job(db: Path, path: Path, job: str, env: dict[str, str]) -> None:
     """A job whose process was killed (-9) after its first step: status running, owner gone."""
-    killed = steplog(db, "run", str(path), "--job-id", job,
-                     env={**env, "STEPLOG_FAULT": "after:step.succeeded:a"})  # fmt: skip
+    killed = steplog(
+        db,
+        "run",
+        str(path),
+        "--job-id",
+        job,
+        env={**env, "STEPLOG_FAULT": "after:step.succeeded:a"},
+    )
     assert killed.code == -signal.SIGKILL, killed.err
     assert status_json(db, job)["status"] == "running"
 
@@ -80,9 +89,11 @@ def test_two_resumes_started_together_exactly_one_runs_the_job(tmp_path):
         resumed = db_rows(db, "SELECT count(*) FROM events WHERE type = 'job.resumed'")
         assert resumed[0][0] == resumed_before[0][0] + 1  # exactly one claim per round
         [(owner,)] = db_rows(
-            db, "SELECT json_extract(data, '$.owner.pid') FROM events"
-            " WHERE job_id = ? AND type = 'job.resumed'", (job,)
-        )  # fmt: skip
+            db,
+            "SELECT json_extract(data, '$.owner.pid') FROM events"
+            " WHERE job_id = ? AND type = 'job.resumed'",
+            (job,),
+        )
         assert owner == winner
         assert status_json(db, job)["status"] == "succeeded"
     # every step called once per round, across the kill and the race
@@ -115,9 +126,10 @@ def test_an_owner_on_another_host_needs_force(tmp_path):
     forced = steplog(db, "resume", "far", "--force", env=env)
     assert forced.code == 0, forced.err
     [(flag,)] = db_rows(
-        db, "SELECT json_extract(data, '$.forced') FROM events WHERE type = 'job.resumed'"
-        " ORDER BY seq DESC LIMIT 1"
-    )  # fmt: skip
+        db,
+        "SELECT json_extract(data, '$.forced') FROM events WHERE type = 'job.resumed'"
+        " ORDER BY seq DESC LIMIT 1",
+    )
     assert flag == 1
     assert status_json(db, "far")["status"] == "succeeded"
 
@@ -152,7 +164,7 @@ def test_four_jobs_at_once_on_one_file_with_readers(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate(timeout=10)
-    for w, (out, err) in zip(writers, outputs):
+    for w, (_out, err) in zip(writers, outputs):
         assert w.returncode == 0, err
         _clean(err)
     assert follower.returncode == 0, follow_err
@@ -301,8 +313,14 @@ def test_the_claim_that_loses_the_append_race_names_the_winner(tmp_path):
     """Both resumes read the job before either appends (the interleaving the process race hits
     only sometimes, forced here): the second append fails the version check and is refused
     with the winner's pid and host; one job.resumed in all."""
-    from commands.jobs import Rejected, ResumeCommand, RunCommand, prepare_resume, prepare_run
-    from eventstore.events import JobInterrupted
+    from steplog.commands.jobs import (
+        Rejected,
+        ResumeCommand,
+        RunCommand,
+        prepare_resume,
+        prepare_run,
+    )
+    from steplog.eventstore.events import JobInterrupted
 
     db = tmp_path / "s.db"
     path = dag_pipeline(tmp_path, {"a": ([], 0.0)})

@@ -93,8 +93,11 @@ def temps(workspace: Path) -> list[str]:
 def kill_at(db: Path, point: str, *args: str, env: dict[str, str]) -> None:
     result = steplog(db, *args, env={**env, "STEPLOG_FAULT": point})
     assert result.code == -signal.SIGKILL, (point, result.code, result.err)
-    last = db_rows(db, "SELECT type FROM events WHERE job_id = 'k' AND type LIKE 'job.%'"
-                       " ORDER BY version DESC LIMIT 1")  # fmt: skip
+    last = db_rows(
+        db,
+        "SELECT type FROM events WHERE job_id = 'k' AND type LIKE 'job.%'"
+        " ORDER BY version DESC LIMIT 1",
+    )
     assert last in ([("job.started",)], [("job.resumed",)]), last  # died running: no end
 
 
@@ -179,8 +182,18 @@ def test_kill_9_while_a_fan_out_has_several_calls_in_flight(tmp_path):
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     pipeline = write_pipeline(tmp_path, fan_extra="\noptions = { delay_s = 2 }")
     clean_db = tmp_path / "clean.db"
-    assert steplog(clean_db, "run", str(pipeline), "--job-id", "k", "--workspace",
-                   str(tmp_path / "clean_ws")).code == 0  # fmt: skip
+    assert (
+        steplog(
+            clean_db,
+            "run",
+            str(pipeline),
+            "--job-id",
+            "k",
+            "--workspace",
+            str(tmp_path / "clean_ws"),
+        ).code
+        == 0
+    )
     clean_doc = comparable_manifest(status_json(clean_db, "k"))
     clean = (clean_doc, workspace_files(tmp_path / "clean_ws"))
     proc = _popen(db, "run", str(pipeline), "--job-id", "k", env=env)
@@ -232,8 +245,10 @@ def test_kill_9_again_during_resume_then_resume_matches_a_clean_run(tmp_path, cl
 def _http_responder(body: dict) -> str:
     prompt = last_user_message(body)
     if '{"files"' in prompt:
-        files = [{"path": "main.py", "content": "print('hi')\n" * 50},
-                 {"path": "pkg/util.py", "content": "X = 1\n" * 50}]  # fmt: skip
+        files = [
+            {"path": "main.py", "content": "print('hi')\n" * 50},
+            {"path": "pkg/util.py", "content": "X = 1\n" * 50},
+        ]
         return json.dumps({"files": files})
     return "answer to: " + prompt[:60]
 
@@ -265,8 +280,11 @@ prompt = "STEP=docs {{% for p in steps.build.files %}}{{{{ p }}}} {{% endfor %}}
 
 
 def _requests_per_step(server: FakeLLMServer) -> Counter[str]:
-    found = (re.match(r"STEP=(\w+)", last_user_message(c["body"])) for c in list(server.calls)
-             if c["method"] == "POST")  # fmt: skip
+    found = (
+        re.match(r"STEP=(\w+)", last_user_message(c["body"]))
+        for c in list(server.calls)
+        if c["method"] == "POST"
+    )
     return Counter(m.group(1) for m in found if m)
 
 
@@ -286,9 +304,13 @@ def http_clean(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "point",
-    ["after:llm.request:build", "after:llm.response:build", "mid:file.write:build",
-     "before:step.succeeded:build"],
-)  # fmt: skip
+    [
+        "after:llm.request:build",
+        "after:llm.response:build",
+        "mid:file.write:build",
+        "before:step.succeeded:build",
+    ],
+)
 def test_kill_9_against_a_real_http_provider_calls_it_once_per_step(tmp_path, http_clean, point):
     server, pipeline, clean = http_clean
     server.calls.clear()

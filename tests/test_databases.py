@@ -20,11 +20,11 @@ from typing import Callable
 
 import pytest
 
-from commands import cli as cli_module
-from eventstore.errors import DatabaseFull, database_error
-from eventstore.record import StoreError
-from eventstore.sqlite import SCHEMA_VERSION
-from projections.store import open_store
+from steplog.commands import cli as cli_module
+from steplog.eventstore.errors import DatabaseFull, database_error
+from steplog.eventstore.record import StoreError
+from steplog.eventstore.sqlite import SCHEMA_VERSION
+from steplog.projections.store import open_store
 from tests.cli_helpers import EXAMPLE, ROOT, db_rows, drop_root_file_powers, status_json, steplog
 from tests.test_store import created
 
@@ -203,12 +203,7 @@ def run_main(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], db: Path, *args: str
 ) -> tuple[int, str]:
     """The console entry point in this process: exit code and stderr."""
-    monkeypatch.setattr(sys, "argv", ["steplog", "--db", str(db), *args])
-    try:
-        cli_module.main()
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
+    code = cli_module.main(["--db", str(db), *args])
     return code, capsys.readouterr().err
 
 
@@ -253,6 +248,7 @@ def test_the_real_cli_refuses_a_foreign_wal_file_without_touching_it(good, tmp_p
 
 # -- 3. read-only file and directory ------------------------------------------------------------
 
+
 def _permissions_hold() -> bool:
     """Root ignores file permissions; its CLI children drop that power (see
     cli_helpers.drop_root_file_powers) unless the container forbids even that."""
@@ -268,8 +264,14 @@ def _permissions_hold() -> bool:
 needs_permissions = pytest.mark.skipif(
     not _permissions_hold(), reason="cannot run the CLI without root's power over permissions"
 )
-READ_VERBS = [("status", "one"), ("jobs",), ("events", "one"),
-              ("sql", "SELECT count(*) FROM events"), ("verify",), ("export", "one")]  # fmt: skip
+READ_VERBS = [
+    ("status", "one"),
+    ("jobs",),
+    ("events", "one"),
+    ("sql", "SELECT count(*) FROM events"),
+    ("verify",),
+    ("export", "one"),
+]
 
 
 def write_verbs(export: Path) -> list[tuple[str, ...]]:
@@ -346,11 +348,21 @@ STEPS = 12
 
 
 def big_pipeline(path: Path) -> Path:
-    lines = ['name = "big"', "[inputs.pad]", f'default = "{BIG_PAD}"', "[providers.local]",
-             'kind = "offline"', 'model = "offline-1"']  # fmt: skip
+    lines = [
+        'name = "big"',
+        "[inputs.pad]",
+        f'default = "{BIG_PAD}"',
+        "[providers.local]",
+        'kind = "offline"',
+        'model = "offline-1"',
+    ]
     for i in range(STEPS):
-        lines += [f"[steps.s{i:02d}]", 'provider = "local"', 'output = "text"',
-                  f'prompt = "step {i}: {{{{ inputs.pad }}}}"']  # fmt: skip
+        lines += [
+            f"[steps.s{i:02d}]",
+            'provider = "local"',
+            'output = "text"',
+            f'prompt = "step {i}: {{{{ inputs.pad }}}}"',
+        ]
         if i:
             lines.append(f'needs = ["s{i - 1:02d}"]')
     path.write_text("\n".join(lines) + "\n")
@@ -370,10 +382,14 @@ def limited(max_bytes: int) -> Callable[[], None]:
 def steplog_limited(db: Path, max_bytes: int, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
     return subprocess.run(
-        [sys.executable, "-m", "commands.cli", "--db", str(db), *args],
-        cwd=db.parent, env=env, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "steplog", "--db", str(db), *args],
+        cwd=db.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
         preexec_fn=limited(max_bytes),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.slow
@@ -451,16 +467,20 @@ def test_a_write_past_the_size_limit_leaves_no_half_written_workspace_file(tmp_p
     target.parent.mkdir()
     target.write_text("the old content\n")
     script = (
-        "import sys; from pathlib import Path; from executor.workspace import write_file\n"
+        "import sys; from pathlib import Path; from steplog.executor.workspace import write_file\n"
         "try:\n"
         "    write_file(Path(sys.argv[1]), 'out.txt', b'z' * 200_000)\n"
         "except OSError as exc:\n"
         "    print(exc.errno); sys.exit(3)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, str(target.parent)], cwd=ROOT, capture_output=True,
-        text=True, timeout=60, preexec_fn=limited(50_000),
-    )  # fmt: skip
+        [sys.executable, "-c", script, str(target.parent)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limited(50_000),
+    )
     assert result.returncode == 3, result.stderr
     assert int(result.stdout) == 27  # EFBIG
     assert target.read_text() == "the old content\n"

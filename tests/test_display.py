@@ -6,8 +6,8 @@ import io
 
 from rich.console import Console
 
-from commands.display import LiveDisplay, PlainDisplay
-from projections.store import open_store
+from steplog.commands.cli.display import LiveDisplay, PlainDisplay
+from steplog.projections.store import open_store
 from tests.cli_helpers import EXAMPLE, steplog
 from tests.test_executor import run_job
 
@@ -16,7 +16,7 @@ def test_live_table_shows_each_steps_state_cache_and_tokens(tmp_path):
     store = open_store(tmp_path / "s.db")
     run_job(store, EXAMPLE, "j", tmp_path)
     events = list(store.read_job("j"))
-    from projections.manifest import JobState
+    from steplog.projections.manifest import JobState
 
     display = LiveDisplay(JobState(job_id="j"), console=Console(file=io.StringIO(), width=120))
     display(events[:8])  # mid-run: architect done, builder running
@@ -45,7 +45,7 @@ def test_plain_lines_when_piped_and_one_line_when_quiet(tmp_path):
 def test_plain_display_folds_the_same_state(tmp_path):
     store = open_store(tmp_path / "s.db")
     run_job(store, EXAMPLE, "j", tmp_path)
-    from projections.manifest import JobState
+    from steplog.projections.manifest import JobState
 
     display = PlainDisplay(JobState(job_id="j"), out=io.StringIO())
     display(list(store.read_job("j")))

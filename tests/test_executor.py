@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from commands.display import PlainDisplay
-from commands.jobs import ResumeCommand, RunCommand, execute, fold_job, prepare_resume, prepare_run
-from projections import cache, manifest
-from projections.store import open_store
-from projections.tables import read_cache_table
+from steplog.commands.cli.display import PlainDisplay
+from steplog.commands.jobs import (
+    ResumeCommand,
+    RunCommand,
+    execute,
+    fold_job,
+    prepare_resume,
+    prepare_run,
+)
+from steplog.projections import cache, manifest
+from steplog.projections.store import open_store
+from steplog.projections.tables import read_cache_table
 from tests.cli_helpers import EXAMPLE
 
 
@@ -47,12 +54,22 @@ def test_step_event_sequence_for_a_miss_then_a_hit(tmp_path):
     store = open_store(tmp_path / "s.db")
     run_job(store, EXAMPLE, "first", tmp_path)
     assert types_of(store, "first", "architect") == [
-        "step.started", "cache.miss", "llm.request", "llm.response", "step.succeeded",
-    ]  # fmt: skip
+        "step.started",
+        "cache.miss",
+        "llm.request",
+        "llm.response",
+        "step.succeeded",
+    ]
     assert types_of(store, "first", "builder") == [
-        "step.started", "cache.miss", "llm.request", "llm.response",
-        "file.written", "file.written", "file.written", "step.succeeded",
-    ]  # fmt: skip
+        "step.started",
+        "cache.miss",
+        "llm.request",
+        "llm.response",
+        "file.written",
+        "file.written",
+        "file.written",
+        "step.succeeded",
+    ]
     run_job(store, EXAMPLE, "second", tmp_path)
     assert types_of(store, "second", "architect") == ["step.started", "cache.hit", "step.succeeded"]
     hit = next(
@@ -140,9 +157,13 @@ def random_pipeline(draw) -> str:
         )
         output = draw(st.sampled_from(["text", "json", "files"]))
         reads = " ".join(f"{{{{ steps.s{n}.output }}}}" for n in needs)
-        lines += [f"[steps.s{i}]", f"needs = {[f's{n}' for n in needs]!r}".replace("'", '"'),
-                  'provider = "local"', f'output = "{output}"',
-                  f'prompt = """{"files" if output == "files" else "about"} {{{{ inputs.topic }}}} {reads}"""']  # fmt: skip
+        lines += [
+            f"[steps.s{i}]",
+            f"needs = {[f's{n}' for n in needs]!r}".replace("'", '"'),
+            'provider = "local"',
+            f'output = "{output}"',
+            f'prompt = """{"files" if output == "files" else "about"} {{{{ inputs.topic }}}} {reads}"""',
+        ]
         if draw(st.integers(min_value=0, max_value=6)) == 0:
             lines.append("options = { fail = true }")
     return "\n".join(lines) + "\n"

@@ -10,10 +10,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstore.events import CacheDetail, CacheMiss
-from executor import explain
-from executor.explain import PreviousRun, describe, miss_fields, template_inputs
-from executor.pipeline import parse_pipeline
+from steplog.eventstore.events import CacheDetail, CacheMiss
+from steplog.executor import explain
+from steplog.executor.explain import PreviousRun, describe, miss_fields, template_inputs
+from steplog.executor.pipeline import parse_pipeline
 
 sha = st.binary(min_size=1, max_size=8).map(lambda b: hashlib.sha256(b).hexdigest())
 names = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
@@ -51,18 +51,22 @@ def one_change(draw: st.DrawFn) -> tuple[dict, dict, tuple[str, str]]:
     """A detail, a copy with exactly one field changed, and the (part, name) to expect."""
     old = draw(details())
     new = copy.deepcopy(old)
-    field = draw(st.sampled_from(
-        ["option", "model", "kind", "system", "prompt", "input", "upstream", "output"]
-    ))  # fmt: skip
+    field = draw(
+        st.sampled_from(
+            ["option", "model", "kind", "system", "prompt", "input", "upstream", "output"]
+        )
+    )
     if field == "option":
         options = new["provider"]["options"]
         name = draw(names)
         options[name] = _different(draw, option_values, options.get(name))
         return old, new, ("provider", f"options.{name}")
     if field in ("model", "kind"):
-        strategy = st.text(min_size=1, max_size=8) if field == "model" else st.sampled_from(
-            ["offline", "openai", "ollama"]
-        )  # fmt: skip
+        strategy = (
+            st.text(min_size=1, max_size=8)
+            if field == "model"
+            else st.sampled_from(["offline", "openai", "ollama"])
+        )
         new["provider"][field] = _different(draw, strategy, old["provider"][field])
         return old, new, ("provider", field)
     if field in ("system", "prompt"):
@@ -120,11 +124,13 @@ def test_values_are_compared_as_the_key_sees_them():
 def test_template_change_hides_its_symptoms_but_not_other_causes():
     old = {
         "provider": {"kind": "offline", "model": "m", "options": {}},
-        "output": "text", "fingerprint": "f1" * 32,
+        "output": "text",
+        "fingerprint": "f1" * 32,
         "templates": {"system": None, "prompt": "a" * 64},
         "rendered": {"system": None, "prompt": "b" * 64},
-        "inputs": {"idea": "c" * 64}, "upstream": {},
-    }  # fmt: skip
+        "inputs": {"idea": "c" * 64},
+        "upstream": {},
+    }
     new = copy.deepcopy(old)
     new["templates"]["prompt"] = "d" * 64
     new["rendered"]["prompt"] = "e" * 64
@@ -132,8 +138,9 @@ def test_template_change_hides_its_symptoms_but_not_other_causes():
     assert [(c.part, c.name) for c in explain.explain(old, new)] == [("template", "prompt")]
     new["inputs"]["idea"] = "9" * 64
     assert [(c.part, c.name) for c in explain.explain(old, new)] == [
-        ("template", "prompt"), ("input", "idea"),
-    ]  # fmt: skip
+        ("template", "prompt"),
+        ("input", "idea"),
+    ]
     # nothing but the definition: a field the detail does not spell out (e.g. the provider name)
     only_def = copy.deepcopy(old)
     only_def["fingerprint"] = "f3" * 32
@@ -161,10 +168,12 @@ def test_describe_reads_like_the_manual():
 
 def test_miss_fields_first_run_same_key_and_changes():
     detail = CacheDetail(
-        provider={"kind": "offline", "model": "m", "options": {}}, output="text",
-        fingerprint="f" * 64, templates={"system": None, "prompt": "a" * 64},
+        provider={"kind": "offline", "model": "m", "options": {}},
+        output="text",
+        fingerprint="f" * 64,
+        templates={"system": None, "prompt": "a" * 64},
         rendered={"system": None, "prompt": "b" * 64},
-    )  # fmt: skip
+    )
     parts = {"provider": "1", "step": "2", "input": "3", "code": "4"}
     first = miss_fields(None, "k1", parts, detail)
     assert first == {"reason": "first run of this step", "changed": []}
@@ -216,17 +225,17 @@ prompt = "{{ steps.a.output }}"
 """
     )
     inputs = {"idea": "x", "unused": "y"}
-    a = explain.cache_detail(pipeline, "a", system=None, prompt="x",
-                             inputs=inputs, outputs={})  # fmt: skip
+    a = explain.cache_detail(pipeline, "a", system=None, prompt="x", inputs=inputs, outputs={})
     assert set(a.inputs) == {"idea"} and a.upstream == {} and a.templates["system"] is None
     assert a.provider == {"kind": "offline", "model": "offline-1", "options": {}}
-    b = explain.cache_detail(pipeline, "b", system=None, prompt="A",
-                             inputs=inputs, outputs={"a": "A"})  # fmt: skip
+    b = explain.cache_detail(
+        pipeline, "b", system=None, prompt="A", inputs=inputs, outputs={"a": "A"}
+    )
     assert b.inputs == {} and b.upstream == {"a": hashlib.sha256(b"A").hexdigest()}
 
 
 def test_the_previous_run_is_found_through_the_partial_index(store):
-    from executor import cachehistory
+    from steplog.executor import cachehistory
 
     plan = store.conn.execute(
         "EXPLAIN QUERY PLAN " + cachehistory._PREVIOUS_RUN_SQL, ("step", "pipeline")
@@ -236,8 +245,8 @@ def test_the_previous_run_is_found_through_the_partial_index(store):
 
 
 def test_previous_run_is_the_latest_cache_event_of_that_pipeline_and_step(store):
-    from eventstore.events import CacheHit, NewEvent
-    from executor.cachehistory import previous_run
+    from steplog.eventstore.events import CacheHit, NewEvent
+    from steplog.executor.cachehistory import previous_run
 
     def event(key: str, pipeline: str | None, step: str = "s") -> NewEvent:
         data = CacheHit(cache_key=key, response_sha256="r", origin_job="o", pipeline=pipeline)

@@ -41,8 +41,7 @@ GOOD = [
     {"path": "pkg/util.py", "content": "X = 1\n"},
 ]
 # one of each kind through the CLI; tests/test_workspace.py tries thousands in-process
-NASTY = ["../outside/escaped.py", "/tmp/absolute.py", "CON",
-         "/".join(["deep"] * 1100), "a\x00b.py"]  # fmt: skip
+NASTY = ["../outside/escaped.py", "/tmp/absolute.py", "CON", "/".join(["deep"] * 1100), "a\x00b.py"]
 
 
 class Answers:
@@ -84,8 +83,9 @@ def test_a_path_the_llm_makes_up_is_refused_and_the_job_stays_resumable(tmp_path
     assert failed.code == 1, failed.err
     doc = status_json(db, "j")
     assert doc["status"] == "failed" and doc["steps"]["build"]["status"] == "failed"
-    error_type = db_rows(db, "SELECT json_extract(data, '$.error_type') FROM events "
-                             "WHERE type = 'step.failed'")  # fmt: skip
+    error_type = db_rows(
+        db, "SELECT json_extract(data, '$.error_type') FROM events WHERE type = 'step.failed'"
+    )
     assert error_type == [("unsafe_path",)]
     assert "Traceback" not in failed.err and len(failed.err.strip().splitlines()) == 1
     # all or nothing: the answer's good file is not written either, nothing lands outside
@@ -196,7 +196,11 @@ def test_a_re_run_step_records_modified_outside_and_keeps_the_hand_edited_conten
     by_path = {r[0]: r for r in second_run}
     found = hashlib.sha256(mine).hexdigest()
     assert by_path["app.py"][1:] == (
-        "modified_outside", 1, found, hashlib.sha256(ours).hexdigest(), "WARNING"
+        "modified_outside",
+        1,
+        found,
+        hashlib.sha256(ours).hexdigest(),
+        "WARNING",
     )
     assert by_path["tests/test_app.py"][1] == "unchanged"
     assert by_path["README.md"][1] == "updated"  # its content changed with the prompt; not edited
@@ -207,9 +211,11 @@ def test_a_re_run_step_records_modified_outside_and_keeps_the_hand_edited_conten
     )
     assert exported.code == 0, exported.err
     assert (tmp_path / "blobs" / found).read_bytes() == mine
-    warned = steplog(
-        db, "events", "j", "--type", "file.written", "--level", "warning", "--json"
-    ).out.strip().splitlines()
+    warned = (
+        steplog(db, "events", "j", "--type", "file.written", "--level", "warning", "--json")
+        .out.strip()
+        .splitlines()
+    )
     assert [json.loads(line)["data"]["reason"] for line in warned] == ["modified_outside"]
     assert steplog(db, "verify").code == 0
     assert event_count(db) > 0

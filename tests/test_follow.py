@@ -25,7 +25,7 @@ WAIT_S = 60  # bound on every wait; the job itself takes about three seconds
 def _spawn(db: Path, *args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "commands.cli", *args],
+        [sys.executable, "-m", "steplog", *args],
         cwd=db.parent,
         env={**env, "STEPLOG_DB": str(db), "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from commands import timeline
-from commands.fork import fork_job
-from commands.jobs import (
+from steplog.commands import timeline
+from steplog.commands.fork import fork_job
+from steplog.commands.jobs import (
     Rejected,
     ResumeCommand,
     RunCommand,
@@ -22,10 +22,10 @@ from commands.jobs import (
     prepare_resume,
     prepare_run,
 )
-from commands.replay import replay
-from eventstore.events import parse_data
-from projections import cache, manifest
-from projections.tables import read_cache_table
+from steplog.commands.replay import replay
+from steplog.eventstore.events import parse_data
+from steplog.projections import cache, manifest
+from steplog.projections.tables import read_cache_table
 from tests.cli_helpers import EXAMPLE, db_rows, event_count, status_json, steplog, workspace_files
 from tests.strategies import append_batches, assert_chain, dump, fresh_store, interleaved_batches
 
@@ -79,10 +79,15 @@ def test_the_forks_fold_equals_replay_of_the_source_at_the_point(batches, data):
             doc.pop("job_id"), doc.pop("last_seq")
         assert folded == expected
         own = {
-            k: (e.response_sha256, source if e.origin_job == fork else e.origin_job,
-                e.origin_step, e.tokens_in, e.tokens_out)
+            k: (
+                e.response_sha256,
+                source if e.origin_job == fork else e.origin_job,
+                e.origin_step,
+                e.tokens_in,
+                e.tokens_out,
+            )
             for k, e in cache.project(prefix).items()
-        }  # fmt: skip
+        }
         assert own == {
             k: (e.response_sha256, e.origin_job, e.origin_step, e.tokens_in, e.tokens_out)
             for k, e in view.cache.items()
@@ -103,7 +108,7 @@ def test_the_forks_fold_equals_replay_of_the_source_at_the_point(batches, data):
 
 
 def test_a_fork_of_a_job_owned_by_a_live_process_resumes(tmp_path):
-    from projections.store import open_store
+    from steplog.projections.store import open_store
 
     store = open_store(tmp_path / "s.db")
     prepared = prepare_run(
@@ -157,15 +162,22 @@ def test_fix_a_prompt_and_rerun_only_what_follows(tmp_path):
     # was served by the cache; only the edited qa called its provider
     assert _calls(log) == Counter(architect=1, builder=1, docs=1, qa=2)
     types = db_rows(
-        db, "SELECT step, type FROM events WHERE job_id = 'fix' AND version > ?"
-        " AND type IN ('step.skipped', 'cache.hit', 'cache.miss')", (doc["version"],),
-    )  # fmt: skip
-    assert sorted(types) == [("architect", "step.skipped"), ("builder", "step.skipped"),
-                             ("docs", "cache.hit"), ("qa", "cache.miss")]  # fmt: skip
+        db,
+        "SELECT step, type FROM events WHERE job_id = 'fix' AND version > ?"
+        " AND type IN ('step.skipped', 'cache.hit', 'cache.miss')",
+        (doc["version"],),
+    )
+    assert sorted(types) == [
+        ("architect", "step.skipped"),
+        ("builder", "step.skipped"),
+        ("docs", "cache.hit"),
+        ("qa", "cache.miss"),
+    ]
     reason = db_rows(
-        db, "SELECT json_extract(data, '$.reason') FROM events WHERE job_id = 'fix'"
+        db,
+        "SELECT json_extract(data, '$.reason') FROM events WHERE job_id = 'fix'"
         " AND type = 'cache.miss' AND step = 'qa' ORDER BY version DESC LIMIT 1",
-    )[0][0]  # fmt: skip
+    )[0][0]
     assert reason.startswith("prompt template changed")
     assert status_json(db, "fix")["status"] == "succeeded"
     # the source is untouched: its events and its row in the jobs table

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from eventstore.events import EVENT_TYPES
+from steplog.eventstore.events import EVENT_TYPES
 from tests.cli_helpers import EXAMPLE, steplog
 from tests.inprocess import assert_refused_in_one_line, copy_db, db_dump, steplog_here
 
@@ -54,9 +54,16 @@ def _timestamps(stamps: list[str]) -> st.SearchStrategy[str]:
         spelled,
         spelled.map(lambda s: s.replace("+00:00", "Z")),
         spelled.map(lambda s: s[:19]),  # no time zone: refused, named
-        st.sampled_from(["2026-02-30T00:00:00Z", "0001-01-01T00:00:00+14:00",
-                         "9999-12-31T23:59:59-14:00", "2026-01-01", "2026-13-01T00:00:00Z"]),
-    )  # fmt: skip
+        st.sampled_from(
+            [
+                "2026-02-30T00:00:00Z",
+                "0001-01-01T00:00:00+14:00",
+                "9999-12-31T23:59:59-14:00",
+                "2026-01-01",
+                "2026-13-01T00:00:00Z",
+            ]
+        ),
+    )
 
 
 def points(stamps: list[str]) -> st.SearchStrategy[str]:
@@ -69,10 +76,11 @@ def points(stamps: list[str]) -> st.SearchStrategy[str]:
         st.text(st.sampled_from("0123456789²٣߀"), min_size=1, max_size=6),
         st.just("9" * 5000),
         _timestamps(stamps),
-        st.tuples(st.sampled_from([*types, "step.*", "*", "job.nope", "[", "llm"]),
-                  st.sampled_from(steps)).map(lambda t: ":".join(t) if t[1] else t[0]),
+        st.tuples(
+            st.sampled_from([*types, "step.*", "*", "job.nope", "[", "llm"]), st.sampled_from(steps)
+        ).map(lambda t: ":".join(t) if t[1] else t[0]),
         st.text(max_size=30).filter(lambda s: "\x00" not in s),  # argv cannot carry NUL
-    )  # fmt: skip
+    )
 
 
 @settings(
@@ -128,17 +136,26 @@ def test_fuzzed_forks_create_a_job_or_are_refused_without_a_trace(job_db, data):
         label="point",
     )
     new_job = data.draw(
-        st.one_of(st.sampled_from(["fork1"] * 6 + ["job1", "x" * 65, "a b", ""]),
-                  st.text(max_size=10).filter(lambda s: "\x00" not in s)),
+        st.one_of(
+            st.sampled_from(["fork1"] * 6 + ["job1", "x" * 65, "a b", ""]),
+            st.text(max_size=10).filter(lambda s: "\x00" not in s),
+        ),
         label="new job",
-    )  # fmt: skip
+    )
     with tempfile.TemporaryDirectory(prefix="steplog-fuzz-") as tmp:
         db = copy_db(source, Path(tmp) / "f.db")
         before = db_dump(db)
         result = steplog_here(
-            db, "replay", "job1", "--until", point, "--fork", new_job,
-            "--workspace", str(Path(tmp) / "ws"),
-        )  # fmt: skip
+            db,
+            "replay",
+            "job1",
+            "--until",
+            point,
+            "--fork",
+            new_job,
+            "--workspace",
+            str(Path(tmp) / "ws"),
+        )
         event(f"fork exit {result.code}")
         if result.code == 0:
             assert steplog_here(db, "status", new_job, "--json").code == 0

@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from eventstore.events import EVENT_TYPES, InvalidEvent, JobCreated, NewEvent
-from eventstore.record import StoreError
-from eventstore.sqlite import SQLiteEventStore
-from projections import manifest
-from projections.store import open_store
+from steplog.eventstore.events import EVENT_TYPES, InvalidEvent, JobCreated, NewEvent
+from steplog.eventstore.record import StoreError
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.projections import manifest
+from steplog.projections.store import open_store
 from tests.inprocess import db_dump, steplog_here
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -37,9 +37,11 @@ ODD_TEXT = st.one_of(
 )
 JUNK = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-(2**80), 2**80), st.floats(), ODD_TEXT),
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(ODD_TEXT, inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(ODD_TEXT, inner, max_size=3)
+    ),
     max_leaves=6,
-)  # fmt: skip
+)
 
 
 def _typed(annotation: Any) -> st.SearchStrategy[Any]:
@@ -59,7 +61,7 @@ def _typed(annotation: Any) -> st.SearchStrategy[Any]:
         return JUNK
     if origin is typing.Literal:
         return st.sampled_from(typing.get_args(annotation))
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, __import__("types").UnionType):
         return st.one_of([_typed(a) for a in typing.get_args(annotation)])
     if origin is list:
         (item,) = typing.get_args(annotation)
@@ -99,21 +101,31 @@ def events(draw: st.DrawFn) -> tuple[str, Any, Any, Any, Any]:
         st.one_of(
             st.none(),
             st.none(),
-            st.sampled_from(["2026-01-02T03:04:05Z", "2026-01-02T03:04:05.123456789Z",
-                             "2026-02-30T00:00:00Z", "2026-01-02 03:04:05", ""]),
+            st.sampled_from(
+                [
+                    "2026-01-02T03:04:05Z",
+                    "2026-01-02T03:04:05.123456789Z",
+                    "2026-02-30T00:00:00Z",
+                    "2026-01-02 03:04:05",
+                    "",
+                ]
+            ),
             ODD_TEXT,
         )
-    )  # fmt: skip
+    )
     return type_, data, step, level, ts
 
 
 def _created() -> NewEvent:
     return NewEvent.of(
         JobCreated(
-            pipeline="p", pipeline_fingerprint="f", pipeline_sha256="0" * 64,
-            steps={"a": []}, workspace="w",
+            pipeline="p",
+            pipeline_fingerprint="f",
+            pipeline_sha256="0" * 64,
+            steps={"a": []},
+            workspace="w",
         )
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,16 +146,67 @@ JOB_NUMBERS = itertools.count()
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(events())
-@example(("job.created", {"pipeline": "\ud800", "pipeline_fingerprint": "f",
-          "pipeline_sha256": "0" * 64, "steps": {}, "workspace": "w"}, None, None, None))  # fmt: skip
+@example(
+    (
+        "job.created",
+        {
+            "pipeline": "\ud800",
+            "pipeline_fingerprint": "f",
+            "pipeline_sha256": "0" * 64,
+            "steps": {},
+            "workspace": "w",
+        },
+        None,
+        None,
+        None,
+    )
+)
 @example(("step.started", {"attempt": 1, "fingerprint": "f"}, "\udc80", None, None))
-@example(("llm.response", {"provider": "p", "model": "m", "duration_s": 1.0, "success": True,
-          "attempt": 1, "cache_key": "k", "tokens_in": 2**70}, "a", None, None))  # fmt: skip
-@example(("cache.miss", {"cache_key": "k", "detail": {"provider": {}, "output": "",
-          "fingerprint": "", "templates": {}, "rendered": {}, "upstream": {"\ud800": ""}}},
-          None, None, None))  # a surrogate in a key was written as U+FFFD: read back changed
-@example(("cache.miss", {"cache_key": "k", "changed": [{"part": "p", "name": "n",
-          "old": float("nan")}]}, None, None, None))  # NaN in an Any field was written as null
+@example(
+    (
+        "llm.response",
+        {
+            "provider": "p",
+            "model": "m",
+            "duration_s": 1.0,
+            "success": True,
+            "attempt": 1,
+            "cache_key": "k",
+            "tokens_in": 2**70,
+        },
+        "a",
+        None,
+        None,
+    )
+)
+@example(
+    (
+        "cache.miss",
+        {
+            "cache_key": "k",
+            "detail": {
+                "provider": {},
+                "output": "",
+                "fingerprint": "",
+                "templates": {},
+                "rendered": {},
+                "upstream": {"\ud800": ""},
+            },
+        },
+        None,
+        None,
+        None,
+    )
+)  # a surrogate in a key was written as U+FFFD: read back changed
+@example(
+    (
+        "cache.miss",
+        {"cache_key": "k", "changed": [{"part": "p", "name": "n", "old": float("nan")}]},
+        None,
+        None,
+        None,
+    )
+)  # NaN in an Any field was written as null
 def test_any_payload_is_refused_cleanly_or_round_trips(shared_store, generated):
     type_, data, step, level, ts = generated
     store, job = shared_store, f"j{next(JOB_NUMBERS)}"

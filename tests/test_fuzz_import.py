@@ -37,25 +37,33 @@ def sources(tmp_path_factory) -> Sources:
     job1's export and the predecessor fixture."""
     tmp = tmp_path_factory.mktemp("import")
     db = tmp / "src.db"
-    ran = steplog_here(db, "run", str(EXAMPLE), "--job-id", "job1", "--workspace", str(tmp / "w"), "-q")
+    ran = steplog_here(
+        db, "run", str(EXAMPLE), "--job-id", "job1", "--workspace", str(tmp / "w"), "-q"
+    )
     assert ran.code == 0, ran.err
     exported = steplog_here(db, "export", "job1")
     assert exported.code == 0, exported.err
     return Sources(
-        db, {"export": exported.out.splitlines(), "predecessor": PREDECESSOR.read_text().splitlines()}
+        db,
+        {"export": exported.out.splitlines(), "predecessor": PREDECESSOR.read_text().splitlines()},
     )
 
 
 JSON_VALUES = st.recursive(
     st.one_of(
-        st.none(), st.booleans(), st.integers(), st.integers(-(2**70), 2**70),
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.integers(-(2**70), 2**70),
         st.floats(),  # NaN and infinities included: Python's json writes and reads them
         st.text(max_size=12),  # lone surrogates included: written as \\udxxx escapes
         st.sampled_from(["", "job.created", "step.started", "a", "2026-01-01T00:00:00Z"]),
     ),
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
-)  # fmt: skip
+)
 RAW_LINES = st.sampled_from(
     [
         "[" * 50_000 + "]" * 50_000,
@@ -88,7 +96,9 @@ def mutated(draw: st.DrawFn, lines: list[str]) -> bytes:
             break
         i = draw(st.integers(0, len(lines) - 1))
         kind = draw(
-            st.sampled_from(["drop", "duplicate", "swap", "field", "field", "data", "replace", "raw"])
+            st.sampled_from(
+                ["drop", "duplicate", "swap", "field", "field", "data", "replace", "raw"]
+            )
         )
         if kind == "drop":
             del lines[i]
@@ -105,7 +115,9 @@ def mutated(draw: st.DrawFn, lines: list[str]) -> bytes:
             if not isinstance(obj, dict):
                 continue
             if kind == "field":
-                key = draw(st.sampled_from(["ts", "level", "job_id", "type", "step", "data", "extra"]))
+                key = draw(
+                    st.sampled_from(["ts", "level", "job_id", "type", "step", "data", "extra"])
+                )
                 path = [key]
             else:
                 data = obj.get("data") if isinstance(obj.get("data"), dict) else {}
@@ -134,7 +146,11 @@ def check_import(db: Path, path: Path, job_id: str | None) -> None:
     event(f"import exit {result.code}")
     if result.code == 0:
         target = job_id or result.out.split("imported job ")[1].split(" ")[0]
-        for verb in (["status", target, "--json"], ["events", target, "--json"], ["export", target]):
+        for verb in (
+            ["status", target, "--json"],
+            ["events", target, "--json"],
+            ["export", target],
+        ):
             shown = steplog_here(db, *verb)
             assert shown.code == 0, (verb, shown.err)
         return

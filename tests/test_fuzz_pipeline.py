@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from executor.limits import MAX_RENDERED_CHARS
-from executor.pipeline import PipelineError, parse_pipeline
-from executor.templates import TemplateProblem, check_template, render
+from steplog.executor.limits import MAX_RENDERED_CHARS
+from steplog.executor.pipeline import PipelineError, parse_pipeline
+from steplog.executor.templates import TemplateProblem, check_template, render
 from tests.cli_helpers import ROOT, steplog
 from tests.inprocess import assert_refused_in_one_line, copy_db, db_dump, steplog_here
 
@@ -65,14 +65,18 @@ def toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{toml_string(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+        return (
+            "{" + ", ".join(f"{toml_string(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+        )
     raise TypeError(type(value))
 
 
 def toml_document(doc: dict[str, Any]) -> str:
     """Top-level scalars first, then one [table] per dict; dicts of dicts get [a."b"] tables,
     so line numbers in error messages point into real sections."""
-    lines = [f"{toml_string(k)} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
+    lines = [
+        f"{toml_string(k)} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)
+    ]
     for key, table in doc.items():
         if not isinstance(table, dict):
             continue
@@ -132,13 +136,28 @@ PIECES = st.one_of(
     HOLES,
     st.sampled_from(
         [
-            "{{ inputs.x }}", "{{ inputs.nope }}", "{{ steps.a.output }}", "{{ steps.b.files }}",
-            "{{ steps.a.nope }}", "{{ steps[inputs.x].output }}", "{% if inputs.x %}y{% endif %}",
-            "{{", "}}", "{%", "{% endfor %}", "{#", "{{ inputs.x | upper }}", "{{ 10 // 0 }}",
-            "{{ inputs.x ~ inputs.x }}", "{% set v = inputs.x %}{{ v * 3 }}", "\x00", "\r\n",
-            "{{ (inputs.x * 100)|length }}", "{{ 'é' * 5 }}",
+            "{{ inputs.x }}",
+            "{{ inputs.nope }}",
+            "{{ steps.a.output }}",
+            "{{ steps.b.files }}",
+            "{{ steps.a.nope }}",
+            "{{ steps[inputs.x].output }}",
+            "{% if inputs.x %}y{% endif %}",
+            "{{",
+            "}}",
+            "{%",
+            "{% endfor %}",
+            "{#",
+            "{{ inputs.x | upper }}",
+            "{{ 10 // 0 }}",
+            "{{ inputs.x ~ inputs.x }}",
+            "{% set v = inputs.x %}{{ v * 3 }}",
+            "\x00",
+            "\r\n",
+            "{{ (inputs.x * 100)|length }}",
+            "{{ 'é' * 5 }}",
         ]
-    ),  # fmt: skip
+    ),
     st.sampled_from(INJECTION),
     st.sampled_from(BOMBS),
 )
@@ -164,8 +183,8 @@ def step_specs(draw: st.DrawFn, name: str, names: list[str]) -> dict[str, Any]:
     if draw(st.booleans()):
         spec["output"] = draw(st.sampled_from(["text", "json", "files", "text", "yaml"]))
     if draw(RARELY):  # a wrong type or an unknown key
-        spec[draw(st.sampled_from(["prompt", "needs", "provider", "tmperature", "options"]))] = draw(
-            JUNK
+        spec[draw(st.sampled_from(["prompt", "needs", "provider", "tmperature", "options"]))] = (
+            draw(JUNK)
         )
     return spec
 
@@ -251,8 +270,15 @@ RUN_SETTINGS = settings(
 
 @RUN_SETTINGS
 @given(documents())
-@example(toml_document({"name": "c", "providers": {"local": {"kind": "offline"}},
-                        "steps": {"a": {"provider": "local", "prompt": "p", "needs": ["a"]}}}).encode())  # fmt: skip
+@example(
+    toml_document(
+        {
+            "name": "c",
+            "providers": {"local": {"kind": "offline"}},
+            "steps": {"a": {"provider": "local", "prompt": "p", "needs": ["a"]}},
+        }
+    ).encode()
+)
 @example(b'name = "x"\n[steps.a]\nprompt = "\xff"\n')
 @example(b"[steps\n")
 def test_fuzzed_pipeline_files_plan_and_run_or_are_refused_in_one_line(seeded_db, document):
@@ -271,12 +297,14 @@ def test_fuzzed_pipeline_files_plan_and_run_or_are_refused_in_one_line(seeded_db
 
 
 def _one_step(template: str) -> str:
-    return toml_document({
-        "name": "bomb",
-        "inputs": {"x": {"default": "hello"}},
-        "providers": {"local": {"kind": "offline", "model": "m"}},
-        "steps": {"a": {"provider": "local", "prompt": template}},
-    })  # fmt: skip
+    return toml_document(
+        {
+            "name": "bomb",
+            "inputs": {"x": {"default": "hello"}},
+            "providers": {"local": {"kind": "offline", "model": "m"}},
+            "steps": {"a": {"provider": "local", "prompt": template}},
+        }
+    )
 
 
 @pytest.mark.parametrize("template", INJECTION)
@@ -305,7 +333,9 @@ def test_resource_bombs_fail_their_step_refused_by_the_sandbox(seeded_db, tmp_pa
     (step,) = json.loads(plan.out)["steps"]
     assert step["action"] == "fail" and "refused by the template sandbox" in step["reason"]
     assert db_dump(db) == before
-    result = steplog_here(db, "run", str(path), "--job-id", "b", "--workspace", str(tmp_path / "w"), "-q")
+    result = steplog_here(
+        db, "run", str(path), "--job-id", "b", "--workspace", str(tmp_path / "w"), "-q"
+    )
     assert result.code == 1 and result.err.count("\n") == 1, result.err
     assert "refused by the template sandbox" in result.err and "MemoryError" not in result.err
 
@@ -332,7 +362,9 @@ def test_a_prompt_of_over_a_megabyte_runs(seeded_db, tmp_path):
 INPUT_TEXT = st.text(st.characters(), max_size=30)  # surrogates included: non-UTF-8 argv
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     st.lists(
         st.one_of(
@@ -387,8 +419,8 @@ BOMB_SCRIPT = textwrap.dedent(
     import resource, sys
     resource.setrlimit(resource.RLIMIT_AS, (1536 * 2**20, 1536 * 2**20))
     from hypothesis import given, settings, strategies as st
-    from executor.limits import MAX_RENDERED_CHARS
-    from executor.templates import TemplateProblem, render
+    from steplog.executor.limits import MAX_RENDERED_CHARS
+    from steplog.executor.templates import TemplateProblem, render
 
     CONTEXT = {"inputs": {"x": "ab\\tc\\n" * 1000}, "steps": {"a": {"output": "o" * 100000}}}
 
@@ -452,8 +484,10 @@ def test_check_and_render_raise_only_template_problems(source):
         check_template(source, where="t", inputs={"x"})
     except TemplateProblem:
         return
-    context = {"inputs": {"x": "v"}, "steps": {"a": {"output": "o", "files": {}},
-                                                "b": {"output": "o", "files": {}}}}  # fmt: skip
+    context = {
+        "inputs": {"x": "v"},
+        "steps": {"a": {"output": "o", "files": {}}, "b": {"output": "o", "files": {}}},
+    }
     try:
         text = render(source, context, where="t")
     except TemplateProblem:
@@ -462,10 +496,17 @@ def test_check_and_render_raise_only_template_problems(source):
 
 
 def test_private_names_are_refused_when_the_pipeline_loads():
-    for template in ("{{ inputs.x.__class__ }}", "{{ inputs['_x'] }}", "{% if inputs.x._y %}{% endif %}"):
-        doc = {"name": "p", "inputs": {"x": {"default": "v"}},
-               "providers": {"local": {"kind": "offline"}},
-               "steps": {"a": {"provider": "local", "prompt": template}}}  # fmt: skip
+    for template in (
+        "{{ inputs.x.__class__ }}",
+        "{{ inputs['_x'] }}",
+        "{% if inputs.x._y %}{% endif %}",
+    ):
+        doc = {
+            "name": "p",
+            "inputs": {"x": {"default": "v"}},
+            "providers": {"local": {"kind": "offline"}},
+            "steps": {"a": {"provider": "local", "prompt": template}},
+        }
         with pytest.raises(PipelineError, match="names starting with _ are refused"):
             parse_pipeline(toml_document(doc), "p.toml")
 
@@ -473,7 +514,7 @@ def test_private_names_are_refused_when_the_pipeline_loads():
 def test_the_toml_writer_round_trips():
     import tomllib
 
-    doc = {"name": "a\"b\\c\x00\n", "n": 3, "f": 1.5, "l": [1, "x"], "t": {"k": {"v": True}}}
+    doc = {"name": 'a"b\\c\x00\n', "n": 3, "f": 1.5, "l": [1, "x"], "t": {"k": {"v": True}}}
     assert tomllib.loads(toml_document(doc)) == doc
     assert json.dumps(doc)  # plain data
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from commands.interchange import BadImport, export_job, import_job
+from steplog.commands.interchange import BadImport, export_job, import_job
 from tests.cli_helpers import db_rows, status_json, steplog
 from tests.rich_job import RICH_JOB, make_rich_job
 from tests.strategies import append_batches, dump, fresh_store, job_batches
@@ -352,7 +352,7 @@ def test_bad_files(tmp_path):
     with pytest.raises(BadImport, match="line 1: a line must be a JSON object"):
         listed = tmp_path / "list.jsonl"
         listed.write_text("[1, 2]\n")
-        from projections.store import open_store
+        from steplog.projections.store import open_store
 
         with open_store(tmp_path / "x.db") as store:
             import_job(store, listed)

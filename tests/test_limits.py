@@ -19,12 +19,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from commands.display import PlainDisplay
-from commands.jobs import RunCommand, execute, prepare_run
-from executor.pipeline import PipelineError, parse_pipeline
-from projections.store import open_store
-from providers.base import ProviderTooLarge
-from providers.http import LineSplitter, TextParts
+from steplog.commands.cli.display import PlainDisplay
+from steplog.commands.jobs import RunCommand, execute, prepare_run
+from steplog.executor.pipeline import PipelineError, parse_pipeline
+from steplog.projections.store import open_store
+from steplog.providers.base import ProviderTooLarge
+from steplog.providers.http import LineSplitter, TextParts
 from tests import fake_llm_server
 from tests.fake_llm_server import FakeLLMServer
 from tests.provider_cases import ANTHROPIC, Proto, by_kind, call, streaming
@@ -47,8 +47,9 @@ def _fresh(server, monkeypatch):
     monkeypatch.setattr(fake_llm_server, "STREAM_PIECE", 4096)
 
 
-def one_step(proto: Proto, base: str, *, stream: bool, limit: int | None = None,
-             output: str = "text") -> str:  # fmt: skip
+def one_step(
+    proto: Proto, base: str, *, stream: bool, limit: int | None = None, output: str = "text"
+) -> str:
     options = ", ".join(f"{k} = {v!r}" for k, v in proto.options.items())
     return f"""
 name = "limits"
@@ -104,11 +105,15 @@ def test_an_answer_over_max_response_bytes_fails_the_step_without_a_retry(
     server, tmp_path, proto: Proto, stream: bool
 ) -> None:
     server.faults.append(("answer", "x" * 50_000))
-    outcome, events, db = run(tmp_path, one_step(proto, proto.base_url(server), stream=stream,
-                                                 limit=10_000))  # fmt: skip
+    outcome, events, db = run(
+        tmp_path, one_step(proto, proto.base_url(server), stream=stream, limit=10_000)
+    )
     assert not outcome.succeeded and outcome.failed_steps == ["a"]
-    trace = [(t, d.get("success"), d.get("error_class")) for t, s, d in events
-             if t in ("llm.request", "llm.response", "step.retrying")]  # fmt: skip
+    trace = [
+        (t, d.get("success"), d.get("error_class"))
+        for t, s, d in events
+        if t in ("llm.request", "llm.response", "step.retrying")
+    ]
     assert trace == [("llm.request", None, None), ("llm.response", False, "too_large")]
     failed = next(d for t, _, d in events if t == "step.failed")
     assert failed["error_type"] == "too_large"
@@ -154,7 +159,7 @@ class _Runaway(BaseHTTPRequestHandler):
         piece = b"data: " if streamed else b'{"choices": [{"message": {"content": "'
         count = 0
         try:
-            for count in range(1, self.CHUNKS + 1):
+            for count in range(1, self.CHUNKS + 1):  # noqa: B007 - read in finally
                 chunk = piece + b"z" * (64 * 1024)
                 self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                 piece = b""
@@ -169,7 +174,9 @@ class _Runaway(BaseHTTPRequestHandler):
 def test_a_runaway_server_is_cut_off_at_the_limit(stream: bool) -> None:
     _Runaway.sent = []
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Runaway)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+    )
     thread.start()
     try:
         from tests.provider_cases import OPENAI
@@ -208,7 +215,9 @@ def test_max_response_bytes_must_be_positive_and_storable() -> None:
 
 @by_kind
 @streaming
-def test_a_large_answer_round_trips_byte_identical(server, tmp_path, proto: Proto, stream: bool) -> None:
+def test_a_large_answer_round_trips_byte_identical(
+    server, tmp_path, proto: Proto, stream: bool
+) -> None:
     text = PATTERN * (3_000_000 // len(PATTERN))  # 3M characters, 4.3 MB of UTF-8
     server.faults.append(("answer", text))
     outcome, events, db = run(tmp_path, one_step(proto, proto.base_url(server), stream=stream))
@@ -222,11 +231,15 @@ def test_a_large_answer_round_trips_byte_identical(server, tmp_path, proto: Prot
 
 
 @streaming
-def test_a_large_file_round_trips_byte_identical_to_the_workspace(server, tmp_path, stream: bool) -> None:
+def test_a_large_file_round_trips_byte_identical_to_the_workspace(
+    server, tmp_path, stream: bool
+) -> None:
     from tests.provider_cases import OPENAI
 
     content = PATTERN * (2_000_000 // len(PATTERN))
-    server.faults.append(("answer", json.dumps({"files": [{"path": "big.txt", "content": content}]})))
+    server.faults.append(
+        ("answer", json.dumps({"files": [{"path": "big.txt", "content": content}]}))
+    )
     outcome, events, db = run(tmp_path, one_step(OPENAI, server.url, stream=stream, output="files"))
     assert outcome.succeeded
     expected = content.encode("utf-8")
@@ -258,7 +271,8 @@ def test_line_splitter_keeps_unicode_line_separators_inside_a_line() -> None:
     event = 'data: {"delta": "a\u2028b\u0085c"}\n\n'.encode()
     splitter = LineSplitter()
     assert splitter.feed(event[:9]) + splitter.feed(event[9:]) + splitter.end() == [
-        'data: {"delta": "a\u2028b\u0085c"}', ""
+        'data: {"delta": "a\u2028b\u0085c"}',
+        "",
     ]
 
 
@@ -285,8 +299,8 @@ def _console() -> tuple[Any, Any]:
 
 
 def test_status_of_a_long_job_lists_the_steps_needing_attention_and_counts_the_rest() -> None:
-    from commands.queries import STEP_ROWS, print_manifest
-    from projections.manifest import JobState, StepState
+    from steplog.commands.cli.render import STEP_ROWS, print_manifest
+    from steplog.projections.manifest import JobState, StepState
 
     n = STEP_ROWS * 3
     state = JobState(job_id="long", status="failed")
@@ -298,8 +312,11 @@ def test_status_of_a_long_job_lists_the_steps_needing_attention_and_counts_the_r
     console, out = _console()
     print_manifest(console, state)
     text = out.getvalue()
-    listed = [line.split("│")[1].strip() for line in text.splitlines()
-              if line.startswith("│") and line.split("│")[1].strip().startswith("s")]  # fmt: skip
+    listed = [
+        line.split("│")[1].strip()
+        for line in text.splitlines()
+        if line.startswith("│") and line.split("│")[1].strip().startswith("s")
+    ]
     assert len(listed) == STEP_ROWS
     assert f"s{n - 1}" in listed and all(f"s{i}" in listed for i in range(n - 11, n - 1))
     assert listed == sorted(listed, key=lambda s: int(s[1:]))  # in pipeline order
@@ -309,15 +326,19 @@ def test_status_of_a_long_job_lists_the_steps_needing_attention_and_counts_the_r
 
 
 def test_events_are_read_lazily_and_printed_as_aligned_pages(tmp_path, monkeypatch) -> None:
-    import eventstore.sqlite
-    from commands.queries import EVENT_PAGE, events, print_events
-    from eventstore.events import NewEvent, StepStarted
+    import steplog.eventstore.sqlite
+    from steplog.commands.cli.render import EVENT_PAGE, print_events
+    from steplog.commands.queries import events
+    from steplog.eventstore.events import NewEvent, StepStarted
 
-    monkeypatch.setattr(eventstore.sqlite, "READ_BATCH", 50)  # the job is 9 batches
+    monkeypatch.setattr(steplog.eventstore.sqlite, "READ_BATCH", 50)  # the job is 9 batches
     store = open_store(tmp_path / "s.db")
     try:
         total = EVENT_PAGE * 2 + 17
-        batch = [NewEvent.of(StepStarted(attempt=1, fingerprint="f" * 64), step=f"s{i}") for i in range(total)]
+        batch = [
+            NewEvent.of(StepStarted(attempt=1, fingerprint="f" * 64), step=f"s{i}")
+            for i in range(total)
+        ]
         store.append("long", batch)
         statements: list[str] = []
         store.conn.set_trace_callback(statements.append)
@@ -341,12 +362,19 @@ def test_the_manifest_document_is_what_asdict_gives() -> None:
     """to_manifest skips dataclasses.asdict's recursion per step; the document is unchanged."""
     from dataclasses import asdict
 
-    from projections.manifest import JobState, StepState
+    from steplog.projections.manifest import JobState, StepState
 
     state = JobState(job_id="j", status="running", inputs={"a": "b"}, owner={"pid": 1})
-    state.steps = {f"s{i}": StepState(name=f"s{i}", needs=[f"s{i - 1}"] if i else [],
-                                      files=["x.py"] * i, status="succeeded", tokens_in=i)
-                   for i in range(5)}  # fmt: skip
+    state.steps = {
+        f"s{i}": StepState(
+            name=f"s{i}",
+            needs=[f"s{i - 1}"] if i else [],
+            files=["x.py"] * i,
+            status="succeeded",
+            tokens_in=i,
+        )
+        for i in range(5)
+    }
     want = asdict(state)
     want["elapsed_s"] = state.elapsed_s
     want["completed_steps"], want["pending_steps"] = state.completed_steps, state.pending_steps

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from eventstore import sqlite as store_module
-from eventstore.record import DatabaseUnusable
-from eventstore.sqlite import SCHEMA_VERSION, migrations
-from projections.store import open_store
+from steplog.eventstore import sqlite as store_module
+from steplog.eventstore.record import DatabaseUnusable
+from steplog.eventstore.sqlite import SCHEMA_VERSION, migrations
+from steplog.projections.store import open_store
 
 V1 = Path(__file__).parent / "data" / "schema_v1.db"
 VIEWS = ("llm_calls", "step_runs", "file_writes", "cache_stats", "job_summary")
@@ -77,29 +77,46 @@ def test_opening_a_schema_1_database_upgrades_it_and_records_the_migration(v1, t
 
 def test_every_view_answers_on_the_upgraded_database(v1):
     open_store(v1).close()
-    summary = {r[0]: r for r in rows(v1, "SELECT job_id, status, steps, steps_succeeded,"
-                                         " steps_failed, calls, failed_calls, cache_hits,"
-                                         " tokens_saved FROM job_summary")}  # fmt: skip
+    summary = {
+        r[0]: r
+        for r in rows(
+            v1,
+            "SELECT job_id, status, steps, steps_succeeded,"
+            " steps_failed, calls, failed_calls, cache_hits,"
+            " tokens_saved FROM job_summary",
+        )
+    }
     assert summary == {
         "first": ("first", "succeeded", 4, 4, 0, 6, 2, 0, 0),
         "second": ("second", "failed", 4, 3, 1, 2, 2, 3, 530),
     }
     # resumed job: flaky ran twice (the first run with a retry); its calls pair up by position
-    flaky = rows(v1, "SELECT attempt, success, error_class, tokens_out FROM llm_calls"
-                     " WHERE job_id = 'first' AND step = 'flaky' ORDER BY seq")  # fmt: skip
+    flaky = rows(
+        v1,
+        "SELECT attempt, success, error_class, tokens_out FROM llm_calls"
+        " WHERE job_id = 'first' AND step = 'flaky' ORDER BY seq",
+    )
     assert flaky == [(1, 0, "unavailable", 0), (2, 0, "unavailable", 0), (1, 1, None, 73)]
-    runs = rows(v1, "SELECT step, attempt, status, cache_hit FROM step_runs"
-                    " WHERE job_id = 'first' ORDER BY seq")  # fmt: skip
+    runs = rows(
+        v1,
+        "SELECT step, attempt, status, cache_hit FROM step_runs"
+        " WHERE job_id = 'first' ORDER BY seq",
+    )
     assert runs == [
-        ("architect", 1, "succeeded", 0), ("flaky", 1, "failed", 0), ("builder", 1, "succeeded", 0),
-        ("qa", 1, "succeeded", 0), ("architect", None, "skipped", None),
-        ("builder", None, "skipped", None), ("qa", None, "skipped", None),
+        ("architect", 1, "succeeded", 0),
+        ("flaky", 1, "failed", 0),
+        ("builder", 1, "succeeded", 0),
+        ("qa", 1, "succeeded", 0),
+        ("architect", None, "skipped", None),
+        ("builder", None, "skipped", None),
+        ("qa", None, "skipped", None),
         ("flaky", 2, "succeeded", 0),
-    ]  # fmt: skip
+    ]
     files = rows(v1, "SELECT job_id, path, wrote, reason FROM file_writes ORDER BY seq")
     assert [f[1] for f in files] == ["app.py", "tests/test_app.py", "README.md"] * 2
-    stats = rows(v1, "SELECT provider, model, hits, misses, tokens_saved FROM cache_stats"
-                     " ORDER BY provider")  # fmt: skip
+    stats = rows(
+        v1, "SELECT provider, model, hits, misses, tokens_saved FROM cache_stats ORDER BY provider"
+    )
     assert stats == [("broken", "offline-flaky", 0, 3, 0), ("local", "offline-1", 3, 3, 530)]
 
 

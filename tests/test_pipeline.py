@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from executor.pipeline import PipelineError, parse_pipeline, topological_order
+from steplog.executor.pipeline import PipelineError, parse_pipeline, topological_order
 
 GOOD = textwrap.dedent(
     """\
@@ -125,7 +125,7 @@ def test_topological_order_handles_long_chains_without_recursion():
 
 
 def test_sandbox_refuses_template_injection():
-    from executor.templates import TemplateProblem, render
+    from steplog.executor.templates import TemplateProblem, render
 
     with pytest.raises(TemplateProblem):
         render("{{ ''.__class__.__mro__ }}", {"inputs": {}, "steps": {}}, where="t")

@@ -47,8 +47,11 @@ def test_plan_names_the_changed_option_and_the_run_records_the_same(tmp_path):
 
     first = _plan(db, str(pipeline))
     assert [(s["step"], s["action"]) for s in first["steps"]] == [
-        ("architect", "miss"), ("builder", "depends"), ("docs", "depends"), ("qa", "depends"),
-    ]  # fmt: skip
+        ("architect", "miss"),
+        ("builder", "depends"),
+        ("docs", "depends"),
+        ("qa", "depends"),
+    ]
     assert first["steps"][0]["reason"] == "first run of this step"
     assert first["steps"][1]["reason"] == "depends on architect (will be re-run)"
     assert steplog(db, "run", str(pipeline), "--job-id", "one", env=env).code == 0
@@ -85,9 +88,10 @@ def test_plan_names_the_changed_option_and_the_run_records_the_same(tmp_path):
     assert miss["detail"]["provider"]["options"] == {"temperature": 0.7}
     # the manual's recipe answers "why did this step call the model again?"
     why = db_rows(
-        db, "SELECT step, json_extract(data, '$.reason') FROM events"
+        db,
+        "SELECT step, json_extract(data, '$.reason') FROM events"
         " WHERE job_id = 'three' AND type = 'cache.miss' ORDER BY seq",
-    )  # fmt: skip
+    )
     assert why[0] == ("architect", "options.temperature 0 → 0.7")
     assert why[1][0] == "builder"
     assert why[1][1].startswith("options.temperature 0 → 0.7; upstream architect output changed (")
@@ -100,8 +104,11 @@ def test_an_edited_downstream_prompt_is_the_only_call(tmp_path):
     pipeline.write_text(EXAMPLE.read_text().replace(QA_PROMPT, QA_PROMPT + " Be brief."))
     plan = _plan(db, str(pipeline))
     assert {s["step"]: s["action"] for s in plan["steps"]} == {
-        "architect": "hit", "builder": "hit", "docs": "hit", "qa": "miss",
-    }  # fmt: skip
+        "architect": "hit",
+        "builder": "hit",
+        "docs": "hit",
+        "qa": "miss",
+    }
     qa = plan["steps"][3]
     assert [(c["part"], c["name"]) for c in qa["changed"]] == [("template", "prompt")]
     assert qa["reason"].startswith("prompt template changed (")
@@ -120,8 +127,11 @@ def test_plan_for_resuming_a_failed_job_after_the_fix(tmp_path):
     plan = _plan(db, str(pipeline), "--job", "job")
     assert plan["job"] == "job"
     assert {s["step"]: s["action"] for s in plan["steps"]} == {
-        "architect": "skip", "builder": "skip", "docs": "miss", "qa": "skip",
-    }  # fmt: skip
+        "architect": "skip",
+        "builder": "skip",
+        "docs": "miss",
+        "qa": "skip",
+    }
     assert plan["steps"][2]["reason"] == "options.fail true → (unset)"
     assert event_count(db) == before
     assert steplog(db, "resume", "job").code == 0

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from commands.replay import BadPoint, replay
-from eventstore.events import (
+from steplog.commands.replay import BadPoint, replay
+from steplog.eventstore.events import (
     JobCancelled,
     JobCreated,
     JobStarted,
@@ -25,11 +25,11 @@ from eventstore.events import (
     Owner,
     StepStarted,
 )
-from eventstore.record import StoredEvent
-from eventstore.sqlite import SQLiteEventStore
-from projections import cache, manifest
-from projections.cache import CACHE_EVENT_TYPES
-from projections.tables import (
+from steplog.eventstore.record import StoredEvent
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.projections import cache, manifest
+from steplog.projections.cache import CACHE_EVENT_TYPES
+from steplog.projections.tables import (
     PROJECTORS,
     apply_job_row,
     read_cache_table,
@@ -49,9 +49,14 @@ OWNER = Owner(pid=1, host="h", started="1")
 
 def _created() -> NewEvent:
     return NewEvent.of(
-        JobCreated(pipeline="p", pipeline_fingerprint="f", pipeline_sha256="0" * 64,
-                   steps={"a": []}, workspace="/ws")
-    )  # fmt: skip
+        JobCreated(
+            pipeline="p",
+            pipeline_fingerprint="f",
+            pipeline_sha256="0" * 64,
+            steps={"a": []},
+            workspace="/ws",
+        )
+    )
 
 
 def fold_manifest(job: str, events) -> dict:

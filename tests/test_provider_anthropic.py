@@ -7,10 +7,10 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from providers.anthropic import AnthropicProvider, _Stream
-from providers.base import LLMResult, ProviderError, ProviderHTTPError, ProviderStreamError
-from providers.config import ProviderConfig
-from providers.http import ErrorInAnswer
+from steplog.providers.anthropic import AnthropicProvider, _Stream
+from steplog.providers.base import LLMResult, ProviderError, ProviderHTTPError, ProviderStreamError
+from steplog.providers.config import ProviderConfig
+from steplog.providers.http import ErrorInAnswer
 from tests.fake_llm_server import FakeLLMServer
 from tests.provider_cases import ANTHROPIC, call, streaming
 
@@ -68,12 +68,21 @@ def test_max_tokens_stop_is_the_truncation_stop(server, stream: bool) -> None:
 
 
 def test_several_text_blocks_are_joined_and_other_blocks_ignored(server) -> None:
-    answer = {"model": "claude-x", "stop_reason": "end_turn", "usage": {"input_tokens": 9, "output_tokens": 2},
-              "content": [{"type": "thinking", "thinking": "hmm"}, {"type": "text", "text": "a"},
-                          {"type": "text", "text": "b"}]}  # fmt: skip
+    answer = {
+        "model": "claude-x",
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 9, "output_tokens": 2},
+        "content": [
+            {"type": "thinking", "thinking": "hmm"},
+            {"type": "text", "text": "a"},
+            {"type": "text", "text": "b"},
+        ],
+    }
     server.faults.append(("json", answer))
     result = call(ANTHROPIC.config(server), ANTHROPIC.request())
-    assert result == LLMResult(text="ab", model="claude-x", tokens_in=9, tokens_out=2, finish_reason="end_turn")
+    assert result == LLMResult(
+        text="ab", model="claude-x", tokens_in=9, tokens_out=2, finish_reason="end_turn"
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,18 +100,42 @@ def test_an_error_event_is_retryable_when_its_type_is_transient(kind: str, retry
 def test_the_stream_fold_reads_usage_from_start_and_delta() -> None:
     state = _Stream()
     events = [
-        ("message_start", '{"type":"message_start","message":{"model":"c","usage":{"input_tokens":12,"output_tokens":1}}}'),
+        (
+            "message_start",
+            '{"type":"message_start","message":{"model":"c","usage":{"input_tokens":12,"output_tokens":1}}}',
+        ),
         ("ping", '{"type":"ping"}'),
-        ("content_block_delta", '{"type":"content_block_delta","delta":{"type":"text_delta","text":"x"}}'),
-        ("content_block_delta", '{"type":"content_block_delta","delta":{"type":"input_json_delta","partial_json":"{"}}'),
-        ("message_delta", '{"type":"message_delta","delta":{"stop_reason":"stop_sequence"},"usage":{"output_tokens":5}}'),
+        (
+            "content_block_delta",
+            '{"type":"content_block_delta","delta":{"type":"text_delta","text":"x"}}',
+        ),
+        (
+            "content_block_delta",
+            '{"type":"content_block_delta","delta":{"type":"input_json_delta","partial_json":"{"}}',
+        ),
+        (
+            "message_delta",
+            '{"type":"message_delta","delta":{"stop_reason":"stop_sequence"},"usage":{"output_tokens":5}}',
+        ),
         ("message_stop", '{"type":"message_stop"}'),
-    ]  # fmt: skip
+    ]
     for event, data in events:
         state.feed(event, data)
-    assert (state.parts.text(), state.model, state.tokens_in, state.tokens_out, state.stop, state.done) == (
-        "x", "c", 12, 5, "stop_sequence", True,
-    )  # fmt: skip
+    assert (
+        state.parts.text(),
+        state.model,
+        state.tokens_in,
+        state.tokens_out,
+        state.stop,
+        state.done,
+    ) == (
+        "x",
+        "c",
+        12,
+        5,
+        "stop_sequence",
+        True,
+    )
 
 
 @streaming
@@ -133,7 +166,9 @@ def test_a_base_url_is_required_and_must_be_http() -> None:
         anyio.run(build, "file:///etc")
 
 
-@pytest.mark.parametrize(("key", "value"), [("keep_alive", "5m"), ("organization", "o"), ("json_mode", True)])
+@pytest.mark.parametrize(
+    ("key", "value"), [("keep_alive", "5m"), ("organization", "o"), ("json_mode", True)]
+)
 def test_keys_of_other_kinds_are_refused(key: str, value: object) -> None:
     with pytest.raises(ValidationError, match=f"{key} applies to kind"):
         ProviderConfig(kind="anthropic", base_url="http://127.0.0.1:1", **{key: value})

@@ -7,8 +7,13 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from providers.base import LLMResult, ProviderBadResponse, ProviderError, ProviderStreamError
-from providers.config import ProviderConfig
+from steplog.providers.base import (
+    LLMResult,
+    ProviderBadResponse,
+    ProviderError,
+    ProviderStreamError,
+)
+from steplog.providers.config import ProviderConfig
 from tests.fake_llm_server import FakeLLMServer
 from tests.provider_cases import OLLAMA, call, check, streaming
 
@@ -22,7 +27,9 @@ def server():
 @streaming
 def test_the_body_is_ollamas_chat(server, stream: bool) -> None:
     config = OLLAMA.config(server, stream=stream, keep_alive="10m", options={"num_ctx": 8192})
-    request = OLLAMA.request(system="be brief", options={"temperature": 0, "seed": 7}, output="json")
+    request = OLLAMA.request(
+        system="be brief", options={"temperature": 0, "seed": 7}, output="json"
+    )
     result = call(config, request)
     [sent] = server.calls
     assert sent["path"] == "/api/chat"
@@ -58,8 +65,14 @@ def test_keep_alive_may_be_a_number(server) -> None:
 
 @streaming
 def test_tokens_and_done_reason_come_from_the_final_object(server, stream: bool) -> None:
-    final = {"model": "served", "message": {"role": "assistant", "content": "hi"}, "done": True,
-             "done_reason": "length", "prompt_eval_count": 11, "eval_count": 3}  # fmt: skip
+    final = {
+        "model": "served",
+        "message": {"role": "assistant", "content": "hi"},
+        "done": True,
+        "done_reason": "length",
+        "prompt_eval_count": 11,
+        "eval_count": 3,
+    }
     if stream:
         server.faults.append(("truncated", "hi"))
         result = call(OLLAMA.config(server, stream=True), OLLAMA.request())
@@ -67,11 +80,15 @@ def test_tokens_and_done_reason_come_from_the_final_object(server, stream: bool)
         return
     server.faults.append(("json", final))
     result = call(OLLAMA.config(server), OLLAMA.request())
-    assert result == LLMResult(text="hi", model="served", tokens_in=11, tokens_out=3, finish_reason="length")
+    assert result == LLMResult(
+        text="hi", model="served", tokens_in=11, tokens_out=3, finish_reason="length"
+    )
 
 
 @streaming
-def test_an_error_object_in_a_200_is_an_error_naming_the_servers_words(server, stream: bool) -> None:
+def test_an_error_object_in_a_200_is_an_error_naming_the_servers_words(
+    server, stream: bool
+) -> None:
     server.faults.append(("stream_error", "model runner has unexpectedly stopped"))
     with pytest.raises(ProviderStreamError, match="model runner has unexpectedly stopped") as info:
         call(OLLAMA.config(server, stream=stream), OLLAMA.request())

@@ -17,7 +17,7 @@ import anyio
 import httpx
 import pytest
 
-from providers.base import (
+from steplog.providers.base import (
     LLMRequest,
     LLMResult,
     ProviderBadResponse,
@@ -25,9 +25,9 @@ from providers.base import (
     ProviderHTTPError,
     ProviderUnavailable,
 )
-from providers.config import ProviderConfig
-from providers.http import parse_retry_after, public_url
-from providers.openai import OpenAIProvider
+from steplog.providers.config import ProviderConfig
+from steplog.providers.http import parse_retry_after, public_url
+from steplog.providers.openai import OpenAIProvider
 from tests.fake_llm_server import FakeLLMServer, closed_port
 
 KEY = "sk-test-very-secret-123"
@@ -422,7 +422,7 @@ def test_an_error_object_in_a_200_body_is_an_error(server):
 
 @pytest.mark.parametrize("key", ["keep_alive", "anthropic_version"])
 def test_keys_of_other_kinds_are_refused_naming_the_key(key):
-    from executor.pipeline import PipelineError, parse_pipeline
+    from steplog.executor.pipeline import PipelineError, parse_pipeline
 
     text = f"""
 name = "p"
@@ -437,17 +437,31 @@ prompt = "hi"
     with pytest.raises(PipelineError) as info:
         parse_pipeline(text, "p.toml")
     assert f"{key} applies to kind" in str(info.value) and "remote" in str(info.value)
-    with pytest.raises(PipelineError, match=r"unknown key 'providers.remote.temperature' \(line 6\)"):
+    with pytest.raises(
+        PipelineError, match=r"unknown key 'providers.remote.temperature' \(line 6\)"
+    ):
         parse_pipeline(text.replace(f'{key} = "x"', "temperature = 0"), "p.toml")
 
 
 def test_cache_identity_ignores_everything_but_kind_model_and_options():
     plain = ProviderConfig(kind="openai", base_url="http://127.0.0.1:1/v1")
     dressed = ProviderConfig(
-        kind="openai", base_url="http://127.0.0.1:2/v1", api_key_env="K", timeout_s=5,
-        max_retries=9, stream=True, organization="o", project="p", json_mode=False,
-    )  # fmt: skip
-    assert plain.cache_identity("m", {"t": 0}) == dressed.cache_identity("m", {"t": 0}) == {
-        "kind": "openai", "model": "m", "options": {"t": 0},
-    }  # fmt: skip
-
+        kind="openai",
+        base_url="http://127.0.0.1:2/v1",
+        api_key_env="K",
+        timeout_s=5,
+        max_retries=9,
+        stream=True,
+        organization="o",
+        project="p",
+        json_mode=False,
+    )
+    assert (
+        plain.cache_identity("m", {"t": 0})
+        == dressed.cache_identity("m", {"t": 0})
+        == {
+            "kind": "openai",
+            "model": "m",
+            "options": {"t": 0},
+        }
+    )

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from commands.display import PlainDisplay
-from commands.jobs import RunCommand, execute, prepare_run
-from executor.pipeline import PipelineError, parse_pipeline
-from projections.store import open_store
-from tests.cli_helpers import steplog
+from steplog.commands.cli.display import PlainDisplay
+from steplog.commands.jobs import RunCommand, execute, prepare_run
+from steplog.executor.pipeline import PipelineError, parse_pipeline
+from steplog.projections.store import open_store
 from tests import fake_llm_server
+from tests.cli_helpers import steplog
 from tests.fake_llm_server import FakeLLMServer
 from tests.provider_cases import ANTHROPIC, Proto, by_kind, pipeline_toml, streaming
 
@@ -142,7 +142,12 @@ def test_an_unusable_answer_fails_fast_and_is_recorded(
 def test_streamed_runs_record_what_whole_runs_record(server, tmp_path, proto: Proto) -> None:
     base = proto.base_url(server)
     _, whole = run(tmp_path, pipeline_toml(proto, base), job="whole", db="whole.db")
-    _, streamed = run(tmp_path, pipeline_toml(proto, base, provider="stream = true"), job="streamed", db="streamed.db")
+    _, streamed = run(
+        tmp_path,
+        pipeline_toml(proto, base, provider="stream = true"),
+        job="streamed",
+        db="streamed.db",
+    )
 
     def answers(events):
         return [
@@ -152,14 +157,20 @@ def test_streamed_runs_record_what_whole_runs_record(server, tmp_path, proto: Pr
         ]
 
     assert answers(whole) == answers(streamed) and len(answers(whole)) == 2
-    assert all(tokens_in > 0 and tokens_out > 0 for _, _, tokens_in, tokens_out, _ in answers(whole))
-    outputs = [[d["output_sha256"] for t, _, d in ev if t == "step.succeeded"] for ev in (whole, streamed)]
+    assert all(
+        tokens_in > 0 and tokens_out > 0 for _, _, tokens_in, tokens_out, _ in answers(whole)
+    )
+    outputs = [
+        [d["output_sha256"] for t, _, d in ev if t == "step.succeeded"] for ev in (whole, streamed)
+    ]
     assert outputs[0] == outputs[1]
     assert [c["body"].get("stream") is True for c in server.calls] == [False, False, True, True]
 
 
 @by_kind
-def test_on_truncation_error_fails_the_step_without_retrying(server, tmp_path, proto: Proto) -> None:
+def test_on_truncation_error_fails_the_step_without_retrying(
+    server, tmp_path, proto: Proto
+) -> None:
     server.faults.append(("truncated", "an answer cut"))
     text = pipeline_toml(proto, proto.base_url(server)).replace(
         'prompt = "Write about', 'on_truncation = "error"\nprompt = "Write about'
@@ -224,7 +235,11 @@ def test_the_key_is_nowhere_but_in_the_header(server, tmp_path, proto: Proto) ->
     failed = steplog(db, "run", str(pipeline), "--job-id", "refused", "-i", "topic=coffee", env=env)
     assert failed.code == 1 and "HTTP 401" in failed.err and "[redacted]" in failed.err
     outputs = [ok.out, ok.err, failed.out, failed.err]
-    for args in (("events", "ok", "--json"), ("events", "refused", "--json"), ("status", "refused")):
+    for args in (
+        ("events", "ok", "--json"),
+        ("events", "refused", "--json"),
+        ("status", "refused"),
+    ):
         shown = steplog(db, *args, env=env)
         assert shown.code == 0, shown.err
         outputs += [shown.out, shown.err]
@@ -238,7 +253,11 @@ def test_the_key_is_nowhere_but_in_the_header(server, tmp_path, proto: Proto) ->
         mp.setenv("WIRE_TEST_KEY", secret)
         text = pipeline.read_text().replace('default = "tea"', 'default = "mate"')
         outcome, events = run(tmp_path, text, job="inproc", db="s.db", files=grabbed)
-    assert outcome.succeeded and [t for t, _, _ in events].count("llm.response") == 2 and len(grabbed["s.db-wal"]) > 0
+    assert (
+        outcome.succeeded
+        and [t for t, _, _ in events].count("llm.response") == 2
+        and len(grabbed["s.db-wal"]) > 0
+    )
     for name, content in grabbed.items():
         assert secret.encode() not in content, name
     files = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".toml"]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from providers.base import (
+from steplog.providers.base import (
     ProviderBadResponse,
     ProviderError,
     ProviderHTTPError,
@@ -20,7 +20,7 @@ from providers.base import (
     ProviderTruncated,
     ProviderUnavailable,
 )
-from providers.http import SSEEvent, SSEParser, error_message
+from steplog.providers.http import SSEEvent, SSEParser, error_message
 from tests.fake_llm_server import FakeLLMServer
 from tests.provider_cases import (
     ANTHROPIC,
@@ -51,7 +51,13 @@ def _fresh(server):
 
 # fault -> (expected class, retryable, text the message must contain)
 FAULTS: list[tuple[str, tuple, type[ProviderError], bool, str]] = [
-    ("429", ("status", 429, None, {"Retry-After": "1"}), ProviderHTTPError, True, "HTTP 429: injected 429"),
+    (
+        "429",
+        ("status", 429, None, {"Retry-After": "1"}),
+        ProviderHTTPError,
+        True,
+        "HTTP 429: injected 429",
+    ),
     ("500", ("status", 500, None, {}), ProviderHTTPError, True, "HTTP 500: injected 500"),
     ("503", ("status", 503, None, {}), ProviderHTTPError, True, "HTTP 503"),
     ("529", ("status", 529, None, {}), ProviderHTTPError, True, "HTTP 529"),
@@ -61,7 +67,7 @@ FAULTS: list[tuple[str, tuple, type[ProviderError], bool, str]] = [
     ("drop", ("drop",), ProviderUnavailable, True, "RemoteProtocolError"),
     ("malformed", ("garbage",), ProviderBadResponse, False, "not JSON"),
     ("empty", ("empty",), ProviderBadResponse, False, ""),
-]  # fmt: skip
+]
 
 
 @by_kind
@@ -194,9 +200,12 @@ def _sse_lines(events: list[SSEEvent]) -> list[str]:
 
 
 _field_text = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"),
+    st.characters(
+        blacklist_categories=("Cs",),
+        blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029",
+    ),
     max_size=20,
-)  # fmt: skip
+)
 
 
 @settings(max_examples=60)

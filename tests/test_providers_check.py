@@ -22,9 +22,7 @@ def server():
 
 def write_pipeline(tmp_path: Path, providers: str) -> Path:
     path = tmp_path / "p.toml"
-    path.write_text(
-        f'name = "check"\n{providers}\n[steps.a]\nprovider = "local"\nprompt = "hi"\n'
-    )
+    path.write_text(f'name = "check"\n{providers}\n[steps.a]\nprovider = "local"\nprompt = "hi"\n')
     return path
 
 
@@ -56,14 +54,17 @@ options = {{ max_tokens = 100 }}
 def test_every_kind_reachable(server, tmp_path) -> None:
     server.require_key = None
     pipeline = write_pipeline(tmp_path, all_kinds(server))
-    result = steplog(tmp_path / "s.db", "providers", "check", str(pipeline), "--json",
-                     env={"CHECK_KEY": KEY})  # fmt: skip
+    result = steplog(
+        tmp_path / "s.db", "providers", "check", str(pipeline), "--json", env={"CHECK_KEY": KEY}
+    )
     assert result.code == 0, result.err
     rows = json.loads(result.out)
     assert [(r["provider"], r["kind"], r["ok"]) for r in rows] == [
-        ("local", "offline", True), ("gpt", "openai", True),
-        ("llama", "ollama", True), ("claude", "anthropic", True),
-    ]  # fmt: skip
+        ("local", "offline", True),
+        ("gpt", "openai", True),
+        ("llama", "ollama", True),
+        ("claude", "anthropic", True),
+    ]
     assert rows[1]["url"] == server.url and rows[2]["url"] == server.base
     assert rows[1]["detail"] == "3 models; gpt-x listed"
     assert rows[2]["detail"] == "3 models; llama3.2 is pulled"
@@ -75,8 +76,9 @@ def test_every_kind_reachable(server, tmp_path) -> None:
 def test_a_refused_key_names_provider_url_status_and_message(server, tmp_path) -> None:
     server.require_key = "sk-the-right-one"
     pipeline = write_pipeline(tmp_path, all_kinds(server))
-    result = steplog(tmp_path / "s.db", "providers", "check", str(pipeline), "--json",
-                     env={"CHECK_KEY": KEY})  # fmt: skip
+    result = steplog(
+        tmp_path / "s.db", "providers", "check", str(pipeline), "--json", env={"CHECK_KEY": KEY}
+    )
     server.require_key = None
     assert result.code == 1, result.err
     rows = {r["provider"]: r for r in json.loads(result.out)}
@@ -84,7 +86,9 @@ def test_a_refused_key_names_provider_url_status_and_message(server, tmp_path) -
     assert rows["gpt"]["detail"] == (
         f"provider 'gpt': {server.url}/models: HTTP 401: Incorrect API key provided: [redacted]"
     )
-    assert rows["claude"]["detail"].startswith(f"provider 'claude': {server.base}/v1/models: HTTP 401")
+    assert rows["claude"]["detail"].startswith(
+        f"provider 'claude': {server.base}/v1/models: HTTP 401"
+    )
     assert KEY not in result.out + result.err
 
 
@@ -112,8 +116,9 @@ base_url = "{server.base}"
 model = "mistral"
 """
     pipeline = write_pipeline(tmp_path, providers)
-    result = steplog(tmp_path / "s.db", "providers", "check", str(pipeline),
-                     env={"CHECK_PROXY_PW": "hunter2pw"})  # fmt: skip
+    result = steplog(
+        tmp_path / "s.db", "providers", "check", str(pipeline), env={"CHECK_PROXY_PW": "hunter2pw"}
+    )
     assert result.code == 1, result.err
     assert "Traceback" not in result.err and result.err == ""
     lines = {line.split("│")[1].strip(): line for line in result.out.splitlines() if "│" in line}

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
-from commands.cli import cli
+from steplog.commands.cli import cli
 from tests.audit_fixture import Event, build_audit_db, raw_events
 from tests.cli_helpers import ROOT
 
@@ -68,7 +68,9 @@ def _tokens_per_step(fx: Fixture, rows: list[tuple]) -> None:
     assert {r[0]: r[1:] for r in rows} == {
         s: (calls[s], tin[s], tout[s], tin[s] + tout[s]) for s in calls
     }
-    assert calls["flaky"] == 5 and [r[4] for r in rows] == sorted((r[4] for r in rows), reverse=True)
+    assert calls["flaky"] == 5 and [r[4] for r in rows] == sorted(
+        (r[4] for r in rows), reverse=True
+    )
 
 
 def _files(fx: Fixture, rows: list[tuple]) -> None:
@@ -76,8 +78,12 @@ def _files(fx: Fixture, rows: list[tuple]) -> None:
     for step, path, sha, wrote, reason, size in rows:
         content = (fx.root / "runs" / "first" / path).read_bytes()
         assert (step, sha, wrote, reason, size) == (
-            "builder", hashlib.sha256(content).hexdigest(), 1, "created", len(content)
-        )  # fmt: skip
+            "builder",
+            hashlib.sha256(content).hexdigest(),
+            1,
+            "created",
+            len(content),
+        )
 
 
 def _failed_steps(fx: Fixture, rows: list[tuple]) -> None:
@@ -87,8 +93,9 @@ def _failed_steps(fx: Fixture, rows: list[tuple]) -> None:
         for e in failed
     ]
     assert [(r[0], r[1], r[4]) for r in rows] == [
-        ("first", "flaky", "unavailable"), ("second", "flaky", "unavailable")
-    ]  # fmt: skip
+        ("first", "flaky", "unavailable"),
+        ("second", "flaky", "unavailable"),
+    ]
     assert all("told to fail" in r[5] for r in rows)
 
 
@@ -99,7 +106,10 @@ def _cache_saved(fx: Fixture, rows: list[tuple]) -> None:
         if e.step in ("architect", "builder", "qa")
     )
     assert paid > 0
-    assert rows == [("local", "offline-1", 3, 3, 0.5, paid), ("broken", "offline-flaky", 0, 3, 0.0, 0)]
+    assert rows == [
+        ("local", "offline-1", 3, 3, 0.5, paid),
+        ("broken", "offline-flaky", 0, 3, 0.0, 0),
+    ]
 
 
 def _retries(fx: Fixture, rows: list[tuple]) -> None:
@@ -113,6 +123,7 @@ def _slowest(fx: Fixture, rows: list[tuple]) -> None:
 
 def _cost(fx: Fixture, rows: list[tuple]) -> None:
     tokens = sum(e.data["tokens_in"] + e.data["tokens_out"] for e in fx.of("llm.response", "first"))
+
     def cost(job: str) -> float | None:
         costs = [e.data.get("cost") for e in fx.of("llm.response", job)]
         return None if all(c is None for c in costs) else sum(c or 0 for c in costs)
@@ -133,11 +144,15 @@ def _glance(fx: Fixture, rows: list[tuple]) -> None:
 
 def _timeline(fx: Fixture, rows: list[tuple]) -> None:
     assert [r[:3] + (r[5],) for r in rows] == [
-        ("architect", 1, "succeeded", 0), ("flaky", 1, "failed", 0), ("builder", 1, "succeeded", 0),
-        ("qa", 1, "succeeded", 0), ("architect", None, "skipped", None),
-        ("builder", None, "skipped", None), ("qa", None, "skipped", None),
+        ("architect", 1, "succeeded", 0),
+        ("flaky", 1, "failed", 0),
+        ("builder", 1, "succeeded", 0),
+        ("qa", 1, "succeeded", 0),
+        ("architect", None, "skipped", None),
+        ("builder", None, "skipped", None),
+        ("qa", None, "skipped", None),
         ("flaky", 2, "succeeded", 0),
-    ]  # fmt: skip
+    ]
 
 
 def _reused(fx: Fixture, rows: list[tuple]) -> None:
@@ -159,8 +174,9 @@ def _prompt_answer(fx: Fixture, rows: list[tuple]) -> None:
 def _statuses(fx: Fixture, rows: list[tuple]) -> None:
     last = {e.job_id: e.version for e in fx.events}
     assert [(r[0], r[2], r[5]) for r in rows] == [
-        ("first", "succeeded", last["first"]), ("second", "failed", last["second"])
-    ]  # fmt: skip
+        ("first", "succeeded", last["first"]),
+        ("second", "failed", last["second"]),
+    ]
 
 
 def _why_again(fx: Fixture, rows: list[tuple]) -> None:
@@ -175,8 +191,7 @@ def _why_again(fx: Fixture, rows: list[tuple]) -> None:
 
 EXPECTED: dict[str, Callable[[Fixture, list[tuple]], Any]] = {
     "Which jobs called a given model in the last 7 days": _model_jobs,
-    "Tokens per step across all jobs (a fork's copied calls counted once, in their source)":
-        _tokens_per_step,
+    "Tokens per step across all jobs (a fork's copied calls counted once, in their source)": _tokens_per_step,
     "Every file a job wrote, with its hash": _files,
     "Which steps failed, and why": _failed_steps,
     "How much the cache saved, per provider and model": _cache_saved,
@@ -219,19 +234,22 @@ def test_every_cli_verb_has_help_with_an_example_and_a_readme_section():
 
 def test_every_provider_key_is_in_the_providers_key_table():
     """One table documents a provider's keys; a key added to ProviderConfig must appear there."""
-    from providers.config import ProviderConfig
+    from steplog.providers.config import ProviderConfig
 
     start = README.index("Every key of a provider table:")
     table = README[start : README.index("\n\n", README.index("| key |", start))]
-    documented = set(re.findall(r"`(\w+)`", "\n".join(line.split("|")[1] for line in
-                                                       table.splitlines()[3:])))  # fmt: skip
-    assert set(ProviderConfig.model_fields) <= documented, set(ProviderConfig.model_fields) - documented
+    documented = set(
+        re.findall(r"`(\w+)`", "\n".join(line.split("|")[1] for line in table.splitlines()[3:]))
+    )
+    assert set(ProviderConfig.model_fields) <= documented, (
+        set(ProviderConfig.model_fields) - documented
+    )
 
 
 def test_the_events_table_lists_the_fields_of_every_provider_and_reliability_event():
     """What the README says llm.*, step.retrying/waiting, budget and provider.* events carry is
     exactly what their models define."""
-    from eventstore.events import EVENT_TYPES
+    from steplog.eventstore.events import EVENT_TYPES
 
     rows = {}
     for line in README[README.index("## Events") : README.index("## The cache")].splitlines():
@@ -239,9 +257,16 @@ def test_the_events_table_lists_the_fields_of_every_provider_and_reliability_eve
         if len(cells) > 3 and cells[1].strip().startswith("`"):
             for name in re.findall(r"`([a-z_.]+)`", cells[1]):
                 rows[name] = cells[2]
-    for type_ in ("llm.request", "llm.response", "step.retrying", "step.waiting",
-                  "budget.exceeded", "provider.circuit_opened", "provider.circuit_half_open",
-                  "provider.circuit_closed"):  # fmt: skip
+    for type_ in (
+        "llm.request",
+        "llm.response",
+        "step.retrying",
+        "step.waiting",
+        "budget.exceeded",
+        "provider.circuit_opened",
+        "provider.circuit_half_open",
+        "provider.circuit_closed",
+    ):
         # a field is named in backticks, before any parenthesis that explains it
         named = set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", rows[type_])))
         assert named == set(EVENT_TYPES[type_].model_fields), type_
@@ -257,7 +282,7 @@ VIEWS = ("llm_calls", "step_runs", "file_writes", "cache_stats", "job_summary")
 def test_the_readme_documents_every_column_of_every_view():
     """Each view's columns (as schema.sql defines them) are named in its README paragraph, and
     the README names no column the view lacks, so the manual cannot drift from the schema."""
-    from eventstore.sqlite import SCHEMA_PATH, schema_statements
+    from steplog.eventstore.sqlite import SCHEMA_PATH, schema_statements
 
     mem = sqlite3.connect(":memory:")
     for statement in schema_statements(SCHEMA_PATH.read_text()):
@@ -289,7 +314,8 @@ def test_every_test_the_readme_cites_exists():
         if path not in names:
             tree = ast.parse((ROOT / path).read_text())
             names[path] = {
-                node.name for node in ast.walk(tree)
+                node.name
+                for node in ast.walk(tree)
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-            }  # fmt: skip
+            }
         assert test in names[path], f"README cites {path}::{test}, which does not exist"

@@ -9,25 +9,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstore.events import (
+from steplog.eventstore.events import (
     CircuitClosed,
     CircuitHalfOpen,
     CircuitOpened,
     LLMResponded,
     NewEvent,
 )
-from executor import budget
-from executor.budget import Budget, Price, Spend
-from executor.pipeline import PipelineError, parse_pipeline
-from projections import breaker as breaker_fold
-from projections.breaker import iso
-from projections.tables import read_breakers_table, rebuild
-from providers import breaker
-from providers.backoff import RETRY_AFTER_CAP_S, RetryPolicy
-from providers.base import ProviderBadResponse, ProviderHTTPError, ProviderUnavailable
-from providers.breaker import BreakerPolicy, BreakerState, CircuitOpen, endpoint_of
-from providers.http import parse_retry_after
-from providers.ratelimit import RateState, reserve
+from steplog.executor import budget
+from steplog.executor.budget import Budget, Price, Spend
+from steplog.executor.pipeline import PipelineError, parse_pipeline
+from steplog.projections import breaker as breaker_fold
+from steplog.projections.breaker import iso
+from steplog.projections.tables import read_breakers_table, rebuild
+from steplog.providers import breaker
+from steplog.providers.backoff import RETRY_AFTER_CAP_S, RetryPolicy
+from steplog.providers.base import ProviderBadResponse, ProviderHTTPError, ProviderUnavailable
+from steplog.providers.breaker import BreakerPolicy, BreakerState, CircuitOpen, endpoint_of
+from steplog.providers.http import parse_retry_after
+from steplog.providers.ratelimit import RateState, reserve
 from tests.strategies import fresh_store
 
 # -- retry policy ---------------------------------------------------------------------------------
@@ -35,11 +35,13 @@ from tests.strategies import fresh_store
 
 @settings(max_examples=200)
 @given(
-    base=st.floats(0, 10), cap=st.floats(0, 100), ra_cap=st.floats(0, 300),
+    base=st.floats(0, 10),
+    cap=st.floats(0, 100),
+    ra_cap=st.floats(0, 300),
     attempt=st.integers(1, 10_000),
     retry_after=st.none() | st.floats(allow_nan=True, allow_infinity=True),
     seed=st.integers(0, 2**32),
-)  # fmt: skip
+)
 def test_the_delay_always_stays_within_its_bounds(base, cap, ra_cap, attempt, retry_after, seed):
     policy = RetryPolicy(base_s=base, cap_s=cap, retry_after_cap_s=ra_cap)
     delay = policy.delay(attempt, retry_after, random.Random(seed))
@@ -168,12 +170,19 @@ def breaker_events(draw: st.DrawFn) -> list[NewEvent]:
         when = iso(draw(st.floats(0, 2e9)))
         if kind in ("ok", "fail"):
             data = LLMResponded(
-                provider="p", model="m", duration_s=0.1, success=kind == "ok", attempt=1,
-                cache_key="k", endpoint=endpoint, retryable=draw(st.none() | st.booleans()),
-            )  # fmt: skip
+                provider="p",
+                model="m",
+                duration_s=0.1,
+                success=kind == "ok",
+                attempt=1,
+                cache_key="k",
+                endpoint=endpoint,
+                retryable=draw(st.none() | st.booleans()),
+            )
         elif kind == "open":
-            data = CircuitOpened(provider="p", failures=draw(st.integers(1, 9)), retry_at=when,
-                                 endpoint=endpoint)  # fmt: skip
+            data = CircuitOpened(
+                provider="p", failures=draw(st.integers(1, 9)), retry_at=when, endpoint=endpoint
+            )
         elif kind == "half" and endpoint:
             data = CircuitHalfOpen(provider="p", endpoint=endpoint, failures=3, probe_until=when)
         else:
@@ -200,13 +209,29 @@ def test_the_breakers_table_equals_the_fold_for_any_event_sequence(batches):
 def test_the_fold_counts_only_retryable_failures_and_follows_transitions():
     with fresh_store() as store:
         e = ENDPOINTS[0]
-        fail = LLMResponded(provider="p", model="m", duration_s=0, success=False, attempt=1,
-                            cache_key="k", endpoint=e, retryable=True)  # fmt: skip
+        fail = LLMResponded(
+            provider="p",
+            model="m",
+            duration_s=0,
+            success=False,
+            attempt=1,
+            cache_key="k",
+            endpoint=e,
+            retryable=True,
+        )
         bad = fail.model_copy(update={"retryable": False})
         store.append("j", [NewEvent.of(fail), NewEvent.of(fail), NewEvent.of(bad)])
         assert read_breakers_table(store.conn)[e].failures == 2
-        store.append("j", [NewEvent.of(CircuitOpened(provider="p", failures=2,
-                                                     retry_at="2030-01-01T00:00:00Z", endpoint=e))])  # fmt: skip
+        store.append(
+            "j",
+            [
+                NewEvent.of(
+                    CircuitOpened(
+                        provider="p", failures=2, retry_at="2030-01-01T00:00:00Z", endpoint=e
+                    )
+                )
+            ],
+        )
         row = read_breakers_table(store.conn)[e]
         assert row.status == "open" and row.until == breaker_fold.epoch("2030-01-01T00:00:00Z")
         store.append("j", [NewEvent.of(CircuitClosed(provider="p", endpoint=e))])
@@ -272,7 +297,9 @@ prompt = "hi"
 def test_max_cost_with_an_unpriced_model_is_a_load_time_error_naming_it():
     with pytest.raises(PipelineError, match="'big-model'.*prices"):
         parse_pipeline(PRICED)
-    ok = parse_pipeline(PRICED + '[prices."big-model"]\ninput_per_mtok = 3.0\noutput_per_mtok = 15.0\n')
+    ok = parse_pipeline(
+        PRICED + '[prices."big-model"]\ninput_per_mtok = 3.0\noutput_per_mtok = 15.0\n'
+    )
     assert ok.spec.prices["big-model"].output_per_mtok == 15.0
     with pytest.raises(PipelineError, match="unknown key 'budget.max_dollars'"):
         parse_pipeline(PRICED.replace("max_cost", "max_dollars"))
@@ -281,15 +308,23 @@ def test_max_cost_with_an_unpriced_model_is_a_load_time_error_naming_it():
 def test_a_schema_1_database_gets_the_breakers_table_by_its_migration(tmp_path):
     import shutil
 
-    from projections.store import open_store
+    from steplog.projections.store import open_store
     from tests.cli_helpers import ROOT
 
     path = tmp_path / "old.db"
     shutil.copy(ROOT / "tests" / "data" / "schema_v1.db", path)  # written before breakers existed
     store = open_store(path)
     try:
-        fail = LLMResponded(provider="p", model="m", duration_s=0, success=False, attempt=1,
-                            cache_key="k", endpoint=ENDPOINTS[0], retryable=True)  # fmt: skip
+        fail = LLMResponded(
+            provider="p",
+            model="m",
+            duration_s=0,
+            success=False,
+            attempt=1,
+            cache_key="k",
+            endpoint=ENDPOINTS[0],
+            retryable=True,
+        )
         store.append("j", [NewEvent.of(fail)])
         assert read_breakers_table(store.conn)[ENDPOINTS[0]].failures == 1
     finally:

@@ -23,12 +23,19 @@ def _refused(result, *needles: str) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ["status"], ["status", "j"], ["jobs"], ["events", "j"], ["events", "j", "--follow"],
-        ["audit", "j"], ["export", "j"], ["timeline", "j", "-o", "-"],
-        ["replay", "j", "--until", "1"], ["replay", "j", "--until", "1", "--fork", "k"],
+        ["status"],
+        ["status", "j"],
+        ["jobs"],
+        ["events", "j"],
+        ["events", "j", "--follow"],
+        ["audit", "j"],
+        ["export", "j"],
+        ["timeline", "j", "-o", "-"],
+        ["replay", "j", "--until", "1"],
+        ["replay", "j", "--until", "1", "--fork", "k"],
         ["resume", "j"],
     ],
-)  # fmt: skip
+)
 def test_a_verb_that_needs_a_job_creates_no_database_and_no_directory(tmp_path, args):
     """A typo in --db, or a directory not there yet: the verb says so; it used to leave an empty
     database (and its directory) behind while answering `unknown job`."""
@@ -65,8 +72,17 @@ def test_a_fork_into_a_workspace_under_a_file_is_refused_before_it_is_logged(tmp
     db = _seeded(tmp_path)
     (tmp_path / "afile").write_text("x")
     before = db_rows(db, "SELECT count(*) FROM events")
-    result = steplog(db, "replay", "seed", "--until", "5", "--fork", "f", "--workspace",
-                     str(tmp_path / "afile" / "ws"))  # fmt: skip
+    result = steplog(
+        db,
+        "replay",
+        "seed",
+        "--until",
+        "5",
+        "--fork",
+        "f",
+        "--workspace",
+        str(tmp_path / "afile" / "ws"),
+    )
     _refused(result, "workspace", "afile")
     assert db_rows(db, "SELECT count(*) FROM events") == before
 
@@ -78,9 +94,16 @@ def test_an_unwritable_workspace_is_refused_before_the_job_starts(tmp_path):
     locked.mkdir(mode=0o555)
     before = db_rows(db, "SELECT count(*) FROM events")
     result = steplog(
-        db, "run", str(EXAMPLE), "--job-id", "w", "--workspace", str(locked / "w"), "-q",
+        db,
+        "run",
+        str(EXAMPLE),
+        "--job-id",
+        "w",
+        "--workspace",
+        str(locked / "w"),
+        "-q",
         as_plain_user=True,
-    )  # fmt: skip
+    )
     _refused(result, "not writable")
     assert db_rows(db, "SELECT count(*) FROM events") == before
 
@@ -148,8 +171,11 @@ def test_a_malformed_base_url_is_refused_when_the_pipeline_loads(tmp_path, base_
     pipeline = _remote_pipeline(tmp_path, base_url)
     env = {"OPENAI_API_KEY": "sk-test-key", "PW": "pw-secret-1", "HOST": "127.0.0.1", "PORT": "9"}
     before = db_rows(db, "SELECT count(*) FROM events")
-    for args in (["run", str(pipeline), "-q"], ["plan", str(pipeline)],
-                 ["providers", "check", str(pipeline)]):  # fmt: skip
+    for args in (
+        ["run", str(pipeline), "-q"],
+        ["plan", str(pipeline)],
+        ["providers", "check", str(pipeline)],
+    ):
         result = steplog(db, *args, env=env)
         _refused(result, f"provider 'r': base_url {problem}")
         assert "pw-secret-1" not in result.err
@@ -160,8 +186,9 @@ def test_a_base_url_made_malformed_by_the_environment_is_refused_before_the_job_
     db = _seeded(tmp_path)
     pipeline = _remote_pipeline(tmp_path, "http://${HOST}:9/v1")
     before = db_rows(db, "SELECT count(*) FROM events")
-    result = steplog(db, "run", str(pipeline), "-q",
-                     env={"OPENAI_API_KEY": "sk-test-key", "HOST": "[::1-secret"})  # fmt: skip
+    result = steplog(
+        db, "run", str(pipeline), "-q", env={"OPENAI_API_KEY": "sk-test-key", "HOST": "[::1-secret"}
+    )
     _refused(result, "base_url, with HOST from the environment, is not a valid URL")
     assert "secret" not in result.err
     assert db_rows(db, "SELECT count(*) FROM events") == before
@@ -176,9 +203,13 @@ def test_output_to_a_full_disk_is_one_line(tmp_path, args):
     db = _seeded(tmp_path)
     with open("/dev/full", "w") as full:
         proc = subprocess.run(
-            [sys.executable, "-m", "commands.cli", "--db", str(db), *args],
-            stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, cwd=tmp_path,
-        )  # fmt: skip
+            [sys.executable, "-m", "steplog", "--db", str(db), *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == "error: cannot write: No space left on device\n"
 
@@ -187,9 +218,9 @@ def test_verify_accepts_two_refused_answers_for_one_key(tmp_path):
     """A step that could not use the provider's answer twice (two cache.invalidated, one key,
     two answers): verify compared cache_refused by cache_key alone, so the two rows collapsed
     and it reported drift (exit 1) on a sound database."""
-    from eventstore.events import CacheInvalidated, NewEvent
-    from eventstore.record import blob_sha256
-    from projections.store import open_store
+    from steplog.eventstore.events import CacheInvalidated, NewEvent
+    from steplog.eventstore.record import blob_sha256
+    from steplog.projections.store import open_store
 
     db = tmp_path / "r.db"
     answers = sorted((b"not json 1", b"not json 2"), key=blob_sha256, reverse=True)

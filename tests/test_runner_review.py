@@ -19,13 +19,22 @@ FAST = "backoff_base_s = 0.001\nbackoff_cap_s = 0.005\n"
 def one_step(tmp_path: Path, port: int, output: str = "text", provider: str = "") -> Path:
     path = tmp_path / "p.toml"
     path.write_text(
-        "\n".join([
-            'name = "review"', "[providers.remote]", 'kind = "openai"',
-            f'base_url = "http://127.0.0.1:{port}/v1"', 'model = "fake-model"', provider,
-            "[steps.a]", 'provider = "remote"', 'prompt = "Say something."',
-            f'output = "{output}"',
-        ]) + "\n"
-    )  # fmt: skip
+        "\n".join(
+            [
+                'name = "review"',
+                "[providers.remote]",
+                'kind = "openai"',
+                f'base_url = "http://127.0.0.1:{port}/v1"',
+                'model = "fake-model"',
+                provider,
+                "[steps.a]",
+                'provider = "remote"',
+                'prompt = "Say something."',
+                f'output = "{output}"',
+            ]
+        )
+        + "\n"
+    )
     return path
 
 
@@ -36,9 +45,15 @@ def types(db: Path, job: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "output, answer",
-    [("json", '{"score": NaN}'), ("json", '{"big": Infinity}'), ("json", "[" * 100_000),
-     ("files", "[" * 100_000), ("json", "1" * 5000), ("files", "1" * 5000)],
-)  # fmt: skip
+    [
+        ("json", '{"score": NaN}'),
+        ("json", '{"big": Infinity}'),
+        ("json", "[" * 100_000),
+        ("files", "[" * 100_000),
+        ("json", "1" * 5000),
+        ("files", "1" * 5000),
+    ],
+)
 def test_a_json_answer_python_reads_but_cannot_store_fails_the_step_and_keeps_the_answer(
     tmp_path, output, answer
 ):
@@ -51,13 +66,19 @@ def test_a_json_answer_python_reads_but_cannot_store_fails_the_step_and_keeps_th
     assert result.code == 1, result.err
     assert "Traceback" not in result.err
     assert types(db, "j")[-5:] == [
-        "llm.request", "llm.response", "cache.invalidated", "step.failed", "job.failed"
+        "llm.request",
+        "llm.response",
+        "cache.invalidated",
+        "step.failed",
+        "job.failed",
     ]
-    (error_type,) = db_rows(db, "SELECT json_extract(data, '$.error_type') FROM events"
-                                " WHERE type = 'step.failed'")[0]  # fmt: skip
+    (error_type,) = db_rows(
+        db, "SELECT json_extract(data, '$.error_type') FROM events WHERE type = 'step.failed'"
+    )[0]
     assert error_type == "bad_output"
-    (sha,) = db_rows(db, "SELECT json_extract(data, '$.response_sha256') FROM events"
-                         " WHERE type = 'llm.response'")[0]  # fmt: skip
+    (sha,) = db_rows(
+        db, "SELECT json_extract(data, '$.response_sha256') FROM events WHERE type = 'llm.response'"
+    )[0]
     assert db_rows(db, "SELECT count(*) FROM blobs WHERE sha256 = ?", (sha,)) == [(1,)]
 
 
@@ -68,27 +89,41 @@ def test_the_answer_that_closes_a_circuit_is_committed_before_the_circuit_closes
     with FakeLLMServer() as server:
         server.faults.append(("status", 503, None, {}))
         path = one_step(
-            tmp_path, server.port,
+            tmp_path,
+            server.port,
             provider=FAST + "max_retries = 0\nbreaker_failures = 1\nbreaker_cooldown_s = 600\n",
-        )  # fmt: skip
+        )
         assert steplog(db, "run", str(path), "--job-id", "first").code == 1
-        crashed = steplog(db, "run", str(path), "--job-id", "second", "--ignore-breaker",
-                          env={"STEPLOG_FAULT": "after:provider.circuit_closed"})  # fmt: skip
+        crashed = steplog(
+            db,
+            "run",
+            str(path),
+            "--job-id",
+            "second",
+            "--ignore-breaker",
+            env={"STEPLOG_FAULT": "after:provider.circuit_closed"},
+        )
         assert crashed.code != 0
     second = types(db, "second")
     assert "provider.circuit_closed" in second
     assert second.index("llm.response") < second.index("provider.circuit_closed")
-    (sha,) = db_rows(db, "SELECT json_extract(data, '$.response_sha256') FROM events"
-                         " WHERE type = 'llm.response' AND job_id = 'second'")[0]  # fmt: skip
+    (sha,) = db_rows(
+        db,
+        "SELECT json_extract(data, '$.response_sha256') FROM events"
+        " WHERE type = 'llm.response' AND job_id = 'second'",
+    )[0]
     assert db_rows(db, "SELECT count(*) FROM blobs WHERE sha256 = ?", (sha,)) == [(1,)]
 
 
 @pytest.mark.parametrize(
     "output, answer",
-    [("text", "half a pair: \ud800"), ("json", '{"a": "\\ud800"}'),
-     ("files", json.dumps({"files": [{"path": "a.txt", "content": "half a pair: \ud800"}]})),
-     ("files", json.dumps({"files": [{"path": "\ud800.txt", "content": "x"}]}))],
-)  # fmt: skip
+    [
+        ("text", "half a pair: \ud800"),
+        ("json", '{"a": "\\ud800"}'),
+        ("files", json.dumps({"files": [{"path": "a.txt", "content": "half a pair: \ud800"}]})),
+        ("files", json.dumps({"files": [{"path": "\ud800.txt", "content": "x"}]})),
+    ],
+)
 def test_an_answer_with_a_lone_surrogate_fails_the_step_not_the_run(tmp_path, output, answer):
     """JSON's \\ud800 escape decodes to a str UTF-8 cannot encode: the step fails with one
     error type, the job ends failed, no traceback."""
@@ -101,8 +136,9 @@ def test_an_answer_with_a_lone_surrogate_fails_the_step_not_the_run(tmp_path, ou
     seen = types(db, "j")
     assert seen[-2:] == ["step.failed", "job.failed"]
     assert seen.count("llm.response") == 1
-    (error_type,) = db_rows(db, "SELECT json_extract(data, '$.error_type') FROM events"
-                                " WHERE type = 'step.failed'")[0]  # fmt: skip
+    (error_type,) = db_rows(
+        db, "SELECT json_extract(data, '$.error_type') FROM events WHERE type = 'step.failed'"
+    )[0]
     assert error_type == ("bad_response" if output == "text" else "bad_output")
 
 
@@ -114,23 +150,41 @@ def test_a_truncated_answer_refused_by_on_truncation_still_counts_against_the_bu
         server.faults.append(("truncated", "one two three four five six seven eight nine ten"))
         path = tmp_path / "p.toml"
         path.write_text(
-            "\n".join([
-                'name = "review"', "[budget]", "max_tokens = 8", "[providers.remote]",
-                'kind = "openai"', f'base_url = "http://127.0.0.1:{server.port}/v1"',
-                'model = "fake-model"', "max_concurrency = 1",
-                "[steps.a]", 'provider = "remote"', 'prompt = "Step a."',
-                'on_truncation = "error"',
-                "[steps.b]", 'provider = "remote"', 'prompt = "Step b."',
-            ]) + "\n"
-        )  # fmt: skip
+            "\n".join(
+                [
+                    'name = "review"',
+                    "[budget]",
+                    "max_tokens = 8",
+                    "[providers.remote]",
+                    'kind = "openai"',
+                    f'base_url = "http://127.0.0.1:{server.port}/v1"',
+                    'model = "fake-model"',
+                    "max_concurrency = 1",
+                    "[steps.a]",
+                    'provider = "remote"',
+                    'prompt = "Step a."',
+                    'on_truncation = "error"',
+                    "[steps.b]",
+                    'provider = "remote"',
+                    'prompt = "Step b."',
+                ]
+            )
+            + "\n"
+        )
         result = steplog(db, "run", str(path), "--job-id", "j")
         assert result.code == 1, result.err
         assert sum(1 for c in server.calls if c["path"].endswith("/chat/completions")) == 1
-    (tokens_out,) = db_rows(db, "SELECT json_extract(data, '$.tokens_out') FROM events"
-                                " WHERE type = 'llm.response'")[0]  # fmt: skip
+    (tokens_out,) = db_rows(
+        db, "SELECT json_extract(data, '$.tokens_out') FROM events WHERE type = 'llm.response'"
+    )[0]
     assert tokens_out == 10
-    failed = dict(db_rows(db, "SELECT step, json_extract(data, '$.error_type') FROM events"
-                              " WHERE type = 'step.failed'"))  # fmt: skip
+    failed = dict(
+        db_rows(
+            db,
+            "SELECT step, json_extract(data, '$.error_type') FROM events"
+            " WHERE type = 'step.failed'",
+        )
+    )
     assert failed == {"a": "truncated", "b": "budget_exceeded"}
 
 
@@ -141,15 +195,21 @@ def test_the_half_open_probe_claim_follows_the_steps_start_in_the_log(tmp_path):
     with FakeLLMServer() as server:
         server.faults.append(("status", 503, None, {}))
         path = one_step(
-            tmp_path, server.port,
+            tmp_path,
+            server.port,
             provider=FAST + "max_retries = 0\nbreaker_failures = 1\nbreaker_cooldown_s = 0.001\n",
-        )  # fmt: skip
+        )
         assert steplog(db, "run", str(path), "--job-id", "first").code == 1
         result = steplog(db, "run", str(path), "--job-id", "second")
         assert result.code == 0, result.err
     assert types(db, "second")[:7] == [
-        "job.created", "job.started", "step.started", "cache.miss", "provider.circuit_half_open",
-        "llm.request", "llm.response",
+        "job.created",
+        "job.started",
+        "step.started",
+        "cache.miss",
+        "provider.circuit_half_open",
+        "llm.request",
+        "llm.response",
     ]
 
 
@@ -166,10 +226,14 @@ def test_a_template_that_raises_at_render_time_fails_its_step_not_the_run(tmp_pa
     result = steplog(db, "run", str(path), "--job-id", "j")
     assert result.code == 1, result.err
     assert "Traceback" not in result.err
-    outcomes = dict(db_rows(db, "SELECT step, type FROM events WHERE type IN"
-                                " ('step.failed', 'step.succeeded')"))  # fmt: skip
+    outcomes = dict(
+        db_rows(db, "SELECT step, type FROM events WHERE type IN ('step.failed', 'step.succeeded')")
+    )
     assert outcomes == {"a": "step.failed", "b": "step.succeeded"}
-    (error,) = db_rows(db, "SELECT json_extract(data, '$.error') FROM events"
-                           " WHERE type = 'step.failed' AND json_extract(data, '$.error_type')"
-                           " = 'template_error'")[0]  # fmt: skip
+    (error,) = db_rows(
+        db,
+        "SELECT json_extract(data, '$.error') FROM events"
+        " WHERE type = 'step.failed' AND json_extract(data, '$.error_type')"
+        " = 'template_error'",
+    )[0]
     assert "ZeroDivisionError" in error and "steps.a.prompt" in error

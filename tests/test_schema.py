@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from eventstore.record import DatabaseUnusable
-from eventstore.sqlite import APPLICATION_ID, SCHEMA_VERSION
-from projections.store import open_store
+from steplog.eventstore.record import DatabaseUnusable
+from steplog.eventstore.sqlite import APPLICATION_ID, SCHEMA_VERSION
+from steplog.projections.store import open_store
 from tests.cli_helpers import steplog
 
 
@@ -58,9 +58,14 @@ def truncated(path):
 
 @pytest.mark.parametrize(
     ("make", "message"),
-    [(newer, "newer steplog"), (foreign, "not a steplog database"), (other_app, "another application"),
-     (not_sqlite, "not a SQLite database"), (truncated, "cannot use database")],
-)  # fmt: skip
+    [
+        (newer, "newer steplog"),
+        (foreign, "not a steplog database"),
+        (other_app, "another application"),
+        (not_sqlite, "not a SQLite database"),
+        (truncated, "cannot use database"),
+    ],
+)
 def test_unusable_files_are_refused_and_left_intact(tmp_path, make, message):
     path = tmp_path / "s.db"
     make(path)

@@ -17,10 +17,10 @@ from typing import Iterator
 
 import pytest
 
-from commands import jobs
-from commands.jobs import Interrupted, RunCommand, execute, fold_job, prepare_run
-from eventstore.sqlite import SQLiteEventStore
-from projections.store import open_store
+from steplog.commands import jobs
+from steplog.commands.jobs import Interrupted, RunCommand, execute, fold_job, prepare_run
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.projections.store import open_store
 from tests.proc_pipelines import dag_pipeline
 
 
@@ -92,7 +92,7 @@ def test_ctrl_c_after_job_resumed_before_the_run_starts_is_one_line_and_resumabl
 ):
     """`resume` checks the workspace for hand-edited files after job.resumed is committed and
     before the run takes over the signals (a big workspace takes a while): Ctrl-C there."""
-    from commands import cli
+    from steplog.commands.cli import run as cli_run
     from tests.inprocess import steplog_here
 
     db = tmp_path / "s.db"
@@ -118,7 +118,7 @@ prompt = "B {{ steps.a.output }}"
         os.kill(os.getpid(), sig)
         return []
 
-    monkeypatch.setattr(cli.drift, "warnings", warnings_then_ctrl_c)
+    monkeypatch.setattr(cli_run.drift, "warnings", warnings_then_ctrl_c)
     try:
         stopped = steplog_here(db, "resume", "k")
     except KeyboardInterrupt:  # pragma: no cover - the bug this test is about, not pytest's
@@ -139,8 +139,8 @@ _SIGTERM_AFTER_THE_LOOP = """
 import os, signal, sys
 from contextlib import contextmanager
 from pathlib import Path
-from commands import jobs
-from projections.store import open_store
+from steplog.commands import jobs
+from steplog.projections.store import open_store
 
 @contextmanager
 def then_sigterm():
@@ -178,9 +178,12 @@ def test_sigterm_after_the_loop_closed_still_records_the_interruption(tmp_path):
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run(
         [sys.executable, str(script), str(db), str(path), str(tmp_path / "w")],
-        cwd=root, env={**env, "PYTHONPATH": str(root)}, capture_output=True, text=True,
+        cwd=root,
+        env={**env, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
         timeout=60,
-    )  # fmt: skip
+    )
     assert proc.returncode == 143, (proc.returncode, proc.stderr[-2000:])
     with open_store(db) as store:
         assert [ev.type for ev in store.read_job("j")][-1] == "job.interrupted"

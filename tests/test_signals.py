@@ -50,9 +50,9 @@ def _asked(server) -> int:  # type: ignore[no-untyped-def]
 
 
 def _count(db: Path, type_: str, step: str) -> int:
-    return db_rows(db, "SELECT count(*) FROM events WHERE type = ? AND step = ?", (type_, step))[
+    return db_rows(db, "SELECT count(*) FROM events WHERE type = ? AND step = ?", (type_, step))[0][
         0
-    ][0]
+    ]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -63,14 +63,22 @@ def test_calls_in_flight_finish_in_the_grace_period_and_are_not_asked_again(tmp_
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     path = dag_pipeline(
         tmp_path,
-        {"a": ([], 0), "b": (["a"], CALL_S), "c": (["a"], CALL_S), "d": (["a"], CALL_S),
-         "e": (["b", "c", "d"], 0)},
-    )  # fmt: skip
+        {
+            "a": ([], 0),
+            "b": (["a"], CALL_S),
+            "c": (["a"], CALL_S),
+            "d": (["a"], CALL_S),
+            "e": (["b", "c", "d"], 0),
+        },
+    )
     proc = _popen(db, "run", str(path), "--job-id", "j", env=env)
     err = StderrLines(proc)
     try:
-        _wait_for(db, "SELECT count(*) = 3 FROM events WHERE type = 'llm.request'"
-                      " AND step IN ('b', 'c', 'd')")  # fmt: skip
+        _wait_for(
+            db,
+            "SELECT count(*) = 3 FROM events WHERE type = 'llm.request'"
+            " AND step IN ('b', 'c', 'd')",
+        )
         proc.send_signal(sig)
         notice = err.wait_for("stopping")
     finally:
@@ -99,10 +107,13 @@ def test_calls_in_flight_finish_in_the_grace_period_and_are_not_asked_again(tmp_
 
 @pytest.mark.parametrize(
     ("sig", "how"),
-    [(signal.SIGINT, "second signal"), (signal.SIGTERM, "second signal"),
-     (signal.SIGINT, "grace over")],
+    [
+        (signal.SIGINT, "second signal"),
+        (signal.SIGTERM, "second signal"),
+        (signal.SIGINT, "grace over"),
+    ],
     ids=["SIGINT-twice", "SIGTERM-twice", "grace-over"],
-)  # fmt: skip
+)
 def test_a_second_signal_or_the_end_of_the_grace_cancels_the_call(tmp_path, sig, how):
     """A call that would take a minute: a second signal (grace 600 s, so nothing else could end
     the run in time) or a 1 s grace cancels it; job.interrupted is still recorded, the exit code
@@ -239,13 +250,13 @@ class _Recorder:
         (1, 0.05, False, (None, 1, 0, 1)),  # the grace runs out
         (0, 600.0, False, (None, 0, 0, 0)),  # nothing in flight: no grace to wait
     ],
-)  # fmt: skip
+)
 def test_the_watcher_drains_then_stops_on_real_signals(running, grace, second, expected):
     import os
 
     import anyio
 
-    from executor.shutdown import Shutdown
+    from steplog.executor.shutdown import Shutdown
 
     said: list[str] = []
     target = _Recorder(running)
@@ -269,7 +280,11 @@ def test_the_watcher_drains_then_stops_on_real_signals(running, grace, second, e
     anyio.run(main)
     report = shutdown.report
     assert report is not None and report.signal == "SIGINT"
-    assert (report.second_signal, report.calls_running, report.calls_finished,
-            report.calls_cancelled) == expected  # fmt: skip
+    assert (
+        report.second_signal,
+        report.calls_running,
+        report.calls_finished,
+        report.calls_cancelled,
+    ) == expected
     assert target.asked == ["drain", "stop_now"]
     assert len(said) == 1 and said[0].startswith("stopping (SIGINT)")

@@ -23,8 +23,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import eventstore.sqlite
-from eventstore.events import (
+import steplog.eventstore.sqlite
+from steplog.eventstore.events import (
     InvalidEvent,
     JobCreated,
     JobStarted,
@@ -35,10 +35,10 @@ from eventstore.events import (
     StepFailed,
     StepStarted,
 )
-from eventstore.record import DatabaseUnusable, StoreError, VersionConflict
-from eventstore.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLITE_MAGIC, SQLiteEventStore
-from projections.store import open_store
-from projections.tables import read_jobs_table
+from steplog.eventstore.record import DatabaseUnusable, StoreError, VersionConflict
+from steplog.eventstore.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLITE_MAGIC, SQLiteEventStore
+from steplog.projections.store import open_store
+from steplog.projections.tables import read_jobs_table
 from tests.strategies import (
     append_batches,
     assert_chain,
@@ -131,7 +131,7 @@ def test_read_job_bounds_select_exactly_the_versions_between(batches, data):
 
 def test_reads_page_through_long_logs(store, monkeypatch):
     """Keyset pagination: read in pages of 3, every event comes back once and in order."""
-    monkeypatch.setattr(eventstore.sqlite, "READ_BATCH", 3)
+    monkeypatch.setattr(steplog.eventstore.sqlite, "READ_BATCH", 3)
     for job in ("j1", "j2"):
         store.append(job, [created()], expected_version=0)
     for i in range(10):
@@ -579,9 +579,7 @@ def _truncated(path: Path) -> None:
         (_truncated, r"cannot use database"),
     ],
 )
-def test_unusable_files_are_refused_with_a_clear_message_and_left_unchanged(
-    db_path, make, message
-):
+def test_unusable_files_are_refused_with_a_clear_message_and_left_unchanged(db_path, make, message):
     make(db_path)
     before = db_path.read_bytes()
     with pytest.raises(DatabaseUnusable, match=message) as refused:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from executor.templates import ENV, TemplateProblem, check_template, render, simple_plan
+from steplog.executor.templates import ENV, TemplateProblem, check_template, render, simple_plan
 
 CONTEXT = {
     "inputs": {"idea": "a todo list", "n": "3"},
@@ -14,8 +14,14 @@ CONTEXT = {
         "b": {"output": {"k": [1, 2]}, "files": {"x.py": "print(1)"}},
     },
 }
-HOLES = ["{{ inputs.idea }}", "{{inputs.n}}", "{{ steps.a.output }}", "{{ steps.b.output }}",
-         "{{ steps.b.files }}", "{{ inputs }}"]  # fmt: skip
+HOLES = [
+    "{{ inputs.idea }}",
+    "{{inputs.n}}",
+    "{{ steps.a.output }}",
+    "{{ steps.b.output }}",
+    "{{ steps.b.files }}",
+    "{{ inputs }}",
+]
 TEXT = st.text(
     alphabet=st.characters(blacklist_characters="{}%#\r", blacklist_categories=("Cs",)), max_size=30
 )

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from commands.timeline import build
-from commands.timeline_svg import (
+from steplog.commands.timeline import build
+from steplog.commands.timeline_svg import (
     COLORS,
     GAP_W,
     Layout,
@@ -21,7 +21,7 @@ from commands.timeline_svg import (
     place_labels,
     render_svg,
 )
-from eventstore.events import (
+from steplog.eventstore.events import (
     JobCreated,
     JobInterrupted,
     JobResumed,
@@ -100,9 +100,11 @@ def test_timeline_of_a_real_job_has_one_bar_per_attempt_edges_markers_and_an_axi
         for g in bars
     }
     retries = db_rows(
-        rich_db, "SELECT step, count(*) FROM events WHERE job_id = ? AND type = 'step.retrying'"
-        " GROUP BY step", (RICH_JOB,),
-    )  # fmt: skip
+        rich_db,
+        "SELECT step, count(*) FROM events WHERE job_id = ? AND type = 'step.retrying'"
+        " GROUP BY step",
+        (RICH_JOB,),
+    )
     assert dict(retries) == {"research": 2, "draft": 1}
     assert marks[("research", "1")] == ["llm-failed"] * 2 + ["retry"] * 2
     assert marks[("draft", "1")] == ["llm-failed"] * 2 + ["retry"]
@@ -151,9 +153,7 @@ def test_default_output_and_bad_requests(rich_db, tmp_path):
     printed = steplog(rich_db, "timeline", RICH_JOB, "-o", "-")
     assert printed.out == (cwd / "runs" / f"{RICH_JOB}.timeline.svg").read_text()
     before = event_count(rich_db)
-    for args in (
-        ["nope"], [RICH_JOB, "-o", str(tmp_path / "x.png")], [RICH_JOB, "--width", "0"]
-    ):
+    for args in (["nope"], [RICH_JOB, "-o", str(tmp_path / "x.png")], [RICH_JOB, "--width", "0"]):
         bad = steplog(rich_db, "timeline", *args)
         assert bad.code == 2 and bad.err.startswith("error: ") and bad.err.count("\n") == 1
     assert event_count(rich_db) == before
@@ -169,31 +169,46 @@ def _ev(data, step=None, ts="2026-01-01T00:00:00Z"):
 
 OWNER = Owner(pid=1, host="h", started="1")
 CREATED = JobCreated(
-    pipeline="p", pipeline_fingerprint="f", pipeline_sha256="0" * 64,
-    steps={"a": [], "b": ["a"]}, workspace="w",
-)  # fmt: skip
+    pipeline="p",
+    pipeline_fingerprint="f",
+    pipeline_sha256="0" * 64,
+    steps={"a": [], "b": ["a"]},
+    workspace="w",
+)
 
 
 def test_interrupted_crashed_and_running_attempts(store):
-    ok = StepSucceeded(output_sha256="0" * 64, output="text", cache_hit=False, cache_key="k",
-                       duration_s=1, fingerprint="f")  # fmt: skip
-    _job(store, [
-        _ev(CREATED), _ev(JobStarted(owner=OWNER), ts="2026-01-01T00:00:01Z"),
-        _ev(StepStarted(attempt=1, fingerprint="f"), "a", "2026-01-01T00:00:02Z"),
-        _ev(JobInterrupted(signal="SIGINT"), ts="2026-01-01T00:00:03Z"),
-        _ev(JobResumed(owner=OWNER, pipeline_fingerprint="f"), ts="2026-01-01T00:00:04Z"),
-        _ev(StepStarted(attempt=2, fingerprint="f"), "a", "2026-01-01T00:00:05Z"),
-        _ev(ok, "a", "2026-01-01T00:00:06Z"),
-        _ev(StepStarted(attempt=1, fingerprint="f"), "b", "2026-01-01T00:00:07Z"),
-        # the process dies here; a second resume finds b started and never ended
-        _ev(JobResumed(owner=OWNER, pipeline_fingerprint="f"), ts="2026-01-01T00:00:09Z"),
-        _ev(StepStarted(attempt=2, fingerprint="f"), "b", "2026-01-01T00:00:10Z"),
-    ])  # fmt: skip
+    ok = StepSucceeded(
+        output_sha256="0" * 64,
+        output="text",
+        cache_hit=False,
+        cache_key="k",
+        duration_s=1,
+        fingerprint="f",
+    )
+    _job(
+        store,
+        [
+            _ev(CREATED),
+            _ev(JobStarted(owner=OWNER), ts="2026-01-01T00:00:01Z"),
+            _ev(StepStarted(attempt=1, fingerprint="f"), "a", "2026-01-01T00:00:02Z"),
+            _ev(JobInterrupted(signal="SIGINT"), ts="2026-01-01T00:00:03Z"),
+            _ev(JobResumed(owner=OWNER, pipeline_fingerprint="f"), ts="2026-01-01T00:00:04Z"),
+            _ev(StepStarted(attempt=2, fingerprint="f"), "a", "2026-01-01T00:00:05Z"),
+            _ev(ok, "a", "2026-01-01T00:00:06Z"),
+            _ev(StepStarted(attempt=1, fingerprint="f"), "b", "2026-01-01T00:00:07Z"),
+            # the process dies here; a second resume finds b started and never ended
+            _ev(JobResumed(owner=OWNER, pipeline_fingerprint="f"), ts="2026-01-01T00:00:09Z"),
+            _ev(StepStarted(attempt=2, fingerprint="f"), "b", "2026-01-01T00:00:10Z"),
+        ],
+    )
     tl = build("j", store.read_job("j"))
     assert [(b.step, b.attempt, b.outcome, b.start, b.end) for b in tl.bars] == [
-        ("a", 1, "interrupted", 2, 3), ("a", 2, "succeeded", 5, 6),
-        ("b", 1, "interrupted", 7, 7), ("b", 2, "running", 10, 10),
-    ]  # fmt: skip
+        ("a", 1, "interrupted", 2, 3),
+        ("a", 2, "succeeded", 5, 6),
+        ("b", 1, "interrupted", 7, 7),
+        ("b", 2, "running", 10, 10),
+    ]
     assert [(m.kind, m.t) for m in tl.markers] == [
         ("interrupted", 3),
         ("resumed", 4),
@@ -217,16 +232,25 @@ def test_interrupted_crashed_and_running_attempts(store):
 def test_forty_steps_fit_one_row_each_with_labels_apart(store):
     names = [f"step_{i:02d}_{'x' * (i % 7)}" for i in range(40)]
     created = JobCreated(
-        pipeline="big", pipeline_fingerprint="f", pipeline_sha256="0" * 64,
-        steps={n: names[max(0, i - 3) : i][:2] for i, n in enumerate(names)}, workspace="w",
-    )  # fmt: skip
+        pipeline="big",
+        pipeline_fingerprint="f",
+        pipeline_sha256="0" * 64,
+        steps={n: names[max(0, i - 3) : i][:2] for i, n in enumerate(names)},
+        workspace="w",
+    )
     events = [_ev(created), _ev(JobStarted(owner=OWNER))]
     for i, name in enumerate(names):
         events.append(
             _ev(StepStarted(attempt=1, fingerprint="f"), name, f"2026-01-01T00:00:{i:02d}Z")
         )
-        ok = StepSucceeded(output_sha256="0" * 64, output="text", cache_hit=i % 5 == 0,
-                           cache_key="k", duration_s=1, fingerprint="f")  # fmt: skip
+        ok = StepSucceeded(
+            output_sha256="0" * 64,
+            output="text",
+            cache_hit=i % 5 == 0,
+            cache_key="k",
+            duration_s=1,
+            fingerprint="f",
+        )
         events.append(_ev(ok, name, f"2026-01-01T00:00:{i + 1:02d}Z"))
     _job(store, events, "big")
     root = ET.fromstring(render_svg(build("big", store.read_job("big"))))
@@ -243,7 +267,7 @@ def test_forty_steps_fit_one_row_each_with_labels_apart(store):
         st.tuples(st.floats(0, 5e4, allow_nan=False), st.floats(0, 600, allow_nan=False)),
         min_size=1,
         max_size=12,
-    )  # fmt: skip
+    )
 )
 @example([(0.0, 5e-324)])  # a denormal span once underflowed the tick step to log10(0)
 def test_axis_ticks_increase_stay_inside_and_labels_never_collide(spans):

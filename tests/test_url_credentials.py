@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from providers.config import ProviderConfig, literal_url_credential
+from steplog.providers.config import ProviderConfig, literal_url_credential
 from tests.cli_helpers import steplog
 from tests.fake_llm_server import FakeLLMServer
 
@@ -44,12 +44,20 @@ def test_references_resolve_from_the_environment_and_name_what_is_missing():
 def _pipeline(tmp_path: Path, base_url: str) -> Path:
     path = tmp_path / "p.toml"
     path.write_text(
-        "\n".join([
-            'name = "creds"', "[providers.remote]", 'kind = "openai"',
-            f'base_url = "{base_url}"', 'model = "fake-model"',
-            "[steps.a]", 'provider = "remote"', 'prompt = "Say hi."',
-        ]) + "\n"
-    )  # fmt: skip
+        "\n".join(
+            [
+                'name = "creds"',
+                "[providers.remote]",
+                'kind = "openai"',
+                f'base_url = "{base_url}"',
+                'model = "fake-model"',
+                "[steps.a]",
+                'provider = "remote"',
+                'prompt = "Say hi."',
+            ]
+        )
+        + "\n"
+    )
     return path
 
 
@@ -89,6 +97,8 @@ def test_a_password_that_breaks_the_url_is_never_quoted_back(tmp_path):
     checked = steplog(db, "providers", "check", str(pipeline), env=env)
     run = steplog(db, "run", str(pipeline), env=env)
     assert checked.code == 1 and "bad port" in checked.out
-    assert run.code == 2 and "base_url, with PROXY_PW from the environment, has a bad port" in run.err
+    assert (
+        run.code == 2 and "base_url, with PROXY_PW from the environment, has a bad port" in run.err
+    )
     for result in (checked, run):
         assert leaked not in result.out + result.err

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from executor.outputs import OutputProblem, parse_output
-from executor.workspace import UnsafePath, read_inside, sweep_stale_temps, write_file
+from steplog.executor.outputs import OutputProblem, parse_output
+from steplog.executor.workspace import UnsafePath, read_inside, sweep_stale_temps, write_file
 
 
 @pytest.mark.parametrize(
@@ -81,12 +81,43 @@ def test_json_output_parsing():
 # -- any path an LLM can produce -------------------------------------------------------------------
 
 _SEGMENTS = st.one_of(
-    st.sampled_from([
-        "..", ".", "", "~", "con", "NUL", "nul.txt", "COM1", "aux.py", "LPT9.log", "a.", "b ",
-        "...", ". ", "\u202egnp.exe", "zero\u200bwidth", "\u05e9\u05dc\u05d5\u05dd", "\u00e9\u0301",
-        "\x00", "a\x00b", "C:", "c:\\x", "..\\..", "a\\b", "\n", "tab\there", "\ud800", "\udfff",
-        "n" * 255, "n" * 256, "\u00e9" * 128, "x" * 1000, "\U0001f600" * 64,
-    ]),
+    st.sampled_from(
+        [
+            "..",
+            ".",
+            "",
+            "~",
+            "con",
+            "NUL",
+            "nul.txt",
+            "COM1",
+            "aux.py",
+            "LPT9.log",
+            "a.",
+            "b ",
+            "...",
+            ". ",
+            "\u202egnp.exe",
+            "zero\u200bwidth",
+            "\u05e9\u05dc\u05d5\u05dd",
+            "\u00e9\u0301",
+            "\x00",
+            "a\x00b",
+            "C:",
+            "c:\\x",
+            "..\\..",
+            "a\\b",
+            "\n",
+            "tab\there",
+            "\ud800",
+            "\udfff",
+            "n" * 255,
+            "n" * 256,
+            "\u00e9" * 128,
+            "x" * 1000,
+            "\U0001f600" * 64,
+        ]
+    ),
     st.text(st.characters(blacklist_categories=("Cs",)), max_size=12),
     st.text(alphabet="./\\\x00 ", max_size=6),
 )
@@ -132,9 +163,20 @@ def test_any_llm_path_is_refused_or_lands_inside_the_workspace(paths):
 
 @pytest.mark.parametrize(
     "path",
-    ["CON", "nul.txt", "src/aux.py", "COM1", "lpt9", "notes.", "trailing ", "a/b./c", "x\ny",
-     "bell\x07", "\ud800.py"],
-)  # fmt: skip
+    [
+        "CON",
+        "nul.txt",
+        "src/aux.py",
+        "COM1",
+        "lpt9",
+        "notes.",
+        "trailing ",
+        "a/b./c",
+        "x\ny",
+        "bell\x07",
+        "\ud800.py",
+    ],
+)
 def test_names_windows_reserves_or_that_hide_characters_are_refused(tmp_path, path):
     with pytest.raises(UnsafePath):
         write_file(tmp_path / "ws", path, b"x")
@@ -142,7 +184,12 @@ def test_names_windows_reserves_or_that_hide_characters_are_refused(tmp_path, pa
 
 
 def test_unicode_names_that_are_valid_files_land_inside(tmp_path):
-    names = ["\u202egnp.exe", "zero\u200bwidth.txt", "\u05e9\u05dc\u05d5\u05dd/\u00e9.md", "n" * 255]
+    names = [
+        "\u202egnp.exe",
+        "zero\u200bwidth.txt",
+        "\u05e9\u05dc\u05d5\u05dd/\u00e9.md",
+        "n" * 255,
+    ]
     for name in names:
         result = write_file(tmp_path / "ws", name, b"x")
         assert (tmp_path / "ws" / result.path).read_bytes() == b"x"
@@ -256,8 +303,13 @@ def test_a_failed_write_removes_its_temp_file_and_leaves_the_old_content(tmp_pat
 
 
 def test_stale_temps_of_dead_processes_are_swept_and_nothing_else(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True, timeout=30)  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
     dead_pid = int(dead.stdout)
     ws = tmp_path / "ws"
     (ws / "deep" / "er").mkdir(parents=True)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from commands import follow, plan, queries
-from commands.cli import _echo_json, _open, _parse_inputs, cli, json_option
-from commands.fork import fork_job
-from eventstore.record import StoredEvent
-from eventstore.sqlite import SQLiteEventStore
+from steplog.commands import follow, plan, queries
+from steplog.commands.cli.group import cli, echo_json, json_option, parse_inputs, store_for
+from steplog.commands.fork import fork_job
+from steplog.eventstore.record import StoredEvent
+from steplog.eventstore.sqlite import SQLiteEventStore
 
 
 @cli.command("plan")
@@ -29,14 +29,14 @@ def plan_cmd(
 
     Example: steplog plan examples/factory/pipeline.toml --input idea="a chess clock"
     """
-    store = _open(ctx, create=True)  # plan before the first run: all misses
-    given = _parse_inputs(inputs)
+    store = store_for(ctx, create=True)  # plan before the first run: all misses
+    given = parse_inputs(inputs)
     if job is None:
         report = plan.plan_new_run(store, pipeline, given)
     else:
         report = plan.plan_for_resume(store, job, pipeline, given)
     if as_json:
-        _echo_json(report.document())
+        echo_json(report.document())
         return
     for text in plan.lines(report):
         click.echo(text)
@@ -52,7 +52,7 @@ def print_fork(
 ) -> None:
     result = fork_job(store, job, point, new_job, workspace)
     if as_json:
-        _echo_json(
+        echo_json(
             {
                 "job_id": result.job_id,
                 "source_job": result.source_job,
@@ -92,5 +92,6 @@ def follow_events(
         else:
             click.echo(follow.line(ev))
 
-    follow.follow(store, job, queries.event_filter(type_glob, step, level), emit,
-                  interval_s=interval)  # fmt: skip
+    follow.follow(
+        store, job, queries.event_filter(type_glob, step, level), emit, interval_s=interval
+    )

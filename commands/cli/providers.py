@@ -8,8 +8,8 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from commands.cli import _echo_json, cli, console, json_option, one_line
-from commands.providers_check import check_providers
+from steplog.commands.cli.group import cli, console, echo_json, json_option, one_line
+from steplog.commands.providers_check import check_providers
 
 
 @cli.group()
@@ -27,7 +27,7 @@ def check(pipeline: Path, as_json: bool) -> None:
     """
     results = check_providers(pipeline)
     if as_json:
-        _echo_json([r.as_dict() for r in results])
+        echo_json([r.as_dict() for r in results])
     else:
         table = Table()
         for col in ("provider", "kind", "url", "status"):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from commands.cli import _open, cli
-from commands.interchange import export_job, import_job, write_atomically
-from commands.jobs import Rejected
+from steplog.commands.cli.group import cli, store_for
+from steplog.commands.interchange import export_job, import_job, write_atomically
+from steplog.commands.jobs import Rejected
 
 
 @cli.command()
@@ -34,10 +34,10 @@ def timeline(ctx: click.Context, job: str, output: Path | None, width: int) -> N
     Example: steplog timeline job_x --output job_x.html
     """
     # Imported here: drawing is the one verb that needs them, and every command pays for imports.
-    from commands.timeline import build
-    from commands.timeline_svg import render_html, render_svg
+    from steplog.commands.timeline import build
+    from steplog.commands.timeline_svg import render_html, render_svg
 
-    store = _open(ctx)
+    store = store_for(ctx)
     if not store.job_exists(job):
         raise Rejected(f"unknown job {job}")
     tl = build(job, store.read_job(job))
@@ -75,7 +75,7 @@ def export_cmd(ctx: click.Context, job: str, output: Path | None, blobs: str) ->
 
     Example: steplog export job_x --output job_x.jsonl
     """
-    store = _open(ctx)
+    store = store_for(ctx)
     blob_dir = None if blobs == "inline" else Path(blobs).resolve()
     # blob lines name their files relative to the export file, so the pair can move together
     base = (output.parent if output is not None else Path.cwd()).resolve()
@@ -98,7 +98,7 @@ def import_cmd(ctx: click.Context, file: Path, job_id: str | None) -> None:
 
     Example: steplog import job_x.jsonl --job-id job_x_copy
     """
-    store = _open(ctx, write=True)
+    store = store_for(ctx, write=True)
     target, plan = import_job(store, file, job_id)
     kind = "predecessor events.jsonl" if plan.predecessor else "steplog export"
     click.echo(

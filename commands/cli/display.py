@@ -14,17 +14,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from eventstore.record import StoredEvent
-from projections import manifest
-from projections.manifest import JobState
-
-
-def cost_text(cost: float, unpriced_calls: int, places: int = 6) -> str:
-    """USD spent; answered calls of a model without a price make it a lower bound, said so."""
-    text = f"${cost:.{places}f}"
-    if not unpriced_calls:
-        return text
-    return f"{text} + {unpriced_calls} unpriced call{'s' if unpriced_calls > 1 else ''}"
+from steplog.commands.cli.render import cost_text
+from steplog.eventstore.record import StoredEvent
+from steplog.projections import manifest
+from steplog.projections.manifest import JobState
 
 STATUS_STYLE = {
     "pending": "dim",

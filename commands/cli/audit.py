@@ -10,19 +10,24 @@ from typing import Any
 import click
 from rich.table import Table
 
-from commands.audit import audit_document, print_audit
-from commands.cli import _echo_json, _open, cli, console, json_option
-from commands.jobs import Rejected
-from commands.readonly import open_readonly, parse_params, plain_value, run_query
-from commands.verify import verify
+from steplog.commands.audit import audit_document
+from steplog.commands.cli.group import cli, console, echo_json, json_option, store_for
+from steplog.commands.cli.render import print_audit
+from steplog.commands.jobs import Rejected
+from steplog.commands.readonly import open_readonly, parse_params, plain_value, run_query
+from steplog.commands.verify import verify
 
 
 @cli.command("sql")
 @click.argument("query")
 @click.option(
-    "--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
     help="Bind :NAME in the query (a plain number binds as a number).",
-)  # fmt: skip
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row.")
 @click.pass_context
@@ -85,9 +90,9 @@ def audit_cmd(ctx: click.Context, job: str, as_json: bool) -> None:
 
     Example: steplog audit job_20261124_101500_ab12cd --json
     """
-    doc = audit_document(_open(ctx).conn, job)
+    doc = audit_document(store_for(ctx).conn, job)
     if as_json:
-        _echo_json(doc)
+        echo_json(doc)
         return
     print_audit(console(), doc)
 
@@ -106,13 +111,16 @@ def verify_cmd(ctx: click.Context, job: str | None, as_json: bool) -> None:
     Example: steplog verify --json
     """
     with open_readonly(ctx.obj["db"]) as ro:
-        if job is not None and not ro.conn.execute(
-            "SELECT 1 FROM events WHERE job_id = ? LIMIT 1", (job,)
-        ).fetchone():
+        if (
+            job is not None
+            and not ro.conn.execute(
+                "SELECT 1 FROM events WHERE job_id = ? LIMIT 1", (job,)
+            ).fetchone()
+        ):
             raise Rejected(f"unknown job {job}")
         report = verify(ro.conn, job)
     if as_json:
-        _echo_json(report.document())
+        echo_json(report.document())
     elif report.ok:
         click.echo(report.summary())
     else:

@@ -1,0 +1,166 @@
+"""Reading the log: `status`, `jobs`, `events` and `replay --until`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from steplog.commands import queries
+from steplog.commands.cli.group import cli, console, echo_json, json_option, store_for
+from steplog.commands.cli.render import print_events, print_manifest
+from steplog.commands.replay import replay
+
+
+@cli.command("replay")
+@click.argument("job")
+@click.option(
+    "--until", "point", required=True, help="Event number, ISO timestamp, or TYPE[:STEP]."
+)
+@click.option(
+    "--fork", "fork", metavar="NEW_JOB", help="Copy JOB's history up to POINT into a new job."
+)
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --fork: the fork's workspace (default: runs/<NEW_JOB>).",
+)
+@json_option
+@click.pass_context
+def replay_cmd(
+    ctx: click.Context,
+    job: str,
+    point: str,
+    fork: str | None,
+    workspace: Path | None,
+    as_json: bool,
+) -> None:
+    """Show JOB as it was at POINT: manifest, completed/pending steps, cache, events.
+
+    With --fork NEW_JOB, create a new job whose history is JOB's up to POINT, to resume
+    from there (e.g. after fixing a prompt).
+
+    Example: steplog replay job_x --until step.failed:builder
+    """
+    if fork is not None:
+        from steplog.commands.cli.debug import print_fork
+
+        print_fork(store_for(ctx, write=True, create=False), job, point, fork, workspace, as_json)
+        return
+    if workspace is not None:
+        raise click.UsageError("--workspace is only for --fork")
+    view = replay(store_for(ctx), job, point)
+    if as_json:
+        echo_json(queries.replay_document(view))
+        return
+    out = console()
+    out.print(
+        f"[bold]{job}[/] as of event {view.version} ({view.events[-1].type} {view.events[-1].step or ''}, {view.events[-1].ts})"
+    )
+    print_manifest(out, view.state, historical=True)
+    table = Table(title="cache index at this point", title_justify="left")
+    for col in ("cache key", "response", "origin job", "origin step"):
+        table.add_column(col)
+    for entry in view.cache.values():
+        table.add_row(
+            entry.cache_key[:16],
+            entry.response_sha256[:12],
+            entry.origin_job,
+            entry.origin_step or "",
+        )
+    out.print(table)
+    print_events(out, view.events)
+
+
+@cli.command()
+@click.argument("job", required=False)
+@json_option
+@click.pass_context
+def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
+    """Show the manifest of JOB (default: the most recently updated job).
+
+    Example: steplog status job_x --json
+    """
+    state = queries.status(store_for(ctx), job)
+    if as_json:
+        echo_json(queries.manifest_document(state))
+        return
+    print_manifest(console(), state)
+
+
+@cli.command()
+@json_option
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(0, 2**63 - 1),  # SQLite's integers: larger was an OverflowError
+    help="Most recent jobs to show.",
+)
+@click.pass_context
+def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
+    """List jobs, most recent first.
+
+    Example: steplog jobs --limit 10
+    """
+    rows = queries.jobs(store_for(ctx), limit)
+    if as_json:
+        echo_json(rows)
+        return
+    table = Table()
+    for col in ("job", "pipeline", "status", "created", "updated"):
+        table.add_column(col, no_wrap=True)
+    for row in rows:
+        created, updated = (row[k][:19].replace("T", " ") for k in ("created_ts", "updated_ts"))
+        table.add_row(row["job_id"], row["pipeline"] or "", row["status"], created, updated)
+    console().print(table)
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--type", "type_glob", help="Only events whose type matches this glob, e.g. 'llm.*'.")
+@click.option("--step", help="Only events of this step.")
+@click.option(
+    "--level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="This level and above.",
+)
+@click.option(
+    "--follow", "-f", is_flag=True, help="Keep printing new events until the job ends (or Ctrl-C)."
+)
+@click.option(
+    "--interval",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0.01, 60),
+    help="With --follow: seconds between polls.",
+)
+@json_option
+@click.pass_context
+def events(
+    ctx: click.Context,
+    job: str,
+    type_glob: str | None,
+    step: str | None,
+    level: str | None,
+    follow: bool,
+    interval: float,
+    as_json: bool,
+) -> None:
+    """Print JOB's events; --json prints JSON lines in the predecessor's envelope.
+
+    Example: steplog events job_x --type 'llm.*' --json
+    """
+    if follow:
+        from steplog.commands.cli.debug import follow_events
+
+        follow_events(store_for(ctx), job, type_glob, step, level, interval, as_json)
+        return
+    found = queries.events(store_for(ctx), job, type_glob=type_glob, step=step, level=level)
+    if as_json:
+        for ev in found:
+            click.echo(json.dumps(ev.envelope(), ensure_ascii=False))
+        return
+    print_events(console(), found)

@@ -1,0 +1,157 @@
+"""`run` and `resume`: a job in this process, with a live display on a terminal."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from steplog.commands.cli.display import LiveDisplay, PlainDisplay
+from steplog.commands.cli.group import cli, grace_option, one_line, parse_inputs, store_for
+from steplog.commands.cli.render import cost_text
+from steplog.commands.jobs import (
+    Interrupted,
+    Prepared,
+    ResumeCommand,
+    RunCommand,
+    execute,
+    prepare_resume,
+    prepare_run,
+    stop_recorded,
+)
+from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.executor import drift
+from steplog.executor.shutdown import DEFAULT_GRACE_S
+
+
+def _run_prepared(
+    store: SQLiteEventStore, prepared: Prepared, quiet: bool, grace_s: float = DEFAULT_GRACE_S
+) -> None:
+    try:
+        with stop_recorded(store, prepared.job_id):  # the job is ours from here: Ctrl-C is recorded
+            for warning in drift.warnings(prepared.files, prepared.workspace, prepared.plan):
+                click.echo(warning, err=True)  # files of skipped steps edited by hand: left
+            live = sys.stdout.isatty() and not quiet
+            display = (
+                LiveDisplay(prepared.state) if live else PlainDisplay(prepared.state, quiet=quiet)
+            )
+            if not live and not quiet:
+                click.echo(
+                    f"job {prepared.job_id}: {prepared.pipeline.name}, "
+                    f"{len(prepared.plan.run)} step(s) to run"
+                )
+        with display:
+            outcome = execute(store, prepared, observer=display, grace_s=grace_s)
+    except Interrupted as stop:
+        done = ""
+        if stop.report is not None and stop.report.calls_running:
+            done = (
+                f", {stop.report.calls_finished} running call(s) finished, "
+                f"{stop.report.calls_cancelled} cancelled"
+            )
+        click.echo(
+            f"job {prepared.job_id} interrupted ({stop.signal_name}{done}); "
+            f"continue with: steplog resume {prepared.job_id}",
+            err=True,
+        )
+        raise SystemExit(stop.exit_code) from None
+    state = display.state
+    tokens = state.tokens_in + state.tokens_out
+    if outcome.succeeded:
+        click.echo(
+            f"job {prepared.job_id} succeeded: {len(state.steps)} steps, {state.cache_hits} cache hits, "
+            f"{state.llm_calls} provider calls, {tokens} tokens, "
+            f"{cost_text(state.cost, state.unpriced_calls, 4)}; "
+            f"workspace {prepared.workspace}"
+        )
+        return
+    click.echo(
+        f"job {prepared.job_id} failed: {one_line(state.last_error or 'see events')}; "
+        f"after fixing, run: steplog resume {prepared.job_id}",
+        err=True,
+    )
+    raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option(
+    "--input", "-i", "inputs", multiple=True, metavar="NAME=VALUE", help="Set a pipeline input."
+)
+@click.option("--job-id", help="Name the job (default: job_<utc time>_<random>).")
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where files are written (default: runs/<job_id>).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print only the closing line.")
+@click.option(
+    "--ignore-breaker", is_flag=True, help="Call providers even while their circuit is open."
+)
+@grace_option
+@click.pass_context
+def run(
+    ctx: click.Context,
+    pipeline: Path,
+    inputs: tuple[str, ...],
+    job_id: str | None,
+    workspace: Path | None,
+    quiet: bool,
+    ignore_breaker: bool,
+    grace_s: float,
+) -> None:
+    """Run PIPELINE (a TOML file) as a new job.
+
+    Example: steplog run examples/factory/pipeline.toml --input idea="a todo CLI"
+    """
+    store = store_for(ctx, write=True)
+    cmd = RunCommand(
+        pipeline_path=pipeline,
+        inputs=parse_inputs(inputs),
+        job_id=job_id,
+        workspace=workspace,
+        ignore_breaker=ignore_breaker,
+    )
+    _run_prepared(store, prepare_run(store, cmd), quiet, grace_s)
+
+
+@cli.command()
+@click.argument("job")
+@click.option(
+    "--pipeline",
+    type=click.Path(path_type=Path),
+    help="Use this pipeline file instead of the job's own.",
+)
+@click.option("--force", is_flag=True, help="Take over a job whose owner runs on another host.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the closing line.")
+@click.option(
+    "--ignore-breaker", is_flag=True, help="Call providers even while their circuit is open."
+)
+@grace_option
+@click.pass_context
+def resume(
+    ctx: click.Context,
+    job: str,
+    pipeline: Path | None,
+    force: bool,
+    quiet: bool,
+    ignore_breaker: bool,
+    grace_s: float,
+) -> None:
+    """Continue JOB: skip completed steps, re-run failed and interrupted ones.
+
+    Example: steplog resume job_20261124_101500_ab12cd
+    """
+    store = store_for(ctx, write=True, create=False)
+    _run_prepared(
+        store,
+        prepare_resume(
+            store,
+            ResumeCommand(
+                job_id=job, pipeline_path=pipeline, force=force, ignore_breaker=ignore_breaker
+            ),
+        ),
+        quiet,
+        grace_s,
+    )

@@ -1,0 +1,1 @@
+"""steplog: durable multi-step LLM pipelines on an append-only event log."""

@@ -1,0 +1,7 @@
+"""`python -m steplog`: the command line."""
+
+import sys
+
+from steplog.commands.cli import main
+
+sys.exit(main())
