@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
+from steplog.errors import Interrupted, Rejected
 from steplog.eventstore.events import JobCreated, JobInterrupted, JobResumed, JobStarted, NewEvent
 from steplog.eventstore.record import VersionConflict, blob_sha256
 from steplog.eventstore.sqlite import SQLiteEventStore
@@ -48,23 +49,6 @@ from steplog.projections.breaker import iso
 from steplog.projections.manifest import JobState
 from steplog.projections.tables import breaker_row
 from steplog.providers import breaker
-
-
-class Rejected(Exception):
-    """A command refused before anything was appended (exit code 2)."""
-
-
-class Interrupted(Exception):
-    """The run stopped on SIGINT or SIGTERM; job.interrupted is recorded and resume continues."""
-
-    def __init__(self, signal_name: str, report: StopReport | None = None) -> None:
-        super().__init__(signal_name)
-        self.signal_name = signal_name
-        self.report = report
-
-    @property
-    def exit_code(self) -> int:
-        return 143 if self.signal_name == "SIGTERM" else 130
 
 
 class RunCommand(BaseModel):

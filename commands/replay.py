@@ -6,6 +6,7 @@ import fnmatch
 from dataclasses import dataclass
 from datetime import datetime
 
+from steplog.errors import Rejected
 from steplog.eventstore.record import StoredEvent
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.projections import cache, manifest
@@ -13,7 +14,7 @@ from steplog.projections.cache import CacheIndex
 from steplog.projections.manifest import JobState
 
 
-class BadPoint(ValueError):
+class BadPoint(Rejected, ValueError):
     """A point that names no event of the job."""
 
 

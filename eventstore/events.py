@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticSerializationError
 
+from steplog.errors import Rejected
+
 Level = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LEVELS: tuple[Level, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -404,7 +406,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
 }
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(Rejected, ValueError):
     """An event that does not match the vocabulary; nothing was written."""
 
 

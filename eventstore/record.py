@@ -6,12 +6,13 @@ import hashlib
 import json
 from typing import Any, Iterator, NamedTuple, Protocol, Sequence
 
+from steplog.errors import Rejected
 from steplog.eventstore.events import EventData, NewEvent, parse_data
 
 GENESIS_HASH = "0" * 64
 
 
-class StoreError(Exception):
+class StoreError(Rejected):
     """Base of everything the store refuses; the CLI prints it as one line and exits 2."""
 
 

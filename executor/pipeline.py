@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from steplog.errors import Rejected
 from steplog.eventstore.events import finite_json
 from steplog.executor.budget import Budget, Price
 from steplog.executor.cachekey import cache_key, canonical_json, key_parts
@@ -32,7 +33,7 @@ from steplog.providers.config import (
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
 
-class PipelineError(ValueError):
+class PipelineError(Rejected, ValueError):
     """A pipeline that cannot run; the message is one line naming the problem."""
 
 
