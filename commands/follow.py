@@ -9,9 +9,9 @@ interrupted), or on Ctrl-C; both are a normal end (exit 0).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import AsyncIterator, Callable, Iterator
 
-from steplog.commands.jobs import Rejected
+from steplog.errors import Rejected
 from steplog.eventstore.record import StoredEvent
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.projections.manifest import JOB_STATUS_AFTER, TERMINAL_JOB_STATUSES
@@ -19,6 +19,65 @@ from steplog.projections.manifest import JOB_STATUS_AFTER, TERMINAL_JOB_STATUSES
 Predicate = Callable[[StoredEvent], bool]
 
 DEFAULT_INTERVAL_S = 0.2
+
+
+class Cursor:
+    """Where a follower is in one job's log: each `poll` reads only the events after it."""
+
+    def __init__(self, store: SQLiteEventStore, job_id: str) -> None:
+        if not store.job_exists(job_id):
+            raise Rejected(f"unknown job {job_id}")
+        self.store = store
+        self.job_id = job_id
+        self.seen = 0
+        self.status = "unknown"
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL_JOB_STATUSES
+
+    def poll(self) -> list[StoredEvent]:
+        """The events committed since the last poll (one primary-key lookup when none were)."""
+        head = self.store.job_version(self.job_id)
+        if head <= self.seen:
+            return []
+        new = list(self.store.read_job(self.job_id, after_version=self.seen, until_version=head))
+        for ev in new:
+            self.status = JOB_STATUS_AFTER.get(ev.type, self.status)
+        self.seen = head
+        return new
+
+
+def follow_iter(
+    store: SQLiteEventStore,
+    job_id: str,
+    *,
+    interval_s: float = DEFAULT_INTERVAL_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[StoredEvent]:
+    """The job's events, old then new, ending after the one that leaves it in a terminal
+    status (succeeded, failed, cancelled, interrupted)."""
+    cursor = Cursor(store, job_id)
+    while True:
+        yield from cursor.poll()
+        if cursor.ended:
+            return
+        sleep(interval_s)
+
+
+async def follow_async(
+    store: SQLiteEventStore, job_id: str, *, interval_s: float = DEFAULT_INTERVAL_S
+) -> AsyncIterator[StoredEvent]:
+    """follow_iter for an event loop: the wait between polls does not block it."""
+    import anyio
+
+    cursor = Cursor(store, job_id)
+    while True:
+        for ev in cursor.poll():
+            yield ev
+        if cursor.ended:
+            return
+        await anyio.sleep(interval_s)
 
 
 def follow(
@@ -31,24 +90,16 @@ def follow(
     sleep: Callable[[float], None] = time.sleep,
 ) -> str:
     """Emit the job's events that `keep` accepts, old then new; returns the terminal status."""
-    if not store.job_exists(job_id):
-        raise Rejected(f"unknown job {job_id}")
-    seen = 0
+    events = follow_iter(store, job_id, interval_s=interval_s, sleep=sleep)
     status = "unknown"
     try:
-        while True:
-            head = store.job_version(job_id)
-            if head > seen:
-                for ev in store.read_job(job_id, after_version=seen, until_version=head):
-                    status = JOB_STATUS_AFTER.get(ev.type, status)
-                    if keep(ev):
-                        emit(ev)
-                seen = head
-                if status in TERMINAL_JOB_STATUSES:
-                    return status
-            sleep(interval_s)
+        for ev in events:
+            status = JOB_STATUS_AFTER.get(ev.type, status)
+            if keep(ev):
+                emit(ev)
     except KeyboardInterrupt:
         return "following stopped"
+    return status
 
 
 def line(ev: StoredEvent) -> str:

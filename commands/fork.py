@@ -22,10 +22,11 @@ import hashlib
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from steplog.commands.jobs import Rejected, _check_job_id, check_workspace
+from steplog.commands.jobs import Rejected, check_job_id, check_workspace
 from steplog.commands.replay import replay
 from steplog.eventstore.events import JobForked, NewEvent, parse_data
 from steplog.eventstore.record import StoredEvent, StoreError, VersionConflict
@@ -43,6 +44,19 @@ class ForkResult:
     workspace: Path
     files: list[str]
     missing: list[str]  # written by the prefix, but their content is not in the log
+
+
+def fork_document(result: ForkResult) -> dict[str, Any]:
+    """What `replay --fork --json` prints (and steplog.models.ForkResult holds)."""
+    return {
+        "job_id": result.job_id,
+        "source_job": result.source_job,
+        "until_version": result.until_version,
+        "events_copied": result.events,
+        "workspace": str(result.workspace),
+        "files_restored": result.files,
+        "files_missing": result.missing,
+    }
 
 
 def files_at_point(
@@ -128,7 +142,7 @@ def fork_job(
     workspace: Path | None = None,
 ) -> ForkResult:
     """Validate everything, append the fork in one transaction, then restore its files."""
-    _check_job_id(new_job)
+    check_job_id(new_job)
     if not store.job_exists(source):
         raise Rejected(f"unknown job {source}")
     if store.job_exists(new_job):

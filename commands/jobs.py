@@ -12,7 +12,7 @@ import secrets
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -93,7 +93,7 @@ def fold_job(store: SQLiteEventStore, job_id: str) -> JobState:
     return manifest.project(job_id, store.read_job(job_id))
 
 
-def _check_job_id(job_id: str) -> None:
+def check_job_id(job_id: str) -> None:
     if not NAME_PATTERN.fullmatch(job_id):
         raise Rejected(f"job id {job_id!r} is not valid (letters, digits, _ and -, at most 64)")
 
@@ -118,7 +118,7 @@ def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
     if not cmd.ignore_breaker:
         check_breakers(store, pipeline, list(pipeline.order))
     job_id = cmd.job_id or new_job_id()
-    _check_job_id(job_id)
+    check_job_id(job_id)
     if store.job_exists(job_id):
         raise Rejected(f"job {job_id} already exists; choose another --job-id or resume it")
     workspace = (cmd.workspace or Path("runs") / job_id).resolve()
@@ -219,7 +219,7 @@ def _check_resumable(state: JobState, cmd: ResumeCommand) -> None:
             )
 
 
-def _pipeline_for_resume(
+def pipeline_for_resume(
     store: SQLiteEventStore, state: JobState, override: Path | None
 ) -> Pipeline:
     """The pipeline file as it is now (so a fixed prompt takes effect), else the stored copy."""
@@ -272,7 +272,7 @@ def plan_resume(state: JobState, pipeline: Pipeline) -> tuple[Plan, list[str]]:
 def prepare_resume(store: SQLiteEventStore, cmd: ResumeCommand) -> Prepared:
     state = fold_job(store, cmd.job_id)
     _check_resumable(state, cmd)
-    pipeline = _pipeline_for_resume(store, state, cmd.pipeline_path)
+    pipeline = pipeline_for_resume(store, state, cmd.pipeline_path)
     plan, changed = plan_resume(state, pipeline)
     _check_keys(pipeline, plan.run)
     _check_budget(state, pipeline, pipeline.path)
@@ -304,6 +304,44 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _runner(store: SQLiteEventStore, prepared: Prepared, observer: Observer | None) -> JobRunner:
+    state = prepared.state
+    return JobRunner(
+        store,
+        prepared.job_id,
+        prepared.pipeline,
+        prepared.inputs,
+        prepared.workspace,
+        version=state.version,
+        observer=observer,
+        spent=Spend(state.tokens_in + state.tokens_out, state.cost),
+        ignore_breaker=prepared.ignore_breaker,
+        last_written={path: sha for path, (_, sha) in prepared.files.items()},
+    )
+
+
+async def run_in_loop(
+    store: SQLiteEventStore, prepared: Prepared, observer: Observer | None = None
+) -> JobOutcome:
+    """Run the plan inside the caller's event loop: no signal handler, no process-wide state.
+
+    If the caller cancels it, the calls in flight are cut off, job.interrupted is recorded
+    (signal "cancelled") and the cancellation goes on: `resume` continues the job, reusing
+    every answer committed before.
+    """
+    runner = _runner(store, prepared, observer)
+    try:
+        return await runner.run(prepared.plan)
+    except anyio.get_cancelled_exc_class():
+        if runner.ended is None:
+            _record_stop(store, prepared.job_id, StopReport("cancelled", grace_s=0))
+        raise
+    except BaseExceptionGroup as group:
+        raise _explained(_first_leaf(group), prepared.job_id) from group
+    except VersionConflict as exc:
+        raise _explained(exc, prepared.job_id) from exc
+
+
 def execute(
     store: SQLiteEventStore,
     prepared: Prepared,
@@ -311,25 +349,16 @@ def execute(
     *,
     grace_s: float = DEFAULT_GRACE_S,
     say: Callable[[str], None] = _to_stderr,
+    freeze_gc: bool = True,
 ) -> JobOutcome:
-    """Run the plan to its end. Ctrl-C/SIGTERM record job.interrupted so `resume` can continue.
+    """Run the plan to its end as the CLI does: Ctrl-C/SIGTERM record job.interrupted so
+    `resume` can continue. Main thread only (it installs signal handlers).
 
     The first signal stops new steps and gives calls in flight `grace_s` seconds to finish
     (their answers are committed); a second signal, or the end of the grace, cancels the rest
-    (executor/shutdown.py).
+    (executor/shutdown.py). freeze_gc keeps the cyclic GC off what was loaded before the run.
     """
-    runner = JobRunner(
-        store,
-        prepared.job_id,
-        prepared.pipeline,
-        prepared.inputs,
-        prepared.workspace,
-        version=prepared.state.version,
-        observer=observer,
-        spent=Spend(prepared.state.tokens_in + prepared.state.tokens_out, prepared.state.cost),
-        ignore_breaker=prepared.ignore_breaker,
-        last_written={path: sha for path, (_, sha) in prepared.files.items()},
-    )
+    runner = _runner(store, prepared, observer)
     shutdown = Shutdown(grace_s, say)
 
     async def run_watched() -> JobOutcome:
@@ -353,7 +382,7 @@ def execute(
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         try:
-            with _long_lived_heap():
+            with _long_lived_heap() if freeze_gc else nullcontext():
                 outcome = anyio.run(run_watched)
         except BaseExceptionGroup as group:
             # one clear error, not a task-group tree

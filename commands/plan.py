@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from steplog.commands.jobs import (
     Rejected,
-    _pipeline_for_resume,
     check_has_work,
     fold_job,
+    pipeline_for_resume,
     plan_resume,
 )
 from steplog.eventstore.events import CacheChange
@@ -219,7 +219,7 @@ def plan_for_resume(
         raise Rejected("--input cannot be used with --job: a resumed job keeps its inputs")
     state = fold_job(store, job_id)
     check_has_work(state, job_id)
-    pipeline = _pipeline_for_resume(store, state, pipeline_path)
+    pipeline = pipeline_for_resume(store, state, pipeline_path)
     plan, _ = plan_resume(state, pipeline)
     reuse = {name: sha for name, (sha, _) in plan.reuse.items()}
     return predict(store, pipeline, dict(state.inputs), reuse, job=job_id)

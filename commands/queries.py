@@ -72,9 +72,11 @@ def event_filter(
 
 
 def manifest_document(state: JobState) -> dict[str, Any]:
+    """`status --json`: the manifest, and while it runs whether its owner process is alive
+    (None: not running, or the owner is on another host)."""
     doc = state.to_manifest()
-    if state.status == "running" and state.owner:
-        doc["owner_alive"] = owner_alive(state.owner)
+    running = state.status == "running" and state.owner
+    doc["owner_alive"] = owner_alive(state.owner) if running else None
     return doc
 
 

@@ -8,13 +8,13 @@ first event. commands.timeline_svg draws it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Iterable, Literal
 
 import orjson
 
 from steplog.eventstore.record import StoredEvent
 from steplog.projections import manifest
+from steplog.projections.manifest import parse_ts
 
 Outcome = Literal["succeeded", "cached", "failed", "skipped", "interrupted", "running"]
 OUTCOMES: tuple[Outcome, ...] = (
@@ -77,10 +77,6 @@ class Timeline:
         return [b for b in self.bars if b.step == step]
 
 
-def _ts(ts: str) -> datetime:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
-
-
 def _short(text: str, limit: int = 160) -> str:
     one = " ".join(text.split())
     return one if len(one) <= limit else one[: limit - 1] + "…"
@@ -89,7 +85,7 @@ def _short(text: str, limit: int = 160) -> str:
 def build(job_id: str, events: Iterable[StoredEvent]) -> Timeline:
     evs = list(events)
     state = manifest.project(job_id, evs)
-    t0 = _ts(evs[0].ts) if evs else None
+    t0 = parse_ts(evs[0].ts) if evs else None
     bars: list[Bar] = []
     markers: list[Marker] = []
     open_bars: dict[str, Bar] = {}
@@ -103,7 +99,7 @@ def build(job_id: str, events: Iterable[StoredEvent]) -> Timeline:
         open_bars.clear()
 
     for ev in evs:
-        t = (_ts(ev.ts) - t0).total_seconds() if t0 else 0.0
+        t = (parse_ts(ev.ts) - t0).total_seconds() if t0 else 0.0
         if ev.type == "job.forked":
             # drawn where the copied history ends, not when the fork was made: the time between
             # is no part of this job, and the fork's own runs then follow one idle stretch

@@ -107,7 +107,7 @@ class JobState:
         end = self.finished_ts or self.updated_ts
         if not self.started_ts or not end:
             return None
-        return round((_parse_ts(end) - _parse_ts(self.started_ts)).total_seconds(), 6)
+        return round((parse_ts(end) - parse_ts(self.started_ts)).total_seconds(), 6)
 
     def to_manifest(self) -> dict[str, Any]:
         """The manifest as users see it (`status --json`), with the predecessor's field names."""
@@ -131,7 +131,7 @@ def _step_document(step: StepState) -> dict[str, Any]:
     return out
 
 
-def _parse_ts(ts: str) -> datetime:
+def parse_ts(ts: str) -> datetime:
     return datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 

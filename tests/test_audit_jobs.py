@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from steplog.commands.timeline import _ts, build
+from steplog.commands.timeline import build
+from steplog.projections.manifest import parse_ts
 from steplog.projections.store import open_store
 from tests.cli_helpers import EXAMPLE, db_rows, status_json, steplog
 from tests.fake_llm_server import closed_port
@@ -182,7 +183,9 @@ def test_a_fork_cut_inside_a_step_is_drawn_up_to_its_point(db):
     finally:
         store.close()
     tl = build("cut", events)
-    point = (_ts(events[-2].ts) - _ts(events[0].ts)).total_seconds()  # the last copied event
+    point = (
+        parse_ts(events[-2].ts) - parse_ts(events[0].ts)
+    ).total_seconds()  # the last copied event
     [cut] = [b for b in tl.bars if b.step == "builder"]
     assert (cut.outcome, cut.end) == ("interrupted", point)
     [marker] = tl.markers

@@ -9,7 +9,7 @@ import click
 
 from steplog.commands import follow, plan, queries
 from steplog.commands.cli.group import cli, echo_json, json_option, parse_inputs, store_for
-from steplog.commands.fork import fork_job
+from steplog.commands.fork import fork_document, fork_job
 from steplog.eventstore.record import StoredEvent
 from steplog.eventstore.sqlite import SQLiteEventStore
 
@@ -52,17 +52,7 @@ def print_fork(
 ) -> None:
     result = fork_job(store, job, point, new_job, workspace)
     if as_json:
-        echo_json(
-            {
-                "job_id": result.job_id,
-                "source_job": result.source_job,
-                "until_version": result.until_version,
-                "events_copied": result.events,
-                "workspace": str(result.workspace),
-                "files_restored": result.files,
-                "files_missing": result.missing,
-            }
-        )
+        echo_json(fork_document(result))
         return
     if result.missing:
         click.echo(

@@ -1,0 +1,495 @@
+"""`Steplog`: the Python API over one steplog database. The CLI and the web UI are its clients.
+
+    from steplog import Steplog
+
+    with Steplog("steplog.db") as sl:
+        result = sl.run("examples/factory/pipeline.toml", inputs={"idea": "a chess clock"})
+        print(result.status, result.steps["architect"].output)
+
+Every method validates first and raises `Rejected` (nothing appended) for what the CLI refuses
+with exit 2. `run`/`resume` return a JobResult whatever the job's outcome; call
+`result.raise_for_status()` to turn a failed job into `JobFailed`. The sync methods install no
+signal handler, change no process-wide state and print nothing unless asked
+(`handle_signals=True` is what the CLI passes); `arun`/`aresume` run inside the caller's event
+loop. Heavy modules are imported by the methods that need them, so `import steplog` is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable
+
+from steplog.errors import Rejected
+from steplog.executor.shutdown import DEFAULT_GRACE_S
+
+if TYPE_CHECKING:
+    from steplog.commands.jobs import Prepared
+    from steplog.eventstore.record import StoredEvent
+    from steplog.eventstore.sqlite import SQLiteEventStore
+    from steplog.executor.runner import Observer
+    from steplog.models import (
+        Event,
+        ExportResult,
+        ForkResult,
+        ImportResult,
+        JobResult,
+        JobStatus,
+        JobSummary,
+        PlanReport,
+        ReplayState,
+        VerifyReport,
+    )
+    from steplog.projections.manifest import JobState
+
+DEFAULT_DB = "steplog.db"
+
+
+class Steplog:
+    """One steplog database (a SQLite file), opened on first use and closed by `close()` or
+    at the end of a `with` block.
+
+    Read methods refuse a database that does not exist (a typo in the path would otherwise
+    leave an empty file behind); `run`, `import_` and `plan` of a new run create it.
+    """
+
+    def __init__(self, db: str | os.PathLike[str] = DEFAULT_DB) -> None:
+        self.path = Path(db)
+        self._store: SQLiteEventStore | None = None
+
+    def __enter__(self) -> Steplog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Steplog({str(self.path)!r})"
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    # -- the store -----------------------------------------------------------------------------
+
+    def open_store(self, *, write: bool = False, create: bool | None = None) -> SQLiteEventStore:
+        """The store, opened once. write: the caller appends, so a read-only file is refused
+        before anything starts. create (default: write): a missing file is created; else it
+        is refused."""
+        if self._store is None:
+            if not (write if create is None else create) and not self.path.exists():
+                raise Rejected(
+                    f"no database at {self.path}; start one with: steplog run PIPELINE.toml"
+                )
+            from steplog.projections.store import open_store
+
+            self._store = open_store(self.path)
+        if write:
+            self._store.require_writable()
+        return self._store
+
+    def _reader(self) -> SQLiteEventStore:
+        return self.open_store()
+
+    # -- running jobs --------------------------------------------------------------------------
+
+    def prepare_run(
+        self,
+        pipeline: str | os.PathLike[str],
+        inputs: dict[str, str] | None = None,
+        job_id: str | None = None,
+        workspace: str | os.PathLike[str] | None = None,
+        *,
+        ignore_breaker: bool = False,
+    ) -> Prepared:
+        """Validate a run and append its opening events (job.created, job.started); the
+        returned plan is then given to `execute`/`aexecute`. `run` is both in one call."""
+        from steplog.commands.jobs import RunCommand, prepare_run
+
+        command = RunCommand(
+            pipeline_path=Path(pipeline),
+            inputs=_check_inputs(inputs),
+            job_id=job_id,
+            workspace=Path(workspace) if workspace is not None else None,
+            ignore_breaker=ignore_breaker,
+        )
+        return prepare_run(self.open_store(write=True), command)
+
+    def prepare_resume(
+        self,
+        job_id: str,
+        *,
+        pipeline: str | os.PathLike[str] | None = None,
+        force: bool = False,
+        ignore_breaker: bool = False,
+    ) -> Prepared:
+        """Validate a resume (the job exists, has work left, no live process runs it …) and
+        append job.resumed."""
+        from steplog.commands.jobs import ResumeCommand, prepare_resume
+
+        command = ResumeCommand(
+            job_id=self.resolve_job(job_id),
+            pipeline_path=Path(pipeline) if pipeline is not None else None,
+            force=force,
+            ignore_breaker=ignore_breaker,
+        )
+        return prepare_resume(self.open_store(write=True, create=False), command)
+
+    def execute(
+        self,
+        prepared: Prepared,
+        *,
+        observer: Observer | None = None,
+        handle_signals: bool = False,
+        grace_s: float = DEFAULT_GRACE_S,
+        say: Callable[[str], None] | None = None,
+    ) -> JobResult:
+        """Run a prepared job to its end in a new event loop.
+
+        handle_signals: the CLI's behaviour — the first SIGINT/SIGTERM stops new steps and lets
+        calls in flight finish within `grace_s`, the second cancels them; job.interrupted is
+        recorded and `Interrupted` raised. Main thread only. It also keeps the cyclic GC off
+        the objects loaded before the run (process-wide, hence only when asked). `say`
+        receives the lines the drain would print (default: nothing is printed).
+        """
+        from steplog.commands import jobs
+
+        store = self.open_store(write=True)
+        if handle_signals:
+            jobs.execute(
+                store,
+                prepared,
+                observer,
+                grace_s=grace_s,
+                say=say or _silent,
+                freeze_gc=True,
+            )
+        else:
+            import anyio
+
+            _refuse_inside_a_loop()
+            anyio.run(jobs.run_in_loop, store, prepared, observer)
+        return self.result(prepared.job_id)
+
+    async def aexecute(self, prepared: Prepared, *, observer: Observer | None = None) -> JobResult:
+        """`execute` inside the caller's event loop. Cancelling it records job.interrupted
+        (signal "cancelled"); `resume` continues from there."""
+        from steplog.commands.jobs import run_in_loop
+
+        await run_in_loop(self.open_store(write=True), prepared, observer)
+        return self.result(prepared.job_id)
+
+    def run(
+        self,
+        pipeline: str | os.PathLike[str],
+        inputs: dict[str, str] | None = None,
+        job_id: str | None = None,
+        workspace: str | os.PathLike[str] | None = None,
+        *,
+        ignore_breaker: bool = False,
+        observer: Observer | None = None,
+        handle_signals: bool = False,
+        grace_s: float = DEFAULT_GRACE_S,
+    ) -> JobResult:
+        """Run PIPELINE (a TOML file) as a new job and return its result, succeeded or not.
+
+        inputs override the pipeline's defaults; job_id defaults to job_<utc time>_<random>;
+        workspace (where files steps write) to runs/<job_id>. Raises Rejected before anything
+        is appended when the pipeline, an input, a key, the workspace or the database is bad.
+        """
+        prepared = self.prepare_run(
+            pipeline, inputs, job_id, workspace, ignore_breaker=ignore_breaker
+        )
+        return self.execute(
+            prepared, observer=observer, handle_signals=handle_signals, grace_s=grace_s
+        )
+
+    async def arun(
+        self,
+        pipeline: str | os.PathLike[str],
+        inputs: dict[str, str] | None = None,
+        job_id: str | None = None,
+        workspace: str | os.PathLike[str] | None = None,
+        *,
+        ignore_breaker: bool = False,
+        observer: Observer | None = None,
+    ) -> JobResult:
+        """`run` inside the caller's event loop (asyncio or trio, through anyio)."""
+        prepared = self.prepare_run(
+            pipeline, inputs, job_id, workspace, ignore_breaker=ignore_breaker
+        )
+        return await self.aexecute(prepared, observer=observer)
+
+    def resume(
+        self,
+        job_id: str,
+        *,
+        pipeline: str | os.PathLike[str] | None = None,
+        force: bool = False,
+        ignore_breaker: bool = False,
+        observer: Observer | None = None,
+        handle_signals: bool = False,
+        grace_s: float = DEFAULT_GRACE_S,
+    ) -> JobResult:
+        """Continue a failed or interrupted job: completed steps are skipped, committed answers
+        reused, failed and interrupted steps run again. pipeline: use this file instead of
+        the job's own (e.g. with a fixed prompt; the steps it changes run again)."""
+        prepared = self.prepare_resume(
+            job_id, pipeline=pipeline, force=force, ignore_breaker=ignore_breaker
+        )
+        return self.execute(
+            prepared, observer=observer, handle_signals=handle_signals, grace_s=grace_s
+        )
+
+    async def aresume(
+        self,
+        job_id: str,
+        *,
+        pipeline: str | os.PathLike[str] | None = None,
+        force: bool = False,
+        ignore_breaker: bool = False,
+        observer: Observer | None = None,
+    ) -> JobResult:
+        """`resume` inside the caller's event loop."""
+        prepared = self.prepare_resume(
+            job_id, pipeline=pipeline, force=force, ignore_breaker=ignore_breaker
+        )
+        return await self.aexecute(prepared, observer=observer)
+
+    def result(self, job_id: str) -> JobResult:
+        """The job as it stands, with each succeeded step's output (from its blob)."""
+        from steplog.commands.results import job_result
+
+        return job_result(self._reader(), self._state(self.resolve_job(job_id)))
+
+    # -- reading the log -----------------------------------------------------------------------
+
+    def resolve_job(self, job: str | None) -> str:
+        """A job id as given, or the most recently updated job for None or "@latest"."""
+        if job is not None and job != LATEST:
+            return job
+        row = (
+            self._reader()
+            .conn.execute("SELECT job_id FROM streams ORDER BY last_seq DESC LIMIT 1")
+            .fetchone()
+        )
+        if row is None:
+            raise Rejected(f"no jobs in {self.path} yet; start one with: steplog run PIPELINE.toml")
+        return str(row[0])
+
+    def _state(self, job_id: str) -> JobState:
+        from steplog.commands.jobs import fold_job
+
+        state = fold_job(self._reader(), job_id)
+        if not state.exists:
+            raise Rejected(f"unknown job {job_id}")
+        return state
+
+    def status_document(self, job_id: str | None = None) -> dict[str, Any]:
+        """`status` as the plain JSON document `steplog status --json` prints."""
+        from steplog.commands.queries import manifest_document
+
+        return manifest_document(self._state(self.resolve_job(job_id)))
+
+    def status(self, job_id: str | None = None) -> JobStatus:
+        """The job's manifest folded from its log (default: the most recently updated job)."""
+        from steplog.models import JobStatus
+
+        return JobStatus.model_validate(self.status_document(job_id))
+
+    def jobs(self, limit: int = 50) -> list[JobSummary]:
+        """The most recently updated jobs first."""
+        from steplog.commands import queries
+        from steplog.models import JobSummary
+
+        return [JobSummary.model_validate(row) for row in queries.jobs(self._reader(), limit)]
+
+    def stored_events(
+        self,
+        job_id: str,
+        *,
+        type: str | None = None,
+        step: str | None = None,
+        level: str | None = None,
+        after: int = 0,
+    ) -> Iterator[StoredEvent]:
+        """The job's events as stored (a lazy iterator, read in batches), filtered: type is a
+        glob ('llm.*'), level is the lowest to include, after is a version to start after."""
+        from steplog.commands import queries
+
+        found = queries.events(
+            self._reader(), self.resolve_job(job_id), type_glob=type, step=step, level=level
+        )
+        return (ev for ev in found if ev.version > after) if after else found
+
+    def events(
+        self,
+        job_id: str,
+        *,
+        type: str | None = None,
+        step: str | None = None,
+        level: str | None = None,
+        after: int = 0,
+    ) -> Iterator[Event]:
+        """`stored_events` as typed Event models."""
+        return map(
+            _event, self.stored_events(job_id, type=type, step=step, level=level, after=after)
+        )
+
+    def follow(self, job_id: str, *, interval_s: float = 0.2) -> Iterator[Event]:
+        """The job's events, old then new as they are committed; the iterator ends after the
+        event that leaves the job succeeded, failed, cancelled or interrupted."""
+        from steplog.commands.follow import Cursor, follow_iter
+
+        store, job = self._reader(), self.resolve_job(job_id)
+        Cursor(store, job)  # an unknown job is refused now, not at the first next()
+        return map(_event, follow_iter(store, job, interval_s=interval_s))
+
+    async def afollow(self, job_id: str, *, interval_s: float = 0.2) -> AsyncIterator[Event]:
+        """`follow` for an event loop: waiting for new events does not block it."""
+        from steplog.commands.follow import follow_async
+
+        async for ev in follow_async(
+            self._reader(), self.resolve_job(job_id), interval_s=interval_s
+        ):
+            yield _event(ev)
+
+    def replay(self, job_id: str, until: str | int) -> ReplayState:
+        """The job as it was at a point of its log: an event number, an ISO timestamp, or
+        TYPE[:STEP] (its first match). The same fold as "now", over a prefix."""
+        from steplog.commands.queries import replay_document
+        from steplog.commands.replay import replay
+        from steplog.models import ReplayState
+
+        view = replay(self._reader(), self.resolve_job(job_id), str(until))
+        return ReplayState.model_validate(replay_document(view))
+
+    def fork(
+        self,
+        job_id: str,
+        until: str | int,
+        new_job_id: str,
+        workspace: str | os.PathLike[str] | None = None,
+    ) -> ForkResult:
+        """A new job whose history is JOB's up to `until`, with the files it had written then
+        restored in its workspace (default runs/<new_job_id>); `resume` it to go on."""
+        from steplog.commands.fork import fork_document, fork_job
+        from steplog.models import ForkResult
+
+        done = fork_job(
+            self.open_store(write=True, create=False),
+            self.resolve_job(job_id),
+            str(until),
+            new_job_id,
+            Path(workspace) if workspace is not None else None,
+        )
+        return ForkResult.model_validate(fork_document(done))
+
+    def plan(
+        self,
+        pipeline: str | os.PathLike[str],
+        inputs: dict[str, str] | None = None,
+        *,
+        job_id: str | None = None,
+    ) -> PlanReport:
+        """Predict, without calling a provider, which steps the cache would serve and why the
+        others miss; with job_id, what resuming that job with this pipeline file would do."""
+        from steplog.commands import plan
+        from steplog.models import PlanReport
+
+        given = _check_inputs(inputs)
+        if job_id is None:
+            report = plan.plan_new_run(self.open_store(create=True), Path(pipeline), given)
+        else:
+            report = plan.plan_for_resume(
+                self._reader(), self.resolve_job(job_id), Path(pipeline), given
+            )
+        return PlanReport.model_validate(report.document())
+
+    def verify(self, job_id: str | None = None) -> VerifyReport:
+        """Check hash chains, append-only triggers, the schema, SQLite's integrity, every
+        projection table against a fresh fold, and every blob against its sha256."""
+        from steplog.commands.verify import verify
+        from steplog.models import VerifyReport
+
+        store = self._reader()
+        job = self.resolve_job(job_id) if job_id is not None else None
+        if job is not None and not store.job_exists(job):
+            raise Rejected(f"unknown job {job}")
+        return VerifyReport.model_validate(verify(store.conn, job).document())
+
+    def export(self, job_id: str, file: str | os.PathLike[str]) -> ExportResult:
+        """Write the job's events, with the blobs they point at inline, as JSON lines to FILE
+        (replaced atomically); `import_` reads it back."""
+        from steplog.commands.interchange import export_job, write_atomically
+        from steplog.models import ExportResult
+
+        target = Path(file)
+        job = self.resolve_job(job_id)
+        exported = export_job(self._reader(), job, relative_to=target.parent.resolve())
+        write_atomically(target, exported.text())
+        return ExportResult(
+            job_id=job,
+            path=str(target),
+            events=exported.events,
+            blobs=exported.blobs,
+            missing_blobs=exported.missing,
+        )
+
+    def import_(self, file: str | os.PathLike[str], job_id: str | None = None) -> ImportResult:
+        """Load a steplog export, or the predecessor's events.jsonl, as a new job (all or
+        nothing)."""
+        from steplog.commands.interchange import import_job
+        from steplog.models import ImportResult
+
+        target, plan = import_job(self.open_store(write=True), Path(file), job_id)
+        return ImportResult(
+            job_id=target,
+            source="predecessor events.jsonl" if plan.predecessor else "steplog export",
+            events=len(plan.events),
+            blobs=len(plan.blobs),
+        )
+
+
+LATEST = "@latest"
+
+
+def _check_inputs(inputs: dict[str, str] | None) -> dict[str, str]:
+    given = dict(inputs or {})
+    for name, value in given.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise Rejected(f"input {name!r} must be a string name with a string value")
+    return given
+
+
+def _event(ev: StoredEvent) -> Event:
+    from steplog.models import Event
+
+    return Event(**ev.envelope(), seq=ev.seq, version=ev.version)
+
+
+def _silent(line: str) -> None:
+    pass
+
+
+def _refuse_inside_a_loop() -> None:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        "Steplog.run()/resume() start their own event loop; inside one, use await arun()/aresume()"
+    )
+
+
+__all__ = ["LATEST", "Steplog"]
