@@ -56,3 +56,5 @@ CREATE TABLE IF NOT EXISTS cache_refused (
     seq             INTEGER NOT NULL,         -- the first cache.invalidated that refused it
     PRIMARY KEY (cache_key, response_sha256)
 ) WITHOUT ROWID;
+
+-- migration 4: job_summary counts answered and unanswered calls beside failed ones (views only)

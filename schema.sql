@@ -320,6 +320,7 @@ LEFT JOIN keys AS k ON k.cache_key = l.cache_key
 GROUP BY k.provider, k.model;
 
 -- One row per job: the `jobs` projection with totals folded from the job's events.
+-- calls are the requests made; answered + failed + unanswered of them, as the manifest counts.
 -- steps_succeeded / steps_failed count each step by its latest outcome (skipped = succeeded
 -- earlier), so a step that failed and then succeeded on resume counts once, as succeeded.
 -- Written so that `WHERE job_id = ?` reaches the per-job aggregate (an inner join on it) and
@@ -334,6 +335,7 @@ WITH per_job AS (
            max(CASE WHEN type IN ('job.succeeded', 'job.failed', 'job.cancelled',
                                   'job.interrupted') THEN version END) AS last_end,
            sum(type = 'llm.request') AS calls,
+           sum(type = 'llm.response' AND json_extract(data, '$.success') = 1) AS answered_calls,
            sum(type = 'llm.response' AND json_extract(data, '$.success') = 0) AS failed_calls,
            sum(CASE WHEN type = 'llm.response' THEN json_extract(data, '$.tokens_in') END)
                AS tokens_in,
@@ -384,7 +386,11 @@ SELECT b.job_id,
        coalesce(b.tokens_out, 0)   AS tokens_out,
        b.cost                      AS cost,
        b.calls                     AS calls,
+       b.answered_calls            AS answered_calls,
        b.failed_calls              AS failed_calls,
+       -- requests no response answered (llm_calls' success IS NULL): in flight, or abandoned
+       (SELECT count(*) FROM llm_calls AS c WHERE c.job_id = b.job_id AND c.success IS NULL)
+                                   AS unanswered_calls,
        b.cache_hits                AS cache_hits,
        b.cache_misses              AS cache_misses,
        coalesce(b.tokens_saved, 0) AS tokens_saved,

@@ -28,7 +28,7 @@ from steplog.eventstore.record import (
     chain_hash,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
 
 

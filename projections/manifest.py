@@ -44,12 +44,16 @@ class StepState:
     finished_ts: str | None = None
     duration_s: float | None = None
     error: str | None = None
-    llm_calls: int = 0
+    llm_calls: int = 0  # llm.request: calls made (a paid API may bill each)
+    llm_unanswered: int = 0  # requests no llm.response answered (in flight, or abandoned)
     tokens_in: int = 0
     tokens_out: int = 0
     files: list[str] = field(default_factory=list)
     cost: float = 0.0  # USD, from llm.response `cost` (unpriced calls add nothing)
     unpriced_calls: int = 0  # answered calls whose model has no price: cost is a lower bound
+    # (attempt, cache key) of the request awaiting its response: the next llm.* event of the
+    # step answers it or not, as the llm_calls view pairs them. Folding state, not shown.
+    open_call: tuple[int, str] | None = field(default=None, metadata={"shown": False})
 
     @property
     def completed(self) -> bool:
@@ -78,8 +82,10 @@ class JobState:
     steps: dict[str, StepState] = field(default_factory=dict)
     version: int = 0
     last_seq: int = 0
-    llm_calls: int = 0
-    llm_failures: int = 0
+    llm_calls: int = 0  # llm.request events: calls made
+    llm_answered: int = 0  # llm.response with success
+    llm_failures: int = 0  # llm.response without success
+    llm_unanswered: int = 0  # requests no response answered: in flight, or abandoned
     tokens_in: int = 0
     tokens_out: int = 0
     cache_hits: int = 0
@@ -120,7 +126,7 @@ class JobState:
         return out
 
 
-_STEP_FIELDS = tuple(f.name for f in fields(StepState))
+_STEP_FIELDS = tuple(f.name for f in fields(StepState) if f.metadata.get("shown", True))
 
 
 def _step_document(step: StepState) -> dict[str, Any]:
@@ -223,11 +229,27 @@ def _step_skipped(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
     s.fingerprint = d["fingerprint"]
 
 
-def _llm_response(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+def _llm_request(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    """A call made: unanswered until the step's next llm.* event is its response."""
     s = _step(state, ev)
     state.llm_calls += 1
     s.llm_calls += 1
-    if not d["success"]:
+    state.llm_unanswered += 1
+    s.llm_unanswered += 1
+    s.open_call = (d["attempt"], d["cache_key"])
+    if s.status == "waiting":  # the wait is over once the call is on its way
+        s.status = "running"
+
+
+def _llm_response(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    s = _step(state, ev)
+    if s.open_call is not None and s.open_call == (d.get("attempt"), d.get("cache_key")):
+        state.llm_unanswered -= 1
+        s.llm_unanswered -= 1
+    s.open_call = None
+    if d["success"]:
+        state.llm_answered += 1
+    else:
         state.llm_failures += 1
     state.tokens_in += d.get("tokens_in", 0)
     state.tokens_out += d.get("tokens_out", 0)
@@ -240,12 +262,6 @@ def _llm_response(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
     if cost:
         state.cost = round(state.cost + cost, 9)
         s.cost = round(s.cost + cost, 9)
-
-
-def _llm_request(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
-    s = _step(state, ev)
-    if s.status == "waiting":  # the wait is over once the call is on its way
-        s.status = "running"
 
 
 def _step_waiting(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:

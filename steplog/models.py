@@ -31,7 +31,8 @@ class StepStatus(_Result):
     finished_ts: str | None
     duration_s: float | None
     error: str | None
-    llm_calls: int
+    llm_calls: int = Field(description="calls made (llm.request)")
+    llm_unanswered: int = Field(description="calls no response answered: in flight, or abandoned")
     tokens_in: int
     tokens_out: int
     files: list[str] = Field(description="workspace paths the step wrote, first write first")
@@ -62,8 +63,13 @@ class JobStatus(_Result):
     steps: dict[str, StepStatus]
     version: int = Field(description="the number of the job's last event")
     last_seq: int
-    llm_calls: int
-    llm_failures: int
+    llm_calls: int = Field(description="calls made (llm.request): a paid API may bill each")
+    llm_answered: int = Field(description="calls answered (llm.response with success)")
+    llm_failures: int = Field(description="calls that failed (llm.response without success)")
+    llm_unanswered: int = Field(
+        description="calls no response answered: in flight while the job runs, else abandoned "
+        "(the process died mid-call or the call was cut off)"
+    )
     tokens_in: int
     tokens_out: int
     cache_hits: int

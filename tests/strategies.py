@@ -213,6 +213,8 @@ def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
             ),
             step,
         )
+        if draw(st.integers(0, 7)) == 0:  # the process died mid-call: no response, ever
+            return False  # (the step is started again, as a resume does)
         success = draw(st.booleans())
         if success:
             sha = job.sha() if draw(st.integers(0, 9)) else None  # an empty answer: no blob

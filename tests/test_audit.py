@@ -370,7 +370,7 @@ def test_verify_does_not_upgrade_an_old_database_it_reports_it(tmp_path, cli):
     before = old.read_bytes()
     result = cli(old, "verify")
     assert result.code == 1
-    assert "schema: schema version is 1, this steplog expects 3" in result.out.splitlines()[0]
+    assert "schema: schema version is 1, this steplog expects 4" in result.out.splitlines()[0]
     assert old.read_bytes() == before
 
 

@@ -188,6 +188,45 @@ def test_job_summary_agrees_with_the_manifest_fold(log):
 
 
 @SETTINGS
+@given(logs())
+def test_every_verb_counts_calls_made_answered_failed_and_unanswered_alike(log):
+    """One count of calls: the manifest fold (status), job_summary, audit's document and the
+    llm_calls view agree on the four figures for any log."""
+    from steplog.commands.audit import audit_document
+
+    pool, batches = log
+    with fresh_store() as store:
+        events = written(store, pool, batches)
+        for job in {ev.job_id for ev in events}:
+            state = manifest.project(job, [ev for ev in events if ev.job_id == job])
+            folded = (
+                state.llm_calls,
+                state.llm_answered,
+                state.llm_failures,
+                state.llm_unanswered,
+            )
+            (summary,) = query(
+                store,
+                "SELECT calls, answered_calls, failed_calls, unanswered_calls FROM job_summary"
+                f" WHERE job_id = '{job}'",
+            )
+            (view,) = query(
+                store,
+                "SELECT count(*), coalesce(sum(success = 1), 0), coalesce(sum(success = 0), 0),"
+                f" coalesce(sum(success IS NULL), 0) FROM llm_calls WHERE job_id = '{job}'",
+            )
+            doc = audit_document(store.conn, job)["summary"]
+            audited = tuple(
+                doc[k] for k in ("calls", "answered_calls", "failed_calls", "unanswered_calls")
+            )
+            assert folded == summary == audited
+            assert folded[0] == view[0] and folded[3] == view[3]
+            per_step = [(s.llm_calls, s.llm_unanswered) for s in state.steps.values()]
+            assert sum(c for c, _ in per_step) == state.llm_calls
+            assert sum(u for _, u in per_step) == state.llm_unanswered
+
+
+@SETTINGS
 @given(logs(), st.data())
 def test_verify_passes_any_log_and_names_the_one_event_changed(log, data):
     pool, batches = log

@@ -25,6 +25,12 @@ def cost_text(cost: float, unpriced_calls: int, places: int = 6) -> str:
     return f"{text} + {unpriced_calls} unpriced call{'s' if unpriced_calls > 1 else ''}"
 
 
+def calls_text(made: int, answered: int, failed: int, unanswered: int) -> str:
+    """The one way every verb states a job's calls: made (each may be billed), and how each
+    ended. Unanswered: no response recorded (in flight, or the process died mid-call)."""
+    return f"calls {made}: {answered} answered, {failed} failed, {unanswered} unanswered"
+
+
 def print_manifest(console: Console, state: JobState, *, historical: bool = False) -> None:
     status = state.status
     if not historical and status == "running" and state.owner and owner_alive(state.owner) is False:
@@ -38,7 +44,8 @@ def print_manifest(console: Console, state: JobState, *, historical: bool = Fals
     if state.inputs:
         console.print("inputs: " + ", ".join(f"{k}={v!r}" for k, v in state.inputs.items()))
     console.print(
-        f"calls {state.llm_calls} ({state.llm_failures} failed)  tokens in {state.tokens_in} out "
+        f"{calls_text(state.llm_calls, state.llm_answered, state.llm_failures, state.llm_unanswered)}"
+        f"  tokens in {state.tokens_in} out "
         f"{state.tokens_out}  cache hits {state.cache_hits} misses {state.cache_misses}  "
         f"files {state.files_written}  cost {cost_text(state.cost, state.unpriced_calls)}"
     )
@@ -163,7 +170,8 @@ def print_audit(out: Console, doc: dict[str, Any]) -> None:
     )
     out.print(
         f"steps {s['steps']}: {s['steps_succeeded']} succeeded, {s['steps_failed']} failed; "
-        f"calls {s['calls']} ({s['failed_calls']} failed); tokens in {s['tokens_in']}, "
+        f"{calls_text(s['calls'], s['answered_calls'], s['failed_calls'], s['unanswered_calls'])}"
+        f"; tokens in {s['tokens_in']}, "
         f"out {s['tokens_out']}{cost}"
     )
     cache = doc["cache"]
@@ -196,7 +204,7 @@ def print_audit(out: Console, doc: dict[str, Any]) -> None:
         calls.add_column(col)
     for c in doc["llm_calls"]:
         failed = f"failed: {c['error_class']}" if c["error_class"] else "failed"
-        result = {1: "ok", 0: failed, None: "no response"}[c["success"]]
+        result = {1: "ok", 0: failed, None: "unanswered"}[c["success"]]
         result += " (copied)" if c["copied"] else ""
         calls.add_row(
             c["step"],
