@@ -101,16 +101,15 @@ def _depends(
     """A step whose rendered input is not known yet: say what it waits for, and which of the
     parts that do not depend on upstream output changed since its previous run."""
     reason = f"depends on {', '.join(waiting)} (will be re-run)"
-    previous = previous_run(store.conn, pipeline.name, name)
+    # upstream output and rendered text are unknown until the upstream steps ran
+    known = explain.cache_detail(pipeline, name, system=None, prompt="", inputs=inputs, outputs={})
+    unknown = ("upstream", "rendered")
+    previous = previous_run(
+        store.conn, pipeline.name, name, known, unknown=unknown, job_inputs=inputs
+    )
     changed: list[CacheChange] = []
     if previous is not None and previous.detail is not None:
-        known = explain.cache_detail(
-            pipeline, name, system=None, prompt="", inputs=inputs, outputs={}
-        ).model_dump()
-        # upstream output and rendered text are unknown until the upstream steps ran
-        known["upstream"] = previous.detail.get("upstream")
-        known["rendered"] = previous.detail.get("rendered")
-        changed = explain.explain(previous.detail, known)
+        changed = explain.changes_since(previous, known, {}, unknown=unknown)
     if changed:
         reason += "; also " + "; ".join(explain.describe(c) for c in changed)
     return StepPlan(
@@ -191,7 +190,8 @@ def predict(
             inputs=inputs,
             outputs={r: outputs[r].text for r in reads},
         )
-        why = explain.miss_fields(previous_run(store.conn, pipeline.name, name), key, parts, detail)
+        previous = previous_run(store.conn, pipeline.name, name, detail, parts, job_inputs=inputs)
+        why = explain.miss_fields(previous, key, parts, detail)
         steps.append(
             StepPlan(
                 name,

@@ -1,36 +1,82 @@
-"""The previous run of a step: its most recent cache.hit/cache.miss, any job, same pipeline name.
+"""The previous run of a step that a cache miss is explained against.
 
-One indexed query (schema.sql: events_cache_runs, a partial index on step and the event's
-pipeline name, over cache events only), so a cache miss pays one b-tree descent for it.
+Not merely the latest run of a step of that name: the closest one — the run whose key parts
+differ least from this one's, the same inputs first (executor.explain.closest) — among the
+step's recent cache.hit/cache.miss events of the same pipeline name, in any job. One indexed
+query (schema.sql: events_cache_runs, a partial index on step and the event's pipeline name,
+over cache events only) reads them, newest first.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from typing import Any, Mapping
 
 import orjson
 
-from steplog.executor.explain import PreviousRun
+from steplog.eventstore.events import CacheDetail
+from steplog.executor.explain import PreviousRun, closest
+
+# How many of the step's latest distinct keys are compared: enough for a pipeline run over a
+# few dozen inputs, a bounded cost for a miss.
+CANDIDATES = 32
 
 # The WHERE terms repeat the partial index's expression and condition so SQLite can use it.
-_PREVIOUS_RUN_SQL = (
+RUNS_SQL = (
     "SELECT seq, job_id, data FROM events"
     " WHERE type IN ('cache.hit', 'cache.miss') AND step = ?"
     " AND json_extract(data, '$.pipeline') = ?"
-    " ORDER BY seq DESC LIMIT 1"
+    " ORDER BY seq DESC LIMIT ?"
 )
 
 
-def previous_run(conn: sqlite3.Connection, pipeline: str, step: str) -> PreviousRun | None:
-    row = conn.execute(_PREVIOUS_RUN_SQL, (step, pipeline)).fetchone()
-    if row is None:
+_JOB_INPUTS_SQL = "SELECT data FROM events WHERE job_id = ? AND version = 1"
+
+
+def previous_runs(
+    conn: sqlite3.Connection, pipeline: str, step: str, limit: int = CANDIDATES
+) -> list[PreviousRun]:
+    """The step's latest runs with distinct keys, newest first (at most `limit`), each with
+    the inputs of its job (job.created, one primary-key read per job)."""
+    runs: dict[str, PreviousRun] = {}
+    inputs: dict[str, dict[str, str] | None] = {}
+    # a key run many times appears many times: read a few rows per wanted key
+    for seq, job_id, data_json in conn.execute(RUNS_SQL, (step, pipeline, limit * 4)):
+        data = orjson.loads(data_json)
+        if data["cache_key"] in runs:
+            continue
+        if job_id not in inputs:
+            row = conn.execute(_JOB_INPUTS_SQL, (job_id,)).fetchone()
+            inputs[job_id] = orjson.loads(row[0]).get("inputs") if row else None
+        runs[data["cache_key"]] = PreviousRun(
+            seq=seq,
+            job_id=job_id,
+            cache_key=data["cache_key"],
+            parts=dict(data.get("parts") or {}),
+            detail=data.get("detail"),
+            job_inputs=inputs[job_id],
+        )
+        if len(runs) == limit:
+            break
+    return list(runs.values())
+
+
+def previous_run(
+    conn: sqlite3.Connection,
+    pipeline: str,
+    step: str,
+    detail: CacheDetail | Mapping[str, Any] | None = None,
+    parts: Mapping[str, str] | None = None,
+    *,
+    unknown: tuple[str, ...] = (),
+    job_inputs: Mapping[str, str] | None = None,
+) -> PreviousRun | None:
+    """The run to explain this one against: the closest to `detail`/`parts` and the job's
+    inputs (without them, the latest). `unknown`: detail parts not known yet (e.g. upstream
+    output), not compared."""
+    runs = previous_runs(conn, pipeline, step, limit=CANDIDATES if detail or parts else 1)
+    if not runs:
         return None
-    seq, job_id, data_json = row
-    data = orjson.loads(data_json)
-    return PreviousRun(
-        seq=seq,
-        job_id=job_id,
-        cache_key=data["cache_key"],
-        parts=dict(data.get("parts") or {}),
-        detail=data.get("detail"),
-    )
+    if detail is None and parts is None:
+        return runs[0]
+    return closest(runs, detail, parts or {}, unknown=unknown, job_inputs=job_inputs)

@@ -210,16 +210,69 @@ def describe(change: CacheChange) -> str:
 
 @dataclass(frozen=True)
 class PreviousRun:
-    """The most recent cache.hit/cache.miss of a step (same pipeline name, any job)."""
+    """A cache.hit/cache.miss of a step (same pipeline name, any job) to compare a key with."""
 
     seq: int
     job_id: str
     cache_key: str
     parts: dict[str, str]
     detail: dict[str, Any] | None
+    job_inputs: dict[str, str] | None = None  # the inputs its job ran with (None: not read)
 
 
 FIRST_RUN = "first run of this step"
+
+
+def _part_changes(previous: PreviousRun, parts: Mapping[str, str]) -> list[CacheChange]:
+    """Which key parts differ, from their hashes (all a run recorded before details were)."""
+    return [
+        CacheChange(
+            part="key",
+            name=name,
+            old=_short(previous.parts.get(name)),
+            new=_short(parts.get(name)),
+        )
+        for name in sorted(set(previous.parts) | set(parts))
+        if previous.parts.get(name) != parts.get(name)
+    ]
+
+
+def changes_since(
+    previous: PreviousRun,
+    detail: CacheDetail | Mapping[str, Any] | None,
+    parts: Mapping[str, str],
+    *,
+    unknown: tuple[str, ...] = (),
+) -> list[CacheChange]:
+    """What changed since `previous`; parts named in `unknown` are taken as they were then."""
+    if previous.detail is None or detail is None:
+        return _part_changes(previous, parts)
+    current = _as_dict(detail)
+    for part in unknown:
+        current[part] = previous.detail.get(part)
+    return explain(previous.detail, current)
+
+
+def closest(
+    runs: list[PreviousRun],
+    detail: CacheDetail | Mapping[str, Any] | None,
+    parts: Mapping[str, str],
+    *,
+    unknown: tuple[str, ...] = (),
+    job_inputs: Mapping[str, str] | None = None,
+) -> PreviousRun:
+    """The run whose key differs least from this one: fewest changed step inputs first, then
+    a job run over the same inputs (the run a person compares with), then fewest changes,
+    then the latest. `runs` is newest first."""
+
+    def distance(ranked: tuple[int, PreviousRun]) -> tuple[int, int, int, int]:
+        order, run = ranked
+        changed = changes_since(run, detail, parts, unknown=unknown)
+        inputs = sum(c.part == "input" or (c.part == "key" and c.name == "input") for c in changed)
+        other_job_inputs = int(job_inputs is not None and run.job_inputs != dict(job_inputs))
+        return (inputs, other_job_inputs, len(changed), order)
+
+    return min(enumerate(runs), key=distance)[1]
 
 
 def miss_fields(
@@ -236,18 +289,6 @@ def miss_fields(
     if previous.cache_key == key:
         reason = "same key as the previous run, but no usable answer is cached for it"
         return {"reason": reason, "changed": [], **found}
-    if previous.detail is not None:
-        changed = explain(previous.detail, detail)
-    else:  # recorded before details were: the per-part hashes still say which part moved
-        changed = [
-            CacheChange(
-                part="key",
-                name=name,
-                old=_short(previous.parts.get(name)),
-                new=_short(parts.get(name)),
-            )
-            for name in sorted(set(previous.parts) | set(parts))
-            if previous.parts.get(name) != parts.get(name)
-        ]
+    changed = changes_since(previous, detail, parts)
     reason = "; ".join(describe(c) for c in changed) or "the key changed"
     return {"reason": reason, "changed": changed, **found}

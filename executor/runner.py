@@ -391,7 +391,9 @@ class JobRunner:
                 output=spec.output,
                 on_truncation=spec.on_truncation,
             )
-            previous = previous_run(self.store.conn, self.pipeline.name, name)
+            previous = previous_run(
+                self.store.conn, self.pipeline.name, name, detail, parts, job_inputs=self.inputs
+            )
             miss = CacheMiss(
                 cache_key=key,
                 parts=parts,

@@ -238,7 +238,7 @@ def test_the_previous_run_is_found_through_the_partial_index(store):
     from steplog.executor import cachehistory
 
     plan = store.conn.execute(
-        "EXPLAIN QUERY PLAN " + cachehistory._PREVIOUS_RUN_SQL, ("step", "pipeline")
+        "EXPLAIN QUERY PLAN " + cachehistory.RUNS_SQL, ("step", "pipeline", 10)
     ).fetchall()
     assert any("USING INDEX events_cache_runs" in row[-1] for row in plan), plan
     assert not any("TEMP B-TREE" in row[-1] for row in plan), plan  # no sort: seq is in the index
@@ -259,3 +259,40 @@ def test_previous_run_is_the_latest_cache_event_of_that_pipeline_and_step(store)
     assert previous_run(store.conn, "q", "s").cache_key == "k2"
     assert previous_run(store.conn, "p", "t").cache_key == "k3"
     assert previous_run(store.conn, "p", "nope") is None
+
+
+def test_a_miss_is_explained_against_the_closest_previous_run_not_the_latest(tmp_path):
+    """After runs on two topics, editing one prompt is explained against the run on the same
+    topic (the prompt changed), not against the latest run (another topic: its input)."""
+    from steplog import Steplog
+
+    source = """
+name = "topics"
+[inputs.topic]
+[providers.local]
+kind = "offline"
+[steps.outline]
+provider = "local"
+prompt = "Outline {{ inputs.topic }}."
+[steps.essay]
+needs = ["outline"]
+provider = "local"
+prompt = "Write {{ steps.outline.output }}"
+"""
+    path = tmp_path / "p.toml"
+    path.write_text(source)
+    with Steplog(tmp_path / "s.db") as sl:
+        sl.run(path, {"topic": "owls"}, "owls", tmp_path / "w1").raise_for_status()
+        sl.run(path, {"topic": "tides"}, "tides", tmp_path / "w2").raise_for_status()
+        path.write_text(source.replace("Outline {{", "Outline briefly {{"))
+        plan = sl.plan(path, {"topic": "owls"})
+        outline, essay = plan.steps
+        assert (outline.action, outline.previous_job) == ("miss", "owls")
+        assert outline.reason.startswith("prompt template changed"), outline.reason
+        assert "input" not in outline.reason
+        assert essay.action == "depends" and essay.previous_job == "owls"
+        # the run itself records the same explanation in its cache.miss
+        sl.run(path, {"topic": "owls"}, "again", tmp_path / "w3").raise_for_status()
+        (miss,) = [e for e in sl.events("again", type="cache.miss") if e.step == "outline"]
+        assert miss.data["previous_job"] == "owls"
+        assert miss.data["reason"] == outline.reason
