@@ -19,14 +19,31 @@ from steplog.projections.manifest import JOB_STATUS_AFTER, TERMINAL_JOB_STATUSES
 Predicate = Callable[[StoredEvent], bool]
 
 DEFAULT_INTERVAL_S = 0.2
+# `events --follow JOB` started just before `run --job-id JOB`: wait this long for it
+DEFAULT_CREATE_WAIT_S = 10.0
+CREATE_POLL_S = 0.1
 
 
 class Cursor:
     """Where a follower is in one job's log: each `poll` reads only the events after it."""
 
-    def __init__(self, store: SQLiteEventStore, job_id: str) -> None:
-        if not store.job_exists(job_id):
-            raise Rejected(f"unknown job {job_id}")
+    def __init__(
+        self,
+        store: SQLiteEventStore,
+        job_id: str,
+        *,
+        wait_s: float = 0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """wait_s: how long a job not created yet is waited for (another process may be
+        starting it) before it is refused as unknown."""
+        waited = 0.0
+        while not store.job_exists(job_id):
+            if waited >= wait_s:
+                why = f" (waited {wait_s:g} s for it to be created)" if wait_s else ""
+                raise Rejected(f"unknown job {job_id}{why}")
+            sleep(CREATE_POLL_S)
+            waited += CREATE_POLL_S
         self.store = store
         self.job_id = job_id
         self.seen = 0
@@ -53,11 +70,12 @@ def follow_iter(
     job_id: str,
     *,
     interval_s: float = DEFAULT_INTERVAL_S,
+    wait_s: float = DEFAULT_CREATE_WAIT_S,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[StoredEvent]:
     """The job's events, old then new, ending after the one that leaves it in a terminal
     status (succeeded, failed, cancelled, interrupted)."""
-    cursor = Cursor(store, job_id)
+    cursor = Cursor(store, job_id, wait_s=wait_s, sleep=sleep)
     while True:
         yield from cursor.poll()
         if cursor.ended:
@@ -66,11 +84,19 @@ def follow_iter(
 
 
 async def follow_async(
-    store: SQLiteEventStore, job_id: str, *, interval_s: float = DEFAULT_INTERVAL_S
+    store: SQLiteEventStore,
+    job_id: str,
+    *,
+    interval_s: float = DEFAULT_INTERVAL_S,
+    wait_s: float = DEFAULT_CREATE_WAIT_S,
 ) -> AsyncIterator[StoredEvent]:
     """follow_iter for an event loop: the wait between polls does not block it."""
     import anyio
 
+    waited = 0.0
+    while not store.job_exists(job_id) and waited < wait_s:
+        await anyio.sleep(CREATE_POLL_S)
+        waited += CREATE_POLL_S
     cursor = Cursor(store, job_id)
     while True:
         for ev in cursor.poll():
@@ -87,10 +113,11 @@ def follow(
     emit: Callable[[StoredEvent], None],
     *,
     interval_s: float = DEFAULT_INTERVAL_S,
+    wait_s: float = DEFAULT_CREATE_WAIT_S,
     sleep: Callable[[float], None] = time.sleep,
 ) -> str:
     """Emit the job's events that `keep` accepts, old then new; returns the terminal status."""
-    events = follow_iter(store, job_id, interval_s=interval_s, sleep=sleep)
+    events = follow_iter(store, job_id, interval_s=interval_s, wait_s=wait_s, sleep=sleep)
     status = "unknown"
     try:
         for ev in events:

@@ -5,12 +5,15 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterator
 
+import orjson
+
 from steplog.commands.jobs import Rejected, fold_job
 from steplog.commands.replay import ReplayView
 from steplog.eventstore.events import LEVELS
 from steplog.eventstore.record import StoredEvent
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.executor.ownership import owner_alive
+from steplog.executor.pipeline import did_you_mean
 from steplog.projections.manifest import JobState
 
 
@@ -51,8 +54,25 @@ def events(
     """JOB's events as they are read, in batches: a million-event job is never held whole."""
     if not store.job_exists(job_id):
         raise Rejected(f"unknown job {job_id}")
+    if step is not None:
+        check_step(store, job_id, step)
     keep = event_filter(type_glob, step, level)
     return (ev for ev in store.read_job(job_id) if keep(ev))
+
+
+def job_steps(store: SQLiteEventStore, job_id: str) -> list[str]:
+    """The steps job.created declared (event 1 of every job; a fork copies it)."""
+    first = next(store.read_job(job_id, until_version=1), None)
+    if first is None or first.type != "job.created":
+        return []
+    return list(orjson.loads(first.data_json).get("steps") or {})
+
+
+def check_step(store: SQLiteEventStore, job_id: str, step: str) -> None:
+    """Refuse a step the job does not have, naming the nearest one or the job's steps."""
+    steps = job_steps(store, job_id)
+    if steps and step not in steps:  # (an import without its pipeline may name none)
+        raise Rejected(f"job {job_id} has no step {step!r}{did_you_mean(step, steps)}")
 
 
 def event_filter(

@@ -6,6 +6,7 @@ PipelineError with one line naming the problem, before any event is written.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -33,19 +34,27 @@ from steplog.providers.config import (
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
 
+def did_you_mean(name: str, known: list[str]) -> str:
+    """ "; did you mean 'x'?" for the nearest known name, or the known names when none is near."""
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean {near[0]!r}?"
+    return f" (steps: {', '.join(sorted(known))})" if known else ""
+
+
 class PipelineError(Rejected, ValueError):
     """A pipeline that cannot run; the message is one line naming the problem."""
 
 
 class InputSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     description: str = ""
     default: str | None = None
 
 
 class StepSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     description: str = ""
     needs: list[str] = Field(default_factory=list)
@@ -62,7 +71,7 @@ class StepSpec(BaseModel):
 
 
 class PipelineSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     name: str
     description: str = ""
@@ -359,6 +368,11 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
         if referenced - set(step.needs):  # only walk the DAG when a direct need does not answer
             upstream = reachable({name}, pipeline.needs)
             for ref in sorted(referenced - upstream):
+                if ref not in spec.steps:
+                    raise PipelineError(
+                        f"{label}: steps.{name}: template reads steps.{ref}, but there is no "
+                        f"step named {ref!r}{did_you_mean(ref, [s for s in spec.steps if s != name])}"
+                    )
                 raise PipelineError(
                     f"{label}: steps.{name}: template reads steps.{ref}, which is not upstream "
                     "of this step (add it to needs)"

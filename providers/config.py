@@ -48,6 +48,10 @@ def url_problem(url: str) -> str | None:
         return "must start with http:// or https://"
     if not parts.hostname:
         return "has no host"
+    if ENV_REFERENCE.search(parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]):
+        return "takes ${NAME} in its user or password, path or query, not in its port"
+    if ENV_REFERENCE.search(parts.hostname):
+        return "takes ${NAME} in its user or password, path or query, not in its host"
     try:
         parts.port  # noqa: B018 - reading it is the check (ValueError)
     except ValueError:
@@ -73,7 +77,7 @@ HEADER_VALUE = r"^[\x21-\x7e]+$"
 
 
 class ProviderConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     kind: ProviderKind
     model: str = "offline-1"

@@ -344,22 +344,28 @@ class Steplog:
             _event, self.stored_events(job_id, type=type, step=step, level=level, after=after)
         )
 
-    def follow(self, job_id: str, *, interval_s: float = 0.2) -> Iterator[Event]:
+    def follow(
+        self, job_id: str, *, interval_s: float = 0.2, wait_s: float = 10.0
+    ) -> Iterator[Event]:
         """The job's events, old then new as they are committed; the iterator ends after the
-        event that leaves the job succeeded, failed, cancelled or interrupted."""
+        event that leaves the job succeeded, failed, cancelled or interrupted. A job not
+        created yet is waited for up to wait_s seconds (another process may be starting it)."""
         from steplog.commands.follow import Cursor, follow_iter
 
         store, job = self._reader(), self.resolve_job(job_id)
-        Cursor(store, job)  # an unknown job is refused now, not at the first next()
-        return map(_event, follow_iter(store, job, interval_s=interval_s))
+        Cursor(store, job, wait_s=wait_s)  # an unknown job is refused now, not at next()
+        return map(_event, follow_iter(store, job, interval_s=interval_s, wait_s=0))
 
-    async def afollow(self, job_id: str, *, interval_s: float = 0.2) -> AsyncIterator[Event]:
+    async def afollow(
+        self, job_id: str, *, interval_s: float = 0.2, wait_s: float = 10.0
+    ) -> AsyncIterator[Event]:
         """`follow` for an event loop: waiting for new events does not block it."""
         from steplog.commands.follow import follow_async
 
-        async for ev in follow_async(
-            self._reader(), self.resolve_job(job_id), interval_s=interval_s
-        ):
+        found = follow_async(
+            self._reader(), self.resolve_job(job_id), interval_s=interval_s, wait_s=wait_s
+        )
+        async for ev in found:
             yield _event(ev)
 
     def replay(self, job_id: str, until: str | int) -> ReplayState:

@@ -11,6 +11,7 @@ import shutil
 import signal
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,7 @@ def test_bad_input_raises_rejected_and_appends_nothing(tmp_path):
             lambda: sl.resume("missing"),
             lambda: sl.status("missing"),
             lambda: list(sl.events("missing")),
-            lambda: sl.follow("missing"),
+            lambda: sl.follow("missing", wait_s=0.2),
             lambda: sl.replay("ok", 999),
             lambda: sl.fork("ok", 2, "ok"),
             lambda: sl.verify("missing"),
@@ -229,3 +230,20 @@ def test_follow_ends_with_the_job_and_events_filter(tmp_path):
         fork = sl.fork("f", "step.succeeded:a", "g", tmp_path / "g")
         assert fork.source_job == "f" and fork.until_version == state.version
         assert sl.resume("g").steps["b"].cache_hit is True
+
+
+def test_follow_waits_a_bounded_time_for_a_job_about_to_be_created(tmp_path):
+    db = tmp_path / "s.db"
+    with Steplog(db) as sl:
+        sl.run(pipeline(tmp_path), job_id="first", workspace=tmp_path / "w0")
+        seen: list[str] = []
+        follower = threading.Thread(target=lambda: seen.extend(e.type for e in sl.follow("soon")))
+        follower.start()
+        time.sleep(0.3)  # the follower is waiting: "soon" does not exist yet
+        sl.run(pipeline(tmp_path), job_id="soon", workspace=tmp_path / "w1")
+        follower.join(30)
+        assert seen[0] == "job.created" and seen[-1] == "job.succeeded"
+        started = time.monotonic()
+        with pytest.raises(Rejected, match=r"unknown job never \(waited 0.3 s"):
+            sl.follow("never", wait_s=0.3)
+        assert 0.3 <= time.monotonic() - started < 5
