@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.cli_helpers import steplog
+from tests.cli_process import steplog
 
 DATA = Path(__file__).parent / "data"
 

@@ -14,7 +14,7 @@ import pytest
 
 from steplog.commands.timeline import _ts, build
 from steplog.projections.store import open_store
-from tests.cli_helpers import EXAMPLE, db_rows, status_json, steplog
+from tests.cli_process import EXAMPLE, db_rows, status_json, steplog
 from tests.fake_llm_server import closed_port
 from tests.test_readme import sql_recipes
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import (
+from tests.cli_process import (
     EXAMPLE,
     comparable_manifest,
     db_rows,
@@ -271,7 +271,7 @@ def test_a_signal_records_interruption_and_resume_continues(tmp_path, sig, code)
     """The signal comes while b's call is in flight (a minute long, so however late a busy
     machine delivers it, the job cannot have ended first; grace 0 cuts the call off), with c
     still to start. Resume, with the delay taken out of the pipeline, runs b and c only."""
-    from tests.proc_pipelines import dag_pipeline
+    from tests.pipeline_files import dag_pipeline
 
     db, log = tmp_path / "s.db", tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}

@@ -20,8 +20,8 @@ from steplog.eventstore.record import StoreError
 from steplog.eventstore.sqlite import DatabaseBusy, SQLiteEventStore
 from steplog.projections.store import open_store
 from steplog.projections.tables import PROJECTORS
-from tests.cli_helpers import db_rows, event_count, status_json, steplog
-from tests.proc_pipelines import dag_pipeline
+from tests.cli_process import db_rows, event_count, status_json, steplog
+from tests.pipeline_files import dag_pipeline
 from tests.test_cli_e2e import _popen, _wait_for, calls
 from tests.test_projection_properties import OWNER, _created
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import comparable_manifest, db_rows, status_json, steplog, workspace_files
+from tests.cli_process import comparable_manifest, db_rows, status_json, steplog, workspace_files
 from tests.fake_llm_server import FakeLLMServer, last_user_message
 from tests.test_cli_e2e import _popen, _signal_when, calls
 

@@ -25,7 +25,7 @@ from steplog.eventstore.errors import DatabaseFull, database_error
 from steplog.eventstore.record import StoreError
 from steplog.eventstore.sqlite import SCHEMA_VERSION
 from steplog.projections.store import open_store
-from tests.cli_helpers import EXAMPLE, ROOT, db_rows, drop_root_file_powers, status_json, steplog
+from tests.cli_process import EXAMPLE, ROOT, db_rows, drop_root_file_powers, status_json, steplog
 from tests.test_store import created
 
 V1 = Path(__file__).parent / "data" / "schema_v1.db"
@@ -251,7 +251,7 @@ def test_the_real_cli_refuses_a_foreign_wal_file_without_touching_it(good, tmp_p
 
 def _permissions_hold() -> bool:
     """Root ignores file permissions; its CLI children drop that power (see
-    cli_helpers.drop_root_file_powers) unless the container forbids even that."""
+    cli_process.drop_root_file_powers) unless the container forbids even that."""
     if not ROOT_USER:
         return True
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import db_rows, event_count, status_json, steplog, workspace_files
+from tests.cli_process import db_rows, event_count, status_json, steplog, workspace_files
 from tests.fake_llm_server import FakeLLMServer, last_user_message
 from tests.test_cli_e2e import calls
 

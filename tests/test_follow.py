@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import EXAMPLE, ROOT, db_rows, steplog
+from tests.cli_process import EXAMPLE, ROOT, db_rows, steplog
 
 pytestmark = pytest.mark.slow
 

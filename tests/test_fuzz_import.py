@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.cli_helpers import EXAMPLE, ROOT, steplog
-from tests.inprocess import assert_refused_in_one_line, copy_db, db_dump, steplog_here
+from tests.cli_inprocess import assert_refused_in_one_line, copy_db, db_dump, steplog_here
+from tests.cli_process import EXAMPLE, ROOT, steplog
 
 PREDECESSOR = ROOT / "tests" / "fixtures" / "predecessor_events.jsonl"
 # A failing example is a whole file: hypothesis warns that its repr is large while reporting it,

@@ -128,7 +128,7 @@ def test_an_answer_over_max_response_bytes_fails_the_step_without_a_retry(
 
 
 def test_the_cli_names_the_limit_on_one_line(server, tmp_path) -> None:
-    from tests.cli_helpers import steplog
+    from tests.cli_process import steplog
     from tests.provider_cases import OPENAI
 
     server.faults.append(("answer", "y" * 5_000))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import EXAMPLE, db_rows, event_count, steplog
+from tests.cli_process import EXAMPLE, db_rows, event_count, steplog
 
 pytestmark = pytest.mark.slow
 

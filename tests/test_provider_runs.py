@@ -15,7 +15,7 @@ from steplog.commands.jobs import RunCommand, execute, prepare_run
 from steplog.executor.pipeline import PipelineError, parse_pipeline
 from steplog.projections.store import open_store
 from tests import fake_llm_server
-from tests.cli_helpers import steplog
+from tests.cli_process import steplog
 from tests.fake_llm_server import FakeLLMServer
 from tests.provider_cases import ANTHROPIC, Proto, by_kind, pipeline_toml, streaming
 

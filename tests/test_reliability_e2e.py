@@ -20,7 +20,7 @@ from steplog.commands.jobs import RunCommand, execute, prepare_run
 from steplog.projections import manifest
 from steplog.projections.store import open_store
 from steplog.projections.tables import read_breakers_table
-from tests.cli_helpers import db_rows, event_count, status_json, steplog
+from tests.cli_process import db_rows, event_count, status_json, steplog
 from tests.fake_llm_server import FakeLLMServer, default_responder
 
 pytestmark = pytest.mark.slow

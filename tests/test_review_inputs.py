@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.cli_helpers import EXAMPLE, db_rows, steplog
+from tests.cli_process import EXAMPLE, db_rows, steplog
 from tests.test_databases import needs_permissions
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import db_rows, steplog
+from tests.cli_process import db_rows, steplog
 from tests.fake_llm_server import FakeLLMServer
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import db_rows, status_json, steplog
-from tests.proc_pipelines import StderrLines, dag_pipeline
+from tests.cli_process import db_rows, status_json, steplog
+from tests.pipeline_files import StderrLines, dag_pipeline
 from tests.test_cli_e2e import _popen, _wait_for, calls
 
 pytestmark = pytest.mark.slow

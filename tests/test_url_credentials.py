@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from steplog.providers.config import ProviderConfig, literal_url_credential
-from tests.cli_helpers import steplog
+from tests.cli_process import steplog
 from tests.fake_llm_server import FakeLLMServer
 
 SECRET = "pr0xy-Pa55-7c1d"
