@@ -1,16 +1,18 @@
-"""Shared test setup: hypothesis profiles and a store on a real SQLite file."""
+"""Shared test setup: hypothesis profiles, a store on a real SQLite file, and the in-process
+CLI runner."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from hypothesis import settings
 
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.projections.store import open_store
+from tests.cli_inprocess import Outcome, steplog_here
 
 # tests.strategies holds shared asserts (assert_chain): let pytest explain their failures too.
 pytest.register_assert_rewrite("tests.strategies")
@@ -36,3 +38,10 @@ def store(db_path: Path) -> Iterator[SQLiteEventStore]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture
+def cli() -> Callable[..., Outcome]:
+    """cli(db, *args) -> Outcome: tests.cli_inprocess.steplog_here, main(argv) in this process
+    (an exception escaping main fails the test)."""
+    return steplog_here

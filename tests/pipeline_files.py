@@ -1,10 +1,8 @@
-"""Small pipelines for the process tests (concurrency, signals), and a stderr reader."""
+"""Small pipeline files for the process tests (concurrency, signals)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import threading
 from pathlib import Path
 
 
@@ -35,37 +33,3 @@ def dag_pipeline(
     path = tmp_path / name
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-class StderrLines:
-    """Collects a Popen's stderr lines in a thread, so a test can wait for one without blocking."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        with proc.stderr:
-            for line in proc.stderr:
-                with self._changed:
-                    self.lines.append(line.rstrip("\n"))
-                    self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, text: str, timeout: float = 20) -> str:
-        with self._changed:
-            found = self._changed.wait_for(
-                lambda: next((ln for ln in self.lines if text in ln), None), timeout=timeout
-            )
-        if not found:
-            raise AssertionError(f"no stderr line with {text!r} in {timeout}s: {self.lines}")
-        return found
-
-    def text(self, timeout: float = 10) -> str:
-        self._thread.join(timeout)
-        return "\n".join(self.lines)

@@ -14,8 +14,9 @@ import pytest
 
 from steplog.commands.timeline import _ts, build
 from steplog.projections.store import open_store
-from tests.cli_process import EXAMPLE, db_rows, status_json, steplog
+from tests.cli_process import status_json, steplog
 from tests.fake_llm_server import closed_port
+from tests.on_disk import EXAMPLE, db_rows
 from tests.test_readme import sql_recipes
 
 PREDECESSOR = Path(__file__).parent / "fixtures" / "predecessor_events.jsonl"

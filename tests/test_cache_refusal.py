@@ -12,8 +12,9 @@ from steplog.eventstore.events import CacheHit, CacheInvalidated, LLMResponded, 
 from steplog.projections import cache
 from steplog.projections.store import open_store
 from steplog.projections.tables import cache_lookup, read_cache_table, rebuild
-from tests.cli_process import db_rows, steplog
+from tests.cli_process import steplog
 from tests.fake_llm_server import FakeLLMServer
+from tests.on_disk import db_rows
 
 KEY, BAD, GOOD = "k" * 64, "a" * 64, "b" * 64
 

@@ -6,27 +6,23 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.cli_process import (
-    EXAMPLE,
     comparable_manifest,
-    db_rows,
-    event_count,
+    signal_when,
+    spawn,
     status_json,
     steplog,
-    workspace_files,
+    wait_for,
 )
+from tests.fake_llm_server import closed_port
+from tests.on_disk import EXAMPLE, calls, db_rows, event_count, workspace_files
 
 pytestmark = pytest.mark.slow
-
-
-def calls(log: Path) -> Counter[str]:
-    return Counter(log.read_text().split()) if log.exists() else Counter()
 
 
 def factory(tmp_path: Path, **replacements: str) -> Path:
@@ -191,50 +187,12 @@ def clean_run(tmp_path_factory):
 # The kill -9 matrix over the named fault points is in tests/test_crash_matrix.py.
 
 
-def _wait_for(db: Path, sql: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if db.exists() and db_rows(db, sql)[0][0]:
-                return
-        except Exception:  # the schema may not exist yet
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for: {sql}")
-
-
-def _popen(db: Path, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    import os
-
-    full = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "steplog", *args],
-        cwd=db.parent,
-        env={**full, "STEPLOG_DB": str(db), **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _signal_when(db: Path, proc: subprocess.Popen[str], sql: str, sig: int) -> None:
-    """Send `sig` to the running CLI once `sql` counts something, and reap it."""
-    try:
-        _wait_for(db, sql)
-        proc.send_signal(sig)
-        proc.wait(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
-
-
 def test_external_kill_9_mid_call_then_resume(tmp_path, clean_run):
     db, log = tmp_path / "s.db", tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     pipeline = factory(tmp_path, **SLOWER)
-    proc = _popen(db, "run", str(pipeline), "--job-id", "k", env=env)
-    _signal_when(
+    proc = spawn(db, "run", str(pipeline), "--job-id", "k", env=env)
+    signal_when(
         db,
         proc,
         "SELECT count(*) FROM events WHERE type='llm.request' AND step='builder'",
@@ -251,9 +209,9 @@ def test_external_kill_9_mid_call_then_resume(tmp_path, clean_run):
 def test_resume_of_a_job_another_live_process_runs_is_refused(tmp_path):
     db = tmp_path / "s.db"
     pipeline = factory(tmp_path, **SLOWER)
-    proc = _popen(db, "run", str(pipeline), "--job-id", "busy", env={})
+    proc = spawn(db, "run", str(pipeline), "--job-id", "busy", env={})
     try:
-        _wait_for(db, "SELECT count(*) FROM events WHERE type='step.started'")
+        wait_for(db, "SELECT count(*) FROM events WHERE type='step.started'")
         before = event_count(db)
         result = steplog(db, "resume", "busy")
         assert result.code == 2
@@ -276,8 +234,8 @@ def test_a_signal_records_interruption_and_resume_continues(tmp_path, sig, code)
     db, log = tmp_path / "s.db", tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     pipeline = dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], 60), "c": (["b"], 0)})
-    proc = _popen(db, "run", str(pipeline), "--job-id", "t", "--grace", "0", env=env)
-    _signal_when(db, proc, "SELECT count(*) FROM events WHERE type='llm.request' AND step='b'", sig)
+    proc = spawn(db, "run", str(pipeline), "--job-id", "t", "--grace", "0", env=env)
+    signal_when(db, proc, "SELECT count(*) FROM events WHERE type='llm.request' AND step='b'", sig)
     assert proc.returncode == code
     assert status_json(db, "t")["status"] == "interrupted"
     interrupted = db_rows(
@@ -338,24 +296,16 @@ KEY_ENV = {"OPENAI_API_KEY": "sk-test"}
 
 def test_missing_api_key_is_refused_before_anything_is_written(tmp_path):
     db = tmp_path / "s.db"
-    result = steplog(db, "run", str(_remote_pipeline(tmp_path, _free_port())))
+    result = steplog(db, "run", str(_remote_pipeline(tmp_path, closed_port())))
     assert result.code == 2
     assert "OPENAI_API_KEY, which is not set" in result.err
     assert event_count(db) == 0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_provider_down_then_back_resumes_with_earlier_steps_skipped(tmp_path):
     from tests.fake_llm_server import FakeLLMServer
 
-    db, port = tmp_path / "s.db", _free_port()
+    db, port = tmp_path / "s.db", closed_port()
     env = {"OPENAI_API_KEY": "sk-e2e-secret-value"}
     pipeline = _remote_pipeline(tmp_path, port)
     failed = steplog(db, "run", str(pipeline), "--job-id", "down", env=env)  # nothing listens yet

@@ -8,7 +8,8 @@ from rich.console import Console
 
 from steplog.commands.cli.display import LiveDisplay, PlainDisplay
 from steplog.projections.store import open_store
-from tests.cli_process import EXAMPLE, steplog
+from tests.cli_process import steplog
+from tests.on_disk import EXAMPLE
 from tests.test_executor import run_job
 
 

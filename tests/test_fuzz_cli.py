@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from steplog.eventstore.events import EVENT_TYPES
-from tests.cli_inprocess import assert_refused_in_one_line, copy_db, db_dump, steplog_here
-from tests.cli_process import EXAMPLE, steplog
+from tests.cli_inprocess import assert_refused_in_one_line, steplog_here
+from tests.cli_process import steplog
+from tests.on_disk import EXAMPLE, copy_db, db_dump
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.cli_inprocess import assert_refused_in_one_line, copy_db, db_dump, steplog_here
-from tests.cli_process import EXAMPLE, ROOT, steplog
+from tests.cli_inprocess import assert_refused_in_one_line, steplog_here
+from tests.cli_process import steplog
+from tests.on_disk import EXAMPLE, ROOT, copy_db, db_dump
 
 PREDECESSOR = ROOT / "tests" / "fixtures" / "predecessor_events.jsonl"
 # A failing example is a whole file: hypothesis warns that its repr is large while reporting it,

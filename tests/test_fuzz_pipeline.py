@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from steplog.executor.limits import MAX_RENDERED_CHARS
 from steplog.executor.pipeline import PipelineError, parse_pipeline
 from steplog.executor.templates import TemplateProblem, check_template, render
-from tests.cli_inprocess import assert_refused_in_one_line, copy_db, db_dump, steplog_here
-from tests.cli_process import ROOT, steplog
+from tests.cli_inprocess import assert_refused_in_one_line, steplog_here
+from tests.cli_process import steplog
+from tests.on_disk import ROOT, copy_db, db_dump
 
 # A failing example may be a large document: hypothesis warns that its repr is large while
 # reporting it, and with warnings as errors that warning would hide the failure.

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from steplog.commands.interchange import BadImport, export_job, import_job
-from tests.cli_process import db_rows, status_json, steplog
+from tests.cli_process import status_json, steplog
+from tests.on_disk import db_rows
 from tests.rich_job import RICH_JOB, make_rich_job
 from tests.strategies import append_batches, dump, fresh_store, job_batches
 

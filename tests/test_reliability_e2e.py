@@ -20,8 +20,9 @@ from steplog.commands.jobs import RunCommand, execute, prepare_run
 from steplog.projections import manifest
 from steplog.projections.store import open_store
 from steplog.projections.tables import read_breakers_table
-from tests.cli_process import db_rows, event_count, status_json, steplog
+from tests.cli_process import spawn, status_json, steplog
 from tests.fake_llm_server import FakeLLMServer, default_responder
+from tests.on_disk import db_rows, event_count
 
 pytestmark = pytest.mark.slow
 
@@ -435,23 +436,11 @@ def test_a_read_timeout_cancels_the_call_and_the_retry_succeeds(tmp_path):
 
 
 def test_ctrl_c_in_the_middle_of_an_http_call_leaves_the_job_resumable(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     db = tmp_path / "s.db"
     with FakeLLMServer() as server:
         server.faults.append(("delay", 30.0))  # a slow first byte for the first call
         path = pipeline(tmp_path, server.port, {"a": [], "b": ["a"]})
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "steplog", "run", str(path), "--job-id", "j"],
-            cwd=tmp_path,
-            env={**env, "STEPLOG_DB": str(db), "STEPLOG_GRACE_S": "0"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = spawn(db, "run", str(path), "--job-id", "j", env={"STEPLOG_GRACE_S": "0"})
         try:
             deadline = time.monotonic() + 30
             while completions(server) < 1 and time.monotonic() < deadline:

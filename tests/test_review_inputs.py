@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.cli_process import EXAMPLE, db_rows, steplog
-from tests.test_databases import needs_permissions
+from tests.cli_process import needs_permissions, steplog
+from tests.on_disk import EXAMPLE, db_rows
 
 
 def _refused(result, *needles: str) -> None:
@@ -202,16 +200,9 @@ def test_output_to_a_full_disk_is_one_line(tmp_path, args):
     """`steplog export JOB > backup.jsonl` on a full disk was a traceback (exit 1)."""
     db = _seeded(tmp_path)
     with open("/dev/full", "w") as full:
-        proc = subprocess.run(
-            [sys.executable, "-m", "steplog", "--db", str(db), *args],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-            cwd=tmp_path,
-        )
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr == "error: cannot write: No space left on device\n"
+        result = steplog(db, *args, stdout=full)
+    assert result.code == 2, result.err
+    assert result.err == "error: cannot write: No space left on device\n"
 
 
 def test_verify_accepts_two_refused_answers_for_one_key(tmp_path):

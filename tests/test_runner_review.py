@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_process import db_rows, steplog
+from tests.cli_process import steplog
 from tests.fake_llm_server import FakeLLMServer
+from tests.on_disk import db_rows
 
 pytestmark = pytest.mark.slow
 

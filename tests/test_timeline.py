@@ -31,7 +31,8 @@ from steplog.eventstore.events import (
     StepStarted,
     StepSucceeded,
 )
-from tests.cli_process import db_rows, event_count, steplog
+from tests.cli_process import steplog
+from tests.on_disk import db_rows, event_count
 from tests.rich_job import NEEDS, RICH_JOB, STEPS, make_rich_job
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
