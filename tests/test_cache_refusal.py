@@ -13,7 +13,6 @@ from steplog.projections import cache
 from steplog.projections.store import open_store
 from steplog.projections.tables import cache_lookup, read_cache_table, rebuild
 from tests.cli_process import steplog
-from tests.fake_llm_server import FakeLLMServer
 from tests.on_disk import db_rows
 
 KEY, BAD, GOOD = "k" * 64, "a" * 64, "b" * 64
@@ -98,18 +97,18 @@ def _json_step(tmp_path: Path, port: int) -> Path:
 
 
 @pytest.mark.slow
-def test_a_fork_cut_between_the_answer_and_its_refusal_asks_the_provider_again(tmp_path):
+def test_a_fork_cut_between_the_answer_and_its_refusal_asks_the_provider_again(tmp_path, fake_llm):
     db = tmp_path / "s.db"
-    with FakeLLMServer() as server:
-        server.faults.append(("answer", "not JSON at all"))
-        pipeline = _json_step(tmp_path, server.port)
-        assert steplog(db, "run", str(pipeline), "--job-id", "j").code == 1
-        fork = steplog(db, "replay", "j", "--until", "llm.response:a", "--fork", "f")
-        assert fork.code == 0, fork.err
-        server.faults.append(("answer", '{"ok": true}'))
-        resumed = steplog(db, "resume", "f")
-        assert resumed.code == 0, resumed.err
-        assert len(server.calls) == 2  # the refused answer was not served to the fork
+    server = fake_llm
+    server.faults.append(("answer", "not JSON at all"))
+    pipeline = _json_step(tmp_path, server.port)
+    assert steplog(db, "run", str(pipeline), "--job-id", "j").code == 1
+    fork = steplog(db, "replay", "j", "--until", "llm.response:a", "--fork", "f")
+    assert fork.code == 0, fork.err
+    server.faults.append(("answer", '{"ok": true}'))
+    resumed = steplog(db, "resume", "f")
+    assert resumed.code == 0, resumed.err
+    assert len(server.calls) == 2  # the refused answer was not served to the fork
     hits = db_rows(db, "SELECT count(*) FROM events WHERE type = 'cache.hit'")
     assert hits == [(0,)]
     assert steplog(db, "verify").code == 0

@@ -302,9 +302,7 @@ def test_missing_api_key_is_refused_before_anything_is_written(tmp_path):
     assert event_count(db) == 0
 
 
-def test_provider_down_then_back_resumes_with_earlier_steps_skipped(tmp_path):
-    from tests.fake_llm_server import FakeLLMServer
-
+def test_provider_down_then_back_resumes_with_earlier_steps_skipped(tmp_path, fake_llm_factory):
     db, port = tmp_path / "s.db", closed_port()
     env = {"OPENAI_API_KEY": "sk-e2e-secret-value"}
     pipeline = _remote_pipeline(tmp_path, port)
@@ -316,13 +314,11 @@ def test_provider_down_then_back_resumes_with_earlier_steps_skipped(tmp_path):
     assert doc["steps"]["builder"]["status"] == "failed"
     assert set(doc["pending_steps"]) == {"builder", "docs", "qa"}
 
-    with FakeLLMServer(port=port) as server:
-        resumed = steplog(db, "resume", "down", env=env)
-        assert resumed.code == 0, resumed.err
-        assert len(server.calls) == 3  # builder, docs, qa; architect is not asked again
-        assert all(
-            c["headers"]["Authorization"] == "Bearer sk-e2e-secret-value" for c in server.calls
-        )
+    server = fake_llm_factory(port=port)
+    resumed = steplog(db, "resume", "down", env=env)
+    assert resumed.code == 0, resumed.err
+    assert len(server.calls) == 3  # builder, docs, qa; architect is not asked again
+    assert all(c["headers"]["Authorization"] == "Bearer sk-e2e-secret-value" for c in server.calls)
     doc = status_json(db, "down")
     assert doc["status"] == "succeeded" and doc["pending_steps"] == []
     skipped = db_rows(db, "SELECT step FROM events WHERE job_id='down' AND type='step.skipped'")
@@ -331,17 +327,13 @@ def test_provider_down_then_back_resumes_with_earlier_steps_skipped(tmp_path):
     assert (tmp_path / "runs" / "down" / "main.py").exists()
 
 
-def test_retryable_failures_are_retried_and_every_attempt_is_in_the_log(tmp_path):
-    from tests.fake_llm_server import FakeLLMServer
-
+def test_retryable_failures_are_retried_and_every_attempt_is_in_the_log(tmp_path, fake_llm):
     db = tmp_path / "s.db"
-    with FakeLLMServer() as server:
-        server.faults.extend(
-            [("status", 503, None, {}), ("status", 429, None, {"Retry-After": "0"})]
-        )
-        pipeline = _remote_pipeline(tmp_path, server.port, max_retries=2)
-        result = steplog(db, "run", str(pipeline), "--job-id", "r", env=KEY_ENV)
-        assert result.code == 0, result.err
+    server = fake_llm
+    server.faults.extend([("status", 503, None, {}), ("status", 429, None, {"Retry-After": "0"})])
+    pipeline = _remote_pipeline(tmp_path, server.port, max_retries=2)
+    result = steplog(db, "run", str(pipeline), "--job-id", "r", env=KEY_ENV)
+    assert result.code == 0, result.err
     rows = db_rows(
         db,
         "SELECT type, json_extract(data, '$.attempt'), json_extract(data, '$.success'),"
@@ -360,40 +352,36 @@ def test_retryable_failures_are_retried_and_every_attempt_is_in_the_log(tmp_path
     ]
 
 
-def test_bad_answers_fail_the_step_and_are_not_cached(tmp_path):
-    from tests.fake_llm_server import FakeLLMServer
-
+def test_bad_answers_fail_the_step_and_are_not_cached(tmp_path, fake_llm):
     db = tmp_path / "s.db"
-    with FakeLLMServer() as server:
-        pipeline = _remote_pipeline(tmp_path, server.port)
-        server.faults.append(("answer", '{"files": [{"path": "../../escape.py", "content": "x"}]}'))
-        result = steplog(db, "run", str(pipeline), "--job-id", "bad", env=KEY_ENV)
-        assert result.code == 1
-        assert "escapes the workspace" in result.err
-        assert not (tmp_path / "escape.py").exists()
-        server.faults.append(("answer", "no files here, sorry"))
-        assert steplog(db, "resume", "bad", env=KEY_ENV).code == 1  # not served from the cache
-        assert len(server.calls) == 2
-        assert steplog(db, "resume", "bad", env=KEY_ENV).code == 0
+    server = fake_llm
+    pipeline = _remote_pipeline(tmp_path, server.port)
+    server.faults.append(("answer", '{"files": [{"path": "../../escape.py", "content": "x"}]}'))
+    result = steplog(db, "run", str(pipeline), "--job-id", "bad", env=KEY_ENV)
+    assert result.code == 1
+    assert "escapes the workspace" in result.err
+    assert not (tmp_path / "escape.py").exists()
+    server.faults.append(("answer", "no files here, sorry"))
+    assert steplog(db, "resume", "bad", env=KEY_ENV).code == 1  # not served from the cache
+    assert len(server.calls) == 2
+    assert steplog(db, "resume", "bad", env=KEY_ENV).code == 0
     reasons = db_rows(
         db, "SELECT json_extract(data, '$.error_type') FROM events WHERE type='step.failed'"
     )
     assert reasons == [("unsafe_path",), ("bad_output",)]
 
 
-def test_the_api_key_never_reaches_the_database_or_the_terminal(tmp_path):
-    from tests.fake_llm_server import FakeLLMServer
-
+def test_the_api_key_never_reaches_the_database_or_the_terminal(tmp_path, fake_llm):
     db, secret = tmp_path / "s.db", "sk-live-0123456789abcdef"
-    with FakeLLMServer() as server:
-        pipeline = _remote_pipeline(tmp_path, server.port)
-        server.faults.append(
-            ("status", 401, {"error": {"message": f"Incorrect API key provided: {secret}"}}, {})
-        )
-        result = steplog(db, "run", str(pipeline), "--job-id", "k", env={"OPENAI_API_KEY": secret})
-        assert result.code == 1
-        assert "HTTP 401" in result.err and "Incorrect API key" in result.err
-        assert server.calls[0]["headers"]["Authorization"] == f"Bearer {secret}"
+    server = fake_llm
+    pipeline = _remote_pipeline(tmp_path, server.port)
+    server.faults.append(
+        ("status", 401, {"error": {"message": f"Incorrect API key provided: {secret}"}}, {})
+    )
+    result = steplog(db, "run", str(pipeline), "--job-id", "k", env={"OPENAI_API_KEY": secret})
+    assert result.code == 1
+    assert "HTTP 401" in result.err and "Incorrect API key" in result.err
+    assert server.calls[0]["headers"]["Authorization"] == f"Bearer {secret}"
     events = steplog(db, "events", "k", "--json")
     for text in (result.out, result.err, events.out):
         assert secret not in text

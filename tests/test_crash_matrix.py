@@ -289,17 +289,17 @@ def _requests_per_step(server: FakeLLMServer) -> Counter[str]:
 
 
 @pytest.fixture(scope="module")
-def http_clean(tmp_path_factory):
+def http_clean(tmp_path_factory, module_fake_llm_factory):
     """The server, and what a clean run against it gets."""
     tmp = tmp_path_factory.mktemp("http")
-    with FakeLLMServer(responder=_http_responder) as server:
-        pipeline = tmp / "pipeline.toml"
-        pipeline.write_text(HTTP_PIPELINE.format(url=server.url))
-        ok = steplog(tmp / "s.db", "run", str(pipeline), "--job-id", "k")
-        assert ok.code == 0, ok.err
-        files = workspace_files(tmp / "runs" / "k")
-        assert set(files) == {"main.py", "pkg/util.py"}
-        yield server, pipeline, (comparable_manifest(status_json(tmp / "s.db", "k")), files)
+    server = module_fake_llm_factory(responder=_http_responder)
+    pipeline = tmp / "pipeline.toml"
+    pipeline.write_text(HTTP_PIPELINE.format(url=server.url))
+    ok = steplog(tmp / "s.db", "run", str(pipeline), "--job-id", "k")
+    assert ok.code == 0, ok.err
+    files = workspace_files(tmp / "runs" / "k")
+    assert set(files) == {"main.py", "pkg/util.py"}
+    return server, pipeline, (comparable_manifest(status_json(tmp / "s.db", "k")), files)
 
 
 @pytest.mark.parametrize(

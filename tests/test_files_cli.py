@@ -58,11 +58,11 @@ class Answers:
 
 
 @pytest.fixture
-def server():
+def server(fake_llm_factory):
     answers = Answers()
-    with FakeLLMServer(responder=answers) as srv:
-        srv.answers = answers  # type: ignore[attr-defined]
-        yield srv
+    srv = fake_llm_factory(responder=answers)
+    srv.answers = answers  # type: ignore[attr-defined]
+    return srv
 
 
 def _requests(server: FakeLLMServer) -> Counter[str]:

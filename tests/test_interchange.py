@@ -61,8 +61,8 @@ def test_export_import_export_is_identical_apart_from_the_job_id(batches):
 
 
 @pytest.fixture(scope="module")
-def rich_db(tmp_path_factory) -> Path:
-    return make_rich_job(tmp_path_factory.mktemp("interchange"))
+def rich_db(tmp_path_factory, module_fake_llm_factory) -> Path:
+    return make_rich_job(tmp_path_factory.mktemp("interchange"), module_fake_llm_factory())
 
 
 def test_a_real_job_round_trips_through_the_cli(rich_db, tmp_path):

@@ -33,16 +33,13 @@ from tests.provider_cases import ANTHROPIC, Proto, by_kind, call, streaming
 PATTERN = "ascii, é, ✓, 日本語, 🙂 — one line\n"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeLLMServer() as s:
-        yield s
+@pytest.fixture
+def server(shared_fake_llm: FakeLLMServer) -> FakeLLMServer:  # one per module, reset per test
+    return shared_fake_llm
 
 
 @pytest.fixture(autouse=True)
-def _fresh(server, monkeypatch):
-    server.faults.clear()
-    server.calls.clear()
+def _big_pieces(monkeypatch):
     # big stream pieces: a few MB in 7-character events would take the test seconds each
     monkeypatch.setattr(fake_llm_server, "STREAM_PIECE", 4096)
 

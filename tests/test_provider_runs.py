@@ -22,17 +22,13 @@ from tests.provider_cases import ANTHROPIC, Proto, by_kind, pipeline_toml, strea
 KEY = "sk-run-test-key"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeLLMServer() as s:
-        yield s
+@pytest.fixture
+def server(shared_fake_llm: FakeLLMServer) -> FakeLLMServer:  # one per module, reset per test
+    return shared_fake_llm
 
 
 @pytest.fixture(autouse=True)
-def _fresh(server, monkeypatch):
-    server.faults.clear()
-    server.calls.clear()
-    server.require_key = None
+def _key(monkeypatch):
     monkeypatch.setenv("WIRE_TEST_KEY", KEY)
 
 

@@ -114,51 +114,49 @@ def test_calls_in_flight_finish_in_the_grace_period_and_are_not_asked_again(tmp_
     ],
     ids=["SIGINT-twice", "SIGTERM-twice", "grace-over"],
 )
-def test_a_second_signal_or_the_end_of_the_grace_cancels_the_call(tmp_path, sig, how):
+def test_a_second_signal_or_the_end_of_the_grace_cancels_the_call(tmp_path, sig, how, fake_llm):
     """A call that would take a minute: a second signal (grace 600 s, so nothing else could end
     the run in time) or a 1 s grace cancels it; job.interrupted is still recorded, the exit code
     is still the first signal's, and resume asks for that answer once more."""
-    from tests.fake_llm_server import FakeLLMServer
-
     db = tmp_path / "s.db"
-    with FakeLLMServer() as server:
-        server.faults.append(("delay", 60.0))  # a slow first byte for the first call only
-        provider = (
-            'kind = "openai"\n'
-            f'base_url = "http://127.0.0.1:{server.port}/v1"\nmodel = "fake-model"\n'
-            "max_retries = 0\ntimeout_s = 120"
-        )
-        path = dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], 0)}, provider=provider)
-        grace = "600" if how == "second signal" else "1"
-        proc = spawn(db, "run", str(path), "--job-id", "j", "--grace", grace, env={})
-        err = StderrLines(proc)
-        try:
-            wait_for(db, "SELECT count(*) FROM events WHERE type = 'llm.request' AND step = 'a'")
-            # committed is not yet sent: on a busy machine the request may still be on its way,
-            # and a call cancelled before it left would never reach the server
-            deadline = time.monotonic() + 30
-            while not _asked(server) and time.monotonic() < deadline:
-                time.sleep(0.02)
+    server = fake_llm
+    server.faults.append(("delay", 60.0))  # a slow first byte for the first call only
+    provider = (
+        'kind = "openai"\n'
+        f'base_url = "http://127.0.0.1:{server.port}/v1"\nmodel = "fake-model"\n'
+        "max_retries = 0\ntimeout_s = 120"
+    )
+    path = dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], 0)}, provider=provider)
+    grace = "600" if how == "second signal" else "1"
+    proc = spawn(db, "run", str(path), "--job-id", "j", "--grace", grace, env={})
+    err = StderrLines(proc)
+    try:
+        wait_for(db, "SELECT count(*) FROM events WHERE type = 'llm.request' AND step = 'a'")
+        # committed is not yet sent: on a busy machine the request may still be on its way,
+        # and a call cancelled before it left would never reach the server
+        deadline = time.monotonic() + 30
+        while not _asked(server) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        err.wait_for("stopping")
+        if how == "second signal":
             proc.send_signal(sig)
-            err.wait_for("stopping")
-            if how == "second signal":
-                proc.send_signal(sig)
-        finally:
-            _finish(proc)
-        assert proc.returncode == CODES[sig], err.text()
-        assert "Traceback" not in err.text()
-        stop = _interruption(db)
-        assert stop["calls_finished"] == 0 and stop["calls_cancelled"] == 1
-        second = signal.Signals(sig).name if how == "second signal" else None
-        assert stop["second_signal"] == second
-        assert _count(db, "llm.response", "a") == 0  # the cancelled call has no answer
-        assert status_json(db, "j")["status"] == "interrupted"
-        assert _asked(server) == 1
+    finally:
+        _finish(proc)
+    assert proc.returncode == CODES[sig], err.text()
+    assert "Traceback" not in err.text()
+    stop = _interruption(db)
+    assert stop["calls_finished"] == 0 and stop["calls_cancelled"] == 1
+    second = signal.Signals(sig).name if how == "second signal" else None
+    assert stop["second_signal"] == second
+    assert _count(db, "llm.response", "a") == 0  # the cancelled call has no answer
+    assert status_json(db, "j")["status"] == "interrupted"
+    assert _asked(server) == 1
 
-        resumed = steplog(db, "resume", "j")
-        assert resumed.code == 0, resumed.err
-        asked = sum(1 for c in server.calls if c["path"].endswith("/chat/completions"))
-        assert asked == 3  # a once more (its answer never came), then b
+    resumed = steplog(db, "resume", "j")
+    assert resumed.code == 0, resumed.err
+    asked = sum(1 for c in server.calls if c["path"].endswith("/chat/completions"))
+    assert asked == 3  # a once more (its answer never came), then b
     assert status_json(db, "j")["status"] == "succeeded"
 
 

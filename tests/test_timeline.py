@@ -39,8 +39,8 @@ SVG_NS = "{http://www.w3.org/2000/svg}"
 
 
 @pytest.fixture(scope="module")
-def rich_db(tmp_path_factory) -> Path:
-    return make_rich_job(tmp_path_factory.mktemp("timeline"))
+def rich_db(tmp_path_factory, module_fake_llm_factory) -> Path:
+    return make_rich_job(tmp_path_factory.mktemp("timeline"), module_fake_llm_factory())
 
 
 def _classes(el: ET.Element) -> list[str]:
