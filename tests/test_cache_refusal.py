@@ -1,6 +1,7 @@
 """A refused answer (cache.invalidated naming its response) never comes back into the cache:
 not through a cache.hit committed by a job that read it before the refusal, and not through a
-fork that copies the history from before the refusal."""
+fork that copies the history from before the refusal; and `verify` accepts two refusals of one
+key."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from steplog.eventstore.events import CacheHit, CacheInvalidated, LLMResponded, NewEvent
+from steplog.eventstore.record import blob_sha256
 from steplog.projections import cache
 from steplog.projections.store import open_store
 from steplog.projections.tables import cache_lookup, read_cache_table, rebuild
@@ -112,3 +114,20 @@ def test_a_fork_cut_between_the_answer_and_its_refusal_asks_the_provider_again(t
     hits = db_rows(db, "SELECT count(*) FROM events WHERE type = 'cache.hit'")
     assert hits == [(0,)]
     assert steplog(db, "verify").code == 0
+
+
+def test_verify_accepts_two_refused_answers_for_one_key(tmp_path):
+    """A step that could not use the provider's answer twice (two cache.invalidated, one key,
+    two answers): verify compared cache_refused by cache_key alone, so the two rows collapsed
+    and it reported drift (exit 1) on a sound database."""
+    db = tmp_path / "r.db"
+    answers = sorted((b"not json 1", b"not json 2"), key=blob_sha256, reverse=True)
+    with open_store(db) as store:  # the first refused answer's sha256 sorts last
+        for answer in answers:
+            refusal = CacheInvalidated(
+                cache_key="k" * 64, reason="bad_output", response_sha256=blob_sha256(answer)
+            )
+            store.append("j", [NewEvent.of(refusal, step="a")], blobs=[answer])
+    assert db_rows(db, "SELECT count(*) FROM cache_refused") == [(2,)]
+    result = steplog(db, "verify")
+    assert result.code == 0, result.out + result.err

@@ -323,7 +323,7 @@ def test_injection_is_refused_when_the_pipeline_loads(seeded_db, tmp_path, templ
 @pytest.mark.parametrize("template", BOMBS)
 def test_resource_bombs_fail_their_step_refused_by_the_sandbox(seeded_db, tmp_path, template):
     """Found only when rendering: the step fails with the sandbox's refusal (a render error,
-    exit 1, as tests/test_runner_review.py fixes for any template error), never a MemoryError,
+    exit 1, as tests/test_step_outcomes.py fixes for any template error), never a MemoryError,
     and `plan` predicts it without writing anything."""
     db = copy_db(seeded_db, tmp_path / "t.db")
     path = tmp_path / "p.toml"

@@ -1,5 +1,6 @@
-"""A fresh-eyes review of the runner: each test pins a path where a paid-for answer or a step's
-outcome could be lost (real SQLite file, real HTTP server on 127.0.0.1, real subprocesses)."""
+"""A step's outcome and its paid-for answer are kept whatever the answer or the template does:
+each test pins a path where one could be lost (real SQLite file, real HTTP server on 127.0.0.1,
+real subprocesses)."""
 
 from __future__ import annotations
 
