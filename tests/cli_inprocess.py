@@ -29,10 +29,13 @@ class Traceback(AssertionError):
     """main() let an exception other than SystemExit escape: a user would see a traceback."""
 
 
-def steplog_here(db: Path, *args: str) -> Outcome:
+def steplog_here(db: Path, *args: str, cwd: Path | None = None) -> Outcome:
+    """`steplog --db DB ARGS...`; cwd: the directory it runs in (relative paths, and the default
+    workspace runs/JOB, are taken from there), for the call only."""
     out, err = io.StringIO(), io.StringIO()
+    here = contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with here, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(["--db", str(db), *args])
     except BaseException as exc:  # noqa: BLE001 - any of them is the bug this helper reports
         shown = [repr(a)[:80] for a in args]

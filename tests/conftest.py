@@ -1,9 +1,10 @@
-"""Shared test setup: hypothesis profiles, a store on a real SQLite file, the fake LLM server
-and the in-process CLI runner."""
+"""Shared test setup: hypothesis profiles, a store on a real SQLite file, the fake LLM server,
+the in-process CLI runner, and the guard that keeps the fast lane free of subprocesses."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -102,3 +103,64 @@ def cli() -> Callable[..., Outcome]:
     """cli(db, *args) -> Outcome: tests.cli_inprocess.steplog_here, main(argv) in this process
     (an exception escaping main fails the test)."""
     return steplog_here
+
+
+# -- the fast lane: a test not marked slow starts no process ----------------------------------
+
+
+class SubprocessInFastLane(BaseException):
+    """A test outside the `slow` lane started a process. A BaseException, so that code under test
+    catching Exception cannot hide it; a recorded attempt fails the test even if it is caught."""
+
+
+_ATTEMPTS = pytest.StashKey[list]()
+
+
+def _refuse(item: pytest.Item, what: str) -> None:
+    message = (
+        f"{item.nodeid} started a process ({what}) but is not marked slow: "
+        "add @pytest.mark.slow (or pytestmark) so that `make test-fast` runs no subprocess"
+    )
+    item.stash[_ATTEMPTS].append(message)
+    raise SubprocessInFastLane(message)
+
+
+def _forbid_processes(monkeypatch: pytest.MonkeyPatch, item: pytest.Item) -> None:
+    def popen_init(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> None:
+        self._child_created = False  # what Popen.__del__ looks at: nothing to reap
+        _refuse(item, f"subprocess.Popen({args!r})")
+
+    def refuse(name: str) -> Callable[..., Any]:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            _refuse(item, f"os.{name}{args!r}")
+
+        return refused
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", popen_init)
+    for name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, refuse(name))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Around setup, call and teardown (so module-scoped fixtures a test sets up are covered)."""
+    item.stash[_ATTEMPTS] = []
+    if item.get_closest_marker("slow") is not None:
+        return (yield)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _forbid_processes(monkeypatch, item)
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A phase that tried to start a process fails, even if the code under test swallowed it."""
+    report = yield
+    attempts = item.stash.get(_ATTEMPTS, [])
+    if attempts and report.passed:
+        report.outcome = "failed"
+        report.longrepr = "\n".join(attempts)
+    if attempts:
+        attempts.clear()
+    return report

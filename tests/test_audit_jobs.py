@@ -19,6 +19,8 @@ from tests.fake_llm_server import closed_port
 from tests.on_disk import EXAMPLE, db_rows
 from tests.test_readme import sql_recipes
 
+pytestmark = pytest.mark.slow  # the database every test reads is made by the real CLI
+
 PREDECESSOR = Path(__file__).parent / "fixtures" / "predecessor_events.jsonl"
 
 # One run of a step with a retry inside it, then a resume that runs the step again.

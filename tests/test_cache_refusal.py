@@ -116,6 +116,7 @@ def test_a_fork_cut_between_the_answer_and_its_refusal_asks_the_provider_again(t
     assert steplog(db, "verify").code == 0
 
 
+@pytest.mark.slow
 def test_verify_accepts_two_refused_answers_for_one_key(tmp_path):
     """A step that could not use the provider's answer twice (two cache.invalidated, one key,
     two answers): verify compared cache_refused by cache_key alone, so the two rows collapsed

@@ -11,6 +11,8 @@ import pytest
 from tests.cli_process import needs_permissions, steplog
 from tests.on_disk import EXAMPLE, db_rows
 
+pytestmark = pytest.mark.slow  # the real CLI in a subprocess, every test
+
 
 def _refused(result, *needles: str) -> None:
     assert result.code == 2, (result.code, result.err)

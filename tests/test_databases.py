@@ -37,12 +37,13 @@ PAGE = 4096
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A database holding one succeeded job "one" (checkpointed: no -wal), and its export."""
+    """A database holding one succeeded job "one" (checkpointed: no -wal), and its export (made
+    in this process, so that the in-process matrix below needs no subprocess)."""
     base = tmp_path_factory.mktemp("good")
     db = base / "s.db"
-    ran = steplog(db, "run", str(EXAMPLE), "--job-id", "one", "-q")
+    ran = steplog_here(db, "run", str(EXAMPLE), "--job-id", "one", "-q", cwd=base)
     assert ran.code == 0, ran.err
-    exported = steplog(db, "export", "one")
+    exported = steplog_here(db, "export", "one", cwd=base)
     assert exported.code == 0, exported.err
     export = base / "one.jsonl"
     export.write_text(exported.out)
@@ -417,6 +418,7 @@ def test_sqlite_failures_map_to_one_line_naming_the_file(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_a_write_past_the_size_limit_leaves_no_half_written_workspace_file(tmp_path):
     target = tmp_path / "ws" / "out.txt"
     target.parent.mkdir()

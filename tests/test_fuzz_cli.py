@@ -165,6 +165,7 @@ def test_fuzzed_forks_create_a_job_or_are_refused_without_a_trace(job_db, data):
         assert db_dump(db) == before
 
 
+@pytest.mark.slow
 def test_the_real_cli_names_bad_points_in_one_line(job_db, tmp_path):
     """A few of the above through the console script in a subprocess."""
     db = copy_db(job_db[0], tmp_path / "c.db")

@@ -218,6 +218,7 @@ def test_import_regressions(sources, tmp_path, name):
     assert db_dump(db) == before
 
 
+@pytest.mark.slow
 def test_the_real_cli_refuses_a_deeply_nested_line_in_one_line(sources, tmp_path):
     db = copy_db(sources.db, tmp_path / "t.db")
     path = tmp_path / "deep.jsonl"

@@ -395,6 +395,7 @@ def test_fuzzed_input_values_succeed_or_are_refused_in_one_line(seeded_db, given
         check_command(db, args, may_fail_job=False)
 
 
+@pytest.mark.slow
 def test_arguments_that_are_not_utf8_are_refused_by_the_real_cli(seeded_db, tmp_path):
     """The console script, in a subprocess: bytes that are not UTF-8 reach Python as lone
     surrogates (surrogateescape); they are refused in one line before anything is opened."""
@@ -460,6 +461,7 @@ BOMB_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_template_resource_bombs_are_refused_under_a_memory_ceiling():
     """Rendered in a child process limited to 1.5 GB of address space and 120 s: every bomb is
     refused by the sandbox (or renders within the limit); none runs the child out of memory."""

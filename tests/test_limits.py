@@ -124,6 +124,7 @@ def test_an_answer_over_max_response_bytes_fails_the_step_without_a_retry(
         conn.close()
 
 
+@pytest.mark.slow
 def test_the_cli_names_the_limit_on_one_line(server, tmp_path) -> None:
     from tests.cli_process import steplog
     from tests.provider_cases import OPENAI

@@ -216,6 +216,7 @@ def test_anthropic_without_max_tokens_is_refused_at_load_time() -> None:
 # -- the key, end to end through the CLI -----------------------------------------------------------
 
 
+@pytest.mark.slow
 @by_kind
 def test_the_key_is_nowhere_but_in_the_header(server, tmp_path, proto: Proto) -> None:
     secret = f"sk-{proto.kind}-DISTINCTIVE-7f3a9c21e4"

@@ -10,6 +10,8 @@ import pytest
 from tests.cli_process import steplog
 from tests.fake_llm_server import FakeLLMServer, closed_port
 
+pytestmark = pytest.mark.slow  # the real CLI in a subprocess, every test
+
 KEY = "sk-check-DISTINCTIVE-55aa"
 
 

@@ -56,6 +56,7 @@ def truncated(path):
     path.write_bytes(path.read_bytes()[:100])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make", "message"),
     [

@@ -163,6 +163,7 @@ sys.exit(0)
 """
 
 
+@pytest.mark.slow
 def test_sigterm_after_the_loop_closed_still_records_the_interruption(tmp_path):
     """The event loop, removing its SIGTERM handler at the end of the run, puts back the
     default action (die at once), not steplog's: a SIGTERM between the loop's end and the

@@ -76,6 +76,7 @@ def _expected_bars(db: Path, job: str) -> list[tuple[str, str]]:
     return sorted((s, o) for s, o in bars)
 
 
+@pytest.mark.slow
 def test_timeline_of_a_real_job_has_one_bar_per_attempt_edges_markers_and_an_axis(
     rich_db, tmp_path
 ):
@@ -133,6 +134,7 @@ def test_timeline_of_a_real_job_has_one_bar_per_attempt_edges_markers_and_an_axi
     assert "duration" in title
 
 
+@pytest.mark.slow
 def test_html_has_the_svg_inline_a_table_and_nothing_external(rich_db, tmp_path):
     out = tmp_path / "pic.html"
     assert steplog(rich_db, "timeline", RICH_JOB, "-o", str(out)).code == 0
@@ -145,6 +147,7 @@ def test_html_has_the_svg_inline_a_table_and_nothing_external(rich_db, tmp_path)
     )  # only the picture's own patterns and markers
 
 
+@pytest.mark.slow
 def test_default_output_and_bad_requests(rich_db, tmp_path):
     cwd = tmp_path / "here"
     cwd.mkdir()

@@ -60,6 +60,7 @@ def _pipeline(tmp_path: Path, base_url: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_password_written_into_base_url_is_refused_before_anything_is_stored(tmp_path):
     db = tmp_path / "s.db"
     pipeline = _pipeline(tmp_path, f"http://proxy:{SECRET}@127.0.0.1:9/v1")
@@ -70,6 +71,7 @@ def test_a_password_written_into_base_url_is_refused_before_anything_is_stored(t
     assert not db.exists() or SECRET.encode() not in db.read_bytes()
 
 
+@pytest.mark.slow
 def test_a_password_read_from_the_environment_is_sent_and_never_stored(tmp_path, fake_llm):
     db = tmp_path / "s.db"
     server = fake_llm
@@ -87,6 +89,7 @@ def test_a_password_read_from_the_environment_is_sent_and_never_stored(tmp_path,
     assert SECRET not in result.out + result.err
 
 
+@pytest.mark.slow
 def test_a_password_that_breaks_the_url_is_never_quoted_back(tmp_path):
     """A '/' in the password ends the URL's host part early, so the parser reads part of the
     password as the port and quotes it in its error: `providers check` printed that part."""
