@@ -11,6 +11,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,11 @@ def test_a_runaway_server_is_cut_off_at_the_limit(stream: bool) -> None:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+    # the handler runs in a thread of its own, which shutdown() does not wait for: give it time
+    # to see the hang-up and record what it sent
+    deadline = time.monotonic() + 10
+    while not _Runaway.sent and time.monotonic() < deadline:
+        time.sleep(0.01)
     # the client stopped reading: the server could not send all it wanted
     assert _Runaway.sent and _Runaway.sent[0] < _Runaway.CHUNKS
 
