@@ -1,5 +1,7 @@
 """A database made by real runs of tests/data/audit_pipeline.toml (offline provider, one step
 whose provider always fails), for the audit views, `steplog sql/audit/verify` and the README.
+The runs go through the CLI in this process (tests.cli_inprocess), so that the tests reading
+the database need no subprocess.
 
 Jobs: `first` fails at flaky (two attempts), `second` reuses three answers from the cache and
 fails the same way, then `first` is resumed with the provider mended and succeeds.
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.cli_helpers import steplog
+from tests.cli_inprocess import steplog_here
 
 DATA = Path(__file__).parent / "data"
 
@@ -34,11 +36,13 @@ def build_audit_db(root: Path) -> Path:
     for name in ("audit_pipeline.toml", "audit_pipeline_fixed.toml"):
         shutil.copy(DATA / name, root / name)
     db = root / "audit.db"
-    first = steplog(db, "run", "audit_pipeline.toml", "--job-id", "first", "-q")
+    first = steplog_here(db, "run", "audit_pipeline.toml", "--job-id", "first", "-q", cwd=root)
     assert first.code == 1, first.err
-    second = steplog(db, "run", "audit_pipeline.toml", "--job-id", "second", "-q")
+    second = steplog_here(db, "run", "audit_pipeline.toml", "--job-id", "second", "-q", cwd=root)
     assert second.code == 1, second.err
-    resumed = steplog(db, "resume", "first", "--pipeline", "audit_pipeline_fixed.toml", "-q")
+    resumed = steplog_here(
+        db, "resume", "first", "--pipeline", "audit_pipeline_fixed.toml", "-q", cwd=root
+    )
     assert resumed.code == 0, resumed.err
     return db
 

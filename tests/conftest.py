@@ -1,16 +1,20 @@
-"""Shared test setup: hypothesis profiles and a store on a real SQLite file."""
+"""Shared test setup: hypothesis profiles, a store on a real SQLite file, the fake LLM server,
+the in-process CLI runner, and the guard that keeps the fast lane free of subprocesses."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from hypothesis import settings
 
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.projections.store import open_store
+from tests.cli_inprocess import Outcome, steplog_here
+from tests.fake_llm_server import FakeLLMServer
 
 # tests.strategies holds shared asserts (assert_chain): let pytest explain their failures too.
 pytest.register_assert_rewrite("tests.strategies")
@@ -36,3 +40,127 @@ def store(db_path: Path) -> Iterator[SQLiteEventStore]:
         yield opened
     finally:
         opened.close()
+
+
+# -- the fake LLM server (tests/fake_llm_server.py), on 127.0.0.1 -----------------------------
+
+StartServer = Callable[..., FakeLLMServer]
+
+
+def _servers() -> Iterator[StartServer]:
+    """start(**options) -> a running FakeLLMServer (options as FakeLLMServer takes them: responder,
+    port, call_log, delay, fail_first); every one started is stopped when the scope ends."""
+    started: list[FakeLLMServer] = []
+
+    def start(**options: Any) -> FakeLLMServer:
+        server = FakeLLMServer(**options).start()
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+@pytest.fixture
+def fake_llm_factory() -> Iterator[StartServer]:
+    """For a test that needs options (a responder, a port known in advance) or several servers."""
+    yield from _servers()
+
+
+@pytest.fixture(scope="module")
+def module_fake_llm_factory() -> Iterator[StartServer]:
+    """The same for module-scoped fixtures (a clean run made once, then checked many times)."""
+    yield from _servers()
+
+
+@pytest.fixture
+def fake_llm(fake_llm_factory: StartServer) -> FakeLLMServer:
+    """A fake LLM server of this test's own, with the default responder."""
+    return fake_llm_factory()
+
+
+@pytest.fixture(scope="module")
+def _module_fake_llm(module_fake_llm_factory: StartServer) -> FakeLLMServer:
+    return module_fake_llm_factory()
+
+
+@pytest.fixture
+def shared_fake_llm(_module_fake_llm: FakeLLMServer) -> FakeLLMServer:
+    """One fake LLM server for the whole module (starting one per test adds up), reset before each
+    test: no faults queued, no calls recorded, the default model list, no key required."""
+    _module_fake_llm.reset()
+    return _module_fake_llm
+
+
+# -- the CLI in this process ------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli() -> Callable[..., Outcome]:
+    """cli(db, *args) -> Outcome: tests.cli_inprocess.steplog_here, main(argv) in this process
+    (an exception escaping main fails the test)."""
+    return steplog_here
+
+
+# -- the fast lane: a test not marked slow starts no process ----------------------------------
+
+
+class SubprocessInFastLane(BaseException):
+    """A test outside the `slow` lane started a process. A BaseException, so that code under test
+    catching Exception cannot hide it; a recorded attempt fails the test even if it is caught."""
+
+
+_ATTEMPTS = pytest.StashKey[list]()
+
+
+def _refuse(item: pytest.Item, what: str) -> None:
+    message = (
+        f"{item.nodeid} started a process ({what}) but is not marked slow: "
+        "add @pytest.mark.slow (or pytestmark) so that `make test-fast` runs no subprocess"
+    )
+    item.stash[_ATTEMPTS].append(message)
+    raise SubprocessInFastLane(message)
+
+
+def _forbid_processes(monkeypatch: pytest.MonkeyPatch, item: pytest.Item) -> None:
+    def popen_init(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> None:
+        self._child_created = False  # what Popen.__del__ looks at: nothing to reap
+        _refuse(item, f"subprocess.Popen({args!r})")
+
+    def refuse(name: str) -> Callable[..., Any]:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            _refuse(item, f"os.{name}{args!r}")
+
+        return refused
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", popen_init)
+    for name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, refuse(name))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Around setup, call and teardown (so module-scoped fixtures a test sets up are covered)."""
+    item.stash[_ATTEMPTS] = []
+    if item.get_closest_marker("slow") is not None:
+        return (yield)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _forbid_processes(monkeypatch, item)
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A phase that tried to start a process fails, even if the code under test swallowed it."""
+    report = yield
+    attempts = item.stash.get(_ATTEMPTS, [])
+    if attempts and report.passed:
+        report.outcome = "failed"
+        report.longrepr = "\n".join(attempts)
+    if attempts:
+        attempts.clear()
+    return report

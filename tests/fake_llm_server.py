@@ -11,14 +11,16 @@ Routes (the protocol is chosen by the route; any path prefix before them is acce
                                 header is sent, else OpenAI's)
     GET  .../api/tags           Ollama's model list
 
-In-process:  `with FakeLLMServer() as server: ...` — `server.url` is the OpenAI base_url
-(`http://127.0.0.1:PORT/v1`), `server.base` the bare `http://127.0.0.1:PORT` (the base_url for
-ollama and anthropic), `server.calls` records each request as
+In-process: the fixtures in tests/conftest.py start and stop it (`fake_llm`, `fake_llm_factory`,
+`shared_fake_llm`); by hand, `with FakeLLMServer() as server: ...`. `server.url` is the OpenAI
+base_url (`http://127.0.0.1:PORT/v1`), `server.base` the bare `http://127.0.0.1:PORT` (the
+base_url for ollama and anthropic), `server.calls` records each request as
 `{"method", "path", "headers", "body"}` (body: parsed JSON, None for a GET or a non-JSON body),
 `server.models` is the list every model list shows, `server.require_key` (None: no check)
 makes every request without that key (Bearer or x-api-key) a 401 with the protocol's error
-body, `server.no_model_list` makes the model-list routes 404, and `server.faults` is a queue of
-faults the next completion requests get, one each, whatever their protocol:
+body, `server.no_model_list` makes the model-list routes 404, `server.reset()` puts all of
+these back as they were at the start, and `server.faults` is a queue of faults the next
+completion requests get, one each, whatever their protocol:
 
     ("status", code, body_or_None, headers)   an error answer, e.g. ("status", 429, None, {"Retry-After": "1"});
                                               body: a dict (sent as JSON), a str (sent as is), or
@@ -68,6 +70,7 @@ from urllib.parse import urlsplit
 Responder = Callable[[dict], str]
 Fault = tuple
 STREAM_PIECE = 7  # characters per streamed chunk
+DEFAULT_MODELS = ("fake-model",)  # what the model lists show unless a test says otherwise
 
 
 def last_user_message(body: dict[str, Any]) -> str:
@@ -515,7 +518,7 @@ class _Server(ThreadingHTTPServer):
         self.faults: collections.deque[Fault] = collections.deque(
             ("status", 503, None, {}) for _ in range(fail_first)
         )
-        self.models: list[str] = ["fake-model"]
+        self.models: list[str] = list(DEFAULT_MODELS)
         self.require_key: Optional[str] = None
         self.no_model_list = False
 
@@ -597,6 +600,16 @@ class FakeLLMServer:
     @no_model_list.setter
     def no_model_list(self, value: bool) -> None:
         self._server.no_model_list = value
+
+    def reset(self) -> None:
+        """Back to a fresh server's state (for one server shared by several tests): no fault
+        queued, no call recorded, the default model list, no key required, model lists served."""
+        with self._server.lock:
+            self._server.faults.clear()
+            self._server.calls.clear()
+            self._server.models[:] = DEFAULT_MODELS
+            self._server.require_key = None
+            self._server.no_model_list = False
 
     def start(self) -> FakeLLMServer:
         self._thread = threading.Thread(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.cli_helpers import steplog
+from tests.cli_process import steplog
 from tests.fake_llm_server import FakeLLMServer, closed_port
 
 KEY_ENV = {"OPENAI_API_KEY": "sk-test"}
@@ -69,24 +69,24 @@ prompt = "Publish {{{{ steps.review.output }}}}"
 """
 
 
-def make_rich_job(tmp_path: Path) -> Path:
-    """Runs: a warm-up job (fills the cache for `plan`), then RICH_JOB, which hits the cache for
-    plan, retries research twice (503s), fails draft (provider down), and is resumed with a fixed
+def make_rich_job(tmp_path: Path, server: FakeLLMServer) -> Path:
+    """Runs, against `server` (a fresh fake, e.g. from the module_fake_llm_factory fixture): a
+    warm-up job (fills the cache for `plan`), then RICH_JOB, which hits the cache for plan,
+    retries research twice (503s), fails draft (provider down), and is resumed with a fixed
     pipeline. Returns the database."""
     db = tmp_path / "rich.db"
-    with FakeLLMServer() as server:
-        closed = closed_port()
-        broken = tmp_path / "broken.toml"
-        fixed = tmp_path / "fixed.toml"
-        broken.write_text(PIPELINE.format(port=server.port, closed=closed, draft_provider="broken"))
-        fixed.write_text(PIPELINE.format(port=server.port, closed=closed, draft_provider="remote"))
-        warm = steplog(
-            db, "run", str(fixed), "--job-id", "warmup", "--input", "topic=moons", env=KEY_ENV
-        )
-        assert warm.code == 0, warm.err
-        server.faults.extend([("status", 503, None, {"Retry-After": "0"})] * 2)
-        first = steplog(db, "run", str(broken), "--job-id", RICH_JOB, env=KEY_ENV)
-        assert first.code == 1, first.err
-        again = steplog(db, "resume", RICH_JOB, "--pipeline", str(fixed), env=KEY_ENV)
-        assert again.code == 0, again.err
+    closed = closed_port()
+    broken = tmp_path / "broken.toml"
+    fixed = tmp_path / "fixed.toml"
+    broken.write_text(PIPELINE.format(port=server.port, closed=closed, draft_provider="broken"))
+    fixed.write_text(PIPELINE.format(port=server.port, closed=closed, draft_provider="remote"))
+    warm = steplog(
+        db, "run", str(fixed), "--job-id", "warmup", "--input", "topic=moons", env=KEY_ENV
+    )
+    assert warm.code == 0, warm.err
+    server.faults.extend([("status", 503, None, {"Retry-After": "0"})] * 2)
+    first = steplog(db, "run", str(broken), "--job-id", RICH_JOB, env=KEY_ENV)
+    assert first.code == 1, first.err
+    again = steplog(db, "resume", RICH_JOB, "--pipeline", str(fixed), env=KEY_ENV)
+    assert again.code == 0, again.err
     return db

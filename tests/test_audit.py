@@ -6,13 +6,11 @@ import hashlib
 import json
 import shutil
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from steplog.commands import verify as verify_module
-from steplog.commands.cli import main
 from steplog.commands.readonly import open_readonly
 from steplog.commands.verify import verify
 from steplog.eventstore.sqlite import SCHEMA_PATH, schema_statements
@@ -20,13 +18,6 @@ from steplog.projections.tables import TableProjection
 from tests.audit_fixture import build_audit_db
 
 V1 = Path(__file__).parent / "data" / "schema_v1.db"
-
-
-@dataclass
-class Out:
-    code: int
-    out: str
-    err: str
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +31,6 @@ def db(built: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "audit.db"
     shutil.copy(built, copy)
     return copy
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    def run(db: Path, *args: str) -> Out:
-        code = main(["--db", str(db), *args])
-        captured = capsys.readouterr()
-        return Out(code, captured.out, captured.err)
-
-    return run
 
 
 def files_of(db: Path) -> dict[str, bytes]:

@@ -15,9 +15,12 @@ import pytest
 from steplog.commands.timeline import build
 from steplog.projections.manifest import parse_ts
 from steplog.projections.store import open_store
-from tests.cli_helpers import EXAMPLE, db_rows, status_json, steplog
+from tests.cli_process import status_json, steplog
 from tests.fake_llm_server import closed_port
+from tests.on_disk import EXAMPLE, db_rows
 from tests.test_readme import sql_recipes
+
+pytestmark = pytest.mark.slow  # the database every test reads is made by the real CLI
 
 PREDECESSOR = Path(__file__).parent / "fixtures" / "predecessor_events.jsonl"
 

@@ -6,27 +6,23 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import (
-    EXAMPLE,
+from tests.cli_process import (
     comparable_manifest,
-    db_rows,
-    event_count,
+    signal_when,
+    spawn,
     status_json,
     steplog,
-    workspace_files,
+    wait_for,
 )
+from tests.fake_llm_server import closed_port
+from tests.on_disk import EXAMPLE, calls, db_rows, event_count, workspace_files
 
 pytestmark = pytest.mark.slow
-
-
-def calls(log: Path) -> Counter[str]:
-    return Counter(log.read_text().split()) if log.exists() else Counter()
 
 
 def factory(tmp_path: Path, **replacements: str) -> Path:
@@ -191,50 +187,12 @@ def clean_run(tmp_path_factory):
 # The kill -9 matrix over the named fault points is in tests/test_crash_matrix.py.
 
 
-def _wait_for(db: Path, sql: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if db.exists() and db_rows(db, sql)[0][0]:
-                return
-        except Exception:  # the schema may not exist yet
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for: {sql}")
-
-
-def _popen(db: Path, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    import os
-
-    full = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "steplog", *args],
-        cwd=db.parent,
-        env={**full, "STEPLOG_DB": str(db), **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _signal_when(db: Path, proc: subprocess.Popen[str], sql: str, sig: int) -> None:
-    """Send `sig` to the running CLI once `sql` counts something, and reap it."""
-    try:
-        _wait_for(db, sql)
-        proc.send_signal(sig)
-        proc.wait(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
-
-
 def test_external_kill_9_mid_call_then_resume(tmp_path, clean_run):
     db, log = tmp_path / "s.db", tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     pipeline = factory(tmp_path, **SLOWER)
-    proc = _popen(db, "run", str(pipeline), "--job-id", "k", env=env)
-    _signal_when(
+    proc = spawn(db, "run", str(pipeline), "--job-id", "k", env=env)
+    signal_when(
         db,
         proc,
         "SELECT count(*) FROM events WHERE type='llm.request' AND step='builder'",
@@ -251,9 +209,9 @@ def test_external_kill_9_mid_call_then_resume(tmp_path, clean_run):
 def test_resume_of_a_job_another_live_process_runs_is_refused(tmp_path):
     db = tmp_path / "s.db"
     pipeline = factory(tmp_path, **SLOWER)
-    proc = _popen(db, "run", str(pipeline), "--job-id", "busy", env={})
+    proc = spawn(db, "run", str(pipeline), "--job-id", "busy", env={})
     try:
-        _wait_for(db, "SELECT count(*) FROM events WHERE type='step.started'")
+        wait_for(db, "SELECT count(*) FROM events WHERE type='step.started'")
         before = event_count(db)
         result = steplog(db, "resume", "busy")
         assert result.code == 2
@@ -271,13 +229,13 @@ def test_a_signal_records_interruption_and_resume_continues(tmp_path, sig, code)
     """The signal comes while b's call is in flight (a minute long, so however late a busy
     machine delivers it, the job cannot have ended first; grace 0 cuts the call off), with c
     still to start. Resume, with the delay taken out of the pipeline, runs b and c only."""
-    from tests.proc_pipelines import dag_pipeline
+    from tests.pipeline_files import dag_pipeline
 
     db, log = tmp_path / "s.db", tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     pipeline = dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], 60), "c": (["b"], 0)})
-    proc = _popen(db, "run", str(pipeline), "--job-id", "t", "--grace", "0", env=env)
-    _signal_when(db, proc, "SELECT count(*) FROM events WHERE type='llm.request' AND step='b'", sig)
+    proc = spawn(db, "run", str(pipeline), "--job-id", "t", "--grace", "0", env=env)
+    signal_when(db, proc, "SELECT count(*) FROM events WHERE type='llm.request' AND step='b'", sig)
     assert proc.returncode == code
     assert status_json(db, "t")["status"] == "interrupted"
     interrupted = db_rows(
@@ -338,24 +296,14 @@ KEY_ENV = {"OPENAI_API_KEY": "sk-test"}
 
 def test_missing_api_key_is_refused_before_anything_is_written(tmp_path):
     db = tmp_path / "s.db"
-    result = steplog(db, "run", str(_remote_pipeline(tmp_path, _free_port())))
+    result = steplog(db, "run", str(_remote_pipeline(tmp_path, closed_port())))
     assert result.code == 2
     assert "OPENAI_API_KEY, which is not set" in result.err
     assert event_count(db) == 0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_provider_down_then_back_resumes_with_earlier_steps_skipped(tmp_path):
-    from tests.fake_llm_server import FakeLLMServer
-
-    db, port = tmp_path / "s.db", _free_port()
+def test_provider_down_then_back_resumes_with_earlier_steps_skipped(tmp_path, fake_llm_factory):
+    db, port = tmp_path / "s.db", closed_port()
     env = {"OPENAI_API_KEY": "sk-e2e-secret-value"}
     pipeline = _remote_pipeline(tmp_path, port)
     failed = steplog(db, "run", str(pipeline), "--job-id", "down", env=env)  # nothing listens yet
@@ -366,13 +314,11 @@ def test_provider_down_then_back_resumes_with_earlier_steps_skipped(tmp_path):
     assert doc["steps"]["builder"]["status"] == "failed"
     assert set(doc["pending_steps"]) == {"builder", "docs", "qa"}
 
-    with FakeLLMServer(port=port) as server:
-        resumed = steplog(db, "resume", "down", env=env)
-        assert resumed.code == 0, resumed.err
-        assert len(server.calls) == 3  # builder, docs, qa; architect is not asked again
-        assert all(
-            c["headers"]["Authorization"] == "Bearer sk-e2e-secret-value" for c in server.calls
-        )
+    server = fake_llm_factory(port=port)
+    resumed = steplog(db, "resume", "down", env=env)
+    assert resumed.code == 0, resumed.err
+    assert len(server.calls) == 3  # builder, docs, qa; architect is not asked again
+    assert all(c["headers"]["Authorization"] == "Bearer sk-e2e-secret-value" for c in server.calls)
     doc = status_json(db, "down")
     assert doc["status"] == "succeeded" and doc["pending_steps"] == []
     skipped = db_rows(db, "SELECT step FROM events WHERE job_id='down' AND type='step.skipped'")
@@ -381,17 +327,13 @@ def test_provider_down_then_back_resumes_with_earlier_steps_skipped(tmp_path):
     assert (tmp_path / "runs" / "down" / "main.py").exists()
 
 
-def test_retryable_failures_are_retried_and_every_attempt_is_in_the_log(tmp_path):
-    from tests.fake_llm_server import FakeLLMServer
-
+def test_retryable_failures_are_retried_and_every_attempt_is_in_the_log(tmp_path, fake_llm):
     db = tmp_path / "s.db"
-    with FakeLLMServer() as server:
-        server.faults.extend(
-            [("status", 503, None, {}), ("status", 429, None, {"Retry-After": "0"})]
-        )
-        pipeline = _remote_pipeline(tmp_path, server.port, max_retries=2)
-        result = steplog(db, "run", str(pipeline), "--job-id", "r", env=KEY_ENV)
-        assert result.code == 0, result.err
+    server = fake_llm
+    server.faults.extend([("status", 503, None, {}), ("status", 429, None, {"Retry-After": "0"})])
+    pipeline = _remote_pipeline(tmp_path, server.port, max_retries=2)
+    result = steplog(db, "run", str(pipeline), "--job-id", "r", env=KEY_ENV)
+    assert result.code == 0, result.err
     rows = db_rows(
         db,
         "SELECT type, json_extract(data, '$.attempt'), json_extract(data, '$.success'),"
@@ -410,40 +352,36 @@ def test_retryable_failures_are_retried_and_every_attempt_is_in_the_log(tmp_path
     ]
 
 
-def test_bad_answers_fail_the_step_and_are_not_cached(tmp_path):
-    from tests.fake_llm_server import FakeLLMServer
-
+def test_bad_answers_fail_the_step_and_are_not_cached(tmp_path, fake_llm):
     db = tmp_path / "s.db"
-    with FakeLLMServer() as server:
-        pipeline = _remote_pipeline(tmp_path, server.port)
-        server.faults.append(("answer", '{"files": [{"path": "../../escape.py", "content": "x"}]}'))
-        result = steplog(db, "run", str(pipeline), "--job-id", "bad", env=KEY_ENV)
-        assert result.code == 1
-        assert "escapes the workspace" in result.err
-        assert not (tmp_path / "escape.py").exists()
-        server.faults.append(("answer", "no files here, sorry"))
-        assert steplog(db, "resume", "bad", env=KEY_ENV).code == 1  # not served from the cache
-        assert len(server.calls) == 2
-        assert steplog(db, "resume", "bad", env=KEY_ENV).code == 0
+    server = fake_llm
+    pipeline = _remote_pipeline(tmp_path, server.port)
+    server.faults.append(("answer", '{"files": [{"path": "../../escape.py", "content": "x"}]}'))
+    result = steplog(db, "run", str(pipeline), "--job-id", "bad", env=KEY_ENV)
+    assert result.code == 1
+    assert "escapes the workspace" in result.err
+    assert not (tmp_path / "escape.py").exists()
+    server.faults.append(("answer", "no files here, sorry"))
+    assert steplog(db, "resume", "bad", env=KEY_ENV).code == 1  # not served from the cache
+    assert len(server.calls) == 2
+    assert steplog(db, "resume", "bad", env=KEY_ENV).code == 0
     reasons = db_rows(
         db, "SELECT json_extract(data, '$.error_type') FROM events WHERE type='step.failed'"
     )
     assert reasons == [("unsafe_path",), ("bad_output",)]
 
 
-def test_the_api_key_never_reaches_the_database_or_the_terminal(tmp_path):
-    from tests.fake_llm_server import FakeLLMServer
-
+def test_the_api_key_never_reaches_the_database_or_the_terminal(tmp_path, fake_llm):
     db, secret = tmp_path / "s.db", "sk-live-0123456789abcdef"
-    with FakeLLMServer() as server:
-        pipeline = _remote_pipeline(tmp_path, server.port)
-        server.faults.append(
-            ("status", 401, {"error": {"message": f"Incorrect API key provided: {secret}"}}, {})
-        )
-        result = steplog(db, "run", str(pipeline), "--job-id", "k", env={"OPENAI_API_KEY": secret})
-        assert result.code == 1
-        assert "HTTP 401" in result.err and "Incorrect API key" in result.err
-        assert server.calls[0]["headers"]["Authorization"] == f"Bearer {secret}"
+    server = fake_llm
+    pipeline = _remote_pipeline(tmp_path, server.port)
+    server.faults.append(
+        ("status", 401, {"error": {"message": f"Incorrect API key provided: {secret}"}}, {})
+    )
+    result = steplog(db, "run", str(pipeline), "--job-id", "k", env={"OPENAI_API_KEY": secret})
+    assert result.code == 1
+    assert "HTTP 401" in result.err and "Incorrect API key" in result.err
+    assert server.calls[0]["headers"]["Authorization"] == f"Bearer {secret}"
     events = steplog(db, "events", "k", "--json")
     for text in (result.out, result.err, events.out):
         assert secret not in text

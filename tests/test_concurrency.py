@@ -20,9 +20,9 @@ from steplog.eventstore.record import StoreError
 from steplog.eventstore.sqlite import DatabaseBusy, SQLiteEventStore
 from steplog.projections.store import open_store
 from steplog.projections.tables import PROJECTORS
-from tests.cli_helpers import db_rows, event_count, status_json, steplog
-from tests.proc_pipelines import dag_pipeline
-from tests.test_cli_e2e import _popen, _wait_for, calls
+from tests.cli_process import spawn, status_json, steplog, wait_for
+from tests.on_disk import calls, db_rows, event_count
+from tests.pipeline_files import dag_pipeline
 from tests.test_projection_properties import OWNER, _created
 
 pytestmark = pytest.mark.slow
@@ -75,8 +75,8 @@ def test_two_resumes_started_together_exactly_one_runs_the_job(tmp_path):
         _dead_owner_job(db, path, job, env)
         resumed_before = db_rows(db, "SELECT count(*) FROM events WHERE type = 'job.resumed'")
         # the barrier: both processes exist before either has read the database
-        first = _popen(db, "resume", job, env=env)
-        second = _popen(db, "resume", job, env=env)
+        first = spawn(db, "resume", job, env=env)
+        second = spawn(db, "resume", job, env=env)
         results = {p.pid: (p, *_reap(p)) for p in (first, second)}
         codes = sorted(p.returncode for p, _, _ in results.values())
         assert codes == [0, 2], {pid: (p.returncode, err) for pid, (p, _, err) in results.items()}
@@ -144,11 +144,11 @@ def test_four_jobs_at_once_on_one_file_with_readers(tmp_path):
     jobs = [f"p{i}" for i in range(4)]
     # a different prompt per job: no job is served from another's cache
     paths = [dag_pipeline(tmp_path, steps, name=f"{j}.toml", salt=f" for {j}") for j in jobs]
-    writers = [_popen(db, "run", str(p), "--job-id", j, env={}) for p, j in zip(paths, jobs)]
+    writers = [spawn(db, "run", str(p), "--job-id", j, env={}) for p, j in zip(paths, jobs)]
     follower = None
     try:
-        _wait_for(db, "SELECT count(*) FROM events WHERE job_id = 'p0'")
-        follower = _popen(db, "events", "p0", "--follow", "--json", env={})
+        wait_for(db, "SELECT count(*) FROM events WHERE job_id = 'p0'")
+        follower = spawn(db, "events", "p0", "--follow", "--json", env={})
         for _ in range(40):  # readers while the writers write (bounded)
             if all(w.poll() is not None for w in writers):
                 break
@@ -189,10 +189,10 @@ def test_a_write_lock_held_past_the_busy_timeout_ends_the_run_in_one_line(tmp_pa
     db, log = tmp_path / "s.db", tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log), "STEPLOG_BUSY_TIMEOUT_MS": "300"}
     path = dag_pipeline(tmp_path, {"a": ([], 0.0), "b": (["a"], 1.5), "c": (["b"], 0.0)})
-    proc = _popen(db, "run", str(path), "--job-id", "j", env=env)
+    proc = spawn(db, "run", str(path), "--job-id", "j", env=env)
     holder = None
     try:
-        _wait_for(db, "SELECT count(*) FROM events WHERE type = 'llm.request' AND step = 'b'")
+        wait_for(db, "SELECT count(*) FROM events WHERE type = 'llm.request' AND step = 'b'")
         holder = sqlite3.connect(db, isolation_level=None, timeout=30)
         holder.execute("BEGIN IMMEDIATE")
         before = holder.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -229,9 +229,9 @@ def test_a_second_writer_on_a_running_job_ends_the_run_in_one_line(tmp_path):
     the run's next commit conflicts; it stops with one line, exit 2, and appends nothing more."""
     db = tmp_path / "s.db"
     path = dag_pipeline(tmp_path, {"a": ([], 0.0), "b": (["a"], 1.5), "c": (["b"], 0.0)})
-    proc = _popen(db, "run", str(path), "--job-id", "j", env={})
+    proc = spawn(db, "run", str(path), "--job-id", "j", env={})
     try:
-        _wait_for(db, "SELECT count(*) FROM events WHERE type = 'llm.request' AND step = 'b'")
+        wait_for(db, "SELECT count(*) FROM events WHERE type = 'llm.request' AND step = 'b'")
         store = open_store(db)
         try:
             other = Owner(pid=4242, host="elsewhere", started="1")
@@ -262,10 +262,10 @@ def test_a_reader_polling_while_a_job_writes_never_fails(tmp_path):
     db = tmp_path / "s.db"
     steps = {f"s{i}": ([f"s{i - 1}"] if i else [], 0.01) for i in range(30)}
     path = dag_pipeline(tmp_path, steps)
-    proc = _popen(db, "run", str(path), "--job-id", "j", env={})
+    proc = spawn(db, "run", str(path), "--job-id", "j", env={})
     reads = 0
     try:
-        _wait_for(db, "SELECT count(*) FROM events WHERE job_id = 'j'")
+        wait_for(db, "SELECT count(*) FROM events WHERE job_id = 'j'")
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline and reads < 30:
             for args in (("status", "j", "--json"), ("events", "j", "--json")):

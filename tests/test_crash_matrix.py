@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import comparable_manifest, db_rows, status_json, steplog, workspace_files
+from tests.cli_process import comparable_manifest, signal_when, spawn, status_json, steplog
 from tests.fake_llm_server import FakeLLMServer, last_user_message
-from tests.test_cli_e2e import _popen, _signal_when, calls
+from tests.on_disk import calls, db_rows, workspace_files
 
 pytestmark = pytest.mark.slow
 
@@ -196,12 +196,12 @@ def test_kill_9_while_a_fan_out_has_several_calls_in_flight(tmp_path):
     )
     clean_doc = comparable_manifest(status_json(clean_db, "k"))
     clean = (clean_doc, workspace_files(tmp_path / "clean_ws"))
-    proc = _popen(db, "run", str(pipeline), "--job-id", "k", env=env)
+    proc = spawn(db, "run", str(pipeline), "--job-id", "k", env=env)
     in_flight = (
         "SELECT count(*) = 3 FROM events WHERE type = 'llm.request'"
         " AND step IN ('docs', 'review', 'notes')"
     )
-    _signal_when(db, proc, in_flight, signal.SIGKILL)
+    signal_when(db, proc, in_flight, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     answered = db_rows(
         db,
@@ -289,17 +289,17 @@ def _requests_per_step(server: FakeLLMServer) -> Counter[str]:
 
 
 @pytest.fixture(scope="module")
-def http_clean(tmp_path_factory):
+def http_clean(tmp_path_factory, module_fake_llm_factory):
     """The server, and what a clean run against it gets."""
     tmp = tmp_path_factory.mktemp("http")
-    with FakeLLMServer(responder=_http_responder) as server:
-        pipeline = tmp / "pipeline.toml"
-        pipeline.write_text(HTTP_PIPELINE.format(url=server.url))
-        ok = steplog(tmp / "s.db", "run", str(pipeline), "--job-id", "k")
-        assert ok.code == 0, ok.err
-        files = workspace_files(tmp / "runs" / "k")
-        assert set(files) == {"main.py", "pkg/util.py"}
-        yield server, pipeline, (comparable_manifest(status_json(tmp / "s.db", "k")), files)
+    server = module_fake_llm_factory(responder=_http_responder)
+    pipeline = tmp / "pipeline.toml"
+    pipeline.write_text(HTTP_PIPELINE.format(url=server.url))
+    ok = steplog(tmp / "s.db", "run", str(pipeline), "--job-id", "k")
+    assert ok.code == 0, ok.err
+    files = workspace_files(tmp / "runs" / "k")
+    assert set(files) == {"main.py", "pkg/util.py"}
+    return server, pipeline, (comparable_manifest(status_json(tmp / "s.db", "k")), files)
 
 
 @pytest.mark.parametrize(

@@ -4,33 +4,32 @@ Every case: one `error: ...` line on stderr naming the problem and the file, exi
 the data that was there still there (the file byte for byte, or every committed event and a
 passing `steplog verify` once the cause is gone). Real files in tmp_path; the user-facing
 checks run the real CLI in subprocesses; the wide verb-by-kind matrix runs the same entry point
-(`commands.cli.main`) in-process, since a subprocess each would cost a minute.
+(`commands.cli.main`) in-process (tests.cli_inprocess), since a subprocess each would cost a
+minute.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from steplog.commands import cli as cli_module
 from steplog.eventstore.errors import DatabaseFull, database_error
 from steplog.eventstore.record import StoreError
 from steplog.eventstore.sqlite import SCHEMA_VERSION
 from steplog.projections.store import open_store
-from tests.cli_helpers import EXAMPLE, ROOT, db_rows, drop_root_file_powers, status_json, steplog
+from tests.cli_inprocess import steplog_here
+from tests.cli_process import file_size_limit, needs_permissions, status_json, steplog
+from tests.on_disk import EXAMPLE, ROOT, db_rows
 from tests.test_store import created
 
 V1 = Path(__file__).parent / "data" / "schema_v1.db"
 PAGE = 4096
-ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 # -- building databases -------------------------------------------------------------------------
@@ -38,12 +37,13 @@ ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A database holding one succeeded job "one" (checkpointed: no -wal), and its export."""
+    """A database holding one succeeded job "one" (checkpointed: no -wal), and its export (made
+    in this process, so that the in-process matrix below needs no subprocess)."""
     base = tmp_path_factory.mktemp("good")
     db = base / "s.db"
-    ran = steplog(db, "run", str(EXAMPLE), "--job-id", "one", "-q")
+    ran = steplog_here(db, "run", str(EXAMPLE), "--job-id", "one", "-q", cwd=base)
     assert ran.code == 0, ran.err
-    exported = steplog(db, "export", "one")
+    exported = steplog_here(db, "export", "one", cwd=base)
     assert exported.code == 0, exported.err
     export = base / "one.jsonl"
     export.write_text(exported.out)
@@ -199,14 +199,6 @@ def every_verb(export: Path) -> list[tuple[str, ...]]:
     ]
 
 
-def run_main(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], db: Path, *args: str
-) -> tuple[int, str]:
-    """The console entry point in this process: exit code and stderr."""
-    code = cli_module.main(["--db", str(db), *args])
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     ("make", "words"),
     [
@@ -217,7 +209,7 @@ def run_main(
     ],
 )
 def test_every_verb_refuses_a_file_it_does_not_own_and_leaves_it_byte_identical(
-    good, tmp_path, monkeypatch, capsys, make, words
+    good, tmp_path, monkeypatch, make, words
 ):
     db = copy_of(good, tmp_path)
     make(db)
@@ -225,9 +217,9 @@ def test_every_verb_refuses_a_file_it_does_not_own_and_leaves_it_byte_identical(
     journal = db_rows(db, "PRAGMA journal_mode") if make is not not_sqlite else None
     before = snapshot(tmp_path)
     for args in every_verb(good[1]):
-        code, err = run_main(monkeypatch, capsys, db, *args)
-        assert code == 2, (args, err)
-        assert_one_error_line(err, db, *words)
+        result = steplog_here(db, *args)
+        assert result.code == 2, (args, result.err)
+        assert_one_error_line(result.err, db, *words)
         assert snapshot(tmp_path) == before, args  # no -wal / -shm, no WAL conversion
     if journal is not None:
         assert db_rows(db, "PRAGMA journal_mode") == journal
@@ -249,21 +241,6 @@ def test_the_real_cli_refuses_a_foreign_wal_file_without_touching_it(good, tmp_p
 # -- 3. read-only file and directory ------------------------------------------------------------
 
 
-def _permissions_hold() -> bool:
-    """Root ignores file permissions; its CLI children drop that power (see
-    cli_helpers.drop_root_file_powers) unless the container forbids even that."""
-    if not ROOT_USER:
-        return True
-    try:
-        subprocess.run([sys.executable, "-c", "pass"], preexec_fn=drop_root_file_powers, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return True
-
-
-needs_permissions = pytest.mark.skipif(
-    not _permissions_hold(), reason="cannot run the CLI without root's power over permissions"
-)
 READ_VERBS = [
     ("status", "one"),
     ("jobs",),
@@ -369,35 +346,14 @@ def big_pipeline(path: Path) -> Path:
     return path
 
 
-def limited(max_bytes: int) -> Callable[[], None]:
-    """preexec_fn: no file this process writes may grow past max_bytes. Python ignores SIGXFSZ,
-    so a write past the limit fails with EFBIG, as on a full disk."""
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
-
-    return apply
-
-
-def steplog_limited(db: Path, max_bytes: int, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
-    return subprocess.run(
-        [sys.executable, "-m", "steplog", "--db", str(db), *args],
-        cwd=db.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=limited(max_bytes),
-    )
-
-
 @pytest.mark.slow
 def test_a_disk_that_fills_mid_run_stops_with_one_line_and_the_job_resumes(tmp_path):
     db, pipeline = tmp_path / "s.db", big_pipeline(tmp_path / "big.toml")
-    failed = steplog_limited(db, 1_000_000, "run", str(pipeline), "--job-id", "big", "-q")
-    assert failed.returncode == 2, failed.stderr
-    assert_one_error_line(failed.stderr, db, "disk full")
+    failed = steplog(
+        db, "run", str(pipeline), "--job-id", "big", "-q", max_file_bytes=1_000_000, timeout=120
+    )
+    assert failed.code == 2, failed.err
+    assert_one_error_line(failed.err, db, "disk full")
     log = "SELECT seq, job_id, version, type, step, hash FROM events ORDER BY seq"
     committed = db_rows(db, log)
     assert committed and any(t == "llm.response" for _, _, _, t, _, _ in committed)
@@ -462,6 +418,7 @@ def test_sqlite_failures_map_to_one_line_naming_the_file(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_a_write_past_the_size_limit_leaves_no_half_written_workspace_file(tmp_path):
     target = tmp_path / "ws" / "out.txt"
     target.parent.mkdir()
@@ -479,7 +436,7 @@ def test_a_write_past_the_size_limit_leaves_no_half_written_workspace_file(tmp_p
         capture_output=True,
         text=True,
         timeout=60,
-        preexec_fn=limited(50_000),
+        preexec_fn=file_size_limit(50_000),
     )
     assert result.returncode == 3, result.stderr
     assert int(result.stdout) == 27  # EFBIG

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
 from steplog.commands.cli.display import LiveDisplay, PlainDisplay
 from steplog.projections.store import open_store
-from tests.cli_helpers import EXAMPLE, steplog
+from tests.cli_process import steplog
+from tests.on_disk import EXAMPLE
 from tests.test_executor import run_job
 
 
@@ -30,6 +32,7 @@ def test_live_table_shows_each_steps_state_cache_and_tokens(tmp_path):
     assert "4/4 done" in out.getvalue() and "tokens" in out.getvalue()
 
 
+@pytest.mark.slow
 def test_plain_lines_when_piped_and_one_line_when_quiet(tmp_path):
     db = tmp_path / "s.db"
     plain = steplog(db, "run", str(EXAMPLE), "--job-id", "p")

@@ -16,7 +16,7 @@ from steplog.commands.jobs import (
 from steplog.projections import cache, manifest
 from steplog.projections.store import open_store
 from steplog.projections.tables import read_cache_table
-from tests.cli_helpers import EXAMPLE
+from tests.on_disk import EXAMPLE
 
 
 def run_job(store, pipeline: Path, job_id: str, tmp_path: Path, **inputs: str):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import db_rows, event_count, status_json, steplog, workspace_files
+from tests.cli_process import status_json, steplog
 from tests.fake_llm_server import FakeLLMServer, last_user_message
-from tests.test_cli_e2e import calls
+from tests.on_disk import calls, db_rows, event_count, workspace_files
 
 pytestmark = pytest.mark.slow
 
@@ -58,11 +58,11 @@ class Answers:
 
 
 @pytest.fixture
-def server():
+def server(fake_llm_factory):
     answers = Answers()
-    with FakeLLMServer(responder=answers) as srv:
-        srv.answers = answers  # type: ignore[attr-defined]
-        yield srv
+    srv = fake_llm_factory(responder=answers)
+    srv.answers = answers  # type: ignore[attr-defined]
+    return srv
 
 
 def _requests(server: FakeLLMServer) -> Counter[str]:

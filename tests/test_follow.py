@@ -3,35 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import EXAMPLE, ROOT, db_rows, steplog
+from tests.cli_process import spawn, steplog
+from tests.on_disk import EXAMPLE, db_rows
 
 pytestmark = pytest.mark.slow
 
 LOCAL = 'kind = "offline"\nmodel = "offline-1"'
 WAIT_S = 60  # bound on every wait; the job itself takes about three seconds
-
-
-def _spawn(db: Path, *args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "steplog", *args],
-        cwd=db.parent,
-        env={**env, "STEPLOG_DB": str(db), "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def _types(db: Path, job: str) -> list[str]:
@@ -61,7 +48,7 @@ def test_follow_prints_new_events_and_exits_when_the_job_ends(tmp_path):
     db = tmp_path / "s.db"
     pipeline = tmp_path / "pipeline.toml"
     pipeline.write_text(EXAMPLE.read_text().replace(LOCAL, LOCAL + "\noptions = { delay_s = 1.0 }"))
-    runner = _spawn(db, "run", str(pipeline), "--job-id", "slow", "--quiet")
+    runner = spawn(db, "run", str(pipeline), "--job-id", "slow", "--quiet")
     everything = steps_only = None
     try:
         deadline = time.monotonic() + WAIT_S
@@ -69,8 +56,8 @@ def test_follow_prints_new_events_and_exits_when_the_job_ends(tmp_path):
             time.sleep(0.05)
         at_start = _types(db, "slow")
         assert "step.started" in at_start and "job.succeeded" not in at_start
-        everything = _spawn(db, "events", "slow", "--follow", "--json", "--interval", "0.05")
-        steps_only = _spawn(db, "events", "slow", "-f", "--type", "step.*", "--step", "qa")
+        everything = spawn(db, "events", "slow", "--follow", "--json", "--interval", "0.05")
+        steps_only = spawn(db, "events", "slow", "-f", "--type", "step.*", "--step", "qa")
         out, err = everything.communicate(timeout=WAIT_S)
         assert everything.returncode == 0, err
         _, run_err = runner.communicate(timeout=WAIT_S)
@@ -93,7 +80,7 @@ def test_follow_stops_on_ctrl_c_and_refuses_an_unknown_job(tmp_path):
     assert steplog(db, "run", str(EXAMPLE), "--job-id", "done").code == 0
     assert steplog(db, "events", "done", "--follow").code == 0  # already ended: prints, exits
     assert steplog(db, "replay", "done", "--until", "3", "--fork", "idle").code == 0
-    follower = _spawn(db, "events", "idle", "--follow", "--json")  # a fork nobody resumes
+    follower = spawn(db, "events", "idle", "--follow", "--json")  # a fork nobody resumes
     try:
         lines: list[str] = []
         assert follower.stdout is not None

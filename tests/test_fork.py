@@ -26,7 +26,8 @@ from steplog.commands.replay import replay
 from steplog.eventstore.events import parse_data
 from steplog.projections import cache, manifest
 from steplog.projections.tables import read_cache_table
-from tests.cli_helpers import EXAMPLE, db_rows, event_count, status_json, steplog, workspace_files
+from tests.cli_process import status_json, steplog
+from tests.on_disk import EXAMPLE, db_rows, event_count, workspace_files
 from tests.strategies import append_batches, assert_chain, dump, fresh_store, interleaved_batches
 
 

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from steplog.eventstore.events import EVENT_TYPES
-from tests.cli_helpers import EXAMPLE, steplog
-from tests.inprocess import assert_refused_in_one_line, copy_db, db_dump, steplog_here
+from tests.cli_inprocess import assert_refused_in_one_line, steplog_here
+from tests.cli_process import steplog
+from tests.on_disk import EXAMPLE, copy_db, db_dump
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +165,7 @@ def test_fuzzed_forks_create_a_job_or_are_refused_without_a_trace(job_db, data):
         assert db_dump(db) == before
 
 
+@pytest.mark.slow
 def test_the_real_cli_names_bad_points_in_one_line(job_db, tmp_path):
     """A few of the above through the console script in a subprocess."""
     db = copy_db(job_db[0], tmp_path / "c.db")

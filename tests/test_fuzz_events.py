@@ -25,7 +25,8 @@ from steplog.eventstore.record import StoreError
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.projections import manifest
 from steplog.projections.store import open_store
-from tests.inprocess import db_dump, steplog_here
+from tests.cli_inprocess import steplog_here
+from tests.on_disk import db_dump
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 

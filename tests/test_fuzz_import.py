@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.cli_helpers import EXAMPLE, ROOT, steplog
-from tests.inprocess import assert_refused_in_one_line, copy_db, db_dump, steplog_here
+from tests.cli_inprocess import assert_refused_in_one_line, steplog_here
+from tests.cli_process import steplog
+from tests.on_disk import EXAMPLE, ROOT, copy_db, db_dump
 
 PREDECESSOR = ROOT / "tests" / "fixtures" / "predecessor_events.jsonl"
 # A failing example is a whole file: hypothesis warns that its repr is large while reporting it,
@@ -217,6 +218,7 @@ def test_import_regressions(sources, tmp_path, name):
     assert db_dump(db) == before
 
 
+@pytest.mark.slow
 def test_the_real_cli_refuses_a_deeply_nested_line_in_one_line(sources, tmp_path):
     db = copy_db(sources.db, tmp_path / "t.db")
     path = tmp_path / "deep.jsonl"

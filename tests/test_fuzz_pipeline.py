@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from steplog.executor.limits import MAX_RENDERED_CHARS
 from steplog.executor.pipeline import PipelineError, parse_pipeline
 from steplog.executor.templates import TemplateProblem, check_template, render
-from tests.cli_helpers import ROOT, steplog
-from tests.inprocess import assert_refused_in_one_line, copy_db, db_dump, steplog_here
+from tests.cli_inprocess import assert_refused_in_one_line, steplog_here
+from tests.cli_process import steplog
+from tests.on_disk import ROOT, copy_db, db_dump
 
 # A failing example may be a large document: hypothesis warns that its repr is large while
 # reporting it, and with warnings as errors that warning would hide the failure.
@@ -322,7 +323,7 @@ def test_injection_is_refused_when_the_pipeline_loads(seeded_db, tmp_path, templ
 @pytest.mark.parametrize("template", BOMBS)
 def test_resource_bombs_fail_their_step_refused_by_the_sandbox(seeded_db, tmp_path, template):
     """Found only when rendering: the step fails with the sandbox's refusal (a render error,
-    exit 1, as tests/test_runner_review.py fixes for any template error), never a MemoryError,
+    exit 1, as tests/test_step_outcomes.py fixes for any template error), never a MemoryError,
     and `plan` predicts it without writing anything."""
     db = copy_db(seeded_db, tmp_path / "t.db")
     path = tmp_path / "p.toml"
@@ -394,6 +395,7 @@ def test_fuzzed_input_values_succeed_or_are_refused_in_one_line(seeded_db, given
         check_command(db, args, may_fail_job=False)
 
 
+@pytest.mark.slow
 def test_arguments_that_are_not_utf8_are_refused_by_the_real_cli(seeded_db, tmp_path):
     """The console script, in a subprocess: bytes that are not UTF-8 reach Python as lone
     surrogates (surrogateescape); they are refused in one line before anything is opened."""
@@ -459,6 +461,7 @@ BOMB_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_template_resource_bombs_are_refused_under_a_memory_ceiling():
     """Rendered in a child process limited to 1.5 GB of address space and 120 s: every bomb is
     refused by the sandbox (or renders within the limit); none runs the child out of memory."""

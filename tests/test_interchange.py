@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from steplog.commands.interchange import BadImport, export_job, import_job
-from tests.cli_helpers import db_rows, status_json, steplog
+from tests.cli_process import status_json, steplog
+from tests.on_disk import db_rows
 from tests.rich_job import RICH_JOB, make_rich_job
 from tests.strategies import append_batches, dump, fresh_store, job_batches
 
@@ -60,10 +61,11 @@ def test_export_import_export_is_identical_apart_from_the_job_id(batches):
 
 
 @pytest.fixture(scope="module")
-def rich_db(tmp_path_factory) -> Path:
-    return make_rich_job(tmp_path_factory.mktemp("interchange"))
+def rich_db(tmp_path_factory, module_fake_llm_factory) -> Path:
+    return make_rich_job(tmp_path_factory.mktemp("interchange"), module_fake_llm_factory())
 
 
+@pytest.mark.slow
 def test_a_real_job_round_trips_through_the_cli(rich_db, tmp_path):
     out = tmp_path / "rich.jsonl"
     result = steplog(rich_db, "export", RICH_JOB, "--output", str(out))
@@ -122,6 +124,7 @@ def test_a_real_job_round_trips_through_the_cli(rich_db, tmp_path):
     assert db_rows(fresh, "SELECT count(*) FROM cache_index")[0][0] >= 4
 
 
+@pytest.mark.slow
 def test_the_predecessors_events_jsonl_imports_and_status_shows_it(tmp_path):
     db = tmp_path / "p.db"
     result = steplog(db, "import", str(FIXTURE))
@@ -148,6 +151,7 @@ def test_the_predecessors_events_jsonl_imports_and_status_shows_it(tmp_path):
     assert _swap_job_id(steplog(db, "export", "abc2").out, "job_abc", "abc2") == out.read_text()
 
 
+@pytest.mark.slow
 def test_a_failed_predecessor_job_resumes_only_with_a_pipeline_file(tmp_path):
     failed = tmp_path / "failed.jsonl"
     failed.write_text("".join(FIXTURE.read_text().splitlines(keepends=True)[:16]))
@@ -278,6 +282,7 @@ def source_db(good_export) -> Path:
     return good_export[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(BAD_LINES))
 def test_a_bad_line_is_named_and_nothing_is_imported(kind, good_lines, source_db, tmp_path):
     make, line_no, message = BAD_LINES[kind]
@@ -296,6 +301,7 @@ def test_a_bad_line_is_named_and_nothing_is_imported(kind, good_lines, source_db
     assert _dump(db) == before
 
 
+@pytest.mark.slow
 def test_an_existing_job_id_is_refused_unless_renamed(good_lines, tmp_path):
     path = tmp_path / "good.jsonl"
     path.write_text("\n".join(good_lines) + "\n")
@@ -310,6 +316,7 @@ def test_an_existing_job_id_is_refused_unless_renamed(good_lines, tmp_path):
     assert steplog(db, "import", str(path), "--job-id", "src2").code == 0
 
 
+@pytest.mark.slow
 def test_predecessor_lines_that_cannot_be_represented_are_refused(tmp_path):
     lines = FIXTURE.read_text().splitlines()
     cases = {
@@ -339,6 +346,7 @@ def test_predecessor_lines_that_cannot_be_represented_are_refused(tmp_path):
     assert not db.exists() or db_rows(db, "SELECT count(*) FROM events")[0][0] == 0
 
 
+@pytest.mark.slow
 def test_bad_files(tmp_path):
     db = tmp_path / "t.db"
     empty = tmp_path / "empty.jsonl"

@@ -11,6 +11,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -33,16 +34,13 @@ from tests.provider_cases import ANTHROPIC, Proto, by_kind, call, streaming
 PATTERN = "ascii, é, ✓, 日本語, 🙂 — one line\n"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeLLMServer() as s:
-        yield s
+@pytest.fixture
+def server(shared_fake_llm: FakeLLMServer) -> FakeLLMServer:  # one per module, reset per test
+    return shared_fake_llm
 
 
 @pytest.fixture(autouse=True)
-def _fresh(server, monkeypatch):
-    server.faults.clear()
-    server.calls.clear()
+def _big_pieces(monkeypatch):
     # big stream pieces: a few MB in 7-character events would take the test seconds each
     monkeypatch.setattr(fake_llm_server, "STREAM_PIECE", 4096)
 
@@ -127,8 +125,9 @@ def test_an_answer_over_max_response_bytes_fails_the_step_without_a_retry(
         conn.close()
 
 
+@pytest.mark.slow
 def test_the_cli_names_the_limit_on_one_line(server, tmp_path) -> None:
-    from tests.cli_helpers import steplog
+    from tests.cli_process import steplog
     from tests.provider_cases import OPENAI
 
     server.faults.append(("answer", "y" * 5_000))
@@ -191,6 +190,11 @@ def test_a_runaway_server_is_cut_off_at_the_limit(stream: bool) -> None:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+    # the handler runs in a thread of its own, which shutdown() does not wait for: give it time
+    # to see the hang-up and record what it sent
+    deadline = time.monotonic() + 10
+    while not _Runaway.sent and time.monotonic() < deadline:
+        time.sleep(0.01)
     # the client stopped reading: the server could not send all it wanted
     assert _Runaway.sent and _Runaway.sent[0] < _Runaway.CHUNKS
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import EXAMPLE, db_rows, event_count, steplog
+from tests.cli_process import steplog
+from tests.on_disk import EXAMPLE, db_rows, event_count
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,8 @@ KEY = "sk-ant-test-0123456789"
 
 
 @pytest.fixture
-def server():
-    with FakeLLMServer() as s:
-        yield s
+def server(fake_llm: FakeLLMServer) -> FakeLLMServer:  # conftest's, under this file's name
+    return fake_llm
 
 
 @streaming

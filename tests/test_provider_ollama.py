@@ -19,9 +19,8 @@ from tests.provider_cases import OLLAMA, call, check, streaming
 
 
 @pytest.fixture
-def server():
-    with FakeLLMServer() as s:
-        yield s
+def server(fake_llm: FakeLLMServer) -> FakeLLMServer:  # conftest's, under this file's name
+    return fake_llm
 
 
 @streaming

@@ -35,9 +35,8 @@ SERVER_SCRIPT = Path(__file__).with_name("fake_llm_server.py")
 
 
 @pytest.fixture
-def server():
-    with FakeLLMServer() as s:
-        yield s
+def server(fake_llm: FakeLLMServer) -> FakeLLMServer:  # conftest's, under this file's name
+    return fake_llm
 
 
 def call(url: str, request: LLMRequest | None = None, **config: Any) -> LLMResult:
@@ -335,13 +334,13 @@ def test_fake_server_lists_models_and_rejects_malformed_requests(server):
     ]
 
 
-def test_fake_server_in_process_delay_and_fail_first(tmp_path):
+def test_fake_server_in_process_delay_and_fail_first(tmp_path, fake_llm_factory):
     log = tmp_path / "calls.jsonl"
-    with FakeLLMServer(call_log=log, fail_first=1, delay=0.05) as server:
-        with pytest.raises(ProviderHTTPError) as info:
-            call(server.url)
-        assert info.value.status == 503
-        assert call(server.url).text.startswith("answer ")
+    server = fake_llm_factory(call_log=log, fail_first=1, delay=0.05)
+    with pytest.raises(ProviderHTTPError) as info:
+        call(server.url)
+    assert info.value.status == 503
+    assert call(server.url).text.startswith("answer ")
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(line["model"], line["fault"]) for line in lines] == [("m", "status"), ("m", None)]
     assert (

@@ -15,24 +15,20 @@ from steplog.commands.jobs import RunCommand, execute, prepare_run
 from steplog.executor.pipeline import PipelineError, parse_pipeline
 from steplog.projections.store import open_store
 from tests import fake_llm_server
-from tests.cli_helpers import steplog
+from tests.cli_process import steplog
 from tests.fake_llm_server import FakeLLMServer
 from tests.provider_cases import ANTHROPIC, Proto, by_kind, pipeline_toml, streaming
 
 KEY = "sk-run-test-key"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeLLMServer() as s:
-        yield s
+@pytest.fixture
+def server(shared_fake_llm: FakeLLMServer) -> FakeLLMServer:  # one per module, reset per test
+    return shared_fake_llm
 
 
 @pytest.fixture(autouse=True)
-def _fresh(server, monkeypatch):
-    server.faults.clear()
-    server.calls.clear()
-    server.require_key = None
+def _key(monkeypatch):
     monkeypatch.setenv("WIRE_TEST_KEY", KEY)
 
 
@@ -220,6 +216,7 @@ def test_anthropic_without_max_tokens_is_refused_at_load_time() -> None:
 # -- the key, end to end through the CLI -----------------------------------------------------------
 
 
+@pytest.mark.slow
 @by_kind
 def test_the_key_is_nowhere_but_in_the_header(server, tmp_path, proto: Proto) -> None:
     secret = f"sk-{proto.kind}-DISTINCTIVE-7f3a9c21e4"

@@ -21,7 +21,7 @@ from steplog.providers.base import (
     ProviderUnavailable,
 )
 from steplog.providers.http import SSEEvent, SSEParser, error_message
-from tests.fake_llm_server import FakeLLMServer
+from tests.fake_llm_server import FakeLLMServer, closed_port
 from tests.provider_cases import (
     ANTHROPIC,
     OPENAI,
@@ -36,17 +36,9 @@ from tests.provider_cases import (
 KEY = "sk-wire-test-0123456789"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeLLMServer() as s:
-        yield s
-
-
-@pytest.fixture(autouse=True)
-def _fresh(server):
-    server.faults.clear()
-    server.calls.clear()
-    server.require_key = None
+@pytest.fixture
+def server(shared_fake_llm: FakeLLMServer) -> FakeLLMServer:  # one per module, reset per test
+    return shared_fake_llm
 
 
 # fault -> (expected class, retryable, text the message must contain)
@@ -167,8 +159,7 @@ def test_the_key_goes_only_in_its_header_and_is_redacted_when_echoed(
 
 @pytest.mark.parametrize("proto", PROTOCOLS, ids=lambda p: p.kind)
 def test_credentials_in_base_url_are_never_printed(proto: Proto) -> None:
-    with FakeLLMServer() as s:
-        port = s.port
+    port = closed_port()
     base = proto.base_url(f"http://someuser:hunter2pw@127.0.0.1:{port}")
     if proto.kind == "openai":
         base += "/v1"

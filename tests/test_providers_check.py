@@ -7,17 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import steplog
+from tests.cli_process import steplog
 from tests.fake_llm_server import FakeLLMServer, closed_port
+
+pytestmark = pytest.mark.slow  # the real CLI in a subprocess, every test
 
 KEY = "sk-check-DISTINCTIVE-55aa"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeLLMServer() as s:
-        s.models[:] = ["gpt-x", "llama3.2", "claude-y"]
-        yield s
+@pytest.fixture
+def server(shared_fake_llm: FakeLLMServer) -> FakeLLMServer:  # one per module, reset per test
+    shared_fake_llm.models[:] = ["gpt-x", "llama3.2", "claude-y"]
+    return shared_fake_llm
 
 
 def write_pipeline(tmp_path: Path, providers: str) -> Path:

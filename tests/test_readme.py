@@ -13,7 +13,7 @@ import pytest
 
 from steplog.commands.cli import cli
 from tests.audit_fixture import Event, build_audit_db, raw_events
-from tests.cli_helpers import ROOT
+from tests.on_disk import ROOT
 
 README = (ROOT / "README.md").read_text()
 

@@ -309,7 +309,7 @@ def test_a_schema_1_database_gets_the_breakers_table_by_its_migration(tmp_path):
     import shutil
 
     from steplog.projections.store import open_store
-    from tests.cli_helpers import ROOT
+    from tests.on_disk import ROOT
 
     path = tmp_path / "old.db"
     shutil.copy(ROOT / "tests" / "data" / "schema_v1.db", path)  # written before breakers existed

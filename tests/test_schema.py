@@ -9,7 +9,7 @@ import pytest
 from steplog.eventstore.record import DatabaseUnusable
 from steplog.eventstore.sqlite import APPLICATION_ID, SCHEMA_VERSION
 from steplog.projections.store import open_store
-from tests.cli_helpers import steplog
+from tests.cli_process import steplog
 
 
 def test_a_new_database_is_versioned_and_in_wal_mode(tmp_path):
@@ -56,6 +56,7 @@ def truncated(path):
     path.write_bytes(path.read_bytes()[:100])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make", "message"),
     [

@@ -21,7 +21,7 @@ from steplog.commands import jobs
 from steplog.commands.jobs import Interrupted, RunCommand, execute, fold_job, prepare_run
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.projections.store import open_store
-from tests.proc_pipelines import dag_pipeline
+from tests.pipeline_files import dag_pipeline
 
 
 def _prepared(tmp_path: Path, store: SQLiteEventStore) -> jobs.Prepared:
@@ -93,7 +93,7 @@ def test_ctrl_c_after_job_resumed_before_the_run_starts_is_one_line_and_resumabl
     """`resume` checks the workspace for hand-edited files after job.resumed is committed and
     before the run takes over the signals (a big workspace takes a while): Ctrl-C there."""
     from steplog.commands.cli import run as cli_run
-    from tests.inprocess import steplog_here
+    from tests.cli_inprocess import steplog_here
 
     db = tmp_path / "s.db"
     path = tmp_path / "p.toml"
@@ -163,6 +163,7 @@ sys.exit(0)
 """
 
 
+@pytest.mark.slow
 def test_sigterm_after_the_loop_closed_still_records_the_interruption(tmp_path):
     """The event loop, removing its SIGTERM handler at the end of the run, puts back the
     default action (die at once), not steplog's: a SIGTERM between the loop's end and the

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import db_rows, status_json, steplog
-from tests.proc_pipelines import StderrLines, dag_pipeline
-from tests.test_cli_e2e import _popen, _wait_for, calls
+from tests.cli_process import StderrLines, spawn, status_json, steplog, wait_for
+from tests.on_disk import calls, db_rows
+from tests.pipeline_files import dag_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -71,10 +71,10 @@ def test_calls_in_flight_finish_in_the_grace_period_and_are_not_asked_again(tmp_
             "e": (["b", "c", "d"], 0),
         },
     )
-    proc = _popen(db, "run", str(path), "--job-id", "j", env=env)
+    proc = spawn(db, "run", str(path), "--job-id", "j", env=env)
     err = StderrLines(proc)
     try:
-        _wait_for(
+        wait_for(
             db,
             "SELECT count(*) = 3 FROM events WHERE type = 'llm.request'"
             " AND step IN ('b', 'c', 'd')",
@@ -114,51 +114,49 @@ def test_calls_in_flight_finish_in_the_grace_period_and_are_not_asked_again(tmp_
     ],
     ids=["SIGINT-twice", "SIGTERM-twice", "grace-over"],
 )
-def test_a_second_signal_or_the_end_of_the_grace_cancels_the_call(tmp_path, sig, how):
+def test_a_second_signal_or_the_end_of_the_grace_cancels_the_call(tmp_path, sig, how, fake_llm):
     """A call that would take a minute: a second signal (grace 600 s, so nothing else could end
     the run in time) or a 1 s grace cancels it; job.interrupted is still recorded, the exit code
     is still the first signal's, and resume asks for that answer once more."""
-    from tests.fake_llm_server import FakeLLMServer
-
     db = tmp_path / "s.db"
-    with FakeLLMServer() as server:
-        server.faults.append(("delay", 60.0))  # a slow first byte for the first call only
-        provider = (
-            'kind = "openai"\n'
-            f'base_url = "http://127.0.0.1:{server.port}/v1"\nmodel = "fake-model"\n'
-            "max_retries = 0\ntimeout_s = 120"
-        )
-        path = dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], 0)}, provider=provider)
-        grace = "600" if how == "second signal" else "1"
-        proc = _popen(db, "run", str(path), "--job-id", "j", "--grace", grace, env={})
-        err = StderrLines(proc)
-        try:
-            _wait_for(db, "SELECT count(*) FROM events WHERE type = 'llm.request' AND step = 'a'")
-            # committed is not yet sent: on a busy machine the request may still be on its way,
-            # and a call cancelled before it left would never reach the server
-            deadline = time.monotonic() + 30
-            while not _asked(server) and time.monotonic() < deadline:
-                time.sleep(0.02)
+    server = fake_llm
+    server.faults.append(("delay", 60.0))  # a slow first byte for the first call only
+    provider = (
+        'kind = "openai"\n'
+        f'base_url = "http://127.0.0.1:{server.port}/v1"\nmodel = "fake-model"\n'
+        "max_retries = 0\ntimeout_s = 120"
+    )
+    path = dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], 0)}, provider=provider)
+    grace = "600" if how == "second signal" else "1"
+    proc = spawn(db, "run", str(path), "--job-id", "j", "--grace", grace, env={})
+    err = StderrLines(proc)
+    try:
+        wait_for(db, "SELECT count(*) FROM events WHERE type = 'llm.request' AND step = 'a'")
+        # committed is not yet sent: on a busy machine the request may still be on its way,
+        # and a call cancelled before it left would never reach the server
+        deadline = time.monotonic() + 30
+        while not _asked(server) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        err.wait_for("stopping")
+        if how == "second signal":
             proc.send_signal(sig)
-            err.wait_for("stopping")
-            if how == "second signal":
-                proc.send_signal(sig)
-        finally:
-            _finish(proc)
-        assert proc.returncode == CODES[sig], err.text()
-        assert "Traceback" not in err.text()
-        stop = _interruption(db)
-        assert stop["calls_finished"] == 0 and stop["calls_cancelled"] == 1
-        second = signal.Signals(sig).name if how == "second signal" else None
-        assert stop["second_signal"] == second
-        assert _count(db, "llm.response", "a") == 0  # the cancelled call has no answer
-        assert status_json(db, "j")["status"] == "interrupted"
-        assert _asked(server) == 1
+    finally:
+        _finish(proc)
+    assert proc.returncode == CODES[sig], err.text()
+    assert "Traceback" not in err.text()
+    stop = _interruption(db)
+    assert stop["calls_finished"] == 0 and stop["calls_cancelled"] == 1
+    second = signal.Signals(sig).name if how == "second signal" else None
+    assert stop["second_signal"] == second
+    assert _count(db, "llm.response", "a") == 0  # the cancelled call has no answer
+    assert status_json(db, "j")["status"] == "interrupted"
+    assert _asked(server) == 1
 
-        resumed = steplog(db, "resume", "j")
-        assert resumed.code == 0, resumed.err
-        asked = sum(1 for c in server.calls if c["path"].endswith("/chat/completions"))
-        assert asked == 3  # a once more (its answer never came), then b
+    resumed = steplog(db, "resume", "j")
+    assert resumed.code == 0, resumed.err
+    asked = sum(1 for c in server.calls if c["path"].endswith("/chat/completions"))
+    assert asked == 3  # a once more (its answer never came), then b
     assert status_json(db, "j")["status"] == "succeeded"
 
 
@@ -166,10 +164,10 @@ def test_grace_zero_cancels_at_once_and_bad_grace_is_refused(tmp_path):
     db, log = tmp_path / "s.db", tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log), "STEPLOG_GRACE_S": "0"}
     path = dag_pipeline(tmp_path, {"a": ([], 30), "b": (["a"], 0)})
-    proc = _popen(db, "run", str(path), "--job-id", "j", env=env)
+    proc = spawn(db, "run", str(path), "--job-id", "j", env=env)
     err = StderrLines(proc)
     try:
-        _wait_for(db, "SELECT count(*) FROM events WHERE type = 'llm.request' AND step = 'a'")
+        wait_for(db, "SELECT count(*) FROM events WHERE type = 'llm.request' AND step = 'a'")
         proc.send_signal(signal.SIGTERM)
     finally:
         _finish(proc)
@@ -194,10 +192,10 @@ def test_a_signal_while_steps_wait_for_a_slot_starts_none_of_them(tmp_path):
     path = dag_pipeline(
         tmp_path, {"a": ([], CALL_S), "b": ([], 1.5), "c": ([], 1.5)}, provider=provider
     )
-    proc = _popen(db, "run", str(path), "--job-id", "j", env=env)
+    proc = spawn(db, "run", str(path), "--job-id", "j", env=env)
     err = StderrLines(proc)
     try:
-        _wait_for(db, "SELECT count(*) = 2 FROM events WHERE type = 'step.waiting'")
+        wait_for(db, "SELECT count(*) = 2 FROM events WHERE type = 'step.waiting'")
         proc.send_signal(signal.SIGINT)
     finally:
         _finish(proc)
@@ -214,10 +212,10 @@ def test_a_signal_during_the_last_call_lets_the_job_finish(tmp_path):
     """Nothing is left once the call in flight answers: the job ends as it would have."""
     db = tmp_path / "s.db"
     path = dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], CALL_S)})
-    proc = _popen(db, "run", str(path), "--job-id", "j", env={})
+    proc = spawn(db, "run", str(path), "--job-id", "j", env={})
     err = StderrLines(proc)
     try:
-        _wait_for(db, "SELECT count(*) FROM events WHERE type = 'llm.request' AND step = 'b'")
+        wait_for(db, "SELECT count(*) FROM events WHERE type = 'llm.request' AND step = 'b'")
         proc.send_signal(signal.SIGINT)
         err.wait_for("stopping")
     finally:

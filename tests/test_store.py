@@ -233,6 +233,7 @@ def test_events_refuse_update_and_delete_from_a_plain_sqlite3_connection(
     assert dump(logged.conn) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("statement", REFUSED)
 def test_events_refuse_update_and_delete_from_the_sqlite3_shell(db_path, logged, statement):
     if shutil.which("sqlite3") is None:

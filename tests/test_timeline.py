@@ -31,15 +31,16 @@ from steplog.eventstore.events import (
     StepStarted,
     StepSucceeded,
 )
-from tests.cli_helpers import db_rows, event_count, steplog
+from tests.cli_process import steplog
+from tests.on_disk import db_rows, event_count
 from tests.rich_job import NEEDS, RICH_JOB, STEPS, make_rich_job
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 
 
 @pytest.fixture(scope="module")
-def rich_db(tmp_path_factory) -> Path:
-    return make_rich_job(tmp_path_factory.mktemp("timeline"))
+def rich_db(tmp_path_factory, module_fake_llm_factory) -> Path:
+    return make_rich_job(tmp_path_factory.mktemp("timeline"), module_fake_llm_factory())
 
 
 def _classes(el: ET.Element) -> list[str]:
@@ -75,6 +76,7 @@ def _expected_bars(db: Path, job: str) -> list[tuple[str, str]]:
     return sorted((s, o) for s, o in bars)
 
 
+@pytest.mark.slow
 def test_timeline_of_a_real_job_has_one_bar_per_attempt_edges_markers_and_an_axis(
     rich_db, tmp_path
 ):
@@ -132,6 +134,7 @@ def test_timeline_of_a_real_job_has_one_bar_per_attempt_edges_markers_and_an_axi
     assert "duration" in title
 
 
+@pytest.mark.slow
 def test_html_has_the_svg_inline_a_table_and_nothing_external(rich_db, tmp_path):
     out = tmp_path / "pic.html"
     assert steplog(rich_db, "timeline", RICH_JOB, "-o", str(out)).code == 0
@@ -144,6 +147,7 @@ def test_html_has_the_svg_inline_a_table_and_nothing_external(rich_db, tmp_path)
     )  # only the picture's own patterns and markers
 
 
+@pytest.mark.slow
 def test_default_output_and_bad_requests(rich_db, tmp_path):
     cwd = tmp_path / "here"
     cwd.mkdir()

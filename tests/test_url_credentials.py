@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from steplog.providers.config import ProviderConfig, literal_url_credential
-from tests.cli_helpers import steplog
-from tests.fake_llm_server import FakeLLMServer
+from tests.cli_process import steplog
 
 SECRET = "pr0xy-Pa55-7c1d"
 
@@ -61,6 +60,7 @@ def _pipeline(tmp_path: Path, base_url: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_password_written_into_base_url_is_refused_before_anything_is_stored(tmp_path):
     db = tmp_path / "s.db"
     pipeline = _pipeline(tmp_path, f"http://proxy:{SECRET}@127.0.0.1:9/v1")
@@ -71,15 +71,16 @@ def test_a_password_written_into_base_url_is_refused_before_anything_is_stored(t
     assert not db.exists() or SECRET.encode() not in db.read_bytes()
 
 
-def test_a_password_read_from_the_environment_is_sent_and_never_stored(tmp_path):
+@pytest.mark.slow
+def test_a_password_read_from_the_environment_is_sent_and_never_stored(tmp_path, fake_llm):
     db = tmp_path / "s.db"
-    with FakeLLMServer() as server:
-        pipeline = _pipeline(tmp_path, f"http://proxy:${{PROXY_PW}}@127.0.0.1:{server.port}/v1")
-        missing = steplog(db, "run", str(pipeline), "--job-id", "j")
-        assert missing.code == 2 and "reads part of its base_url from PROXY_PW" in missing.err
-        result = steplog(db, "run", str(pipeline), "--job-id", "j", env={"PROXY_PW": SECRET})
-        assert result.code == 0, result.err
-        [call] = server.calls
+    server = fake_llm
+    pipeline = _pipeline(tmp_path, f"http://proxy:${{PROXY_PW}}@127.0.0.1:{server.port}/v1")
+    missing = steplog(db, "run", str(pipeline), "--job-id", "j")
+    assert missing.code == 2 and "reads part of its base_url from PROXY_PW" in missing.err
+    result = steplog(db, "run", str(pipeline), "--job-id", "j", env={"PROXY_PW": SECRET})
+    assert result.code == 0, result.err
+    [call] = server.calls
     sent = {k.lower(): v for k, v in call["headers"].items()}["authorization"]
     assert base64.b64decode(sent.removeprefix("Basic ")).decode() == f"proxy:{SECRET}"
     for path in tmp_path.rglob("*"):
@@ -88,6 +89,7 @@ def test_a_password_read_from_the_environment_is_sent_and_never_stored(tmp_path)
     assert SECRET not in result.out + result.err
 
 
+@pytest.mark.slow
 def test_a_password_that_breaks_the_url_is_never_quoted_back(tmp_path):
     """A '/' in the password ends the URL's host part early, so the parser reads part of the
     password as the port and quotes it in its error: `providers check` printed that part."""

@@ -302,6 +302,7 @@ def test_a_failed_write_removes_its_temp_file_and_leaves_the_old_content(tmp_pat
     assert (tmp_path / "ws" / "a.txt").read_bytes() == b"old"
 
 
+@pytest.mark.slow
 def test_stale_temps_of_dead_processes_are_swept_and_nothing_else(tmp_path):
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],

@@ -1,15 +1,17 @@
-"""Review of the input/database path: a command that fails leaves nothing behind, in one line."""
+"""What the CLI refuses before it does anything (a database that is not there, a workspace it
+cannot write, a malformed option, base_url or database path) and output it cannot write (a full
+disk, a FIFO): a command that fails leaves nothing behind and says why in one line."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.cli_helpers import EXAMPLE, db_rows, steplog
-from tests.test_databases import needs_permissions
+from tests.cli_process import needs_permissions, steplog
+from tests.on_disk import EXAMPLE, db_rows
+
+pytestmark = pytest.mark.slow  # the real CLI in a subprocess, every test
 
 
 def _refused(result, *needles: str) -> None:
@@ -202,37 +204,9 @@ def test_output_to_a_full_disk_is_one_line(tmp_path, args):
     """`steplog export JOB > backup.jsonl` on a full disk was a traceback (exit 1)."""
     db = _seeded(tmp_path)
     with open("/dev/full", "w") as full:
-        proc = subprocess.run(
-            [sys.executable, "-m", "steplog", "--db", str(db), *args],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-            cwd=tmp_path,
-        )
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr == "error: cannot write: No space left on device\n"
-
-
-def test_verify_accepts_two_refused_answers_for_one_key(tmp_path):
-    """A step that could not use the provider's answer twice (two cache.invalidated, one key,
-    two answers): verify compared cache_refused by cache_key alone, so the two rows collapsed
-    and it reported drift (exit 1) on a sound database."""
-    from steplog.eventstore.events import CacheInvalidated, NewEvent
-    from steplog.eventstore.record import blob_sha256
-    from steplog.projections.store import open_store
-
-    db = tmp_path / "r.db"
-    answers = sorted((b"not json 1", b"not json 2"), key=blob_sha256, reverse=True)
-    with open_store(db) as store:  # the first refused answer's sha256 sorts last
-        for answer in answers:
-            refusal = CacheInvalidated(
-                cache_key="k" * 64, reason="bad_output", response_sha256=blob_sha256(answer)
-            )
-            store.append("j", [NewEvent.of(refusal, step="a")], blobs=[answer])
-    assert db_rows(db, "SELECT count(*) FROM cache_refused") == [(2,)]
-    result = steplog(db, "verify")
-    assert result.code == 0, result.out + result.err
+        result = steplog(db, *args, stdout=full)
+    assert result.code == 2, result.err
+    assert result.err == "error: cannot write: No space left on device\n"
 
 
 @pytest.mark.parametrize(
