@@ -26,8 +26,9 @@ from typing import Any
 
 import orjson
 
-from steplog.commands.jobs import Rejected, check_job_id, check_workspace
+from steplog.commands.jobs import check_job_id, check_workspace
 from steplog.commands.replay import replay
+from steplog.errors import Rejected
 from steplog.eventstore.events import JobForked, NewEvent, parse_data
 from steplog.eventstore.record import StoredEvent, StoreError, VersionConflict
 from steplog.eventstore.sqlite import SQLiteEventStore

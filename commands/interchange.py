@@ -33,7 +33,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from steplog.commands.jobs import Rejected
+from steplog.errors import Rejected
 from steplog.eventstore.events import InvalidEvent, NewEvent
 from steplog.eventstore.record import VersionConflict, blob_sha256
 from steplog.eventstore.sqlite import SQLiteEventStore

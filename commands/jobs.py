@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
+from steplog.commands.queries import fold_job
 from steplog.errors import Interrupted, Rejected
 from steplog.eventstore.events import JobCreated, JobInterrupted, JobResumed, JobStarted, NewEvent
 from steplog.eventstore.record import VersionConflict, blob_sha256
@@ -87,10 +88,6 @@ class Prepared:
 
 def new_job_id() -> str:
     return "job_" + time.strftime("%Y%m%d_%H%M%S", time.gmtime()) + "_" + secrets.token_hex(3)
-
-
-def fold_job(store: SQLiteEventStore, job_id: str) -> JobState:
-    return manifest.project(job_id, store.read_job(job_id))
 
 
 def check_job_id(job_id: str) -> None:

@@ -1,32 +1,50 @@
-"""Read-only verbs: status, jobs, events, and the documents `--json` prints for them."""
+"""Read-only verbs: status, jobs, events, and the documents `--json` prints for them; which
+job a JOB argument names (`@latest`).
+
+Kept light to import (no pydantic, httpx, anyio, jinja2): `steplog status` and `steplog jobs`
+start with nothing more than this, the store and the manifest fold.
+"""
 
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import orjson
 
-from steplog.commands.jobs import Rejected, fold_job
-from steplog.commands.replay import ReplayView
-from steplog.eventstore.events import LEVELS
+from steplog.errors import Rejected
 from steplog.eventstore.record import StoredEvent
-from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.executor.ownership import owner_alive
-from steplog.executor.pipeline import did_you_mean
+from steplog.projections import manifest
 from steplog.projections.manifest import JobState
+
+if TYPE_CHECKING:
+    from steplog.commands.replay import ReplayView
+    from steplog.eventstore.sqlite import SQLiteEventStore
+
+LATEST = "@latest"  # a JOB argument naming the most recently updated job (no job id has an @)
+
+
+def fold_job(store: SQLiteEventStore, job_id: str) -> JobState:
+    return manifest.project(job_id, store.read_job(job_id))
+
+
+def latest_job(store: SQLiteEventStore) -> str:
+    """The most recently updated job (the one whose last event is the newest)."""
+    row = store.conn.execute("SELECT job_id FROM streams ORDER BY last_seq DESC LIMIT 1").fetchone()
+    if row is None:
+        raise Rejected(f"no jobs in {store.path} yet; start one with: steplog run PIPELINE.toml")
+    return row[0]
+
+
+def resolve_job(store: SQLiteEventStore, job_id: str) -> str:
+    """The job a JOB argument names: `@latest` is the most recently updated job; any other
+    text is a job id, returned as it is (the verb says if no such job exists)."""
+    return latest_job(store) if job_id == LATEST else job_id
 
 
 def status(store: SQLiteEventStore, job_id: str | None) -> JobState:
-    if job_id is None:
-        row = store.conn.execute(
-            "SELECT job_id FROM streams ORDER BY last_seq DESC LIMIT 1"
-        ).fetchone()
-        if row is None:
-            raise Rejected(
-                f"no jobs in {store.path} yet; start one with: steplog run PIPELINE.toml"
-            )
-        job_id = row[0]
+    job_id = latest_job(store) if job_id is None else resolve_job(store, job_id)
     state = fold_job(store, job_id)
     if not state.exists:
         raise Rejected(f"unknown job {job_id}")
@@ -70,6 +88,8 @@ def job_steps(store: SQLiteEventStore, job_id: str) -> list[str]:
 
 def check_step(store: SQLiteEventStore, job_id: str, step: str) -> None:
     """Refuse a step the job does not have, naming the nearest one or the job's steps."""
+    from steplog.executor.pipeline import did_you_mean  # with the pipeline models: pydantic
+
     steps = job_steps(store, job_id)
     if steps and step not in steps:  # (an import without its pipeline may name none)
         raise Rejected(f"job {job_id} has no step {step!r}{did_you_mean(step, steps)}")
@@ -79,7 +99,11 @@ def event_filter(
     type_glob: str | None = None, step: str | None = None, level: str | None = None
 ) -> Callable[[StoredEvent], bool]:
     """Which events `steplog events` shows: type glob, step, this level and above."""
-    levels = set(LEVELS[LEVELS.index(level.upper()) :]) if level else None  # type: ignore[arg-type]
+    levels: set[str] | None = None
+    if level:
+        from steplog.eventstore.events import LEVELS  # with the event models: pydantic
+
+        levels = set(LEVELS[LEVELS.index(level.upper()) :])  # type: ignore[arg-type]
 
     def keep(ev: StoredEvent) -> bool:
         if type_glob and not fnmatchcase(ev.type, type_glob):

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import sqlite_utils
 
-from steplog.commands.jobs import Rejected
+from steplog.errors import Rejected
 from steplog.eventstore.errors import database_error
 from steplog.eventstore.record import DatabaseUnusable
 from steplog.eventstore.sqlite import (

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterator, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Protocol, Sequence
 
 from steplog.errors import Rejected
-from steplog.eventstore.events import EventData, NewEvent, parse_data
+
+if TYPE_CHECKING:  # the models import pydantic, which reading the log does not need
+    from steplog.eventstore.events import EventData, NewEvent
 
 GENESIS_HASH = "0" * 64
 
@@ -46,6 +48,8 @@ class StoredEvent(NamedTuple):
         return json.loads(self.data_json)
 
     def typed(self) -> EventData:
+        from steplog.eventstore.events import parse_data
+
         return parse_data(self.type, self.data_json)
 
     def envelope(self) -> dict[str, Any]:

@@ -12,12 +12,11 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import sqlite_utils
 
 from steplog.eventstore.errors import DatabaseBusy, DatabaseReadOnly, database_error, is_busy
-from steplog.eventstore.events import NewEvent, utc_now
 from steplog.eventstore.record import (
     GENESIS_HASH,
     DatabaseUnusable,
@@ -27,6 +26,9 @@ from steplog.eventstore.record import (
     blob_sha256,
     chain_hash,
 )
+
+if TYPE_CHECKING:  # the event models import pydantic; the store only reads their JSON
+    from steplog.eventstore.events import NewEvent
 
 SCHEMA_VERSION = 4
 APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
@@ -322,6 +324,8 @@ class SQLiteEventStore:
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
+            from steplog.eventstore.events import utc_now
+
             now = utc_now()
             conn.executemany(
                 "INSERT INTO schema_migrations (version, ts, description) VALUES (?, ?, ?)",

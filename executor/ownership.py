@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from steplog.eventstore.events import Owner
+if TYPE_CHECKING:  # the model imports pydantic; owner_alive (status) does not need it
+    from steplog.eventstore.events import Owner
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -25,6 +27,8 @@ def _start_marker(pid: int) -> str:
 
 
 def current_owner() -> Owner:
+    from steplog.eventstore.events import Owner
+
     pid = os.getpid()
     return Owner(pid=pid, host=socket.gethostname(), started=_start_marker(pid))
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
-import anyio
-from anyio.abc import TaskStatus
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
 
 DEFAULT_GRACE_S = 10.0
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -71,11 +71,14 @@ class Shutdown:
         self.report: StopReport | None = None
 
     async def watch(
-        self, target: Drainable, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self, target: Drainable, *, task_status: TaskStatus[None] | None = None
     ) -> None:
         """Run (in the run's task group) until cancelled when the run ends."""
+        import anyio  # here, not at the top: the API imports DEFAULT_GRACE_S from this module
+
         with anyio.open_signal_receiver(*SIGNALS) as signals:
-            task_status.started()  # the handlers are in place before any step starts
+            if task_status is not None:
+                task_status.started()  # the handlers are in place before any step starts
             async for signum in signals:
                 report = self.report = StopReport(signal.Signals(signum).name, self.grace_s)
                 break

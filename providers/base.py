@@ -1,17 +1,5 @@
-"""The one narrow interface every LLM provider implements, and its error tree.
-
-    ProviderError                 anything a provider call can fail with
-    ├── ProviderUnavailable       could not reach the server (connect error, read timeout) — retryable
-    ├── ProviderHTTPError         the server answered with an error status; retryable for 408/409/429/5xx/529
-    ├── ProviderBadResponse       the server answered 2xx with something we cannot use — not retryable
-    │   └── ProviderTooLarge      the answer passed the provider's max_response_bytes — not retryable
-    ├── ProviderStreamError       the server put an error object inside a 2xx answer or stream;
-    │                             retryable when the protocol says the cause is transient
-    └── ProviderTruncated         the answer was cut off at the token limit and the step said
-                                  on_truncation = "error" — not retryable
-
-Errors carry `retryable` and `retry_after` so the executor decides what to do without knowing
-the wire protocol. Messages never contain an API key or an Authorization header.
+"""The one narrow interface every LLM provider implements; its error tree is in
+providers.errors (re-exported here).
 """
 
 from __future__ import annotations
@@ -20,9 +8,18 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-OutputKind = Literal["text", "json", "files"]
+from steplog.providers.errors import (
+    RETRYABLE_STATUSES,
+    ProviderBadResponse,
+    ProviderError,
+    ProviderHTTPError,
+    ProviderStreamError,
+    ProviderTooLarge,
+    ProviderTruncated,
+    ProviderUnavailable,
+)
 
-RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+OutputKind = Literal["text", "json", "files"]
 
 
 class LLMRequest(BaseModel):
@@ -50,83 +47,6 @@ class LLMResult(BaseModel):
     finish_reason: str | None = None
 
 
-class ProviderError(Exception):
-    """Base of every provider failure. `error_class` is a stable short name for the log."""
-
-    error_class = "provider_error"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        provider: str,
-        retryable: bool = False,
-        retry_after: float | None = None,
-        status: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.provider = provider
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.status = status
-
-    def __str__(self) -> str:
-        return f"provider {self.provider!r}: {self.message}"
-
-
-class ProviderUnavailable(ProviderError):
-    error_class = "unavailable"
-
-    def __init__(self, message: str, *, provider: str) -> None:
-        super().__init__(message, provider=provider, retryable=True)
-
-
-class ProviderHTTPError(ProviderError):
-    error_class = "http_error"
-
-    def __init__(
-        self, message: str, *, provider: str, status: int, retry_after: float | None = None
-    ) -> None:
-        super().__init__(
-            message,
-            provider=provider,
-            status=status,
-            retryable=status in RETRYABLE_STATUSES,
-            retry_after=retry_after,
-        )
-
-
-class ProviderBadResponse(ProviderError):
-    error_class = "bad_response"
-
-    def __init__(self, message: str, *, provider: str, status: int | None = None) -> None:
-        super().__init__(message, provider=provider, status=status, retryable=False)
-
-
-class ProviderTooLarge(ProviderBadResponse):
-    error_class = "too_large"
-
-
-class ProviderStreamError(ProviderError):
-    error_class = "stream_error"
-
-    def __init__(self, message: str, *, provider: str, retryable: bool = False) -> None:
-        super().__init__(message, provider=provider, retryable=retryable)
-
-
-class ProviderTruncated(ProviderError):
-    error_class = "truncated"
-
-    def __init__(
-        self, message: str, *, provider: str, tokens_in: int = 0, tokens_out: int = 0
-    ) -> None:
-        super().__init__(message, provider=provider, retryable=False)
-        # the cut-off answer was paid for: the runner counts these against the budget
-        self.tokens_in = tokens_in
-        self.tokens_out = tokens_out
-
-
 class Provider(Protocol):
     """A configured provider. `name` is the pipeline's `[providers.NAME]`."""
 
@@ -134,3 +54,19 @@ class Provider(Protocol):
     kind: str
 
     async def complete(self, request: LLMRequest) -> LLMResult: ...
+
+
+__all__ = [
+    "RETRYABLE_STATUSES",
+    "LLMRequest",
+    "LLMResult",
+    "OutputKind",
+    "Provider",
+    "ProviderBadResponse",
+    "ProviderError",
+    "ProviderHTTPError",
+    "ProviderStreamError",
+    "ProviderTooLarge",
+    "ProviderTruncated",
+    "ProviderUnavailable",
+]

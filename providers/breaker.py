@@ -22,8 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
 
-from steplog.providers.base import ProviderError
-from steplog.providers.http import public_url
+from steplog.providers.errors import ProviderError
 
 BreakerStatus = Literal["closed", "open", "half_open"]
 
@@ -103,6 +102,8 @@ def endpoint_of(kind: str, base_url: str | None) -> str:
     """
     if not base_url:
         return kind
+    from steplog.providers.http import public_url  # httpx: only where a URL is involved
+
     return f"{kind} {public_url(base_url).rstrip('/')}"
 
 

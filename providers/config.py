@@ -49,9 +49,7 @@ def url_problem(url: str) -> str | None:
     if not parts.hostname:
         return "has no host"
     if ENV_REFERENCE.search(parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]):
-        return "takes ${NAME} in its user or password, path or query, not in its port"
-    if ENV_REFERENCE.search(parts.hostname):
-        return "takes ${NAME} in its user or password, path or query, not in its host"
+        return "takes ${NAME} in its user or password, host, path or query, not in its port"
     try:
         parts.port  # noqa: B018 - reading it is the check (ValueError)
     except ValueError:

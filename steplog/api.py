@@ -286,7 +286,7 @@ class Steplog:
         return str(row[0])
 
     def _state(self, job_id: str) -> JobState:
-        from steplog.commands.jobs import fold_job
+        from steplog.commands.queries import fold_job
 
         state = fold_job(self._reader(), job_id)
         if not state.exists:

@@ -25,8 +25,8 @@ from steplog import (
     Steplog,
     SteplogError,
 )
-from tests.cli_helpers import ROOT
-from tests.inprocess import steplog_here
+from tests.cli_inprocess import steplog_here
+from tests.on_disk import ROOT
 
 EXAMPLE = ROOT / "examples" / "factory" / "pipeline.toml"
 README = (ROOT / "README.md").read_text()

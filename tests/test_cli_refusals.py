@@ -160,7 +160,10 @@ def _remote_pipeline(tmp_path, base_url: str):
         ("http://[::1", "is not a valid URL"),
         ("http://proxy:${PW}@[::1/v1", "is not a valid URL"),
         ("http://127.0.0.1:99999/v1", "has a bad port"),
-        ("http://${HOST}:${PORT}/v1", "has a bad port"),
+        (
+            "http://${HOST}:${PORT}/v1",
+            "takes ${NAME} in its user or password, host, path or query, not in its port",
+        ),
         ("ftp://127.0.0.1/v1", "must start with http:// or https://"),
         ("127.0.0.1:8080/v1", "must start with http:// or https://"),
         ("http:///v1", "has no host"),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import ROOT
+from tests.on_disk import ROOT
 
 LAYERS = ("eventstore", "projections", "commands", "providers", "executor", "steplog")
 
@@ -26,6 +26,7 @@ def tracked_files() -> list[str]:
     return out.splitlines()
 
 
+@pytest.mark.slow
 def test_the_repository_holds_no_symlinks_and_no_leftover_pid_files():
     rows = tracked_files()
     assert rows, "not a git checkout"

@@ -18,7 +18,8 @@ from typing import Iterator
 import pytest
 
 from steplog.commands import jobs
-from steplog.commands.jobs import Interrupted, RunCommand, execute, fold_job, prepare_run
+from steplog.commands.jobs import Interrupted, RunCommand, execute, prepare_run
+from steplog.commands.queries import fold_job
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.projections.store import open_store
 from tests.pipeline_files import dag_pipeline

@@ -8,14 +8,11 @@ import sys
 from typing import Any
 
 import click
-from rich.table import Table
 
-from steplog.commands.audit import audit_document
 from steplog.commands.cli.group import cli, console, echo_json, json_option, store_for
-from steplog.commands.cli.render import print_audit
-from steplog.commands.jobs import Rejected
-from steplog.commands.readonly import open_readonly, parse_params, plain_value, run_query
-from steplog.commands.verify import verify
+from steplog.commands.queries import resolve_job
+from steplog.commands.readonly import open_readonly, plain_value
+from steplog.errors import Rejected
 
 
 @cli.command("sql")
@@ -43,6 +40,8 @@ def sql_cmd(
     """
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
+    from steplog.commands.readonly import parse_params, run_query
+
     bound = parse_params(params)
     with open_readonly(ctx.obj["db"], upgrade=True) as ro:
         result = run_query(ro, query, bound)
@@ -57,6 +56,8 @@ def sql_cmd(
         for row in result.rows:
             writer.writerow([_csv_value(v) for v in row])
     else:
+        from rich.table import Table
+
         table = Table(show_edge=True)
         for col in result.columns:
             table.add_column(col)
@@ -90,7 +91,11 @@ def audit_cmd(ctx: click.Context, job: str, as_json: bool) -> None:
 
     Example: steplog audit job_20261124_101500_ab12cd --json
     """
-    doc = audit_document(store_for(ctx).conn, job)
+    from steplog.commands.audit import audit_document
+    from steplog.commands.cli.render import print_audit
+
+    store = store_for(ctx)
+    doc = audit_document(store.conn, resolve_job(store, job))
     if as_json:
         echo_json(doc)
         return
@@ -110,6 +115,8 @@ def verify_cmd(ctx: click.Context, job: str | None, as_json: bool) -> None:
 
     Example: steplog verify --json
     """
+    from steplog.commands.verify import verify
+
     with open_readonly(ctx.obj["db"]) as ro:
         if (
             job is not None

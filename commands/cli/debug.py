@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from steplog.commands import follow, plan, queries
 from steplog.commands.cli.group import cli, echo_json, json_option, parse_inputs, store_for
-from steplog.commands.fork import fork_document, fork_job
-from steplog.eventstore.record import StoredEvent
-from steplog.eventstore.sqlite import SQLiteEventStore
+
+if TYPE_CHECKING:
+    from steplog.eventstore.record import StoredEvent
+    from steplog.eventstore.sqlite import SQLiteEventStore
 
 
 @cli.command("plan")
@@ -29,12 +30,16 @@ def plan_cmd(
 
     Example: steplog plan examples/factory/pipeline.toml --input idea="a chess clock"
     """
+    from steplog.commands import plan
+
     store = store_for(ctx, create=True)  # plan before the first run: all misses
     given = parse_inputs(inputs)
     if job is None:
         report = plan.plan_new_run(store, pipeline, given)
     else:
-        report = plan.plan_for_resume(store, job, pipeline, given)
+        from steplog.commands.queries import resolve_job
+
+        report = plan.plan_for_resume(store, resolve_job(store, job), pipeline, given)
     if as_json:
         echo_json(report.document())
         return
@@ -50,6 +55,8 @@ def print_fork(
     workspace: Path | None,
     as_json: bool,
 ) -> None:
+    from steplog.commands.fork import fork_document, fork_job
+
     result = fork_job(store, job, point, new_job, workspace)
     if as_json:
         echo_json(fork_document(result))
@@ -76,6 +83,8 @@ def follow_events(
     interval: float,
     as_json: bool,
 ) -> None:
+    from steplog.commands import follow, queries
+
     def emit(ev: StoredEvent) -> None:
         if as_json:
             click.echo(json.dumps(ev.envelope(), ensure_ascii=False))

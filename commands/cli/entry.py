@@ -13,17 +13,11 @@ from typing import Any
 
 import click
 
-# the verbs register themselves on the group as they are imported
-from steplog.commands.cli import audit, debug, inspect, interchange, providers, run  # noqa: F401
 from steplog.commands.cli.group import cli, one_line
-from steplog.commands.jobs import Rejected
-from steplog.commands.replay import BadPoint
-from steplog.eventstore.errors import database_error
-from steplog.eventstore.events import InvalidEvent
-from steplog.eventstore.record import StoreError
-from steplog.executor.pipeline import PipelineError
+from steplog.errors import Rejected
 
-USER_ERRORS = (Rejected, PipelineError, StoreError, InvalidEvent, BadPoint)
+# Every error steplog refuses a command with (PipelineError, StoreError, InvalidEvent, BadPoint …)
+USER_ERRORS = (Rejected,)
 # A database that breaks under us mid-command (corrupt page, disk full, locked too long)
 DATABASE_ERRORS = (sqlite3.DatabaseError, sqlite3.OperationalError)
 
@@ -58,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {one_line(str(exc))}", err=True)
         return 2
     except DATABASE_ERRORS as exc:
+        from steplog.eventstore.errors import database_error
+
         click.echo(f"error: {one_line(str(database_error(obj.get('db'), exc)))}", err=True)
         return 2
     except click.exceptions.Exit as exc:

@@ -1,24 +1,102 @@
 """The `steplog` group and what every verb shares: the store for --db, option decorators for
---json, --quiet, --input, --workspace and --grace, and JSON and console output."""
+--json, --quiet, --input, --workspace and --grace, and JSON and console output.
+
+Every command pays for what it imports before it does anything, so the group knows its verbs
+from VERBS and imports a verb's module only when that verb runs: `steplog --help` lists them
+all without importing any, and `steplog status` imports neither the executor nor the providers.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
-from rich.console import Console
 
-from steplog.commands.jobs import Rejected
-from steplog.eventstore.sqlite import SQLiteEventStore
-from steplog.executor.shutdown import DEFAULT_GRACE_S
-from steplog.projections.store import open_store
+from steplog.errors import Rejected
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from steplog.eventstore.sqlite import SQLiteEventStore
+
+# verb -> (its module in steplog.commands.cli, its one-line help as `steplog --help` lists it).
+# The module registers the verb on `cli` when imported; tests/test_cli_verbs.py checks that
+# each line here is the command's own short help and that every verb is listed.
+VERBS: dict[str, tuple[str, str]] = {
+    "audit": (
+        "audit",
+        "Report on JOB from the audit views: step runs, LLM calls with failures and retries, "
+        "tokens and cost, cache hits and tokens saved, files written, failures and why.",
+    ),
+    "events": (
+        "inspect",
+        "Print JOB's events; --json prints JSON lines in the predecessor's envelope.",
+    ),
+    "export": ("interchange", "Write JOB's events (and the blobs they point at) as JSON lines."),
+    "import": (
+        "interchange",
+        "Load FILE (a steplog export or the predecessor's events.jsonl) as a new job.",
+    ),
+    "jobs": ("inspect", "List jobs, most recent first."),
+    "plan": (
+        "debug",
+        "Predict, without calling any provider, which steps the cache serves and why others miss.",
+    ),
+    "providers": ("providers", "Reach the LLM providers a pipeline configures."),
+    "replay": (
+        "inspect",
+        "Show JOB as it was at POINT: manifest, completed/pending steps, cache, events.",
+    ),
+    "resume": ("run", "Continue JOB: skip completed steps, re-run failed and interrupted ones."),
+    "run": ("run", "Run PIPELINE (a TOML file) as a new job."),
+    "show": (
+        "show",
+        "Show one attempt of STEP in JOB: rendered prompt, answer, output, cost, files.",
+    ),
+    "sql": ("audit", "Run one read-only SQL query on the database (tables and audit views)."),
+    "status": ("inspect", "Show the manifest of JOB (default: the most recently updated job)."),
+    "timeline": (
+        "interchange",
+        "Draw JOB as a timeline: one bar per step attempt, dependencies, retries, resumes.",
+    ),
+    "verify": (
+        "audit",
+        "Check the database: hash chains, append-only triggers and schema version, SQLite "
+        "integrity, projection tables against a fresh fold, blobs against their sha256.",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose verbs (VERBS) are imported when one is looked up, not before."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(VERBS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in VERBS:
+            importlib.import_module(f"{__package__}.{VERBS[cmd_name][0]}")
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's own listing, from VERBS: each line shortened to fit as click would."""
+        limit = formatter.width - 6 - max(map(len, VERBS))
+        rows = [
+            (name, click.Command(name, help=summary).get_short_help_str(limit))
+            for name, (_, summary) in sorted(VERBS.items())
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 def console() -> Console:
     """Rich output; wide when piped so tables are not cut to 80 columns."""
+    from rich.console import Console
+
     return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
@@ -37,6 +115,8 @@ def store_for(
         path = ctx.obj["db"]
         if not (write if create is None else create) and not Path(path).exists():
             raise Rejected(f"no database at {path}; start one with: steplog run PIPELINE.toml")
+        from steplog.projections.store import open_store
+
         store = ctx.obj["store"] = open_store(ctx.obj["db"])
         ctx.call_on_close(store.close)
     if write:
@@ -62,7 +142,7 @@ def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--db",
     envvar="STEPLOG_DB",
@@ -86,6 +166,8 @@ def _not_nan(ctx: click.Context, param: click.Parameter, value: float) -> float:
 
 
 def grace_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    from steplog.executor.shutdown import DEFAULT_GRACE_S  # run and resume import it anyway
+
     return click.option(
         "--grace",
         "grace_s",

@@ -1,4 +1,8 @@
-"""Reading the log: `status`, `jobs`, `events` and `replay --until`."""
+"""Reading the log: `status`, `jobs`, `events` and `replay --until`.
+
+`status` and `jobs` are what people run most: this module imports only the store and the
+manifest fold up front; rich and the rest come inside the verb that prints with them.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,9 @@ import json
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from steplog.commands import queries
 from steplog.commands.cli.group import cli, console, echo_json, json_option, store_for
-from steplog.commands.cli.render import print_events, print_manifest
-from steplog.commands.replay import replay
 
 
 @cli.command("replay")
@@ -47,11 +48,19 @@ def replay_cmd(
     if fork is not None:
         from steplog.commands.cli.debug import print_fork
 
-        print_fork(store_for(ctx, write=True, create=False), job, point, fork, workspace, as_json)
+        store = store_for(ctx, write=True, create=False)
+        print_fork(store, queries.resolve_job(store, job), point, fork, workspace, as_json)
         return
     if workspace is not None:
         raise click.UsageError("--workspace is only for --fork")
-    view = replay(store_for(ctx), job, point)
+    from rich.table import Table
+
+    from steplog.commands.cli.render import print_events, print_manifest
+    from steplog.commands.replay import replay
+
+    store = store_for(ctx)
+    job = queries.resolve_job(store, job)
+    view = replay(store, job, point)
     if as_json:
         echo_json(queries.replay_document(view))
         return
@@ -87,6 +96,8 @@ def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(queries.manifest_document(state))
         return
+    from steplog.commands.cli.render import print_manifest
+
     print_manifest(console(), state)
 
 
@@ -109,6 +120,8 @@ def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
     if as_json:
         echo_json(rows)
         return
+    from rich.table import Table
+
     table = Table()
     for col in ("job", "pipeline", "status", "created", "updated"):
         table.add_column(col, no_wrap=True)
@@ -153,14 +166,18 @@ def events(
 
     Example: steplog events job_x --type 'llm.*' --json
     """
+    store = store_for(ctx)
+    job = queries.resolve_job(store, job)
     if follow:
         from steplog.commands.cli.debug import follow_events
 
-        follow_events(store_for(ctx), job, type_glob, step, level, interval, as_json)
+        follow_events(store, job, type_glob, step, level, interval, as_json)
         return
-    found = queries.events(store_for(ctx), job, type_glob=type_glob, step=step, level=level)
+    found = queries.events(store, job, type_glob=type_glob, step=step, level=level)
     if as_json:
         for ev in found:
             click.echo(json.dumps(ev.envelope(), ensure_ascii=False))
         return
+    from steplog.commands.cli.render import print_events
+
     print_events(console(), found)

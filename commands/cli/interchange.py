@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from steplog.commands.cli.group import cli, store_for
-from steplog.commands.interchange import export_job, import_job, write_atomically
-from steplog.commands.jobs import Rejected
+from steplog.commands.queries import resolve_job
+from steplog.errors import Rejected
 
 
 @cli.command()
@@ -33,11 +33,13 @@ def timeline(ctx: click.Context, job: str, output: Path | None, width: int) -> N
 
     Example: steplog timeline job_x --output job_x.html
     """
-    # Imported here: drawing is the one verb that needs them, and every command pays for imports.
+    # Imported here: each verb imports what it needs, and every command pays for its imports.
+    from steplog.commands.interchange import write_atomically
     from steplog.commands.timeline import build
     from steplog.commands.timeline_svg import render_html, render_svg
 
     store = store_for(ctx)
+    job = resolve_job(store, job)
     if not store.job_exists(job):
         raise Rejected(f"unknown job {job}")
     tl = build(job, store.read_job(job))
@@ -75,7 +77,10 @@ def export_cmd(ctx: click.Context, job: str, output: Path | None, blobs: str) ->
 
     Example: steplog export job_x --output job_x.jsonl
     """
+    from steplog.commands.interchange import export_job, write_atomically
+
     store = store_for(ctx)
+    job = resolve_job(store, job)
     blob_dir = None if blobs == "inline" else Path(blobs).resolve()
     # blob lines name their files relative to the export file, so the pair can move together
     base = (output.parent if output is not None else Path.cwd()).resolve()
@@ -98,6 +103,8 @@ def import_cmd(ctx: click.Context, file: Path, job_id: str | None) -> None:
 
     Example: steplog import job_x.jsonl --job-id job_x_copy
     """
+    from steplog.commands.interchange import import_job
+
     store = store_for(ctx, write=True)
     target, plan = import_job(store, file, job_id)
     kind = "predecessor events.jsonl" if plan.predecessor else "steplog export"

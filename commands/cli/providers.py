@@ -5,11 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.table import Table
-from rich.text import Text
 
 from steplog.commands.cli.group import cli, console, echo_json, json_option, one_line
-from steplog.commands.providers_check import check_providers
 
 
 @cli.group()
@@ -25,10 +22,15 @@ def check(pipeline: Path, as_json: bool) -> None:
 
     Example: OPENAI_API_KEY=... steplog providers check examples/factory/pipeline.toml
     """
+    from steplog.commands.providers_check import check_providers
+
     results = check_providers(pipeline)
     if as_json:
         echo_json([r.as_dict() for r in results])
     else:
+        from rich.table import Table
+        from rich.text import Text
+
         table = Table()
         for col in ("provider", "kind", "url", "status"):
             table.add_column(col, no_wrap=col != "status")

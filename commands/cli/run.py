@@ -20,6 +20,7 @@ from steplog.commands.jobs import (
     prepare_run,
     stop_recorded,
 )
+from steplog.commands.queries import resolve_job
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.executor import drift
 from steplog.executor.shutdown import DEFAULT_GRACE_S
@@ -149,7 +150,10 @@ def resume(
         prepare_resume(
             store,
             ResumeCommand(
-                job_id=job, pipeline_path=pipeline, force=force, ignore_breaker=ignore_breaker
+                job_id=resolve_job(store, job),
+                pipeline_path=pipeline,
+                force=force,
+                ignore_breaker=ignore_breaker,
             ),
         ),
         quiet,

@@ -1,0 +1,166 @@
+"""`steplog show JOB STEP`: one attempt of a step, its parts labelled or one part raw.
+
+Texts from the log are written exactly as stored: no rich markup, and not through click.echo,
+which drops escape sequences when the output is not a terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from steplog.commands.cli.group import cli, echo_json, json_option, store_for
+from steplog.commands.queries import resolve_job
+from steplog.errors import Rejected
+
+if TYPE_CHECKING:
+    from steplog.commands.show import StepAttempt
+
+PARTS = ("system", "prompt", "answer", "output", "files")
+
+
+def write_raw(text: str) -> None:
+    """`text` as UTF-8 bytes, nothing added or taken away."""
+    out = sys.stdout
+    buffer = getattr(out, "buffer", None)
+    if buffer is None:  # a text stream with no bytes below it (a test's StringIO)
+        out.write(text)
+        out.flush()
+        return
+    out.flush()
+    buffer.write(text.encode("utf-8"))
+    buffer.flush()
+
+
+def _missing(shown: StepAttempt, part: str) -> Rejected:
+    why = f"it {shown.status}"
+    if shown.error_type:
+        why += f" ({shown.error_type})"
+    if shown.missing_blobs:
+        why += f"; the database lacks blob(s) {', '.join(s[:12] for s in shown.missing_blobs)}"
+    return Rejected(
+        f"attempt {shown.attempt} of step {shown.step} in job {shown.job_id} has no {part} "
+        f"in the log: {why}"
+    )
+
+
+def part_text(shown: StepAttempt, part: str) -> str:
+    """What `--PART` prints: the text as stored, or the files in sha256sum's format."""
+    if part == "files":
+        return "".join(f"{f.sha256}  {f.path}\n" for f in shown.files)
+    if part == "system":
+        if shown.prompt is None:  # no call was prepared: whether it had a system prompt is unknown
+            raise _missing(shown, "system prompt")
+        return shown.system or ""
+    value = {"prompt": shown.prompt, "answer": shown.answer, "output": shown.output_text}[part]
+    if value is None:
+        raise _missing(shown, part)
+    return value
+
+
+def _block(label: str, text: str) -> str:
+    return f"--- {label} ---\n{text}" + ("" if text.endswith("\n") or not text else "\n")
+
+
+def summary(shown: StepAttempt) -> str:
+    """Every part, labelled, for reading."""
+    lines = [
+        f"job {shown.job_id}  step {shown.step}  attempt {shown.attempt} of {shown.attempts}  "
+        f"{shown.status}",
+        f"started {shown.started}  finished {shown.finished or '-'}  duration "
+        + (f"{shown.duration_s:.3f}s" if shown.duration_s is not None else "-"),
+    ]
+    cost = "unpriced" if shown.cost is None else f"${shown.cost:.6f}"
+    lines.append(
+        f"provider {shown.provider or '-'}  model {shown.model or '-'}  tokens in "
+        f"{shown.tokens_in} out {shown.tokens_out}  cost {cost}  output {shown.output_kind or '-'}"
+    )
+    if shown.cache_hit:
+        lines.append(
+            f"cache hit: answer from {shown.origin_job}/{shown.origin_step or '-'} "
+            f"({shown.tokens_saved or 0} tokens saved)  key {shown.cache_key}"
+        )
+    elif shown.cache_hit is False:
+        lines.append(f"cache miss  key {shown.cache_key}")
+    lines.append(f"calls {len(shown.calls)}  retries {shown.retries}")
+    for call in shown.calls:
+        outcome = {True: "ok", False: "failed", None: "no response"}[call.success]
+        took = f"{call.duration_s:.3f}s" if call.duration_s is not None else "-"
+        detail = f"  {call.error_class}: {call.error}" if call.error else ""
+        lines.append(
+            f"  call {call.number}: {outcome}  {call.provider} {call.model}  {took}  tokens in "
+            f"{call.tokens_in} out {call.tokens_out}{detail}"
+        )
+    if shown.error is not None:
+        lines.append(f"error ({shown.error_type}): {shown.error}")
+    if shown.missing_blobs:
+        lines.append(f"missing blobs: {', '.join(shown.missing_blobs)}")
+    text = "\n".join(lines) + "\n"
+    if shown.prompt is not None:
+        text += _block("system prompt", shown.system) if shown.system is not None else ""
+        text += _block("prompt", shown.prompt)
+    if shown.answer is not None:
+        text += _block("answer", shown.answer)
+    if shown.output_text is not None and shown.output_kind == "json":
+        text += _block("output (json, as stored)", shown.output_text)
+    if shown.files:
+        rows = "".join(
+            f"{f.path}  {f.reason}  {f.size if f.size is not None else '-'} bytes  {f.sha256}\n"
+            for f in shown.files
+        )
+        text += _block("files", rows)
+    return text
+
+
+@cli.command("show")
+@click.argument("job")
+@click.argument("step")
+@click.option("--system", is_flag=True, help="Print only the rendered system prompt, raw.")
+@click.option("--prompt", is_flag=True, help="Print only the rendered prompt, raw.")
+@click.option("--answer", is_flag=True, help="Print only the provider's answer, raw.")
+@click.option("--output", is_flag=True, help="Print only the step's output as stored, raw.")
+@click.option("--files", is_flag=True, help="Print only the files written: 'SHA256  PATH' lines.")
+@click.option(
+    "--attempt",
+    type=click.IntRange(1, 2**63 - 1),
+    help="Which attempt (default: the latest).",
+)
+@json_option
+@click.pass_context
+def show(
+    ctx: click.Context,
+    job: str,
+    step: str,
+    system: bool,
+    prompt: bool,
+    answer: bool,
+    output: bool,
+    files: bool,
+    attempt: int | None,
+    as_json: bool,
+) -> None:
+    """Show one attempt of STEP in JOB: rendered prompt, answer, output, cost, files.
+
+    --prompt, --answer, --output (and --system) print that text alone, byte for byte as the
+    log holds it, for a pipe or a file; --files prints the files the attempt wrote in the
+    format of sha256sum; --json prints every part as one JSON object.
+
+    Example: steplog show job_x builder --answer > answer.txt
+    """
+    chosen = [name for name, on in zip(PARTS, (system, prompt, answer, output, files)) if on]
+    if len(chosen) + as_json > 1:
+        raise click.UsageError(
+            "--system, --prompt, --answer, --output, --files and --json exclude each other"
+        )
+    from steplog.commands.show import show_step
+
+    store = store_for(ctx)
+    shown = show_step(store, resolve_job(store, job), step, attempt)
+    if as_json:
+        echo_json(shown.model_dump(mode="json"))
+    elif chosen:
+        write_raw(part_text(shown, chosen[0]))
+    else:
+        write_raw(summary(shown))
