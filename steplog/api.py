@@ -22,11 +22,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable
 
+from steplog.commands.queries import LATEST
 from steplog.errors import Rejected
 from steplog.executor.shutdown import DEFAULT_GRACE_S
 
 if TYPE_CHECKING:
     from steplog.commands.jobs import Prepared
+    from steplog.commands.show import StepAttempt
     from steplog.eventstore.record import StoredEvent
     from steplog.eventstore.sqlite import SQLiteEventStore
     from steplog.executor.runner import Observer
@@ -268,36 +270,27 @@ class Steplog:
         """The job as it stands, with each succeeded step's output (from its blob)."""
         from steplog.commands.results import job_result
 
-        return job_result(self._reader(), self._state(self.resolve_job(job_id)))
+        return job_result(self._reader(), self.job_state(job_id))
 
     # -- reading the log -----------------------------------------------------------------------
 
     def resolve_job(self, job: str | None) -> str:
         """A job id as given, or the most recently updated job for None or "@latest"."""
-        if job is not None and job != LATEST:
-            return job
-        row = (
-            self._reader()
-            .conn.execute("SELECT job_id FROM streams ORDER BY last_seq DESC LIMIT 1")
-            .fetchone()
-        )
-        if row is None:
-            raise Rejected(f"no jobs in {self.path} yet; start one with: steplog run PIPELINE.toml")
-        return str(row[0])
+        from steplog.commands.queries import resolve_job
 
-    def _state(self, job_id: str) -> JobState:
-        from steplog.commands.queries import fold_job
+        return resolve_job(self._reader(), LATEST if job is None else job)
 
-        state = fold_job(self._reader(), job_id)
-        if not state.exists:
-            raise Rejected(f"unknown job {job_id}")
-        return state
+    def job_state(self, job_id: str | None = None) -> JobState:
+        """The job's fold itself (what `status` renders); refused for an unknown job."""
+        from steplog.commands.queries import status
+
+        return status(self._reader(), job_id)
 
     def status_document(self, job_id: str | None = None) -> dict[str, Any]:
         """`status` as the plain JSON document `steplog status --json` prints."""
         from steplog.commands.queries import manifest_document
 
-        return manifest_document(self._state(self.resolve_job(job_id)))
+        return manifest_document(self.job_state(job_id))
 
     def status(self, job_id: str | None = None) -> JobStatus:
         """The job's manifest folded from its log (default: the most recently updated job)."""
@@ -367,6 +360,14 @@ class Steplog:
         )
         async for ev in found:
             yield _event(ev)
+
+    def show(self, job_id: str, step: str, attempt: int | None = None) -> StepAttempt:
+        """One attempt of `step` (default: its latest): the rendered system prompt and prompt,
+        the answer, the output, tokens, cost, duration, the calls and retries, the cache key,
+        and the files it wrote — all read from the log and its blobs."""
+        from steplog.commands.show import show_step
+
+        return show_step(self._reader(), self.resolve_job(job_id), step, attempt)
 
     def replay(self, job_id: str, until: str | int) -> ReplayState:
         """The job as it was at a point of its log: an event number, an ISO timestamp, or
@@ -463,9 +464,6 @@ class Steplog:
             events=len(plan.events),
             blobs=len(plan.blobs),
         )
-
-
-LATEST = "@latest"
 
 
 def _check_inputs(inputs: dict[str, str] | None) -> dict[str, str]:

@@ -247,3 +247,32 @@ def test_follow_waits_a_bounded_time_for_a_job_about_to_be_created(tmp_path):
         with pytest.raises(Rejected, match=r"unknown job never \(waited 0.3 s"):
             sl.follow("never", wait_s=0.3)
         assert 0.3 <= time.monotonic() - started < 5
+
+
+def test_the_readme_table_names_every_public_method():
+    section = README[README.index("## Python API") :]
+    section = section[: section.index("\n## ", 3)]
+    public = {
+        name
+        for name, member in vars(Steplog).items()
+        if callable(member) and not name.startswith("_")
+    }
+    undocumented = {
+        name for name in public if f"`{name}(" not in section and f"`await {name}(" not in section
+    }
+    assert not undocumented, undocumented
+
+
+def test_show_is_the_document_steplog_show_prints(tmp_path):
+    db = tmp_path / "s.db"
+    with Steplog(db) as sl:
+        sl.run(EXAMPLE, {"idea": "a sundial"}, "j", tmp_path / "ws").raise_for_status()
+        shown = sl.show("@latest", "architect")
+        assert shown.job_id == "j" and shown.step == "architect" and shown.attempt == 1
+        assert shown.prompt and "a sundial" in shown.prompt and shown.answer
+        builder = sl.show("j", "builder")
+        assert builder.files and all(f.path for f in builder.files)
+        with pytest.raises(Rejected, match="has no step 'nosuch'"):
+            sl.show("j", "nosuch")
+    cli = steplog_here(db, "show", "j", "architect", "--json")
+    assert cli.code == 0 and json.loads(cli.out) == shown.model_dump(mode="json")

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from steplog.commands.cli.group import cli, echo_json, json_option, parse_inputs, store_for
+from steplog.commands.cli.group import (
+    cli,
+    echo_json,
+    inputs_option,
+    json_option,
+    parse_inputs,
+    store_for,
+)
 
 if TYPE_CHECKING:
     from steplog.eventstore.record import StoredEvent
@@ -17,9 +24,7 @@ if TYPE_CHECKING:
 
 @cli.command("plan")
 @click.argument("pipeline", type=click.Path(path_type=Path))
-@click.option(
-    "--input", "-i", "inputs", multiple=True, metavar="NAME=VALUE", help="Set a pipeline input."
-)
+@inputs_option
 @click.option("--job", help="Predict resuming this job (with PIPELINE as it is now).")
 @json_option
 @click.pass_context

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from steplog.errors import Rejected
+from steplog.api import Steplog
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -104,24 +104,19 @@ def one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
+def app_for(ctx: click.Context) -> Steplog:
+    """The Python API over --db: every verb is a client of it."""
+    return ctx.find_root().obj["app"]
+
+
 def store_for(
     ctx: click.Context, *, write: bool = False, create: bool | None = None
 ) -> SQLiteEventStore:
-    """The store for this command. write: the verb appends, so a read-only file is refused
-    here, before anything starts. create (default: write): a missing file is created; else it
-    is refused, so a read verb or a typo in --db leaves no empty database (or directory)."""
-    store = ctx.obj.get("store")
-    if store is None:
-        path = ctx.obj["db"]
-        if not (write if create is None else create) and not Path(path).exists():
-            raise Rejected(f"no database at {path}; start one with: steplog run PIPELINE.toml")
-        from steplog.projections.store import open_store
-
-        store = ctx.obj["store"] = open_store(ctx.obj["db"])
-        ctx.call_on_close(store.close)
-    if write:
-        store.require_writable()
-    return store
+    """The API's store, for the verbs that render what the services return. write: the verb
+    appends, so a read-only file is refused here, before anything starts. create (default:
+    write): a missing file is created; else it is refused, so a read verb or a typo in --db
+    leaves no empty database (or directory)."""
+    return app_for(ctx).open_store(write=write, create=create)
 
 
 def parse_inputs(values: tuple[str, ...]) -> dict[str, str]:
@@ -136,6 +131,27 @@ def parse_inputs(values: tuple[str, ...]) -> dict[str, str]:
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(func)
+
+
+def quiet_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--quiet", "-q", is_flag=True, help="Print only the closing line.")(func)
+
+
+def inputs_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--input NAME=VALUE, repeatable; `parse_inputs` turns what was given into a dict."""
+    return click.option(
+        "--input", "-i", "inputs", multiple=True, metavar="NAME=VALUE", help="Set a pipeline input."
+    )(func)
+
+
+def workspace_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--workspace", type=click.Path(file_okay=False, path_type=Path), help=help)
+
+
+def ignore_breaker_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--ignore-breaker", is_flag=True, help="Call providers even while their circuit is open."
+    )(func)
 
 
 def echo_json(value: Any) -> None:
@@ -157,6 +173,8 @@ def cli(ctx: click.Context, db: Path) -> None:
     """steplog: durable multi-step LLM pipelines on an append-only SQLite event log."""
     ctx.ensure_object(dict)
     ctx.obj["db"] = db
+    app = ctx.obj["app"] = Steplog(db)
+    ctx.call_on_close(app.close)
 
 
 def _not_nan(ctx: click.Context, param: click.Parameter, value: float) -> float:

@@ -12,7 +12,15 @@ from pathlib import Path
 import click
 
 from steplog.commands import queries
-from steplog.commands.cli.group import cli, console, echo_json, json_option, store_for
+from steplog.commands.cli.group import (
+    app_for,
+    cli,
+    console,
+    echo_json,
+    json_option,
+    store_for,
+    workspace_option,
+)
 
 
 @cli.command("replay")
@@ -23,11 +31,7 @@ from steplog.commands.cli.group import cli, console, echo_json, json_option, sto
 @click.option(
     "--fork", "fork", metavar="NEW_JOB", help="Copy JOB's history up to POINT into a new job."
 )
-@click.option(
-    "--workspace",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="With --fork: the fork's workspace (default: runs/<NEW_JOB>).",
-)
+@workspace_option("With --fork: the fork's workspace (default: runs/<NEW_JOB>).")
 @json_option
 @click.pass_context
 def replay_cmd(
@@ -92,7 +96,7 @@ def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
 
     Example: steplog status job_x --json
     """
-    state = queries.status(store_for(ctx), job)
+    state = app_for(ctx).job_state(job)
     if as_json:
         echo_json(queries.manifest_document(state))
         return

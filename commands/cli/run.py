@@ -8,7 +8,17 @@ from pathlib import Path
 import click
 
 from steplog.commands.cli.display import LiveDisplay, PlainDisplay
-from steplog.commands.cli.group import cli, grace_option, one_line, parse_inputs, store_for
+from steplog.commands.cli.group import (
+    cli,
+    grace_option,
+    ignore_breaker_option,
+    inputs_option,
+    one_line,
+    parse_inputs,
+    quiet_option,
+    store_for,
+    workspace_option,
+)
 from steplog.commands.cli.render import cost_text
 from steplog.commands.jobs import (
     Interrupted,
@@ -77,19 +87,11 @@ def _run_prepared(
 
 @cli.command()
 @click.argument("pipeline", type=click.Path(path_type=Path))
-@click.option(
-    "--input", "-i", "inputs", multiple=True, metavar="NAME=VALUE", help="Set a pipeline input."
-)
+@inputs_option
 @click.option("--job-id", help="Name the job (default: job_<utc time>_<random>).")
-@click.option(
-    "--workspace",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where files are written (default: runs/<job_id>).",
-)
-@click.option("--quiet", "-q", is_flag=True, help="Print only the closing line.")
-@click.option(
-    "--ignore-breaker", is_flag=True, help="Call providers even while their circuit is open."
-)
+@workspace_option("Where files are written (default: runs/<job_id>).")
+@quiet_option
+@ignore_breaker_option
 @grace_option
 @click.pass_context
 def run(
@@ -125,10 +127,8 @@ def run(
     help="Use this pipeline file instead of the job's own.",
 )
 @click.option("--force", is_flag=True, help="Take over a job whose owner runs on another host.")
-@click.option("--quiet", "-q", is_flag=True, help="Print only the closing line.")
-@click.option(
-    "--ignore-breaker", is_flag=True, help="Call providers even while their circuit is open."
-)
+@quiet_option
+@ignore_breaker_option
 @grace_option
 @click.pass_context
 def resume(

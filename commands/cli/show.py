@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from steplog.commands.cli.group import cli, echo_json, json_option, store_for
-from steplog.commands.queries import resolve_job
+from steplog.commands.cli.group import app_for, cli, echo_json, json_option
 from steplog.errors import Rejected
 
 if TYPE_CHECKING:
@@ -154,10 +153,8 @@ def show(
         raise click.UsageError(
             "--system, --prompt, --answer, --output, --files and --json exclude each other"
         )
-    from steplog.commands.show import show_step
 
-    store = store_for(ctx)
-    shown = show_step(store, resolve_job(store, job), step, attempt)
+    shown = app_for(ctx).show(job, step, attempt)
     if as_json:
         echo_json(shown.model_dump(mode="json"))
     elif chosen:
