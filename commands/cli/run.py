@@ -19,7 +19,7 @@ from steplog.commands.cli.group import (
     store_for,
     workspace_option,
 )
-from steplog.commands.cli.render import cost_text
+from steplog.commands.cli.render import calls_text, cost_text
 from steplog.commands.jobs import (
     Interrupted,
     Prepared,
@@ -72,7 +72,8 @@ def _run_prepared(
     if outcome.succeeded:
         click.echo(
             f"job {prepared.job_id} succeeded: {len(state.steps)} steps, {state.cache_hits} cache hits, "
-            f"{state.llm_calls} provider calls, {tokens} tokens, "
+            f"{calls_text(state.llm_calls, state.llm_answered, state.llm_failures, state.llm_unanswered)}, "
+            f"{tokens} tokens, "
             f"{cost_text(state.cost, state.unpriced_calls, 4)}; "
             f"workspace {prepared.workspace}"
         )
