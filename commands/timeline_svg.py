@@ -398,7 +398,7 @@ SVG = """\
 .bar:hover rect.fill { stroke: #111; stroke-width: 1.5; }
 .dep { fill: none; stroke: #7b8794; stroke-width: 1.2; stroke-opacity: {{ s.edge_opacity }}; }
 .grid { stroke: #e3e7eb; stroke-width: 1; }
-.tick { fill: #52606d; font-size: 11px; }
+.tick, .gap-label { fill: #52606d; font-size: 11px; }
 .label { fill: #1f2933; }
 .label.not-run { fill: #9aa5b1; font-style: italic; }
 </style>
@@ -428,7 +428,7 @@ SVG = """\
 {%- for g in s.gaps %}
 <g class="gap"><title>{{ g.label }}: squeezed</title><rect x="{{ '%.1f'|format(g.x0 + 3) }}" y="{{ '%.1f'|format(s.top_axis + 4) }}" width="{{ '%.1f'|format(g.x1 - g.x0 - 6) }}" height="{{ '%.1f'|format(s.plot_bottom - s.top_axis - 4) }}" fill="#ffffff"/>
 <path d="M{{ '%.1f'|format(g.x0 + 6) }},{{ '%.1f'|format(s.plot_bottom + 4) }} l6,-10 M{{ '%.1f'|format(g.x1 - 12) }},{{ '%.1f'|format(s.plot_bottom + 4) }} l6,-10" stroke="#7b8794" stroke-width="1.5"/>
-<text x="{{ '%.1f'|format((g.x0 + g.x1) / 2) }}" y="{{ '%.1f'|format(s.plot_bottom + 26 if s.bottom_axis else s.plot_bottom + 16) }}" text-anchor="middle" class="tick">{{ g.label }}</text></g>
+<text x="{{ '%.1f'|format((g.x0 + g.x1) / 2) }}" y="{{ '%.1f'|format(s.plot_bottom + 26 if s.bottom_axis else s.plot_bottom + 16) }}" text-anchor="middle" class="gap-label">{{ g.label }}</text></g>
 {%- endfor %}
 </g>
 <g class="labels">
