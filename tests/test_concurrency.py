@@ -36,6 +36,11 @@ FAN_OUT = {
 }
 
 
+# the race: the winner must still be running when the loser (started a moment later, on a
+# machine that may be busy) reads the job, or the loser finds a finished job instead
+RACE = {name: (needs, 2.0 if delay else 0.0) for name, (needs, delay) in FAN_OUT.items()}
+
+
 def _reap(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
     try:
         return proc.communicate(timeout=timeout)
@@ -71,7 +76,7 @@ def test_two_resumes_started_together_exactly_one_runs_the_job(tmp_path):
     for round_ in range(3):
         job = f"race{round_}"
         # a fresh prompt each round, so the steps are slow again (no cache hit)
-        path = dag_pipeline(tmp_path, FAN_OUT, name=f"{job}.toml", salt=f" (round {round_})")
+        path = dag_pipeline(tmp_path, RACE, name=f"{job}.toml", salt=f" (round {round_})")
         _dead_owner_job(db, path, job, env)
         resumed_before = db_rows(db, "SELECT count(*) FROM events WHERE type = 'job.resumed'")
         # the barrier: both processes exist before either has read the database
