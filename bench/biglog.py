@@ -5,7 +5,7 @@ What is in it
 * About `total_events` events from many jobs (≈ 1,000 events each) that ran a few at a time, so
   their commits interleave in `seq` order the way concurrent jobs do, on a simulated clock
   (timestamps increase with `seq`; LLM calls take seconds, cache hits milliseconds).
-* Every step follows one of the executor's own commit sequences (executor/runner.py): a cache
+* Every step follows one of the executor's own commit sequences (executor/step.py): a cache
   miss (step.started + cache.miss + llm.request, then llm.response + step.succeeded), a cache hit
   on a key an earlier job paid for, a `files` step (file.written × 3), a retried call
   (llm.response success=false + step.retrying), and jobs that fail (step.failed + job.failed),
@@ -92,6 +92,10 @@ SOURCES = (
     "projections/cache.py",
     "projections/manifest.py",
     "executor/runner.py",
+    "executor/step.py",
+    "executor/calls.py",
+    "executor/joblog.py",
+    "executor/scheduler.py",
     "executor/committer.py",
     "executor/pipeline.py",
     "executor/cachekey.py",

@@ -60,7 +60,7 @@ from steplog.eventstore.events import (  # noqa: E402
 )
 from steplog.eventstore.record import StoredEvent  # noqa: E402
 from steplog.eventstore.sqlite import SCHEMA_PATH, SQLiteEventStore, schema_statements  # noqa: E402
-from steplog.executor.runner import JobRunner  # noqa: E402
+from steplog.executor.step import StepRunner  # noqa: E402
 from steplog.projections.store import open_store  # noqa: E402
 
 OWNER = Owner(pid=1, host="bench", started="1")
@@ -713,14 +713,14 @@ def resume_child(db: str, job: str, mode: str, profile: str) -> None:
         anyio.run(nothing)  # imports the asyncio backend, as a long-lived process would have
         gc.collect()
     entered: list[float] = []
-    original = JobRunner._run_step
+    original = StepRunner.run
 
     async def first_step(self, *args, **kwargs):  # noqa: ANN001, ANN202
         if not entered:
             entered.append(time.perf_counter())
         return await original(self, *args, **kwargs)
 
-    JobRunner._run_step = first_step  # type: ignore[method-assign]
+    StepRunner.run = first_step  # type: ignore[method-assign]
     store = open_store(db)
     prof = cProfile.Profile() if profile else None
     if prof:

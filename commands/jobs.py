@@ -26,6 +26,7 @@ from steplog.eventstore.events import JobCreated, JobInterrupted, JobResumed, Jo
 from steplog.eventstore.record import VersionConflict, blob_sha256
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.executor import faults
+from steplog.executor.breakers import breaker_endpoint, breaker_policy
 from steplog.executor.budget import Spend, still_blocked
 from steplog.executor.drift import logged_files
 from steplog.executor.ownership import current_owner, owner_alive
@@ -36,14 +37,8 @@ from steplog.executor.pipeline import (
     load_pipeline,
     parse_pipeline,
 )
-from steplog.executor.runner import (
-    JobOutcome,
-    JobRunner,
-    Observer,
-    Plan,
-    breaker_endpoint,
-    breaker_policy,
-)
+from steplog.executor.plan import Plan, plan_resume
+from steplog.executor.runner import JobOutcome, JobRunner, Observer
 from steplog.executor.shutdown import DEFAULT_GRACE_S, Shutdown, StopReport, signals_ignored
 from steplog.projections import manifest
 from steplog.projections.breaker import iso
@@ -240,30 +235,6 @@ def pipeline_for_resume(
         )
     source = store.get_blob(state.pipeline_sha256 or "").decode("utf-8")
     return parse_pipeline(source, state.pipeline_path)
-
-
-def plan_resume(state: JobState, pipeline: Pipeline) -> tuple[Plan, list[str]]:
-    """Skip completed steps whose definition is unchanged; re-run the rest and their dependants."""
-    if set(pipeline.spec.steps) != set(state.steps):
-        now, then = sorted(pipeline.spec.steps), sorted(state.steps)
-        raise Rejected(
-            f"job {state.job_id} was created with steps {', '.join(then)}; the pipeline now has "
-            f"{', '.join(now)}: run it as a new job"
-        )
-    completed = [s for s in pipeline.order if state.steps[s].completed]
-    changed = [s for s in completed if state.steps[s].fingerprint != pipeline.step_fingerprints[s]]
-    rerun = set(changed) | pipeline.downstream(set(changed))
-    reuse = {
-        s: (state.steps[s].output_sha256 or "", "completed in an earlier run")
-        for s in completed
-        if s not in rerun
-    }
-    plan = Plan(
-        run=[s for s in pipeline.order if s not in reuse],
-        reuse=reuse,
-        attempts={s: step.attempts for s, step in state.steps.items()},
-    )
-    return plan, changed
 
 
 def prepare_resume(store: SQLiteEventStore, cmd: ResumeCommand) -> Prepared:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from steplog.executor.workspace import UnsafePath, read_inside
 
 if TYPE_CHECKING:
-    from steplog.executor.runner import Plan
+    from steplog.executor.plan import Plan
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Cache keys: blind to dict order, changed by any single field, never built from secrets.
 
 A key is sha256 over canonical JSON of four parts (provider identity, step, rendered input,
-code fingerprint), built the way executor.runner builds it.
+code fingerprint), built the way executor.step builds it (through Pipeline.key_for).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def build(
     fingerprint: str = "f" * 64,
     config: ProviderConfig | None = None,
 ) -> tuple[str, dict[str, str]]:
-    """(key, parts) as executor.runner computes them."""
+    """(key, parts) as the executor computes them."""
     config = config or ProviderConfig(kind=kind, model=model)  # type: ignore[arg-type]
     parts = key_parts(
         provider=config.cache_identity(model, options if options is not None else {}),
