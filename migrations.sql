@@ -58,3 +58,5 @@ CREATE TABLE IF NOT EXISTS cache_refused (
 ) WITHOUT ROWID;
 
 -- migration 4: job_summary counts answered and unanswered calls beside failed ones (views only)
+
+-- migration 5: llm_calls and job_summary show what calls in flight reserve against the budget (views only)

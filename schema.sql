@@ -196,6 +196,8 @@ SELECT req.job_id,
        json_extract(req.data, '$.prompt_sha256')   AS prompt_sha256,
        json_extract(res.data, '$.response_sha256') AS response_sha256,
        json_extract(res.data, '$.finish_reason')   AS finish_reason,
+       json_extract(req.data, '$.tokens_reserved') AS tokens_reserved,
+       json_extract(req.data, '$.cost_reserved')   AS cost_reserved,
        req.version                                 AS version,
        req.seq                                     AS seq,
        coalesce(req.version < req.forked_at, 0)    AS copied
@@ -391,6 +393,15 @@ SELECT b.job_id,
        -- requests no response answered (llm_calls' success IS NULL): in flight, or abandoned
        (SELECT count(*) FROM llm_calls AS c WHERE c.job_id = b.job_id AND c.success IS NULL)
                                    AS unanswered_calls,
+       -- held against the budget by the calls in flight of the run under way (0 once it ends)
+       CASE WHEN j.status = 'running' THEN
+           (SELECT coalesce(sum(c.tokens_reserved), 0) FROM llm_calls AS c
+            WHERE c.job_id = b.job_id AND c.success IS NULL AND c.version > b.last_start)
+       ELSE 0 END                  AS tokens_reserved,
+       CASE WHEN j.status = 'running' THEN
+           (SELECT round(coalesce(sum(c.cost_reserved), 0), 9) FROM llm_calls AS c
+            WHERE c.job_id = b.job_id AND c.success IS NULL AND c.version > b.last_start)
+       ELSE 0.0 END                AS cost_reserved,
        b.cache_hits                AS cache_hits,
        b.cache_misses              AS cache_misses,
        coalesce(b.tokens_saved, 0) AS tokens_saved,

@@ -27,7 +27,7 @@ from steplog.eventstore.record import VersionConflict, blob_sha256
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.executor import faults
 from steplog.executor.breakers import breaker_endpoint, breaker_policy
-from steplog.executor.budget import Spend, still_blocked
+from steplog.executor.budget import Spend, blocks_resume
 from steplog.executor.drift import logged_files
 from steplog.executor.ownership import current_owner, owner_alive
 from steplog.executor.pipeline import (
@@ -169,18 +169,23 @@ def check_breakers(
 
 
 def _check_budget(state: JobState, pipeline: Pipeline, path: str | None) -> None:
-    stopped = state.budget_exceeded
-    if stopped is None or not still_blocked(pipeline.spec.budget, stopped):
+    """After a budget stop, refuse only when what the log says was spent leaves no room."""
+    stopped, limits = state.budget_exceeded, pipeline.spec.budget
+    if stopped is None or limits is None:
         return
-    limit = stopped["limit"]
+    spent = Spend(state.tokens_in + state.tokens_out, state.cost)
+    limit = blocks_resume(limits, spent, stopped)
+    if limit is None:
+        return
+    need = f"about {stopped['estimate_tokens']} more tokens"
     if limit == "max_tokens":
-        spent = f"{stopped['tokens_spent']} tokens spent of max_tokens {stopped['max_tokens']}"
+        figures = f"{spent.tokens} tokens spent of max_tokens {limits.max_tokens}"
     else:
-        spent = f"${stopped['cost_spent']:.6f} spent of max_cost ${stopped['max_cost']}"
+        figures = f"${spent.cost:.6f} spent of max_cost ${limits.max_cost}"
+        need = f"about ${stopped.get('estimate_cost') or 0:.6f} ({need})"
     raise Rejected(
-        f"job {state.job_id} stopped at its budget ({spent}; step {stopped.get('step')} needed "
-        f"about {stopped['estimate_tokens']} more tokens); raise [budget] {limit} in "
-        f"{path or 'the pipeline file'} to resume"
+        f"job {state.job_id} stopped at its budget ({figures}; step {stopped.get('step')} needs "
+        f"{need}); raise [budget] {limit} in {path or 'the pipeline file'} to resume"
     )
 
 

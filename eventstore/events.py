@@ -187,6 +187,10 @@ class LLMRequested(EventData):
     endpoint: str | None = Field(
         default=None, description="kind + public base URL: the circuit breaker's identity"
     )
+    # Held against the job's [budget] until this call's llm.response (or the run's end); null
+    # without a budget and in events written before schema 5.
+    tokens_reserved: int | None = Field(default=None, ge=0)
+    cost_reserved: float | None = Field(default=None, ge=0)
 
 
 class LLMResponded(EventData):
@@ -354,13 +358,18 @@ class StepWaiting(EventData):
     TYPE = "step.waiting"
     LEVEL = "DEBUG"
     provider: str
-    reason: Literal["concurrency", "rate_limit"]
-    limit: float = Field(description="max_concurrency, or requests_per_minute")
+    reason: Literal["concurrency", "rate_limit", "budget"]
+    limit: float = Field(description="max_concurrency, requests_per_minute, or the budget limit")
     wait_s: float | None = Field(default=None, description="known in advance for rate limits")
 
 
 class BudgetExceeded(EventData):
-    """A call was not made: tokens or cost so far plus its estimate would pass the job's budget."""
+    """A call was not made: what the job spent plus its estimate would pass the job's budget.
+
+    Spent is the job's llm.response totals; reserved, the estimates of its calls in flight
+    then. Events written before schema 5 have no reserved fields, and their spent figures
+    include the reservations.
+    """
 
     TYPE = "budget.exceeded"
     LEVEL = "WARNING"
@@ -373,6 +382,9 @@ class BudgetExceeded(EventData):
     cost_spent: float
     estimate_tokens: int
     estimate_cost: float | None = None
+    tokens_reserved: int | None = None
+    cost_reserved: float | None = None
+    calls_in_flight: int | None = Field(default=None, description="calls holding reservations")
 
 
 EVENT_TYPES: dict[str, type[EventData]] = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import anyio
 import httpx
@@ -28,7 +28,7 @@ from steplog.eventstore.events import (
 from steplog.eventstore.record import blob_sha256
 from steplog.executor import budget, cachekey
 from steplog.executor.breakers import Breakers, breaker_endpoint
-from steplog.executor.budget import Spend
+from steplog.executor.budget import Ledger, Reservation, Spend
 from steplog.executor.joblog import JobLog
 from steplog.executor.pipeline import Pipeline
 from steplog.executor.scheduler import Scheduler
@@ -104,8 +104,9 @@ class ProviderCalls:
         self.providers: dict[str, Provider] = {}
         self.limiters: dict[str, anyio.CapacityLimiter] = {}
         self.gates: dict[str, RateGate] = {}
-        self.spent = spent  # the job's tokens and cost so far, all runs
-        self._in_flight = Spend()  # estimates of calls under way, reserved against the budget
+        # the job's spend so far (all runs) and the estimates its calls in flight reserve
+        self.ledger = Ledger(pipeline.spec.budget, spent)
+        self._released = anyio.Event()  # set, then replaced, as each reservation is released
 
     async def open(self, stack: AsyncExitStack, steps: Sequence[str]) -> None:
         """Build the providers the steps use (and their limits), closed with `stack`."""
@@ -162,14 +163,9 @@ class ProviderCalls:
         for call in range(1, policy.max_attempts + 1):
             failed: Exception | None = None
             async with self._slot(provider.name, config, note):
-                over = budget.exceeded(
-                    self.pipeline.spec.budget, self.spent + self._in_flight, estimate
-                )
-                if over is not None:
-                    await note(self._overrun(request, provider.name, over, estimate))
-                    raise CallFailed(self._overrun_text(over, estimate), "budget_exceeded")
+                await self._budget_room(request, provider.name, estimate, note)
                 # reserved at once, so a parallel step's check sees this call's estimate
-                self._in_flight = self._in_flight + estimate
+                reservation = self.ledger.reserve(estimate)
                 try:
                     if pending and endpoint is not None and not self.breakers.ignore_breaker:
                         if not self.breakers.is_closed(endpoint):
@@ -192,6 +188,7 @@ class ProviderCalls:
                         cache_key=key,
                         prompt_sha256=prompt_sha,
                         endpoint=endpoint,
+                        **self._reserved_fields(reservation),
                     )
                     # In flight from here: a stop that finds this llm.request committed (or
                     # being committed) lets the call run its grace period instead of cutting it.
@@ -213,7 +210,7 @@ class ProviderCalls:
                                     provider=provider.name,
                                 )
                 finally:
-                    self._in_flight = self._in_flight - estimate
+                    self._release(reservation)
             duration = round(time.monotonic() - t, 6)
             if isinstance(failed, ProviderError):
                 exc = failed
@@ -236,7 +233,7 @@ class ProviderCalls:
                     tokens_in=used[0],
                     tokens_out=used[1],
                 )
-                self.spent = self.spent + Spend(sum(used), cost(*used) or 0.0)
+                self.ledger.spend(Spend(sum(used), cost(*used) or 0.0))
                 outcome = [NewEvent.of(failure, name)]
                 retry = policy.should_retry(exc, call)
                 delay = policy.delay(call, exc.retry_after, self.rng) if retry else 0.0
@@ -294,7 +291,7 @@ class ProviderCalls:
                 endpoint=endpoint,
                 cost=spent,
             )
-            self.spent = self.spent + Spend(result.tokens_in + result.tokens_out, spent or 0.0)
+            self.ledger.spend(Spend(result.tokens_in + result.tokens_out, spent or 0.0))
             event = NewEvent.of(answered, name)
             if endpoint is not None and not self.breakers.is_closed(endpoint):
                 # the close is caused by this answer: both in one transaction, the answer first,
@@ -345,12 +342,57 @@ class ProviderCalls:
             if limiter is not None:
                 limiter.release()
 
+    async def _budget_room(
+        self,
+        request: LLMRequest,
+        provider: str,
+        estimate: Spend,
+        note: Callable[[EventData], Awaitable[None]],
+    ) -> None:
+        """Return once the budget has room for this call; CallFailed when it never will.
+
+        While only the reservations of calls in flight stand in the way, the call waits for
+        them to end (step.waiting, reason budget): each ends as spend or is released.
+        """
+        waited = False
+        while True:
+            released = self._released  # taken before the check: a release during `note` counts
+            verdict, over = self.ledger.verdict(estimate)
+            if verdict == "go":
+                return
+            limits = self.ledger.limits
+            assert limits is not None and over is not None
+            if verdict == "refuse":
+                await note(self._overrun(request, provider, over, estimate))
+                raise CallFailed(
+                    budget.refusal_text(limits, over, self.ledger, estimate), "budget_exceeded"
+                )
+            if not waited:
+                waited = True
+                limit = budget.limit_value(limits, over)
+                await note(StepWaiting(provider=provider, reason="budget", limit=limit))
+            await released.wait()
+
+    def _reserved_fields(self, reservation: Reservation) -> dict[str, Any]:
+        """llm.request's record of the reservation, when the job has a budget."""
+        if self.ledger.limits is None:
+            return {}
+        return {
+            "tokens_reserved": reservation.amount.tokens,
+            "cost_reserved": reservation.amount.cost,
+        }
+
+    def _release(self, reservation: Reservation) -> None:
+        self.ledger.release(reservation)
+        self._released.set()
+        self._released = anyio.Event()
+
     def _overrun(
         self, request: LLMRequest, provider: str, over: budget.Limit, estimate: Spend
     ) -> BudgetExceeded:
-        limits = self.pipeline.spec.budget
+        limits = self.ledger.limits
         assert limits is not None
-        spent = self.spent + self._in_flight
+        spent, reserved = self.ledger.spent, self.ledger.reserved
         return BudgetExceeded(
             provider=provider,
             model=request.model,
@@ -361,18 +403,7 @@ class ProviderCalls:
             cost_spent=spent.cost,
             estimate_tokens=estimate.tokens,
             estimate_cost=estimate.cost,
-        )
-
-    def _overrun_text(self, over: budget.Limit, estimate: Spend) -> str:
-        limits = self.pipeline.spec.budget
-        assert limits is not None
-        spent = self.spent + self._in_flight
-        if over == "max_tokens":
-            return (
-                f"budget exceeded: {spent.tokens} tokens spent + {estimate.tokens} estimated for "
-                f"this call > max_tokens {limits.max_tokens}; no call made"
-            )
-        return (
-            f"budget exceeded: ${spent.cost:.6f} spent + ${estimate.cost:.6f} estimated for "
-            f"this call > max_cost ${limits.max_cost}; no call made"
+            tokens_reserved=reserved.tokens,
+            cost_reserved=reserved.cost,
+            calls_in_flight=self.ledger.in_flight,
         )

@@ -54,6 +54,8 @@ class StepState:
     # (attempt, cache key) of the request awaiting its response: the next llm.* event of the
     # step answers it or not, as the llm_calls view pairs them. Folding state, not shown.
     open_call: tuple[int, str] | None = field(default=None, metadata={"shown": False})
+    # (tokens, cost) that request reserved against the budget, released by its response
+    open_reserved: tuple[int, float] | None = field(default=None, metadata={"shown": False})
 
     @property
     def completed(self) -> bool:
@@ -91,8 +93,12 @@ class JobState:
     cache_hits: int = 0
     cache_misses: int = 0
     files_written: int = 0
-    cost: float = 0.0
+    cost: float = 0.0  # spent: the sum of llm.response costs, all runs
     unpriced_calls: int = 0  # answered calls whose model has no price
+    # held against the budget by this run's calls in flight (their llm.request, unanswered);
+    # nothing once the run ends
+    tokens_reserved: int = 0
+    cost_reserved: float = 0.0
     budget_exceeded: dict[str, Any] | None = None  # the last run's budget.exceeded, until resumed
 
     @property
@@ -163,7 +169,16 @@ def _job_created(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
     }
 
 
+def _release_reservations(state: JobState) -> None:
+    """A run starts or ends: no call of an earlier run holds anything any more."""
+    if state.tokens_reserved or state.cost_reserved:
+        for s in state.steps.values():
+            s.open_reserved = None
+    state.tokens_reserved, state.cost_reserved = 0, 0.0
+
+
 def _job_started(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    _release_reservations(state)
     state.owner = d["owner"]
     state.runs += 1
     state.started_ts = state.started_ts or ev.ts
@@ -174,6 +189,7 @@ def _job_started(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
 
 
 def _job_ended(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    _release_reservations(state)
     state.owner = None
     state.finished_ts = ev.ts
     if ev.type == "job.failed":
@@ -183,6 +199,7 @@ def _job_ended(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
 
 
 def _job_forked(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    _release_reservations(state)
     state.forked_from = {"job": d["source_job"], "until_version": d["until_version"]}
     if d.get("workspace"):  # the fork's own; job.created (a copy) names the source's
         state.workspace = d["workspace"]
@@ -237,6 +254,12 @@ def _llm_request(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
     state.llm_unanswered += 1
     s.llm_unanswered += 1
     s.open_call = (d["attempt"], d["cache_key"])
+    s.open_reserved = None
+    tokens, cost = d.get("tokens_reserved") or 0, d.get("cost_reserved") or 0.0
+    if state.status == "running" and (tokens or cost):
+        s.open_reserved = (tokens, cost)
+        state.tokens_reserved += tokens
+        state.cost_reserved = round(state.cost_reserved + cost, 9)
     if s.status == "waiting":  # the wait is over once the call is on its way
         s.status = "running"
 
@@ -246,7 +269,11 @@ def _llm_response(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
     if s.open_call is not None and s.open_call == (d.get("attempt"), d.get("cache_key")):
         state.llm_unanswered -= 1
         s.llm_unanswered -= 1
+        if s.open_reserved is not None:
+            state.tokens_reserved -= s.open_reserved[0]
+            state.cost_reserved = round(state.cost_reserved - s.open_reserved[1], 9)
     s.open_call = None
+    s.open_reserved = None
     if d["success"]:
         state.llm_answered += 1
     else:

@@ -75,8 +75,12 @@ class JobStatus(_Result):
     cache_hits: int
     cache_misses: int
     files_written: int
-    cost: float
+    cost: float = Field(description="USD spent: the sum of the job's llm.response costs")
     unpriced_calls: int
+    tokens_reserved: int = Field(
+        description="tokens held against the budget by calls in flight (0 once the run ends)"
+    )
+    cost_reserved: float = Field(description="USD held against the budget by calls in flight")
     budget_exceeded: dict[str, Any] | None
     elapsed_s: float | None
     completed_steps: list[str]

@@ -16,7 +16,10 @@ In-process: the fixtures in tests/conftest.py start and stop it (`fake_llm`, `fa
 base_url (`http://127.0.0.1:PORT/v1`), `server.base` the bare `http://127.0.0.1:PORT` (the
 base_url for ollama and anthropic), `server.calls` records each request as
 `{"method", "path", "headers", "body"}` (body: parsed JSON, None for a GET or a non-JSON body),
-`server.models` is the list every model list shows, `server.require_key` (None: no check)
+`server.models` is the list every model list shows, `server.decide` (None: the queue below), when
+set, is called with each completion request's body in its handler thread (so it may block, to
+hold the call open) and returns the fault for it (None: the responder's answer),
+`server.require_key` (None: no check)
 makes every request without that key (Bearer or x-api-key) a 401 with the protocol's error
 body, `server.no_model_list` makes the model-list routes 404, `server.reset()` puts all of
 these back as they were at the start, and `server.faults` is a queue of faults the next
@@ -395,7 +398,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self._key_refused(wire):
             return
         assert isinstance(body, dict)
-        fault = self.server.next_fault()
+        decide = self.server.decide
+        fault = decide(body) if decide is not None else self.server.next_fault()
         self.server.log_completion(body, fault)
         self._complete(wire, body, fault)
 
@@ -521,6 +525,7 @@ class _Server(ThreadingHTTPServer):
         self.models: list[str] = list(DEFAULT_MODELS)
         self.require_key: Optional[str] = None
         self.no_model_list = False
+        self.decide: Optional[Callable[[dict[str, Any]], Optional[Fault]]] = None
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that timed out and hung up is part of the tests, not a server bug
@@ -594,6 +599,14 @@ class FakeLLMServer:
         self._server.require_key = key
 
     @property
+    def decide(self) -> Optional[Callable[[dict[str, Any]], Optional[Fault]]]:
+        return self._server.decide
+
+    @decide.setter
+    def decide(self, decide: Optional[Callable[[dict[str, Any]], Optional[Fault]]]) -> None:
+        self._server.decide = decide
+
+    @property
     def no_model_list(self) -> bool:
         return self._server.no_model_list
 
@@ -603,8 +616,10 @@ class FakeLLMServer:
 
     def reset(self) -> None:
         """Back to a fresh server's state (for one server shared by several tests): no fault
-        queued, no call recorded, the default model list, no key required, model lists served."""
+        queued or decided, no call recorded, the default model list, no key required, model
+        lists served."""
         with self._server.lock:
+            self._server.decide = None
             self._server.faults.clear()
             self._server.calls.clear()
             self._server.models[:] = DEFAULT_MODELS

@@ -63,6 +63,7 @@ sha256_hex = st.binary(min_size=1, max_size=16).map(lambda b: hashlib.sha256(b).
 texts = st.text(max_size=24)  # any Unicode but surrogates, NUL and control characters included
 seconds = st.floats(min_value=0, max_value=1e5, allow_nan=False, allow_infinity=False)
 tokens = st.integers(min_value=0, max_value=1_000_000)
+dollars = st.integers(min_value=0, max_value=10**7).map(lambda n: n / 1e6)  # USD, to the micro
 attempts = st.integers(min_value=1, max_value=5)
 owners = st.builds(
     Owner, pid=st.integers(1, 4_000_000), host=names, started=st.text(min_size=1, max_size=12)
@@ -210,6 +211,8 @@ def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
                 attempt=attempt,
                 cache_key=key,
                 prompt_sha256=job.sha(),
+                tokens_reserved=draw(st.none() | tokens),  # None: no [budget], or before schema 5
+                cost_reserved=draw(st.none() | dollars),
             ),
             step,
         )
@@ -231,6 +234,7 @@ def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
                     response_sha256=sha,
                     finish_reason=draw(st.none() | st.sampled_from(["stop", "length"])),
                     status=draw(st.none() | st.just(200)),
+                    cost=draw(st.none() | dollars),  # None: the model has no price
                 ),
                 step,
             )
@@ -246,6 +250,7 @@ def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
                     status=draw(st.none() | st.sampled_from([429, 500, 503])),
                     error=draw(texts),
                     error_class=draw(st.sampled_from(["http_error", "timeout", "rate_limited"])),
+                    cost=draw(st.none() | st.just(0.0) | dollars),  # a cut-off answer is paid for
                 ),
                 step,
             )

@@ -13,7 +13,7 @@ import pytest
 from steplog.commands import verify as verify_module
 from steplog.commands.readonly import open_readonly
 from steplog.commands.verify import verify
-from steplog.eventstore.sqlite import SCHEMA_PATH, schema_statements
+from steplog.eventstore.sqlite import SCHEMA_PATH, SCHEMA_VERSION, schema_statements
 from steplog.projections.tables import TableProjection
 from tests.audit_fixture import build_audit_db
 
@@ -351,7 +351,8 @@ def test_verify_does_not_upgrade_an_old_database_it_reports_it(tmp_path, cli):
     before = old.read_bytes()
     result = cli(old, "verify")
     assert result.code == 1
-    assert "schema: schema version is 1, this steplog expects 4" in result.out.splitlines()[0]
+    expects = f"schema: schema version is 1, this steplog expects {SCHEMA_VERSION}"
+    assert expects in result.out.splitlines()[0]
     assert old.read_bytes() == before
 
 

@@ -227,6 +227,38 @@ def test_every_verb_counts_calls_made_answered_failed_and_unanswered_alike(log):
 
 
 @SETTINGS
+@given(logs())
+def test_spent_and_reserved_are_the_same_figures_in_the_fold_job_summary_and_audit(log):
+    """Spent is the sum of the job's llm.response figures everywhere; reserved is what the
+    unanswered requests of the run under way hold, while it runs, and 0 otherwise."""
+    from steplog.commands.audit import audit_document
+
+    pool, batches = log
+    with fresh_store() as store:
+        events = written(store, pool, batches)
+        for job in {ev.job_id for ev in events}:
+            mine = [ev for ev in events if ev.job_id == job]
+            state = manifest.project(job, mine)
+            data = [orjson.loads(ev.data_json) for ev in mine if ev.type == "llm.response"]
+            assert abs(state.cost - sum(d.get("cost") or 0 for d in data)) < 1e-6
+            assert state.tokens_in + state.tokens_out == sum(
+                d.get("tokens_in", 0) + d.get("tokens_out", 0) for d in data
+            )
+            (row,) = query(
+                store,
+                "SELECT coalesce(cost, 0), tokens_reserved, cost_reserved FROM job_summary"
+                f" WHERE job_id = '{job}'",
+            )
+            doc = audit_document(store.conn, job)["summary"]
+            assert abs(row[0] - state.cost) < 1e-6
+            assert row[1] == doc["tokens_reserved"] == state.tokens_reserved
+            assert abs(row[2] - state.cost_reserved) < 1e-6 and row[2] == doc["cost_reserved"]
+            if state.status != "running":
+                assert (state.tokens_reserved, state.cost_reserved) == (0, 0.0)
+            assert state.tokens_reserved >= 0 and state.cost_reserved >= 0
+
+
+@SETTINGS
 @given(logs(), st.data())
 def test_verify_passes_any_log_and_names_the_one_event_changed(log, data):
     pool, batches = log

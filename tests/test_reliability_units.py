@@ -272,12 +272,33 @@ def test_a_call_that_would_pass_a_limit_is_refused():
     assert budget.exceeded(None, Spend(10**9, 1e9), Spend(1, 1)) is None
 
 
-def test_resume_stays_blocked_until_the_limit_that_stopped_it_is_raised():
-    stopped = {"limit": "max_cost", "max_cost": 1.0, "max_tokens": None}
-    assert budget.still_blocked(Budget(max_cost=1.0), stopped)
-    assert not budget.still_blocked(Budget(max_cost=2.0), stopped)
-    assert not budget.still_blocked(Budget(max_tokens=5), stopped)  # no cost limit any more
-    assert not budget.still_blocked(None, stopped)
+def test_resume_is_blocked_only_while_the_real_spend_leaves_no_room_for_the_refused_call():
+    # an old event (before schema 5): its cost_spent included the reservations; never read
+    stopped = {"limit": "max_cost", "cost_spent": 0.9, "estimate_tokens": 10, "estimate_cost": 0.3}
+    assert budget.blocks_resume(Budget(max_cost=1.0), Spend(5, 0.8), stopped) == "max_cost"
+    assert budget.blocks_resume(Budget(max_cost=1.0), Spend(5, 0.7), stopped) is None  # fits
+    assert budget.blocks_resume(Budget(max_cost=2.0), Spend(5, 0.8), stopped) is None  # raised
+    assert budget.blocks_resume(Budget(max_tokens=14), Spend(5, 0.8), stopped) == "max_tokens"
+    assert budget.blocks_resume(None, Spend(10**9, 1e9), stopped) is None
+    assert budget.blocks_resume(Budget(max_cost=1.0), Spend(0, 0.8), {"estimate_tokens": 1}) is None
+
+
+def test_a_call_waits_while_only_reservations_stand_in_the_way_and_is_refused_on_spend():
+    ledger = budget.Ledger(Budget(max_cost=1.0), Spend(0, 0.2))
+    first = ledger.reserve(Spend(10, 0.5))
+    assert ledger.verdict(Spend(10, 0.5)) == ("wait", "max_cost")  # 0.2 + 0.5 + 0.5
+    assert ledger.verdict(Spend(10, 0.9)) == ("refuse", "max_cost")  # 0.2 + 0.9: no wait helps
+    ledger.release(first)
+    ledger.spend(Spend(4, 0.1))
+    assert ledger.verdict(Spend(10, 0.5)) == ("go", None)
+    assert (ledger.spent, ledger.reserved, ledger.in_flight) == (Spend(4, 0.3), Spend(), 0)
+    ledger.release(first)  # a second release changes nothing
+    assert (ledger.reserved, ledger.in_flight) == (Spend(), 0)
+    free = budget.Ledger(None)
+    held = free.reserve(Spend(10**6, 10.0))
+    assert free.reserved == Spend() and free.in_flight == 1  # without a budget nothing is held
+    free.release(held)
+    assert free.in_flight == 0
 
 
 PRICED = """

@@ -81,6 +81,8 @@ class PlainDisplay:
             )
         if ev.type == "step.waiting":
             d = ev.data
+            if d["reason"] == "budget":
+                return f"{ev.type:<15} {ev.step}  waiting for calls in flight to end (budget)"
             if d["reason"] == "concurrency":
                 what = f"concurrency limit ({d['limit']:g} in flight)"
             else:

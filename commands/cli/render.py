@@ -49,12 +49,23 @@ def print_manifest(console: Console, state: JobState, *, historical: bool = Fals
         f"{state.tokens_out}  cache hits {state.cache_hits} misses {state.cache_misses}  "
         f"files {state.files_written}  cost {cost_text(state.cost, state.unpriced_calls)}"
     )
+    if state.tokens_reserved or state.cost_reserved:
+        console.print(
+            f"reserved by calls in flight: {state.tokens_reserved} tokens, "
+            f"${state.cost_reserved:.6f}",
+            highlight=False,
+        )
     if state.budget_exceeded:
         b = state.budget_exceeded
+        # events before schema 5 have no reserved figures (and their spent includes them)
+        held = ""
+        if b.get("cost_reserved") is not None:
+            held = f"reserved {b['tokens_reserved']} tokens, ${b['cost_reserved']:.6f}; "
         console.print(
             f"[red]budget:[/] step {b.get('step')} stopped at {b['limit']} "
-            f"(max_tokens {b.get('max_tokens')}, max_cost {b.get('max_cost')}; spent "
-            f"{b['tokens_spent']} tokens, ${b['cost_spent']:.6f})",
+            f"(max_tokens {b.get('max_tokens')}, max_cost {b.get('max_cost')}); when refused: "
+            f"spent {b['tokens_spent']} tokens, ${b['cost_spent']:.6f}; {held}"
+            f"estimate {b['estimate_tokens']} tokens, ${b.get('estimate_cost') or 0:.6f}",
             markup=True,
             highlight=False,
         )
@@ -164,6 +175,10 @@ def _num(value: Any) -> str:
 def print_audit(out: Console, doc: dict[str, Any]) -> None:
     s = doc["summary"]
     cost = "" if s["cost"] is None else f", cost {s['cost']:.6g}"
+    if s.get("tokens_reserved") or s.get("cost_reserved"):
+        cost += (
+            f"; reserved by calls in flight {s['tokens_reserved']} tokens, {s['cost_reserved']:.6g}"
+        )
     out.print(
         f"[bold]{s['job_id']}[/] ({s['pipeline']}): {s['status']}; started {s['started'] or '-'},"
         f" finished {s['finished'] or '-'}, {_num(s['duration_s'])} s"
