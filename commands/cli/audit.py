@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from typing import Any
 
 import click
 
-from steplog.commands.cli.group import cli, console, echo_json, json_option, store_for
+from steplog.commands.cli.group import (
+    cli,
+    console,
+    echo_json,
+    json_option,
+    json_text,
+    say,
+    store_for,
+)
 from steplog.commands.queries import resolve_job
 from steplog.commands.readonly import open_readonly, plain_value
 from steplog.errors import Rejected
+from steplog.words import counted
 
 
 @cli.command("sql")
@@ -49,23 +57,21 @@ def sql_cmd(
         objects = [
             {col: plain_value(v) for col, v in zip(result.columns, row)} for row in result.rows
         ]
-        click.echo(json.dumps(objects, indent=2, ensure_ascii=False))
+        click.echo(json_text(objects, indent=2))
     elif as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(result.columns)
         for row in result.rows:
             writer.writerow([_csv_value(v) for v in row])
     else:
-        from rich.table import Table
+        from steplog.commands.cli.render import new_table
 
-        table = Table(show_edge=True)
-        for col in result.columns:
-            table.add_column(col)
+        table = new_table(result.columns, show_edge=True)
         for row in result.rows:
             table.add_row(*(_cell(v) for v in row))
         out = console()
         out.print(table)
-        out.print(f"{len(result.rows)} row{'s' if len(result.rows) != 1 else ''}")
+        out.print(counted(len(result.rows), "row"))
 
 
 def _csv_value(value: Any) -> Any:
@@ -77,7 +83,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
+        return f"<{counted(len(value), 'byte')}>"
     return str(value)
 
 
@@ -129,11 +135,11 @@ def verify_cmd(ctx: click.Context, job: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(report.document())
     elif report.ok:
-        click.echo(report.summary())
+        say(report.summary())
     else:
-        lines = [p.line() for p in report.problems]
+        for problem in report.problems:
+            say(problem.line())
         if report.dropped:
-            lines.append(f"… and {report.dropped} more")
-        click.echo("\n".join(lines))
+            say(f"… and {report.dropped} more")
     if not report.ok:
         raise SystemExit(1)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from steplog.commands.cli.display import LiveDisplay, PlainDisplay
-from steplog.commands.cli.group import cli, grace_option, one_line, parse_inputs, store_for
+from steplog.commands.cli.group import cli, grace_option, parse_inputs, say, store_for
 from steplog.commands.cli.render import cost_text
 from steplog.commands.jobs import (
     Interrupted,
@@ -24,6 +24,7 @@ from steplog.commands.queries import resolve_job
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.executor import drift
 from steplog.executor.shutdown import DEFAULT_GRACE_S
+from steplog.words import counted
 
 
 def _run_prepared(
@@ -32,15 +33,15 @@ def _run_prepared(
     try:
         with stop_recorded(store, prepared.job_id):  # the job is ours from here: Ctrl-C is recorded
             for warning in drift.warnings(prepared.files, prepared.workspace, prepared.plan):
-                click.echo(warning, err=True)  # files of skipped steps edited by hand: left
+                say(warning, err=True)  # files of skipped steps edited by hand: left
             live = sys.stdout.isatty() and not quiet
             display = (
                 LiveDisplay(prepared.state) if live else PlainDisplay(prepared.state, quiet=quiet)
             )
             if not live and not quiet:
-                click.echo(
+                say(
                     f"job {prepared.job_id}: {prepared.pipeline.name}, "
-                    f"{len(prepared.plan.run)} step(s) to run"
+                    f"{counted(len(prepared.plan.run), 'step')} to run"
                 )
         with display:
             outcome = execute(store, prepared, observer=display, grace_s=grace_s)
@@ -48,10 +49,10 @@ def _run_prepared(
         done = ""
         if stop.report is not None and stop.report.calls_running:
             done = (
-                f", {stop.report.calls_finished} running call(s) finished, "
+                f", {counted(stop.report.calls_finished, 'running call')} finished, "
                 f"{stop.report.calls_cancelled} cancelled"
             )
-        click.echo(
+        say(
             f"job {prepared.job_id} interrupted ({stop.signal_name}{done}); "
             f"continue with: steplog resume {prepared.job_id}",
             err=True,
@@ -60,15 +61,16 @@ def _run_prepared(
     state = display.state
     tokens = state.tokens_in + state.tokens_out
     if outcome.succeeded:
-        click.echo(
-            f"job {prepared.job_id} succeeded: {len(state.steps)} steps, {state.cache_hits} cache hits, "
-            f"{state.llm_calls} provider calls, {tokens} tokens, "
-            f"{cost_text(state.cost, state.unpriced_calls, 4)}; "
+        say(
+            f"job {prepared.job_id} succeeded: {counted(len(state.steps), 'step')}, "
+            f"{counted(state.cache_hits, 'cache hit')}, "
+            f"{counted(state.llm_calls, 'provider call')}, {counted(tokens, 'token')}, "
+            f"{cost_text(state.cost, state.unpriced_calls)}; "
             f"workspace {prepared.workspace}"
         )
         return
-    click.echo(
-        f"job {prepared.job_id} failed: {one_line(state.last_error or 'see events')}; "
+    say(
+        f"job {prepared.job_id} failed: {state.last_error or 'see events'}; "
         f"after fixing, run: steplog resume {prepared.job_id}",
         err=True,
     )
