@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import sys
-from typing import Any
+from typing import Any, Iterable
 
 import click
 
@@ -20,7 +22,6 @@ from steplog.commands.cli.group import (
 from steplog.commands.queries import resolve_job
 from steplog.commands.readonly import open_readonly, plain_value
 from steplog.errors import Rejected
-from steplog.words import counted
 
 
 @cli.command("sql")
@@ -59,32 +60,29 @@ def sql_cmd(
         ]
         click.echo(json_text(objects, indent=2))
     elif as_csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(result.columns)
-        for row in result.rows:
-            writer.writerow([_csv_value(v) for v in row])
+        write_csv(result.columns, ([_csv_value(v) for v in row] for row in result.rows))
     else:
-        from steplog.commands.cli.render import new_table
+        from steplog.commands.cli.render import print_rows
 
-        table = new_table(result.columns, show_edge=True)
-        for row in result.rows:
-            table.add_row(*(_cell(v) for v in row))
-        out = console()
-        out.print(table)
-        out.print(counted(len(result.rows), "row"))
+        print_rows(console(), result.columns, result.rows)
+
+
+def write_csv(header: list[str], rows: Iterable[list[Any]]) -> None:
+    """CSV on stdout, a line per row ending in \\n, each value exactly as given: a field
+    holding a newline or a carriage return is quoted (csv quotes a lone \\r only when it is in
+    the line terminator, so each row is written with \\r\\n and its ending made \\n)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    for row in itertools.chain([header], rows):
+        writer.writerow(row)
+        sys.stdout.write(buffer.getvalue()[:-2] + "\n")
+        buffer.seek(0)
+        buffer.truncate()
 
 
 def _csv_value(value: Any) -> Any:
     plain = plain_value(value)
     return plain["encoded"] if isinstance(plain, dict) else plain
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return f"<{counted(len(value), 'byte')}>"
-    return str(value)
 
 
 @cli.command("audit")

@@ -412,3 +412,96 @@ def print_provider_checks(out: Console, results: Iterable[Any]) -> None:
         status = line(("OK: " if r.ok else "error: ", "green" if r.ok else "red"), r.detail)
         table.add_row(r.provider, r.kind, r.url or "-", status)
     out.print(table)
+
+
+# -- sql ------------------------------------------------------------------------------------
+
+# A cell shows at most this many characters of a value (about 1,250 lines at 80 columns);
+# --json and --csv print every value whole.
+CELL_CHARS = 100_000
+
+
+def cell(value: Any) -> str:
+    """One SQL value as the table shows it: NULL empty, a number by words.number, a blob that
+    is UTF-8 text as that text, any other blob as `<N bytes>`; a very long text cut at
+    CELL_CHARS, saying how much more there is."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"<{counted(len(value), 'byte')}>"
+    if not isinstance(value, str):
+        return number(value)
+    if len(value) > CELL_CHARS:
+        more = counted(len(value) - CELL_CHARS, "more character", grouped=True)
+        return f"{value[:CELL_CHARS]}… ({more}; --json or --csv prints it all)"
+    return value
+
+
+# A column narrower than this (or than its header) is too narrow to read a value in.
+READABLE_COLUMN = 12
+# the rule above each record of the expanded display
+RECORD_RULE = 40
+# rich's default box with padding 1: "│ " before each column, " │" after the last
+BORDERS_PER_COLUMN, BORDER_AFTER_LAST = 3, 1
+
+
+def _width(text: str) -> int:
+    from rich.cells import cell_len
+
+    return max((cell_len(part) for part in text.split("\n")), default=0)
+
+
+def column_widths(columns: list[str], rows: list[list[str]], width: int) -> list[int] | None:
+    """Widths for a table of `rows` in `width` columns: each column as wide as its widest
+    value, the widest ones narrowed (their values wrap) until the table fits, none below its
+    header or READABLE_COLUMN. None: even that does not fit, so show records instead."""
+    natural = [
+        max([_width(name), *(_width(row[i]) for row in rows)]) for i, name in enumerate(columns)
+    ]
+    floors = [min(n, max(_width(name), READABLE_COLUMN)) for n, name in zip(natural, columns)]
+    room = width - BORDERS_PER_COLUMN * len(columns) - BORDER_AFTER_LAST
+    if sum(floors) > room:
+        return None
+    if sum(natural) <= room:
+        return natural
+    # the largest cap on the widest columns that fits: every column min(natural, max(floor, cap))
+    low, high = 0, max(natural)
+    while low < high:
+        cap = (low + high + 1) // 2
+        if sum(min(n, max(f, cap)) for n, f in zip(natural, floors)) <= room:
+            low = cap
+        else:
+            high = cap - 1
+    return [min(n, max(f, low)) for n, f in zip(natural, floors)]
+
+
+def print_rows(out: Console, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+    """`steplog sql`'s table: a table when its columns fit the width (wide values wrap), else
+    one record per row, each column's name and value on a line of their own (as psql's
+    expanded display), so a wide result such as `SELECT * FROM job_summary` reads at 80
+    columns. Then the number of rows."""
+    shown = [[cell(v) for v in row] for row in rows]
+    names = [visible(c) for c in columns]
+    widths = column_widths(names, [[visible(v) for v in r] for r in shown], out.width)
+    if widths is not None:
+        table = Table(show_edge=True)
+        for name, w in zip(columns, widths):
+            table.add_column(name, width=w, overflow="fold")
+        for row in shown:
+            table.add_row(*row)
+        out.print(table)
+    else:
+        name_width = max(_width(n) for n in names)
+        for number_, row in enumerate(shown, 1):
+            heading = f"-[ row {number_} ]"
+            out.print(heading + "-" * max(0, min(out.width, RECORD_RULE) - len(heading)))
+            record = Table.grid(padding=(0, 2))
+            record.add_column(width=name_width, overflow="fold")
+            record.add_column(overflow="fold")
+            for name, value in zip(columns, row):
+                record.add_row(name, value)
+            out.print(record)
+    out.print(counted(len(rows), "row"))
