@@ -130,6 +130,9 @@ def follow(
 
 
 def line(ev: StoredEvent) -> str:
-    """One event as a line of text, for following in a terminal."""
-    data = ev.data_json if len(ev.data_json) <= 200 else ev.data_json[:197] + "..."
-    return f"{ev.version:>5}  {ev.ts}  {ev.level:<7}  {ev.type:<22}  {ev.step or '-':<12}  {data}"
+    """One event as a line of text, for following in a terminal: its data whole, as the
+    events table shows it (the CLI shows control characters in it escaped)."""
+    return (
+        f"{ev.version:>5}  {ev.ts}  {ev.level:<7}  {ev.type:<22}  {ev.step or '-':<12}  "
+        f"{ev.data_json}"
+    )

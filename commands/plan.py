@@ -28,6 +28,7 @@ from steplog.executor.outputs import OutputProblem, StepOutput, parse_output
 from steplog.executor.pipeline import Pipeline, load_pipeline
 from steplog.executor.templates import TemplateProblem
 from steplog.projections.tables import cache_lookup
+from steplog.words import counted
 
 Action = Literal["hit", "miss", "skip", "depends", "fail"]
 
@@ -230,7 +231,7 @@ def lines(report: PlanReport) -> list[str]:
     what = f"resuming job {report.job}" if report.job else "a new run"
     head = (
         f"plan for {report.pipeline} ({what}): {report.count('hit')} from the cache, "
-        f"{report.count('miss')} provider call(s), {report.count('depends')} depending on them"
+        f"{counted(report.count('miss'), 'provider call')}, {report.count('depends')} depending on them"
     )
     if report.count("skip"):
         head += f", {report.count('skip')} skipped"

@@ -12,6 +12,7 @@ from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.projections import cache, manifest
 from steplog.projections.cache import CacheIndex
 from steplog.projections.manifest import JobState
+from steplog.words import counted
 
 
 class BadPoint(Rejected, ValueError):
@@ -46,13 +47,15 @@ def matcher(point: str, job_version: int):
         if len(point.lstrip("0")) > len(str(job_version)):  # also spares int() a 5000-digit text
             raise BadPoint(
                 f"event {point[:20]}{'…' if len(point) > 20 else ''} is past the end of the job "
-                f"(it has {job_version} events)"
+                f"(it has {counted(job_version, 'event')})"
             )
         n = int(point)
         if n < 1:
             raise BadPoint(f"event {n} does not exist: a job's events are numbered from 1")
         if n > job_version:
-            raise BadPoint(f"event {n} is past the end of the job (it has {job_version} events)")
+            raise BadPoint(
+                f"event {n} is past the end of the job (it has {counted(job_version, 'event')})"
+            )
         return ("version", n)
     ts = _parse_ts(point) if point[:1].isdigit() else None
     if ts is not None:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from steplog.errors import Rejected
 from steplog.eventstore.record import StoredEvent
 from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.words import counted
 
 # Events after a step's run that tell a run with no end it was cut off (as the step_runs view).
 _MOVED_ON = frozenset(
@@ -173,7 +174,7 @@ def show_step(
         first = starts[len(numbers) - 1 - numbers[::-1].index(attempt)]
     else:
         if numbers == list(range(1, len(numbers) + 1)):
-            have = f"it has {len(numbers)} attempt{'s' if len(numbers) > 1 else ''}"
+            have = f"it has {counted(len(numbers), 'attempt')}"
         else:
             have = f"its attempts: {', '.join(map(str, numbers))}"
         raise Rejected(f"step {step} of job {job_id} has no attempt {attempt} ({have})")

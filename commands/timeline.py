@@ -15,6 +15,7 @@ import orjson
 from steplog.eventstore.record import StoredEvent
 from steplog.projections import manifest
 from steplog.projections.manifest import parse_ts
+from steplog.words import counted
 
 Outcome = Literal["succeeded", "cached", "failed", "skipped", "interrupted", "running"]
 OUTCOMES: tuple[Outcome, ...] = (
@@ -160,7 +161,9 @@ def build(job_id: str, events: Iterable[StoredEvent]) -> Timeline:
                 bar.marks.append(Mark(t, "retry", text))
             elif ev.type == "step.succeeded":
                 bar.outcome = "cached" if d.get("cache_hit") else "succeeded"
-                bar.detail = "cache hit" if d.get("cache_hit") else f"{bar.llm_calls} LLM call(s)"
+                bar.detail = (
+                    "cache hit" if d.get("cache_hit") else counted(bar.llm_calls, "LLM call")
+                )
                 del open_bars[step]
             elif ev.type == "step.failed":
                 bar.outcome = "failed"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from jinja2 import Environment, Template
 
 from steplog.commands.timeline import OUTCOMES, Bar, Timeline
+from steplog.words import counted
 
 COLORS = {
     "succeeded": "#2f9e5b",
@@ -354,8 +355,8 @@ def scene(tl: Timeline, width: int = 1200) -> dict:
     subtitle = " · ".join(
         [
             f"status {tl.status}",
-            f"{len(tl.steps)} step{'s' if len(tl.steps) != 1 else ''}",
-            f"{tl.runs} run{'s' if tl.runs != 1 else ''}",
+            counted(len(tl.steps), "step"),
+            counted(tl.runs, "run"),
             f"duration {human_duration(tl.duration_s)}",
             f"started {started}",
         ]

@@ -22,6 +22,7 @@ from steplog.eventstore.events import EVENT_TYPES, parse_data
 from steplog.eventstore.record import GENESIS_HASH, StoredEvent, chain_hash
 from steplog.eventstore.sqlite import APPLICATION_ID, SCHEMA_PATH, SCHEMA_VERSION, schema_statements
 from steplog.projections.tables import TABLE_PROJECTIONS, TableProjection
+from steplog.words import counted
 
 MAX_PER_CHECK = 20  # problems kept per check; the count of all is still reported
 
@@ -78,10 +79,11 @@ class Report:
 
     def summary(self) -> str:
         return (
-            f"ok: {self.events} events in {self.jobs} jobs, every hash chain intact; schema "
-            f"{self.schema_version} with its triggers; integrity ok; "
+            f"ok: {counted(self.events, 'event')} in {counted(self.jobs, 'job')}, every hash "
+            f"chain intact; schema {self.schema_version} with its triggers; integrity ok; "
             f"{', '.join(self.projections)} match a fresh fold; "
-            f"{self.blobs} blobs match their sha256"
+            f"{counted(self.blobs, 'blob')} {'matches its' if self.blobs == 1 else 'match their'} "
+            "sha256"
         )
 
 

@@ -46,6 +46,7 @@ from steplog.providers.base import (
     ProviderUnavailable,
 )
 from steplog.providers.config import ProviderConfig, url_problem
+from steplog.words import counted
 
 SERVER_MESSAGE_MAX = 500
 # what of an error status's body is read: its message is cut to SERVER_MESSAGE_MAX anyway
@@ -583,7 +584,7 @@ class HTTPProvider:
         if result.finish_reason in self.truncated and request.on_truncation == "error":
             raise ProviderTruncated(
                 f"{self.safe_url}: the answer was cut off at the token limit "
-                f"(finish reason {result.finish_reason!r}, {result.tokens_out} tokens out); "
+                f"(finish reason {result.finish_reason!r}, {counted(result.tokens_out, 'token')} out); "
                 'raise max_tokens in options, or set on_truncation = "accept" on the step',
                 provider=self.name,
                 tokens_in=result.tokens_in,
@@ -618,4 +619,4 @@ class HTTPProvider:
         if ids is None:
             raise self.wire.bad(url, "the model list is not in the expected shape", key)
         listed = "listed" if self.config.model in ids else "not listed"
-        return f"{len(ids)} models; {self.config.model} {listed}"
+        return f"{counted(len(ids), 'model')}; {self.config.model} {listed}"

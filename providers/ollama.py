@@ -24,6 +24,7 @@ from steplog.providers.http import (
     raise_if_error,
     text_or_none,
 )
+from steplog.words import counted
 
 
 class OllamaProvider(HTTPProvider):
@@ -105,9 +106,9 @@ class OllamaProvider(HTTPProvider):
         }
         wanted = self.config.model
         if wanted in names or f"{wanted}:latest" in names:
-            return f"{len(models)} models; {wanted} is pulled"
+            return f"{counted(len(models), 'model')}; {wanted} is pulled"
         raise ProviderError(
             f"{public_url(url)}: model {wanted!r} is not pulled on this "
-            f"server (ollama pull {wanted}); it has {len(models)} models",
+            f"server (ollama pull {wanted}); it has {counted(len(models), 'model')}",
             provider=self.name,
         )

@@ -25,6 +25,12 @@ pytest.register_assert_rewrite("tests.strategies")
 settings.register_profile("ci", deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# The CLI lays tables out to COLUMNS when it is set (README, "Text as it is"); pytest-xdist's
+# workers export COLUMNS=80 and LINES=24. The width the runner happens to have must not reach
+# the CLI under test (in this process or a child): a test that wants a width sets COLUMNS.
+for _variable in ("COLUMNS", "LINES"):
+    os.environ.pop(_variable, None)
+
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:

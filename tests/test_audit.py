@@ -220,7 +220,7 @@ def test_audit_text_shows_cache_reuse_and_the_failure(db, cli):
     result = cli(db, "audit", "second")
     assert result.code == 0, result.err
     assert "second (audit): failed" in result.out
-    assert "cache: 3 hits, 1 misses" in result.out
+    assert "cache: 3 hits, 1 miss," in result.out
     assert "cache hit: architect reused first/architect" in result.out
     assert "step flaky attempt 1 (unavailable): provider 'broken'" in result.out
 
@@ -246,7 +246,7 @@ def test_verify_passes_a_clean_database_without_touching_it(db, cli):
         .execute("SELECT count(*) FROM events WHERE job_id = 'second'")
         .fetchall()
     )
-    assert one.code == 0 and one.out.startswith(f"ok: {second} events in 1 jobs")
+    assert one.code == 0 and one.out.startswith(f"ok: {second} events in 1 job,")
     assert db.read_bytes() == before
 
 

@@ -37,12 +37,14 @@ def test_plain_lines_when_piped_and_one_line_when_quiet(tmp_path):
     db = tmp_path / "s.db"
     plain = steplog(db, "run", str(EXAMPLE), "--job-id", "p")
     lines = plain.out.strip().splitlines()
-    assert lines[0].startswith("job p: factory, 4 step(s)")
+    assert lines[0].startswith("job p: factory, 4 steps to run")
     assert sum(line.startswith("step.succeeded") for line in lines) == 4
     assert "\x1b[" not in plain.out  # no terminal control codes in a pipe
     quiet = steplog(db, "run", str(EXAMPLE), "--job-id", "q", "--quiet")
     assert quiet.out.strip().splitlines() == [quiet.out.strip()]
-    assert quiet.out.startswith("job q succeeded: 4 steps, 4 cache hits, calls 0: 0 answered, 0 failed, 0 unanswered")
+    assert quiet.out.startswith(
+        "job q succeeded: 4 steps, 4 cache hits, calls 0: 0 answered, 0 failed, 0 unanswered"
+    )
 
 
 def test_plain_display_folds_the_same_state(tmp_path):

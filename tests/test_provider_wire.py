@@ -234,7 +234,7 @@ def test_sse_parser_keeps_an_unterminated_last_event() -> None:
 def test_check_lists_models_or_falls_back_to_one_token(server, proto: Proto) -> None:
     """A server without GET /models (some proxies and gateways) gets a 1-token request instead."""
     server.models[:] = ["m"]
-    assert check(proto.config(server)) == "1 models; m listed"
+    assert check(proto.config(server)) == "1 model; m listed"
     server.no_model_list = True
     try:
         note = check(proto.config(server))

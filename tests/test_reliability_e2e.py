@@ -240,7 +240,7 @@ def test_budget_exceeded_then_resume_refused_then_allowed_after_raising_it(tmp_p
     assert doc["tokens_in"] + doc["tokens_out"] == 6
     assert doc["budget_exceeded"]["limit"] == "max_cost"
     text = steplog(db, "status", "j")
-    assert "cost $6.000000" in text.out and "stopped at max_cost" in text.out
+    assert "cost $6.00\n" in text.out and "stopped at max_cost" in text.out
 
     before = event_count(db)
     refused = steplog(db, "resume", "j")
@@ -540,7 +540,7 @@ def test_status_says_when_the_cost_leaves_out_calls_of_a_model_without_a_price(t
     server = fake_llm
     bare = pipeline(tmp_path, server.port, {"a": [], "b": ["a"]})
     ran = steplog(db, "run", str(bare), "--job-id", "bare")
-    assert ran.code == 0 and "$0.0000 + 2 unpriced calls" in ran.out
+    assert ran.code == 0 and "$0.00 + 2 unpriced calls" in ran.out
     priced = pipeline(
         tmp_path,
         server.port,
@@ -551,7 +551,7 @@ def test_status_says_when_the_cost_leaves_out_calls_of_a_model_without_a_price(t
     )
     assert steplog(db, "run", str(priced), "--job-id", "priced").code == 0
     text = steplog(db, "status", "bare").out
-    assert "cost $0.000000 + 2 unpriced calls" in text and "$0.000000 + 1 unpriced call " in text
+    assert "cost $0.00 + 2 unpriced calls" in text and "$0.00 + 1 unpriced call " in text
     doc = status_json(db, "bare")
     assert doc["unpriced_calls"] == 2 and doc["steps"]["a"]["unpriced_calls"] == 1
     doc = status_json(db, "priced")

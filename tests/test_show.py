@@ -33,6 +33,7 @@ from steplog.eventstore.events import (
     StepStarted,
 )
 from steplog.projections.store import open_store
+from steplog.words import visible
 from tests.cli_inprocess import Outcome, assert_refused_in_one_line, steplog_here
 from tests.fake_llm_server import FakeLLMServer
 from tests.on_disk import EXAMPLE, ROOT
@@ -434,10 +435,14 @@ def test_hostile_text_is_printed_unchanged_in_every_form(logged):
         ok(steplog_here(logged, "show", "hostile", "architect", "--answer")).out == want["answer"]
     )
     summary = ok(steplog_here(logged, "show", "hostile", "architect")).out
-    assert want["prompt"] in summary and want["answer"] in summary
+    # read for a terminal: as stored, control characters but newline and tab shown escaped
+    assert visible(want["prompt"], keep="\n\t") in summary
+    assert visible(want["answer"], keep="\n\t") in summary
+    assert "\x1b" not in summary and "\x07" not in summary and "\r" not in summary
+    assert "[bold]x[/bold] [red]r[/] [link=file:///etc]l[/link] \\x1b[31mred" in summary
     assert shown(logged, "hostile", "architect")["prompt"] == want["prompt"]
     retry = ok(steplog_here(logged, "show", "retry", "ask")).out
-    assert ANSWER in retry and "Be [i]brief[/i]." in retry
+    assert visible(ANSWER, keep="\n\t") in retry and "Be [i]brief[/i]." in retry
 
 
 def test_the_summary_labels_each_part(logged):
@@ -534,7 +539,7 @@ def test_an_attempt_without_an_end_is_running_then_interrupted(tmp_path):
     assert running["status"] == "running" and running["calls"][0]["success"] is None
     assert running["prompt"] is None and running["provider"] == "local"
     assert_refused_in_one_line(
-        steplog_here(db, "show", "cut", "a", "--prompt"), mentions="lacks blob(s)"
+        steplog_here(db, "show", "cut", "a", "--prompt"), mentions="lacks 1 blob "
     )
     assert_refused_in_one_line(steplog_here(db, "show", "cut", "b"), mentions="has not started yet")
     store = open_store(db)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
+import itertools
 import sys
-from typing import Any
+from typing import Any, Iterable
 
 import click
 
-from steplog.commands.cli.group import cli, console, echo_json, json_option, store_for
+from steplog.commands.cli.group import (
+    cli,
+    console,
+    echo_json,
+    json_option,
+    json_text,
+    say,
+    store_for,
+)
 from steplog.commands.queries import resolve_job
 from steplog.commands.readonly import open_readonly, plain_value
 from steplog.errors import Rejected
@@ -49,36 +58,31 @@ def sql_cmd(
         objects = [
             {col: plain_value(v) for col, v in zip(result.columns, row)} for row in result.rows
         ]
-        click.echo(json.dumps(objects, indent=2, ensure_ascii=False))
+        click.echo(json_text(objects, indent=2))
     elif as_csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(result.columns)
-        for row in result.rows:
-            writer.writerow([_csv_value(v) for v in row])
+        write_csv(result.columns, ([_csv_value(v) for v in row] for row in result.rows))
     else:
-        from rich.table import Table
+        from steplog.commands.cli.render import print_rows
 
-        table = Table(show_edge=True)
-        for col in result.columns:
-            table.add_column(col)
-        for row in result.rows:
-            table.add_row(*(_cell(v) for v in row))
-        out = console()
-        out.print(table)
-        out.print(f"{len(result.rows)} row{'s' if len(result.rows) != 1 else ''}")
+        print_rows(console(), result.columns, result.rows)
+
+
+def write_csv(header: list[str], rows: Iterable[list[Any]]) -> None:
+    """CSV on stdout, a line per row ending in \\n, each value exactly as given: a field
+    holding a newline or a carriage return is quoted (csv quotes a lone \\r only when it is in
+    the line terminator, so each row is written with \\r\\n and its ending made \\n)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    for row in itertools.chain([header], rows):
+        writer.writerow(row)
+        sys.stdout.write(buffer.getvalue()[:-2] + "\n")
+        buffer.seek(0)
+        buffer.truncate()
 
 
 def _csv_value(value: Any) -> Any:
     plain = plain_value(value)
     return plain["encoded"] if isinstance(plain, dict) else plain
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    return str(value)
 
 
 @cli.command("audit")
@@ -129,11 +133,11 @@ def verify_cmd(ctx: click.Context, job: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(report.document())
     elif report.ok:
-        click.echo(report.summary())
+        say(report.summary())
     else:
-        lines = [p.line() for p in report.problems]
+        for problem in report.problems:
+            say(problem.line())
         if report.dropped:
-            lines.append(f"… and {report.dropped} more")
-        click.echo("\n".join(lines))
+            say(f"… and {report.dropped} more")
     if not report.ok:
         raise SystemExit(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,9 +12,12 @@ from steplog.commands.cli.group import (
     echo_json,
     inputs_option,
     json_option,
+    json_text,
     parse_inputs,
+    say,
     store_for,
 )
+from steplog.words import counted
 
 if TYPE_CHECKING:
     from steplog.eventstore.record import StoredEvent
@@ -49,7 +51,7 @@ def plan_cmd(
         echo_json(report.document())
         return
     for text in plan.lines(report):
-        click.echo(text)
+        say(text)
 
 
 def print_fork(
@@ -67,15 +69,15 @@ def print_fork(
         echo_json(fork_document(result))
         return
     if result.missing:
-        click.echo(
-            f"warning: {len(result.missing)} file(s) the source had written could not be restored "
-            f"(the log does not hold their content): {', '.join(result.missing)}",
+        say(
+            f"warning: {counted(len(result.missing), 'file')} the source had written could not "
+            f"be restored (the log does not hold their content): {', '.join(result.missing)}",
             err=True,
         )
-    click.echo(
+    say(
         f"job {result.job_id} forked from {result.source_job} at event {result.until_version}: "
-        f"{result.events} events copied, {len(result.files)} file(s) restored in "
-        f"{result.workspace}; continue with: steplog resume {result.job_id}"
+        f"{counted(result.events, 'event')} copied, {counted(len(result.files), 'file')} "
+        f"restored in {result.workspace}; continue with: steplog resume {result.job_id}"
     )
 
 
@@ -92,9 +94,9 @@ def follow_events(
 
     def emit(ev: StoredEvent) -> None:
         if as_json:
-            click.echo(json.dumps(ev.envelope(), ensure_ascii=False))
+            click.echo(json_text(ev.envelope()))
         else:
-            click.echo(follow.line(ev))
+            say(follow.line(ev))
 
     follow.follow(
         store, job, queries.event_filter(type_glob, step, level), emit, interval_s=interval

@@ -13,11 +13,14 @@ from typing import Sequence, TextIO
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-from steplog.commands.cli.render import cost_text
+from steplog.commands.cli.render import console as log_console
+from steplog.commands.cli.render import cost_text, line
 from steplog.eventstore.record import StoredEvent
 from steplog.projections import manifest
 from steplog.projections.manifest import JobState
+from steplog.words import counted, one_line, seconds
 
 STATUS_STYLE = {
     "pending": "dim",
@@ -31,14 +34,15 @@ STATUS_STYLE = {
 
 def _elapsed(step: manifest.StepState, now: float, started_at: dict[str, float]) -> str:
     if step.duration_s is not None:
-        return f"{step.duration_s:.2f}s"
+        return seconds(step.duration_s)
     if step.status == "running" and step.name in started_at:
         return f"{now - started_at[step.name]:.1f}s"
     return ""
 
 
 class PlainDisplay:
-    """One line per step transition; `quiet` keeps only the closing line."""
+    """One line per step transition; `quiet` keeps only the closing line. A line shows text
+    from the log as it is, control characters (newlines too) escaped (words.one_line)."""
 
     LINE_TYPES = {
         "step.succeeded",
@@ -59,7 +63,7 @@ class PlainDisplay:
         for ev in events:
             manifest.apply(self.state, ev)
             if not self.quiet and ev.type in self.LINE_TYPES:
-                self.out.write(self._line(ev) + "\n")
+                self.out.write(one_line(self._line(ev)) + "\n")
         self.out.flush()
 
     def _line(self, ev: StoredEvent) -> str:
@@ -68,7 +72,8 @@ class PlainDisplay:
         step = self.state.steps[ev.step or ""]
         if ev.type == "step.succeeded":
             cache = "cache hit" if step.cache_hit else "called provider"
-            return f"{ev.type:<15} {ev.step}  ({cache}, {step.tokens_in + step.tokens_out} tokens, {step.duration_s:.2f}s)"
+            tokens = counted(step.tokens_in + step.tokens_out, "token")
+            return f"{ev.type:<15} {ev.step}  ({cache}, {tokens}, {seconds(step.duration_s)})"
         if ev.type == "step.failed":
             return f"{ev.type:<15} {ev.step}  {step.error}"
         if ev.type == "step.retrying":
@@ -77,7 +82,7 @@ class PlainDisplay:
             asked_text = f" (the server asked for {asked:g}s)" if asked is not None else ""
             return (
                 f"{ev.type:<15} {ev.step}  attempt {d['attempt']} failed, retrying in "
-                f"{d['delay_s']}s{asked_text}: {d['error']}"
+                f"{seconds(d['delay_s'])}{asked_text}: {d['error']}"
             )
         if ev.type == "step.waiting":
             d = ev.data
@@ -86,7 +91,7 @@ class PlainDisplay:
             if d["reason"] == "concurrency":
                 what = f"concurrency limit ({d['limit']:g} in flight)"
             else:
-                what = f"rate limit ({d['limit']:g}/min, {d['wait_s']}s)"
+                what = f"rate limit ({d['limit']:g}/min, {seconds(d['wait_s'])})"
             return f"{ev.type:<15} {ev.step}  waiting for provider {d['provider']}'s {what}"
         return f"{ev.type:<15} {ev.step}"
 
@@ -102,7 +107,7 @@ class LiveDisplay:
 
     def __init__(self, state: JobState, console: Console | None = None) -> None:
         self.state = state
-        self.console = console or Console()
+        self.console = console or log_console()
         self.started_at: dict[str, float] = {}
         self.t0 = time.monotonic()
         self.live = Live(
@@ -119,28 +124,32 @@ class LiveDisplay:
     def render(self) -> Table:
         s = self.state
         table = Table(
-            title=f"{s.job_id} · {s.pipeline} · {s.status} · {time.monotonic() - self.t0:.1f}s",
+            title=line(
+                f"{s.job_id} · {s.pipeline} · {s.status} · {time.monotonic() - self.t0:.1f}s"
+            ),
             title_justify="left",
         )
         for column in ("step", "status", "attempts", "cache", "tokens", "elapsed"):
             table.add_column(
-                column, justify="right" if column in ("attempts", "tokens", "elapsed") else "left"
+                column,
+                justify="right" if column in ("attempts", "tokens", "elapsed") else "left",
+                overflow="fold",
             )
         now = time.monotonic()
         for step in self._visible_steps():
             cache = {True: "hit", False: "miss", None: ""}[step.cache_hit]
             table.add_row(
                 step.name,
-                f"[{STATUS_STYLE.get(step.status, '')}]{step.status}[/]",
+                Text(step.status, style=STATUS_STYLE.get(step.status, "")),
                 str(step.attempts or ""),
                 cache,
                 str(step.tokens_in + step.tokens_out or ""),
                 _elapsed(step, now, self.started_at),
             )
         table.caption = (
-            f"{len(s.completed_steps)}/{len(s.steps)} done · {s.cache_hits} cache hits · "
-            f"{s.tokens_in + s.tokens_out} tokens · {cost_text(s.cost, s.unpriced_calls, 4)} · "
-            f"{s.llm_calls} calls"
+            f"{len(s.completed_steps)}/{len(s.steps)} done · {counted(s.cache_hits, 'cache hit')} · "
+            f"{counted(s.tokens_in + s.tokens_out, 'token')} · {cost_text(s.cost, s.unpriced_calls)} · "
+            f"{counted(s.llm_calls, 'call')}"
         )
         return table
 

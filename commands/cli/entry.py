@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from steplog.commands.cli.group import cli, one_line
+from steplog.commands.cli.group import cli, say
 from steplog.errors import Rejected
 
 # Every error steplog refuses a command with (PipelineError, StoreError, InvalidEvent, BadPoint …)
@@ -49,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # a verb's own exit code (1: the job failed, 130/143: a signal)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except USER_ERRORS as exc:
-        click.echo(f"error: {one_line(str(exc))}", err=True)
+        say(f"error: {exc}", err=True)
         return 2
     except DATABASE_ERRORS as exc:
         from steplog.eventstore.errors import database_error
 
-        click.echo(f"error: {one_line(str(database_error(obj.get('db'), exc)))}", err=True)
+        say(f"error: {database_error(obj.get('db'), exc)}", err=True)
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             click.echo(exc.ctx.get_help())  # bare `steplog`: show what it can do
             return 0
         hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
-        click.echo(f"error: {one_line(exc.format_message())}{hint}", err=True)
+        say(f"error: {exc.format_message()}{hint}", err=True)
         return 2
     except click.ClickException as exc:
-        click.echo(f"error: {one_line(exc.format_message())}", err=True)
+        say(f"error: {exc.format_message()}", err=True)
         return 2
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -76,6 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         # nowhere, so the flush at exit cannot print a second error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         where = f"{exc.filename}: " if exc.filename else ""
-        click.echo(f"error: cannot write: {where}{exc.strerror or one_line(str(exc))}", err=True)
+        say(f"error: cannot write: {where}{exc.strerror or exc}", err=True)
         return 2
     return 0

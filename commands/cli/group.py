@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from steplog.api import Steplog
+from steplog.words import one_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -94,14 +94,30 @@ class LazyGroup(click.Group):
 
 
 def console() -> Console:
-    """Rich output; wide when piped so tables are not cut to 80 columns."""
-    from rich.console import Console
+    """Rich output that shows text as it is (render.LogConsole): the terminal's width, or
+    COLUMNS, and wide when piped so tables are not cut to 80 columns."""
+    from steplog.commands.cli.render import console as log_console
 
-    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+    return log_console()
 
 
-def one_line(message: str) -> str:
-    return " ".join(str(message).split())
+def say(text: str, *, err: bool = False) -> None:
+    """One line of plain output (a progress line, an error line, a line of `plan`): text as
+    it is, control characters, newlines too, shown escaped (words.one_line)."""
+    click.echo(one_line(text), err=err)
+
+
+# JSON escapes U+0000-U+001F itself; these (DEL, C1, the Unicode line breaks) it leaves raw,
+# and a terminal or a line-based reader may act on them
+_JSON_ESCAPES = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)}
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """`value` as JSON: text exactly as the log holds it (non-ASCII as it is) once parsed,
+    with every control character escaped so that no terminal acts on one."""
+    return json.dumps(value, indent=indent, ensure_ascii=False, default=str).translate(
+        _JSON_ESCAPES
+    )
 
 
 def app_for(ctx: click.Context) -> Steplog:
@@ -155,7 +171,7 @@ def ignore_breaker_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+    click.echo(json_text(value, indent=2))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,7 +6,6 @@ manifest fold up front; rich and the rest come inside the verb that prints with 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -18,6 +17,7 @@ from steplog.commands.cli.group import (
     console,
     echo_json,
     json_option,
+    json_text,
     store_for,
     workspace_option,
 )
@@ -57,9 +57,7 @@ def replay_cmd(
         return
     if workspace is not None:
         raise click.UsageError("--workspace is only for --fork")
-    from rich.table import Table
-
-    from steplog.commands.cli.render import print_events, print_manifest
+    from steplog.commands.cli.render import print_replay
     from steplog.commands.replay import replay
 
     store = store_for(ctx)
@@ -68,23 +66,7 @@ def replay_cmd(
     if as_json:
         echo_json(queries.replay_document(view))
         return
-    out = console()
-    out.print(
-        f"[bold]{job}[/] as of event {view.version} ({view.events[-1].type} {view.events[-1].step or ''}, {view.events[-1].ts})"
-    )
-    print_manifest(out, view.state, historical=True)
-    table = Table(title="cache index at this point", title_justify="left")
-    for col in ("cache key", "response", "origin job", "origin step"):
-        table.add_column(col)
-    for entry in view.cache.values():
-        table.add_row(
-            entry.cache_key[:16],
-            entry.response_sha256[:12],
-            entry.origin_job,
-            entry.origin_step or "",
-        )
-    out.print(table)
-    print_events(out, view.events)
+    print_replay(console(), view)
 
 
 @cli.command()
@@ -124,15 +106,9 @@ def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
     if as_json:
         echo_json(rows)
         return
-    from rich.table import Table
+    from steplog.commands.cli.render import print_jobs
 
-    table = Table()
-    for col in ("job", "pipeline", "status", "created", "updated"):
-        table.add_column(col, no_wrap=True)
-    for row in rows:
-        created, updated = (row[k][:19].replace("T", " ") for k in ("created_ts", "updated_ts"))
-        table.add_row(row["job_id"], row["pipeline"] or "", row["status"], created, updated)
-    console().print(table)
+    print_jobs(console(), rows)
 
 
 @cli.command()
@@ -180,7 +156,7 @@ def events(
     found = queries.events(store, job, type_glob=type_glob, step=step, level=level)
     if as_json:
         for ev in found:
-            click.echo(json.dumps(ev.envelope(), ensure_ascii=False))
+            click.echo(json_text(ev.envelope()))
         return
     from steplog.commands.cli.render import print_events
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from steplog.commands.cli.group import cli, store_for
+from steplog.commands.cli.group import cli, say, store_for
 from steplog.commands.queries import resolve_job
 from steplog.errors import Rejected
+from steplog.words import counted
 
 
 @cli.command()
@@ -52,7 +53,7 @@ def timeline(ctx: click.Context, job: str, output: Path | None, width: int) -> N
         raise Rejected(f"--output must end in .svg or .html, not {target.name!r}")
     text = render_svg(tl, width) if suffix == ".svg" else render_html(tl, width)
     write_atomically(target, text)
-    click.echo(f"wrote {target} ({len(tl.bars)} bars, {len(tl.steps)} steps)")
+    say(f"wrote {target} ({counted(len(tl.bars), 'bar')}, {counted(len(tl.steps), 'step')})")
 
 
 @cli.command("export")
@@ -90,8 +91,18 @@ def export_cmd(ctx: click.Context, job: str, output: Path | None, blobs: str) ->
         sys.stdout.flush()
         return
     write_atomically(output, exported.text())
-    note = f"; {len(exported.missing)} referenced hashes have no blob" if exported.missing else ""
-    click.echo(f"wrote {output}: {exported.events} events, {exported.blobs} blobs{note}", err=True)
+    missing = len(exported.missing)
+    note = (
+        f"; {counted(missing, 'referenced hash', 'referenced hashes')} "
+        f"{'has' if missing == 1 else 'have'} no blob"
+        if missing
+        else ""
+    )
+    say(
+        f"wrote {output}: {counted(exported.events, 'event')}, "
+        f"{counted(exported.blobs, 'blob')}{note}",
+        err=True,
+    )
 
 
 @cli.command("import")
@@ -108,6 +119,7 @@ def import_cmd(ctx: click.Context, file: Path, job_id: str | None) -> None:
     store = store_for(ctx, write=True)
     target, plan = import_job(store, file, job_id)
     kind = "predecessor events.jsonl" if plan.predecessor else "steplog export"
-    click.echo(
-        f"imported job {target} from {file} ({kind}): {len(plan.events)} events, {len(plan.blobs)} blobs"
+    say(
+        f"imported job {target} from {file} ({kind}): {counted(len(plan.events), 'event')}, "
+        f"{counted(len(plan.blobs), 'blob')}"
     )

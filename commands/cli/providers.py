@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from steplog.commands.cli.group import cli, console, echo_json, json_option, one_line
+from steplog.commands.cli.group import cli, console, echo_json, json_option
 
 
 @cli.group()
@@ -28,16 +28,8 @@ def check(pipeline: Path, as_json: bool) -> None:
     if as_json:
         echo_json([r.as_dict() for r in results])
     else:
-        from rich.table import Table
-        from rich.text import Text
+        from steplog.commands.cli.render import print_provider_checks
 
-        table = Table()
-        for col in ("provider", "kind", "url", "status"):
-            table.add_column(col, no_wrap=col != "status")
-        for r in results:
-            status = Text("OK: " if r.ok else "error: ", style="green" if r.ok else "red")
-            status.append(one_line(r.detail))
-            table.add_row(r.provider, r.kind, r.url or "-", status)
-        console().print(table)
+        print_provider_checks(console(), results)
     if not all(r.ok for r in results):
         raise SystemExit(1)

@@ -13,9 +13,9 @@ from steplog.commands.cli.group import (
     grace_option,
     ignore_breaker_option,
     inputs_option,
-    one_line,
     parse_inputs,
     quiet_option,
+    say,
     store_for,
     workspace_option,
 )
@@ -34,6 +34,7 @@ from steplog.commands.queries import resolve_job
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.executor import drift
 from steplog.executor.shutdown import DEFAULT_GRACE_S
+from steplog.words import counted
 
 
 def _run_prepared(
@@ -42,15 +43,15 @@ def _run_prepared(
     try:
         with stop_recorded(store, prepared.job_id):  # the job is ours from here: Ctrl-C is recorded
             for warning in drift.warnings(prepared.files, prepared.workspace, prepared.plan):
-                click.echo(warning, err=True)  # files of skipped steps edited by hand: left
+                say(warning, err=True)  # files of skipped steps edited by hand: left
             live = sys.stdout.isatty() and not quiet
             display = (
                 LiveDisplay(prepared.state) if live else PlainDisplay(prepared.state, quiet=quiet)
             )
             if not live and not quiet:
-                click.echo(
+                say(
                     f"job {prepared.job_id}: {prepared.pipeline.name}, "
-                    f"{len(prepared.plan.run)} step(s) to run"
+                    f"{counted(len(prepared.plan.run), 'step')} to run"
                 )
         with display:
             outcome = execute(store, prepared, observer=display, grace_s=grace_s)
@@ -58,10 +59,10 @@ def _run_prepared(
         done = ""
         if stop.report is not None and stop.report.calls_running:
             done = (
-                f", {stop.report.calls_finished} running call(s) finished, "
+                f", {counted(stop.report.calls_finished, 'running call')} finished, "
                 f"{stop.report.calls_cancelled} cancelled"
             )
-        click.echo(
+        say(
             f"job {prepared.job_id} interrupted ({stop.signal_name}{done}); "
             f"continue with: steplog resume {prepared.job_id}",
             err=True,
@@ -70,16 +71,17 @@ def _run_prepared(
     state = display.state
     tokens = state.tokens_in + state.tokens_out
     if outcome.succeeded:
-        click.echo(
-            f"job {prepared.job_id} succeeded: {len(state.steps)} steps, {state.cache_hits} cache hits, "
+        say(
+            f"job {prepared.job_id} succeeded: {counted(len(state.steps), 'step')}, "
+            f"{counted(state.cache_hits, 'cache hit')}, "
             f"{calls_text(state.llm_calls, state.llm_answered, state.llm_failures, state.llm_unanswered)}, "
-            f"{tokens} tokens, "
-            f"{cost_text(state.cost, state.unpriced_calls, 4)}; "
+            f"{counted(tokens, 'token')}, "
+            f"{cost_text(state.cost, state.unpriced_calls)}; "
             f"workspace {prepared.workspace}"
         )
         return
-    click.echo(
-        f"job {prepared.job_id} failed: {one_line(state.last_error or 'see events')}; "
+    say(
+        f"job {prepared.job_id} failed: {state.last_error or 'see events'}; "
         f"after fixing, run: steplog resume {prepared.job_id}",
         err=True,
     )

@@ -1,7 +1,9 @@
 """`steplog show JOB STEP`: one attempt of a step, its parts labelled or one part raw.
 
-Texts from the log are written exactly as stored: no rich markup, and not through click.echo,
-which drops escape sequences when the output is not a terminal.
+`--PART` writes the text exactly as stored: no rich markup, and not through click.echo, which
+drops escape sequences when the output is not a terminal. The labelled summary is for reading:
+its text is as stored too, except control characters, shown escaped (words.visible): on its
+one-line fields every one, in its blocks (prompt, answer …) all but newline and tab.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import click
 
 from steplog.commands.cli.group import app_for, cli, echo_json, json_option
 from steplog.errors import Rejected
+from steplog.words import counted, money, one_line, seconds, visible
 
 if TYPE_CHECKING:
     from steplog.commands.show import StepAttempt
@@ -34,11 +37,14 @@ def write_raw(text: str) -> None:
 
 
 def _missing(shown: StepAttempt, part: str) -> Rejected:
-    why = f"it {shown.status}"
+    why = {"running": "it is running", "interrupted": "it was interrupted"}.get(
+        shown.status, f"it {shown.status}"
+    )
     if shown.error_type:
         why += f" ({shown.error_type})"
     if shown.missing_blobs:
-        why += f"; the database lacks blob(s) {', '.join(s[:12] for s in shown.missing_blobs)}"
+        lacks = counted(len(shown.missing_blobs), "blob")
+        why += f"; the database lacks {lacks} {', '.join(s[:12] for s in shown.missing_blobs)}"
     return Rejected(
         f"attempt {shown.attempt} of step {shown.step} in job {shown.job_id} has no {part} "
         f"in the log: {why}"
@@ -60,6 +66,7 @@ def part_text(shown: StepAttempt, part: str) -> str:
 
 
 def _block(label: str, text: str) -> str:
+    text = visible(text, keep="\n\t")
     return f"--- {label} ---\n{text}" + ("" if text.endswith("\n") or not text else "\n")
 
 
@@ -69,9 +76,9 @@ def summary(shown: StepAttempt) -> str:
         f"job {shown.job_id}  step {shown.step}  attempt {shown.attempt} of {shown.attempts}  "
         f"{shown.status}",
         f"started {shown.started}  finished {shown.finished or '-'}  duration "
-        + (f"{shown.duration_s:.3f}s" if shown.duration_s is not None else "-"),
+        + seconds(shown.duration_s, "-"),
     ]
-    cost = "unpriced" if shown.cost is None else f"${shown.cost:.6f}"
+    cost = "unpriced" if shown.cost is None else money(shown.cost)
     lines.append(
         f"provider {shown.provider or '-'}  model {shown.model or '-'}  tokens in "
         f"{shown.tokens_in} out {shown.tokens_out}  cost {cost}  output {shown.output_kind or '-'}"
@@ -79,14 +86,14 @@ def summary(shown: StepAttempt) -> str:
     if shown.cache_hit:
         lines.append(
             f"cache hit: answer from {shown.origin_job}/{shown.origin_step or '-'} "
-            f"({shown.tokens_saved or 0} tokens saved)  key {shown.cache_key}"
+            f"({counted(shown.tokens_saved or 0, 'token')} saved)  key {shown.cache_key}"
         )
     elif shown.cache_hit is False:
         lines.append(f"cache miss  key {shown.cache_key}")
     lines.append(f"calls {len(shown.calls)}  retries {shown.retries}")
     for call in shown.calls:
         outcome = {True: "ok", False: "failed", None: "no response"}[call.success]
-        took = f"{call.duration_s:.3f}s" if call.duration_s is not None else "-"
+        took = seconds(call.duration_s, "-")
         detail = f"  {call.error_class}: {call.error}" if call.error else ""
         lines.append(
             f"  call {call.number}: {outcome}  {call.provider} {call.model}  {took}  tokens in "
@@ -96,7 +103,7 @@ def summary(shown: StepAttempt) -> str:
         lines.append(f"error ({shown.error_type}): {shown.error}")
     if shown.missing_blobs:
         lines.append(f"missing blobs: {', '.join(shown.missing_blobs)}")
-    text = "\n".join(lines) + "\n"
+    text = "".join(one_line(ln) + "\n" for ln in lines)
     if shown.prompt is not None:
         text += _block("system prompt", shown.system) if shown.system is not None else ""
         text += _block("prompt", shown.prompt)
@@ -106,7 +113,8 @@ def summary(shown: StepAttempt) -> str:
         text += _block("output (json, as stored)", shown.output_text)
     if shown.files:
         rows = "".join(
-            f"{f.path}  {f.reason}  {f.size if f.size is not None else '-'} bytes  {f.sha256}\n"
+            f"{one_line(f.path)}  {f.reason}  "
+            f"{counted(f.size, 'byte') if f.size is not None else '- bytes'}  {f.sha256}\n"
             for f in shown.files
         )
         text += _block("files", rows)
