@@ -42,7 +42,9 @@ def test_plain_lines_when_piped_and_one_line_when_quiet(tmp_path):
     assert "\x1b[" not in plain.out  # no terminal control codes in a pipe
     quiet = steplog(db, "run", str(EXAMPLE), "--job-id", "q", "--quiet")
     assert quiet.out.strip().splitlines() == [quiet.out.strip()]
-    assert quiet.out.startswith("job q succeeded: 4 steps, 4 cache hits, calls 0: 0 answered, 0 failed, 0 unanswered")
+    assert quiet.out.startswith(
+        "job q succeeded: 4 steps, 4 cache hits, calls 0: 0 answered, 0 failed, 0 unanswered"
+    )
 
 
 def test_plain_display_folds_the_same_state(tmp_path):
