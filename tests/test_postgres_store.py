@@ -6,6 +6,7 @@ password, read-only roles, the write lock's timeout, and a server that goes away
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 import threading
 
@@ -23,6 +24,7 @@ from steplog.eventstore.errors import (
 from steplog.eventstore.postgres import CHANNEL, SCHEMA_PATH, SCHEMA_VERSION, PostgresEventStore
 from steplog.eventstore.record import DatabaseUnusable, StoreError
 from steplog.eventstore.sqlite import SQLiteEventStore
+from tests.on_disk import ROOT
 from tests.postgres_cluster import PostgresCluster, free_port
 from tests.store_workers import created, started
 
@@ -381,3 +383,19 @@ def test_a_server_stopped_under_an_open_store_is_one_line_and_nothing_half_writt
             store.close()
     finally:
         cluster.stop()
+
+
+# -- the README ---------------------------------------------------------------------------------
+
+
+def test_the_readme_scaling_out_example_runs(pg_cluster, pg_url, capsys):
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Scaling out") :]
+    section = section[: section.index("\n## ", 3)]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    example_url = "postgresql://steplog@127.0.0.1:5432/steplog"
+    assert example_url in code
+    with open_event_store(pg_url) as store:
+        store.append("j", [created("j"), started(1)])
+    exec(compile(code.replace(example_url, pg_url), "README.md", "exec"), {})
+    assert capsys.readouterr().out == "2 []\n"
