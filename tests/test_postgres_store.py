@@ -371,7 +371,7 @@ def test_a_server_stopped_under_an_open_store_is_one_line_and_nothing_half_writt
     cluster = PostgresCluster.start()
     try:
         name = cluster.create_database()
-        store = PostgresEventStore(cluster.url(name), connect_timeout_s=2)
+        store = PostgresEventStore(cluster.url(name), connect_timeout_s=1)
         try:
             store.append("j", [created("j")])
             cluster.stop()

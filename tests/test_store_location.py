@@ -62,10 +62,10 @@ def test_a_postgres_url_without_psycopg_is_one_line_naming_the_extra(monkeypatch
     monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg now fails, as uninstalled
     monkeypatch.delitem(sys.modules, "steplog.eventstore.postgres", raising=False)
     with pytest.raises(PostgresDriverMissing) as caught:
-        open_event_store("postgresql://steplog:hunter2@db.example:5432/team")
+        open_event_store("postgresql://steplog:hunter2@127.0.0.1:9/team")  # loopback, unused
     message = str(caught.value)
     assert message == (
-        "cannot open postgresql://steplog:***@db.example:5432/team: the PostgreSQL store needs"
+        "cannot open postgresql://steplog:***@127.0.0.1:9/team: the PostgreSQL store needs"
         " psycopg and psycopg-pool; install them with: pip install 'steplog[postgres]'"
     )
     assert isinstance(caught.value, Rejected)  # the CLI's exit 2
