@@ -92,3 +92,18 @@ def database_error(
     if opening:
         return (DatabaseUnusable if error is StoreError else error)(f"cannot use {where}: {reason}")
     return error(f"{where}: {reason}")
+
+
+# -- PostgreSQL (steplog.eventstore.postgres); defined here so that catching them needs no psycopg --
+
+
+class ServerUnreachable(DatabaseUnusable):
+    """The PostgreSQL server did not answer, or the connection to it was lost mid-command."""
+
+
+class DatabaseMissing(DatabaseUnusable):
+    """The PostgreSQL server answered, but has no database of that name."""
+
+
+class PostgresDriverMissing(DatabaseUnusable):
+    """A postgresql:// URL, but psycopg (the `postgres` extra) is not installed."""

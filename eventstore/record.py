@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Protocol, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Protocol, Sequence
 
 from steplog.errors import Rejected
 
@@ -81,6 +82,44 @@ def chain_hash(
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
+class ChainBreak(NamedTuple):
+    """One link of a job's hash chain that does not hold, as check_chain found it."""
+
+    job_id: str
+    version: int
+    seq: int
+    reason: str
+
+
+def check_chain(events: Iterable[StoredEvent]) -> list[ChainBreak]:
+    """Check the hash chain of events as a store returned them (any jobs, each job's events in
+    version order, as read_all and read_job give them). Each job must start at version 1 from
+    GENESIS_HASH, go up by one, link each prev_hash to the previous hash, and every hash must
+    recompute from its fields. The chain continues from what is stored, so one edited event is
+    one break. [] means the chain holds."""
+    heads: dict[str, tuple[int, str]] = {}
+    breaks: list[ChainBreak] = []
+    for ev in events:
+        version, prev = heads.get(ev.job_id, (0, GENESIS_HASH))
+        if ev.version != version + 1:
+            breaks.append(
+                ChainBreak(ev.job_id, ev.version, ev.seq, f"version {ev.version} follows {version}")
+            )
+        if ev.prev_hash != prev:
+            breaks.append(
+                ChainBreak(ev.job_id, ev.version, ev.seq, "prev_hash is not the previous hash")
+            )
+        expected = chain_hash(
+            ev.prev_hash, ev.job_id, ev.version, ev.ts, ev.level, ev.type, ev.step, ev.data_json
+        )
+        if ev.hash != expected:
+            breaks.append(
+                ChainBreak(ev.job_id, ev.version, ev.seq, "hash does not match the fields")
+            )
+        heads[ev.job_id] = (ev.version, ev.hash)
+    return breaks
+
+
 def blob_sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
@@ -94,7 +133,13 @@ def text_sha256(text: str, slice_chars: int = 2**20) -> str:
 
 
 class EventStore(Protocol):
-    """What the rest of steplog needs from a log backend."""
+    """What the rest of steplog needs from a log backend; SQLiteEventStore and PostgresEventStore
+    both provide it, and tests/store_contract.py checks that they behave alike.
+
+    `write_transaction()` yields the backend's own connection inside a transaction that holds
+    the log's write lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: LOCK TABLE events IN EXCLUSIVE
+    MODE); `append_txn(conn, …)` appends inside it, so that several writes share one commit.
+    """
 
     def append(
         self,
@@ -104,6 +149,17 @@ class EventStore(Protocol):
         expected_version: int | None = None,
         blobs: Sequence[bytes] = (),
     ) -> list[StoredEvent]: ...
+
+    def append_txn(
+        self,
+        conn: Any,
+        job_id: str,
+        prepared: Sequence[tuple[str, str, str, str | None, str]],
+        expected_version: int | None,
+        blobs: Sequence[bytes],
+    ) -> list[StoredEvent]: ...
+
+    def write_transaction(self) -> AbstractContextManager[Any]: ...
 
     def read_job(
         self, job_id: str, *, after_version: int = 0, until_version: int | None = None
@@ -115,4 +171,20 @@ class EventStore(Protocol):
 
     def job_version(self, job_id: str) -> int: ...
 
+    def job_exists(self, job_id: str) -> bool: ...
+
+    def last_seq(self) -> int: ...
+
+    def wait_for_events(self, after_seq: int, timeout: float) -> int: ...
+
+    def put_blob(self, content: bytes) -> str: ...
+
     def get_blob(self, sha256: str) -> bytes: ...
+
+    def get_blobs(self, shas: Sequence[str]) -> dict[str, bytes]: ...
+
+    def find_blobs(self, shas: Sequence[str]) -> dict[str, bytes]: ...
+
+    def require_writable(self) -> None: ...
+
+    def close(self) -> None: ...

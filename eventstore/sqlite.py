@@ -16,6 +16,11 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import sqlite_utils
 
+from steplog.eventstore.config import (  # noqa: F401 - busy_timeout names: re-exported
+    DEFAULT_BUSY_TIMEOUT_MS,
+    busy_timeout_from_env,
+    sql_file,
+)
 from steplog.eventstore.errors import DatabaseBusy, DatabaseReadOnly, database_error, is_busy
 from steplog.eventstore.record import (
     GENESIS_HASH,
@@ -34,41 +39,14 @@ SCHEMA_VERSION = 5
 APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
 
 
-def _sql_file(name: str) -> Path:
-    """One of the repository's top-level SQL files (the one definition of the schema). A wheel
-    carries them inside this package (setup.py's build step copies them); a source checkout
-    or an editable install reads them where they are, one folder up."""
-    here = Path(__file__).parent
-    shipped = here / name
-    return shipped if shipped.exists() else here.parent / name
-
-
-SCHEMA_PATH = _sql_file("schema.sql")
+SCHEMA_PATH = sql_file("schema.sql")
 # A blob this long is written in slices through SQLite's incremental blob I/O: a plain INSERT
 # binds a copy of it and builds the row as a second one, 3x its size at once for a 100 MB answer.
 BIG_BLOB = 4 * 2**20
 _BLOB_SLICE = 2**20
-MIGRATIONS_PATH = _sql_file("migrations.sql")
+MIGRATIONS_PATH = sql_file("migrations.sql")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 READ_BATCH = 5000
-DEFAULT_BUSY_TIMEOUT_MS = 10_000
-
-
-def busy_timeout_from_env() -> int:
-    """STEPLOG_BUSY_TIMEOUT_MS, or the default: how long a writer waits for the write lock."""
-    raw = os.environ.get("STEPLOG_BUSY_TIMEOUT_MS")
-    if raw is None or not raw.strip():
-        return DEFAULT_BUSY_TIMEOUT_MS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise StoreError(
-            f"STEPLOG_BUSY_TIMEOUT_MS must be a whole number of milliseconds, not {raw!r}"
-        )
-    return value
-
 
 # Runs inside the append transaction after the events are inserted: keeps projection tables
 # in step with the log (see projections.tables).
@@ -545,6 +523,20 @@ class SQLiteEventStore:
 
     def last_seq(self) -> int:
         return self.conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+
+    def wait_for_events(self, after_seq: int, timeout: float) -> int:
+        """Block until the log holds a seq above `after_seq`, or `timeout` seconds pass; returns
+        last_seq(). SQLite tells no one of a commit, so this polls last_seq (one rowid lookup),
+        backing off from 5 ms to 100 ms; the PostgreSQL store is woken by NOTIFY instead."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        pause = 0.005
+        while True:
+            seq = self.last_seq()
+            left = deadline - time.monotonic()
+            if seq > after_seq or left <= 0:
+                return seq
+            time.sleep(min(left, pause))
+            pause = min(pause * 2, 0.1)
 
     def find_blobs(self, shas: Sequence[str]) -> dict[str, bytes]:
         """Many blobs in few queries; those not stored are simply absent from the answer."""

@@ -1,12 +1,13 @@
-"""Shared test setup: hypothesis profiles, a store on a real SQLite file, the fake LLM server,
-the in-process CLI runner, and the guard that keeps the fast lane free of subprocesses."""
+"""Shared test setup: hypothesis profiles, a store on a real SQLite file, a throw-away
+PostgreSQL cluster with a database per test, the fake LLM server, the in-process CLI runner,
+and the guard that keeps the fast lane free of subprocesses."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
 from hypothesis import settings
@@ -15,6 +16,9 @@ from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.projections.store import open_store
 from tests.cli_inprocess import Outcome, steplog_here
 from tests.fake_llm_server import FakeLLMServer
+
+if TYPE_CHECKING:  # psycopg (the test extra) is imported only when a test needs the cluster
+    from tests.postgres_cluster import PostgresCluster
 
 # tests.strategies holds shared asserts (assert_chain): let pytest explain their failures too.
 pytest.register_assert_rewrite("tests.strategies")
@@ -46,6 +50,53 @@ def store(db_path: Path) -> Iterator[SQLiteEventStore]:
         yield opened
     finally:
         opened.close()
+
+
+# -- PostgreSQL (tests/postgres_cluster.py), on 127.0.0.1 ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL server of this test process's own: under pytest-xdist each worker starts
+    its own (about a second), on its own port and directory, so no worker waits for or cleans
+    up after another. Only the `slow` lane may use it (initdb and postgres are processes).
+    Without the binaries (or psycopg) the tests using it are skipped, except under CI=true,
+    where that is a failure: CI must run them (.ci/run installs postgresql)."""
+    try:
+        from tests.postgres_cluster import ClusterUnavailable, PostgresCluster
+    except ImportError as exc:  # psycopg missing: `make` installs it with the test extra
+        _no_postgres(f"psycopg is not installed ({exc})")
+    try:
+        cluster = PostgresCluster.start()
+    except ClusterUnavailable as exc:
+        _no_postgres(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _no_postgres(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"PostgreSQL is required under CI: {reason}", pytrace=False)
+    pytest.skip(f"no PostgreSQL for the tests: {reason}")
+
+
+@pytest.fixture
+def pg_database(pg_cluster: PostgresCluster) -> Iterator[str]:
+    """The name of a new, empty database of this test's own (dropped afterwards)."""
+    name = pg_cluster.create_database()
+    try:
+        yield name
+    finally:
+        pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PostgresCluster, pg_database: str) -> str:
+    """postgresql://postgres:PASSWORD@127.0.0.1:PORT/<this test's database>. Holds the cluster's
+    password: never put it in an assertion message (pg_cluster.safe() blanks it out)."""
+    return pg_cluster.url(pg_database)
 
 
 # -- the fake LLM server (tests/fake_llm_server.py), on 127.0.0.1 -----------------------------

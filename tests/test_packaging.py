@@ -56,7 +56,8 @@ def test_the_wheel_installs_only_steplog_with_its_schema_and_runs_from_it(tmp_pa
         assert {n.split("/")[0] for n in names} == {"steplog", dist_info}
         record = archive.read(f"{dist_info}/RECORD").decode()
         assert {line.split("/")[0] for line in record.splitlines()} == {"steplog", dist_info}
-        for sql in ("schema.sql", "migrations.sql"):  # real files, equal to the one definition
+        # real files, equal to the one definition
+        for sql in ("schema.sql", "migrations.sql", "schema_postgres.sql"):
             assert archive.read(f"steplog/eventstore/{sql}") == (ROOT / sql).read_bytes()
         assert "steplog/py.typed" in names and "steplog/__main__.py" in names
         assert (

@@ -1,0 +1,611 @@
+"""The log on a PostgreSQL server: open (connect, schema, version checks), append, read, blobs.
+
+psycopg 3 with a psycopg-pool ConnectionPool: the `postgres` extra (pip install
+'steplog[postgres]'); `steplog.eventstore.open_event_store` says so in one line when it is
+missing. The surface is SQLiteEventStore's, as far as the store itself goes; the schema is
+schema_postgres.sql, with schema.sql's table and column names.
+
+Global order. An append takes `LOCK TABLE events IN EXCLUSIVE MODE` first, inside its
+transaction (the anchor is eventsourcing's postgres.py): writers queue one behind the other as
+they do on SQLite's write lock, while readers (ACCESS SHARE) are never blocked. Under the lock
+the batch's seqs are max(seq) + 1 …, so seqs have no gaps and commit in seq order: a lower seq
+can never become visible after a higher one, and a follower reading `seq > cursor` misses
+nothing. Every insert NOTIFYs `steplog_events` (a trigger), delivered at commit, which is what
+`wait_for_events` LISTENs for.
+
+Failures become one-line StoreErrors naming the server as host:port/dbname, never the password:
+ServerUnreachable, DatabaseMissing, DatabaseUnusable (not steplog's, newer schema, not UTF8),
+DatabaseReadOnly, DatabaseBusy (the lock was not had within the busy timeout), DatabaseFull.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import re
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from steplog.eventstore.config import busy_timeout_from_env, redact_url, sql_file, url_password
+from steplog.eventstore.errors import (
+    DatabaseBusy,
+    DatabaseFull,
+    DatabaseMissing,
+    DatabaseReadOnly,
+    ServerUnreachable,
+)
+from steplog.eventstore.record import (
+    GENESIS_HASH,
+    DatabaseUnusable,
+    StoredEvent,
+    StoreError,
+    VersionConflict,
+    blob_sha256,
+    chain_hash,
+)
+
+# psycopg-pool warns through `logging` each time it fails to reconnect, several lines each; with
+# no handler configured Python would print them to stderr beside steplog's one line. A
+# NullHandler keeps them for an application that configures logging, and quiet otherwise.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
+
+if TYPE_CHECKING:  # the event models import pydantic; the store only reads their JSON
+    from steplog.eventstore.events import NewEvent
+
+SCHEMA_VERSION = 1  # schema_postgres.sql's own count, apart from SQLite's
+SCHEMA_PATH = sql_file("schema_postgres.sql")
+APPLICATION = "steplog"
+CHANNEL = "steplog_events"
+MIN_SERVER_VERSION = 120000  # the oldest release steplog accepts; the tests run Debian's (15)
+READ_BATCH = 5000
+DEFAULT_CONNECT_TIMEOUT_S = 10
+DEFAULT_POOL_SIZE = 4
+# libpq's words when the server has no database of the name asked for (no SQLSTATE at connect)
+_NO_DATABASE = re.compile(r'^database ".*" does not exist$')
+_LIBPQ_PREFIX = re.compile(
+    r"^(connection failed: )?(connection to server (at|on) .*? failed: )?(FATAL: +)?"
+)
+# Serialises concurrent first opens of one empty database (pg_advisory_xact_lock): "STLG".
+_SCHEMA_LOCK = 0x53544C47
+
+# Runs inside the append transaction after the events are inserted, as on SQLite, with the
+# psycopg connection of that transaction.
+Projector = Callable[[psycopg.Connection[Any], Sequence[StoredEvent]], None]
+
+_COLUMNS = "seq, job_id, version, ts, level, type, step, data::text, prev_hash, hash"
+_INSERT_EVENTS = (
+    "INSERT INTO events (seq, job_id, version, ts, level, type, step, data, prev_hash, hash)"
+    " SELECT seq, %s, version, ts, level, type, step, data::json, prev_hash, hash"
+    " FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::text[])"
+    " AS batch (seq, version, ts, level, type, step, data, prev_hash, hash)"
+)
+_INSERT_BLOB = (
+    "INSERT INTO blobs (sha256, size, content) VALUES (%s, %s, %s) ON CONFLICT (sha256) DO NOTHING"
+)
+
+
+def describe(conninfo: str) -> str:
+    """host:port/dbname of a URL or conninfo string, as libpq would resolve it (PGHOST … when
+    the URL leaves them out); never the user's password. For messages."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return redact_url(conninfo)
+    env = os.environ
+    host = params.get("host") or params.get("hostaddr") or env.get("PGHOST") or "localhost"
+    port = params.get("port") or env.get("PGPORT") or "5432"
+    user = params.get("user") or env.get("PGUSER") or _os_user()
+    dbname = params.get("dbname") or env.get("PGDATABASE") or user
+    return f"{host}:{port}/{dbname}"
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "postgres"
+
+
+class PostgresEventStore:
+    """The event log in one PostgreSQL database. A small connection pool; each append is one
+    transaction holding the EXCLUSIVE lock on events."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        projectors: Sequence[Projector] = (),
+        busy_timeout_ms: int | None = None,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        pool_size: int = DEFAULT_POOL_SIZE,
+    ) -> None:
+        self._projectors = list(projectors)
+        if busy_timeout_ms is None:
+            busy_timeout_ms = busy_timeout_from_env()
+        self.busy_timeout_ms = busy_timeout_ms
+        self.where = describe(url)
+        self.url = redact_url(url)  # what may be shown: the password is ***
+        self._secrets = _secrets_of(url)
+        self.read_only_reason: str | None = None
+        self._listener: psycopg.Connection[Any] | None = None
+        try:
+            self._conninfo = make_conninfo(
+                url,
+                connect_timeout=str(max(1, round(connect_timeout_s))),
+                application_name="steplog",
+                client_encoding="UTF8",
+            )
+        except psycopg.ProgrammingError as exc:
+            raise DatabaseUnusable(
+                f"not a usable PostgreSQL URL {self.url}: {self._scrub(exc)}"
+            ) from exc
+        try:
+            with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                self._prepare(conn)
+        except psycopg.Error as exc:
+            raise self._error(exc, opening=True) from exc
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=max(1, pool_size),
+            kwargs={"autocommit": True},
+            timeout=connect_timeout_s + 5,
+            check=ConnectionPool.check_connection,  # a connection the server dropped is replaced
+            name=f"steplog {self.where}",
+            open=False,
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout_s + 5)
+        except PoolTimeout as exc:
+            error = self._unreachable()
+            self._pool.close()
+            raise error from exc
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _prepare(self, conn: psycopg.Connection[Any]) -> None:
+        """Check the server and the database; apply the schema to an empty one."""
+        version = conn.info.server_version
+        if version < MIN_SERVER_VERSION:
+            raise DatabaseUnusable(
+                f"PostgreSQL server {self.where} is version {version // 10000};"
+                f" steplog needs {MIN_SERVER_VERSION // 10000} or later"
+            )
+        encoding = conn.execute("SELECT current_setting('server_encoding')").fetchone()[0]
+        if encoding.upper() not in ("UTF8", "UTF-8"):
+            raise DatabaseUnusable(
+                f"PostgreSQL database {self.where} is encoded {encoding}; steplog needs UTF8"
+                " (CREATE DATABASE … ENCODING 'UTF8')"
+            )
+        schema, tables = self._read_header(conn)
+        if schema is None:
+            raise DatabaseUnusable(
+                f"PostgreSQL database {self.where} has no schema to use: the search_path names"
+                " none that exists"
+            )
+        self._check_usable(conn, tables)
+        if not tables:
+            self._create(conn)
+        self.read_only_reason = self._read_only(conn)
+
+    @staticmethod
+    def _read_header(conn: psycopg.Connection[Any]) -> tuple[str | None, list[str]]:
+        """The schema steplog's tables live in (the current one) and the tables it holds."""
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT c.relname FROM pg_class AS c"
+                " JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+                " ORDER BY c.relname"
+            )
+        ]
+        return schema, tables
+
+    def _check_usable(self, conn: psycopg.Connection[Any], tables: list[str]) -> None:
+        if not tables:
+            return
+        meta: dict[str, str] = {}
+        if "steplog_meta" in tables:
+            meta = dict(conn.execute("SELECT key, value FROM steplog_meta").fetchall())
+        if meta.get("application") != APPLICATION:
+            raise DatabaseUnusable(
+                f"PostgreSQL database {self.where} is not a steplog database"
+                f" (it holds tables {', '.join(tables[:5])})"
+            )
+        raw = meta.get("schema_version", "")
+        if not raw.isdigit():
+            raise DatabaseUnusable(
+                f"PostgreSQL database {self.where} has no readable schema version ({raw!r})"
+            )
+        if int(raw) > SCHEMA_VERSION:
+            raise DatabaseUnusable(
+                f"PostgreSQL database {self.where} was written by a newer steplog"
+                f" (schema {raw}; this steplog knows up to {SCHEMA_VERSION})"
+            )
+        if int(raw) < SCHEMA_VERSION:  # no older PostgreSQL schema exists yet
+            raise DatabaseUnusable(
+                f"PostgreSQL database {self.where} has schema {raw}, which this steplog cannot"
+                f" upgrade to {SCHEMA_VERSION}"
+            )
+
+    def _create(self, conn: psycopg.Connection[Any]) -> None:
+        """Apply schema_postgres.sql and record its version: one transaction. Another process
+        opening the same empty database waits on the advisory lock, then finds it done."""
+        script = SCHEMA_PATH.read_text(encoding="utf-8")
+        from steplog.eventstore.events import utc_now
+
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            _, tables = self._read_header(conn)
+            if tables:  # created meanwhile by another process: check it as any other
+                self._check_usable(conn, tables)
+                return
+            try:
+                conn.execute(script)  # type: ignore[arg-type]  # a fixed script, no parameters
+            except pg_errors.InsufficientPrivilege as exc:
+                raise DatabaseReadOnly(
+                    f"PostgreSQL database {self.where} is empty and this role may not create"
+                    f" steplog's tables in it ({exc.diag.message_primary})"
+                ) from exc
+            conn.execute(
+                "INSERT INTO steplog_meta (key, value) VALUES ('application', %s),"
+                " ('schema_version', %s)",
+                (APPLICATION, str(SCHEMA_VERSION)),
+            )
+            conn.execute(
+                "INSERT INTO schema_migrations (version, ts, description) VALUES (%s, %s, %s)",
+                (SCHEMA_VERSION, utc_now(), f"created at schema {SCHEMA_VERSION}"),
+            )
+
+    def _read_only(self, conn: psycopg.Connection[Any]) -> str | None:
+        """Why this role cannot append here, or None if it can."""
+        standby, read_only, user = conn.execute(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only'), current_user"
+        ).fetchone()
+        if standby:
+            return "the server is a standby (in recovery)"
+        if read_only == "on":
+            return "this role's transactions are read-only (default_transaction_read_only)"
+        missing = [
+            f"{privilege} on {table}"
+            for table, privilege in (
+                ("events", "INSERT"),
+                ("events", "UPDATE"),  # LOCK TABLE … IN EXCLUSIVE MODE asks for it
+                ("blobs", "INSERT"),
+                ("streams", "INSERT"),
+                ("streams", "UPDATE"),
+            )
+            if not conn.execute(
+                "SELECT has_table_privilege(%s, %s)", (table, privilege)
+            ).fetchone()[0]
+        ]
+        if missing:
+            return f"role {user} lacks {', '.join(missing)}"
+        return None
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._pool.close()
+
+    def __enter__(self) -> PostgresEventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def require_writable(self) -> None:
+        """Refuse up front, before a write verb starts anything, if this role cannot append."""
+        if self.read_only_reason:
+            raise DatabaseReadOnly(
+                f"PostgreSQL database {self.where} is read-only ({self.read_only_reason});"
+                " read verbs (status, jobs, events, sql, verify) still work"
+            )
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def _scrub(self, exc: BaseException | str) -> str:
+        """A driver's message on one line, any password in it blanked out, without what the
+        message already names (libpq's "connection to server at … failed:", "FATAL:")."""
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        head = _LIBPQ_PREFIX.sub("", lines[0]) if lines else type(exc).__name__
+        text = " ".join(head.split())
+        if len(lines) > 1:  # libpq's hint, e.g. "Is the server running on that host …?"
+            text += " (" + " ".join(" ".join(lines[1:]).split()) + ")"
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _error(self, exc: psycopg.Error, *, opening: bool = False) -> StoreError:
+        """The StoreError to raise (`from exc`) for `exc` on this store."""
+        detail = self._scrub(exc)
+        where = f"PostgreSQL database {self.where}"
+        if isinstance(exc, pg_errors.LockNotAvailable):
+            return DatabaseBusy(
+                f"{where} is locked: another writer held the events lock for more than"
+                f" {self.busy_timeout_ms} ms (STEPLOG_BUSY_TIMEOUT_MS)"
+            )
+        if isinstance(exc, pg_errors.InvalidCatalogName) or (
+            opening and _NO_DATABASE.search(detail)
+        ):
+            return DatabaseMissing(
+                f"cannot use {where}: the server has no such database (createdb it first)"
+            )
+        if isinstance(exc, (pg_errors.DiskFull, pg_errors.OutOfMemory)):
+            return DatabaseFull(f"{where}: the server is out of space ({detail})")
+        if isinstance(exc, (pg_errors.ReadOnlySqlTransaction, pg_errors.InsufficientPrivilege)):
+            return DatabaseReadOnly(f"{where}: refused: {detail}")
+        if isinstance(exc, pg_errors.QueryCanceled):
+            return StoreError(f"{where}: statement cancelled ({detail})")
+        if isinstance(exc, pg_errors.InvalidPassword) or "authentication failed" in detail:
+            return DatabaseUnusable(f"cannot use {where}: {detail}")
+        if isinstance(exc, psycopg.OperationalError) and exc.sqlstate in (None, "57P01", "57P02"):
+            # no SQLSTATE: libpq itself failed (refused, timed out, connection dropped)
+            verb = "cannot reach" if opening else "lost the connection to"
+            return ServerUnreachable(f"{verb} PostgreSQL server {self.where}: {detail}")
+        if opening:
+            return DatabaseUnusable(f"cannot use {where}: {detail}")
+        return StoreError(f"{where}: {detail}")
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection (autocommit); driver errors become StoreErrors."""
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise self._unreachable() from exc
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    def _unreachable(self) -> StoreError:
+        """The pool had no connection to give within its timeout: one direct attempt (bounded
+        by connect_timeout) says why, in libpq's words."""
+        try:
+            psycopg.connect(self._conninfo, autocommit=True).close()
+        except psycopg.Error as exc:
+            return self._error(exc, opening=True)
+        return ServerUnreachable(
+            f"cannot reach PostgreSQL server {self.where}: no connection within"
+            f" {self._pool.timeout:.0f} s (the server answers again now)"
+        )
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """BEGIN; LOCK TABLE events IN EXCLUSIVE MODE … COMMIT, rolled back on any error: the
+        write lock of SQLite's BEGIN IMMEDIATE, waited for at most the busy timeout."""
+        self.require_writable()
+        with self._connection() as conn, conn.transaction():
+            if self.busy_timeout_ms > 0:
+                conn.execute(f"SET LOCAL lock_timeout = {int(self.busy_timeout_ms)}")
+                conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            else:  # 0 means "do not wait", as on SQLite (PostgreSQL's lock_timeout 0 waits forever)
+                conn.execute("LOCK TABLE events IN EXCLUSIVE MODE NOWAIT")
+            yield conn
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def append(
+        self,
+        job_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_version: int | None = None,
+        blobs: Sequence[bytes] = (),
+    ) -> list[StoredEvent]:
+        """Append a batch to one job in one transaction, or nothing at all.
+
+        expected_version: the job's version the caller last saw (0 = the job must not exist);
+        None appends at the head whatever it is.
+        """
+        if not job_id:
+            raise StoreError("job_id must not be empty")
+        prepared = [(e.ts, e.level, e.type, e.step, e.data_json()) for e in events]
+        if not prepared:
+            return []
+        with self.write_transaction() as conn:
+            try:
+                return self.append_txn(conn, job_id, prepared, expected_version, blobs)
+            except pg_errors.UniqueViolation as exc:
+                raise VersionConflict(f"job {job_id}: another writer appended first") from exc
+            except (pg_errors.IntegrityError, pg_errors.DataError) as exc:
+                reason = exc.diag.message_primary or self._scrub(exc)  # psycopg's own: no diag
+                raise StoreError(f"job {job_id}: event refused by the database: {reason}") from exc
+
+    def append_txn(
+        self,
+        conn: psycopg.Connection[Any],
+        job_id: str,
+        prepared: Sequence[tuple[str, str, str, str | None, str]],
+        expected_version: int | None,
+        blobs: Sequence[bytes],
+    ) -> list[StoredEvent]:
+        """The append inside a caller's write_transaction (so several writes can share one)."""
+        head = conn.execute(
+            "SELECT version, last_hash, created_ts FROM streams WHERE job_id = %s", (job_id,)
+        ).fetchone()
+        version, prev_hash, created_ts = head if head else (0, GENESIS_HASH, prepared[0][0])
+        if expected_version is not None and expected_version != version:
+            raise VersionConflict(
+                f"job {job_id} is at version {version}, expected {expected_version}"
+            )
+        if blobs:
+            with conn.cursor() as cur:
+                cur.executemany(_INSERT_BLOB, [(blob_sha256(b), len(b), b) for b in blobs])
+        seq0 = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        rows = []
+        for offset, (ts, level, type_, step, data_json) in enumerate(prepared, start=1):
+            v = version + offset
+            h = chain_hash(prev_hash, job_id, v, ts, level, type_, step, data_json)
+            rows.append((seq0 + offset, job_id, v, ts, level, type_, step, data_json, prev_hash, h))
+            prev_hash = h
+        columns = list(zip(*rows))
+        conn.execute(_INSERT_EVENTS, (job_id, list(columns[0]), *(list(c) for c in columns[2:])))
+        stored = [StoredEvent._make(row) for row in rows]
+        last = stored[-1]
+        conn.execute(
+            "INSERT INTO streams (job_id, version, last_hash, last_seq, created_ts, updated_ts)"
+            " VALUES (%s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (job_id) DO UPDATE SET version = excluded.version,"
+            " last_hash = excluded.last_hash, last_seq = excluded.last_seq,"
+            " updated_ts = excluded.updated_ts",
+            (job_id, last.version, last.hash, last.seq, created_ts, last.ts),
+        )
+        for project in self._projectors:
+            project(conn, stored)
+        return stored
+
+    def put_blob(self, content: bytes) -> str:
+        """Store one blob (if not there yet); its own short transaction, no events lock."""
+        self.require_writable()
+        sha = blob_sha256(content)
+        with self._connection() as conn:
+            conn.execute(_INSERT_BLOB, (sha, len(content), content))
+        return sha
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _batched(self, sql: str, params: tuple, key_index: int) -> Iterator[StoredEvent]:
+        """Keyset pagination so memory stays bounded however long the log is; no connection is
+        held while the caller works on a batch."""
+        last = params[0]
+        while True:
+            with self._connection() as conn:
+                rows = conn.execute(sql, (last, *params[1:], READ_BATCH)).fetchall()
+            yield from map(StoredEvent._make, rows)
+            if len(rows) < READ_BATCH:
+                return
+            last = rows[-1][key_index]
+
+    def read_job(
+        self, job_id: str, *, after_version: int = 0, until_version: int | None = None
+    ) -> Iterator[StoredEvent]:
+        until = until_version if until_version is not None else 2**62
+        sql = (
+            f"SELECT {_COLUMNS} FROM events"
+            " WHERE version > %s AND job_id = %s AND version <= %s ORDER BY version LIMIT %s"
+        )
+        yield from self._batched(sql, (after_version, job_id, until), key_index=2)
+
+    def read_all(
+        self,
+        *,
+        after_seq: int = 0,
+        until_seq: int | None = None,
+        data_for: Sequence[str] | None = None,
+    ) -> Iterator[StoredEvent]:
+        """Every event in global order. `data_for` (a fold's needs) limits which events carry
+        their data: the others come with "{}", and no event with its hashes (""), as on SQLite."""
+        until = until_seq if until_seq is not None else 2**62
+        if data_for is None:
+            sql = (
+                f"SELECT {_COLUMNS} FROM events WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s"
+            )
+            yield from self._batched(sql, (after_seq, until), key_index=0)
+            return
+        sql = (
+            "SELECT seq, job_id, version, ts, level, type, step,"
+            " CASE WHEN type = ANY(%s::text[]) THEN data::text ELSE '{}' END, '', ''"
+            " FROM events WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s"
+        )
+        wanted = list(data_for)
+        last = after_seq
+        while True:  # _batched's cursor leads its parameters; here the type list does
+            with self._connection() as conn:
+                rows = conn.execute(sql, (wanted, last, until, READ_BATCH)).fetchall()
+            yield from map(StoredEvent._make, rows)
+            if len(rows) < READ_BATCH:
+                return
+            last = rows[-1][0]
+
+    def job_version(self, job_id: str) -> int:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT version FROM streams WHERE job_id = %s", (job_id,)
+            ).fetchone()
+        return row[0] if row else 0
+
+    def job_exists(self, job_id: str) -> bool:
+        return self.job_version(job_id) > 0
+
+    def last_seq(self) -> int:
+        with self._connection() as conn:
+            return conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+
+    def wait_for_events(self, after_seq: int, timeout: float) -> int:
+        """Block until the log holds a seq above `after_seq`, or `timeout` seconds pass; returns
+        last_seq(). Woken by the NOTIFY of a commit (LISTEN on steplog_events), not by polling."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        try:
+            listener = self._listen()
+            while True:
+                seq = self.last_seq()  # after LISTEN: a commit from now on also notifies
+                left = deadline - time.monotonic()
+                if seq > after_seq or left <= 0:
+                    return seq
+                for _ in listener.notifies(timeout=left, stop_after=1):
+                    pass
+        except psycopg.Error as exc:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+            raise self._error(exc) from exc
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        if self._listener is None or self._listener.closed:
+            self._listener = psycopg.connect(self._conninfo, autocommit=True)
+            self._listener.execute(f"LISTEN {CHANNEL}")
+        return self._listener
+
+    def find_blobs(self, shas: Sequence[str]) -> dict[str, bytes]:
+        """Many blobs in few queries; those not stored are simply absent from the answer."""
+        found: dict[str, bytes] = {}
+        wanted = list(dict.fromkeys(shas))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            with self._connection() as conn:
+                rows = conn.execute(
+                    "SELECT sha256, content FROM blobs WHERE sha256 = ANY(%s::text[])", (chunk,)
+                ).fetchall()
+            for sha, content in rows:
+                found[sha] = bytes(content)
+        return found
+
+    def get_blobs(self, shas: Sequence[str]) -> dict[str, bytes]:
+        """Many blobs in few queries; raises StoreError naming the first one missing."""
+        found = self.find_blobs(shas)
+        for sha in shas:
+            if sha not in found:
+                raise StoreError(f"blob {sha[:12]} is missing from the database")
+        return found
+
+    def get_blob(self, sha256: str) -> bytes:
+        with self._connection() as conn:
+            row = conn.execute("SELECT content FROM blobs WHERE sha256 = %s", (sha256,)).fetchone()
+        if row is None:
+            raise StoreError(f"blob {sha256[:12]} is missing from the database")
+        return bytes(row[0])
+
+
+def _secrets_of(url: str) -> list[str]:
+    """The password of a URL or conninfo, as written and as decoded, to scrub from messages."""
+    found = []
+    try:
+        password = conninfo_to_dict(url).get("password")
+    except psycopg.ProgrammingError:
+        password = None
+    for secret in (password, url_password(url)):
+        if secret and secret not in found:
+            found.append(secret)
+    return sorted(found, key=len, reverse=True)
