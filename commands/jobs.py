@@ -173,7 +173,7 @@ def check_breakers(
         )
 
 
-def _check_budget(state: JobState, pipeline: Pipeline, path: str | None) -> None:
+def check_budget(state: JobState, pipeline: Pipeline, path: str | None) -> None:
     stopped = state.budget_exceeded
     if stopped is None or not still_blocked(pipeline.spec.budget, stopped):
         return
@@ -272,7 +272,7 @@ def prepare_resume(store: SQLiteEventStore, cmd: ResumeCommand) -> Prepared:
     pipeline = pipeline_for_resume(store, state, cmd.pipeline_path)
     plan, changed = plan_resume(state, pipeline)
     _check_keys(pipeline, plan.run)
-    _check_budget(state, pipeline, pipeline.path)
+    check_budget(state, pipeline, pipeline.path)
     if not cmd.ignore_breaker:
         check_breakers(store, pipeline, plan.run)
     check_workspace(Path(state.workspace or Path("runs") / cmd.job_id).resolve())

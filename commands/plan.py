@@ -9,12 +9,15 @@ a step that will call a provider cannot be rendered yet: it is reported as depen
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from steplog.commands.jobs import (
     Rejected,
+    check_breakers,
+    check_budget,
     check_has_work,
     fold_job,
     pipeline_for_resume,
@@ -27,6 +30,7 @@ from steplog.executor.cachehistory import previous_run
 from steplog.executor.outputs import OutputProblem, StepOutput, parse_output
 from steplog.executor.pipeline import Pipeline, load_pipeline
 from steplog.executor.templates import TemplateProblem
+from steplog.projections.manifest import JobState
 from steplog.projections.tables import cache_lookup
 
 Action = Literal["hit", "miss", "skip", "depends", "fail"]
@@ -71,15 +75,26 @@ class PlanReport:
     pipeline: str
     job: str | None
     steps: list[StepPlan]
+    # why `run` (or `resume`) would be refused up front, as it would say it: a key variable
+    # not set, an open circuit breaker, the budget that stopped the job
+    refusals: list[str] = field(default_factory=list)
+    database_exists: bool = True  # False: predicted against an empty history, nothing created
 
     def count(self, action: str) -> int:
         return sum(1 for s in self.steps if s.action == action)
+
+    @property
+    def predicts_failure(self) -> bool:
+        """A step will fail, or the run would be refused: `steplog plan` exits 1."""
+        return bool(self.refusals) or self.count("fail") > 0
 
     def document(self) -> dict[str, Any]:
         return {
             "pipeline": self.pipeline,
             "job": self.job,
+            "database_exists": self.database_exists,
             "summary": {a: self.count(a) for a in LABELS},
+            "refusals": self.refusals,
             "steps": [s.document() for s in self.steps],
         }
 
@@ -207,9 +222,39 @@ def predict(
     return PlanReport(pipeline.name, job, steps)
 
 
-def plan_new_run(store: SQLiteEventStore, pipeline_path: Path, given: dict[str, str]) -> PlanReport:
+def _refusal(check: Callable[[], None]) -> list[str]:
+    try:
+        check()
+    except Rejected as exc:
+        return [str(exc)]
+    return []
+
+
+def refusals(
+    store: SQLiteEventStore, pipeline: Pipeline, steps: list[str], state: JobState | None = None
+) -> list[str]:
+    """What `run` (or `resume`, given the job's state) would refuse the steps with, found
+    without a network call: key variables, open breakers, the budget that stopped the job."""
+    found = pipeline.missing_keys(steps, os.environ)
+    if state is not None:
+        found += _refusal(lambda: check_budget(state, pipeline, pipeline.path))
+    found += _refusal(lambda: check_breakers(store, pipeline, steps))
+    return found
+
+
+def plan_new_run(
+    store: SQLiteEventStore,
+    pipeline_path: Path,
+    given: dict[str, str],
+    *,
+    database_exists: bool = True,
+) -> PlanReport:
+    """database_exists=False: `store` is an empty one standing for a file not there yet."""
     pipeline = load_pipeline(pipeline_path)
-    return predict(store, pipeline, pipeline.resolve_inputs(given))
+    report = predict(store, pipeline, pipeline.resolve_inputs(given))
+    report.refusals = refusals(store, pipeline, list(pipeline.order))
+    report.database_exists = database_exists
+    return report
 
 
 def plan_for_resume(
@@ -222,7 +267,9 @@ def plan_for_resume(
     pipeline = pipeline_for_resume(store, state, pipeline_path)
     plan, _ = plan_resume(state, pipeline)
     reuse = {name: sha for name, (sha, _) in plan.reuse.items()}
-    return predict(store, pipeline, dict(state.inputs), reuse, job=job_id)
+    report = predict(store, pipeline, dict(state.inputs), reuse, job=job_id)
+    report.refusals = refusals(store, pipeline, plan.run, state)
+    return report
 
 
 def lines(report: PlanReport) -> list[str]:
@@ -240,4 +287,13 @@ def lines(report: PlanReport) -> list[str]:
     out = [head]
     for s in report.steps:
         out.append(f"  {s.step:<{width}}  {LABELS[s.action]:<13}  {s.reason}")
+    verb = "resume" if report.job else "run"
+    out += [f"{verb} would be refused: {why}" for why in report.refusals]
     return out
+
+
+def missing_database_note(path: Path) -> str:
+    return (
+        f"note: no database at {path} yet; planned against an empty history "
+        "(every step a first run), and no file was created"
+    )

@@ -52,7 +52,8 @@ class Steplog:
     at the end of a `with` block.
 
     Read methods refuse a database that does not exist (a typo in the path would otherwise
-    leave an empty file behind); `run`, `import_` and `plan` of a new run create it.
+    leave an empty file behind), and `plan` answers for it without creating it; `run` and
+    `import_` create it.
     """
 
     def __init__(self, db: str | os.PathLike[str] = DEFAULT_DB) -> None:
@@ -407,13 +408,23 @@ class Steplog:
         job_id: str | None = None,
     ) -> PlanReport:
         """Predict, without calling a provider, which steps the cache would serve and why the
-        others miss; with job_id, what resuming that job with this pipeline file would do."""
+        others miss; with job_id, what resuming that job with this pipeline file would do.
+
+        A database that does not exist yet is not created: the plan is made against an empty
+        history and says so (`database_exists` False). `predicts_failure` is what makes
+        `steplog plan` exit 1: a step that will fail, or a refusal `run` would make.
+        """
         from steplog.commands import plan
         from steplog.models import PlanReport
 
         given = _check_inputs(inputs)
-        if job_id is None:
-            report = plan.plan_new_run(self.open_store(create=True), Path(pipeline), given)
+        if job_id is None and self._store is None and not self.path.exists():
+            from steplog.projections.store import open_empty_store
+
+            with open_empty_store() as empty:
+                report = plan.plan_new_run(empty, Path(pipeline), given, database_exists=False)
+        elif job_id is None:
+            report = plan.plan_new_run(self._reader(), Path(pipeline), given)
         else:
             report = plan.plan_for_resume(
                 self._reader(), self.resolve_job(job_id), Path(pipeline), given

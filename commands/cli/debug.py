@@ -28,23 +28,35 @@ def plan_cmd(
 ) -> None:
     """Predict, without calling any provider, which steps the cache serves and why others miss.
 
+    Exit 0, or 1 when it predicts a step failing or the run being refused.
+
     Example: steplog plan examples/factory/pipeline.toml --input idea="a chess clock"
     """
     from steplog.commands import plan
 
-    store = store_for(ctx, create=True)  # plan before the first run: all misses
     given = parse_inputs(inputs)
-    if job is None:
-        report = plan.plan_new_run(store, pipeline, given)
+    db = Path(ctx.obj["db"])
+    if job is None and not db.exists():
+        # plan before the first run (or a typo in --db): an empty history, and no file made
+        from steplog.projections.store import open_empty_store
+
+        with open_empty_store() as empty:
+            report = plan.plan_new_run(empty, pipeline, given, database_exists=False)
+        click.echo(plan.missing_database_note(db), err=True)
+    elif job is None:
+        report = plan.plan_new_run(store_for(ctx), pipeline, given)
     else:
         from steplog.commands.queries import resolve_job
 
+        store = store_for(ctx)
         report = plan.plan_for_resume(store, resolve_job(store, job), pipeline, given)
     if as_json:
         echo_json(report.document())
-        return
-    for text in plan.lines(report):
-        click.echo(text)
+    else:
+        for text in plan.lines(report):
+            click.echo(text)
+    if report.predicts_failure:
+        raise SystemExit(1)
 
 
 def print_fork(
