@@ -60,6 +60,7 @@ class RunCommand(BaseModel):
     job_id: str | None = None
     workspace: Path | None = None
     ignore_breaker: bool = False
+    overwrite: bool = False  # let the job replace files already in its workspace
 
 
 class ResumeCommand(BaseModel):
@@ -120,6 +121,10 @@ def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
         raise Rejected(f"job {job_id} already exists; choose another --job-id or resume it")
     workspace = (cmd.workspace or Path("runs") / job_id).resolve()
     check_workspace(workspace)
+    if not cmd.overwrite:
+        from steplog.commands.guard import check_workspace_free  # it imports commands.plan
+
+        check_workspace_free(store, pipeline, inputs, workspace)
     snapshot = pipeline.snapshot().encode("utf-8")
     created = JobCreated(
         pipeline=pipeline.name,

@@ -79,6 +79,8 @@ class PlanReport:
     # not set, an open circuit breaker, the budget that stopped the job
     refusals: list[str] = field(default_factory=list)
     database_exists: bool = True  # False: predicted against an empty history, nothing created
+    # step -> its output where it is known before the run (cache hits, skipped steps)
+    outputs: dict[str, StepOutput] = field(default_factory=dict, repr=False)
 
     def count(self, action: str) -> int:
         return sum(1 for s in self.steps if s.action == action)
@@ -144,8 +146,12 @@ def predict(
     inputs: dict[str, str],
     reuse: dict[str, str] | None = None,
     job: str | None = None,
+    *,
+    explain_misses: bool = True,
 ) -> PlanReport:
-    """`reuse`: step -> output sha of the steps a resume would skip."""
+    """`reuse`: step -> output sha of the steps a resume would skip. explain_misses=False
+    leaves a predicted call's reason out (no history is read for it): for a caller that only
+    needs to know which outputs are known before the run."""
     reuse = reuse or {}
     outputs: dict[str, StepOutput] = {}
     unsettled: set[str] = set()  # steps whose output is not known before they run
@@ -197,6 +203,10 @@ def predict(
                 origin += f", step {entry.origin_step}"
             steps.append(StepPlan(name, "hit", origin, cache_key=key, origin_job=entry.origin_job))
             continue
+        if not explain_misses:
+            steps.append(StepPlan(name, "miss", "not in the cache", cache_key=key))
+            unsettled.add(name)
+            continue
         detail = explain.cache_detail(
             pipeline,
             name,
@@ -219,7 +229,7 @@ def predict(
             )
         )
         unsettled.add(name)
-    return PlanReport(pipeline.name, job, steps)
+    return PlanReport(pipeline.name, job, steps, outputs=outputs)
 
 
 def _refusal(check: Callable[[], None]) -> list[str]:

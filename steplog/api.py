@@ -110,6 +110,7 @@ class Steplog:
         workspace: str | os.PathLike[str] | None = None,
         *,
         ignore_breaker: bool = False,
+        overwrite: bool = False,
     ) -> Prepared:
         """Validate a run and append its opening events (job.created, job.started); the
         returned plan is then given to `execute`/`aexecute`. `run` is both in one call."""
@@ -121,6 +122,7 @@ class Steplog:
             job_id=job_id,
             workspace=Path(workspace) if workspace is not None else None,
             ignore_breaker=ignore_breaker,
+            overwrite=overwrite,
         )
         return prepare_run(self.open_store(write=True), command)
 
@@ -196,6 +198,7 @@ class Steplog:
         workspace: str | os.PathLike[str] | None = None,
         *,
         ignore_breaker: bool = False,
+        overwrite: bool = False,
         observer: Observer | None = None,
         handle_signals: bool = False,
         grace_s: float = DEFAULT_GRACE_S,
@@ -204,10 +207,13 @@ class Steplog:
 
         inputs override the pipeline's defaults; job_id defaults to job_<utc time>_<random>;
         workspace (where files steps write) to runs/<job_id>. Raises Rejected before anything
-        is appended when the pipeline, an input, a key, the workspace or the database is bad.
+        is appended when the pipeline, an input, a key, the workspace or the database is bad,
+        and when the workspace already holds files the job would overwrite, unless
+        overwrite=True (each file replaced is then kept as a blob, `file.written` reason
+        modified_outside).
         """
         prepared = self.prepare_run(
-            pipeline, inputs, job_id, workspace, ignore_breaker=ignore_breaker
+            pipeline, inputs, job_id, workspace, ignore_breaker=ignore_breaker, overwrite=overwrite
         )
         return self.execute(
             prepared, observer=observer, handle_signals=handle_signals, grace_s=grace_s
@@ -221,11 +227,12 @@ class Steplog:
         workspace: str | os.PathLike[str] | None = None,
         *,
         ignore_breaker: bool = False,
+        overwrite: bool = False,
         observer: Observer | None = None,
     ) -> JobResult:
         """`run` inside the caller's event loop (asyncio or trio, through anyio)."""
         prepared = self.prepare_run(
-            pipeline, inputs, job_id, workspace, ignore_breaker=ignore_breaker
+            pipeline, inputs, job_id, workspace, ignore_breaker=ignore_breaker, overwrite=overwrite
         )
         return await self.aexecute(prepared, observer=observer)
 

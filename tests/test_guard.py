@@ -6,12 +6,15 @@ files and real workspaces; the example pipeline's offline provider answers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
-from steplog import Steplog
+import pytest
+
+from steplog import Rejected, Steplog
 from tests.cli_inprocess import Outcome, assert_refused_in_one_line, steplog_here
-from tests.on_disk import EXAMPLE, db_rows, event_count
+from tests.on_disk import EXAMPLE, db_rows, event_count, workspace_files
 
 WAIT_S = 60  # a bound on waits, never a timing assertion
 
@@ -37,6 +40,99 @@ def pipeline_text(tmp_path: Path, text: str, name: str = "p.toml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+# -- a workspace that already holds files ---------------------------------------------------------
+
+
+def test_a_file_the_cached_answer_would_replace_is_refused_until_overwrite(tmp_path):
+    db = tmp_path / "s.db"
+    assert run(db, tmp_path, "--job-id", "first").code == 0
+    ours = workspace_files(tmp_path / "runs" / "first")
+    assert sorted(ours) == ["README.md", "app.py", "tests/test_app.py"]
+    mine = tmp_path / "mine"
+    for path, content in ours.items():  # the same project, with app.py edited by the user
+        (mine / path).parent.mkdir(parents=True, exist_ok=True)
+        (mine / path).write_bytes(content)
+    users = b"# my own app, not to be lost\n"
+    (mine / "app.py").write_bytes(users)
+    before, on_disk = event_count(db), workspace_files(mine)
+
+    refused = run(db, tmp_path, "--job-id", "second", "--workspace", str(mine))
+    assert_refused_in_one_line(refused, mentions="already holds 1 file the job would overwrite")
+    assert "(app.py)" in refused.err and "--overwrite" in refused.err
+    assert "README.md" not in refused.err  # same content: left as it is, not in the way
+    assert event_count(db) == before  # nothing appended: no job.created
+    assert workspace_files(mine) == on_disk  # not a byte changed
+
+    done = run(db, tmp_path, "--job-id", "second", "--workspace", str(mine), "--overwrite")
+    assert done.code == 0, done.err
+    assert (mine / "app.py").read_bytes() == ours["app.py"]  # the step's answer is the file
+    written = file_events(db, "second")
+    reason, level, data = written["app.py"]
+    assert (reason, level) == ("modified_outside", "WARNING")
+    assert data["found_sha256"] == hashlib.sha256(users).hexdigest()
+    assert db_rows(db, "SELECT content FROM blobs WHERE sha256 = ?", (data["found_sha256"],)) == [
+        (users,)
+    ]  # what was replaced is kept
+    assert written["README.md"][0] == "unchanged"
+
+
+def test_identical_files_are_not_in_the_way_of_a_second_run_into_the_same_workspace(tmp_path):
+    db, ws = tmp_path / "s.db", tmp_path / "out"
+    assert run(db, tmp_path, "--job-id", "one", "--workspace", str(ws)).code == 0
+    again = run(db, tmp_path, "--job-id", "two", "--workspace", str(ws))
+    assert again.code == 0, again.err
+    assert {r for r, _, _ in file_events(db, "two").values()} == {"unchanged"}
+
+
+def test_any_file_may_be_in_the_way_of_a_step_that_has_not_answered_yet(tmp_path):
+    """Nothing cached: builder's paths are known only once it answers, so every file counts."""
+    db, ws = tmp_path / "new" / "s.db", tmp_path / "project"
+    ws.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt", "e.txt"):
+        (ws / name).write_text(name)
+    (ws / ".steplog-1-0123456789abcdef.tmp").write_text("a temp file of ours: not counted")
+    refused = run(db, tmp_path, "--workspace", str(ws))
+    assert_refused_in_one_line(
+        refused, mentions="already holds 5 files (a.txt, b.txt, c.txt and 2 more)"
+    )
+    assert "that step builder may overwrite" in refused.err
+
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)  # directories hold nothing to lose
+    assert run(db, tmp_path, "--workspace", str(empty)).code == 0
+
+
+def test_resume_is_not_refused_for_files_in_the_jobs_own_workspace(tmp_path):
+    """The workspace is the job's: a file found where a re-run step writes is replaced and kept
+    as a blob (modified_outside), as before."""
+    db = tmp_path / "s.db"
+    failing = EXAMPLE.read_text().replace(
+        '[steps.builder]\nneeds = ["architect"]\nprovider = "local"',
+        '[steps.builder]\nneeds = ["architect"]\nprovider = "local"\noptions = { fail = true }',
+    )
+    path = pipeline_text(tmp_path, failing)
+    assert run(db, tmp_path, "--job-id", "j", pipeline=path).code == 1
+    ws = tmp_path / "runs" / "j"
+    ws.mkdir(parents=True, exist_ok=True)
+    (ws / "app.py").write_bytes(b"put here by hand\n")
+    path.write_text(EXAMPLE.read_text())
+    resumed = steplog_here(db, "resume", "j", "-q", cwd=tmp_path)
+    assert resumed.code == 0, resumed.err
+    assert file_events(db, "j")["app.py"][0] == "modified_outside"
+
+
+def test_the_python_api_refuses_a_file_in_the_way_unless_overwrite(tmp_path):
+    db, ws = tmp_path / "s.db", tmp_path / "ws"
+    ws.mkdir()
+    (ws / "notes.txt").write_text("mine")
+    with Steplog(db) as sl:
+        with pytest.raises(Rejected, match=r"already holds 1 file \(notes.txt\)"):
+            sl.run(EXAMPLE, job_id="a", workspace=ws)
+        result = sl.run(EXAMPLE, job_id="a", workspace=ws, overwrite=True)
+        assert result.status == "succeeded"
+    assert (ws / "notes.txt").read_text() == "mine"  # not a path the job wrote
 
 
 # -- a database that does not exist ---------------------------------------------------------------

@@ -86,6 +86,11 @@ def _run_prepared(
     type=click.Path(file_okay=False, path_type=Path),
     help="Where files are written (default: runs/<job_id>).",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Let the job replace files already in the workspace (each is kept as a blob).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the closing line.")
 @click.option(
     "--ignore-breaker", is_flag=True, help="Call providers even while their circuit is open."
@@ -98,6 +103,7 @@ def run(
     inputs: tuple[str, ...],
     job_id: str | None,
     workspace: Path | None,
+    overwrite: bool,
     quiet: bool,
     ignore_breaker: bool,
     grace_s: float,
@@ -113,6 +119,7 @@ def run(
         job_id=job_id,
         workspace=workspace,
         ignore_breaker=ignore_breaker,
+        overwrite=overwrite,
     )
     _run_prepared(store, prepare_run(store, cmd), quiet, grace_s)
 
