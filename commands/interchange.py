@@ -355,16 +355,28 @@ def read_import(path: Path) -> ImportPlan:
     return parse_predecessor(lines)
 
 
-def import_job(
-    store: SQLiteEventStore, path: Path, job_id: str | None = None
-) -> tuple[str, ImportPlan]:
-    """Validate the whole file, then append it as one new job in one transaction."""
+def read_checked(path: Path, job_id: str | None = None) -> tuple[str, ImportPlan]:
+    """The whole file validated, and the job id it will be imported as: everything an import
+    checks that needs no database (so a refused import into a new database creates no file)."""
     plan = read_import(path)
     target = job_id or plan.source_job
     if not NAME_PATTERN.fullmatch(target):
         raise BadImport(
             f"job id {target!r} is not valid (letters, digits, _ and -, at most 64); choose one with --job-id"
         )
+    return target, plan
+
+
+def import_job(
+    store: SQLiteEventStore,
+    path: Path,
+    job_id: str | None = None,
+    *,
+    checked: tuple[str, ImportPlan] | None = None,
+) -> tuple[str, ImportPlan]:
+    """Validate the whole file (unless `checked`, read_checked's answer, is given), then append
+    it as one new job in one transaction."""
+    target, plan = checked or read_checked(path, job_id)
     if store.job_exists(target):
         raise BadImport(f"job {target} already exists; import it under another name with --job-id")
     try:
@@ -376,4 +388,4 @@ def import_job(
     return target, plan
 
 
-__all__ = ["BadImport", "Exported", "ImportPlan", "export_job", "import_job"]
+__all__ = ["BadImport", "Exported", "ImportPlan", "export_job", "import_job", "read_checked"]

@@ -109,7 +109,10 @@ def check_workspace(workspace: Path) -> None:
         raise Rejected(f"workspace {workspace} cannot be written ({existing} is not writable)")
 
 
-def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
+def _check_run(
+    store: SQLiteEventStore, cmd: RunCommand
+) -> tuple[Pipeline, dict[str, str], str, Path]:
+    """Every check of `run` (nothing is appended): the pipeline, inputs, job id, workspace."""
     pipeline = load_pipeline(cmd.pipeline_path)
     inputs = pipeline.resolve_inputs(cmd.inputs)
     _check_keys(pipeline, list(pipeline.order))
@@ -125,6 +128,20 @@ def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
         from steplog.commands.guard import check_workspace_free  # it imports commands.plan
 
         check_workspace_free(store, pipeline, inputs, workspace)
+    return pipeline, inputs, job_id, workspace
+
+
+def check_run_before_creating(cmd: RunCommand) -> None:
+    """For a database that does not exist yet: every check of `run` against an empty history,
+    so that a refused run (a bad pipeline, a file in the way …) creates no file."""
+    from steplog.projections.store import open_empty_store
+
+    with open_empty_store() as empty:
+        _check_run(empty, cmd)
+
+
+def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
+    pipeline, inputs, job_id, workspace = _check_run(store, cmd)
     snapshot = pipeline.snapshot().encode("utf-8")
     created = JobCreated(
         pipeline=pipeline.name,

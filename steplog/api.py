@@ -53,7 +53,8 @@ class Steplog:
 
     Read methods refuse a database that does not exist (a typo in the path would otherwise
     leave an empty file behind), and `plan` answers for it without creating it; `run` and
-    `import_` create it.
+    `import_` create it once they have validated what they were given (a refused one leaves
+    no file).
     """
 
     def __init__(self, db: str | os.PathLike[str] = DEFAULT_DB) -> None:
@@ -114,7 +115,7 @@ class Steplog:
     ) -> Prepared:
         """Validate a run and append its opening events (job.created, job.started); the
         returned plan is then given to `execute`/`aexecute`. `run` is both in one call."""
-        from steplog.commands.jobs import RunCommand, prepare_run
+        from steplog.commands.jobs import RunCommand, check_run_before_creating, prepare_run
 
         command = RunCommand(
             pipeline_path=Path(pipeline),
@@ -124,6 +125,8 @@ class Steplog:
             ignore_breaker=ignore_breaker,
             overwrite=overwrite,
         )
+        if self._store is None and not self.path.exists():
+            check_run_before_creating(command)  # a refused run leaves no database file
         return prepare_run(self.open_store(write=True), command)
 
     def prepare_resume(
@@ -471,10 +474,13 @@ class Steplog:
     def import_(self, file: str | os.PathLike[str], job_id: str | None = None) -> ImportResult:
         """Load a steplog export, or the predecessor's events.jsonl, as a new job (all or
         nothing)."""
-        from steplog.commands.interchange import import_job
+        from steplog.commands.interchange import import_job, read_checked
         from steplog.models import ImportResult
 
-        target, plan = import_job(self.open_store(write=True), Path(file), job_id)
+        checked = None
+        if self._store is None and not self.path.exists():
+            checked = read_checked(Path(file), job_id)  # a refused import leaves no database
+        target, plan = import_job(self.open_store(write=True), Path(file), job_id, checked=checked)
         return ImportResult(
             job_id=target,
             source="predecessor events.jsonl" if plan.predecessor else "steplog export",

@@ -98,6 +98,7 @@ def test_any_file_may_be_in_the_way_of_a_step_that_has_not_answered_yet(tmp_path
         refused, mentions="already holds 5 files (a.txt, b.txt, c.txt and 2 more)"
     )
     assert "that step builder may overwrite" in refused.err
+    assert not db.parent.exists()  # refused before the database was created
 
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)  # directories hold nothing to lose
@@ -130,6 +131,7 @@ def test_the_python_api_refuses_a_file_in_the_way_unless_overwrite(tmp_path):
     with Steplog(db) as sl:
         with pytest.raises(Rejected, match=r"already holds 1 file \(notes.txt\)"):
             sl.run(EXAMPLE, job_id="a", workspace=ws)
+        assert not db.exists()  # a refused run creates no database
         result = sl.run(EXAMPLE, job_id="a", workspace=ws, overwrite=True)
         assert result.status == "succeeded"
     assert (ws / "notes.txt").read_text() == "mine"  # not a path the job wrote
@@ -159,6 +161,40 @@ def test_plan_on_a_missing_database_creates_nothing_and_says_so(tmp_path):
     assert run(db, tmp_path, "--job-id", "j").code == 0
     known = steplog_here(db, "plan", str(EXAMPLE), "--json")
     assert known.err == "" and json.loads(known.out)["database_exists"] is True
+
+
+def test_run_on_a_missing_database_says_in_one_line_that_it_created_it(tmp_path):
+    db = tmp_path / "runs" / "x.db"
+    bad = run(db, tmp_path, "--input", "topic=x")
+    assert_refused_in_one_line(bad, mentions="unknown input 'topic'")
+    assert not db.exists()  # refused: no file left behind, and no "created" line
+    with pytest.raises(Rejected):
+        Steplog(db).run(EXAMPLE, inputs={"topic": "x"})
+    assert not db.exists()
+
+    first = run(db, tmp_path, "--job-id", "one")  # --quiet, and still said
+    assert first.code == 0
+    assert first.err == f"created new database {db}\n"
+    assert first.out.startswith("job one succeeded")
+    second = run(db, tmp_path, "--job-id", "two")
+    assert second.code == 0 and second.err == ""
+
+
+def test_import_into_a_missing_database_says_so_and_a_refused_one_creates_nothing(tmp_path):
+    db = tmp_path / "s.db"
+    assert run(db, tmp_path, "--job-id", "j").code == 0
+    exported = tmp_path / "j.jsonl"
+    assert steplog_here(db, "export", "j", "-o", str(exported)).code == 0
+    other = tmp_path / "other.db"
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    assert_refused_in_one_line(
+        steplog_here(other, "import", str(tmp_path / "bad.jsonl")), mentions="line 1"
+    )
+    with pytest.raises(Rejected):
+        Steplog(other).import_(tmp_path / "bad.jsonl")
+    assert not other.exists()
+    imported = steplog_here(other, "import", str(exported))
+    assert imported.code == 0 and imported.err == f"created new database {other}\n"
 
 
 # -- plan's exit code -------------------------------------------------------------------------------

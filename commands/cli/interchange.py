@@ -103,10 +103,15 @@ def import_cmd(ctx: click.Context, file: Path, job_id: str | None) -> None:
 
     Example: steplog import job_x.jsonl --job-id job_x_copy
     """
-    from steplog.commands.interchange import import_job
+    from steplog.commands.interchange import import_job, read_checked
 
+    db = Path(ctx.obj["db"])
+    created = ctx.obj.get("store") is None and not db.exists()
+    checked = read_checked(file, job_id) if created else None  # refused: no file left behind
     store = store_for(ctx, write=True)
-    target, plan = import_job(store, file, job_id)
+    if created:
+        click.echo(f"created new database {db}", err=True)
+    target, plan = import_job(store, file, job_id, checked=checked)
     kind = "predecessor events.jsonl" if plan.predecessor else "steplog export"
     click.echo(
         f"imported job {target} from {file} ({kind}): {len(plan.events)} events, {len(plan.blobs)} blobs"

@@ -15,6 +15,7 @@ from steplog.commands.jobs import (
     Prepared,
     ResumeCommand,
     RunCommand,
+    check_run_before_creating,
     execute,
     prepare_resume,
     prepare_run,
@@ -112,7 +113,6 @@ def run(
 
     Example: steplog run examples/factory/pipeline.toml --input idea="a todo CLI"
     """
-    store = store_for(ctx, write=True)
     cmd = RunCommand(
         pipeline_path=pipeline,
         inputs=parse_inputs(inputs),
@@ -121,6 +121,14 @@ def run(
         ignore_breaker=ignore_breaker,
         overwrite=overwrite,
     )
+    db = Path(ctx.obj["db"])
+    created = ctx.obj.get("store") is None and not db.exists()
+    if created:
+        check_run_before_creating(cmd)  # refused: no file is left behind
+    store = store_for(ctx, write=True)
+    if created:
+        # even with --quiet: a typo in --db would otherwise start over, paying for every call
+        click.echo(f"created new database {db}", err=True)
     _run_prepared(store, prepare_run(store, cmd), quiet, grace_s)
 
 
