@@ -235,3 +235,26 @@ def test_plan_exits_1_when_it_predicts_a_refusal_or_a_failing_step(tmp_path, mon
     assert not Steplog(db).plan(EXAMPLE).predicts_failure
     assert_refused_in_one_line(steplog_here(db, "plan", str(tmp_path / "nope.toml")))
     assert event_count(db) == before
+
+
+# -- timeline without -o ----------------------------------------------------------------------------
+
+
+def test_timeline_without_output_writes_beside_the_jobs_workspace_from_any_directory(tmp_path):
+    db = tmp_path / "s.db"
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    assert run(db, project, "--job-id", "j").code == 0  # workspace project/runs/j
+    custom = tmp_path / "out" / "ws"
+    assert run(db, project, "--job-id", "k", "--workspace", str(custom)).code == 0
+
+    drawn = steplog_here(db, "timeline", "j", cwd=elsewhere)
+    assert drawn.code == 0, drawn.err
+    target = project / "runs" / "j.timeline.svg"
+    assert drawn.out.startswith(f"wrote {target} ")
+    assert target.read_text().startswith("<svg")
+    assert not (elsewhere / "runs").exists()
+    assert steplog_here(db, "timeline", "k", cwd=elsewhere).code == 0
+    assert (tmp_path / "out" / "k.timeline.svg").is_file()
+    assert sorted(p.name for p in elsewhere.iterdir()) == []

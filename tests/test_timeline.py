@@ -153,9 +153,11 @@ def test_default_output_and_bad_requests(rich_db, tmp_path):
     cwd.mkdir()
     result = steplog(rich_db, "timeline", RICH_JOB, cwd=cwd)
     assert result.code == 0, result.err
-    assert (cwd / "runs" / f"{RICH_JOB}.timeline.svg").exists()
+    # beside the job's workspace (it ran in the database's directory), not under this cwd
+    beside = rich_db.parent / "runs" / f"{RICH_JOB}.timeline.svg"
+    assert beside.exists() and not (cwd / "runs").exists()
     printed = steplog(rich_db, "timeline", RICH_JOB, "-o", "-")
-    assert printed.out == (cwd / "runs" / f"{RICH_JOB}.timeline.svg").read_text()
+    assert printed.out == beside.read_text()
     before = event_count(rich_db)
     for args in (["nope"], [RICH_JOB, "-o", str(tmp_path / "x.png")], [RICH_JOB, "--width", "0"]):
         bad = steplog(rich_db, "timeline", *args)

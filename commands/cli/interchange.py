@@ -18,7 +18,8 @@ from steplog.errors import Rejected
     "--output",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="FILE.svg or FILE.html; '-' prints the SVG (default: runs/<JOB>.timeline.svg).",
+    help="FILE.svg or FILE.html; '-' prints the SVG (default: <JOB>.timeline.svg beside the "
+    "job's workspace, e.g. runs/<JOB>.timeline.svg).",
 )
 @click.option(
     "--width",
@@ -46,7 +47,10 @@ def timeline(ctx: click.Context, job: str, output: Path | None, width: int) -> N
     if output is not None and str(output) == "-":
         sys.stdout.write(render_svg(tl, width))
         return
-    target = output or Path("runs") / f"{job}.timeline.svg"
+    # beside the job's workspace (runs/<JOB>.timeline.svg for runs/<JOB>/), wherever this runs;
+    # a relative workspace (the predecessor's runs/<JOB>) is taken from here
+    parent = Path(tl.workspace).parent if tl.workspace else Path("runs")
+    target = output or parent / f"{job}.timeline.svg"
     suffix = target.suffix.lower()
     if suffix not in (".svg", ".html", ".htm"):
         raise Rejected(f"--output must end in .svg or .html, not {target.name!r}")
