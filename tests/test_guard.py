@@ -258,3 +258,60 @@ def test_timeline_without_output_writes_beside_the_jobs_workspace_from_any_direc
     assert steplog_here(db, "timeline", "k", cwd=elsewhere).code == 0
     assert (tmp_path / "out" / "k.timeline.svg").is_file()
     assert sorted(p.name for p in elsewhere.iterdir()) == []
+
+
+# -- export and blobs -------------------------------------------------------------------------------
+
+
+def test_exporting_a_real_run_warns_of_nothing(tmp_path):
+    db = tmp_path / "s.db"
+    assert run(db, tmp_path, "--job-id", "j").code == 0
+    to_file = steplog_here(db, "export", "j", "-o", str(tmp_path / "j.jsonl"))
+    assert to_file.code == 0
+    assert to_file.err.count("\n") == 1 and to_file.err.startswith("wrote ")
+    assert "warning" not in to_file.err and "no blob" not in to_file.err
+    to_stdout = steplog_here(db, "export", "j")
+    assert to_stdout.code == 0 and to_stdout.err == ""
+    result = Steplog(db).export("j", tmp_path / "api.jsonl")
+    assert result.missing_blobs == []
+    assert (tmp_path / "api.jsonl").read_bytes() == (tmp_path / "j.jsonl").read_bytes()
+
+
+def test_a_blob_that_is_really_missing_is_named(tmp_path):
+    """A log imported without one of its blobs (the prompt of architect's call): the events
+    still point at it, and export says which one, where."""
+    db = tmp_path / "s.db"
+    assert run(db, tmp_path, "--job-id", "j").code == 0
+    full = tmp_path / "j.jsonl"
+    assert steplog_here(db, "export", "j", "-o", str(full)).code == 0
+    lines = [json.loads(line) for line in full.read_text().splitlines()]
+    (request,) = [e for e in lines if e["type"] == "llm.request" and e["step"] == "architect"]
+    gone = request["data"]["prompt_sha256"]
+    users = [e for e in lines if e["type"] != "steplog.blob" and gone in json.dumps(e["data"])]
+    assert users == [request]  # no other event points at that blob
+    kept = [e for e in lines if not (e["type"] == "steplog.blob" and e["data"]["sha256"] == gone)]
+    assert len(kept) == len(lines) - 1
+    kept[0]["data"]["blobs"] -= 1
+    crafted = tmp_path / "crafted.jsonl"
+    crafted.write_text("".join(json.dumps(e) + "\n" for e in kept))
+    other = tmp_path / "other.db"  # blobs are shared by a database's jobs: j's would be found
+    assert steplog_here(other, "import", str(crafted), "--job-id", "k").code == 0
+
+    exported = steplog_here(other, "export", "k", "-o", str(tmp_path / "k.jsonl"))
+    assert exported.code == 0
+    warning = exported.err.splitlines()[-1]
+    assert warning == (
+        "warning: 1 blob the events point at is not in the database, so not exported: "
+        f"{gone} (prompt_sha256 of llm.request architect, event {request_version(other, 'k')})"
+    )
+    assert Steplog(other).export("k", tmp_path / "k2.jsonl").missing_blobs == [gone]
+    assert steplog_here(other, "export", "k").err == warning + "\n"
+
+
+def request_version(db: Path, job: str) -> int:
+    (row,) = db_rows(
+        db,
+        "SELECT version FROM events WHERE job_id = ? AND type = 'llm.request' AND step = 'architect'",
+        (job,),
+    )
+    return row[0]

@@ -81,7 +81,7 @@ def export_cmd(ctx: click.Context, job: str, output: Path | None, blobs: str) ->
 
     Example: steplog export job_x --output job_x.jsonl
     """
-    from steplog.commands.interchange import export_job, write_atomically
+    from steplog.commands.interchange import export_job, missing_warning, write_atomically
 
     store = store_for(ctx)
     job = resolve_job(store, job)
@@ -92,10 +92,12 @@ def export_cmd(ctx: click.Context, job: str, output: Path | None, blobs: str) ->
     if output is None:
         sys.stdout.write(exported.text())
         sys.stdout.flush()
-        return
-    write_atomically(output, exported.text())
-    note = f"; {len(exported.missing)} referenced hashes have no blob" if exported.missing else ""
-    click.echo(f"wrote {output}: {exported.events} events, {exported.blobs} blobs{note}", err=True)
+    else:
+        write_atomically(output, exported.text())
+        click.echo(f"wrote {output}: {exported.events} events, {exported.blobs} blobs", err=True)
+    warning = missing_warning(exported)
+    if warning is not None:
+        click.echo(warning, err=True)
 
 
 @cli.command("import")
