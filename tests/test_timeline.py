@@ -121,7 +121,12 @@ def test_timeline_of_a_real_job_has_one_bar_per_attempt_edges_markers_and_an_axi
     # the failure and the resume are vertical markers
     assert sorted(_classes(g)[1] for g in _groups(root, "marker")) == ["failed", "resumed"]
     # an axis with increasing ticks, step names on the left, a legend, a title
-    ticks = [t for t in root.iter(f"{SVG_NS}text") if "tick" in _classes(t)]
+    # (an axis break's length label is styled as a tick but sits at the break, out of order:
+    # the rich job has one when a slow machine leaves 2 s idle, e.g. before the resume)
+    in_breaks = {id(t) for g in _groups(root, "gap") for t in g.iter(f"{SVG_NS}text")}
+    ticks = [
+        t for t in root.iter(f"{SVG_NS}text") if "tick" in _classes(t) and id(t) not in in_breaks
+    ]
     assert len(ticks) >= 3
     xs = [float(t.get("x")) for t in ticks]
     assert xs == sorted(xs)
