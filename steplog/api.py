@@ -360,24 +360,45 @@ class Steplog:
     ) -> Iterator[Event]:
         """The job's events, old then new as they are committed; the iterator ends after the
         event that leaves the job succeeded, failed, cancelled or interrupted. A job not
-        created yet is waited for up to wait_s seconds (another process may be starting it)."""
-        from steplog.commands.follow import Cursor, follow_iter
+        created yet (and a database not there yet) is waited for up to wait_s seconds:
+        another process may be starting it."""
+        from steplog.commands.follow import Cursor, follow_iter, wait_for_file
 
+        waited = wait_for_file(self.path, wait_s) if self._store is None else 0.0
+        self._check_waited(waited, wait_s)
         store, job = self._reader(), self.resolve_job(job_id)
-        Cursor(store, job, wait_s=wait_s)  # an unknown job is refused now, not at next()
+        # an unknown job is refused now, not at next()
+        Cursor(store, job, wait_s=max(0.0, wait_s - waited))
         return map(_event, follow_iter(store, job, interval_s=interval_s, wait_s=0))
 
     async def afollow(
         self, job_id: str, *, interval_s: float = 0.2, wait_s: float = 10.0
     ) -> AsyncIterator[Event]:
         """`follow` for an event loop: waiting for new events does not block it."""
-        from steplog.commands.follow import follow_async
+        import anyio
 
+        from steplog.commands.follow import CREATE_POLL_S, follow_async
+
+        waited = 0.0
+        while self._store is None and not self.path.exists() and waited < wait_s:
+            await anyio.sleep(CREATE_POLL_S)
+            waited += CREATE_POLL_S
+        self._check_waited(waited, wait_s)
         found = follow_async(
-            self._reader(), self.resolve_job(job_id), interval_s=interval_s, wait_s=wait_s
+            self._reader(),
+            self.resolve_job(job_id),
+            interval_s=interval_s,
+            wait_s=max(0.0, wait_s - waited),
         )
         async for ev in found:
             yield _event(ev)
+
+    def _check_waited(self, waited: float, wait_s: float) -> None:
+        """follow waited for a database `run` was to create: refuse it if it never came."""
+        from steplog.commands.follow import no_database
+
+        if waited and not self.path.exists():
+            raise Rejected(no_database(self.path, wait_s))
 
     def replay(self, job_id: str, until: str | int) -> ReplayState:
         """The job as it was at a point of its log: an event number, an ISO timestamp, or

@@ -29,7 +29,7 @@ def _refused(result, *needles: str) -> None:
         ["status", "j"],
         ["jobs"],
         ["events", "j"],
-        ["events", "j", "--follow"],
+        ["events", "j", "--follow", "--wait", "0"],
         ["audit", "j"],
         ["export", "j"],
         ["timeline", "j", "-o", "-"],

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
 from steplog import Rejected, Steplog
+from steplog.commands import follow
 from tests.cli_inprocess import Outcome, assert_refused_in_one_line, steplog_here
 from tests.on_disk import EXAMPLE, db_rows, event_count, workspace_files
 
@@ -315,3 +317,56 @@ def request_version(db: Path, job: str) -> int:
         (job,),
     )
     return row[0]
+
+
+# -- events --follow --wait -------------------------------------------------------------------------
+
+
+def test_follow_waits_as_long_as_told_for_a_job_or_database_not_created_yet(tmp_path):
+    db = tmp_path / "s.db"
+    missing = steplog_here(db, "events", "j", "--follow", "--wait", "0.2")
+    assert_refused_in_one_line(missing, mentions=f"no database at {db} (waited 0.2 s")
+    with pytest.raises(Rejected, match=r"no database at .* \(waited 0.2 s"):
+        Steplog(db).follow("j", wait_s=0.2)
+    assert not db.exists()
+    assert run(db, tmp_path, "--job-id", "seed").code == 0
+    at_once = steplog_here(db, "events", "nope", "--follow", "--wait", "0")
+    assert_refused_in_one_line(at_once, mentions="unknown job nope")
+    assert "waited" not in at_once.err
+    waited = steplog_here(db, "events", "nope", "-f", "--wait", "0.3")
+    assert_refused_in_one_line(waited, mentions="unknown job nope (waited 0.3 s")
+    assert steplog_here(db, "events", "nope", "-f", "--wait", "-1").code == 2
+
+
+def test_follow_started_before_the_run_creates_the_database_prints_the_whole_job(
+    tmp_path, monkeypatch
+):
+    """`events --follow` in one terminal, then the very first `run` in another: the follower
+    waits for the database and the job, then prints every event and exits with the job."""
+    db = tmp_path / "fresh" / "s.db"
+    waiting = threading.Event()
+    real_wait = follow.wait_for_file
+
+    def wait_for_file(path: Path, wait_s: float) -> float:
+        assert not path.exists()  # the run has not started: the follower really waits
+        waiting.set()
+        return real_wait(path, wait_s)
+
+    monkeypatch.setattr(follow, "wait_for_file", wait_for_file)
+
+    def start_the_run() -> None:
+        if waiting.wait(WAIT_S):
+            with Steplog(db) as sl:
+                sl.run(EXAMPLE, job_id="late", workspace=tmp_path / "ws")
+
+    runner = threading.Thread(target=start_the_run)
+    runner.start()
+    try:
+        followed = steplog_here(db, "events", "late", "--follow", "--json", "--wait", str(WAIT_S))
+    finally:
+        waiting.set()
+        runner.join(WAIT_S)
+    assert followed.code == 0, followed.err
+    types = [json.loads(line)["type"] for line in followed.out.splitlines()]
+    stored = db_rows(db, "SELECT type FROM events WHERE job_id = 'late' ORDER BY version")
+    assert types == [t for (t,) in stored] and types[-1] == "job.succeeded"

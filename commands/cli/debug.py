@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from steplog.commands.cli.group import cli, echo_json, json_option, parse_inputs, store_for
+from steplog.errors import Rejected
 
 if TYPE_CHECKING:
     from steplog.eventstore.record import StoredEvent
@@ -87,15 +88,25 @@ def print_fork(
 
 
 def follow_events(
-    store: SQLiteEventStore,
+    ctx: click.Context,
     job: str,
     type_glob: str | None,
     step: str | None,
     level: str | None,
     interval: float,
+    wait_s: float,
     as_json: bool,
 ) -> None:
+    """`events --follow`: a job (and a database) not there yet is waited for up to wait_s
+    seconds, since `run` in another terminal may be about to create it."""
     from steplog.commands import follow, queries
+
+    db = Path(ctx.obj["db"])
+    waited = follow.wait_for_file(db, wait_s) if ctx.obj.get("store") is None else 0.0
+    if waited and not db.exists():
+        raise Rejected(follow.no_database(db, wait_s))
+    store = store_for(ctx)
+    job = queries.resolve_job(store, job)
 
     def emit(ev: StoredEvent) -> None:
         if as_json:
@@ -104,5 +115,10 @@ def follow_events(
             click.echo(follow.line(ev))
 
     follow.follow(
-        store, job, queries.event_filter(type_glob, step, level), emit, interval_s=interval
+        store,
+        job,
+        queries.event_filter(type_glob, step, level),
+        emit,
+        interval_s=interval,
+        wait_s=max(0.0, wait_s - waited),
     )
