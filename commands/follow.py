@@ -9,6 +9,7 @@ interrupted), or on Ctrl-C; both are a normal end (exit 0).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
 
 from steplog.errors import Rejected
@@ -22,6 +23,23 @@ DEFAULT_INTERVAL_S = 0.2
 # `events --follow JOB` started just before `run --job-id JOB`: wait this long for it
 DEFAULT_CREATE_WAIT_S = 10.0
 CREATE_POLL_S = 0.1
+
+
+def wait_for_file(path: Path, wait_s: float, sleep: Callable[[float], None] = time.sleep) -> float:
+    """Wait up to wait_s seconds for the database file to appear (a `run` about to create it);
+    returns the seconds waited. The caller then opens it, or refuses it as missing."""
+    waited = 0.0
+    while not path.exists() and waited < wait_s:
+        sleep(CREATE_POLL_S)
+        waited += CREATE_POLL_S
+    return waited
+
+
+def no_database(path: Path, wait_s: float) -> str:
+    return (
+        f"no database at {path} (waited {wait_s:g} s for it to be created); "
+        "start one with: steplog run PIPELINE.toml"
+    )
 
 
 class Cursor:

@@ -53,16 +53,24 @@ class BadImport(Rejected):
 # -- export ---------------------------------------------------------------------------------------
 
 
-def blob_refs(data_json: str) -> list[str]:
-    """The sha256 values an event's data points at (top-level fields named *sha256)."""
+def sha_fields(data_json: str) -> list[tuple[str, str]]:
+    """(field, sha256) of an event's top-level fields named *sha256, in order.
+
+    A field named `<what>_sha256` points at a blob the database must hold (as `verify` checks).
+    `file.written`'s own `sha256` names the content of a workspace file, which lives in the
+    step's output blob: it is exported when the database happens to hold it, never missed."""
     if "sha256" not in data_json:
         return []
     data = json.loads(data_json)
     return [
-        v
+        (k, v)
         for k, v in data.items()
         if k.endswith("sha256") and isinstance(v, str) and _SHA.fullmatch(v)
     ]
+
+
+def is_blob_ref(name: str) -> bool:
+    return name.endswith("_sha256")
 
 
 # Line breaks to some readers (str.splitlines, editors) though not to JSON: always escaped, so a
@@ -104,6 +112,8 @@ class Exported:
     events: int
     blobs: int
     missing: list[str] = field(default_factory=list)  # referenced, not in the database
+    # missing sha -> where the first event pointing at it is ("output_sha256 of event 9 …")
+    missing_where: dict[str, str] = field(default_factory=dict)
 
     def text(self) -> str:
         return "".join(line + "\n" for line in self.lines)
@@ -121,10 +131,17 @@ def export_job(
     events = list(store.read_job(job_id))
     if not events:
         raise Rejected(f"unknown job {job_id}")
-    refs = {ev.version: blob_refs(ev.data_json) for ev in events}
+    fields = {ev.version: sha_fields(ev.data_json) for ev in events}
+    refs = {version: [sha for _, sha in found] for version, found in fields.items()}
     wanted = list(dict.fromkeys(sha for shas in refs.values() for sha in shas))
     contents = store.find_blobs(wanted)
-    missing = [sha for sha in wanted if sha not in contents]
+    where: dict[str, str] = {}
+    for ev in events:
+        for name, sha in fields[ev.version]:
+            if is_blob_ref(name) and sha not in contents and sha not in where:
+                step = f" {ev.step}" if ev.step else ""
+                where[sha] = f"{name} of {ev.type}{step}, event {ev.version}"
+    missing = list(where)
     if blob_dir is not None:
         _write_sidecar(blob_dir, contents)
     body: list[str] = []
@@ -152,7 +169,18 @@ def export_job(
         "blob_store": "inline" if blob_dir is None else "dir",
     }
     first = _envelope(events[0].ts, "INFO", job_id, HEADER_TYPE, None, _compact(header))
-    return Exported([first, *body], len(events), len(emitted), missing)
+    return Exported([first, *body], len(events), len(emitted), missing, where)
+
+
+def missing_warning(exported: Exported, shown: int = 3) -> str | None:
+    """One line naming the blobs the events point at that the database lacks, or None."""
+    if not exported.missing:
+        return None
+    count = len(exported.missing)
+    named = "; ".join(f"{sha} ({exported.missing_where[sha]})" for sha in exported.missing[:shown])
+    more = f"; and {count - shown} more" if count > shown else ""
+    noun = "blob the events point at is" if count == 1 else "blobs the events point at are"
+    return f"warning: {count} {noun} not in the database, so not exported: {named}{more}"
 
 
 def _write_sidecar(blob_dir: Path, contents: dict[str, bytes]) -> None:
@@ -355,16 +383,28 @@ def read_import(path: Path) -> ImportPlan:
     return parse_predecessor(lines)
 
 
-def import_job(
-    store: SQLiteEventStore, path: Path, job_id: str | None = None
-) -> tuple[str, ImportPlan]:
-    """Validate the whole file, then append it as one new job in one transaction."""
+def read_checked(path: Path, job_id: str | None = None) -> tuple[str, ImportPlan]:
+    """The whole file validated, and the job id it will be imported as: everything an import
+    checks that needs no database (so a refused import into a new database creates no file)."""
     plan = read_import(path)
     target = job_id or plan.source_job
     if not NAME_PATTERN.fullmatch(target):
         raise BadImport(
             f"job id {target!r} is not valid (letters, digits, _ and -, at most 64); choose one with --job-id"
         )
+    return target, plan
+
+
+def import_job(
+    store: SQLiteEventStore,
+    path: Path,
+    job_id: str | None = None,
+    *,
+    checked: tuple[str, ImportPlan] | None = None,
+) -> tuple[str, ImportPlan]:
+    """Validate the whole file (unless `checked`, read_checked's answer, is given), then append
+    it as one new job in one transaction."""
+    target, plan = checked or read_checked(path, job_id)
     if store.job_exists(target):
         raise BadImport(f"job {target} already exists; import it under another name with --job-id")
     try:
@@ -376,4 +416,4 @@ def import_job(
     return target, plan
 
 
-__all__ = ["BadImport", "Exported", "ImportPlan", "export_job", "import_job"]
+__all__ = ["BadImport", "Exported", "ImportPlan", "export_job", "import_job", "read_checked"]

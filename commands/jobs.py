@@ -55,6 +55,7 @@ class RunCommand(BaseModel):
     job_id: str | None = None
     workspace: Path | None = None
     ignore_breaker: bool = False
+    overwrite: bool = False  # let the job replace files already in its workspace
 
 
 class ResumeCommand(BaseModel):
@@ -103,7 +104,10 @@ def check_workspace(workspace: Path) -> None:
         raise Rejected(f"workspace {workspace} cannot be written ({existing} is not writable)")
 
 
-def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
+def _check_run(
+    store: SQLiteEventStore, cmd: RunCommand
+) -> tuple[Pipeline, dict[str, str], str, Path]:
+    """Every check of `run` (nothing is appended): the pipeline, inputs, job id, workspace."""
     pipeline = load_pipeline(cmd.pipeline_path)
     inputs = pipeline.resolve_inputs(cmd.inputs)
     _check_keys(pipeline, list(pipeline.order))
@@ -115,6 +119,24 @@ def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
         raise Rejected(f"job {job_id} already exists; choose another --job-id or resume it")
     workspace = (cmd.workspace or Path("runs") / job_id).resolve()
     check_workspace(workspace)
+    if not cmd.overwrite:
+        from steplog.commands.guard import check_workspace_free  # it imports commands.plan
+
+        check_workspace_free(store, pipeline, inputs, workspace)
+    return pipeline, inputs, job_id, workspace
+
+
+def check_run_before_creating(cmd: RunCommand) -> None:
+    """For a database that does not exist yet: every check of `run` against an empty history,
+    so that a refused run (a bad pipeline, a file in the way …) creates no file."""
+    from steplog.projections.store import open_empty_store
+
+    with open_empty_store() as empty:
+        _check_run(empty, cmd)
+
+
+def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
+    pipeline, inputs, job_id, workspace = _check_run(store, cmd)
     snapshot = pipeline.snapshot().encode("utf-8")
     created = JobCreated(
         pipeline=pipeline.name,
@@ -168,7 +190,7 @@ def check_breakers(
         )
 
 
-def _check_budget(state: JobState, pipeline: Pipeline, path: str | None) -> None:
+def check_budget(state: JobState, pipeline: Pipeline, path: str | None) -> None:
     """After a budget stop, refuse only when what the log says was spent leaves no room."""
     stopped, limits = state.budget_exceeded, pipeline.spec.budget
     if stopped is None or limits is None:
@@ -248,7 +270,7 @@ def prepare_resume(store: SQLiteEventStore, cmd: ResumeCommand) -> Prepared:
     pipeline = pipeline_for_resume(store, state, cmd.pipeline_path)
     plan, changed = plan_resume(state, pipeline)
     _check_keys(pipeline, plan.run)
-    _check_budget(state, pipeline, pipeline.path)
+    check_budget(state, pipeline, pipeline.path)
     if not cmd.ignore_breaker:
         check_breakers(store, pipeline, plan.run)
     check_workspace(Path(state.workspace or Path("runs") / cmd.job_id).resolve())

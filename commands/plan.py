@@ -9,12 +9,15 @@ a step that will call a provider cannot be rendered yet: it is reported as depen
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from steplog.commands.jobs import (
     Rejected,
+    check_breakers,
+    check_budget,
     check_has_work,
     fold_job,
     pipeline_for_resume,
@@ -27,6 +30,7 @@ from steplog.executor.cachehistory import previous_run
 from steplog.executor.outputs import OutputProblem, StepOutput, parse_output
 from steplog.executor.pipeline import Pipeline, load_pipeline
 from steplog.executor.templates import TemplateProblem
+from steplog.projections.manifest import JobState
 from steplog.projections.tables import cache_lookup
 from steplog.words import counted
 
@@ -72,15 +76,28 @@ class PlanReport:
     pipeline: str
     job: str | None
     steps: list[StepPlan]
+    # why `run` (or `resume`) would be refused up front, as it would say it: a key variable
+    # not set, an open circuit breaker, the budget that stopped the job
+    refusals: list[str] = field(default_factory=list)
+    database_exists: bool = True  # False: predicted against an empty history, nothing created
+    # step -> its output where it is known before the run (cache hits, skipped steps)
+    outputs: dict[str, StepOutput] = field(default_factory=dict, repr=False)
 
     def count(self, action: str) -> int:
         return sum(1 for s in self.steps if s.action == action)
+
+    @property
+    def predicts_failure(self) -> bool:
+        """A step will fail, or the run would be refused: `steplog plan` exits 1."""
+        return bool(self.refusals) or self.count("fail") > 0
 
     def document(self) -> dict[str, Any]:
         return {
             "pipeline": self.pipeline,
             "job": self.job,
+            "database_exists": self.database_exists,
             "summary": {a: self.count(a) for a in LABELS},
+            "refusals": self.refusals,
             "steps": [s.document() for s in self.steps],
         }
 
@@ -130,8 +147,12 @@ def predict(
     inputs: dict[str, str],
     reuse: dict[str, str] | None = None,
     job: str | None = None,
+    *,
+    explain_misses: bool = True,
 ) -> PlanReport:
-    """`reuse`: step -> output sha of the steps a resume would skip."""
+    """`reuse`: step -> output sha of the steps a resume would skip. explain_misses=False
+    leaves a predicted call's reason out (no history is read for it): for a caller that only
+    needs to know which outputs are known before the run."""
     reuse = reuse or {}
     outputs: dict[str, StepOutput] = {}
     unsettled: set[str] = set()  # steps whose output is not known before they run
@@ -183,6 +204,10 @@ def predict(
                 origin += f", step {entry.origin_step}"
             steps.append(StepPlan(name, "hit", origin, cache_key=key, origin_job=entry.origin_job))
             continue
+        if not explain_misses:
+            steps.append(StepPlan(name, "miss", "not in the cache", cache_key=key))
+            unsettled.add(name)
+            continue
         detail = explain.cache_detail(
             pipeline,
             name,
@@ -205,12 +230,42 @@ def predict(
             )
         )
         unsettled.add(name)
-    return PlanReport(pipeline.name, job, steps)
+    return PlanReport(pipeline.name, job, steps, outputs=outputs)
 
 
-def plan_new_run(store: SQLiteEventStore, pipeline_path: Path, given: dict[str, str]) -> PlanReport:
+def _refusal(check: Callable[[], None]) -> list[str]:
+    try:
+        check()
+    except Rejected as exc:
+        return [str(exc)]
+    return []
+
+
+def refusals(
+    store: SQLiteEventStore, pipeline: Pipeline, steps: list[str], state: JobState | None = None
+) -> list[str]:
+    """What `run` (or `resume`, given the job's state) would refuse the steps with, found
+    without a network call: key variables, open breakers, the budget that stopped the job."""
+    found = pipeline.missing_keys(steps, os.environ)
+    if state is not None:
+        found += _refusal(lambda: check_budget(state, pipeline, pipeline.path))
+    found += _refusal(lambda: check_breakers(store, pipeline, steps))
+    return found
+
+
+def plan_new_run(
+    store: SQLiteEventStore,
+    pipeline_path: Path,
+    given: dict[str, str],
+    *,
+    database_exists: bool = True,
+) -> PlanReport:
+    """database_exists=False: `store` is an empty one standing for a file not there yet."""
     pipeline = load_pipeline(pipeline_path)
-    return predict(store, pipeline, pipeline.resolve_inputs(given))
+    report = predict(store, pipeline, pipeline.resolve_inputs(given))
+    report.refusals = refusals(store, pipeline, list(pipeline.order))
+    report.database_exists = database_exists
+    return report
 
 
 def plan_for_resume(
@@ -223,7 +278,9 @@ def plan_for_resume(
     pipeline = pipeline_for_resume(store, state, pipeline_path)
     plan, _ = plan_resume(state, pipeline)
     reuse = {name: sha for name, (sha, _) in plan.reuse.items()}
-    return predict(store, pipeline, dict(state.inputs), reuse, job=job_id)
+    report = predict(store, pipeline, dict(state.inputs), reuse, job=job_id)
+    report.refusals = refusals(store, pipeline, plan.run, state)
+    return report
 
 
 def lines(report: PlanReport) -> list[str]:
@@ -241,4 +298,13 @@ def lines(report: PlanReport) -> list[str]:
     out = [head]
     for s in report.steps:
         out.append(f"  {s.step:<{width}}  {LABELS[s.action]:<13}  {s.reason}")
+    verb = "resume" if report.job else "run"
+    out += [f"{verb} would be refused: {why}" for why in report.refusals]
     return out
+
+
+def missing_database_note(path: Path) -> str:
+    return (
+        f"note: no database at {path} yet; planned against an empty history "
+        "(every step a first run), and no file was created"
+    )

@@ -73,6 +73,7 @@ class Timeline:
     step_status: dict[str, str]
     bars: list[Bar]
     markers: list[Marker]
+    workspace: str | None = None  # the job's, as its log names it (the picture goes beside it)
 
     def bars_of(self, step: str) -> list[Bar]:
         return [b for b in self.bars if b.step == step]
@@ -188,4 +189,5 @@ def build(job_id: str, events: Iterable[StoredEvent]) -> Timeline:
         step_status={name: s.status for name, s in state.steps.items()},
         bars=bars,
         markers=markers,
+        workspace=state.workspace,
     )

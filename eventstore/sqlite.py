@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the event models import pydantic; the store only reads thei
     from steplog.eventstore.events import NewEvent
 
 SCHEMA_VERSION = 5
+MEMORY = ":memory:"  # the path of a store without a file (SQLite's own name for it)
 APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
 
 
@@ -178,12 +179,17 @@ class SQLiteEventStore:
             busy_timeout_ms = busy_timeout_from_env()
         self.busy_timeout_ms = busy_timeout_ms
         self._busy_timeout_s = busy_timeout_ms / 1000
-        check_database_file(self.path)
+        # MEMORY: an empty log that lives in this connection only (no file, no WAL), for
+        # questions asked of a database that does not exist yet (`plan`, checks before `run`)
+        self.in_memory = str(path) == MEMORY
+        if not self.in_memory:
+            check_database_file(self.path)
         # Set when the file exists but cannot be written: the store then only reads (mode=ro)
         # and every write is refused with this reason before it reaches SQLite.
-        self.read_only_reason = read_only_reason(self.path)
+        self.read_only_reason = None if self.in_memory else read_only_reason(self.path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.in_memory:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DatabaseUnusable(
                 f"cannot create directory {self.path.parent}: {exc.strerror}"
@@ -221,7 +227,8 @@ class SQLiteEventStore:
                 )
             self.conn.execute("PRAGMA query_only = ON")
             return
-        self._use_wal()
+        if not self.in_memory:
+            self._use_wal()
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise StoreError(
                 f"STEPLOG_SYNCHRONOUS must be NORMAL, FULL or EXTRA, not {synchronous!r}"

@@ -234,6 +234,11 @@ def write_file(
     return WriteResult(key, digest, len(content), True, reason, found)
 
 
+def is_temp_name(name: str) -> bool:
+    """A temp file of ours (`.steplog-<pid>-<16 hex>.tmp`), not a file of the workspace."""
+    return _TEMP_NAME.match(name) is not None
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True

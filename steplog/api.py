@@ -54,7 +54,9 @@ class Steplog:
     at the end of a `with` block.
 
     Read methods refuse a database that does not exist (a typo in the path would otherwise
-    leave an empty file behind); `run`, `import_` and `plan` of a new run create it.
+    leave an empty file behind), and `plan` answers for it without creating it; `run` and
+    `import_` create it once they have validated what they were given (a refused one leaves
+    no file).
     """
 
     def __init__(self, db: str | os.PathLike[str] = DEFAULT_DB) -> None:
@@ -111,10 +113,11 @@ class Steplog:
         workspace: str | os.PathLike[str] | None = None,
         *,
         ignore_breaker: bool = False,
+        overwrite: bool = False,
     ) -> Prepared:
         """Validate a run and append its opening events (job.created, job.started); the
         returned plan is then given to `execute`/`aexecute`. `run` is both in one call."""
-        from steplog.commands.jobs import RunCommand, prepare_run
+        from steplog.commands.jobs import RunCommand, check_run_before_creating, prepare_run
 
         command = RunCommand(
             pipeline_path=Path(pipeline),
@@ -122,7 +125,10 @@ class Steplog:
             job_id=job_id,
             workspace=Path(workspace) if workspace is not None else None,
             ignore_breaker=ignore_breaker,
+            overwrite=overwrite,
         )
+        if self._store is None and not self.path.exists():
+            check_run_before_creating(command)  # a refused run leaves no database file
         return prepare_run(self.open_store(write=True), command)
 
     def prepare_resume(
@@ -197,6 +203,7 @@ class Steplog:
         workspace: str | os.PathLike[str] | None = None,
         *,
         ignore_breaker: bool = False,
+        overwrite: bool = False,
         observer: Observer | None = None,
         handle_signals: bool = False,
         grace_s: float = DEFAULT_GRACE_S,
@@ -205,10 +212,13 @@ class Steplog:
 
         inputs override the pipeline's defaults; job_id defaults to job_<utc time>_<random>;
         workspace (where files steps write) to runs/<job_id>. Raises Rejected before anything
-        is appended when the pipeline, an input, a key, the workspace or the database is bad.
+        is appended when the pipeline, an input, a key, the workspace or the database is bad,
+        and when the workspace already holds files the job would overwrite, unless
+        overwrite=True (each file replaced is then kept as a blob, `file.written` reason
+        modified_outside).
         """
         prepared = self.prepare_run(
-            pipeline, inputs, job_id, workspace, ignore_breaker=ignore_breaker
+            pipeline, inputs, job_id, workspace, ignore_breaker=ignore_breaker, overwrite=overwrite
         )
         return self.execute(
             prepared, observer=observer, handle_signals=handle_signals, grace_s=grace_s
@@ -222,11 +232,12 @@ class Steplog:
         workspace: str | os.PathLike[str] | None = None,
         *,
         ignore_breaker: bool = False,
+        overwrite: bool = False,
         observer: Observer | None = None,
     ) -> JobResult:
         """`run` inside the caller's event loop (asyncio or trio, through anyio)."""
         prepared = self.prepare_run(
-            pipeline, inputs, job_id, workspace, ignore_breaker=ignore_breaker
+            pipeline, inputs, job_id, workspace, ignore_breaker=ignore_breaker, overwrite=overwrite
         )
         return await self.aexecute(prepared, observer=observer)
 
@@ -342,21 +353,35 @@ class Steplog:
     ) -> Iterator[Event]:
         """The job's events, old then new as they are committed; the iterator ends after the
         event that leaves the job succeeded, failed, cancelled or interrupted. A job not
-        created yet is waited for up to wait_s seconds (another process may be starting it)."""
-        from steplog.commands.follow import Cursor, follow_iter
+        created yet (and a database not there yet) is waited for up to wait_s seconds:
+        another process may be starting it."""
+        from steplog.commands.follow import Cursor, follow_iter, wait_for_file
 
+        waited = wait_for_file(self.path, wait_s) if self._store is None else 0.0
+        self._check_waited(waited, wait_s)
         store, job = self._reader(), self.resolve_job(job_id)
-        Cursor(store, job, wait_s=wait_s)  # an unknown job is refused now, not at next()
+        # an unknown job is refused now, not at next()
+        Cursor(store, job, wait_s=max(0.0, wait_s - waited))
         return map(_event, follow_iter(store, job, interval_s=interval_s, wait_s=0))
 
     async def afollow(
         self, job_id: str, *, interval_s: float = 0.2, wait_s: float = 10.0
     ) -> AsyncIterator[Event]:
         """`follow` for an event loop: waiting for new events does not block it."""
-        from steplog.commands.follow import follow_async
+        import anyio
 
+        from steplog.commands.follow import CREATE_POLL_S, follow_async
+
+        waited = 0.0
+        while self._store is None and not self.path.exists() and waited < wait_s:
+            await anyio.sleep(CREATE_POLL_S)
+            waited += CREATE_POLL_S
+        self._check_waited(waited, wait_s)
         found = follow_async(
-            self._reader(), self.resolve_job(job_id), interval_s=interval_s, wait_s=wait_s
+            self._reader(),
+            self.resolve_job(job_id),
+            interval_s=interval_s,
+            wait_s=max(0.0, wait_s - waited),
         )
         async for ev in found:
             yield _event(ev)
@@ -368,6 +393,13 @@ class Steplog:
         from steplog.commands.show import show_step
 
         return show_step(self._reader(), self.resolve_job(job_id), step, attempt)
+
+    def _check_waited(self, waited: float, wait_s: float) -> None:
+        """follow waited for a database `run` was to create: refuse it if it never came."""
+        from steplog.commands.follow import no_database
+
+        if waited and not self.path.exists():
+            raise Rejected(no_database(self.path, wait_s))
 
     def replay(self, job_id: str, until: str | int) -> ReplayState:
         """The job as it was at a point of its log: an event number, an ISO timestamp, or
@@ -408,13 +440,23 @@ class Steplog:
         job_id: str | None = None,
     ) -> PlanReport:
         """Predict, without calling a provider, which steps the cache would serve and why the
-        others miss; with job_id, what resuming that job with this pipeline file would do."""
+        others miss; with job_id, what resuming that job with this pipeline file would do.
+
+        A database that does not exist yet is not created: the plan is made against an empty
+        history and says so (`database_exists` False). `predicts_failure` is what makes
+        `steplog plan` exit 1: a step that will fail, or a refusal `run` would make.
+        """
         from steplog.commands import plan
         from steplog.models import PlanReport
 
         given = _check_inputs(inputs)
-        if job_id is None:
-            report = plan.plan_new_run(self.open_store(create=True), Path(pipeline), given)
+        if job_id is None and self._store is None and not self.path.exists():
+            from steplog.projections.store import open_empty_store
+
+            with open_empty_store() as empty:
+                report = plan.plan_new_run(empty, Path(pipeline), given, database_exists=False)
+        elif job_id is None:
+            report = plan.plan_new_run(self._reader(), Path(pipeline), given)
         else:
             report = plan.plan_for_resume(
                 self._reader(), self.resolve_job(job_id), Path(pipeline), given
@@ -454,10 +496,13 @@ class Steplog:
     def import_(self, file: str | os.PathLike[str], job_id: str | None = None) -> ImportResult:
         """Load a steplog export, or the predecessor's events.jsonl, as a new job (all or
         nothing)."""
-        from steplog.commands.interchange import import_job
+        from steplog.commands.interchange import import_job, read_checked
         from steplog.models import ImportResult
 
-        target, plan = import_job(self.open_store(write=True), Path(file), job_id)
+        checked = None
+        if self._store is None and not self.path.exists():
+            checked = read_checked(Path(file), job_id)  # a refused import leaves no database
+        target, plan = import_job(self.open_store(write=True), Path(file), job_id, checked=checked)
         return ImportResult(
             job_id=target,
             source="predecessor events.jsonl" if plan.predecessor else "steplog export",

@@ -216,8 +216,19 @@ class PlanReport(_Result):
 
     pipeline: str
     job: str | None
+    database_exists: bool = Field(
+        description="False: the database is not there yet; planned against an empty history"
+    )
     summary: dict[str, int]
+    refusals: list[str] = Field(
+        description="why run (or resume) would be refused up front: keys, breakers, budget"
+    )
     steps: list[StepPlan]
+
+    @property
+    def predicts_failure(self) -> bool:
+        """A step will fail, or the run would be refused (`steplog plan` exits 1)."""
+        return bool(self.refusals) or self.summary.get("fail", 0) > 0
 
 
 class Problem(_Result):

@@ -29,7 +29,7 @@ def _refused(result, *needles: str) -> None:
         ["status", "j"],
         ["jobs"],
         ["events", "j"],
-        ["events", "j", "--follow"],
+        ["events", "j", "--follow", "--wait", "0"],
         ["audit", "j"],
         ["export", "j"],
         ["timeline", "j", "-o", "-"],
@@ -46,9 +46,11 @@ def test_a_verb_that_needs_a_job_creates_no_database_and_no_directory(tmp_path, 
     assert not db.parent.exists()
 
 
-def test_plan_before_the_first_run_still_works(tmp_path):
+def test_plan_before_the_first_run_still_works_and_creates_no_database(tmp_path):
     result = steplog(tmp_path / "new.db", "plan", str(EXAMPLE), cwd=tmp_path)
     assert result.code == 0, result.err
+    assert result.err.startswith(f"note: no database at {tmp_path / 'new.db'} yet")
+    assert not (tmp_path / "new.db").exists()
 
 
 def _seeded(tmp_path):

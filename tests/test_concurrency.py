@@ -213,8 +213,9 @@ def test_a_write_lock_held_past_the_busy_timeout_ends_the_run_in_one_line(tmp_pa
     assert proc.returncode == 2, err
     assert "Traceback" not in err
     assert err.strip().splitlines() == [
+        f"created new database {db}",
         f"error: database {db} is locked: another process held its write lock for more than "
-        "300 ms (STEPLOG_BUSY_TIMEOUT_MS)"
+        "300 ms (STEPLOG_BUSY_TIMEOUT_MS)",
     ]
     assert after == before  # nothing was written while it waited
     assert _status(db) == "running"  # its owner is gone: resumable without --force
@@ -252,8 +253,9 @@ def test_a_second_writer_on_a_running_job_ends_the_run_in_one_line(tmp_path):
             proc.communicate(timeout=10)
     assert proc.returncode == 2, err
     assert err.strip().splitlines() == [
+        f"created new database {db}",
         "error: job j was appended to by another process while this one ran it; "
-        "this run stopped (see: steplog status j)"
+        "this run stopped (see: steplog status j)",
     ]
     assert db_rows(db, "SELECT max(version) FROM events WHERE job_id = 'j'") == [(version,)]
     assert steplog(db, "verify").code == 0

@@ -353,7 +353,9 @@ def test_a_disk_that_fills_mid_run_stops_with_one_line_and_the_job_resumes(tmp_p
         db, "run", str(pipeline), "--job-id", "big", "-q", max_file_bytes=1_000_000, timeout=120
     )
     assert failed.code == 2, failed.err
-    assert_one_error_line(failed.err, db, "disk full")
+    created, _, error = failed.err.partition("\n")  # a new database, said first (even with -q)
+    assert created == f"created new database {db}"
+    assert_one_error_line(error, db, "disk full")
     log = "SELECT seq, job_id, version, type, step, hash FROM events ORDER BY seq"
     committed = db_rows(db, log)
     assert committed and any(t == "llm.response" for _, _, _, t, _, _ in committed)

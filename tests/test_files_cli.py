@@ -87,7 +87,9 @@ def test_a_path_the_llm_makes_up_is_refused_and_the_job_stays_resumable(tmp_path
         db, "SELECT json_extract(data, '$.error_type') FROM events WHERE type = 'step.failed'"
     )
     assert error_type == [("unsafe_path",)]
-    assert "Traceback" not in failed.err and len(failed.err.strip().splitlines()) == 1
+    assert "Traceback" not in failed.err
+    created, failure = failed.err.strip().splitlines()  # a new database, then the one failure
+    assert created == f"created new database {db}" and failure.startswith("job j failed: ")
     # all or nothing: the answer's good file is not written either, nothing lands outside
     assert not (tmp_path / "runs" / "j").exists() or workspace_files(tmp_path / "runs" / "j") == {}
     assert list(outside.iterdir()) == [] and not Path("/tmp/absolute.py").exists()

@@ -97,5 +97,5 @@ def test_follow_stops_on_ctrl_c_and_refuses_an_unknown_job(tmp_path):
         assert follower.returncode == 0
     finally:
         _reap(follower)
-    missing = steplog(db, "events", "nope", "--follow")
-    assert missing.code == 2 and "unknown job nope" in missing.err
+    missing = steplog(db, "events", "nope", "--follow", "--wait", "0.5")
+    assert missing.code == 2 and "unknown job nope (waited 0.5 s" in missing.err

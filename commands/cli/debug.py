@@ -17,6 +17,7 @@ from steplog.commands.cli.group import (
     say,
     store_for,
 )
+from steplog.errors import Rejected
 from steplog.words import counted
 
 if TYPE_CHECKING:
@@ -35,23 +36,35 @@ def plan_cmd(
 ) -> None:
     """Predict, without calling any provider, which steps the cache serves and why others miss.
 
+    Exit 0, or 1 when it predicts a step failing or the run being refused.
+
     Example: steplog plan examples/factory/pipeline.toml --input idea="a chess clock"
     """
     from steplog.commands import plan
 
-    store = store_for(ctx, create=True)  # plan before the first run: all misses
     given = parse_inputs(inputs)
-    if job is None:
-        report = plan.plan_new_run(store, pipeline, given)
+    db = Path(ctx.obj["db"])
+    if job is None and not db.exists():
+        # plan before the first run (or a typo in --db): an empty history, and no file made
+        from steplog.projections.store import open_empty_store
+
+        with open_empty_store() as empty:
+            report = plan.plan_new_run(empty, pipeline, given, database_exists=False)
+        click.echo(plan.missing_database_note(db), err=True)
+    elif job is None:
+        report = plan.plan_new_run(store_for(ctx), pipeline, given)
     else:
         from steplog.commands.queries import resolve_job
 
+        store = store_for(ctx)
         report = plan.plan_for_resume(store, resolve_job(store, job), pipeline, given)
     if as_json:
         echo_json(report.document())
-        return
-    for text in plan.lines(report):
-        say(text)
+    else:
+        for text in plan.lines(report):
+            say(text)
+    if report.predicts_failure:
+        raise SystemExit(1)
 
 
 def print_fork(
@@ -82,15 +95,25 @@ def print_fork(
 
 
 def follow_events(
-    store: SQLiteEventStore,
+    ctx: click.Context,
     job: str,
     type_glob: str | None,
     step: str | None,
     level: str | None,
     interval: float,
+    wait_s: float,
     as_json: bool,
 ) -> None:
+    """`events --follow`: a job (and a database) not there yet is waited for up to wait_s
+    seconds, since `run` in another terminal may be about to create it."""
     from steplog.commands import follow, queries
+
+    db = Path(ctx.obj["db"])
+    waited = follow.wait_for_file(db, wait_s)
+    if waited and not db.exists():
+        raise Rejected(follow.no_database(db, wait_s))
+    store = store_for(ctx)
+    job = queries.resolve_job(store, job)
 
     def emit(ev: StoredEvent) -> None:
         if as_json:
@@ -99,5 +122,10 @@ def follow_events(
             say(follow.line(ev))
 
     follow.follow(
-        store, job, queries.event_filter(type_glob, step, level), emit, interval_s=interval
+        store,
+        job,
+        queries.event_filter(type_glob, step, level),
+        emit,
+        interval_s=interval,
+        wait_s=max(0.0, wait_s - waited),
     )

@@ -130,6 +130,15 @@ def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
     type=click.FloatRange(0.01, 60),
     help="With --follow: seconds between polls.",
 )
+@click.option(
+    "--wait",
+    "wait_s",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0, 86400),
+    metavar="SECONDS",
+    help="With --follow: how long to wait for a job (and its database) not created yet.",
+)
 @json_option
 @click.pass_context
 def events(
@@ -140,19 +149,20 @@ def events(
     level: str | None,
     follow: bool,
     interval: float,
+    wait_s: float,
     as_json: bool,
 ) -> None:
     """Print JOB's events; --json prints JSON lines in the predecessor's envelope.
 
     Example: steplog events job_x --type 'llm.*' --json
     """
-    store = store_for(ctx)
-    job = queries.resolve_job(store, job)
     if follow:
         from steplog.commands.cli.debug import follow_events
 
-        follow_events(store, job, type_glob, step, level, interval, as_json)
+        follow_events(ctx, job, type_glob, step, level, interval, wait_s, as_json)
         return
+    store = store_for(ctx)
+    job = queries.resolve_job(store, job)
     found = queries.events(store, job, type_glob=type_glob, step=step, level=level)
     if as_json:
         for ev in found:

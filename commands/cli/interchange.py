@@ -19,7 +19,8 @@ from steplog.words import counted
     "--output",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="FILE.svg or FILE.html; '-' prints the SVG (default: runs/<JOB>.timeline.svg).",
+    help="FILE.svg or FILE.html; '-' prints the SVG (default: <JOB>.timeline.svg beside the "
+    "job's workspace, e.g. runs/<JOB>.timeline.svg).",
 )
 @click.option(
     "--width",
@@ -47,7 +48,10 @@ def timeline(ctx: click.Context, job: str, output: Path | None, width: int) -> N
     if output is not None and str(output) == "-":
         sys.stdout.write(render_svg(tl, width))
         return
-    target = output or Path("runs") / f"{job}.timeline.svg"
+    # beside the job's workspace (runs/<JOB>.timeline.svg for runs/<JOB>/), wherever this runs;
+    # a relative workspace (the predecessor's runs/<JOB>) is taken from here
+    parent = Path(tl.workspace).parent if tl.workspace else Path("runs")
+    target = output or parent / f"{job}.timeline.svg"
     suffix = target.suffix.lower()
     if suffix not in (".svg", ".html", ".htm"):
         raise Rejected(f"--output must end in .svg or .html, not {target.name!r}")
@@ -78,7 +82,7 @@ def export_cmd(ctx: click.Context, job: str, output: Path | None, blobs: str) ->
 
     Example: steplog export job_x --output job_x.jsonl
     """
-    from steplog.commands.interchange import export_job, write_atomically
+    from steplog.commands.interchange import export_job, missing_warning, write_atomically
 
     store = store_for(ctx)
     job = resolve_job(store, job)
@@ -89,20 +93,16 @@ def export_cmd(ctx: click.Context, job: str, output: Path | None, blobs: str) ->
     if output is None:
         sys.stdout.write(exported.text())
         sys.stdout.flush()
-        return
-    write_atomically(output, exported.text())
-    missing = len(exported.missing)
-    note = (
-        f"; {counted(missing, 'referenced hash', 'referenced hashes')} "
-        f"{'has' if missing == 1 else 'have'} no blob"
-        if missing
-        else ""
-    )
-    say(
-        f"wrote {output}: {counted(exported.events, 'event')}, "
-        f"{counted(exported.blobs, 'blob')}{note}",
-        err=True,
-    )
+    else:
+        write_atomically(output, exported.text())
+        say(
+            f"wrote {output}: {counted(exported.events, 'event')}, "
+            f"{counted(exported.blobs, 'blob')}",
+            err=True,
+        )
+    warning = missing_warning(exported)
+    if warning is not None:
+        say(warning, err=True)
 
 
 @cli.command("import")
@@ -114,10 +114,15 @@ def import_cmd(ctx: click.Context, file: Path, job_id: str | None) -> None:
 
     Example: steplog import job_x.jsonl --job-id job_x_copy
     """
-    from steplog.commands.interchange import import_job
+    from steplog.commands.interchange import import_job, read_checked
 
+    db = Path(ctx.obj["db"])
+    created = not db.exists()  # nothing has opened it yet: this verb is the first
+    checked = read_checked(file, job_id) if created else None  # refused: no file left behind
     store = store_for(ctx, write=True)
-    target, plan = import_job(store, file, job_id)
+    if created:
+        click.echo(f"created new database {db}", err=True)
+    target, plan = import_job(store, file, job_id, checked=checked)
     kind = "predecessor events.jsonl" if plan.predecessor else "steplog export"
     say(
         f"imported job {target} from {file} ({kind}): {counted(len(plan.events), 'event')}, "

@@ -25,6 +25,7 @@ from steplog.commands.jobs import (
     Prepared,
     ResumeCommand,
     RunCommand,
+    check_run_before_creating,
     execute,
     prepare_resume,
     prepare_run,
@@ -93,6 +94,11 @@ def _run_prepared(
 @inputs_option
 @click.option("--job-id", help="Name the job (default: job_<utc time>_<random>).")
 @workspace_option("Where files are written (default: runs/<job_id>).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Let the job replace files already in the workspace (each is kept as a blob).",
+)
 @quiet_option
 @ignore_breaker_option
 @grace_option
@@ -103,6 +109,7 @@ def run(
     inputs: tuple[str, ...],
     job_id: str | None,
     workspace: Path | None,
+    overwrite: bool,
     quiet: bool,
     ignore_breaker: bool,
     grace_s: float,
@@ -111,14 +118,22 @@ def run(
 
     Example: steplog run examples/factory/pipeline.toml --input idea="a todo CLI"
     """
-    store = store_for(ctx, write=True)
     cmd = RunCommand(
         pipeline_path=pipeline,
         inputs=parse_inputs(inputs),
         job_id=job_id,
         workspace=workspace,
         ignore_breaker=ignore_breaker,
+        overwrite=overwrite,
     )
+    db = Path(ctx.obj["db"])
+    created = not db.exists()  # nothing has opened it yet: this verb is the first
+    if created:
+        check_run_before_creating(cmd)  # refused: no file is left behind
+    store = store_for(ctx, write=True)
+    if created:
+        # even with --quiet: a typo in --db would otherwise start over, paying for every call
+        click.echo(f"created new database {db}", err=True)
     _run_prepared(store, prepare_run(store, cmd), quiet, grace_s)
 
 
