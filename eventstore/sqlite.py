@@ -182,6 +182,7 @@ class SQLiteEventStore:
         # MEMORY: an empty log that lives in this connection only (no file, no WAL), for
         # questions asked of a database that does not exist yet (`plan`, checks before `run`)
         self.in_memory = str(path) == MEMORY
+        self.created = False  # this open applied schema.sql to an empty file (it made the log)
         if not self.in_memory:
             check_database_file(self.path)
         # Set when the file exists but cannot be written: the store then only reads (mode=ro)
@@ -295,6 +296,7 @@ class SQLiteEventStore:
             app_id, user_version, tables = self._read_header(conn)
             self._check_usable(app_id, user_version, tables)
             if not tables:
+                self.created = True
                 for statement in schema:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")

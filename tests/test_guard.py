@@ -15,6 +15,7 @@ import pytest
 
 from steplog import Rejected, Steplog
 from steplog.commands import follow
+from steplog.projections.store import open_store
 from tests.cli_inprocess import Outcome, assert_refused_in_one_line, steplog_here
 from tests.on_disk import EXAMPLE, db_rows, event_count, workspace_files
 
@@ -180,6 +181,20 @@ def test_run_on_a_missing_database_says_in_one_line_that_it_created_it(tmp_path)
     assert first.out.startswith("job one succeeded")
     second = run(db, tmp_path, "--job-id", "two")
     assert second.code == 0 and second.err == ""
+
+
+def test_only_the_open_that_made_the_log_counts_as_creating_it(tmp_path):
+    """Two runs racing on a new file both find it missing; only the one whose open applied the
+    schema says it created the database."""
+    db = tmp_path / "s.db"
+    first, second = open_store(db), open_store(db)
+    try:
+        assert (first.created, second.created) == (True, False)
+    finally:
+        first.close()
+        second.close()
+    with open_store(db) as again:
+        assert again.created is False
 
 
 def test_import_into_a_missing_database_says_so_and_a_refused_one_creates_nothing(tmp_path):

@@ -120,7 +120,7 @@ def import_cmd(ctx: click.Context, file: Path, job_id: str | None) -> None:
     created = not db.exists()  # nothing has opened it yet: this verb is the first
     checked = read_checked(file, job_id) if created else None  # refused: no file left behind
     store = store_for(ctx, write=True)
-    if created:
+    if created and store.created:  # (not when another process made it meanwhile)
         click.echo(f"created new database {db}", err=True)
     target, plan = import_job(store, file, job_id, checked=checked)
     kind = "predecessor events.jsonl" if plan.predecessor else "steplog export"

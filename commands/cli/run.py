@@ -131,7 +131,7 @@ def run(
     if created:
         check_run_before_creating(cmd)  # refused: no file is left behind
     store = store_for(ctx, write=True)
-    if created:
+    if created and store.created:  # (not when another process made it meanwhile)
         # even with --quiet: a typo in --db would otherwise start over, paying for every call
         click.echo(f"created new database {db}", err=True)
     _run_prepared(store, prepare_run(store, cmd), quiet, grace_s)
