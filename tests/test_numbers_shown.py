@@ -169,7 +169,10 @@ def priced(tmp_path_factory, module_fake_llm_factory) -> Path:
 
 def test_a_job_of_43_micro_dollars_shows_them_everywhere(priced):
     closing = (priced.parent / "one.closing").read_text(encoding="utf-8")
-    assert "1 step, 0 cache hits, 1 provider call, " in closing and "$0.000043;" in closing
+    assert (
+        "1 step, 0 cache hits, calls 1: 1 answered, 0 failed, 0 unanswered, " in closing
+        and "$0.000043;" in closing
+    )
     assert "cost $0.000043" in ok(steplog_here(priced, "status", "one"))
     assert "│ $0.000043 │" in ok(steplog_here(priced, "status", "one"))  # the step's cost
     audit = ok(steplog_here(priced, "audit", "one"))
@@ -199,7 +202,7 @@ def test_a_sum_of_costs_is_not_shown_as_float_noise(priced):
 
 def test_one_of_anything_is_singular(priced, tmp_path, module_fake_llm_factory):
     again = (priced.parent / "again.closing").read_text(encoding="utf-8")
-    assert "1 step, 1 cache hit, 0 provider calls, " in again
+    assert "1 step, 1 cache hit, calls 0: 0 answered, 0 failed, 0 unanswered, " in again
     assert "cache: 0 hits, 1 miss, 0 tokens saved" in ok(steplog_here(priced, "audit", "one"))
     assert "cache: 1 hit, 0 misses, " in ok(steplog_here(priced, "audit", "again"))
     assert ok(steplog_here(priced, "sql", "SELECT 1 AS one")).endswith("\n1 row\n")
