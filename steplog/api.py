@@ -60,6 +60,13 @@ class Steplog:
     """
 
     def __init__(self, db: str | os.PathLike[str] = DEFAULT_DB) -> None:
+        from steplog.eventstore.config import is_postgres_url, redact_url
+
+        if is_postgres_url(db):  # refused before Path() folds its // and a file is made there
+            raise Rejected(
+                f"{redact_url(str(db))}: the verbs and the API do not open PostgreSQL yet (the "
+                "store is in progress: README, Scaling out); use a SQLite file"
+            )
         self.path = Path(db)
         self._store: SQLiteEventStore | None = None
 

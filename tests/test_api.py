@@ -276,3 +276,19 @@ def test_show_is_the_document_steplog_show_prints(tmp_path):
             sl.show("j", "nosuch")
     cli = steplog_here(db, "show", "j", "architect", "--json")
     assert cli.code == 0 and json.loads(cli.out) == shown.model_dump(mode="json")
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://u:pw-secret-9@127.0.0.1:1/x", "postgres://u:pw-secret-9@127.0.0.1/x"]
+)
+def test_a_postgres_url_is_refused_in_one_line_without_its_password(tmp_path, monkeypatch, url):
+    """The PostgreSQL store is not wired into the verbs yet: a URL was folded by Path() into a
+    file path and echoed back with its password."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Rejected, match="do not open PostgreSQL yet") as refused:
+        Steplog(url)
+    assert "pw-secret-9" not in str(refused.value)
+    shown = steplog_here(tmp_path / "unused.db", "--db", url, "status")
+    assert shown.code == 2 and shown.err.count("\n") == 1, shown.err
+    assert "pw-secret-9" not in shown.err and "do not open PostgreSQL yet" in shown.err
+    assert list(tmp_path.iterdir()) == []

@@ -180,16 +180,16 @@ def echo_json(value: Any) -> None:
     envvar="STEPLOG_DB",
     default="steplog.db",
     show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False),  # a str: Path() would fold a URL's //
     help="The SQLite file holding the event log (env STEPLOG_DB).",
 )
 @click.version_option(package_name="steplog")
 @click.pass_context
-def cli(ctx: click.Context, db: Path) -> None:
+def cli(ctx: click.Context, db: str) -> None:
     """steplog: durable multi-step LLM pipelines on an append-only SQLite event log."""
     ctx.ensure_object(dict)
-    ctx.obj["db"] = db
     app = ctx.obj["app"] = Steplog(db)
+    ctx.obj["db"] = app.path
     ctx.call_on_close(app.close)
 
 
