@@ -15,7 +15,10 @@ Unix socket trusts its OS user, for the administrator's own connection.
 `stop()` sends the postmaster SIGINT, which is what `pg_ctl stop -m fast` does (roll back open
 transactions, disconnect, shut down cleanly), and waits for it; it starts no process, so a
 session fixture can stop the server in whichever test's teardown comes last, even one in the
-fast lane (tests/conftest.py refuses subprocesses there).
+fast lane (tests/conftest.py refuses subprocesses there). `stop(mode, remove=False)` stops it
+the way `pg_ctl stop -m MODE` would (smart: SIGTERM, fast: SIGINT, immediate: SIGQUIT, which
+ends every backend at once and leaves crash recovery to the next start) and keeps the data
+directory, for `restart()` to start the same cluster again on the same port.
 
 Durability is traded for speed (fsync, synchronous_commit and full_page_writes off): the
 cluster holds test data only and is deleted with its directory.
@@ -43,6 +46,10 @@ POSTGRES_ROOT = Path("/usr/lib/postgresql")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 PORT_TRIES = 5
+RESTART_TRIES = 20  # restart(): the port may take a moment to be free again
+RESTART_PAUSE_S = 0.25
+# pg_ctl stop -m MODE, as the signal it sends the postmaster
+STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 SUPERUSER = "postgres"
 
 SERVER_SETTINGS = {
@@ -120,6 +127,8 @@ class PostgresCluster:
     _password: str = field(default="", repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _admin: psycopg.Connection[Any] | None = field(default=None, repr=False)
+    _settings: dict[str, str] = field(default_factory=dict, repr=False)
+    _run_as: _RunAs = field(default_factory=_RunAs, repr=False)
 
     @property
     def data_dir(self) -> Path:
@@ -144,11 +153,17 @@ class PostgresCluster:
         bin_dir = find_bin_dir()
         run_as = _RunAs.for_server()
         root = Path(tempfile.mkdtemp(prefix="steplog-pg-"))  # short: a socket path is <108 bytes
-        cluster = cls(bin_dir=bin_dir, root=root, _password=secrets.token_urlsafe(24))
+        cluster = cls(
+            bin_dir=bin_dir,
+            root=root,
+            _password=secrets.token_urlsafe(24),
+            _settings={**SERVER_SETTINGS, **(settings or {})},
+            _run_as=run_as,
+        )
         try:
             run_as.own(root)
             cluster._initdb(run_as)
-            cluster._serve(run_as, {**SERVER_SETTINGS, **(settings or {})})
+            cluster._serve()
         except BaseException:
             cluster.stop()
             raise
@@ -176,32 +191,66 @@ class PostgresCluster:
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed ({done.returncode}): {done.stderr[-2000:]}")
 
-    def _serve(self, run_as: _RunAs, settings: Mapping[str, str]) -> None:
+    def _serve(self) -> None:
         """Start postgres on a free port; a port taken in the meantime is tried again."""
         for _ in range(PORT_TRIES):
             self.port = free_port()
-            options = {**settings, "port": str(self.port)}
-            options["unix_socket_directories"] = str(self.socket_dir)
-            argv = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
-            for key, value in options.items():
-                argv += ["-c", f"{key}={value}"]
-            with self.log_path.open("ab") as log:
-                self._proc = subprocess.Popen(
-                    argv,
-                    cwd=self.root,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=self._env(),
-                    start_new_session=True,  # a Ctrl-C of the test run reaches us, not it
-                    **run_as.popen_options(),
-                )
-            if self._wait_ready():
+            if self._launch():
                 return
-            self._proc.wait(timeout=STOP_TIMEOUT_S)
             if "Address already in use" not in self.log_tail():
                 break
         raise RuntimeError(f"postgres did not start:\n{self.log_tail()}")
+
+    def _launch(self) -> bool:
+        """Start postgres on self.port; True once it answers, False if it exited."""
+        options = {**self._settings, "port": str(self.port)}
+        options["unix_socket_directories"] = str(self.socket_dir)
+        argv = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
+        for key, value in options.items():
+            argv += ["-c", f"{key}={value}"]
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                argv,
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
+                start_new_session=True,  # a Ctrl-C of the test run reaches us, not it
+                **self._run_as.popen_options(),
+            )
+        if self._wait_ready():
+            return True
+        self._proc.wait(timeout=STOP_TIMEOUT_S)
+        return False
+
+    def restart(self) -> None:
+        """Start the cluster again after stop(mode, remove=False): same data, same port (a
+        port still held for a moment is tried again, a bounded number of times)."""
+        assert not self.running, "the server is running"
+        assert self.data_dir.is_dir(), "the cluster's directory was removed"
+        for _ in range(RESTART_TRIES):
+            logged = self._log_size()
+            if self._launch():
+                return
+            if "Address already in use" not in self._log_since(logged):
+                break
+            time.sleep(RESTART_PAUSE_S)
+        raise RuntimeError(f"postgres did not start again:\n{self.log_tail()}")
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def _wait_ready(self) -> bool:
         """True once the server accepts connections; False if it exited. Bounded in time."""
@@ -226,22 +275,26 @@ class PostgresCluster:
                 pause = min(pause * 2, 0.25)
         raise RuntimeError(f"postgres not ready after {START_TIMEOUT_S:.0f}s:\n{self.log_tail()}")
 
-    def stop(self) -> None:
-        """`pg_ctl stop -m fast` without a process: SIGINT to the postmaster, then wait (bounded;
-        SIGQUIT, then SIGKILL, if it will not go). Removes the directory. Idempotent."""
+    def stop(self, mode: str = "fast", *, remove: bool = True) -> None:
+        """`pg_ctl stop -m MODE` without a process: its signal to the postmaster, then wait
+        (bounded; SIGQUIT, then SIGKILL, if it will not go). remove: delete the directory too
+        (else restart() can start the cluster again). Idempotent."""
+        first = STOP_SIGNALS[mode]
         if self._admin is not None:
             self._admin.close()
             self._admin = None
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL):
+            signals = [first] + [s for s in (signal.SIGQUIT, signal.SIGKILL) if s != first]
+            for sig in signals:
                 proc.send_signal(sig)
                 try:
                     proc.wait(timeout=STOP_TIMEOUT_S)
                     break
                 except subprocess.TimeoutExpired:
                     continue
-        shutil.rmtree(self.root, ignore_errors=True)
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     @property
     def running(self) -> bool:
