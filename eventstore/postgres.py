@@ -16,22 +16,46 @@ nothing. Every insert NOTIFYs `steplog_events` (a trigger), delivered at commit,
 Failures become one-line StoreErrors naming the server as host:port/dbname, never the password:
 ServerUnreachable, DatabaseMissing, DatabaseUnusable (not steplog's, newer schema, not UTF8),
 DatabaseReadOnly, DatabaseBusy (the lock was not had within the busy timeout), DatabaseFull.
+
+Transient failures are retried, for at most STEPLOG_PG_RETRY_S seconds (default 15; 0: never)
+from the start of the operation: a connection the server closed or could not take yet (refused,
+reset, terminated by pg_terminate_backend or a shutdown, "the database system is starting up").
+Nothing else is (a statement the server refused fails at once). A retry runs on a new direct
+connection, not the pool's: the pool reconnects in the background with a backoff of seconds,
+and is used again once it has a connection ready. Reads are retried whole. An append is retried
+only when the failed attempt cannot have committed; if the connection went during its COMMIT
+(the outcome unknown), the retry first looks, under the events lock (so the first attempt has
+ended either way), for the batch's rows: the hash chain does not cover seq, so the batch's
+hashes were known before it was sent. Found, they are returned as stored (with their seqs),
+neither appended twice nor reported as a VersionConflict. The error after the last try says
+how long steplog tried; until a try works again, later operations get a single try each (a run
+that stops is not held up retry_s more for each operation on its way out). Opening a store is
+not retried: a wrong host or port is said at once. The retries of a write_transaction() (and of
+reading()) end once it holds its connection, lock and BEGIN: the caller's work on it is not
+run again, and a COMMIT lost there is a one-line error (resume reads what landed).
+
+Every statement on the store's own connections (the pool's and the retries'; not `steplog sql`'s
+nor the open's, which may migrate a large log) is cancelled by the server after
+STEPLOG_PG_STATEMENT_TIMEOUT_MS (default 120000; 0: no limit), so no statement can hang a run:
+one line, and the transaction it was in wrote nothing. TCP keepalives (unless the URL sets them)
+notice a server that vanished without closing its connections.
 """
 
 from __future__ import annotations
 
 import getpass
 import logging
+import math
 import os
 import re
 import time
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
 from steplog.eventstore.config import busy_timeout_from_env, redact_url, sql_file, url_password
 from steplog.eventstore.errors import (
@@ -69,6 +93,32 @@ MIN_SERVER_VERSION = 120000  # the oldest release steplog accepts; the tests run
 READ_BATCH = 5000
 DEFAULT_CONNECT_TIMEOUT_S = 10
 DEFAULT_POOL_SIZE = 4
+DEFAULT_RETRY_S = 15.0  # STEPLOG_PG_RETRY_S
+DEFAULT_STATEMENT_TIMEOUT_MS = 120_000  # STEPLOG_PG_STATEMENT_TIMEOUT_MS
+RETRY_FIRST_PAUSE_S = 0.05  # then doubled after each failed try, up to RETRY_MAX_PAUSE_S
+RETRY_MAX_PAUSE_S = 1.0
+# With retries on, how long an operation waits for the pool before it counts as a failed try
+# (a server gone away leaves the pool nothing to give; a retry then connects directly).
+POOL_WAIT_WHEN_RETRYING_S = 2.0
+POOL_POKE_EVERY_S = 5.0  # while the pool recovers: how often it is asked to grow again
+# libpq's TCP keepalives, unless the URL sets its own: a peer gone silent is noticed in ~25 s
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+}
+# SQLSTATEs of a connection that ended, or could not begin yet: the same work may succeed on a
+# new one. 57P01 admin_shutdown (pg_terminate_backend, a fast or smart shutdown), 57P02
+# crash_shutdown, 57P03 cannot_connect_now (starting up, recovering), class 08 but 08P01.
+_RETRY_STATES = frozenset({"57P01", "57P02", "57P03", "08000", "08001", "08003", "08004", "08006"})
+# A FATAL at connect (libpq gives it no SQLSTATE) that passes by itself; any other (no such
+# database, a wrong password, no pg_hba.conf entry) will not.
+_PASSING_FATAL = re.compile(
+    r"the database system is (starting up|shutting down|in recovery mode|not yet accepting)"
+    r"|sorry, too many clients|terminating connection due to",
+    re.IGNORECASE,
+)
 # libpq's words when the server has no database of the name asked for (no SQLSTATE at connect)
 _NO_DATABASE = re.compile(r'^database ".*" does not exist$')
 _LIBPQ_PREFIX = re.compile(
@@ -80,6 +130,7 @@ _SCHEMA_LOCK = 0x53544C47
 # Runs inside the append transaction after the events are inserted, as on SQLite, with the
 # psycopg connection of that transaction.
 Projector = Callable[[psycopg.Connection[Any], Sequence[StoredEvent]], None]
+T = TypeVar("T")
 
 _COLUMNS = "seq, job_id, version, ts, level, type, step, data::text, prev_hash, hash"
 _INSERT_EVENTS = (
@@ -116,6 +167,95 @@ def _os_user() -> str:
         return "postgres"
 
 
+def retry_s_from_env() -> float:
+    """STEPLOG_PG_RETRY_S, or the default: for how long (seconds) an operation on the server is
+    tried again after a transient failure. 0 turns retries off."""
+    raw = os.environ.get("STEPLOG_PG_RETRY_S")
+    if raw is None or not raw.strip():
+        return DEFAULT_RETRY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise StoreError(f"STEPLOG_PG_RETRY_S must be a number of seconds (0 or more), not {raw!r}")
+    return value
+
+
+def statement_timeout_from_env() -> int:
+    """STEPLOG_PG_STATEMENT_TIMEOUT_MS, or the default: how long the server lets one statement
+    of steplog's run before it cancels it. 0: no limit."""
+    raw = os.environ.get("STEPLOG_PG_STATEMENT_TIMEOUT_MS")
+    if raw is None or not raw.strip():
+        return DEFAULT_STATEMENT_TIMEOUT_MS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise StoreError(
+            f"STEPLOG_PG_STATEMENT_TIMEOUT_MS must be a whole number of milliseconds, not {raw!r}"
+        )
+    return value
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether `exc` is the connection failing rather than the statement: the same work may
+    succeed on a new connection (see the module's docstring)."""
+    if isinstance(exc, PoolTimeout):
+        return True  # the pool had no connection to give: it could not make one
+    if isinstance(exc, (PoolClosed, TooManyRequests)) or not isinstance(
+        exc, psycopg.OperationalError
+    ):
+        return False
+    if exc.sqlstate is not None:
+        return exc.sqlstate in _RETRY_STATES
+    # libpq's own failures: refused, timed out, reset, "server closed the connection
+    # unexpectedly", "the connection is lost"; or a FATAL at connect
+    text = str(exc)
+    return "FATAL:" not in text or bool(_PASSING_FATAL.search(text))
+
+
+class _Retries:
+    """The tries of one operation: started when it was, for at most `budget_s` seconds."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.started = time.monotonic()
+        self.failed = 0  # tries that failed so far: the next one is a retry when > 0
+        self._pause = RETRY_FIRST_PAUSE_S
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed
+
+    def again(self, exc: BaseException) -> bool:
+        """After a failed try: True, once the pause is over, if it is worth another."""
+        self.failed += 1
+        left = self.left()
+        if not transient(exc) or left <= 0:
+            return False
+        time.sleep(min(self._pause, left))
+        self._pause = min(self._pause * 2, RETRY_MAX_PAUSE_S)
+        return True
+
+
+def _round_trip(conn: psycopg.Connection[Any], stack: ExitStack) -> None:
+    """An empty query: the connection answers, or the try fails here, before any work."""
+    conn.execute("")
+
+
+def _unwind(stack: ExitStack, exc: BaseException) -> None:
+    """Leave what a failed try entered (its transaction rolls back, the pool takes back its
+    connection), as if `exc` had passed through; an error in doing so on a dead connection
+    changes nothing and is dropped."""
+    with suppress(psycopg.Error):
+        stack.__exit__(type(exc), exc, exc.__traceback__)
+
+
 class PostgresEventStore(LogReads):
     """The event log in one PostgreSQL database. A small connection pool; each append is one
     transaction holding the EXCLUSIVE lock on events.
@@ -138,24 +278,40 @@ class PostgresEventStore(LogReads):
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         pool_size: int = DEFAULT_POOL_SIZE,
         create: bool = True,
+        retry_s: float | None = None,
+        statement_timeout_ms: int | None = None,
     ) -> None:
+        """retry_s (default STEPLOG_PG_RETRY_S) and statement_timeout_ms (default
+        STEPLOG_PG_STATEMENT_TIMEOUT_MS): see the module's docstring; 0 turns either off."""
         self._projectors = list(projectors)
         self._may_create = create
         self.created = False  # this open applied the schema to an empty database
         if busy_timeout_ms is None:
             busy_timeout_ms = busy_timeout_from_env()
         self.busy_timeout_ms = busy_timeout_ms
+        self.retry_s = retry_s_from_env() if retry_s is None else max(0.0, retry_s)
+        if statement_timeout_ms is None:
+            statement_timeout_ms = statement_timeout_from_env()
+        self.statement_timeout_ms = max(0, int(statement_timeout_ms))
         self.where = describe(url)
         self.url = redact_url(url)  # what may be shown: the password is ***
         self._secrets = _secrets_of(url)
         self.read_only_reason: str | None = None
         self._listener: psycopg.Connection[Any] | None = None
+        self._connect_timeout_s = connect_timeout_s
+        # after a retry, until the pool has a connection ready again: operations connect directly
+        self._pool_recovering = False
+        self._pool_poked = 0.0
+        # an operation gave up on the server, and no try has worked since: later ones try once
+        # (so a run's exit is not delayed by a full retry_s for every operation in its way)
+        self._given_up = False
         try:
             self._conninfo = make_conninfo(
                 url,
                 connect_timeout=str(max(1, round(connect_timeout_s))),
                 application_name="steplog",
                 client_encoding="UTF8",
+                **_keepalives_unless_set(url),
             )
         except psycopg.ProgrammingError as exc:
             raise DatabaseUnusable(
@@ -172,7 +328,12 @@ class PostgresEventStore(LogReads):
             max_size=max(1, pool_size),
             kwargs={"autocommit": True},
             timeout=connect_timeout_s + 5,
-            check=ConnectionPool.check_connection,  # a connection the server dropped is replaced
+            # Without retries, each connection is checked as it leaves the pool (a round trip),
+            # so one the server dropped meanwhile is replaced. With retries, a dead one fails
+            # its first statement and the try is made again at once on a new connection: the
+            # pool's check would instead wait a second (its backoff) for each dead one.
+            check=ConnectionPool.check_connection if self.retry_s <= 0 else None,
+            configure=self._configure,
             name=f"steplog {self.where}",
             open=False,
         )
@@ -356,9 +517,7 @@ class PostgresEventStore(LogReads):
                 f"{where} is locked: another writer held the events lock for more than"
                 f" {self.busy_timeout_ms} ms (STEPLOG_BUSY_TIMEOUT_MS)"
             )
-        if isinstance(exc, pg_errors.InvalidCatalogName) or (
-            opening and _NO_DATABASE.search(detail)
-        ):
+        if isinstance(exc, pg_errors.InvalidCatalogName) or _NO_DATABASE.search(detail):
             return DatabaseMissing(
                 f"cannot use {where}: the server has no such database (createdb it first)"
             )
@@ -366,12 +525,17 @@ class PostgresEventStore(LogReads):
             return DatabaseFull(f"{where}: the server is out of space ({detail})")
         if isinstance(exc, (pg_errors.ReadOnlySqlTransaction, pg_errors.InsufficientPrivilege)):
             return DatabaseReadOnly(f"{where}: refused: {detail}")
+        if isinstance(exc, pg_errors.QueryCanceled) and "statement timeout" in detail:
+            return StoreError(
+                f"{where}: a statement ran past the statement timeout of"
+                f" {self.statement_timeout_ms} ms (STEPLOG_PG_STATEMENT_TIMEOUT_MS) and was"
+                " cancelled; its transaction wrote nothing"
+            )
         if isinstance(exc, pg_errors.QueryCanceled):
             return StoreError(f"{where}: statement cancelled ({detail})")
         if isinstance(exc, pg_errors.InvalidPassword) or "authentication failed" in detail:
             return DatabaseUnusable(f"cannot use {where}: {detail}")
-        if isinstance(exc, psycopg.OperationalError) and exc.sqlstate in (None, "57P01", "57P02"):
-            # no SQLSTATE: libpq itself failed (refused, timed out, connection dropped)
+        if transient(exc):  # libpq itself failed (refused, timed out, connection dropped) …
             verb = "cannot reach" if opening else "lost the connection to"
             return ServerUnreachable(f"{verb} PostgreSQL server {self.where}: {detail}")
         if opening:
@@ -391,40 +555,192 @@ class PostgresEventStore(LogReads):
         """A driver's message on one line, without any password."""
         return self._scrub(exc)
 
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection (autocommit); driver errors become StoreErrors."""
+    def _gave_up(
+        self, exc: psycopg.Error, retries: _Retries, *, unsure: str | None = None
+    ) -> StoreError:
+        """The error after the last try: the last failure's, with how long steplog tried (when
+        it did) and, for an append whose COMMIT went unanswered, that its outcome is unknown."""
+        if isinstance(exc, PoolTimeout):
+            error = self._unreachable(opening=False)
+        else:
+            error = self._error(exc)
+        notes = []
+        if unsure:
+            notes.append(
+                f"whether {unsure} was stored is unknown: the log holds all of it or none,"
+                " and resume goes on from what it holds"
+            )
+        if transient(exc) and retries.budget_s > 0:
+            self._given_up = True
+            notes.append(
+                f"gave up after {retries.elapsed:.1f} s of retries (STEPLOG_PG_RETRY_S="
+                f"{self.retry_s:g})"
+            )
+        elif transient(exc) and self.retry_s > 0:
+            notes.append(
+                "not retried: the server has not answered since an earlier operation gave up"
+                f" after {self.retry_s:g} s (STEPLOG_PG_RETRY_S)"
+            )
+        if not notes:
+            return error
+        return type(error)(f"{error}; {'; '.join(notes)}")
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _retries(self) -> _Retries:
+        """The budget of a new operation: retry_s, or one try once an operation gave up."""
+        return _Retries(0.0 if self._given_up else self.retry_s)
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Every connection of the store's own (the pool's, a retry's, the listener)."""
+        if self.statement_timeout_ms > 0:
+            conn.execute(f"SET statement_timeout = {int(self.statement_timeout_ms)}")
+
+    def _connect_directly(self, left_s: float) -> psycopg.Connection[Any]:
+        """A new connection, not the pool's, for a retry; its connect timeout fits the time the
+        retries have left (libpq's least is 2 s)."""
+        timeout = max(2, min(math.ceil(self._connect_timeout_s), math.ceil(max(left_s, 0))))
+        conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=timeout)
         try:
-            with self._pool.connection() as conn:
+            self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def _try_connection(self, retries: _Retries) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for one try; driver errors pass through as they are, for the caller to
+        judge. A first try takes the pool's, unless the pool is still recovering from a failure
+        (no connection ready); a retry, or a try meanwhile, connects directly."""
+        if retries.failed == 0 and not self._pool_still_recovering():
+            with self._pool.connection(timeout=self._pool_wait()) as conn:
+                self._pool_recovering = False
+                yield conn
+        else:
+            conn = self._connect_directly(retries.left())
+            try:
+                yield conn
+            finally:
+                conn.close()
+        self._given_up = False  # this try worked
+
+    def _pool_wait(self) -> float:
+        """How long a first try waits for the pool: with retries on, at most half of them, so
+        that direct connections get the rest."""
+        if self.retry_s <= 0:
+            return self._pool.timeout
+        return max(0.1, min(self._pool.timeout, POOL_WAIT_WHEN_RETRYING_S, self.retry_s / 2))
+
+    def _pool_still_recovering(self) -> bool:
+        if not self._pool_recovering:
+            return False
+        if self._pool.get_stats().get("pool_available", 0) > 0:
+            return False
+        now = time.monotonic()
+        if now - self._pool_poked >= POOL_POKE_EVERY_S:
+            # a pool that gave up reconnecting grows only when asked (a client waits, check())
+            self._pool_poked = now
+            with suppress(psycopg.Error):
+                self._pool.check()
+        return True
+
+    def _failed_try(self, exc: psycopg.Error, retries: _Retries) -> bool:
+        """After a try failed with `exc`: whether to try again (having paused)."""
+        if transient(exc):
+            self._pool_recovering = True
+        return retries.again(exc)
+
+    def _retrying(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """work(conn), tried again on a new connection after a transient failure (within
+        retry_s): for work that may be run twice (a read; an idempotent write)."""
+        retries = self._retries()
+        while True:
+            try:
+                with self._try_connection(retries) as conn:
+                    return work(conn)
+            except psycopg.Error as exc:
+                if not self._failed_try(exc, retries):
+                    raise self._gave_up(exc, retries) from exc
+
+    @contextmanager
+    def _session(
+        self, setup: Callable[[psycopg.Connection[Any], ExitStack], None] | None = None
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """A connection with `setup` done on it (BEGIN, the lock …), both retried after a
+        transient failure, which cannot have changed anything yet. What the caller then does
+        with it is not retried (it cannot be run again from here): a driver error there, or at
+        the COMMIT that ends it, becomes a StoreError."""
+        retries = self._retries()
+        while True:
+            attempt = ExitStack()
+            try:
+                conn = attempt.enter_context(self._try_connection(retries))
+                if setup is not None:
+                    setup(conn, attempt)
+                break
+            except psycopg.Error as exc:
+                _unwind(attempt, exc)
+                if not self._failed_try(exc, retries):
+                    raise self._gave_up(exc, retries) from exc
+            except BaseException as exc:
+                _unwind(attempt, exc)
+                raise
+        try:
+            with attempt:
                 yield conn
         except PoolTimeout as exc:
-            raise self._unreachable() from exc
+            raise self._unreachable(opening=False) from exc
         except psycopg.Error as exc:
             raise self._error(exc) from exc
 
-    def _unreachable(self) -> StoreError:
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection (autocommit) that answered a first round trip (the pool does not check
+        its connections when retries are on); getting it is retried, driver errors become
+        StoreErrors."""
+        with self._session(_round_trip) as conn:
+            yield conn
+
+    def _unreachable(self, *, opening: bool = True) -> StoreError:
         """The pool had no connection to give within its timeout: one direct attempt (bounded
         by connect_timeout) says why, in libpq's words."""
         try:
             psycopg.connect(self._conninfo, autocommit=True).close()
         except psycopg.Error as exc:
-            return self._error(exc, opening=True)
+            return self._error(exc, opening=opening)
+        verb = "cannot reach" if opening else "lost the connection to"
         return ServerUnreachable(
-            f"cannot reach PostgreSQL server {self.where}: no connection within"
-            f" {self._pool.timeout:.0f} s (the server answers again now)"
+            f"{verb} PostgreSQL server {self.where}: no connection within"
+            f" {self._pool_wait():.0f} s (the server answers again now)"
         )
+
+    def _lock_events(self, conn: psycopg.Connection[Any]) -> None:
+        """LOCK TABLE events IN EXCLUSIVE MODE, waited for at most the busy timeout, inside the
+        transaction on `conn`."""
+        if self.busy_timeout_ms <= 0:  # "do not wait", as on SQLite (lock_timeout 0 waits forever)
+            conn.execute("LOCK TABLE events IN EXCLUSIVE MODE NOWAIT")
+            return
+        conn.execute(f"SET LOCAL lock_timeout = {int(self.busy_timeout_ms)}")
+        statement_ms = self.statement_timeout_ms
+        if 0 < statement_ms <= self.busy_timeout_ms:  # the wait may take the whole busy timeout
+            conn.execute(f"SET LOCAL statement_timeout = {self.busy_timeout_ms + statement_ms}")
+            conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            conn.execute(f"SET LOCAL statement_timeout = {statement_ms}")
+        else:
+            conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+
+    def _begin_locked(self, conn: psycopg.Connection[Any], stack: ExitStack) -> None:
+        stack.enter_context(conn.transaction())
+        self._lock_events(conn)
 
     @contextmanager
     def write_transaction(self) -> Iterator[psycopg.Connection[Any]]:
         """BEGIN; LOCK TABLE events IN EXCLUSIVE MODE … COMMIT, rolled back on any error: the
-        write lock of SQLite's BEGIN IMMEDIATE, waited for at most the busy timeout."""
+        write lock of SQLite's BEGIN IMMEDIATE, waited for at most the busy timeout. Getting
+        the connection, the BEGIN and the lock are retried; the caller's work is not."""
         self.require_writable()
-        with self._connection() as conn, conn.transaction():
-            if self.busy_timeout_ms > 0:
-                conn.execute(f"SET LOCAL lock_timeout = {int(self.busy_timeout_ms)}")
-                conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-            else:  # 0 means "do not wait", as on SQLite (PostgreSQL's lock_timeout 0 waits forever)
-                conn.execute("LOCK TABLE events IN EXCLUSIVE MODE NOWAIT")
+        with self._session(self._begin_locked) as conn:
             yield conn
 
     # -- writing -------------------------------------------------------------------------------
@@ -454,19 +770,79 @@ class PostgresEventStore(LogReads):
         blobs: Sequence[bytes] = (),
     ) -> list[StoredEvent]:
         """append() of rows already serialised, (ts, level, type, step, data JSON) each, kept
-        exactly (a fork's or an import's copied history)."""
+        exactly (a fork's or an import's copied history).
+
+        A transient failure is retried (within retry_s): at once if the try failed before its
+        COMMIT was sent (the server rolled it back); if it failed during the COMMIT, the next
+        try looks for the batch first (see _append_try)."""
         if not job_id:
             raise StoreError("job_id must not be empty")
         if not prepared:
             return []
-        with self.write_transaction() as conn:
+        self.require_writable()
+        retries = self._retries()
+        unsure: list[StoredEvent] | None = None  # a batch whose COMMIT went unanswered
+        while True:
+            committing: list[list[StoredEvent]] = []
             try:
-                return self.append_txn(conn, job_id, prepared, expected_version, blobs)
+                with self._try_connection(retries) as conn:
+                    return self._append_try(
+                        conn, job_id, prepared, expected_version, blobs, unsure, committing
+                    )
             except pg_errors.UniqueViolation as exc:
                 raise VersionConflict(f"job {job_id}: another writer appended first") from exc
             except (pg_errors.IntegrityError, pg_errors.DataError) as exc:
                 reason = exc.diag.message_primary or self._scrub(exc)  # psycopg's own: no diag
                 raise StoreError(f"job {job_id}: event refused by the database: {reason}") from exc
+            except psycopg.Error as exc:
+                if committing:
+                    unsure = committing[0]
+                if not self._failed_try(exc, retries):
+                    what = None
+                    if unsure is not None:
+                        what = f"the last append to job {job_id} ({_versions(unsure)})"
+                    raise self._gave_up(exc, retries, unsure=what) from exc
+
+    def _append_try(
+        self,
+        conn: psycopg.Connection[Any],
+        job_id: str,
+        prepared: Sequence[tuple[str, str, str, str | None, str]],
+        expected_version: int | None,
+        blobs: Sequence[bytes],
+        unsure: list[StoredEvent] | None,
+        committing: list[list[StoredEvent]],
+    ) -> list[StoredEvent]:
+        """One try of append_rows. `unsure`: the rows of an earlier try whose COMMIT went
+        unanswered. Under the events lock that try has ended, committed or rolled back (it held
+        the lock until then), so the rows at its versions say which: if they are its rows, they
+        are the answer; if not, this try appends as any other. The rows computed here go into
+        `committing` once the COMMIT is about to be sent."""
+        with conn.transaction():
+            self._lock_events(conn)
+            if unsure is not None:
+                landed = self._stored_batch(conn, job_id, unsure)
+                if landed is not None:
+                    return landed
+            stored = self.append_txn(conn, job_id, prepared, expected_version, blobs)
+            committing.append(stored)
+        return stored
+
+    @staticmethod
+    def _stored_batch(
+        conn: psycopg.Connection[Any], job_id: str, batch: list[StoredEvent]
+    ) -> list[StoredEvent] | None:
+        """The rows the log holds at `batch`'s versions of the job, if they are `batch`'s own
+        (same hashes, which cover every field but seq), else None."""
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE job_id = %s AND version BETWEEN %s AND %s"
+            " ORDER BY version",
+            (job_id, batch[0].version, batch[-1].version),
+        ).fetchall()
+        found = [StoredEvent._make(row) for row in rows]
+        if [ev.hash for ev in found] != [ev.hash for ev in batch]:
+            return None
+        return found
 
     def append_txn(
         self,
@@ -512,43 +888,49 @@ class PostgresEventStore(LogReads):
         return stored
 
     def put_blob(self, content: bytes) -> str:
-        """Store one blob (if not there yet); its own short transaction, no events lock."""
+        """Store one blob (if not there yet); its own short transaction, no events lock.
+        Retried like a read: a second insert of the same blob does nothing."""
         self.require_writable()
         sha = blob_sha256(content)
-        with self._connection() as conn:
-            conn.execute(_INSERT_BLOB, (sha, len(content), content))
+        self._retrying(lambda conn: conn.execute(_INSERT_BLOB, (sha, len(content), content)))
         return sha
 
     # -- reading -------------------------------------------------------------------------------
 
     @contextmanager
     def reading(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection for reads (LogReads, the projection lookups), autocommit."""
+        """A pooled connection for reads, autocommit. Getting it is retried, not what the
+        caller reads on it: `read(work)` retries that too."""
         with self._connection() as conn:
             yield conn
 
+    def read(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """work(conn) on a connection for reads, run again on a new connection after a
+        transient failure (LogReads and the projection lookups read through it)."""
+        return self._retrying(work)
+
     def table_names(self) -> set[str]:
-        with self._connection() as conn:
-            return set(self._read_header(conn)[1])
+        return self._retrying(lambda conn: set(self._read_header(conn)[1]))
 
     def schema_problems(self) -> tuple[int, list[str]]:
         """`verify`: the schema version, and how the schema differs from schema_postgres.sql's."""
         from steplog.eventstore import postgres_checks
 
-        with self._connection() as conn:
-            return postgres_checks.schema_problems(conn)
+        return self._retrying(postgres_checks.schema_problems)
 
     def integrity_problems(self) -> list[str]:
         """`verify`: PostgreSQL checks its own pages (checksums, WAL); nothing to add here."""
         return []
 
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._retrying(lambda conn: conn.execute(sql, tuple(params)).fetchall())
+
     def _batched(self, sql: str, params: tuple, key_index: int) -> Iterator[StoredEvent]:
         """Keyset pagination so memory stays bounded however long the log is; no connection is
-        held while the caller works on a batch."""
+        held while the caller works on a batch (and each batch is retried on its own)."""
         last = params[0]
         while True:
-            with self._connection() as conn:
-                rows = conn.execute(sql, (last, *params[1:], READ_BATCH)).fetchall()
+            rows = self._fetch(sql, (last, *params[1:], READ_BATCH))
             yield from map(StoredEvent._make, rows)
             if len(rows) < READ_BATCH:
                 return
@@ -588,49 +970,51 @@ class PostgresEventStore(LogReads):
         wanted = list(data_for)
         last = after_seq
         while True:  # _batched's cursor leads its parameters; here the type list does
-            with self._connection() as conn:
-                rows = conn.execute(sql, (wanted, last, until, READ_BATCH)).fetchall()
+            rows = self._fetch(sql, (wanted, last, until, READ_BATCH))
             yield from map(StoredEvent._make, rows)
             if len(rows) < READ_BATCH:
                 return
             last = rows[-1][0]
 
     def job_version(self, job_id: str) -> int:
-        with self._connection() as conn:
-            row = conn.execute(
-                "SELECT version FROM streams WHERE job_id = %s", (job_id,)
-            ).fetchone()
-        return row[0] if row else 0
+        rows = self._fetch("SELECT version FROM streams WHERE job_id = %s", (job_id,))
+        return rows[0][0] if rows else 0
 
     def job_exists(self, job_id: str) -> bool:
         return self.job_version(job_id) > 0
 
     def last_seq(self) -> int:
-        with self._connection() as conn:
-            return conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        return self._fetch("SELECT coalesce(max(seq), 0) FROM events", ())[0][0]
 
     def wait_for_events(self, after_seq: int, timeout: float) -> int:
         """Block until the log holds a seq above `after_seq`, or `timeout` seconds pass; returns
-        last_seq(). Woken by the NOTIFY of a commit (LISTEN on steplog_events), not by polling."""
+        last_seq(). Woken by the NOTIFY of a commit (LISTEN on steplog_events), not by polling.
+        A listening connection that fails is made again (within retry_s); a NOTIFY missed
+        meanwhile is not lost, since last_seq() is read after each LISTEN."""
         deadline = time.monotonic() + max(0.0, timeout)
-        try:
-            listener = self._listen()
-            while True:
-                seq = self.last_seq()  # after LISTEN: a commit from now on also notifies
-                left = deadline - time.monotonic()
-                if seq > after_seq or left <= 0:
-                    return seq
-                for _ in listener.notifies(timeout=left, stop_after=1):
-                    pass
-        except psycopg.Error as exc:
-            if self._listener is not None:
-                self._listener.close()
-                self._listener = None
-            raise self._error(exc) from exc
+        retries: _Retries | None = None
+        while True:
+            try:
+                listener = self._listen()
+                while True:
+                    seq = self.last_seq()  # after LISTEN: a commit from now on also notifies
+                    left = deadline - time.monotonic()
+                    if seq > after_seq or left <= 0:
+                        return seq
+                    for _ in listener.notifies(timeout=left, stop_after=1):
+                        pass
+                    retries = None  # the listener works: a later failure starts afresh
+            except psycopg.Error as exc:
+                if self._listener is not None:
+                    self._listener.close()
+                    self._listener = None
+                retries = retries or self._retries()
+                if not self._failed_try(exc, retries):
+                    raise self._gave_up(exc, retries) from exc
 
     def _listen(self) -> psycopg.Connection[Any]:
         if self._listener is None or self._listener.closed:
-            self._listener = psycopg.connect(self._conninfo, autocommit=True)
+            self._listener = self._connect_directly(self._connect_timeout_s)
             self._listener.execute(f"LISTEN {CHANNEL}")
         return self._listener
 
@@ -640,10 +1024,9 @@ class PostgresEventStore(LogReads):
         wanted = list(dict.fromkeys(shas))
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
-            with self._connection() as conn:
-                rows = conn.execute(
-                    "SELECT sha256, content FROM blobs WHERE sha256 = ANY(%s::text[])", (chunk,)
-                ).fetchall()
+            rows = self._fetch(
+                "SELECT sha256, content FROM blobs WHERE sha256 = ANY(%s::text[])", (chunk,)
+            )
             for sha, content in rows:
                 found[sha] = bytes(content)
         return found
@@ -657,11 +1040,24 @@ class PostgresEventStore(LogReads):
         return found
 
     def get_blob(self, sha256: str) -> bytes:
-        with self._connection() as conn:
-            row = conn.execute("SELECT content FROM blobs WHERE sha256 = %s", (sha256,)).fetchone()
-        if row is None:
+        rows = self._fetch("SELECT content FROM blobs WHERE sha256 = %s", (sha256,))
+        if not rows:
             raise StoreError(f"blob {sha256[:12]} is missing from the database")
-        return bytes(row[0])
+        return bytes(rows[0][0])
+
+
+def _versions(batch: Sequence[StoredEvent]) -> str:
+    first, last = batch[0].version, batch[-1].version
+    return f"version {first}" if first == last else f"versions {first}-{last}"
+
+
+def _keepalives_unless_set(url: str) -> dict[str, str]:
+    """KEEPALIVES, less any the URL (or conninfo) sets itself."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return {}  # make_conninfo says why, in the caller
+    return {key: value for key, value in KEEPALIVES.items() if key not in given}
 
 
 def _secrets_of(url: str) -> list[str]:

@@ -10,11 +10,12 @@ psycopg) and how a field of the JSON `data` column is read (`JSON_TEXT`).
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 # Audit views a verb may read by name (schema.sql and schema_postgres.sql define them alike).
 AUDIT_VIEWS = frozenset(("llm_calls", "step_runs", "file_writes", "cache_stats", "job_summary"))
 BLOB_BATCH = 200  # blobs per read when every blob is read (verify): bounded memory
+T = TypeVar("T")
 
 
 class LogReads:
@@ -28,6 +29,12 @@ class LogReads:
     def reading(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
 
+    def read(self, work: Callable[[Any], T]) -> T:
+        """work(conn) on the connection for reads. PostgreSQL runs it again on a new connection
+        after a transient failure (so `work` only reads); SQLite's file has no such failure."""
+        with self.reading() as conn:
+            return work(conn)
+
     def _sql(self, sql: str) -> str:
         return sql.replace("?", self.MARK) if self.MARK != "?" else sql
 
@@ -35,8 +42,8 @@ class LogReads:
         return self.JSON_TEXT.format(column=column, key=key)
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self.reading() as conn:
-            return [tuple(row) for row in conn.execute(self._sql(sql), tuple(params)).fetchall()]
+        query, values = self._sql(sql), tuple(params)
+        return self.read(lambda conn: [tuple(r) for r in conn.execute(query, values).fetchall()])
 
     def latest_job_id(self) -> str | None:
         """The most recently updated job (the one whose last event is the newest)."""
@@ -78,12 +85,14 @@ class LogReads:
             raise ValueError(f"no audit view {view!r}")
         order = "" if view == "job_summary" else " ORDER BY seq"
         names = ", ".join(columns) if columns else "*"
-        with self.reading() as conn:
-            cursor = conn.execute(
-                self._sql(f"SELECT {names} FROM {view} WHERE job_id = ?{order}"), (job_id,)
-            )
+        query = self._sql(f"SELECT {names} FROM {view} WHERE job_id = ?{order}")
+
+        def rows(conn: Any) -> list[dict[str, Any]]:
+            cursor = conn.execute(query, (job_id,))
             keys = [d[0] for d in cursor.description]
             return [dict(zip(keys, row)) for row in cursor.fetchall()]
+
+        return self.read(rows)
 
     def all_blobs(self) -> Iterator[tuple[str, int, bytes]]:
         """(sha256, size, content) of every blob, in sha256 order, a batch at a time."""

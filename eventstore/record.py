@@ -5,7 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Protocol, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Iterable,
+    Iterator,
+    NamedTuple,
+    Protocol,
+    Sequence,
+    TypeVar,
+)
 
 from steplog.errors import Rejected
 
@@ -13,6 +23,7 @@ if TYPE_CHECKING:  # the models import pydantic, which reading the log does not 
     from steplog.eventstore.events import EventData, NewEvent
 
 GENESIS_HASH = "0" * 64
+T = TypeVar("T")
 
 
 class StoreError(Rejected):
@@ -141,7 +152,8 @@ class EventStore(Protocol):
     `write_transaction()` yields the backend's own connection inside a transaction that holds
     the log's write lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: LOCK TABLE events IN EXCLUSIVE
     MODE); `append_txn(conn, …)` appends inside it, so that several writes share one commit.
-    `reading()` yields a connection for reads, for the projection tables' lookups.
+    `reading()` yields a connection for reads, for the projection tables' lookups; `read(work)`
+    runs work(conn) on one, again on a new connection if the first failed in transit (PostgreSQL).
     """
 
     dialect: str  # "sqlite" | "postgresql": which projections module holds its tables' SQL
@@ -226,6 +238,8 @@ class EventStore(Protocol):
 
     # -- the database
     def reading(self) -> AbstractContextManager[Any]: ...
+
+    def read(self, work: Callable[[Any], T]) -> T: ...
 
     def table_names(self) -> set[str]: ...
 

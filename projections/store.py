@@ -55,22 +55,22 @@ def tables_of(store: EventStore) -> ModuleType:
 
 def cache_entry(store: EventStore, cache_key: str) -> CacheEntry | None:
     """The cache_index row of a key: the answer a step with that key reuses."""
-    with store.reading() as conn:
-        return tables_of(store).cache_lookup(conn, cache_key)
+    tables = tables_of(store)
+    return store.read(lambda conn: tables.cache_lookup(conn, cache_key))
 
 
 def breaker_of(store: EventStore, endpoint: str, conn: Any = None) -> BreakerRow | None:
     """The breakers row of an endpoint; inside the caller's write transaction when `conn`."""
+    tables = tables_of(store)
     if conn is not None:
-        return tables_of(store).breaker_row(conn, endpoint)
-    with store.reading() as own:
-        return tables_of(store).breaker_row(own, endpoint)
+        return tables.breaker_row(conn, endpoint)
+    return store.read(lambda own: tables.breaker_row(own, endpoint))
 
 
 def job_rows(store: EventStore, limit: int) -> list[tuple[Any, ...]]:
     """(job_id, pipeline, status, created_ts, updated_ts) of the latest jobs, newest first."""
-    with store.reading() as conn:
-        return tables_of(store).latest_jobs(conn, limit)
+    tables = tables_of(store)
+    return store.read(lambda conn: tables.latest_jobs(conn, limit))
 
 
 def table_rows(store: EventStore, projection: TableProjection) -> Iterable[tuple[Any, ...]]:

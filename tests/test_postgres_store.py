@@ -371,7 +371,7 @@ def test_a_server_stopped_under_an_open_store_is_one_line_and_nothing_half_writt
     cluster = PostgresCluster.start()
     try:
         name = cluster.create_database()
-        store = PostgresEventStore(cluster.url(name), connect_timeout_s=1)
+        store = PostgresEventStore(cluster.url(name), connect_timeout_s=1, retry_s=1)
         try:
             store.append("j", [created("j")])
             cluster.stop()
@@ -379,6 +379,7 @@ def test_a_server_stopped_under_an_open_store_is_one_line_and_nothing_half_writt
                 store.append("j", [started(1)])
             message = one_line_without_password(cluster, str(caught.value))
             assert f"PostgreSQL server 127.0.0.1:{cluster.port}/{name}" in message
+            assert "s of retries (STEPLOG_PG_RETRY_S=1)" in message, message
         finally:
             store.close()
     finally:
