@@ -278,6 +278,20 @@ class PostgresCluster:
         cur = self._admin.execute(sql, params)
         return cur.fetchall() if cur.description else []
 
+    def admin_in(self, dbname: str, sql: str) -> list[tuple]:
+        """Run SQL (one or more statements, no parameters) as the superuser in `dbname`, over
+        the Unix socket; the rows of the last statement. For a test to edit behind steplog's
+        back (disable a trigger, change a row) and to read what it left."""
+        with psycopg.connect(
+            host=str(self.socket_dir),
+            port=self.port,
+            user=SUPERUSER,
+            dbname=dbname,
+            autocommit=True,
+        ) as conn:
+            cur = conn.execute(sql)  # type: ignore[arg-type]  # the test's own text
+            return [tuple(r) for r in cur.fetchall()] if cur.description else []
+
     def create_database(self, prefix: str = "t", *, encoding: str = "UTF8") -> str:
         """A new database from template0 (FILE_COPY where the server has it: a fraction of
         WAL_LOG's time for a small database, which matters at one per test)."""
