@@ -10,11 +10,20 @@ psycopg) and how a field of the JSON `data` column is read (`JSON_TEXT`).
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 # Audit views a verb may read by name (schema.sql and schema_postgres.sql define them alike).
 AUDIT_VIEWS = frozenset(("llm_calls", "step_runs", "file_writes", "cache_stats", "job_summary"))
 BLOB_BATCH = 200  # blobs per read when every blob is read (verify): bounded memory
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """What `steplog sql` got back: the column names and the rows."""
+
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
 
 
 class LogReads:
