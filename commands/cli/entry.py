@@ -38,6 +38,25 @@ def _check_arguments(args: list[str]) -> None:
             raise click.UsageError(f"argument {arg!r} contains a NUL character")
 
 
+def _driver_error_line(obj: dict[str, Any], exc: Exception) -> str | None:
+    """A PostgreSQL driver error that no store method turned into a StoreError, as one line
+    naming the database without its password; None for anything else (a bug: a traceback)."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None or not isinstance(exc, psycopg.Error):
+        return None
+    from steplog.eventstore.config import redact_url
+
+    app = obj.get("app")
+    where = app.where if app is not None else "the database"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if app is not None and app.url:
+        from steplog.eventstore.config import url_password
+
+        secret = url_password(app.url)
+        first = first.replace(secret, "***") if secret else first
+    return f"PostgreSQL database {redact_url(where)}: {first}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command line (default: sys.argv[1:]) and return its exit code. User errors become
     one line on stderr and 2; nothing but that code leaves this function."""
@@ -58,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except Exception as exc:
+        line = _driver_error_line(obj, exc)
+        if line is None:
+            raise
+        say(f"error: {line}", err=True)
+        return 2
     except click.UsageError as exc:
         if exc.ctx is not None and not args:
             click.echo(exc.ctx.get_help())  # bare `steplog`: show what it can do
