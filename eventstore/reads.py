@@ -2,7 +2,7 @@
 
 The commands and the executor ask the store (never a connection) for what they read beyond a
 job's events: the latest job, the files a job wrote, a step's previous runs, an audit view's
-rows, the stream heads, every blob. The SQL below is the one both dialects accept; the two
+rows, the stream heads, every blob, a page of the blobs' names and sizes. The SQL below is the one both dialects accept; the two
 places they differ are the stores' own: the parameter mark (`?` for sqlite3, `%s` for
 psycopg) and how a field of the JSON `data` column is read (`JSON_TEXT`).
 """
@@ -93,6 +93,26 @@ class LogReads:
             )
             keys = [d[0] for d in cursor.description]
             return [dict(zip(keys, row)) for row in cursor.fetchall()]
+
+    def blob_index(self, after: str = "", limit: int = BLOB_BATCH) -> list[tuple[str, int]]:
+        """(sha256, size) of up to `limit` blobs whose sha256 sorts after `after`, in sha256
+        order, without their content: one page of the blob list however much the blobs weigh
+        (`steplog copy` fetches the content itself in batches bounded in bytes)."""
+        return self._all(
+            "SELECT sha256, size FROM blobs WHERE sha256 > ? ORDER BY sha256 LIMIT ?",
+            (after, limit),
+        )
+
+    def stored_blobs(self, shas: Sequence[str]) -> set[str]:
+        """Which of `shas` the database holds, found without reading their content."""
+        found: set[str] = set()
+        wanted = list(dict.fromkeys(shas))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._all(f"SELECT sha256 FROM blobs WHERE sha256 IN ({marks})", chunk)
+            found.update(row[0] for row in rows)
+        return found
 
     def all_blobs(self) -> Iterator[tuple[str, int, bytes]]:
         """(sha256, size, content) of every blob, in sha256 order, a batch at a time."""

@@ -357,6 +357,24 @@ class StoreContract:
         store.append("j", [created("j")], blobs=contents)
         shas = [blob_sha256(c) for c in contents]
         assert store.get_blobs(shas) == dict(zip(shas, contents))
+        assert store.stored_blobs([*shas, blob_sha256(b"absent")]) == set(shas)
+
+    def test_put_blobs_stores_a_batch_once_and_blob_index_pages_names_and_sizes(self, store):
+        contents = [f"blob {n} ".encode() * n for n in range(12)] + [b"x" * (5 * 2**20)]
+        store.put_blobs(contents)
+        store.put_blobs(contents[:3])  # those already there are left as they are
+        store.put_blobs([])
+        sizes = {blob_sha256(c): len(c) for c in contents}
+        pages, after = [], ""
+        while page := store.blob_index(after, 5):
+            pages.append(page)
+            after = page[-1][0]
+        assert [len(p) for p in pages] == [5, 5, 3]
+        assert [pair for p in pages for pair in p] == sorted(sizes.items())
+        assert store.find_blobs(list(sizes)) == {blob_sha256(c): c for c in contents}
+        first, absent = min(sizes), blob_sha256(b"absent")
+        assert store.stored_blobs([first, absent, first]) == {first}
+        assert store.stored_blobs([]) == set()
 
     # -- the store object ----------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ VERBS: dict[str, tuple[str, str]] = {
         "Report on JOB from the audit views: step runs, LLM calls with failures and retries, "
         "tokens and cost, cache hits and tokens saved, files written, failures and why.",
     ),
+    "copy": ("copy", "Copy every job, blob and projection table of database SRC into DST."),
     "events": (
         "inspect",
         "Print JOB's events; --json prints JSON lines in the predecessor's envelope.",
