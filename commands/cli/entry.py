@@ -77,12 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except Exception as exc:
-        line = _driver_error_line(obj, exc)
-        if line is None:
-            raise
-        say(f"error: {line}", err=True)
-        return 2
     except click.UsageError as exc:
         if exc.ctx is not None and not args:
             click.echo(exc.ctx.get_help())  # bare `steplog`: show what it can do
@@ -102,5 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         where = f"{exc.filename}: " if exc.filename else ""
         say(f"error: cannot write: {where}{exc.strerror or exc}", err=True)
+        return 2
+    except Exception as exc:
+        line = _driver_error_line(obj, exc)
+        if line is None:
+            raise
+        say(f"error: {line}", err=True)
         return 2
     return 0
