@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from steplog.errors import Rejected
 from steplog.eventstore.config import is_postgres_url
+from steplog.eventstore.reads import BLOB_BATCH_BYTES, by_bytes
 from steplog.eventstore.record import (
     ChainBreak,
     StoredEvent,
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
 EVENT_BATCH = 1000  # events per DST transaction
 EVENT_BATCH_CHARS = 8 * 2**20  # and at most this much data JSON in one
 BLOB_PAGE = 1000  # blob names and sizes per page of SRC's list
-BLOB_BATCH_BYTES = 32 * 2**20  # blob content read and written at once (a larger blob: alone)
 PROGRESS_EVERY_S = 2.0
 SHOWN = 3  # jobs named in a refusal; the rest are counted
 
@@ -347,7 +347,7 @@ def _copy_blobs(src: EventStore, dst: EventStore, report: CopyReport, say: Say) 
         present = dst.stored_blobs([sha for sha, _ in page])
         report.blobs_present += len(present)
         wanted = [(sha, size) for sha, size in page if sha not in present]
-        for batch in _by_bytes(wanted, BLOB_BATCH_BYTES):
+        for batch in by_bytes(wanted, BLOB_BATCH_BYTES):
             contents = _read_blobs(src, batch, report.source)
             dst.put_blobs(contents)
             report.blobs += len(contents)
@@ -358,19 +358,6 @@ def _copy_blobs(src: EventStore, dst: EventStore, report: CopyReport, say: Say) 
             )
         if len(page) < BLOB_PAGE:
             return
-
-
-def _by_bytes(blobs: list[tuple[str, int]], limit: int) -> Iterator[list[tuple[str, int]]]:
-    batch: list[tuple[str, int]] = []
-    weight = 0
-    for sha, size in blobs:
-        if batch and weight + size > limit:
-            yield batch
-            batch, weight = [], 0
-        batch.append((sha, size))
-        weight += size
-    if batch:
-        yield batch
 
 
 def _read_blobs(src: EventStore, batch: list[tuple[str, int]], where: str) -> list[bytes]:

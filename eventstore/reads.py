@@ -15,7 +15,8 @@ from typing import Any, Iterator, Sequence
 
 # Audit views a verb may read by name (schema.sql and schema_postgres.sql define them alike).
 AUDIT_VIEWS = frozenset(("llm_calls", "step_runs", "file_writes", "cache_stats", "job_summary"))
-BLOB_BATCH = 200  # blobs per read when every blob is read (verify): bounded memory
+BLOB_BATCH = 1000  # blob names and sizes per page when every blob is read (verify, copy)
+BLOB_BATCH_BYTES = 32 * 2**20  # blob content read at once (a larger blob: alone)
 
 
 @dataclass(frozen=True)
@@ -115,15 +116,31 @@ class LogReads:
         return found
 
     def all_blobs(self) -> Iterator[tuple[str, int, bytes]]:
-        """(sha256, size, content) of every blob, in sha256 order, a batch at a time."""
-        last = ""
+        """(sha256, size, content) of every blob, in sha256 order: a page of names and sizes
+        at a time, the content read in batches of at most BLOB_BATCH_BYTES (a larger blob
+        alone), so memory holds one batch however large the blobs are."""
+        after = ""
         while True:
-            rows = self._all(
-                "SELECT sha256, size, content FROM blobs WHERE sha256 > ? ORDER BY sha256 LIMIT ?",
-                (last, BLOB_BATCH),
-            )
-            for sha, size, content in rows:
-                yield sha, size, bytes(content)
-            if len(rows) < BLOB_BATCH:
+            page = self.blob_index(after, BLOB_BATCH)
+            for batch in by_bytes(page, BLOB_BATCH_BYTES):
+                found = self.find_blobs([sha for sha, _ in batch])
+                for sha, size in batch:
+                    if sha in found:  # (gone meanwhile: only a hand-made DELETE can do that)
+                        yield sha, size, found.pop(sha)
+            if len(page) < BLOB_BATCH:
                 return
-            last = rows[-1][0]
+            after = page[-1][0]
+
+
+def by_bytes(blobs: Sequence[tuple[str, int]], limit: int) -> Iterator[list[tuple[str, int]]]:
+    """(sha256, size) pairs grouped into batches of at most `limit` bytes (a larger one alone)."""
+    batch: list[tuple[str, int]] = []
+    weight = 0
+    for sha, size in blobs:
+        if batch and weight + size > limit:
+            yield batch
+            batch, weight = [], 0
+        batch.append((sha, size))
+        weight += size
+    if batch:
+        yield batch
