@@ -202,7 +202,7 @@ class SQLiteEventStore(LogReads):
             if not self.path.is_file():
                 raise DatabaseUnusable(f"no database at {self.path}")
             check_database_file(self.path, empty_ok=False)
-            _check_foreign(self.path)
+            peek_steplog_file(self.path)
             self.read_only_reason = self.read_only_reason or "opened read-only"
         try:
             if not self.in_memory:
@@ -635,11 +635,12 @@ class SQLiteEventStore(LogReads):
         return bytes(row[0])
 
 
-def _check_foreign(path: Path) -> None:
-    """Refuse a file that is not steplog's before a read-only open touches it. With no -wal
-    beside it the whole database is in the main file, and immutable=1 reads the header without
-    creating -shm/-wal (a read-only connection to a WAL-mode file leaves both behind otherwise,
-    beside a file that may belong to another application)."""
+def peek_steplog_file(path: Path) -> int:
+    """The schema version of the steplog database at `path`, refusing a file that is not one
+    (or is newer) before a read-only open touches it. With no -wal beside it the whole database
+    is in the main file, and immutable=1 reads the header without creating -shm/-wal (a
+    read-only connection to a WAL-mode file leaves both behind otherwise, beside a file that may
+    belong to another application)."""
     uri = read_only_uri(path)
     if "immutable" not in uri and not path.with_name(path.name + "-wal").exists():
         uri += "&immutable=1"
@@ -659,6 +660,7 @@ def _check_foreign(path: Path) -> None:
             f"{path} was written by a newer steplog (schema {version};"
             f" this steplog knows up to {SCHEMA_VERSION})"
         )
+    return version
 
 
 def _insert_blobs(conn: sqlite3.Connection, blobs: Sequence[bytes]) -> None:

@@ -19,11 +19,10 @@ import sqlite_utils
 from steplog.errors import Rejected
 from steplog.eventstore.errors import QueryRefused, database_error
 from steplog.eventstore.reads import QueryResult
-from steplog.eventstore.record import DatabaseUnusable
 from steplog.eventstore.sqlite import (
-    APPLICATION_ID,
     SCHEMA_VERSION,
     check_database_file,
+    peek_steplog_file,
     read_only_uri,
 )
 
@@ -125,19 +124,7 @@ def open_readonly(path: Path, *, upgrade: bool = False) -> ReadOnly:
     if not path.exists():
         raise Rejected(f"no database at {path}")
     check_database_file(path, empty_ok=False)
-    conn = _connect(path, peek=True)
-    try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-    finally:
-        conn.close()
-    if app_id != APPLICATION_ID:
-        raise DatabaseUnusable(f"{path} is not a steplog database")
-    if version > SCHEMA_VERSION:
-        raise DatabaseUnusable(
-            f"{path} was written by a newer steplog (schema {version};"
-            f" this steplog knows up to {SCHEMA_VERSION})"
-        )
+    version = peek_steplog_file(path)
     conn = _connect(path)
     if upgrade and version < SCHEMA_VERSION:
         conn.close()
@@ -150,16 +137,9 @@ def open_readonly(path: Path, *, upgrade: bool = False) -> ReadOnly:
     return ReadOnly(conn, guard)
 
 
-def _connect(path: Path, *, peek: bool = False) -> sqlite3.Connection:
-    """peek: for asking whose file this is without leaving a trace. With no -wal beside it the
-    whole database is in the main file, and immutable=1 reads it without creating -shm/-wal
-    (a read-only connection to a WAL-mode file would otherwise leave both behind, beside a
-    file that may belong to another application)."""
-    uri = read_only_uri(path)
-    if peek and "immutable" not in uri and not path.with_name(path.name + "-wal").exists():
-        uri += "&immutable=1"
+def _connect(path: Path) -> sqlite3.Connection:
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=10)
+        conn = sqlite3.connect(read_only_uri(path), uri=True, timeout=10)
         conn.execute("PRAGMA query_only = ON")
         return conn
     except sqlite3.DatabaseError as exc:
