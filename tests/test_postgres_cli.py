@@ -271,3 +271,38 @@ def test_follow_is_woken_by_notify_not_by_its_wait(pg, tmp_path, monkeypatch):
     assert not follower.is_alive(), "the follower was never woken"
     assert seen[0] == "job.created" and seen[-1] == "job.succeeded"
     assert seen.count("step.succeeded") == 4
+
+
+@pytest.mark.parametrize("source", ["PGPASSWORD", "~/.pgpass"])
+def test_the_password_may_come_from_pgpassword_or_pgpass_and_is_never_shown(
+    pg_url, pg_cluster, tmp_path, monkeypatch, source
+):
+    """A URL without a password: libpq finds it in PGPASSWORD or in ~/.pgpass (mode 0600)."""
+    bare = pg_cluster.url(pg_url.rsplit("/", 1)[1], password=False)
+    secret = pg_url.split("@", 1)[0].rsplit(":", 1)[1]
+    if source == "PGPASSWORD":
+        monkeypatch.setenv("PGPASSWORD", secret)
+    else:
+        home = tmp_path / "home"
+        home.mkdir()
+        pgpass = home / ".pgpass"
+        pgpass.write_text(f"127.0.0.1:{pg_cluster.port}:*:postgres:{secret}\n")
+        pgpass.chmod(0o600)
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.delenv("PGPASSWORD", raising=False)
+        monkeypatch.delenv("PGPASSFILE", raising=False)
+    done = steplog_here(bare, "run", str(EXAMPLE), "--job-id", "p", cwd=tmp_path)
+    assert done.code == 0, pg_cluster.safe(done.err)
+    shown = steplog_here(bare, "status", "p", cwd=tmp_path)
+    assert shown.code == 0
+    for text in (done.out, done.err, shown.out):
+        assert not pg_cluster.contains_password(text)
+    stored = pg_cluster.admin_in(
+        pg_url.rsplit("/", 1)[1],
+        f"SELECT count(*) FROM events WHERE data::text LIKE '%' || '{secret}' || '%'",
+    )
+    assert stored == [(0,)]
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no password anywhere now
+    refused = steplog_here(bare, "status", "p", cwd=tmp_path)
+    assert_refused_in_one_line(refused, mentions="127.0.0.1:")
