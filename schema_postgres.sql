@@ -97,6 +97,50 @@ CREATE TABLE streams (
     updated_ts text   NOT NULL
 );
 
+-- Projection: one row per job for `steplog jobs`. Equal to the manifest fold; tested.
+-- Written only when a job's status changes; when it last changed at all is in `streams`.
+CREATE TABLE jobs (
+    job_id     text PRIMARY KEY,
+    pipeline   text,
+    status     text NOT NULL,
+    created_ts text NOT NULL
+);
+
+-- Projection: cache key -> the first successful response for it, shared by every job.
+CREATE TABLE cache_index (
+    cache_key       text   PRIMARY KEY,
+    response_sha256 text   NOT NULL,
+    origin_job      text   NOT NULL,
+    origin_step     text,
+    seq             bigint NOT NULL,
+    tokens_in       bigint NOT NULL DEFAULT 0,
+    tokens_out      bigint NOT NULL DEFAULT 0
+);
+
+-- Projection: answers a step could not use (cache.invalidated naming its response), per key.
+CREATE TABLE cache_refused (
+    cache_key       text   NOT NULL,
+    response_sha256 text   NOT NULL,
+    seq             bigint NOT NULL,
+    PRIMARY KEY (cache_key, response_sha256)
+);
+
+-- "Why did this step call the model again?": a step's latest cache.hit/cache.miss of the same
+-- pipeline name (any job); partial, over cache events only (eventstore/reads.py cache_runs).
+CREATE INDEX events_cache_runs
+    ON events (step, (data ->> 'pipeline'), seq)
+    WHERE type IN ('cache.hit', 'cache.miss');
+
+-- Projection: one circuit breaker per provider endpoint; until: epoch seconds.
+CREATE TABLE breakers (
+    endpoint text             PRIMARY KEY,
+    status   text             NOT NULL,
+    failures bigint           NOT NULL,
+    until    double precision NOT NULL,
+    provider text             NOT NULL,
+    seq      bigint           NOT NULL
+);
+
 -- One row per schema change applied to this database: the version it created or upgraded to.
 CREATE TABLE schema_migrations (
     version     integer PRIMARY KEY,

@@ -2,56 +2,49 @@
 
 from __future__ import annotations
 
-import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from steplog.errors import Rejected
 
+if TYPE_CHECKING:
+    from steplog.eventstore.record import EventStore
 
-def _rows(conn: sqlite3.Connection, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
-    cursor = conn.execute(sql, params)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+RUN_COLUMNS = (
+    "step, attempt, status, started, finished, duration_s, cache_hit, error_type, error,"
+    " skip_reason, copied"
+).split(", ")
+CALL_COLUMNS = (
+    "step, attempt, provider, model, started, duration_s, tokens_in, tokens_out, cost, success,"
+    " status, error_class, error, copied"
+).split(", ")
+FILE_COLUMNS = "step, path, sha256, wrote, reason, size, ts, copied".split(", ")
 
 
-def audit_document(conn: sqlite3.Connection, job_id: str) -> dict[str, Any]:
-    summary = _rows(conn, "SELECT * FROM job_summary WHERE job_id = ?", (job_id,))
+def audit_document(store: EventStore, job_id: str) -> dict[str, Any]:
+    summary = store.view_rows("job_summary", (), job_id)
     if not summary:
         raise Rejected(f"unknown job {job_id}")
-    one = (job_id,)
-    runs = _rows(
-        conn,
-        "SELECT step, attempt, status, started, finished, duration_s, cache_hit, error_type,"
-        " error, skip_reason, copied FROM step_runs WHERE job_id = ? ORDER BY seq",
-        one,
-    )
-    calls = _rows(
-        conn,
-        "SELECT step, attempt, provider, model, started, duration_s, tokens_in, tokens_out, cost,"
-        " success, status, error_class, error, copied FROM llm_calls"
-        " WHERE job_id = ? ORDER BY seq",
-        one,
-    )
-    hits = _rows(
-        conn,
-        "SELECT step, json_extract(data, '$.origin_job') AS origin_job,"
-        " json_extract(data, '$.origin_step') AS origin_step,"
-        " json_extract(data, '$.tokens_saved') AS tokens_saved"
-        " FROM events WHERE job_id = ? AND type = 'cache.hit' ORDER BY version",
-        one,
-    )
-    files = _rows(
-        conn,
-        "SELECT step, path, sha256, wrote, reason, size, ts, copied FROM file_writes"
-        " WHERE job_id = ? ORDER BY seq",
-        one,
-    )
-    lifecycle = _rows(
-        conn,
-        "SELECT version, ts, type, json_extract(data, '$.error') AS error FROM events"
-        " WHERE job_id = ? AND step IS NULL AND type LIKE 'job.%' ORDER BY version",
-        one,
-    )
+    runs = store.view_rows("step_runs", RUN_COLUMNS, job_id)
+    calls = store.view_rows("llm_calls", CALL_COLUMNS, job_id)
+    files = store.view_rows("file_writes", FILE_COLUMNS, job_id)
+    hits: list[dict[str, Any]] = []
+    lifecycle: list[dict[str, Any]] = []
+    for ev in store.read_job(job_id):
+        if ev.type == "cache.hit":
+            d = orjson.loads(ev.data_json)
+            hits.append(
+                {
+                    "step": ev.step,
+                    "origin_job": d.get("origin_job"),
+                    "origin_step": d.get("origin_step"),
+                    "tokens_saved": d.get("tokens_saved"),
+                }
+            )
+        elif ev.step is None and ev.type.startswith("job."):
+            error = orjson.loads(ev.data_json).get("error")
+            lifecycle.append({"version": ev.version, "ts": ev.ts, "type": ev.type, "error": error})
     retries: dict[str, int] = {}
     for call in calls:
         if call["attempt"] > 1:

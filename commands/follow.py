@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
 
 from steplog.errors import Rejected
-from steplog.eventstore.record import StoredEvent
-from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.eventstore.record import EventStore, StoredEvent
 from steplog.projections.manifest import JOB_STATUS_AFTER, TERMINAL_JOB_STATUSES
 
 Predicate = Callable[[StoredEvent], bool]
@@ -47,7 +46,7 @@ class Cursor:
 
     def __init__(
         self,
-        store: SQLiteEventStore,
+        store: EventStore,
         job_id: str,
         *,
         wait_s: float = 0,
@@ -84,7 +83,7 @@ class Cursor:
 
 
 def follow_iter(
-    store: SQLiteEventStore,
+    store: EventStore,
     job_id: str,
     *,
     interval_s: float = DEFAULT_INTERVAL_S,
@@ -102,7 +101,7 @@ def follow_iter(
 
 
 async def follow_async(
-    store: SQLiteEventStore,
+    store: EventStore,
     job_id: str,
     *,
     interval_s: float = DEFAULT_INTERVAL_S,
@@ -125,7 +124,7 @@ async def follow_async(
 
 
 def follow(
-    store: SQLiteEventStore,
+    store: EventStore,
     job_id: str,
     keep: Predicate,
     emit: Callable[[StoredEvent], None],

@@ -19,7 +19,6 @@ leaves the fork in status `created`, so `steplog resume NEW_JOB` is never refuse
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,7 @@ from steplog.commands.jobs import check_job_id, check_workspace
 from steplog.commands.replay import replay
 from steplog.errors import Rejected
 from steplog.eventstore.events import JobForked, NewEvent, parse_data
-from steplog.eventstore.record import StoredEvent, StoreError, VersionConflict
-from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.eventstore.record import EventStore, StoredEvent, StoreError, VersionConflict
 from steplog.executor.outputs import OutputProblem, parse_output
 from steplog.executor.workspace import UnsafePath, safe_relative, write_file
 
@@ -61,7 +59,7 @@ def fork_document(result: ForkResult) -> dict[str, Any]:
 
 
 def files_at_point(
-    store: SQLiteEventStore, events: list[StoredEvent]
+    store: EventStore, events: list[StoredEvent]
 ) -> tuple[dict[str, bytes], list[str]]:
     """path -> content of every file the prefix wrote (the last write of each path wins), and
     the paths whose content the log does not hold.
@@ -94,13 +92,7 @@ def files_at_point(
     if not wanted:
         return {}, []
     shas = [sha for sha, _, _ in wanted.values()]
-    marks = ", ".join("?" * len(shas))
-    held = {
-        sha: bytes(content)
-        for sha, content in store.conn.execute(
-            f"SELECT sha256, content FROM blobs WHERE sha256 IN ({marks})", shas
-        )
-    }
+    held = store.find_blobs(shas)
     parsed: dict[str, dict[str, bytes]] = {}
     out: dict[str, bytes] = {}
     missing: list[str] = []
@@ -136,7 +128,7 @@ def _check_workspace(workspace: Path) -> None:
 
 
 def fork_job(
-    store: SQLiteEventStore,
+    store: EventStore,
     source: str,
     point: str,
     new_job: str,
@@ -171,11 +163,8 @@ def fork_job(
     rows = [(ev.ts, ev.level, ev.type, ev.step, ev.data_json) for ev in prefix]
     rows.append((forked.ts, forked.level, forked.type, forked.step, forked.data_json()))
     try:
-        with store.write_transaction() as conn:
-            store.append_txn(conn, new_job, rows, 0, ())
+        store.append_rows(new_job, rows, expected_version=0)
     except VersionConflict as exc:
-        raise Rejected(f"job {new_job} already exists; choose another name for the fork") from exc
-    except sqlite3.IntegrityError as exc:
         raise Rejected(f"job {new_job} already exists; choose another name for the fork") from exc
     try:
         root.mkdir(parents=True, exist_ok=True)

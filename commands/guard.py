@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steplog.errors import Rejected
-from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.eventstore.record import EventStore
 from steplog.executor.pipeline import Pipeline
 from steplog.executor.workspace import UnsafePath, is_temp_name, read_inside, safe_relative
 
@@ -52,7 +52,7 @@ def existing_files(root: Path) -> list[str]:
 
 
 def in_the_way(
-    store: SQLiteEventStore, pipeline: Pipeline, inputs: dict[str, str], root: Path
+    store: EventStore, pipeline: Pipeline, inputs: dict[str, str], root: Path
 ) -> InTheWay | None:
     """The files of `root` a new run of `pipeline` would (or may) replace; None if none."""
     if not root.is_dir() or not any(s.output == "files" for s in pipeline.spec.steps.values()):
@@ -90,7 +90,7 @@ def named(files: list[str]) -> str:
 
 
 def check_workspace_free(
-    store: SQLiteEventStore, pipeline: Pipeline, inputs: dict[str, str], root: Path
+    store: EventStore, pipeline: Pipeline, inputs: dict[str, str], root: Path
 ) -> None:
     """Refuse a run whose workspace holds files it would (or may) overwrite."""
     found = in_the_way(store, pipeline, inputs, root)

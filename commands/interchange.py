@@ -35,8 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from steplog.errors import Rejected
 from steplog.eventstore.events import InvalidEvent, NewEvent
-from steplog.eventstore.record import VersionConflict, blob_sha256
-from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.eventstore.record import EventStore, VersionConflict, blob_sha256
 from steplog.executor.pipeline import NAME_PATTERN
 
 FORMAT = 1
@@ -120,7 +119,7 @@ class Exported:
 
 
 def export_job(
-    store: SQLiteEventStore,
+    store: EventStore,
     job_id: str,
     *,
     blob_dir: Path | None = None,
@@ -396,7 +395,7 @@ def read_checked(path: Path, job_id: str | None = None) -> tuple[str, ImportPlan
 
 
 def import_job(
-    store: SQLiteEventStore,
+    store: EventStore,
     path: Path,
     job_id: str | None = None,
     *,

@@ -23,12 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from steplog.commands.queries import fold_job
 from steplog.errors import Interrupted, Rejected
 from steplog.eventstore.events import JobCreated, JobInterrupted, JobResumed, JobStarted, NewEvent
-from steplog.eventstore.record import VersionConflict, blob_sha256
-from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.eventstore.record import EventStore, VersionConflict, blob_sha256
 from steplog.executor import faults
 from steplog.executor.breakers import breaker_endpoint, breaker_policy
 from steplog.executor.budget import Spend, blocks_resume
-from steplog.executor.drift import logged_files
 from steplog.executor.ownership import current_owner, owner_alive
 from steplog.executor.pipeline import (
     NAME_PATTERN,
@@ -43,7 +41,7 @@ from steplog.executor.shutdown import DEFAULT_GRACE_S, Shutdown, StopReport, sig
 from steplog.projections import manifest
 from steplog.projections.breaker import iso
 from steplog.projections.manifest import JobState
-from steplog.projections.tables import breaker_row
+from steplog.projections.store import breaker_of
 from steplog.providers import breaker
 
 
@@ -104,9 +102,7 @@ def check_workspace(workspace: Path) -> None:
         raise Rejected(f"workspace {workspace} cannot be written ({existing} is not writable)")
 
 
-def _check_run(
-    store: SQLiteEventStore, cmd: RunCommand
-) -> tuple[Pipeline, dict[str, str], str, Path]:
+def _check_run(store: EventStore, cmd: RunCommand) -> tuple[Pipeline, dict[str, str], str, Path]:
     """Every check of `run` (nothing is appended): the pipeline, inputs, job id, workspace."""
     pipeline = load_pipeline(cmd.pipeline_path)
     inputs = pipeline.resolve_inputs(cmd.inputs)
@@ -135,7 +131,7 @@ def check_run_before_creating(cmd: RunCommand) -> None:
         _check_run(empty, cmd)
 
 
-def prepare_run(store: SQLiteEventStore, cmd: RunCommand) -> Prepared:
+def prepare_run(store: EventStore, cmd: RunCommand) -> Prepared:
     pipeline, inputs, job_id, workspace = _check_run(store, cmd)
     snapshot = pipeline.snapshot().encode("utf-8")
     created = JobCreated(
@@ -170,14 +166,14 @@ def _check_keys(pipeline: Pipeline, steps: list[str]) -> None:
 
 
 def check_breakers(
-    store: SQLiteEventStore, pipeline: Pipeline, steps: list[str], now: float | None = None
+    store: EventStore, pipeline: Pipeline, steps: list[str], now: float | None = None
 ) -> None:
     """Refuse up front while a breaker the steps' providers need would refuse a call."""
     now = time.time() if now is None else now
     for name in sorted({pipeline.spec.steps[s].provider for s in steps}):
         config = pipeline.spec.providers[name]
         endpoint = breaker_endpoint(config)
-        row = breaker_row(store.conn, endpoint) if endpoint else None
+        row = breaker_of(store, endpoint) if endpoint else None
         if row is None:
             continue
         admission = breaker.admit(row.state, breaker_policy(config), now)
@@ -238,9 +234,7 @@ def _check_resumable(state: JobState, cmd: ResumeCommand) -> None:
             )
 
 
-def pipeline_for_resume(
-    store: SQLiteEventStore, state: JobState, override: Path | None
-) -> Pipeline:
+def pipeline_for_resume(store: EventStore, state: JobState, override: Path | None) -> Pipeline:
     """The pipeline file as it is now (so a fixed prompt takes effect), else the stored copy."""
     path = override or (Path(state.pipeline_path) if state.pipeline_path else None)
     if path is not None and path.exists():
@@ -264,7 +258,7 @@ def pipeline_for_resume(
     return parse_pipeline(source, state.pipeline_path)
 
 
-def prepare_resume(store: SQLiteEventStore, cmd: ResumeCommand) -> Prepared:
+def prepare_resume(store: EventStore, cmd: ResumeCommand) -> Prepared:
     state = fold_job(store, cmd.job_id)
     _check_resumable(state, cmd)
     pipeline = pipeline_for_resume(store, state, cmd.pipeline_path)
@@ -289,7 +283,7 @@ def prepare_resume(store: SQLiteEventStore, cmd: ResumeCommand) -> Prepared:
     faults.after_commit([(ev.type, ev.step) for ev in stored])
     state = manifest.project(cmd.job_id, stored, state)
     workspace = Path(state.workspace or Path("runs") / cmd.job_id)
-    files = logged_files(store.conn, cmd.job_id) if state.files_written else {}
+    files = store.logged_files(cmd.job_id) if state.files_written else {}
     return Prepared(
         cmd.job_id, pipeline, state.inputs, workspace, plan, state, cmd.ignore_breaker, files
     )
@@ -299,7 +293,7 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _runner(store: SQLiteEventStore, prepared: Prepared, observer: Observer | None) -> JobRunner:
+def _runner(store: EventStore, prepared: Prepared, observer: Observer | None) -> JobRunner:
     state = prepared.state
     return JobRunner(
         store,
@@ -316,7 +310,7 @@ def _runner(store: SQLiteEventStore, prepared: Prepared, observer: Observer | No
 
 
 async def run_in_loop(
-    store: SQLiteEventStore, prepared: Prepared, observer: Observer | None = None
+    store: EventStore, prepared: Prepared, observer: Observer | None = None
 ) -> JobOutcome:
     """Run the plan inside the caller's event loop: no signal handler, no process-wide state.
 
@@ -338,7 +332,7 @@ async def run_in_loop(
 
 
 def execute(
-    store: SQLiteEventStore,
+    store: EventStore,
     prepared: Prepared,
     observer: Observer | None = None,
     *,
@@ -402,7 +396,7 @@ def execute(
 
 
 @contextmanager
-def stop_recorded(store: SQLiteEventStore, job_id: str) -> Iterator[None]:
+def stop_recorded(store: EventStore, job_id: str) -> Iterator[None]:
     """Between a job's opening events and execute() (which handles signals itself): a Ctrl-C
     or SIGTERM there records job.interrupted too, and ends as Interrupted, not as a bare abort
     or a silent death."""
@@ -434,7 +428,7 @@ def _explained(exc: BaseException, job_id: str) -> BaseException:
 
 
 def _record_stop(
-    store: SQLiteEventStore, job_id: str, report: StopReport, detailed: bool = False
+    store: EventStore, job_id: str, report: StopReport, detailed: bool = False
 ) -> None:
     """Append job.interrupted at the head: the signal may land between a commit and the runner
     noting its new version, and this process still owns the job."""

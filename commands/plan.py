@@ -24,14 +24,14 @@ from steplog.commands.jobs import (
     plan_resume,
 )
 from steplog.eventstore.events import CacheChange
-from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.eventstore.record import EventStore
 from steplog.executor import explain
 from steplog.executor.cachehistory import previous_run
 from steplog.executor.outputs import OutputProblem, StepOutput, parse_output
 from steplog.executor.pipeline import Pipeline, load_pipeline
 from steplog.executor.templates import TemplateProblem
 from steplog.projections.manifest import JobState
-from steplog.projections.tables import cache_lookup
+from steplog.projections.store import cache_entry
 from steplog.words import counted
 
 Action = Literal["hit", "miss", "skip", "depends", "fail"]
@@ -102,7 +102,7 @@ class PlanReport:
         }
 
 
-def _output(store: SQLiteEventStore, kind: str, sha: str) -> StepOutput | None:
+def _output(store: EventStore, kind: str, sha: str) -> StepOutput | None:
     try:
         return parse_output(kind, store.get_blob(sha).decode("utf-8"))
     except OutputProblem:
@@ -110,7 +110,7 @@ def _output(store: SQLiteEventStore, kind: str, sha: str) -> StepOutput | None:
 
 
 def _depends(
-    store: SQLiteEventStore,
+    store: EventStore,
     pipeline: Pipeline,
     name: str,
     inputs: dict[str, str],
@@ -122,9 +122,7 @@ def _depends(
     # upstream output and rendered text are unknown until the upstream steps ran
     known = explain.cache_detail(pipeline, name, system=None, prompt="", inputs=inputs, outputs={})
     unknown = ("upstream", "rendered")
-    previous = previous_run(
-        store.conn, pipeline.name, name, known, unknown=unknown, job_inputs=inputs
-    )
+    previous = previous_run(store, pipeline.name, name, known, unknown=unknown, job_inputs=inputs)
     changed: list[CacheChange] = []
     if previous is not None and previous.detail is not None:
         changed = explain.changes_since(previous, known, {}, unknown=unknown)
@@ -142,7 +140,7 @@ def _depends(
 
 
 def predict(
-    store: SQLiteEventStore,
+    store: EventStore,
     pipeline: Pipeline,
     inputs: dict[str, str],
     reuse: dict[str, str] | None = None,
@@ -184,7 +182,7 @@ def predict(
             unsettled.add(name)
             continue
         parts, key = pipeline.key_for(name, system, prompt)  # the key the executor computes
-        entry = cache_lookup(store.conn, key)
+        entry = cache_entry(store, key)
         if entry is not None:
             found = _output(store, spec.output, entry.response_sha256)
             if found is None:
@@ -216,7 +214,7 @@ def predict(
             inputs=inputs,
             outputs={r: outputs[r].text for r in reads},
         )
-        previous = previous_run(store.conn, pipeline.name, name, detail, parts, job_inputs=inputs)
+        previous = previous_run(store, pipeline.name, name, detail, parts, job_inputs=inputs)
         why = explain.miss_fields(previous, key, parts, detail)
         steps.append(
             StepPlan(
@@ -242,7 +240,7 @@ def _refusal(check: Callable[[], None]) -> list[str]:
 
 
 def refusals(
-    store: SQLiteEventStore, pipeline: Pipeline, steps: list[str], state: JobState | None = None
+    store: EventStore, pipeline: Pipeline, steps: list[str], state: JobState | None = None
 ) -> list[str]:
     """What `run` (or `resume`, given the job's state) would refuse the steps with, found
     without a network call: key variables, open breakers, the budget that stopped the job."""
@@ -254,7 +252,7 @@ def refusals(
 
 
 def plan_new_run(
-    store: SQLiteEventStore,
+    store: EventStore,
     pipeline_path: Path,
     given: dict[str, str],
     *,
@@ -269,7 +267,7 @@ def plan_new_run(
 
 
 def plan_for_resume(
-    store: SQLiteEventStore, job_id: str, pipeline_path: Path | None, given: dict[str, str]
+    store: EventStore, job_id: str, pipeline_path: Path | None, given: dict[str, str]
 ) -> PlanReport:
     if given:
         raise Rejected("--input cannot be used with --job: a resumed job keeps its inputs")
@@ -303,7 +301,7 @@ def lines(report: PlanReport) -> list[str]:
     return out
 
 
-def missing_database_note(path: Path) -> str:
+def missing_database_note(path: Path | str) -> str:
     return (
         f"note: no database at {path} yet; planned against an empty history "
         "(every step a first run), and no file was created"

@@ -20,30 +20,30 @@ from steplog.projections.manifest import JobState
 
 if TYPE_CHECKING:
     from steplog.commands.replay import ReplayView
-    from steplog.eventstore.sqlite import SQLiteEventStore
+    from steplog.eventstore.record import EventStore
 
 LATEST = "@latest"  # a JOB argument naming the most recently updated job (no job id has an @)
 
 
-def fold_job(store: SQLiteEventStore, job_id: str) -> JobState:
+def fold_job(store: EventStore, job_id: str) -> JobState:
     return manifest.project(job_id, store.read_job(job_id))
 
 
-def latest_job(store: SQLiteEventStore) -> str:
+def latest_job(store: EventStore) -> str:
     """The most recently updated job (the one whose last event is the newest)."""
-    row = store.conn.execute("SELECT job_id FROM streams ORDER BY last_seq DESC LIMIT 1").fetchone()
-    if row is None:
-        raise Rejected(f"no jobs in {store.path} yet; start one with: steplog run PIPELINE.toml")
-    return row[0]
+    job_id = store.latest_job_id()
+    if job_id is None:
+        raise Rejected(f"no jobs in {store.where} yet; start one with: steplog run PIPELINE.toml")
+    return job_id
 
 
-def resolve_job(store: SQLiteEventStore, job_id: str) -> str:
+def resolve_job(store: EventStore, job_id: str) -> str:
     """The job a JOB argument names: `@latest` is the most recently updated job; any other
     text is a job id, returned as it is (the verb says if no such job exists)."""
     return latest_job(store) if job_id == LATEST else job_id
 
 
-def status(store: SQLiteEventStore, job_id: str | None) -> JobState:
+def status(store: EventStore, job_id: str | None) -> JobState:
     job_id = latest_job(store) if job_id is None else resolve_job(store, job_id)
     state = fold_job(store, job_id)
     if not state.exists:
@@ -51,18 +51,16 @@ def status(store: SQLiteEventStore, job_id: str | None) -> JobState:
     return state
 
 
-def jobs(store: SQLiteEventStore, limit: int) -> list[dict[str, Any]]:
-    rows = store.conn.execute(
-        "SELECT j.job_id, j.pipeline, j.status, j.created_ts, s.updated_ts"
-        " FROM jobs j JOIN streams s USING (job_id) ORDER BY s.last_seq DESC LIMIT ?",
-        (limit,),
-    ).fetchall()
+def jobs(store: EventStore, limit: int) -> list[dict[str, Any]]:
+    from steplog.projections.store import job_rows
+
+    rows = job_rows(store, limit)
     keys = ("job_id", "pipeline", "status", "created_ts", "updated_ts")
     return [dict(zip(keys, row)) for row in rows]
 
 
 def events(
-    store: SQLiteEventStore,
+    store: EventStore,
     job_id: str,
     *,
     type_glob: str | None = None,
@@ -78,7 +76,7 @@ def events(
     return (ev for ev in store.read_job(job_id) if keep(ev))
 
 
-def job_steps(store: SQLiteEventStore, job_id: str) -> list[str]:
+def job_steps(store: EventStore, job_id: str) -> list[str]:
     """The steps job.created declared (event 1 of every job; a fork copies it)."""
     first = next(store.read_job(job_id, until_version=1), None)
     if first is None or first.type != "job.created":
@@ -86,7 +84,7 @@ def job_steps(store: SQLiteEventStore, job_id: str) -> list[str]:
     return list(orjson.loads(first.data_json).get("steps") or {})
 
 
-def check_step(store: SQLiteEventStore, job_id: str, step: str) -> None:
+def check_step(store: EventStore, job_id: str, step: str) -> None:
     """Refuse a step the job does not have, naming the nearest one or the job's steps."""
     from steplog.executor.pipeline import did_you_mean  # with the pipeline models: pydantic
 

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from steplog.errors import Rejected
-from steplog.eventstore.record import StoredEvent
-from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.eventstore.record import EventStore, StoredEvent
 from steplog.projections import cache, manifest
 from steplog.projections.cache import CacheIndex
 from steplog.projections.manifest import JobState
@@ -66,7 +65,7 @@ def matcher(point: str, job_version: int):
     return ("type", (type_glob, step or None))
 
 
-def replay(store: SQLiteEventStore, job_id: str, point: str) -> ReplayView:
+def replay(store: EventStore, job_id: str, point: str) -> ReplayView:
     job_version = store.job_version(job_id)
     if job_version == 0:
         raise BadPoint(f"unknown job {job_id}")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import orjson
 
-from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.eventstore.record import EventStore
 from steplog.executor.outputs import OutputProblem, parse_output
 from steplog.models import JobResult, StepResult
 from steplog.projections.manifest import JobState
 
 
-def output_kinds(store: SQLiteEventStore, job_id: str) -> dict[str, str]:
+def output_kinds(store: EventStore, job_id: str) -> dict[str, str]:
     """step -> the output kind (text, json, files) its last step.succeeded recorded."""
     kinds: dict[str, str] = {}
     for ev in store.read_job(job_id):
@@ -19,7 +19,7 @@ def output_kinds(store: SQLiteEventStore, job_id: str) -> dict[str, str]:
     return kinds
 
 
-def job_result(store: SQLiteEventStore, state: JobState) -> JobResult:
+def job_result(store: EventStore, state: JobState) -> JobResult:
     kinds = output_kinds(store, state.job_id) if state.completed_steps else {}
     wanted = [
         s.output_sha256 for s in state.steps.values() if s.completed and s.output_sha256 is not None

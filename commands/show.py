@@ -25,8 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from steplog.errors import Rejected
-from steplog.eventstore.record import StoredEvent
-from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.eventstore.record import EventStore, StoredEvent
 from steplog.words import counted
 
 # Events after a step's run that tell a run with no end it was cut off (as the step_runs view).
@@ -141,9 +140,7 @@ class StepAttempt(BaseModel):
     )
 
 
-def show_step(
-    store: SQLiteEventStore, job_id: str, step: str, attempt: int | None = None
-) -> StepAttempt:
+def show_step(store: EventStore, job_id: str, step: str, attempt: int | None = None) -> StepAttempt:
     """Attempt `attempt` (default: the latest) of `step` in `job_id`, read from the log.
 
     Raises Rejected for an unknown job, a step the job does not have (naming its steps), a step
@@ -190,7 +187,7 @@ def show_step(
 
 
 def _build(
-    store: SQLiteEventStore,
+    store: EventStore,
     job_id: str,
     step: str,
     window: list[StoredEvent],
@@ -307,7 +304,7 @@ def _build(
 
 
 def _origin_request(
-    store: SQLiteEventStore, job_id: str, step: str | None, cache_key: str
+    store: EventStore, job_id: str, step: str | None, cache_key: str
 ) -> dict[str, Any] | None:
     """The llm.request that paid for a cache hit's answer (the last one with its cache key)."""
     found: dict[str, Any] | None = None
@@ -319,7 +316,7 @@ def _origin_request(
     return found
 
 
-def _with_blobs(store: SQLiteEventStore, fields: dict[str, Any]) -> StepAttempt:
+def _with_blobs(store: EventStore, fields: dict[str, Any]) -> StepAttempt:
     """Fill in the texts from the blobs the events name; a blob not stored is listed missing."""
     names = ("prompt_sha256", "response_sha256", "output_sha256")
     wanted = [fields[name] for name in names if fields.get(name)]

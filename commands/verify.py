@@ -1,8 +1,9 @@
 """`steplog verify`: is the log what steplog wrote, and does everything derived from it agree?
 
-Checks, on a read-only connection: every job's hash chain recomputed from genesis (and each
-event's data against its model); the `streams` heads; the schema against schema.sql (version,
-tables, the append-only triggers, views); PRAGMA integrity_check; each projection table of
+Checks, through a store opened read-only: every job's hash chain recomputed from genesis (and
+each event's data against its model); the `streams` heads; the schema against the backend's
+schema file (version, tables, the append-only triggers, views); the backend's own integrity
+check (SQLite's PRAGMA integrity_check); each projection table of
 projections.tables.TABLE_PROJECTIONS against a fresh fold of the log (drift); every blob's
 sha256 and size against its content, and that every blob an event points at is there.
 """
@@ -10,18 +11,22 @@ sha256 and size against its content, and that every blob an event points at is t
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-import sqlite3
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import ValidationError
 
+from steplog.errors import Rejected
 from steplog.eventstore.events import EVENT_TYPES, parse_data
 from steplog.eventstore.record import GENESIS_HASH, StoredEvent, chain_hash
-from steplog.eventstore.sqlite import APPLICATION_ID, SCHEMA_PATH, SCHEMA_VERSION, schema_statements
+from steplog.projections.store import table_rows
 from steplog.projections.tables import TABLE_PROJECTIONS, TableProjection
+
+if TYPE_CHECKING:
+    from steplog.eventstore.record import EventStore
 from steplog.words import counted
 
 MAX_PER_CHECK = 20  # problems kept per check; the count of all is still reported
@@ -87,13 +92,46 @@ class Report:
         )
 
 
-def verify(conn: sqlite3.Connection, job_id: str | None = None) -> Report:
+def open_for_verify(location: str | os.PathLike[str]) -> EventStore:
+    """The store at `location` opened never to write: a SQLite file read-only (no schema
+    applied or upgraded, so an older one is reported as it is); a PostgreSQL database as it
+    is, refused if steplog's tables are not there."""
+    from steplog.eventstore.config import is_postgres_url
+
+    if is_postgres_url(location):
+        from steplog.eventstore import open_event_store
+
+        return open_event_store(location, create=False)
+    from steplog.eventstore.sqlite import SQLiteEventStore
+
+    return SQLiteEventStore(location, read_only=True)
+
+
+def verify_database(location: str | os.PathLike[str], job: str | None = None) -> Report:
+    """`steplog verify [JOB]`: every check on the database at `location`, opened read-only."""
+    from steplog.commands.queries import resolve_job
+
+    store = open_for_verify(location)
+    try:
+        if job is not None:
+            job = resolve_job(store, job)
+            if not store.job_exists(job):
+                raise Rejected(f"unknown job {job}")
+        return verify(store, job)
+    finally:
+        store.close()
+
+
+def verify(store: EventStore, job_id: str | None = None) -> Report:
     """Run every check; `job_id` limits the chain and blob-reference checks to one job."""
     report = Report()
-    referenced = _check_log(conn, report, job_id)
-    _check_schema(conn, report)
-    _check_integrity(conn, report)
-    _check_blobs(conn, report, referenced)
+    referenced = _check_log(store, report, job_id)
+    report.schema_version, problems = store.schema_problems()
+    for message in problems:
+        report.add(Problem("schema", message))
+    for message in store.integrity_problems():
+        report.add(Problem("integrity", message))
+    _check_blobs(store, report, referenced)
     report.problems.sort(key=lambda p: (p.seq is None, p.seq or 0))  # bad events first, in order
     return report
 
@@ -101,20 +139,11 @@ def verify(conn: sqlite3.Connection, job_id: str | None = None) -> Report:
 # -- the log: chains, streams, projections in one pass -----------------------------------------
 
 
-def _events(conn: sqlite3.Connection) -> Iterator[StoredEvent]:
-    cursor = conn.execute(
-        "SELECT seq, job_id, version, ts, level, type, step, data, prev_hash, hash"
-        " FROM events ORDER BY seq"
-    )
-    for row in cursor:
-        yield StoredEvent._make(row)
-
-
 _SHA_FIELD = re.compile(r"_sha256$")
 
 
 def _check_log(
-    conn: sqlite3.Connection, report: Report, job_id: str | None
+    store: EventStore, report: Report, job_id: str | None
 ) -> dict[str, tuple[str, int, int]]:
     """Returns blob sha256 -> the first (job, version, seq) pointing at it."""
     heads: dict[str, tuple[int, str, int]] = {}  # job -> (version, hash, seq) as recomputed
@@ -122,7 +151,7 @@ def _check_log(
     folds: dict[tuple[Any, Any], Any] = {}
     states = [(p, folds.setdefault((p.start, p.apply), p.start())) for p in TABLE_PROJECTIONS]
     referenced: dict[str, tuple[str, int, int]] = {}
-    for ev in _events(conn):
+    for ev in store.read_all():
         for (_, apply), state in folds.items():
             apply(state, ev)
         if job_id is not None and ev.job_id != job_id:
@@ -137,12 +166,12 @@ def _check_log(
             if _SHA_FIELD.search(key) and isinstance(value, str) and value not in referenced:
                 referenced[value] = (ev.job_id, ev.version, ev.seq)
     report.jobs = len(heads)
-    _check_streams(conn, report, heads, job_id)
-    present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    _check_streams(store, report, heads, job_id)
+    present = store.table_names()
     for projection, state in states:
         if projection.table not in present:
             continue  # an older schema: the schema check reports the missing table
-        _check_projection(conn, report, projection, state)
+        _check_projection(store, report, projection, state)
         report.projections.append(projection.table)
     if job_id is not None and job_id not in heads:
         report.add(Problem("chain", f"job {job_id} has no events"))
@@ -179,15 +208,13 @@ def _check_event(ev: StoredEvent, heads: dict[str, tuple[int, str, int]], report
 
 
 def _check_streams(
-    conn: sqlite3.Connection,
+    store: EventStore,
     report: Report,
     heads: dict[str, tuple[int, str, int]],
     job_id: str | None,
 ) -> None:
     stored = {
-        r[0]: (r[1], r[2], r[3])
-        for r in conn.execute("SELECT job_id, version, last_hash, last_seq FROM streams")
-        if job_id is None or r[0] == job_id
+        job: head for job, head in store.stream_heads().items() if job_id is None or job == job_id
     }
     for job, head in heads.items():
         if stored.get(job) != head:
@@ -202,12 +229,11 @@ def _check_streams(
 
 
 def _check_projection(
-    conn: sqlite3.Connection, report: Report, projection: TableProjection, state: Any
+    store: EventStore, report: Report, projection: TableProjection, state: Any
 ) -> None:
     columns, width = projection.columns, projection.key_columns
     folded = {tuple(row[:width]): tuple(row) for row in projection.rows(state)}
-    sql = f"SELECT {', '.join(columns)} FROM {projection.table}"
-    table = {tuple(row[:width]): tuple(row) for row in conn.execute(sql)}
+    table = {tuple(row[:width]): tuple(row) for row in table_rows(store, projection)}
     where = f"projection {projection.table}"
     for key in sorted(folded.keys() | table.keys(), key=str):
         have, want = table.get(key), folded.get(key)
@@ -226,84 +252,16 @@ def _check_projection(
         report.add(Problem("projection", f"{where}: {message}"))
 
 
-# -- schema, integrity, blobs --------------------------------------------------------------------
-
-
-def _normal_sql(sql: str | None) -> str:
-    text = re.sub(r"--[^\n]*", "", sql or "")
-    return " ".join(text.replace("IF NOT EXISTS ", "").split())
-
-
-def expected_schema() -> dict[tuple[str, str], str]:
-    """(type, name) -> normalised SQL of every object schema.sql creates."""
-    mem = sqlite3.connect(":memory:")
-    try:
-        for statement in schema_statements(SCHEMA_PATH.read_text(encoding="utf-8")):
-            mem.execute(statement)
-        rows = mem.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL")
-        return {(t, n): _normal_sql(s) for t, n, s in rows}
-    finally:
-        mem.close()
-
-
-def _check_schema(conn: sqlite3.Connection, report: Report) -> None:
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    report.schema_version = version
-    if app_id != APPLICATION_ID:
-        report.add(Problem("schema", f"application_id is {app_id}, not steplog's"))
-    if version != SCHEMA_VERSION:
-        report.add(
-            Problem(
-                "schema",
-                f"schema version is {version}, this steplog expects {SCHEMA_VERSION}"
-                " (any other steplog command upgrades the file)",
-            )
-        )
-    actual = {
-        (t, n): _normal_sql(s)
-        for t, n, s in conn.execute(
-            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL"
-        )
-    }
-    for (kind, name), sql in sorted(expected_schema().items()):
-        if (kind, name) not in actual:
-            report.add(Problem("schema", f"{kind} {name} is missing"))
-        elif actual[(kind, name)] != sql:
-            report.add(Problem("schema", f"{kind} {name} differs from schema.sql"))
-    for kind, name in sorted(actual.keys() - expected_schema().keys()):
-        if kind == "trigger":
-            report.add(Problem("schema", f"trigger {name} is not steplog's"))
-    names = {n for (_, n) in actual}
-    if "steplog_meta" in names:
-        meta = conn.execute(
-            "SELECT value FROM steplog_meta WHERE key = 'schema_version'"
-        ).fetchone()
-        if meta is None or meta[0] != str(version):
-            report.add(Problem("schema", f"steplog_meta.schema_version is {meta and meta[0]!r}"))
-    if "schema_migrations" in names:
-        top = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
-        if top != version:
-            report.add(
-                Problem("schema", f"schema_migrations ends at {top}, user_version is {version}")
-            )
-
-
-def _check_integrity(conn: sqlite3.Connection, report: Report) -> None:
-    rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
-    if rows != ["ok"]:
-        for row in rows:
-            report.add(Problem("integrity", row))
+# -- blobs ---------------------------------------------------------------------------------------
 
 
 def _check_blobs(
-    conn: sqlite3.Connection, report: Report, referenced: dict[str, tuple[str, int, int]]
+    store: EventStore, report: Report, referenced: dict[str, tuple[str, int, int]]
 ) -> None:
     present: set[str] = set()
-    for sha, size, content in conn.execute("SELECT sha256, size, content FROM blobs"):
+    for sha, size, content in store.all_blobs():
         report.blobs += 1
         present.add(sha)
-        content = bytes(content)
         actual = hashlib.sha256(content).hexdigest()
         if actual != sha:
             report.add(Problem("blob", f"blob {sha[:12]}: content hashes to {actual[:12]}"))

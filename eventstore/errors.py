@@ -107,3 +107,8 @@ class DatabaseMissing(DatabaseUnusable):
 
 class PostgresDriverMissing(DatabaseUnusable):
     """A postgresql:// URL, but psycopg (the `postgres` extra) is not installed."""
+
+
+class DatabaseNotCreated(DatabaseMissing):
+    """The PostgreSQL database exists but holds no steplog log yet, and a read verb (which
+    never creates one) was asked of it."""

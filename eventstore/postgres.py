@@ -38,9 +38,11 @@ from steplog.eventstore.errors import (
     DatabaseBusy,
     DatabaseFull,
     DatabaseMissing,
+    DatabaseNotCreated,
     DatabaseReadOnly,
     ServerUnreachable,
 )
+from steplog.eventstore.reads import LogReads
 from steplog.eventstore.record import (
     GENESIS_HASH,
     DatabaseUnusable,
@@ -114,9 +116,17 @@ def _os_user() -> str:
         return "postgres"
 
 
-class PostgresEventStore:
+class PostgresEventStore(LogReads):
     """The event log in one PostgreSQL database. A small connection pool; each append is one
-    transaction holding the EXCLUSIVE lock on events."""
+    transaction holding the EXCLUSIVE lock on events.
+
+    create: apply the schema to an empty database (False: refuse it, DatabaseNotCreated, as
+    read verbs do: they never create a log)."""
+
+    dialect = "postgresql"
+    MARK = "%s"
+    JSON_TEXT = "({column} ->> '{key}')"
+    DATA_TEXT = "data::text"
 
     def __init__(
         self,
@@ -126,8 +136,11 @@ class PostgresEventStore:
         busy_timeout_ms: int | None = None,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         pool_size: int = DEFAULT_POOL_SIZE,
+        create: bool = True,
     ) -> None:
         self._projectors = list(projectors)
+        self._may_create = create
+        self.created = False  # this open applied the schema to an empty database
         if busy_timeout_ms is None:
             busy_timeout_ms = busy_timeout_from_env()
         self.busy_timeout_ms = busy_timeout_ms
@@ -192,6 +205,11 @@ class PostgresEventStore:
                 " none that exists"
             )
         self._check_usable(conn, tables)
+        if not tables and not self._may_create:
+            raise DatabaseNotCreated(
+                f"no steplog database at {self.where} yet (the database is empty);"
+                " start one with: steplog run PIPELINE.toml"
+            )
         if not tables:
             self._create(conn)
         self.read_only_reason = self._read_only(conn)
@@ -266,6 +284,7 @@ class PostgresEventStore:
                 "INSERT INTO schema_migrations (version, ts, description) VALUES (%s, %s, %s)",
                 (SCHEMA_VERSION, utc_now(), f"created at schema {SCHEMA_VERSION}"),
             )
+        self.created = True
 
     def _read_only(self, conn: psycopg.Connection[Any]) -> str | None:
         """Why this role cannot append here, or None if it can."""
@@ -409,9 +428,21 @@ class PostgresEventStore:
         expected_version: the job's version the caller last saw (0 = the job must not exist);
         None appends at the head whatever it is.
         """
+        prepared = [(e.ts, e.level, e.type, e.step, e.data_json()) for e in events]
+        return self.append_rows(job_id, prepared, expected_version=expected_version, blobs=blobs)
+
+    def append_rows(
+        self,
+        job_id: str,
+        prepared: Sequence[tuple[str, str, str, str | None, str]],
+        *,
+        expected_version: int | None = None,
+        blobs: Sequence[bytes] = (),
+    ) -> list[StoredEvent]:
+        """append() of rows already serialised, (ts, level, type, step, data JSON) each, kept
+        exactly (a fork's or an import's copied history)."""
         if not job_id:
             raise StoreError("job_id must not be empty")
-        prepared = [(e.ts, e.level, e.type, e.step, e.data_json()) for e in events]
         if not prepared:
             return []
         with self.write_transaction() as conn:
@@ -475,6 +506,27 @@ class PostgresEventStore:
         return sha
 
     # -- reading -------------------------------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection for reads (LogReads, the projection lookups), autocommit."""
+        with self._connection() as conn:
+            yield conn
+
+    def table_names(self) -> set[str]:
+        with self._connection() as conn:
+            return set(self._read_header(conn)[1])
+
+    def schema_problems(self) -> tuple[int, list[str]]:
+        """`verify`: the schema version, and how the schema differs from schema_postgres.sql's."""
+        from steplog.eventstore import postgres_checks
+
+        with self._connection() as conn:
+            return postgres_checks.schema_problems(conn)
+
+    def integrity_problems(self) -> list[str]:
+        """`verify`: PostgreSQL checks its own pages (checksums, WAL); nothing to add here."""
+        return []
 
     def _batched(self, sql: str, params: tuple, key_index: int) -> Iterator[StoredEvent]:
         """Keyset pagination so memory stays bounded however long the log is; no connection is

@@ -134,17 +134,35 @@ def text_sha256(text: str, slice_chars: int = 2**20) -> str:
 
 class EventStore(Protocol):
     """What the rest of steplog needs from a log backend; SQLiteEventStore and PostgresEventStore
-    both provide it, and tests/store_contract.py checks that they behave alike.
+    both provide it, and tests/store_contract.py checks that they behave alike. The commands and
+    the executor read and write only through it (and projections.store, for the projection
+    tables): no SQL outside the backends and the projections' per-dialect modules.
 
     `write_transaction()` yields the backend's own connection inside a transaction that holds
     the log's write lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: LOCK TABLE events IN EXCLUSIVE
     MODE); `append_txn(conn, …)` appends inside it, so that several writes share one commit.
+    `reading()` yields a connection for reads, for the projection tables' lookups.
     """
 
+    dialect: str  # "sqlite" | "postgresql": which projections module holds its tables' SQL
+    where: str  # how messages name the database: a path, or host:port/dbname (no password)
+    created: bool  # this open applied the schema to an empty database
+    read_only_reason: str | None
+
+    # -- writing
     def append(
         self,
         job_id: str,
         events: Sequence[NewEvent],
+        *,
+        expected_version: int | None = None,
+        blobs: Sequence[bytes] = (),
+    ) -> list[StoredEvent]: ...
+
+    def append_rows(
+        self,
+        job_id: str,
+        prepared: Sequence[tuple[str, str, str, str | None, str]],
         *,
         expected_version: int | None = None,
         blobs: Sequence[bytes] = (),
@@ -161,12 +179,21 @@ class EventStore(Protocol):
 
     def write_transaction(self) -> AbstractContextManager[Any]: ...
 
+    def put_blob(self, content: bytes) -> str: ...
+
+    def require_writable(self) -> None: ...
+
+    # -- the log
     def read_job(
         self, job_id: str, *, after_version: int = 0, until_version: int | None = None
     ) -> Iterator[StoredEvent]: ...
 
     def read_all(
-        self, *, after_seq: int = 0, until_seq: int | None = None
+        self,
+        *,
+        after_seq: int = 0,
+        until_seq: int | None = None,
+        data_for: Sequence[str] | None = None,
     ) -> Iterator[StoredEvent]: ...
 
     def job_version(self, job_id: str) -> int: ...
@@ -177,14 +204,32 @@ class EventStore(Protocol):
 
     def wait_for_events(self, after_seq: int, timeout: float) -> int: ...
 
-    def put_blob(self, content: bytes) -> str: ...
+    def latest_job_id(self) -> str | None: ...
 
+    def stream_heads(self) -> dict[str, tuple[int, str, int]]: ...
+
+    def logged_files(self, job_id: str) -> dict[str, tuple[str, str]]: ...
+
+    def cache_runs(self, pipeline: str, step: str, limit: int) -> list[tuple[int, str, str]]: ...
+
+    def view_rows(self, view: str, columns: Sequence[str], job_id: str) -> list[dict[str, Any]]: ...
+
+    # -- blobs
     def get_blob(self, sha256: str) -> bytes: ...
 
     def get_blobs(self, shas: Sequence[str]) -> dict[str, bytes]: ...
 
     def find_blobs(self, shas: Sequence[str]) -> dict[str, bytes]: ...
 
-    def require_writable(self) -> None: ...
+    def all_blobs(self) -> Iterator[tuple[str, int, bytes]]: ...
+
+    # -- the database
+    def reading(self) -> AbstractContextManager[Any]: ...
+
+    def table_names(self) -> set[str]: ...
+
+    def schema_problems(self) -> tuple[int, list[str]]: ...
+
+    def integrity_problems(self) -> list[str]: ...
 
     def close(self) -> None: ...

@@ -22,6 +22,7 @@ from steplog.eventstore.config import (  # noqa: F401 - busy_timeout names: re-e
     sql_file,
 )
 from steplog.eventstore.errors import DatabaseBusy, DatabaseReadOnly, database_error, is_busy
+from steplog.eventstore.reads import LogReads
 from steplog.eventstore.record import (
     GENESIS_HASH,
     DatabaseUnusable,
@@ -162,8 +163,13 @@ def read_only_uri(path: Path) -> str:
     return uri
 
 
-class SQLiteEventStore:
-    """The event log in one SQLite file. One connection; writers use IMMEDIATE transactions."""
+class SQLiteEventStore(LogReads):
+    """The event log in one SQLite file. One connection; writers use IMMEDIATE transactions.
+
+    read_only: open an existing database without ever writing it (`verify`): mode=ro, no
+    schema applied or upgraded, every write refused."""
+
+    dialect = "sqlite"
 
     def __init__(
         self,
@@ -172,8 +178,11 @@ class SQLiteEventStore:
         projectors: Sequence[Projector] = (),
         synchronous: str | None = None,
         busy_timeout_ms: int | None = None,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.where = str(path)  # how messages name the database
+        self.opened_read_only = read_only
         self._projectors = list(projectors)
         if busy_timeout_ms is None:
             busy_timeout_ms = busy_timeout_from_env()
@@ -188,6 +197,12 @@ class SQLiteEventStore:
         # Set when the file exists but cannot be written: the store then only reads (mode=ro)
         # and every write is refused with this reason before it reaches SQLite.
         self.read_only_reason = None if self.in_memory else read_only_reason(self.path)
+        if read_only:
+            if not self.path.is_file():
+                raise DatabaseUnusable(f"no database at {self.path}")
+            check_database_file(self.path, empty_ok=False)
+            _check_foreign(self.path)
+            self.read_only_reason = self.read_only_reason or "opened read-only"
         try:
             if not self.in_memory:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +236,9 @@ class SQLiteEventStore:
         app_id, user_version, tables = self._read_header()
         self._check_usable(app_id, user_version, tables)
         if self.read_only_reason:
-            if not tables or user_version < SCHEMA_VERSION:
+            if self.opened_read_only and not tables:
+                raise DatabaseUnusable(f"{self.path} is not a steplog database (it is empty)")
+            if not self.opened_read_only and (not tables or user_version < SCHEMA_VERSION):
                 raise DatabaseReadOnly(
                     f"database {self.path} needs an upgrade to schema {SCHEMA_VERSION}"
                     f" (it is at {user_version}) but is read-only ({self.read_only_reason})"
@@ -396,9 +413,21 @@ class SQLiteEventStore:
         expected_version: the job's version the caller last saw (0 = the job must not exist);
         None appends at the head whatever it is.
         """
+        prepared = [(e.ts, e.level, e.type, e.step, e.data_json()) for e in events]
+        return self.append_rows(job_id, prepared, expected_version=expected_version, blobs=blobs)
+
+    def append_rows(
+        self,
+        job_id: str,
+        prepared: Sequence[tuple[str, str, str, str | None, str]],
+        *,
+        expected_version: int | None = None,
+        blobs: Sequence[bytes] = (),
+    ) -> list[StoredEvent]:
+        """append() of rows already serialised, (ts, level, type, step, data JSON) each, kept
+        exactly (a fork's or an import's copied history)."""
         if not job_id:
             raise StoreError("job_id must not be empty")
-        prepared = [(e.ts, e.level, e.type, e.step, e.data_json()) for e in events]
         if not prepared:
             return []
         try:
@@ -476,6 +505,28 @@ class SQLiteEventStore:
         return blob_sha256(content)
 
     # -- reading -------------------------------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection reads go through (LogReads, the projection lookups)."""
+        yield self.conn
+
+    def schema_problems(self) -> tuple[int, list[str]]:
+        """`verify`: the schema version, and how the schema differs from schema.sql's."""
+        from steplog.eventstore import sqlite_checks
+
+        return sqlite_checks.schema_problems(self.conn)
+
+    def integrity_problems(self) -> list[str]:
+        """`verify`: what PRAGMA integrity_check finds ([] when the file is sound)."""
+        from steplog.eventstore import sqlite_checks
+
+        return sqlite_checks.integrity_problems(self.conn)
+
+    def table_names(self) -> set[str]:
+        from steplog.eventstore import sqlite_checks
+
+        return sqlite_checks.table_names(self.conn)
 
     _COLUMNS = "seq, job_id, version, ts, level, type, step, data, prev_hash, hash"
 
@@ -573,6 +624,32 @@ class SQLiteEventStore:
         if row is None:
             raise StoreError(f"blob {sha256[:12]} is missing from the database")
         return bytes(row[0])
+
+
+def _check_foreign(path: Path) -> None:
+    """Refuse a file that is not steplog's before a read-only open touches it. With no -wal
+    beside it the whole database is in the main file, and immutable=1 reads the header without
+    creating -shm/-wal (a read-only connection to a WAL-mode file leaves both behind otherwise,
+    beside a file that may belong to another application)."""
+    uri = read_only_uri(path)
+    if "immutable" not in uri and not path.with_name(path.name + "-wal").exists():
+        uri += "&immutable=1"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=10)
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise database_error(path, exc, opening=True) from exc
+    if app_id != APPLICATION_ID:
+        raise DatabaseUnusable(f"{path} is not a steplog database")
+    if version > SCHEMA_VERSION:
+        raise DatabaseUnusable(
+            f"{path} was written by a newer steplog (schema {version};"
+            f" this steplog knows up to {SCHEMA_VERSION})"
+        )
 
 
 def _insert_big_blob(conn: sqlite3.Connection, content: bytes) -> None:

@@ -20,7 +20,7 @@ from steplog.eventstore.events import (
 )
 from steplog.executor.joblog import JobLog
 from steplog.projections.breaker import iso
-from steplog.projections.tables import breaker_row
+from steplog.projections.store import breaker_of
 from steplog.providers import breaker
 from steplog.providers.breaker import (
     BreakerPolicy,
@@ -54,7 +54,7 @@ class Breakers:
         self.clock = clock  # wall time: breakers are shared with other processes
 
     def is_closed(self, endpoint: str) -> bool:
-        row = breaker_row(self.log.store.conn, endpoint)
+        row = breaker_of(self.log.store, endpoint)
         return row is None or row.status == "closed"
 
     async def admit(
@@ -177,7 +177,7 @@ class Breakers:
     ) -> None:
         """Read the breaker, decide, append: one IMMEDIATE transaction (other processes wait)."""
         with self.log.store.write_transaction() as conn:
-            row = breaker_row(conn, endpoint)
+            row = breaker_of(self.log.store, endpoint, conn)
             events = decide(row.state if row else BreakerState())
             if not events:
                 return

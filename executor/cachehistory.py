@@ -4,50 +4,41 @@ Not merely the latest run of a step of that name: the closest one — the run wh
 differ least from this one's, the same inputs first (executor.explain.closest) — among the
 step's recent cache.hit/cache.miss events of the same pipeline name, in any job. One indexed
 query (schema.sql: events_cache_runs, a partial index on step and the event's pipeline name,
-over cache events only) reads them, newest first.
+over cache events only; the store's cache_runs) reads them, newest first.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import orjson
 
 from steplog.eventstore.events import CacheDetail
 from steplog.executor.explain import PreviousRun, closest
 
+if TYPE_CHECKING:
+    from steplog.eventstore.record import EventStore
+
 # How many of the step's latest distinct keys are compared: enough for a pipeline run over a
 # few dozen inputs, a bounded cost for a miss.
 CANDIDATES = 32
 
-# The WHERE terms repeat the partial index's expression and condition so SQLite can use it.
-RUNS_SQL = (
-    "SELECT seq, job_id, data FROM events"
-    " WHERE type IN ('cache.hit', 'cache.miss') AND step = ?"
-    " AND json_extract(data, '$.pipeline') = ?"
-    " ORDER BY seq DESC LIMIT ?"
-)
-
-
-_JOB_INPUTS_SQL = "SELECT data FROM events WHERE job_id = ? AND version = 1"
-
 
 def previous_runs(
-    conn: sqlite3.Connection, pipeline: str, step: str, limit: int = CANDIDATES
+    store: EventStore, pipeline: str, step: str, limit: int = CANDIDATES
 ) -> list[PreviousRun]:
     """The step's latest runs with distinct keys, newest first (at most `limit`), each with
     the inputs of its job (job.created, one primary-key read per job)."""
     runs: dict[str, PreviousRun] = {}
     inputs: dict[str, dict[str, str] | None] = {}
     # a key run many times appears many times: read a few rows per wanted key
-    for seq, job_id, data_json in conn.execute(RUNS_SQL, (step, pipeline, limit * 4)):
+    for seq, job_id, data_json in store.cache_runs(pipeline, step, limit * 4):
         data = orjson.loads(data_json)
         if data["cache_key"] in runs:
             continue
         if job_id not in inputs:
-            row = conn.execute(_JOB_INPUTS_SQL, (job_id,)).fetchone()
-            inputs[job_id] = orjson.loads(row[0]).get("inputs") if row else None
+            first = next(store.read_job(job_id, until_version=1), None)
+            inputs[job_id] = orjson.loads(first.data_json).get("inputs") if first else None
         runs[data["cache_key"]] = PreviousRun(
             seq=seq,
             job_id=job_id,
@@ -62,7 +53,7 @@ def previous_runs(
 
 
 def previous_run(
-    conn: sqlite3.Connection,
+    store: EventStore,
     pipeline: str,
     step: str,
     detail: CacheDetail | Mapping[str, Any] | None = None,
@@ -74,7 +65,7 @@ def previous_run(
     """The run to explain this one against: the closest to `detail`/`parts` and the job's
     inputs (without them, the latest). `unknown`: detail parts not known yet (e.g. upstream
     output), not compared."""
-    runs = previous_runs(conn, pipeline, step, limit=CANDIDATES if detail or parts else 1)
+    runs = previous_runs(store, pipeline, step, limit=CANDIDATES if detail or parts else 1)
     if not runs:
         return None
     if detail is None and parts is None:

@@ -8,7 +8,6 @@ records `file.written` with reason `modified_outside` (executor/workspace.py).
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +24,6 @@ class Drift:
     step: str
     path: str
     change: Literal["modified", "deleted", "unreadable"]
-
-
-def logged_files(conn: sqlite3.Connection, job_id: str) -> dict[str, tuple[str, str]]:
-    """path -> (step, sha256) of the last file.written at that path in the job's log."""
-    rows = conn.execute(
-        "SELECT step, json_extract(data, '$.path'), json_extract(data, '$.sha256') FROM events"
-        " WHERE job_id = ? AND type = 'file.written' ORDER BY version",
-        (job_id,),
-    )
-    return {path: (step, sha) for step, path, sha in rows}
 
 
 def find_drift(root: Path, logged: dict[str, tuple[str, str]], steps: Iterable[str]) -> list[Drift]:
@@ -67,7 +56,7 @@ def describe(drift: Drift) -> str:
 
 def warnings(logged: dict[str, tuple[str, str]], root: Path, plan: Plan) -> list[str]:
     """One line per file of a step the plan skips (reuses) that no longer holds our content;
-    `logged` is logged_files() of the job."""
+    `logged` is the store's logged_files() of the job."""
     if not plan.reuse:
         return []
     return [describe(d) for d in find_drift(root, logged, plan.reuse)]

@@ -14,8 +14,7 @@ from typing import AsyncIterator, Callable, Sequence
 import anyio
 
 from steplog.eventstore.events import NewEvent
-from steplog.eventstore.record import StoredEvent
-from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.eventstore.record import EventStore, StoredEvent
 from steplog.executor import faults
 from steplog.executor.committer import GroupCommitter
 
@@ -25,7 +24,7 @@ Observer = Callable[[Sequence[StoredEvent]], None]
 class JobLog:
     def __init__(
         self,
-        store: SQLiteEventStore,
+        store: EventStore,
         job_id: str,
         *,
         version: int,

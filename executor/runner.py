@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from steplog.eventstore.events import JobFailed, JobSucceeded, NewEvent
-from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.eventstore.record import EventStore
 from steplog.executor.budget import Spend
 from steplog.executor.calls import ProviderCalls
 from steplog.executor.joblog import JobLog, Observer
@@ -28,7 +28,7 @@ from steplog.executor.workspace import sweep_stale_temps
 class JobRunner:
     def __init__(
         self,
-        store: SQLiteEventStore,
+        store: EventStore,
         job_id: str,
         pipeline: Pipeline,
         inputs: dict[str, str],

@@ -32,7 +32,7 @@ from steplog.executor.pipeline import Pipeline
 from steplog.executor.plan import Plan
 from steplog.executor.templates import TemplateProblem
 from steplog.executor.workspace import UnsafePath, safe_relative, write_file
-from steplog.projections.tables import cache_lookup
+from steplog.projections.store import cache_entry
 from steplog.providers.base import LLMRequest
 
 
@@ -112,7 +112,7 @@ class StepRunner:
             outputs={r: self.outputs[r].text for r in self.pipeline.references.get(name, ())},
         )
         store = self.log.store
-        entry = cache_lookup(store.conn, key)
+        entry = cache_entry(store, key)
         # Events not yet committed, and the blobs they point at: committed together below.
         pending: list[NewEvent] = [started]
         pending_blobs: list[bytes] = []
@@ -141,7 +141,7 @@ class StepRunner:
                 on_truncation=spec.on_truncation,
             )
             previous = previous_run(
-                store.conn, self.pipeline.name, name, detail, parts, job_inputs=self.inputs
+                store, self.pipeline.name, name, detail, parts, job_inputs=self.inputs
             )
             miss = CacheMiss(
                 cache_key=key,

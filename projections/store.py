@@ -1,18 +1,84 @@
-"""Open the event store with steplog's projection tables attached."""
+"""Open the event store with steplog's projection tables attached, and ask those tables.
+
+The tables' SQL is one module per dialect, with the same functions: projections.tables
+(SQLite) and projections.postgres_tables (PostgreSQL). The functions here take a store and pick
+its dialect's module, so that the commands and the executor never hold a connection.
+"""
 
 from __future__ import annotations
 
 import os
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Iterable
 
-from steplog.eventstore.sqlite import MEMORY, SQLiteEventStore
-from steplog.projections.tables import PROJECTORS
+from steplog.eventstore.config import is_postgres_url
+
+if TYPE_CHECKING:
+    from steplog.eventstore.record import EventStore
+    from steplog.projections.breaker import BreakerRow
+    from steplog.projections.cache import CacheEntry
+    from steplog.projections.tables import TableProjection
 
 
-def open_store(path: str | os.PathLike[str]) -> SQLiteEventStore:
-    return SQLiteEventStore(path, projectors=PROJECTORS)
+def open_store(location: str | os.PathLike[str], **options: Any) -> EventStore:
+    """The store at `location` (a SQLite path or a postgresql:// URL) keeping the projection
+    tables in its append transactions."""
+    from steplog.eventstore import open_event_store
+
+    tables = _tables_for("postgresql" if is_postgres_url(location) else "sqlite")
+    return open_event_store(location, projectors=tables.PROJECTORS, **options)
 
 
-def open_empty_store() -> SQLiteEventStore:
+def open_empty_store() -> EventStore:
     """A store with no history and no file: what a database that does not exist yet answers
     (no jobs, no cache, no breakers), asked without creating it."""
+    from steplog.eventstore.sqlite import MEMORY, SQLiteEventStore
+    from steplog.projections.tables import PROJECTORS
+
     return SQLiteEventStore(MEMORY, projectors=PROJECTORS)
+
+
+def _tables_for(dialect: str) -> ModuleType:
+    if dialect == "postgresql":
+        from steplog.projections import postgres_tables
+
+        return postgres_tables
+    from steplog.projections import tables
+
+    return tables
+
+
+def tables_of(store: EventStore) -> ModuleType:
+    """The module holding the projection tables' SQL in the store's dialect."""
+    return _tables_for(store.dialect)
+
+
+def cache_entry(store: EventStore, cache_key: str) -> CacheEntry | None:
+    """The cache_index row of a key: the answer a step with that key reuses."""
+    with store.reading() as conn:
+        return tables_of(store).cache_lookup(conn, cache_key)
+
+
+def breaker_of(store: EventStore, endpoint: str, conn: Any = None) -> BreakerRow | None:
+    """The breakers row of an endpoint; inside the caller's write transaction when `conn`."""
+    if conn is not None:
+        return tables_of(store).breaker_row(conn, endpoint)
+    with store.reading() as own:
+        return tables_of(store).breaker_row(own, endpoint)
+
+
+def job_rows(store: EventStore, limit: int) -> list[tuple[Any, ...]]:
+    """(job_id, pipeline, status, created_ts, updated_ts) of the latest jobs, newest first."""
+    with store.reading() as conn:
+        return tables_of(store).latest_jobs(conn, limit)
+
+
+def table_rows(store: EventStore, projection: TableProjection) -> Iterable[tuple[Any, ...]]:
+    """Every row of a projection table, its columns in the projection's order (`verify`)."""
+    with store.reading() as conn:
+        return tables_of(store).all_rows(conn, projection.table, projection.columns)
+
+
+def rebuild(store: EventStore) -> int:
+    """Drop the projection tables' rows and refold them from seq 0; returns events folded."""
+    return tables_of(store).rebuild(store)

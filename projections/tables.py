@@ -6,9 +6,10 @@ event sequence, so the tables are a cache of the log, never a second truth.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import orjson
 
@@ -139,6 +140,22 @@ def read_cache_table(conn: sqlite3.Connection) -> CacheIndex:
     return index
 
 
+def latest_jobs(conn: sqlite3.Connection, limit: int) -> list[tuple[Any, ...]]:
+    """(job_id, pipeline, status, created_ts, updated_ts) of the latest jobs, newest first."""
+    return conn.execute(
+        "SELECT j.job_id, j.pipeline, j.status, j.created_ts, s.updated_ts"
+        " FROM jobs j JOIN streams s USING (job_id) ORDER BY s.last_seq DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+
+
+def all_rows(conn: sqlite3.Connection, table: str, columns: Sequence[str]) -> list[tuple]:
+    """Every row of one of TABLE_PROJECTIONS' tables (the name is checked against them)."""
+    if not all(re.fullmatch(r"[a-z_][a-z0-9_]*", name) for name in (table, *columns)):
+        raise ValueError(f"not a projection table's name: {table!r} {columns!r}")
+    return conn.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
+
+
 def read_jobs_table(conn: sqlite3.Connection) -> dict[str, tuple[str | None, str, str]]:
     """job_id -> (pipeline, status, created_ts)."""
     rows = conn.execute("SELECT job_id, pipeline, status, created_ts FROM jobs").fetchall()
@@ -157,25 +174,41 @@ def apply_job_row(rows: dict[str, JobRow], ev: StoredEvent) -> None:
         rows[ev.job_id][1] = status
 
 
+class Folded(NamedTuple):
+    """Every projection table folded from the log, as rebuild writes them back."""
+
+    jobs: dict[str, JobRow]
+    cache: CacheIndex
+    breakers: Breakers
+    events: int
+
+
+def fold_tables(events: Iterable[StoredEvent]) -> Folded:
+    """The projection tables' fold over `events` (read with REBUILD_NEEDS' data)."""
+    rows: dict[str, JobRow] = {}
+    index = CacheIndex()
+    breakers: Breakers = {}
+    count = 0
+    for ev in events:
+        apply_job_row(rows, ev)
+        cache.apply(index, ev)
+        breaker.apply(breakers, ev)
+        count += 1
+    return Folded(rows, index, breakers, count)
+
+
+REBUILD_NEEDS = ("job.created", *CACHE_EVENT_TYPES, *BREAKER_EVENT_TYPES)
+
+
 def rebuild(store: SQLiteEventStore) -> int:
     """Drop the projection tables' rows and refold them from seq 0; returns events folded.
 
     Memory grows with the number of jobs and cache keys, not with the number of events.
     """
-    rows: dict[str, JobRow] = {}
-    index = CacheIndex()
-    breakers: Breakers = {}
-    count = 0
     # Fold inside the write transaction: an append by another process between the read and the
     # rewrite would otherwise be wiped from the tables. Writers wait (busy_timeout) meanwhile.
     with store.write_transaction() as conn:
-        for ev in store.read_all(
-            data_for=("job.created", *CACHE_EVENT_TYPES, *BREAKER_EVENT_TYPES)
-        ):
-            apply_job_row(rows, ev)
-            cache.apply(index, ev)
-            breaker.apply(breakers, ev)
-            count += 1
+        rows, index, breakers, count = fold_tables(store.read_all(data_for=REBUILD_NEEDS))
         conn.execute("DELETE FROM jobs")
         conn.execute("DELETE FROM cache_index")
         conn.executemany(

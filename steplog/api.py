@@ -29,8 +29,7 @@ from steplog.executor.shutdown import DEFAULT_GRACE_S
 if TYPE_CHECKING:
     from steplog.commands.jobs import Prepared
     from steplog.commands.show import StepAttempt
-    from steplog.eventstore.record import StoredEvent
-    from steplog.eventstore.sqlite import SQLiteEventStore
+    from steplog.eventstore.record import EventStore, StoredEvent
     from steplog.executor.runner import Observer
     from steplog.models import (
         Event,
@@ -62,13 +61,17 @@ class Steplog:
     def __init__(self, db: str | os.PathLike[str] = DEFAULT_DB) -> None:
         from steplog.eventstore.config import is_postgres_url, redact_url
 
-        if is_postgres_url(db):  # refused before Path() folds its // and a file is made there
-            raise Rejected(
-                f"{redact_url(str(db))}: the verbs and the API do not open PostgreSQL yet (the "
-                "store is in progress: README, Scaling out); use a SQLite file"
-            )
-        self.path = Path(db)
-        self._store: SQLiteEventStore | None = None
+        # a postgresql:// URL is never made a Path (which would fold its //)
+        self.url: str | None = str(db) if is_postgres_url(db) else None
+        self.path: Path | None = None if self.url is not None else Path(db)
+        # what messages and repr show: the path, or the URL with its password masked
+        self.where = redact_url(self.url) if self.url is not None else str(self.path)
+        self._store: EventStore | None = None
+
+    @property
+    def location(self) -> str | Path:
+        """The database as given: the SQLite path or the PostgreSQL URL (with its password)."""
+        return self.url if self.url is not None else self.path  # type: ignore[return-value]
 
     def __enter__(self) -> Steplog:
         return self
@@ -82,7 +85,7 @@ class Steplog:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Steplog({str(self.path)!r})"
+        return f"Steplog({self.where!r})"
 
     def close(self) -> None:
         if self._store is not None:
@@ -91,23 +94,42 @@ class Steplog:
 
     # -- the store -----------------------------------------------------------------------------
 
-    def open_store(self, *, write: bool = False, create: bool | None = None) -> SQLiteEventStore:
+    def open_store(self, *, write: bool = False, create: bool | None = None) -> EventStore:
         """The store, opened once. write: the caller appends, so a read-only file is refused
         before anything starts. create (default: write): a missing file is created; else it
         is refused."""
         if self._store is None:
-            if not (write if create is None else create) and not self.path.exists():
+            creating = write if create is None else create
+            from steplog.projections.store import open_store
+
+            if self.path is None:  # PostgreSQL: an empty database gets steplog's tables if creating
+                self._store = open_store(self.location, create=creating)
+            elif not creating and not self.path.exists():
                 raise Rejected(
                     f"no database at {self.path}; start one with: steplog run PIPELINE.toml"
                 )
-            from steplog.projections.store import open_store
-
-            self._store = open_store(self.path)
+            else:
+                self._store = open_store(self.path)
         if write:
             self._store.require_writable()
         return self._store
 
-    def _reader(self) -> SQLiteEventStore:
+    def database_exists(self) -> bool:
+        """Whether the log is there yet (the SQLite file; steplog's tables in the PostgreSQL
+        database), found out without creating it."""
+        if self._store is not None:
+            return True
+        if self.path is not None:
+            return self.path.exists()
+        from steplog.eventstore.errors import DatabaseNotCreated
+
+        try:
+            self.open_store(create=False)
+        except DatabaseNotCreated:
+            return False
+        return True
+
+    def _reader(self) -> EventStore:
         return self.open_store()
 
     # -- running jobs --------------------------------------------------------------------------
@@ -134,7 +156,7 @@ class Steplog:
             ignore_breaker=ignore_breaker,
             overwrite=overwrite,
         )
-        if self._store is None and not self.path.exists():
+        if not self.database_exists():
             check_run_before_creating(command)  # a refused run leaves no database file
         return prepare_run(self.open_store(write=True), command)
 
@@ -364,7 +386,8 @@ class Steplog:
         another process may be starting it."""
         from steplog.commands.follow import Cursor, follow_iter, wait_for_file
 
-        waited = wait_for_file(self.path, wait_s) if self._store is None else 0.0
+        waiting = self._store is None and self.path is not None
+        waited = wait_for_file(self.path, wait_s) if waiting else 0.0  # type: ignore[arg-type]
         self._check_waited(waited, wait_s)
         store, job = self._reader(), self.resolve_job(job_id)
         # an unknown job is refused now, not at next()
@@ -380,7 +403,7 @@ class Steplog:
         from steplog.commands.follow import CREATE_POLL_S, follow_async
 
         waited = 0.0
-        while self._store is None and not self.path.exists() and waited < wait_s:
+        while self._store is None and self.path and not self.path.exists() and waited < wait_s:
             await anyio.sleep(CREATE_POLL_S)
             waited += CREATE_POLL_S
         self._check_waited(waited, wait_s)
@@ -405,7 +428,7 @@ class Steplog:
         """follow waited for a database `run` was to create: refuse it if it never came."""
         from steplog.commands.follow import no_database
 
-        if waited and not self.path.exists():
+        if waited and self.path is not None and not self.path.exists():
             raise Rejected(no_database(self.path, wait_s))
 
     def replay(self, job_id: str, until: str | int) -> ReplayState:
@@ -457,7 +480,7 @@ class Steplog:
         from steplog.models import PlanReport
 
         given = _check_inputs(inputs)
-        if job_id is None and self._store is None and not self.path.exists():
+        if job_id is None and not self.database_exists():
             from steplog.projections.store import open_empty_store
 
             with open_empty_store() as empty:
@@ -473,14 +496,11 @@ class Steplog:
     def verify(self, job_id: str | None = None) -> VerifyReport:
         """Check hash chains, append-only triggers, the schema, SQLite's integrity, every
         projection table against a fresh fold, and every blob against its sha256."""
-        from steplog.commands.verify import verify
+        from steplog.commands.verify import verify_database
         from steplog.models import VerifyReport
 
-        store = self._reader()
-        job = self.resolve_job(job_id) if job_id is not None else None
-        if job is not None and not store.job_exists(job):
-            raise Rejected(f"unknown job {job}")
-        return VerifyReport.model_validate(verify(store.conn, job).document())
+        report = verify_database(self.location, job_id)
+        return VerifyReport.model_validate(report.document())
 
     def export(self, job_id: str, file: str | os.PathLike[str]) -> ExportResult:
         """Write the job's events, with the blobs they point at inline, as JSON lines to FILE
@@ -507,7 +527,7 @@ class Steplog:
         from steplog.models import ImportResult
 
         checked = None
-        if self._store is None and not self.path.exists():
+        if not self.database_exists():
             checked = read_checked(Path(file), job_id)  # a refused import leaves no database
         target, plan = import_job(self.open_store(write=True), Path(file), job_id, checked=checked)
         return ImportResult(

@@ -25,6 +25,7 @@ from steplog import (
     Steplog,
     SteplogError,
 )
+from steplog.eventstore.record import StoreError
 from tests.cli_inprocess import steplog_here
 from tests.on_disk import ROOT
 
@@ -281,14 +282,18 @@ def test_show_is_the_document_steplog_show_prints(tmp_path):
 @pytest.mark.parametrize(
     "url", ["postgresql://u:pw-secret-9@127.0.0.1:1/x", "postgres://u:pw-secret-9@127.0.0.1/x"]
 )
-def test_a_postgres_url_is_refused_in_one_line_without_its_password(tmp_path, monkeypatch, url):
-    """The PostgreSQL store is not wired into the verbs yet: a URL was folded by Path() into a
-    file path and echoed back with its password."""
+def test_a_postgres_url_no_server_answers_is_one_line_without_its_password(
+    tmp_path, monkeypatch, url
+):
+    """A URL is opened as PostgreSQL, never folded by Path() into a file path; a server that
+    is not there is one line naming it without the password, and no file is made."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(Rejected, match="do not open PostgreSQL yet") as refused:
-        Steplog(url)
-    assert "pw-secret-9" not in str(refused.value)
+    app = Steplog(url)
+    assert "pw-secret-9" not in repr(app) and app.path is None
+    with pytest.raises(StoreError) as refused:
+        app.jobs()
+    assert "pw-secret-9" not in str(refused.value) and "127.0.0.1:" in str(refused.value)
     shown = steplog_here(tmp_path / "unused.db", "--db", url, "status")
     assert shown.code == 2 and shown.err.count("\n") == 1, shown.err
-    assert "pw-secret-9" not in shown.err and "do not open PostgreSQL yet" in shown.err
+    assert "pw-secret-9" not in shown.err and "cannot reach PostgreSQL server" in shown.err
     assert list(tmp_path.iterdir()) == []

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from steplog.commands import verify as verify_module
-from steplog.commands.readonly import open_readonly
-from steplog.commands.verify import verify
+from steplog.commands.verify import verify_database
 from steplog.eventstore.sqlite import SCHEMA_PATH, SCHEMA_VERSION, schema_statements
 from steplog.projections.tables import TableProjection
 from tests.audit_fixture import build_audit_db
@@ -378,14 +377,12 @@ def test_a_new_projection_table_is_checked_by_adding_one_registry_entry(db, monk
     monkeypatch.setattr(
         verify_module, "TABLE_PROJECTIONS", (*verify_module.TABLE_PROJECTIONS, entry)
     )
-    with open_readonly(db) as ro:
-        report = verify(ro.conn)
+    report = verify_database(db)
     assert report.ok
     assert report.projections == [p.table for p in verify_module.TABLE_PROJECTIONS]
     assert report.projections[-1] == "step_starts"
     edit(db, "UPDATE step_starts SET starts = starts + 1 WHERE job_id = 'first'")
-    with open_readonly(db) as ro:
-        report = verify(ro.conn)
+    report = verify_database(db)
     assert [p.message for p in report.problems] == [
         "projection step_starts: row job_id='first' drifted from the log: starts=6 (fold: 5)"
     ]

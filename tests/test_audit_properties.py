@@ -11,8 +11,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from steplog.commands.readonly import open_readonly
-from steplog.commands.verify import verify
+from steplog.commands.verify import verify_database
 from steplog.eventstore.record import StoredEvent
 from steplog.projections import manifest
 from tests.strategies import append_batches, fresh_store, job_batches, names, pools
@@ -215,7 +214,7 @@ def test_every_verb_counts_calls_made_answered_failed_and_unanswered_alike(log):
                 "SELECT count(*), coalesce(sum(success = 1), 0), coalesce(sum(success = 0), 0),"
                 f" coalesce(sum(success IS NULL), 0) FROM llm_calls WHERE job_id = '{job}'",
             )
-            doc = audit_document(store.conn, job)["summary"]
+            doc = audit_document(store, job)["summary"]
             audited = tuple(
                 doc[k] for k in ("calls", "answered_calls", "failed_calls", "unanswered_calls")
             )
@@ -249,7 +248,7 @@ def test_spent_and_reserved_are_the_same_figures_in_the_fold_job_summary_and_aud
                 "SELECT coalesce(cost, 0), tokens_reserved, cost_reserved FROM job_summary"
                 f" WHERE job_id = '{job}'",
             )
-            doc = audit_document(store.conn, job)["summary"]
+            doc = audit_document(store, job)["summary"]
             assert abs(row[0] - state.cost) < 1e-6
             assert row[1] == doc["tokens_reserved"] == state.tokens_reserved
             assert abs(row[2] - state.cost_reserved) < 1e-6 and row[2] == doc["cost_reserved"]
@@ -265,8 +264,7 @@ def test_verify_passes_any_log_and_names_the_one_event_changed(log, data):
     with fresh_store() as store:
         events = written(store, pool, batches)
         path = store.path
-        with open_readonly(path) as ro:
-            report = verify(ro.conn)
+        report = verify_database(path)
         assert report.ok, [p.line() for p in report.problems]
         assert report.events == len(events)
         target = data.draw(st.sampled_from(events))
@@ -275,8 +273,7 @@ def test_verify_passes_any_log_and_names_the_one_event_changed(log, data):
             conn.execute("DROP TRIGGER events_append_only_update")
             conn.execute("UPDATE events SET data = data || ' ' WHERE seq = ?", (target.seq,))
         conn.close()
-        with open_readonly(path) as ro:
-            report = verify(ro.conn)
+        report = verify_database(path)
     assert [(p.seq, p.message) for p in report.problems if p.check != "schema"] == [
         (target.seq, "hash does not match the event's content (edited after append)")
     ]

@@ -235,10 +235,9 @@ prompt = "{{ steps.a.output }}"
 
 
 def test_the_previous_run_is_found_through_the_partial_index(store):
-    from steplog.executor import cachehistory
 
     plan = store.conn.execute(
-        "EXPLAIN QUERY PLAN " + cachehistory.RUNS_SQL, ("step", "pipeline", 10)
+        "EXPLAIN QUERY PLAN " + store.cache_runs_sql(), ("step", "pipeline", 10)
     ).fetchall()
     assert any("USING INDEX events_cache_runs" in row[-1] for row in plan), plan
     assert not any("TEMP B-TREE" in row[-1] for row in plan), plan  # no sort: seq is in the index
@@ -254,11 +253,11 @@ def test_previous_run_is_the_latest_cache_event_of_that_pipeline_and_step(store)
 
     store.append("a", [event("k1", "p"), event("k2", "q"), event("k3", "p", step="t")])
     store.append("b", [event("k4", "p"), event("k5", None)])
-    found = previous_run(store.conn, "p", "s")
+    found = previous_run(store, "p", "s")
     assert found is not None and (found.cache_key, found.job_id) == ("k4", "b")
-    assert previous_run(store.conn, "q", "s").cache_key == "k2"
-    assert previous_run(store.conn, "p", "t").cache_key == "k3"
-    assert previous_run(store.conn, "p", "nope") is None
+    assert previous_run(store, "q", "s").cache_key == "k2"
+    assert previous_run(store, "p", "t").cache_key == "k3"
+    assert previous_run(store, "p", "nope") is None
 
 
 def test_a_miss_is_explained_against_the_closest_previous_run_not_the_latest(tmp_path):

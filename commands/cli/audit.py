@@ -11,6 +11,7 @@ from typing import Any, Iterable
 import click
 
 from steplog.commands.cli.group import (
+    app_for,
     cli,
     console,
     echo_json,
@@ -21,7 +22,6 @@ from steplog.commands.cli.group import (
 )
 from steplog.commands.queries import resolve_job
 from steplog.commands.readonly import open_readonly, plain_value
-from steplog.errors import Rejected
 
 
 @cli.command("sql")
@@ -99,7 +99,7 @@ def audit_cmd(ctx: click.Context, job: str, as_json: bool) -> None:
     from steplog.commands.cli.render import print_audit
 
     store = store_for(ctx)
-    doc = audit_document(store.conn, resolve_job(store, job))
+    doc = audit_document(store, resolve_job(store, job))
     if as_json:
         echo_json(doc)
         return
@@ -119,17 +119,9 @@ def verify_cmd(ctx: click.Context, job: str | None, as_json: bool) -> None:
 
     Example: steplog verify --json
     """
-    from steplog.commands.verify import verify
+    from steplog.commands.verify import verify_database
 
-    with open_readonly(ctx.obj["db"]) as ro:
-        if (
-            job is not None
-            and not ro.conn.execute(
-                "SELECT 1 FROM events WHERE job_id = ? LIMIT 1", (job,)
-            ).fetchone()
-        ):
-            raise Rejected(f"unknown job {job}")
-        report = verify(ro.conn, job)
+    report = verify_database(app_for(ctx).location, job)
     if as_json:
         echo_json(report.document())
     elif report.ok:

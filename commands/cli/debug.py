@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from steplog.commands.cli.group import (
+    app_for,
     cli,
     echo_json,
     inputs_option,
@@ -21,8 +22,7 @@ from steplog.errors import Rejected
 from steplog.words import counted
 
 if TYPE_CHECKING:
-    from steplog.eventstore.record import StoredEvent
-    from steplog.eventstore.sqlite import SQLiteEventStore
+    from steplog.eventstore.record import EventStore, StoredEvent
 
 
 @cli.command("plan")
@@ -43,14 +43,14 @@ def plan_cmd(
     from steplog.commands import plan
 
     given = parse_inputs(inputs)
-    db = Path(ctx.obj["db"])
-    if job is None and not db.exists():
+    app = app_for(ctx)
+    if job is None and not app.database_exists():
         # plan before the first run (or a typo in --db): an empty history, and no file made
         from steplog.projections.store import open_empty_store
 
         with open_empty_store() as empty:
             report = plan.plan_new_run(empty, pipeline, given, database_exists=False)
-        click.echo(plan.missing_database_note(db), err=True)
+        click.echo(plan.missing_database_note(app.where), err=True)
     elif job is None:
         report = plan.plan_new_run(store_for(ctx), pipeline, given)
     else:
@@ -68,7 +68,7 @@ def plan_cmd(
 
 
 def print_fork(
-    store: SQLiteEventStore,
+    store: EventStore,
     job: str,
     point: str,
     new_job: str,
@@ -108,9 +108,9 @@ def follow_events(
     seconds, since `run` in another terminal may be about to create it."""
     from steplog.commands import follow, queries
 
-    db = Path(ctx.obj["db"])
-    waited = follow.wait_for_file(db, wait_s)
-    if waited and not db.exists():
+    db = app_for(ctx).path  # None: PostgreSQL, where the database cannot be about to appear
+    waited = follow.wait_for_file(db, wait_s) if db is not None else 0.0
+    if waited and db is not None and not db.exists():
         raise Rejected(follow.no_database(db, wait_s))
     store = store_for(ctx)
     job = queries.resolve_job(store, job)

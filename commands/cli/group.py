@@ -21,7 +21,7 @@ from steplog.words import one_line
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from steplog.eventstore.sqlite import SQLiteEventStore
+    from steplog.eventstore.record import EventStore
 
 # verb -> (its module in steplog.commands.cli, its one-line help as `steplog --help` lists it).
 # The module registers the verb on `cli` when imported; tests/test_cli_verbs.py checks that
@@ -125,9 +125,7 @@ def app_for(ctx: click.Context) -> Steplog:
     return ctx.find_root().obj["app"]
 
 
-def store_for(
-    ctx: click.Context, *, write: bool = False, create: bool | None = None
-) -> SQLiteEventStore:
+def store_for(ctx: click.Context, *, write: bool = False, create: bool | None = None) -> EventStore:
     """The API's store, for the verbs that render what the services return. write: the verb
     appends, so a read-only file is refused here, before anything starts. create (default:
     write): a missing file is created; else it is refused, so a read verb or a typo in --db

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from steplog.commands.cli.group import cli, say, store_for
+from steplog.commands.cli.group import app_for, cli, say, store_for
 from steplog.commands.queries import resolve_job
 from steplog.errors import Rejected
 from steplog.words import counted
@@ -116,12 +116,11 @@ def import_cmd(ctx: click.Context, file: Path, job_id: str | None) -> None:
     """
     from steplog.commands.interchange import import_job, read_checked
 
-    db = Path(ctx.obj["db"])
-    created = not db.exists()  # nothing has opened it yet: this verb is the first
+    created = not app_for(ctx).database_exists()  # this verb is the first to open it
     checked = read_checked(file, job_id) if created else None  # refused: no file left behind
     store = store_for(ctx, write=True)
     if created and store.created:  # (not when another process made it meanwhile)
-        click.echo(f"created new database {db}", err=True)
+        click.echo(f"created new database {store.where}", err=True)
     target, plan = import_job(store, file, job_id, checked=checked)
     kind = "predecessor events.jsonl" if plan.predecessor else "steplog export"
     say(

@@ -9,6 +9,7 @@ import click
 
 from steplog.commands.cli.display import LiveDisplay, PlainDisplay
 from steplog.commands.cli.group import (
+    app_for,
     cli,
     grace_option,
     ignore_breaker_option,
@@ -32,14 +33,14 @@ from steplog.commands.jobs import (
     stop_recorded,
 )
 from steplog.commands.queries import resolve_job
-from steplog.eventstore.sqlite import SQLiteEventStore
+from steplog.eventstore.record import EventStore
 from steplog.executor import drift
 from steplog.executor.shutdown import DEFAULT_GRACE_S
 from steplog.words import counted
 
 
 def _run_prepared(
-    store: SQLiteEventStore, prepared: Prepared, quiet: bool, grace_s: float = DEFAULT_GRACE_S
+    store: EventStore, prepared: Prepared, quiet: bool, grace_s: float = DEFAULT_GRACE_S
 ) -> None:
     try:
         with stop_recorded(store, prepared.job_id):  # the job is ours from here: Ctrl-C is recorded
@@ -126,14 +127,13 @@ def run(
         ignore_breaker=ignore_breaker,
         overwrite=overwrite,
     )
-    db = Path(ctx.obj["db"])
-    created = not db.exists()  # nothing has opened it yet: this verb is the first
+    created = not app_for(ctx).database_exists()  # this verb is the first to open it
     if created:
-        check_run_before_creating(cmd)  # refused: no file is left behind
+        check_run_before_creating(cmd)  # refused: no file (or table) is left behind
     store = store_for(ctx, write=True)
     if created and store.created:  # (not when another process made it meanwhile)
         # even with --quiet: a typo in --db would otherwise start over, paying for every call
-        click.echo(f"created new database {db}", err=True)
+        click.echo(f"created new database {store.where}", err=True)
     _run_prepared(store, prepare_run(store, cmd), quiet, grace_s)
 
 
