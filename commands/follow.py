@@ -1,7 +1,10 @@
 """`events JOB --follow`: print a job's events as they are committed, until the job ends.
 
-Polls the job's head in `streams` (one primary-key lookup) every interval and reads only the
-events after the last one printed, so following costs next to nothing while the job is quiet.
+Between reads it waits on the store for the log to move past the last seq seen: on PostgreSQL
+that is LISTEN, woken by the NOTIFY of each commit (no polling); on SQLite, which tells no one of
+a commit, a check of the last seq every few milliseconds up to the interval. Each read is the
+job's head in `streams` (one primary-key lookup) and the events after the last one printed, so
+following costs next to nothing while the job is quiet.
 Stops when the job's latest event leaves it in a terminal status (succeeded, failed, cancelled,
 interrupted), or on Ctrl-C; both are a normal end (exit 0).
 """
@@ -19,6 +22,9 @@ from steplog.projections.manifest import JOB_STATUS_AFTER, TERMINAL_JOB_STATUSES
 Predicate = Callable[[StoredEvent], bool]
 
 DEFAULT_INTERVAL_S = 0.2
+# A store that is notified of commits is still asked directly this often, in case a
+# notification was lost with a dropped connection.
+NOTIFIED_WAIT_S = 5.0
 # `events --follow JOB` started just before `run --job-id JOB`: wait this long for it
 DEFAULT_CREATE_WAIT_S = 10.0
 CREATE_POLL_S = 0.1
@@ -93,11 +99,16 @@ def follow_iter(
     """The job's events, old then new, ending after the one that leaves it in a terminal
     status (succeeded, failed, cancelled, interrupted)."""
     cursor = Cursor(store, job_id, wait_s=wait_s, sleep=sleep)
+    notified = store.notifies and sleep is time.sleep
     while True:
+        seq = store.last_seq() if notified else 0  # before the read: nothing slips between
         yield from cursor.poll()
         if cursor.ended:
             return
-        sleep(interval_s)
+        if notified:
+            store.wait_for_events(seq, NOTIFIED_WAIT_S)
+        else:
+            sleep(interval_s)
 
 
 async def follow_async(
@@ -115,12 +126,17 @@ async def follow_async(
         await anyio.sleep(CREATE_POLL_S)
         waited += CREATE_POLL_S
     cursor = Cursor(store, job_id)
+    notified = store.notifies
     while True:
+        seq = store.last_seq() if notified else 0
         for ev in cursor.poll():
             yield ev
         if cursor.ended:
             return
-        await anyio.sleep(interval_s)
+        if notified:  # the LISTEN wait blocks: in a worker thread, the loop goes on
+            await anyio.to_thread.run_sync(store.wait_for_events, seq, NOTIFIED_WAIT_S)
+        else:
+            await anyio.sleep(interval_s)
 
 
 def follow(

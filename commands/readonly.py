@@ -12,6 +12,8 @@ import base64
 import re
 import sqlite3
 from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -221,8 +223,33 @@ def run_query(ro: ReadOnly, sql: str, params: Mapping[str, Any]) -> QueryResult:
     return QueryResult(columns, rows)
 
 
+def query_database(location: str | Path, sql: str, params: Mapping[str, Any]) -> QueryResult:
+    """`steplog sql` on the database at `location`: a SQLite file through ReadOnly (upgraded
+    first if older, so the views exist), a PostgreSQL database through postgres_query."""
+    from steplog.eventstore.config import is_postgres_url
+
+    if not is_postgres_url(location):
+        with open_readonly(Path(location), upgrade=True) as ro:
+            return run_query(ro, sql, params)
+    from steplog.eventstore.postgres_query import run_readonly
+
+    store = open_store(location, create=False)  # applies a pending migration, creates nothing
+    try:
+        columns, rows = run_readonly(store, sql, params)  # type: ignore[arg-type]
+    finally:
+        store.close()
+    return QueryResult(columns, rows)
+
+
 def plain_value(value: Any) -> Any:
-    """A value as JSON/CSV can hold it: text blobs as text, other blobs base64 (as sqlite-utils)."""
+    """A value as JSON/CSV can hold it: text blobs as text, other blobs base64 (as sqlite-utils);
+    PostgreSQL's numeric as a number, its dates and times as ISO text."""
+    if isinstance(value, memoryview):
+        value = bytes(value)
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")

@@ -124,6 +124,7 @@ class PostgresEventStore(LogReads):
     read verbs do: they never create a log)."""
 
     dialect = "postgresql"
+    notifies = True  # wait_for_events is woken by the NOTIFY of a commit
     MARK = "%s"
     JSON_TEXT = "({column} ->> '{key}')"
     DATA_TEXT = "data::text"
@@ -376,6 +377,19 @@ class PostgresEventStore(LogReads):
         if opening:
             return DatabaseUnusable(f"cannot use {where}: {detail}")
         return StoreError(f"{where}: {detail}")
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A connection of its own (autocommit), outside the pool, for the caller to close:
+        `steplog sql` runs the user's statement on one, so nothing it sets outlives it."""
+        return psycopg.connect(self._conninfo, autocommit=True)
+
+    def error_for(self, exc: psycopg.Error) -> StoreError:
+        """The one-line StoreError for a driver error on this store (no password in it)."""
+        return self._error(exc)
+
+    def scrub(self, exc: BaseException | str) -> str:
+        """A driver's message on one line, without any password."""
+        return self._scrub(exc)
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:

@@ -148,6 +148,7 @@ class EventStore(Protocol):
     where: str  # how messages name the database: a path, or host:port/dbname (no password)
     created: bool  # this open applied the schema to an empty database
     read_only_reason: str | None
+    notifies: bool  # wait_for_events is woken by the commit itself (PostgreSQL's NOTIFY)
 
     # -- writing
     def append(

@@ -170,6 +170,7 @@ class SQLiteEventStore(LogReads):
     schema applied or upgraded, every write refused."""
 
     dialect = "sqlite"
+    notifies = False  # SQLite tells no one of a commit: wait_for_events polls
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from steplog.commands.cli.group import (
     store_for,
 )
 from steplog.commands.queries import resolve_job
-from steplog.commands.readonly import open_readonly, plain_value
+from steplog.commands.readonly import plain_value
 
 
 @cli.command("sql")
@@ -49,11 +49,10 @@ def sql_cmd(
     """
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
-    from steplog.commands.readonly import parse_params, run_query
+    from steplog.commands.readonly import parse_params, query_database
 
     bound = parse_params(params)
-    with open_readonly(ctx.obj["db"], upgrade=True) as ro:
-        result = run_query(ro, query, bound)
+    result = query_database(app_for(ctx).location, query, bound)
     if as_json:
         objects = [
             {col: plain_value(v) for col, v in zip(result.columns, row)} for row in result.rows

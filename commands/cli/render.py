@@ -446,6 +446,14 @@ def cell(value: Any) -> str:
     CELL_CHARS, saying how much more there is."""
     if value is None:
         return ""
+    if isinstance(value, bool):  # PostgreSQL's boolean (SQLite has none)
+        return "true" if value else "false"
+    if not isinstance(value, (str, bytes, int, float)):  # PostgreSQL: numeric, dates, arrays …
+        from steplog.commands.readonly import plain_value
+
+        value = plain_value(value)
+        if not isinstance(value, (str, bytes, int, float)):
+            value = str(value)
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8")
