@@ -566,7 +566,8 @@ CEILING_BASE = {"pg": "pg_raw", "pg_raw": "pg_nolock", "sqlite": "sqlite_raw"}
 def bench_ceiling(cluster: Any, tmp: Path, levels: list[int], duration: float, repeat: int) -> None:
     print(
         f"\n2. append ceiling: W writing processes (spawned once), each appending 5-event batches"
-        f" to its own jobs for {duration:g} s; totals over the window; median of {repeat}"
+        f" to its own jobs for {duration:g} s; totals over the window;"
+        + (f" median of {repeat}" if repeat > 1 else " one run")
     )
     writers = Writers(max(levels))
     try:
@@ -678,8 +679,9 @@ def gapless(url: str, appended: int) -> str:
 
 def steps_child(spec_json: str) -> None:
     """In a fresh process: `steplog.commands.cli.main`, what the console script runs, called
-    for each run of the spec (after one untimed warm-up run). Prints its timings as JSON. The
-    password comes from PGPASSWORD (libpq reads it); the spec's URLs carry none."""
+    for each run of the spec, PostgreSQL and SQLite taking turns, after an untimed warm-up run
+    on each. Prints the timings as JSON. The password comes from PGPASSWORD (libpq reads it);
+    the spec's URLs carry none."""
     import contextlib
     import io
     import json
@@ -695,18 +697,23 @@ def steps_child(spec_json: str) -> None:
             code = steplog_main(["--db", db, "run", "-q", pipeline])
         return time.perf_counter() - t0, code, (err.getvalue() or out.getvalue()).strip()
 
-    _, code, said = run(spec["warmup"], spec["one"])
-    if code != 0:
-        print(json.dumps({"refused": said.splitlines()[0] if said else f"exit {code}"}))
-        return
+    for backend, db in spec["warmup"].items():
+        _, code, said = run(db, spec["one"])
+        if code != 0 and backend == "postgres":  # this steplog does not open the URL
+            print(json.dumps({"refused": said.splitlines()[0] if said else f"exit {code}"}))
+            return
+        if code != 0:
+            raise RuntimeError(f"steplog run exited {code}: {said[-2000:]}")
     timings: dict[str, float] = {}
-    for shape, (small, big, pipeline) in spec["shapes"].items():
+    for shape, where in spec["shapes"].items():
         for kind in ("miss", "hit"):  # the second runs find every answer in the cache
-            for size, db, path in (("one", small, spec["one"]), ("many", big, pipeline)):
-                seconds, code, said = run(db, path)
-                if code != 0:
-                    raise RuntimeError(f"steplog run exited {code}: {said[-2000:]}")
-                timings[f"{shape}/{kind}/{size}"] = seconds
+            for backend in spec["order"]:
+                small, big = where[backend]
+                for size, db, path in (("one", small, spec["one"]), ("many", big, where["path"])):
+                    seconds, code, said = run(db, path)
+                    if code != 0:
+                        raise RuntimeError(f"steplog run exited {code}: {said[-2000:]}")
+                    timings[f"{backend}/{shape}/{kind}/{size}"] = seconds
     print(json.dumps({"timings": timings}))
 
 
@@ -724,24 +731,30 @@ def bench_steps(cluster: Any, tmp: Path, steps: int, repeat: int) -> None:
         paths[shape] = tmp / f"{shape}.toml"
         paths[shape].write_text(pipeline_toml(steps, shape))
     made: list[str] = []
+    backends = ("postgres", "sqlite")
 
     def location(backend: str, tag: str) -> str:
+        """An empty database of its own for each run's pair: a new SQLite file or a new
+        PostgreSQL database (its URL without the password)."""
         if backend == "sqlite":
             return str(fresh(tmp / f"steps-{tag}.db"))
         name = cluster.create_database(f"steps_{tag}")
         made.append(name)
         return cluster.url(name, password=False)
 
-    def child(backend: str, rep: int) -> dict[str, Any]:
+    def child(rep: int) -> dict[str, Any]:
         spec = {
-            "warmup": location(backend, f"warm{rep}"),
+            "warmup": {b: location(b, f"warm{rep}") for b in backends},
             "one": str(one),
+            "order": list(backends if rep % 2 == 0 else reversed(backends)),
             "shapes": {
-                shape: [
-                    location(backend, f"{shape}1_{rep}"),
-                    location(backend, f"{shape}{rep}"),
-                    str(paths[shape]),
-                ]
+                shape: {
+                    "path": str(paths[shape]),
+                    **{
+                        b: [location(b, f"{shape}1_{rep}"), location(b, f"{shape}{rep}")]
+                        for b in backends
+                    },
+                }
                 for shape in paths
             },
         }
@@ -759,30 +772,33 @@ def bench_steps(cluster: Any, tmp: Path, steps: int, repeat: int) -> None:
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     try:
-        first = child("postgres", 0)
+        first = child(0)
         if "refused" in first:
             said = cluster.safe(redact_url(first["refused"]))
             print(
-                "\n3. per-step overhead through `steplog run` on PostgreSQL: skipped, this"
-                f" steplog refuses a postgresql:// --db ({said})"
+                "\n3. per-step overhead through `steplog run` on PostgreSQL: skipped,"
+                f" `steplog --db postgresql://… run` did not run here ({said})"
             )
             return
         print(
             f"\n3. per-step overhead through `steplog run -q` (steplog.commands.cli.main in a"
-            f" fresh process, after one warm-up run): a {steps:,}-step pipeline's run less a"
-            f" 1-step one's, ÷ {steps - 1:,}; offline provider; median of {repeat}"
+            f" fresh process, PostgreSQL and SQLite taking turns, after a warm-up run): a"
+            f" {steps:,}-step pipeline's run less a 1-step one's, ÷ {steps - 1:,}; offline"
+            f" provider; median of {repeat}"
         )
-        runs = {"postgres": [first["timings"]], "sqlite": []}
-        for rep in range(repeat):
-            if rep:
-                runs["postgres"].append(child("postgres", rep)["timings"])
-            runs["sqlite"].append(child("sqlite", rep)["timings"])
+        timings = [first["timings"]]
+        for rep in range(1, repeat):
             for name in made:
                 cluster.drop_database(name)
             made.clear()
+            timings.append(child(rep)["timings"])
     finally:
         for name in made:
             cluster.drop_database(name)
+    runs = {
+        b: [{k.split("/", 1)[1]: v for k, v in t.items() if k.startswith(b + "/")} for t in timings]
+        for b in backends
+    }
 
     def per_step(backend: str, shape: str, kind: str) -> list[float]:
         return [
@@ -853,7 +869,7 @@ def main() -> int:
     repeat = args.repeat or (2 if quick else 3)
     sizes = {
         "batches": 400 if quick else 2_000,
-        "block": 50 if quick else 100,
+        "block": 25 if quick else 50,
         "levels": [1, 4, 16],
         "duration": 0.3 if quick else 1.0,
         "ceiling_repeat": args.repeat or (1 if quick else 3),
