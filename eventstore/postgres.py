@@ -519,6 +519,15 @@ class PostgresEventStore(LogReads):
             conn.execute(_INSERT_BLOB, (sha, len(content), content))
         return sha
 
+    def put_blobs(self, contents: Sequence[bytes]) -> None:
+        """Store several blobs (those not there yet) in one transaction, without the events
+        lock: a whole database's blobs arrive this way, a batch at a time (`steplog copy`)."""
+        self.require_writable()
+        if not contents:
+            return
+        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(_INSERT_BLOB, [(blob_sha256(b), len(b), b) for b in contents])
+
     # -- reading -------------------------------------------------------------------------------
 
     @contextmanager
