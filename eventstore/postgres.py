@@ -174,9 +174,11 @@ class PostgresEventStore(LogReads):
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         pool_size: int = DEFAULT_POOL_SIZE,
         create: bool = True,
+        upgrade: bool = True,
     ) -> None:
         self._projectors = list(projectors)
         self._may_create = create
+        self._may_upgrade = upgrade
         self.created = False  # this open applied the schema to an empty database
         if busy_timeout_ms is None:
             busy_timeout_ms = busy_timeout_from_env()
@@ -248,7 +250,7 @@ class PostgresEventStore(LogReads):
                 f"no steplog database at {self.where} yet (the database is empty);"
                 " start one with: steplog run PIPELINE.toml"
             )
-        if not tables or version < SCHEMA_VERSION:
+        if not tables or (version < SCHEMA_VERSION and self._may_upgrade):
             self._create_or_upgrade(conn)
         self.read_only_reason = self._read_only(conn)
 

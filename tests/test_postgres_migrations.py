@@ -539,3 +539,15 @@ class TestPostgresMigrationRace(MigrationRace):
 
     def migration_rows(self, location: str) -> list[tuple]:
         return query(location, "SELECT version, ts, description FROM schema_migrations ORDER BY 1")
+
+
+def test_verify_reports_an_older_schema_and_does_not_upgrade_it(v1_url):
+    """verify writes nothing, on PostgreSQL as on SQLite: it names the old version."""
+    report = verify_database(v1_url)
+    assert not report.ok and report.schema_version == 1
+    assert any(
+        p.check == "schema" and "schema version is 1, this steplog expects 2" in p.message
+        for p in report.problems
+    ), [p.line() for p in report.problems]
+    again = verify_database(v1_url)
+    assert again.schema_version == 1  # still 1: nothing was applied

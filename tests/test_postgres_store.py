@@ -391,17 +391,20 @@ def test_a_server_stopped_under_an_open_store_is_one_line_and_nothing_half_writt
 # -- the README ---------------------------------------------------------------------------------
 
 
-def test_the_readme_scaling_out_example_runs(pg_cluster, pg_url, capsys):
+def test_the_readme_scaling_out_example_runs(pg_cluster, pg_url, capsys, tmp_path, monkeypatch):
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Scaling out") :]
     section = section[: section.index("\n## ", 3)]
     (code,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
     example_url = "postgresql://steplog@127.0.0.1:5432/steplog"
     assert example_url in code
-    with open_event_store(pg_url) as store:
-        store.append("j", [created("j"), started(1)])
-    exec(compile(code.replace(example_url, pg_url), "README.md", "exec"), {})
-    assert capsys.readouterr().out == "2 []\n"
+    code = code.replace(example_url, pg_url).replace(
+        '"examples/factory/pipeline.toml"',
+        repr(str(ROOT / "examples" / "factory" / "pipeline.toml")),
+    )
+    monkeypatch.chdir(tmp_path)  # its workspace, runs/JOB, lands here
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out == "succeeded True\n"
 
 
 def test_a_cluster_whose_test_run_was_killed_is_reaped_by_the_next_start(tmp_path):
