@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint bench bench-startup clean
+.PHONY: demo test test-fast lint bench bench-startup bench-postgres clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench: $(STAMP)
 # start-up of `steplog --help`, `jobs` and `status` against `sqlite-utils --help` (about 20 s)
 bench-startup: $(STAMP)
 	$(BIN)/python bench/startup.py
+
+# PostgreSQL beside SQLite (about 2 minutes; --quick about 25 s): starts its own throw-away
+# cluster on 127.0.0.1 (needs Debian's postgresql binaries) and stops it. Not part of `make test`.
+bench-postgres: $(STAMP)
+	$(BIN)/python bench/postgres.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

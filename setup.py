@@ -6,7 +6,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-SQL_FILES = ("schema.sql", "migrations.sql", "schema_postgres.sql")
+SQL_FILES = ("schema.sql", "migrations.sql", "schema_postgres.sql", "migrations_postgres.sql")
 
 
 class BuildWithSchema(build_py):

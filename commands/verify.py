@@ -101,7 +101,7 @@ def open_for_verify(location: str | os.PathLike[str]) -> EventStore:
     if is_postgres_url(location):
         from steplog.eventstore import open_event_store
 
-        return open_event_store(location, create=False)
+        return open_event_store(location, create=False, upgrade=False)
     from steplog.eventstore.sqlite import SQLiteEventStore
 
     return SQLiteEventStore(location, read_only=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 
+from steplog.errors import Rejected
 from steplog.eventstore.record import DatabaseUnusable, StoreError
 
 
@@ -112,3 +113,7 @@ class PostgresDriverMissing(DatabaseUnusable):
 class DatabaseNotCreated(DatabaseMissing):
     """The PostgreSQL database exists but holds no steplog log yet, and a read verb (which
     never creates one) was asked of it."""
+
+
+class QueryRefused(Rejected):
+    """A statement `steplog sql` will not run (it would write, or it is not valid SQL)."""

@@ -85,8 +85,9 @@ logging.getLogger("psycopg").addHandler(logging.NullHandler())
 if TYPE_CHECKING:  # the event models import pydantic; the store only reads their JSON
     from steplog.eventstore.events import NewEvent
 
-SCHEMA_VERSION = 1  # schema_postgres.sql's own count, apart from SQLite's
+SCHEMA_VERSION = 2  # schema_postgres.sql's own count, apart from SQLite's
 SCHEMA_PATH = sql_file("schema_postgres.sql")
+MIGRATIONS_PATH = sql_file("migrations_postgres.sql")
 APPLICATION = "steplog"
 CHANNEL = "steplog_events"
 MIN_SERVER_VERSION = 120000  # the oldest release steplog accepts; the tests run Debian's (15)
@@ -124,8 +125,14 @@ _NO_DATABASE = re.compile(r'^database ".*" does not exist$')
 _LIBPQ_PREFIX = re.compile(
     r"^(connection failed: )?(connection to server (at|on) .*? failed: )?(FATAL: +)?"
 )
-# Serialises concurrent first opens of one empty database (pg_advisory_xact_lock): "STLG".
+# Serialises concurrent first opens of one empty database, and upgrades of an older one
+# (pg_advisory_xact_lock): "STLG".
 _SCHEMA_LOCK = 0x53544C47
+_MIGRATION_HEADER = re.compile(r"^-- migration (\d+): (.+)$", re.MULTILINE)
+# The line that opens schema_postgres.sql's views part, which every upgrade creates again
+_VIEWS_PART = re.compile(r"^-- Audit views -+$", re.MULTILINE)
+_CREATE_VIEW = re.compile(r"^\s*CREATE\s+VIEW\s+(\w+)", re.IGNORECASE | re.MULTILINE)
+_COMMENT = re.compile(r"--[^\n]*")
 
 # Runs inside the append transaction after the events are inserted, as on SQLite, with the
 # psycopg connection of that transaction.
@@ -143,6 +150,34 @@ _INSERT_EVENTS = (
 _INSERT_BLOB = (
     "INSERT INTO blobs (sha256, size, content) VALUES (%s, %s, %s) ON CONFLICT (sha256) DO NOTHING"
 )
+
+
+def migrations(text: str) -> dict[int, tuple[str, str]]:
+    """migrations_postgres.sql as {version: (description, script)}, every version from 2 up to
+    the current one; a script of comments only is "" (the section re-creates the views only)."""
+    heads = list(_MIGRATION_HEADER.finditer(text))
+    found: dict[int, tuple[str, str]] = {}
+    for head, nxt in zip(heads, [*heads[1:], None]):
+        body = text[head.end() : nxt.start() if nxt else len(text)]
+        script = body.strip() if _COMMENT.sub("", body).strip() else ""
+        found[int(head.group(1))] = (head.group(2).strip(), script)
+    if sorted(found) != list(range(2, SCHEMA_VERSION + 1)):
+        raise StoreError(
+            f"migrations_postgres.sql has versions {sorted(found)}, not 2..{SCHEMA_VERSION}"
+        )
+    return found
+
+
+def views_part(schema: str) -> tuple[str, list[str]]:
+    """The part of schema_postgres.sql that every upgrade drops and creates again (its
+    "-- Audit views ---" line to the end), and the names of the views it creates."""
+    marks = list(_VIEWS_PART.finditer(schema))
+    if len(marks) != 1:
+        raise StoreError(
+            f"schema_postgres.sql has {len(marks)} '-- Audit views ---' lines, not one"
+        )
+    part = schema[marks[0].start() :]
+    return part, _CREATE_VIEW.findall(_COMMENT.sub("", part))
 
 
 def describe(conninfo: str) -> str:
@@ -261,7 +296,8 @@ class PostgresEventStore(LogReads):
     transaction holding the EXCLUSIVE lock on events.
 
     create: apply the schema to an empty database (False: refuse it, DatabaseNotCreated, as
-    read verbs do: they never create a log)."""
+    read verbs do: they never create a log). A database at an older schema version is upgraded
+    either way (migrations_postgres.sql), as SQLite's store upgrades a file for every verb."""
 
     dialect = "postgresql"
     notifies = True  # wait_for_events is woken by the NOTIFY of a commit
@@ -278,6 +314,7 @@ class PostgresEventStore(LogReads):
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         pool_size: int = DEFAULT_POOL_SIZE,
         create: bool = True,
+        upgrade: bool = True,
         retry_s: float | None = None,
         statement_timeout_ms: int | None = None,
     ) -> None:
@@ -285,6 +322,7 @@ class PostgresEventStore(LogReads):
         STEPLOG_PG_STATEMENT_TIMEOUT_MS): see the module's docstring; 0 turns either off."""
         self._projectors = list(projectors)
         self._may_create = create
+        self._may_upgrade = upgrade
         self.created = False  # this open applied the schema to an empty database
         if busy_timeout_ms is None:
             busy_timeout_ms = busy_timeout_from_env()
@@ -347,7 +385,8 @@ class PostgresEventStore(LogReads):
     # -- opening -------------------------------------------------------------------------------
 
     def _prepare(self, conn: psycopg.Connection[Any]) -> None:
-        """Check the server and the database; apply the schema to an empty one."""
+        """Check the server and the database; apply the schema to an empty one, or upgrade an
+        older one (as SQLite's store does, for readers too: the views must exist)."""
         version = conn.info.server_version
         if version < MIN_SERVER_VERSION:
             raise DatabaseUnusable(
@@ -366,14 +405,14 @@ class PostgresEventStore(LogReads):
                 f"PostgreSQL database {self.where} has no schema to use: the search_path names"
                 " none that exists"
             )
-        self._check_usable(conn, tables)
+        version = self._check_usable(conn, tables)
         if not tables and not self._may_create:
             raise DatabaseNotCreated(
                 f"no steplog database at {self.where} yet (the database is empty);"
                 " start one with: steplog run PIPELINE.toml"
             )
-        if not tables:
-            self._create(conn)
+        if not tables or (version < SCHEMA_VERSION and self._may_upgrade):
+            self._create_or_upgrade(conn)
         self.read_only_reason = self._read_only(conn)
 
     @staticmethod
@@ -391,9 +430,11 @@ class PostgresEventStore(LogReads):
         ]
         return schema, tables
 
-    def _check_usable(self, conn: psycopg.Connection[Any], tables: list[str]) -> None:
+    def _check_usable(self, conn: psycopg.Connection[Any], tables: list[str]) -> int:
+        """The schema version recorded in the database (0: it is empty). Refuses one that is
+        not steplog's, or was written by a newer steplog, before anything is changed."""
         if not tables:
-            return
+            return 0
         meta: dict[str, str] = {}
         if "steplog_meta" in tables:
             meta = dict(conn.execute("SELECT key, value FROM steplog_meta").fetchall())
@@ -403,7 +444,7 @@ class PostgresEventStore(LogReads):
                 f" (it holds tables {', '.join(tables[:5])})"
             )
         raw = meta.get("schema_version", "")
-        if not raw.isdigit():
+        if not raw.isdigit() or int(raw) < 1:
             raise DatabaseUnusable(
                 f"PostgreSQL database {self.where} has no readable schema version ({raw!r})"
             )
@@ -412,41 +453,96 @@ class PostgresEventStore(LogReads):
                 f"PostgreSQL database {self.where} was written by a newer steplog"
                 f" (schema {raw}; this steplog knows up to {SCHEMA_VERSION})"
             )
-        if int(raw) < SCHEMA_VERSION:  # no older PostgreSQL schema exists yet
-            raise DatabaseUnusable(
-                f"PostgreSQL database {self.where} has schema {raw}, which this steplog cannot"
-                f" upgrade to {SCHEMA_VERSION}"
-            )
+        return int(raw)
 
-    def _create(self, conn: psycopg.Connection[Any]) -> None:
-        """Apply schema_postgres.sql and record its version: one transaction. Another process
-        opening the same empty database waits on the advisory lock, then finds it done."""
-        script = SCHEMA_PATH.read_text(encoding="utf-8")
+    def _create_or_upgrade(self, conn: psycopg.Connection[Any]) -> None:
+        """Apply schema_postgres.sql to an empty database, or migrations_postgres.sql to an
+        older one, and record the version: one transaction, all of it or nothing. Another
+        process opening the same database waits on the advisory lock, then finds the work done
+        (and checks the database as any other)."""
         from steplog.eventstore.events import utc_now
 
+        schema = SCHEMA_PATH.read_text(encoding="utf-8")
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             _, tables = self._read_header(conn)
-            if tables:  # created meanwhile by another process: check it as any other
-                self._check_usable(conn, tables)
+            version = self._check_usable(conn, tables)
+            if not tables:
+                self._create(conn, schema)
+                applied = [(SCHEMA_VERSION, f"created at schema {SCHEMA_VERSION}")]
+            elif version < SCHEMA_VERSION:
+                applied = self._upgrade(conn, version, schema)
+            else:  # done meanwhile by another process
                 return
-            try:
-                conn.execute(script)  # type: ignore[arg-type]  # a fixed script, no parameters
-            except pg_errors.InsufficientPrivilege as exc:
-                raise DatabaseReadOnly(
-                    f"PostgreSQL database {self.where} is empty and this role may not create"
-                    f" steplog's tables in it ({exc.diag.message_primary})"
-                ) from exc
             conn.execute(
                 "INSERT INTO steplog_meta (key, value) VALUES ('application', %s),"
-                " ('schema_version', %s)",
+                " ('schema_version', %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (APPLICATION, str(SCHEMA_VERSION)),
             )
-            conn.execute(
-                "INSERT INTO schema_migrations (version, ts, description) VALUES (%s, %s, %s)",
-                (SCHEMA_VERSION, utc_now(), f"created at schema {SCHEMA_VERSION}"),
+            now = utc_now()
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO schema_migrations (version, ts, description) VALUES (%s, %s, %s)",
+                    [(step, now, description) for step, description in applied],
+                )
+        self.created = not tables
+
+    def _create(self, conn: psycopg.Connection[Any], schema: str) -> None:
+        try:
+            conn.execute(schema)  # type: ignore[arg-type]  # a fixed script, no parameters
+        except pg_errors.InsufficientPrivilege as exc:
+            raise DatabaseReadOnly(
+                f"PostgreSQL database {self.where} is empty and this role may not create"
+                f" steplog's tables in it ({exc.diag.message_primary})"
+            ) from exc
+
+    def _upgrade(
+        self, conn: psycopg.Connection[Any], version: int, schema: str
+    ) -> list[tuple[int, str]]:
+        """Inside the caller's transaction: drop steplog's views, run the sections of
+        migrations_postgres.sql above `version`, create the views part of schema_postgres.sql
+        again. Returns (version, description) of each section."""
+        steps = migrations(MIGRATIONS_PATH.read_text(encoding="utf-8"))
+        part, views = views_part(schema)
+        try:
+            present = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT c.relname FROM pg_class AS c"
+                    " JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = current_schema() AND c.relkind = 'v'"
+                    " AND c.relname = ANY(%s::text[])",
+                    (views,),
+                )
+            ]
+            if present:  # one statement: views built on each other go together
+                conn.execute("DROP VIEW " + ", ".join(f'"{name}"' for name in present))
+            applied = []
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                description, script = steps[step]
+                if script:
+                    conn.execute(script)  # type: ignore[arg-type]  # a fixed script
+                applied.append((step, description))
+            conn.execute(part)  # type: ignore[arg-type]  # a fixed script, no parameters
+        except (pg_errors.InsufficientPrivilege, pg_errors.ReadOnlySqlTransaction) as exc:
+            why = (
+                "is read-only"  # a standby, or default_transaction_read_only
+                if isinstance(exc, pg_errors.ReadOnlySqlTransaction)
+                else "this role may not change its schema"
             )
-        self.created = True
+            raise DatabaseReadOnly(
+                f"PostgreSQL database {self.where} needs an upgrade to schema {SCHEMA_VERSION}"
+                f" (it is at {version}) but {why} ({exc.diag.message_primary})"
+            ) from exc
+        except pg_errors.DependentObjectsStillExist as exc:
+            raise DatabaseUnusable(
+                f"PostgreSQL database {self.where} needs an upgrade to schema {SCHEMA_VERSION}"
+                f" (it is at {version}), which creates steplog's views again, but"
+                f" {exc.diag.message_detail or 'another object depends on one'}: drop it first"
+                " (and create it again after)"
+            ) from exc
+        return applied
 
     def _read_only(self, conn: psycopg.Connection[Any]) -> str | None:
         """Why this role cannot append here, or None if it can."""
@@ -894,6 +990,20 @@ class PostgresEventStore(LogReads):
         sha = blob_sha256(content)
         self._retrying(lambda conn: conn.execute(_INSERT_BLOB, (sha, len(content), content)))
         return sha
+
+    def put_blobs(self, contents: Sequence[bytes]) -> None:
+        """Store several blobs (those not there yet) in one transaction, without the events
+        lock: a whole database's blobs arrive this way, a batch at a time (`steplog copy`)."""
+        self.require_writable()
+        if not contents:
+            return
+        rows = [(blob_sha256(b), len(b), b) for b in contents]
+
+        def insert(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(_INSERT_BLOB, rows)
+
+        self._retrying(insert)  # retried like put_blob: a blob stored twice is stored once
 
     # -- reading -------------------------------------------------------------------------------
 

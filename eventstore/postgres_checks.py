@@ -86,8 +86,10 @@ def schema_problems(conn: psycopg.Connection[Any]) -> tuple[int, list[str]]:
         row = conn.execute("SELECT value FROM steplog_meta WHERE key = 'schema_version'").fetchone()
         version = int(row[0]) if row and str(row[0]).isdigit() else 0
         if version != SCHEMA_VERSION:
+            shown = row[0] if row and str(row[0]).isdigit() else repr(row and row[0])
             problems.append(
-                f"schema version is {row and row[0]!r}, this steplog expects {SCHEMA_VERSION}"
+                f"schema version is {shown}, this steplog expects {SCHEMA_VERSION}"
+                " (any other steplog command upgrades the database)"
             )
     if "schema_migrations" in names:
         top = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]

@@ -1,6 +1,6 @@
 """`steplog sql` on PostgreSQL: one reading statement, never a write, whatever it calls.
 
-Four independent locks, as on SQLite (commands/readonly.py), so that a mistake in one does not
+Four independent locks, as on SQLite (eventstore/sqlite_query.py), so that a mistake in one does not
 open the database to writes:
 - the statement must start with a reading keyword (SELECT, WITH, VALUES, TABLE, EXPLAIN);
 - every function it names is looked up in pg_catalog: a VOLATILE one (the kind that can have a
@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.types.json import set_json_loads
+
+from steplog.eventstore.errors import QueryRefused
+from steplog.eventstore.reads import QueryResult
 
 if TYPE_CHECKING:
     from steplog.eventstore.postgres import PostgresEventStore
@@ -136,12 +139,8 @@ def refusal(conn: psycopg.Connection[Any], sql: str, statement: Statement) -> st
     return None
 
 
-def run_readonly(
-    store: PostgresEventStore, sql: str, params: Mapping[str, Any]
-) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """(columns, rows) of one reading statement; QueryRefused (commands.readonly) otherwise."""
-    from steplog.commands.readonly import QueryRefused
-
+def run_readonly(store: PostgresEventStore, sql: str, params: Mapping[str, Any]) -> QueryResult:
+    """The columns and rows of one reading statement; QueryRefused otherwise."""
     if not sql.strip():
         raise QueryRefused("no SQL given")
     statement = Statement(sql)
@@ -166,7 +165,7 @@ def run_readonly(
         finally:
             if not conn.closed:
                 conn.execute("ROLLBACK")
-        return columns, rows
+        return QueryResult(columns, rows)
     except pg_errors.ReadOnlySqlTransaction as exc:
         raise QueryRefused(f"steplog sql is read-only: {exc.diag.message_primary}") from exc
     except (pg_errors.SyntaxError, pg_errors.ProgrammingError, pg_errors.DataError) as exc:

@@ -2,7 +2,7 @@
 
 The commands and the executor ask the store (never a connection) for what they read beyond a
 job's events: the latest job, the files a job wrote, a step's previous runs, an audit view's
-rows, the stream heads, every blob. The SQL below is the one both dialects accept; the two
+rows, the stream heads, every blob, a page of the blobs' names and sizes. The SQL below is the one both dialects accept; the two
 places they differ are the stores' own: the parameter mark (`?` for sqlite3, `%s` for
 psycopg) and how a field of the JSON `data` column is read (`JSON_TEXT`).
 """
@@ -10,12 +10,22 @@ psycopg) and how a field of the JSON `data` column is read (`JSON_TEXT`).
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 # Audit views a verb may read by name (schema.sql and schema_postgres.sql define them alike).
 AUDIT_VIEWS = frozenset(("llm_calls", "step_runs", "file_writes", "cache_stats", "job_summary"))
-BLOB_BATCH = 200  # blobs per read when every blob is read (verify): bounded memory
+BLOB_BATCH = 1000  # blob names and sizes per page when every blob is read (verify, copy)
+BLOB_BATCH_BYTES = 32 * 2**20  # blob content read at once (a larger blob: alone)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """What `steplog sql` got back: the column names and the rows."""
+
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
 
 
 class LogReads:
@@ -94,16 +104,52 @@ class LogReads:
 
         return self.read(rows)
 
+    def blob_index(self, after: str = "", limit: int = BLOB_BATCH) -> list[tuple[str, int]]:
+        """(sha256, size) of up to `limit` blobs whose sha256 sorts after `after`, in sha256
+        order, without their content: one page of the blob list however much the blobs weigh
+        (`steplog copy` fetches the content itself in batches bounded in bytes)."""
+        return self._all(
+            "SELECT sha256, size FROM blobs WHERE sha256 > ? ORDER BY sha256 LIMIT ?",
+            (after, limit),
+        )
+
+    def stored_blobs(self, shas: Sequence[str]) -> set[str]:
+        """Which of `shas` the database holds, found without reading their content."""
+        found: set[str] = set()
+        wanted = list(dict.fromkeys(shas))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._all(f"SELECT sha256 FROM blobs WHERE sha256 IN ({marks})", chunk)
+            found.update(row[0] for row in rows)
+        return found
+
     def all_blobs(self) -> Iterator[tuple[str, int, bytes]]:
-        """(sha256, size, content) of every blob, in sha256 order, a batch at a time."""
-        last = ""
+        """(sha256, size, content) of every blob, in sha256 order: a page of names and sizes
+        at a time, the content read in batches of at most BLOB_BATCH_BYTES (a larger blob
+        alone), so memory holds one batch however large the blobs are."""
+        after = ""
         while True:
-            rows = self._all(
-                "SELECT sha256, size, content FROM blobs WHERE sha256 > ? ORDER BY sha256 LIMIT ?",
-                (last, BLOB_BATCH),
-            )
-            for sha, size, content in rows:
-                yield sha, size, bytes(content)
-            if len(rows) < BLOB_BATCH:
+            page = self.blob_index(after, BLOB_BATCH)
+            for batch in by_bytes(page, BLOB_BATCH_BYTES):
+                found = self.find_blobs([sha for sha, _ in batch])
+                for sha, size in batch:
+                    if sha in found:  # (gone meanwhile: only a hand-made DELETE can do that)
+                        yield sha, size, found.pop(sha)
+            if len(page) < BLOB_BATCH:
                 return
-            last = rows[-1][0]
+            after = page[-1][0]
+
+
+def by_bytes(blobs: Sequence[tuple[str, int]], limit: int) -> Iterator[list[tuple[str, int]]]:
+    """(sha256, size) pairs grouped into batches of at most `limit` bytes (a larger one alone)."""
+    batch: list[tuple[str, int]] = []
+    weight = 0
+    for sha, size in blobs:
+        if batch and weight + size > limit:
+            yield batch
+            batch, weight = [], 0
+        batch.append((sha, size))
+        weight += size
+    if batch:
+        yield batch

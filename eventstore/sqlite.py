@@ -202,7 +202,7 @@ class SQLiteEventStore(LogReads):
             if not self.path.is_file():
                 raise DatabaseUnusable(f"no database at {self.path}")
             check_database_file(self.path, empty_ok=False)
-            _check_foreign(self.path)
+            peek_steplog_file(self.path)
             self.read_only_reason = self.read_only_reason or "opened read-only"
         try:
             if not self.in_memory:
@@ -463,14 +463,7 @@ class SQLiteEventStore(LogReads):
                 f"job {job_id} is at version {version}, expected {expected_version}"
             )
         if blobs:
-            small = [b for b in blobs if len(b) < BIG_BLOB]
-            conn.executemany(
-                "INSERT OR IGNORE INTO blobs (sha256, size, content) VALUES (?, ?, ?)",
-                [(blob_sha256(b), len(b), b) for b in small],
-            )
-            for big in blobs:
-                if len(big) >= BIG_BLOB:
-                    _insert_big_blob(conn, big)
+            _insert_blobs(conn, blobs)
         seq0 = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         rows = []
         for offset, (ts, level, type_, step, data_json) in enumerate(prepared, start=1):
@@ -504,6 +497,21 @@ class SQLiteEventStore(LogReads):
                 (blob_sha256(content), len(content), content),
             )
         return blob_sha256(content)
+
+    def put_blobs(self, contents: Sequence[bytes]) -> None:
+        """Store several blobs (those not there yet) in one transaction, without events: a
+        whole database's blobs arrive this way, a batch at a time (`steplog copy`)."""
+        if not contents:
+            return
+        try:
+            with self.write_transaction() as conn:
+                _insert_blobs(conn, contents)
+        except DatabaseBusy:
+            raise
+        except sqlite3.DatabaseError as exc:  # disk full, corrupt page, I/O error …
+            if is_busy(exc):
+                raise
+            raise database_error(self.path, exc) from exc
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -627,11 +635,12 @@ class SQLiteEventStore(LogReads):
         return bytes(row[0])
 
 
-def _check_foreign(path: Path) -> None:
-    """Refuse a file that is not steplog's before a read-only open touches it. With no -wal
-    beside it the whole database is in the main file, and immutable=1 reads the header without
-    creating -shm/-wal (a read-only connection to a WAL-mode file leaves both behind otherwise,
-    beside a file that may belong to another application)."""
+def peek_steplog_file(path: Path) -> int:
+    """The schema version of the steplog database at `path`, refusing a file that is not one
+    (or is newer) before a read-only open touches it. With no -wal beside it the whole database
+    is in the main file, and immutable=1 reads the header without creating -shm/-wal (a
+    read-only connection to a WAL-mode file leaves both behind otherwise, beside a file that may
+    belong to another application)."""
     uri = read_only_uri(path)
     if "immutable" not in uri and not path.with_name(path.name + "-wal").exists():
         uri += "&immutable=1"
@@ -651,6 +660,19 @@ def _check_foreign(path: Path) -> None:
             f"{path} was written by a newer steplog (schema {version};"
             f" this steplog knows up to {SCHEMA_VERSION})"
         )
+    return version
+
+
+def _insert_blobs(conn: sqlite3.Connection, blobs: Sequence[bytes]) -> None:
+    """INSERT OR IGNORE of each blob inside the caller's transaction; a large one slice by slice."""
+    small = [b for b in blobs if len(b) < BIG_BLOB]
+    conn.executemany(
+        "INSERT OR IGNORE INTO blobs (sha256, size, content) VALUES (?, ?, ?)",
+        [(blob_sha256(b), len(b), b) for b in small],
+    )
+    for big in blobs:
+        if len(big) >= BIG_BLOB:
+            _insert_big_blob(conn, big)
 
 
 def _insert_big_blob(conn: sqlite3.Connection, content: bytes) -> None:

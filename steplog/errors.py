@@ -8,8 +8,14 @@
      │    └── StoreError           the database (steplog.eventstore.record)
      │         ├── VersionConflict     another writer appended to the job first
      │         ├── DatabaseUnusable    not a steplog database, corrupt, newer schema, read-only …
+     │         │    ├── DatabaseReadOnly, DatabaseCorrupt            (steplog.eventstore.errors)
+     │         │    ├── ServerUnreachable   the PostgreSQL server did not answer, or went away
+     │         │    ├── DatabaseMissing     no such PostgreSQL database (createdb it first)
+     │         │    │    └── DatabaseNotCreated  it exists, empty, and a read verb creates nothing
+     │         │    └── PostgresDriverMissing  a postgresql:// URL without the postgres extra
      │         ├── DatabaseFull, DatabaseBusy, DatabaseIOFailure  (steplog.eventstore.errors)
-     │         └── DatabaseError       any other failure of the database mid-command
+     │         └── (StoreError itself) any other failure of the database mid-command
+     │    └── QueryRefused         a statement `steplog sql` will not run (steplog.eventstore.errors)
      ├── JobFailed                 a job ended failed: JobResult.raise_for_status(); the CLI's exit 1
      └── Interrupted               SIGINT/SIGTERM stopped a run; job.interrupted is recorded (130/143)
 

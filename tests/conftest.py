@@ -99,6 +99,17 @@ def pg_url(pg_cluster: PostgresCluster, pg_database: str) -> str:
     return pg_cluster.url(pg_database)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Where an end-to-end test keeps its log, once per store: a SQLite file (tmp_path/s.db),
+    then a PostgreSQL database of its own (tests/backends.py), the CLI run in tmp_path."""
+    if request.param == "sqlite":
+        return tmp_path / "s.db"
+    from tests.backends import PostgresDatabase
+
+    return PostgresDatabase(request.getfixturevalue("pg_url"), tmp_path)
+
+
 # -- the fake LLM server (tests/fake_llm_server.py), on 127.0.0.1 -----------------------------
 
 StartServer = Callable[..., FakeLLMServer]

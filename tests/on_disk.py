@@ -15,6 +15,9 @@ EXAMPLE = ROOT / "examples" / "factory" / "pipeline.toml"
 
 
 def db_rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    """The rows of one statement on a SQLite file, or on a tests.backends.PostgresDatabase."""
+    if hasattr(db, "rows"):
+        return db.rows(sql, params)
     conn = sqlite3.connect(db)
     try:
         return conn.execute(sql, params).fetchall()
@@ -23,7 +26,7 @@ def db_rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
 
 
 def event_count(db: Path) -> int:
-    if not db.exists():
+    if not db.exists():  # (a PostgresDatabase: no events table yet)
         return 0
     return db_rows(db, "SELECT count(*) FROM events")[0][0]
 

@@ -119,6 +119,48 @@ class _RunAs:
             os.chown(path, self.uid, self.gid)
 
 
+ROOT_PREFIX = "steplog-pg-"
+OWNER_FILE = "owner.pid"  # the test process a cluster belongs to
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_abandoned(tmp: Path | None = None) -> list[Path]:
+    """Stop and delete the clusters of test runs that died without stopping them (kill -9 of
+    pytest leaves the postmaster running, in its own session, and its directory): those whose
+    owner process is gone. Bounded: each server gets STOP_TIMEOUT_S per signal."""
+    reaped = []
+    for root in Path(tmp or tempfile.gettempdir()).glob(f"{ROOT_PREFIX}*"):
+        try:
+            owner = int((root / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # being created right now, or not ours to judge: left alone
+        if _alive(owner):
+            continue
+        try:
+            server = int((root / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            server = 0
+        for sig in (signal.SIGQUIT, signal.SIGKILL):  # immediate: its data is thrown away
+            if not server or not _alive(server):
+                break
+            os.kill(server, sig)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while _alive(server) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        shutil.rmtree(root, ignore_errors=True)
+        reaped.append(root)
+    return reaped
+
+
 @dataclass
 class PostgresCluster:
     bin_dir: Path
@@ -152,7 +194,9 @@ class PostgresCluster:
     def start(cls, *, settings: Mapping[str, str] | None = None) -> PostgresCluster:
         bin_dir = find_bin_dir()
         run_as = _RunAs.for_server()
-        root = Path(tempfile.mkdtemp(prefix="steplog-pg-"))  # short: a socket path is <108 bytes
+        reap_abandoned()
+        root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))  # short: a socket path is <108 bytes
+        (root / OWNER_FILE).write_text(str(os.getpid()))
         cluster = cls(
             bin_dir=bin_dir,
             root=root,
@@ -330,6 +374,20 @@ class PostgresCluster:
         assert self._admin is not None, "the cluster is not running"
         cur = self._admin.execute(sql, params)
         return cur.fetchall() if cur.description else []
+
+    def admin_in(self, dbname: str, sql: str) -> list[tuple]:
+        """Run SQL (one or more statements, no parameters) as the superuser in `dbname`, over
+        the Unix socket; the rows of the last statement. For a test to edit behind steplog's
+        back (disable a trigger, change a row) and to read what it left."""
+        with psycopg.connect(
+            host=str(self.socket_dir),
+            port=self.port,
+            user=SUPERUSER,
+            dbname=dbname,
+            autocommit=True,
+        ) as conn:
+            cur = conn.execute(sql)  # type: ignore[arg-type]  # the test's own text
+            return [tuple(r) for r in cur.fetchall()] if cur.description else []
 
     def create_database(self, prefix: str = "t", *, encoding: str = "UTF8") -> str:
         """A new database from template0 (FILE_COPY where the server has it: a fraction of

@@ -357,6 +357,24 @@ class StoreContract:
         store.append("j", [created("j")], blobs=contents)
         shas = [blob_sha256(c) for c in contents]
         assert store.get_blobs(shas) == dict(zip(shas, contents))
+        assert store.stored_blobs([*shas, blob_sha256(b"absent")]) == set(shas)
+
+    def test_put_blobs_stores_a_batch_once_and_blob_index_pages_names_and_sizes(self, store):
+        contents = [f"blob {n} ".encode() * n for n in range(12)] + [b"x" * (5 * 2**20)]
+        store.put_blobs(contents)
+        store.put_blobs(contents[:3])  # those already there are left as they are
+        store.put_blobs([])
+        sizes = {blob_sha256(c): len(c) for c in contents}
+        pages, after = [], ""
+        while page := store.blob_index(after, 5):
+            pages.append(page)
+            after = page[-1][0]
+        assert [len(p) for p in pages] == [5, 5, 3]
+        assert [pair for p in pages for pair in p] == sorted(sizes.items())
+        assert store.find_blobs(list(sizes)) == {blob_sha256(c): c for c in contents}
+        first, absent = min(sizes), blob_sha256(b"absent")
+        assert store.stored_blobs([first, absent, first]) == {first}
+        assert store.stored_blobs([]) == set()
 
     # -- the store object ----------------------------------------------------------------------
 
@@ -439,3 +457,71 @@ class StoreContract:
         for n in range(writers):
             mine = [ev.version for ev in seen if ev.job_id == f"w{n}"]
             assert mine == list(range(1, per_writer + 1))
+
+    # -- projection tables and the contract's reads --------------------------------------------
+
+    def test_projection_tables_equal_a_fresh_fold_and_a_rebuild_rewrites_them_alike(self):
+        """The store opened as the verbs open it (projections.store.open_store: the projectors
+        of its dialect): after any appends, every projection table holds exactly what its fold
+        of the log gives; emptied behind the store's back, rebuild brings back the same rows."""
+        from steplog.projections.store import open_store, rebuild, table_rows
+        from steplog.projections.tables import TABLE_PROJECTIONS
+
+        def tables(store: Any) -> dict[str, list[tuple]]:
+            return {p.table: sorted(table_rows(store, p), key=repr) for p in TABLE_PROJECTIONS}
+
+        @settings(max_examples=self.max_examples, deadline=None)
+        @given(interleaved_batches())
+        def check(batches):
+            with self.fresh_location() as location, closing(open_store(location)) as store:
+                append_batches(store, batches)
+                events = list(store.read_all())
+                kept = tables(store)
+                for table in kept:
+                    assert self.raw_statement(location, f"DELETE FROM {table}") is None
+                assert rebuild(store) == len(events)
+                rebuilt = tables(store)
+            for projection in TABLE_PROJECTIONS:
+                state = projection.start()
+                for ev in events:
+                    projection.apply(state, ev)
+                folded = sorted((tuple(r) for r in projection.rows(state)), key=repr)
+                assert kept[projection.table] == folded, projection.table
+                assert rebuilt[projection.table] == folded, projection.table
+
+        check()
+
+    def test_the_reads_beyond_a_job_answer_alike(self, store):
+        """latest_job_id, stream_heads, logged_files, cache_runs and all_blobs: what the
+        commands read besides a job's events, the same on every backend."""
+        from steplog.eventstore.events import CacheMiss, FileWritten, parse_data
+
+        s1, s2 = "1" * 64, "2" * 64
+
+        assert store.latest_job_id() is None and store.stream_heads() == {}
+        store.append("a", [created("a")])
+        file_written = FileWritten(path="x/y.txt", sha256=s1, wrote=True, reason="created", size=3)
+        again = FileWritten(path="x/y.txt", sha256=s2, wrote=True, reason="updated", size=4)
+        miss = CacheMiss(cache_key="k1", parts={}, pipeline="p")
+        store.append(
+            "b",
+            [created("b"), NewEvent.of(file_written, "s"), NewEvent.of(miss, "s")],
+            blobs=[b"one", b"two"],
+        )
+        store.append("a", [NewEvent.of(again, "t"), NewEvent.of(miss, "s")])
+        assert store.latest_job_id() == "a"
+        heads = store.stream_heads()
+        assert {job: head[0] for job, head in heads.items()} == {"a": 3, "b": 3}
+        assert heads["a"][1] == list(store.read_job("a"))[-1].hash
+        assert store.logged_files("b") == {"x/y.txt": ("s", s1)}
+        assert store.logged_files("a") == {"x/y.txt": ("t", s2)}
+        runs = store.cache_runs("p", "s", 10)
+        assert [(job, seq) for seq, job, _ in runs] == [("a", 6), ("b", 4)]
+        assert all(parse_data("cache.miss", data) == miss for *_, data in runs)
+        assert store.cache_runs("q", "s", 10) == [] and store.cache_runs("p", "s", 1)[0][1] == "a"
+        assert list(store.all_blobs()) == sorted(
+            (blob_sha256(b), len(b), b) for b in (b"one", b"two")
+        )
+        assert {"events", "blobs", "streams"} <= store.table_names()
+        version, problems = store.schema_problems()
+        assert version >= 1 and problems == [] and store.integrity_problems() == []

@@ -1,4 +1,5 @@
-"""End to end through the real CLI in subprocesses, on real SQLite files."""
+"""End to end through the real CLI in subprocesses, on real SQLite files; the tests taking the
+`database` fixture run once on a SQLite file and once on a PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ DOCS_FAILS = {
 }
 
 
-def test_example_runs_then_second_run_is_served_by_the_cache(tmp_path):
-    db, log = tmp_path / "s.db", tmp_path / "calls.log"
+def test_example_runs_then_second_run_is_served_by_the_cache(tmp_path, database):
+    db, log = database, tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     first = steplog(db, "run", str(EXAMPLE), "--job-id", "one", env=env)
     assert first.code == 0, first.err
@@ -121,8 +122,8 @@ def test_bad_pipeline_exits_2_and_writes_nothing(tmp_path, name, replacements, m
     assert event_count(db) == before
 
 
-def test_other_rejections_exit_2_and_append_nothing(tmp_path):
-    db = tmp_path / "s.db"
+def test_other_rejections_exit_2_and_append_nothing(tmp_path, database):
+    db = database
     assert steplog(db, "run", str(EXAMPLE), "--job-id", "done").code == 0
     before = event_count(db)
     cases = [
@@ -149,8 +150,8 @@ def test_other_rejections_exit_2_and_append_nothing(tmp_path):
     assert event_count(db) == before
 
 
-def test_failed_step_exits_1_then_resume_skips_completed_steps(tmp_path):
-    db, log = tmp_path / "s.db", tmp_path / "calls.log"
+def test_failed_step_exits_1_then_resume_skips_completed_steps(tmp_path, database):
+    db, log = database, tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     pipeline = factory(tmp_path, **DOCS_FAILS)
     failed = steplog(db, "run", str(pipeline), "--job-id", "j", env=env)
@@ -187,8 +188,8 @@ def clean_run(tmp_path_factory):
 # The kill -9 matrix over the named fault points is in tests/test_crash_matrix.py.
 
 
-def test_external_kill_9_mid_call_then_resume(tmp_path, clean_run):
-    db, log = tmp_path / "s.db", tmp_path / "calls.log"
+def test_external_kill_9_mid_call_then_resume(tmp_path, database, clean_run):
+    db, log = database, tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     pipeline = factory(tmp_path, **SLOWER)
     proc = spawn(db, "run", str(pipeline), "--job-id", "k", env=env)
@@ -206,8 +207,8 @@ def test_external_kill_9_mid_call_then_resume(tmp_path, clean_run):
     assert status_json(db, "k")["status"] == "succeeded"
 
 
-def test_resume_of_a_job_another_live_process_runs_is_refused(tmp_path):
-    db = tmp_path / "s.db"
+def test_resume_of_a_job_another_live_process_runs_is_refused(tmp_path, database):
+    db = database
     pipeline = factory(tmp_path, **SLOWER)
     proc = spawn(db, "run", str(pipeline), "--job-id", "busy", env={})
     try:
@@ -225,31 +226,29 @@ def test_resume_of_a_job_another_live_process_runs_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_records_interruption_and_resume_continues(tmp_path, sig, code):
+def test_a_signal_records_interruption_and_resume_continues(tmp_path, database, sig, code):
     """The signal comes while b's call is in flight (a minute long, so however late a busy
     machine delivers it, the job cannot have ended first; grace 0 cuts the call off), with c
     still to start. Resume, with the delay taken out of the pipeline, runs b and c only."""
     from tests.pipeline_files import dag_pipeline
 
-    db, log = tmp_path / "s.db", tmp_path / "calls.log"
+    db, log = database, tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     pipeline = dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], 60), "c": (["b"], 0)})
     proc = spawn(db, "run", str(pipeline), "--job-id", "t", "--grace", "0", env=env)
     signal_when(db, proc, "SELECT count(*) FROM events WHERE type='llm.request' AND step='b'", sig)
     assert proc.returncode == code
     assert status_json(db, "t")["status"] == "interrupted"
-    interrupted = db_rows(
-        db, "SELECT json_extract(data, '$.signal') FROM events WHERE type='job.interrupted'"
-    )
-    assert interrupted == [(signal.Signals(sig).name,)]
+    interrupted = db_rows(db, "SELECT data FROM events WHERE type='job.interrupted'")
+    assert [json.loads(data)["signal"] for (data,) in interrupted] == [signal.Signals(sig).name]
     dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], 0), "c": (["b"], 0)})
     assert steplog(db, "resume", "t", env=env).code == 0
     assert status_json(db, "t")["status"] == "succeeded"
     assert calls(log) == Counter({"a": 1, "b": 1, "c": 1})  # a not again; b's cut-off call again
 
 
-def test_events_replay_and_jobs_output(tmp_path):
-    db = tmp_path / "s.db"
+def test_events_replay_and_jobs_output(tmp_path, database):
+    db = database
     assert steplog(db, "run", str(EXAMPLE), "--job-id", "e").code == 0
     lines = steplog(db, "events", "e", "--type", "file.*", "--json").out.strip().splitlines()
     envelopes = [json.loads(line) for line in lines]

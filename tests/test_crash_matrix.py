@@ -130,9 +130,23 @@ POINTS = [
 UNCOMMITTED = {"before:step.succeeded:docs"}
 
 
-@pytest.mark.parametrize("point", POINTS)
-def test_kill_9_at_a_fault_point_then_resume_matches_a_clean_run(tmp_path, clean, point):
-    db, log = tmp_path / "s.db", tmp_path / "calls.log"
+# On PostgreSQL, the points where the commit protocol differs in kind: a request committed
+# with its answer to come, an answer committed, a file half-written, an answer not committed.
+POSTGRES_POINTS = [
+    "after:llm.request:build",
+    "after:llm.response:build",
+    "mid:file.write:build",
+    "before:step.succeeded:docs",
+]
+
+
+@pytest.mark.parametrize(
+    ("database", "point"),
+    [("sqlite", p) for p in POINTS] + [("postgresql", p) for p in POSTGRES_POINTS],
+    indirect=["database"],
+)
+def test_kill_9_at_a_fault_point_then_resume_matches_a_clean_run(tmp_path, clean, database, point):
+    db, log = database, tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     workspace = tmp_path / "runs" / "k"
     kill_at(db, point, "run", str(write_pipeline(tmp_path)), "--job-id", "k", env=env)
@@ -176,9 +190,9 @@ def test_kill_9_during_a_cache_hit_then_resume(tmp_path, clean):
     assert hits == [(len(STEPS),)]
 
 
-def test_kill_9_while_a_fan_out_has_several_calls_in_flight(tmp_path):
+def test_kill_9_while_a_fan_out_has_several_calls_in_flight(tmp_path, database):
     """An outside kill -9 with docs, review and notes all waiting on their provider."""
-    db, log = tmp_path / "s.db", tmp_path / "calls.log"
+    db, log = database, tmp_path / "calls.log"
     env = {"STEPLOG_OFFLINE_CALL_LOG": str(log)}
     pipeline = write_pipeline(tmp_path, fan_extra="\noptions = { delay_s = 2 }")
     clean_db = tmp_path / "clean.db"

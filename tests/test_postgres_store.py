@@ -60,13 +60,16 @@ def sqlite_columns(tmp_path) -> dict[str, list[str]]:
     SQLiteEventStore(tmp_path / "s.db").close()
     conn = sqlite3.connect(tmp_path / "s.db")
     try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        tables = [
+            r[0]
+            for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+        ]
         return {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
     finally:
         conn.close()
 
 
-def test_the_store_tables_have_schema_sqls_names_and_columns(pg_url, tmp_path):
+def test_the_tables_and_views_have_schema_sqls_names_and_columns(pg_url, tmp_path):
     PostgresEventStore(pg_url).close()
     with psycopg.connect(pg_url) as conn:
         rows = conn.execute(
@@ -77,7 +80,7 @@ def test_the_store_tables_have_schema_sqls_names_and_columns(pg_url, tmp_path):
     for table, column in rows:
         postgres.setdefault(table, []).append(column)
     sqlite = sqlite_columns(tmp_path)
-    assert set(postgres) == {"events", "blobs", "streams", "steplog_meta", "schema_migrations"}
+    assert set(postgres) == set(sqlite)  # every table and view, with the same names
     for table in postgres:
         assert postgres[table] == sqlite[table], table
     assert postgres["events"] == [
@@ -389,14 +392,55 @@ def test_a_server_stopped_under_an_open_store_is_one_line_and_nothing_half_writt
 # -- the README ---------------------------------------------------------------------------------
 
 
-def test_the_readme_scaling_out_example_runs(pg_cluster, pg_url, capsys):
+def test_the_readme_scaling_out_example_runs(pg_cluster, pg_url, capsys, tmp_path, monkeypatch):
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Scaling out") :]
     section = section[: section.index("\n## ", 3)]
     (code,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
     example_url = "postgresql://steplog@127.0.0.1:5432/steplog"
     assert example_url in code
-    with open_event_store(pg_url) as store:
-        store.append("j", [created("j"), started(1)])
-    exec(compile(code.replace(example_url, pg_url), "README.md", "exec"), {})
-    assert capsys.readouterr().out == "2 []\n"
+    code = code.replace(example_url, pg_url).replace(
+        '"examples/factory/pipeline.toml"',
+        repr(str(ROOT / "examples" / "factory" / "pipeline.toml")),
+    )
+    monkeypatch.chdir(tmp_path)  # its workspace, runs/JOB, lands here
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out == "succeeded True\n"
+
+
+def test_a_cluster_whose_test_run_was_killed_is_reaped_by_the_next_start(tmp_path):
+    """kill -9 of a test process leaves its postmaster running (its own session) and its
+    directory behind; the next cluster start stops that server and deletes the directory."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.postgres_cluster import reap_abandoned
+
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from tests.postgres_cluster import PostgresCluster;"
+            " c = PostgresCluster.start(); print(c.root, flush=True); time.sleep(600)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        root = Path(child.stdout.readline().strip())
+        server = int((root / "data" / "postmaster.pid").read_text().split()[0])
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+        child.stdout.close()
+    os.kill(server, 0)  # still running after its owner died
+    assert root in reap_abandoned()
+    assert not root.exists()
+    with pytest.raises(ProcessLookupError):
+        for _ in range(200):  # the reaper waited for it; give the kernel a moment to clear it
+            os.kill(server, 0)
+            time.sleep(0.05)

@@ -38,6 +38,25 @@ def _check_arguments(args: list[str]) -> None:
             raise click.UsageError(f"argument {arg!r} contains a NUL character")
 
 
+def _driver_error_line(obj: dict[str, Any], exc: Exception) -> str | None:
+    """A PostgreSQL driver error that no store method turned into a StoreError, as one line
+    naming the database without its password; None for anything else (a bug: a traceback)."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None or not isinstance(exc, psycopg.Error):
+        return None
+    from steplog.eventstore.config import redact_url
+
+    app = obj.get("app")
+    where = app.where if app is not None else "the database"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if app is not None and app.url:
+        from steplog.eventstore.config import url_password
+
+        secret = url_password(app.url)
+        first = first.replace(secret, "***") if secret else first
+    return f"PostgreSQL database {redact_url(where)}: {first}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command line (default: sys.argv[1:]) and return its exit code. User errors become
     one line on stderr and 2; nothing but that code leaves this function."""
@@ -77,5 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         where = f"{exc.filename}: " if exc.filename else ""
         say(f"error: cannot write: {where}{exc.strerror or exc}", err=True)
+        return 2
+    except Exception as exc:
+        line = _driver_error_line(obj, exc)
+        if line is None:
+            raise
+        say(f"error: {line}", err=True)
         return 2
     return 0

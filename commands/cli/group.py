@@ -32,6 +32,7 @@ VERBS: dict[str, tuple[str, str]] = {
         "Report on JOB from the audit views: step runs, LLM calls with failures and retries, "
         "tokens and cost, cache hits and tokens saved, files written, failures and why.",
     ),
+    "copy": ("copy", "Copy every job, blob and projection table of database SRC into DST."),
     "events": (
         "inspect",
         "Print JOB's events; --json prints JSON lines in the predecessor's envelope.",
@@ -179,12 +180,13 @@ def echo_json(value: Any) -> None:
     default="steplog.db",
     show_default=True,
     type=click.Path(dir_okay=False),  # a str: Path() would fold a URL's //
-    help="The SQLite file holding the event log (env STEPLOG_DB).",
+    help="The event log: a SQLite file, or a postgresql:// URL (env STEPLOG_DB).",
 )
 @click.version_option(package_name="steplog")
 @click.pass_context
 def cli(ctx: click.Context, db: str) -> None:
-    """steplog: durable multi-step LLM pipelines on an append-only SQLite event log."""
+    """steplog: durable multi-step LLM pipelines on an append-only event log (SQLite, or
+    PostgreSQL for a log shared by many machines)."""
     ctx.ensure_object(dict)
     app = ctx.obj["app"] = Steplog(db)
     ctx.obj["db"] = app.path

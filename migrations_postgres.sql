@@ -1,0 +1,23 @@
+-- steplog schema migrations for PostgreSQL: how a database written at an older version of
+-- schema_postgres.sql becomes current (the counterpart of migrations.sql; the version count is
+-- schema_postgres.sql's own).
+--
+-- schema_postgres.sql is the full definition of the current schema; this file holds only the
+-- steps from one version to the next. Each section starts with a line `-- migration N:
+-- description` and takes a database from version N-1 to N. At open, every section above the
+-- database's steplog_meta.schema_version runs in ONE transaction, under the advisory lock that
+-- also serialises creating the schema, together with: dropping steplog's views and creating
+-- again the views part of schema_postgres.sql (its "Audit views" line to the end: views, and
+-- the functions only they use, hold no data, so their definition lives only there), setting
+-- steplog_meta.schema_version, and one schema_migrations row per section. All of it or none.
+--
+-- Only the views schema_postgres.sql defines are dropped, each by name and without CASCADE: a
+-- view of the database's owner built on one of them stops the upgrade (and is named in the
+-- error) instead of vanishing with it. A section that retires a view drops it itself.
+-- Tables, indexes, triggers and the functions the triggers run are never re-created from
+-- schema_postgres.sql: what a section adds must be here, and tests/test_postgres_migrations.py
+-- checks that an upgraded database equals a new one.
+--
+-- Each section is sent as one script, as schema_postgres.sql is (PostgreSQL splits it).
+
+-- migration 2: audit views (llm_calls, step_runs, file_writes, cache_stats, job_summary) and the functions they read events with (views only)

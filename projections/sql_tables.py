@@ -1,0 +1,169 @@
+"""The projection tables' SQL, written once for both stores: the projectors that keep `jobs`,
+`cache_index`, `cache_refused` and `breakers` in each append's transaction, and the lookups.
+
+SQLite and PostgreSQL take the same statements here (upserts with ON CONFLICT); they differ in
+the parameter mark only, so each dialect is a ProjectionSQL built with its mark: projections
+.tables.SQLITE and projections.postgres_tables.POSTGRES. Each projector is the SQL form of a
+fold of this package; tests prove table == fold for any event sequence on both stores.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Sequence
+
+import orjson
+
+from steplog.eventstore.record import StoredEvent
+from steplog.projections import breaker
+from steplog.projections.breaker import BREAKER_EVENT_TYPES, BreakerRow, Breakers
+from steplog.projections.cache import CACHE_EVENT_TYPES, CacheEntry, CacheIndex
+from steplog.projections.manifest import JOB_STATUS_AFTER
+
+BREAKER_COLUMNS = "endpoint, status, failures, until, provider, seq"
+CACHE_COLUMNS = "cache_key, response_sha256, origin_job, origin_step, seq, tokens_in, tokens_out"
+_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+Projector = Callable[[Any, Sequence[StoredEvent]], None]
+
+
+def _many(conn: Any, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """executemany on a sqlite3 or a psycopg connection (psycopg's is on its cursors)."""
+    cursor = conn.cursor()
+    try:
+        cursor.executemany(sql, rows)
+    finally:
+        cursor.close()
+
+
+class ProjectionSQL:
+    """The projectors and lookups with `mark` as the parameter mark (`?` or `%s`)."""
+
+    def __init__(self, mark: str) -> None:
+        m = mark
+        self.insert_job = f"INSERT INTO jobs (job_id, pipeline, status, created_ts) VALUES ({m}, {m}, 'created', {m})"
+        self.set_status = f"UPDATE jobs SET status = {m} WHERE job_id = {m}"
+        self.forget_key = f"DELETE FROM cache_index WHERE cache_key = {m}"
+        self.refuse = (
+            f"INSERT INTO cache_refused (cache_key, response_sha256, seq) VALUES ({m}, {m}, {m})"
+            " ON CONFLICT (cache_key, response_sha256) DO NOTHING"
+        )
+        self.forget_answer = (
+            f"DELETE FROM cache_index WHERE cache_key = {m} AND response_sha256 = {m}"
+        )
+        # WHERE is needed anyway: SQLite parses an upsert after INSERT … SELECT only with one
+        self.offer = (
+            f"INSERT INTO cache_index ({CACHE_COLUMNS})"
+            f" SELECT {m}, {m}, {m}, {m}, {m}, {m}, {m} WHERE NOT EXISTS"
+            f" (SELECT 1 FROM cache_refused WHERE cache_key = {m} AND response_sha256 = {m})"
+            " ON CONFLICT (cache_key) DO NOTHING"
+        )
+        self.put_breaker = (
+            f"INSERT INTO breakers ({BREAKER_COLUMNS}) VALUES ({m}, {m}, {m}, {m}, {m}, {m})"
+            " ON CONFLICT (endpoint) DO UPDATE SET status = excluded.status,"
+            " failures = excluded.failures, until = excluded.until,"
+            " provider = excluded.provider, seq = excluded.seq"
+        )
+        self.get_breaker = f"SELECT {BREAKER_COLUMNS} FROM breakers WHERE endpoint = {m}"
+        self.get_entry = f"SELECT {CACHE_COLUMNS} FROM cache_index WHERE cache_key = {m}"
+        self.latest = (
+            "SELECT j.job_id, j.pipeline, j.status, j.created_ts, s.updated_ts"
+            f" FROM jobs j JOIN streams s USING (job_id) ORDER BY s.last_seq DESC LIMIT {m}"
+        )
+        self.projectors: tuple[Projector, ...] = (
+            self.project_jobs,
+            self.project_cache,
+            self.project_breakers,
+        )
+
+    # -- the projectors, inside the append's transaction --------------------------------------
+
+    def project_jobs(self, conn: Any, events: Sequence[StoredEvent]) -> None:
+        changed: dict[str, str] = {}
+        for ev in events:
+            if ev.type == "job.created":
+                pipeline = orjson.loads(ev.data_json)["pipeline"]
+                conn.execute(self.insert_job, (ev.job_id, pipeline, ev.ts))
+            status = JOB_STATUS_AFTER.get(ev.type)
+            if status is not None:
+                changed[ev.job_id] = status
+        for job_id, status in changed.items():
+            conn.execute(self.set_status, (status, job_id))
+
+    def project_cache(self, conn: Any, events: Sequence[StoredEvent]) -> None:
+        """`cache_index` and `cache_refused` as projections.cache.apply folds them."""
+        for ev in events:
+            if ev.type not in CACHE_EVENT_TYPES:
+                continue
+            d = orjson.loads(ev.data_json)
+            key, sha = d["cache_key"], d.get("response_sha256")
+            if ev.type == "cache.invalidated":
+                if sha is None:
+                    conn.execute(self.forget_key, (key,))
+                    continue
+                conn.execute(self.refuse, (key, sha, ev.seq))
+                conn.execute(self.forget_answer, (key, sha))
+                continue
+            if ev.type == "llm.response":
+                if not (d["success"] and sha):
+                    continue
+                row = (key, sha, ev.job_id, ev.step, ev.seq, d.get("tokens_in", 0),
+                       d.get("tokens_out", 0))  # fmt: skip
+            else:
+                row = (key, sha, d["origin_job"], d.get("origin_step"), ev.seq, 0, 0)
+            conn.execute(self.offer, (*row, key, sha))
+
+    def project_breakers(self, conn: Any, events: Sequence[StoredEvent]) -> None:
+        """The breaker fold applied to the rows it touches (read, fold, write back)."""
+        touched: Breakers = {}
+        for ev in events:
+            # most llm.response events (offline providers) have no endpoint: skip them unparsed
+            if ev.type not in BREAKER_EVENT_TYPES or '"endpoint":"' not in ev.data_json:
+                continue
+            endpoint = orjson.loads(ev.data_json).get("endpoint")
+            if not endpoint:
+                continue
+            if endpoint not in touched:
+                row = self.breaker_row(conn, endpoint)
+                if row is not None:
+                    touched[endpoint] = row
+            breaker.apply(touched, ev)
+        if touched:
+            _many(conn, self.put_breaker, [tuple(row) for row in touched.values()])
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    def breaker_row(self, conn: Any, endpoint: str) -> BreakerRow | None:
+        row = conn.execute(self.get_breaker, (endpoint,)).fetchone()
+        return BreakerRow(*row) if row else None
+
+    def cache_lookup(self, conn: Any, cache_key: str) -> CacheEntry | None:
+        row = conn.execute(self.get_entry, (cache_key,)).fetchone()
+        return CacheEntry(*row) if row else None
+
+    def latest_jobs(self, conn: Any, limit: int) -> list[tuple[Any, ...]]:
+        """(job_id, pipeline, status, created_ts, updated_ts) of the latest jobs, newest first."""
+        return [tuple(row) for row in conn.execute(self.latest, (limit,)).fetchall()]
+
+    def all_rows(self, conn: Any, table: str, columns: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Every row of a projection table (the names are checked: they are spliced in)."""
+        if not all(_NAME.fullmatch(name) for name in (table, *columns)):
+            raise ValueError(f"not a projection table's name: {table!r} {columns!r}")
+        return [tuple(r) for r in conn.execute(f"SELECT {', '.join(columns)} FROM {table}")]
+
+    def read_breakers_table(self, conn: Any) -> Breakers:
+        rows = conn.execute(f"SELECT {BREAKER_COLUMNS} FROM breakers").fetchall()
+        return {r[0]: BreakerRow(*r) for r in rows}
+
+    def read_cache_table(self, conn: Any) -> CacheIndex:
+        """`cache_index` and `cache_refused` read back into the fold's shape."""
+        rows = conn.execute(f"SELECT {CACHE_COLUMNS} FROM cache_index").fetchall()
+        index = CacheIndex({r[0]: CacheEntry(*r) for r in rows})
+        refused = conn.execute("SELECT cache_key, response_sha256, seq FROM cache_refused")
+        index.refused = {(key, sha): seq for key, sha, seq in refused}
+        return index
+
+    def read_jobs_table(self, conn: Any) -> dict[str, tuple[str | None, str, str]]:
+        """job_id -> (pipeline, status, created_ts)."""
+        rows = conn.execute("SELECT job_id, pipeline, status, created_ts FROM jobs").fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
