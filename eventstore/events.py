@@ -62,6 +62,14 @@ class JobCreated(EventData):
     steps: dict[str, list[str]] = Field(description="step -> needs, in file order")
     workspace: str
 
+    @field_validator("pipeline")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        # the `jobs` table holds it, and PostgreSQL's text cannot: refused alike on both stores
+        if "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
+
 
 class JobStarted(EventData):
     TYPE = "job.started"

@@ -81,6 +81,13 @@ class PipelineSpec(BaseModel):
     budget: Budget | None = Field(default=None, description="per-job limits on tokens and cost")
     prices: dict[str, Price] = Field(default_factory=dict, description="model -> USD per Mtok")
 
+    @field_validator("name")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:  # the jobs table holds it, and PostgreSQL's text cannot
+            raise ValueError("must not contain a NUL character")
+        return value
+
     @field_validator("inputs", "providers", "steps")
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -325,8 +332,8 @@ def _describe(exc: ValidationError, source: str) -> str:
         return f"unknown key {where!r}{at}"
     if kind == "missing":
         return f"missing required key {where!r}"
-    if kind in ("literal_error", "enum"):
-        return f"{where}: {err['msg']}{at}"
+    if kind == "value_error":  # one of our validators: its own words, without pydantic's prefix
+        return f"{where}: {err['msg'].removeprefix('Value error, ')}{at}"
     return f"{where}: {err['msg']}{at}"
 
 

@@ -315,7 +315,7 @@ def job_events(draw: st.DrawFn, pool: Pool, other_jobs: Sequence[str] = ("elsewh
     job = _Job(draw, pool, draw(clocks), steps)
     job.emit(
         JobCreated(
-            pipeline=draw(texts),
+            pipeline=draw(texts.filter(lambda t: "\x00" not in t)),  # JobCreated refuses NUL
             pipeline_path=draw(st.none() | texts),
             pipeline_fingerprint=job.fingerprint(),
             pipeline_sha256=job.sha(),
