@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint bench bench-startup bench-postgres clean
+.PHONY: demo test test-fast lint bench bench-startup bench-postgres bench-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ bench-startup: $(STAMP)
 # cluster on 127.0.0.1 (needs Debian's postgresql binaries) and stops it. Not part of `make test`.
 bench-postgres: $(STAMP)
 	$(BIN)/python bench/postgres.py
+
+# LangGraph and DBOS on the same workload as steplog, in the same run (about 2 minutes; the
+# first run installs them into bench/.peers-venv, never into the project's). Not part of `make test`.
+bench-peers: $(STAMP)
+	$(BIN)/python bench/peers.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
