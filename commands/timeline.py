@@ -74,9 +74,17 @@ class Timeline:
     bars: list[Bar]
     markers: list[Marker]
     workspace: str | None = None  # the job's, as its log names it (the picture goes beside it)
+    _by_step: dict[str, list[Bar]] | None = field(default=None, repr=False, compare=False)
+    _indexed: int = field(default=-1, repr=False, compare=False)
 
     def bars_of(self, step: str) -> list[Bar]:
-        return [b for b in self.bars if b.step == step]
+        """The step's bars in order: indexed once, as the picture asks for every step's."""
+        if self._by_step is None or self._indexed != len(self.bars):
+            by_step: dict[str, list[Bar]] = {}
+            for bar in self.bars:
+                by_step.setdefault(bar.step, []).append(bar)
+            self._by_step, self._indexed = by_step, len(self.bars)
+        return list(self._by_step.get(step, ()))
 
 
 def _short(text: str, limit: int = 160) -> str:
