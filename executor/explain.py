@@ -18,7 +18,7 @@ from steplog.eventstore.events import CacheChange, CacheDetail
 from steplog.eventstore.record import text_sha256
 from steplog.executor.cachekey import canonical_json
 from steplog.executor.pipeline import Pipeline
-from steplog.executor.templates import ENV, simple_plan, static_key
+from steplog.executor.templates import TREE_CACHE, simple_plan, static_key, syntax_tree
 
 SHORT = 12
 _UNSET = object()
@@ -29,12 +29,12 @@ _DEFINITION_PARTS = ("provider", "output", "template")
 _RENDER_CAUSES = ("template", "input", "upstream")
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=TREE_CACHE)
 def _template_sha(source: str) -> str:
     return text_sha256(source)
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=TREE_CACHE)
 def template_inputs(source: str) -> frozenset[str] | None:
     """The inputs a template reads, or None when it reads `inputs` in a way not known statically."""
     plan = simple_plan(source)
@@ -47,7 +47,7 @@ def template_inputs(source: str) -> frozenset[str] | None:
                 names.add(piece[1])
         return frozenset(names)
     try:
-        tree = ENV.parse(source)
+        tree = syntax_tree(source)
     except TemplateSyntaxError:
         return None
     names = set()

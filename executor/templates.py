@@ -101,6 +101,19 @@ def static_key(node: nodes.Node) -> str | None:
     return None
 
 
+# Sized past the largest pipelines measured (10,000 steps): a smaller cache, walked in file
+# order, misses on every template and parses each one again for each reader.
+TREE_CACHE = 16384
+
+
+@lru_cache(maxsize=TREE_CACHE)
+def syntax_tree(source: str) -> nodes.Template:
+    """The template parsed once, for the checks here and the explanations (executor/explain.py)
+    to read. Only read: compiling it would let jinja's optimizer fold constants in place, so
+    _compiled parses its own copy."""
+    return ENV.parse(source)
+
+
 def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
     """Refuse a template naming an unknown variable or input (or with bad syntax).
 
@@ -110,15 +123,18 @@ def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
     if plan is not None:
         return _check_simple(plan, where=where, inputs=inputs)
     try:
-        tree = ENV.parse(source)
+        tree = syntax_tree(source)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(
             f"{where}: template syntax error on line {exc.lineno}: {exc.message}"
         ) from exc
     except RecursionError as exc:  # jinja's parser recurses once per nesting level
         raise TemplateProblem(f"{where}: template nests too deeply to parse") from exc
-    assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
-    for name in tree.find_all(nodes.Name):
+    found = list(tree.find_all((nodes.Name, nodes.Getattr, nodes.Getitem)))  # one walk
+    names = [n for n in found if isinstance(n, nodes.Name)]
+    lookups = [n for n in found if not isinstance(n, nodes.Name)]
+    assigned = {n.name for n in names if n.ctx in ("store", "param")}
+    for name in names:
         if (
             name.ctx == "load"
             and name.name not in ("inputs", "steps")
@@ -128,7 +144,7 @@ def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
                 f"{where}: template names unknown variable {name.name!r} "
                 "(use inputs.<name> or steps.<step>.output)"
             )
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+    for node in lookups:
         key = static_key(node)
         if key is not None and key.startswith("_"):
             raise TemplateProblem(
@@ -136,7 +152,7 @@ def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
                 "template sandbox"
             )
     referenced: set[str] = set()
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+    for node in lookups:
         base = node.node
         if not isinstance(base, nodes.Name) or base.name in assigned:
             continue
@@ -147,7 +163,7 @@ def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
             raise TemplateProblem(f"{where}: template names unknown input {key!r}")
         if base.name == "steps":
             referenced.add(key)
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+    for node in lookups:
         inner = node.node
         if (
             isinstance(inner, (nodes.Getattr, nodes.Getitem))
@@ -174,7 +190,7 @@ _JINJA_MARKS = ("{{", "{%", "{#", "\r")
 Piece = str | tuple[str, ...]
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=TREE_CACHE)
 def simple_plan(source: str) -> tuple[Piece, ...] | None:
     """Literal text and name paths, or None when the template needs jinja."""
     pieces: list[Piece] = []
