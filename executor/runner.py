@@ -16,11 +16,11 @@ from typing import Callable
 from steplog.eventstore.events import JobFailed, JobSucceeded, NewEvent
 from steplog.eventstore.record import EventStore
 from steplog.executor.budget import Spend
-from steplog.executor.calls import ProviderCalls
+from steplog.executor.calls import DEFAULT_CONCURRENCY, DEFAULT_MAX_CONCURRENCY, ProviderCalls
 from steplog.executor.joblog import JobLog, Observer
 from steplog.executor.pipeline import Pipeline
 from steplog.executor.plan import Plan
-from steplog.executor.scheduler import JobOutcome, Scheduler
+from steplog.executor.scheduler import MIN_STEPS_UNDER_WAY, JobOutcome, Scheduler
 from steplog.executor.step import StepRunner
 from steplog.executor.workspace import sweep_stale_temps
 
@@ -44,7 +44,7 @@ class JobRunner:
     ) -> None:
         self.log = JobLog(store, job_id, version=version, observer=observer)
         self.workspace = workspace
-        self.scheduler = Scheduler(pipeline)
+        self.scheduler = Scheduler(pipeline, max_under_way=steps_under_way(pipeline))
         self.calls = ProviderCalls(
             self.log,
             pipeline,
@@ -88,6 +88,20 @@ class JobRunner:
     def stop_now(self) -> int:
         """Cancel every step still under way; returns how many provider calls that cut off."""
         return self.scheduler.stop_now()
+
+
+def steps_under_way(pipeline: Pipeline) -> int:
+    """How many steps may be under way at once: twice the calls the providers' limits let run
+    at once (so the next steps are rendered and waiting when a slot frees), at least
+    MIN_STEPS_UNDER_WAY."""
+    calls = 0
+    for name in {step.provider for step in pipeline.spec.steps.values()}:
+        config = pipeline.spec.providers[name]
+        limit = config.max_concurrency or DEFAULT_CONCURRENCY.get(
+            config.kind, DEFAULT_MAX_CONCURRENCY
+        )
+        calls += limit or 0
+    return max(MIN_STEPS_UNDER_WAY, 2 * calls)
 
 
 def failure_text(failed: list[str], errors: dict[str, str]) -> str:

@@ -10,11 +10,13 @@ until `stop_now` cancels everything left.
 
 from __future__ import annotations
 
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterator
 
 import anyio
+import anyio.abc
 
 from steplog.executor.pipeline import Pipeline
 from steplog.executor.plan import Plan
@@ -31,9 +33,16 @@ class JobOutcome:
     interrupted: bool = False  # stopped by drain/stop_now: no job.succeeded/failed was appended
 
 
+# Steps under way at once (their tasks started) at least; more when the providers' limits
+# let more calls run at once. A step waiting for its needs has no task: a 10,000-step fan-out
+# holds a few hundred tasks, not 10,000.
+MIN_STEPS_UNDER_WAY = 256
+
+
 class Scheduler:
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, *, max_under_way: int = MIN_STEPS_UNDER_WAY) -> None:
         self.pipeline = pipeline
+        self.max_under_way = max(1, max_under_way)
         self._draining = False
         self._attempted: set[str] = set()  # steps that got past their needs and started
         self._scopes: dict[str, anyio.CancelScope] = {}  # steps under way
@@ -45,51 +54,89 @@ class Scheduler:
         return self._draining
 
     async def run(self, plan: Plan, run_step: RunStep) -> JobOutcome:
-        """Run every step of the plan; the steps it reuses count as succeeded."""
-        done = {name: anyio.Event() for name in plan.run}
+        """Run every step of the plan; the steps it reuses count as succeeded.
+
+        A step starts once each of its needs has settled: succeeded (or released early), or
+        failed, cancelled, never run, which blocks it and, in turn, its dependants. Ready
+        steps start in file order, at most max_under_way at a time.
+        """
         ok: dict[str, bool] = {name: True for name in plan.reuse}
+        in_plan = set(plan.run)
+        needs = {name: self.pipeline.spec.steps[name].needs for name in plan.run}
+        unsettled = {name: sum(n in in_plan for n in needs[name]) for name in plan.run}
+        dependants: dict[str, list[str]] = {}
+        for name in plan.run:
+            for need in needs[name]:
+                if need in in_plan:
+                    dependants.setdefault(need, []).append(name)
+        settled: set[str] = set()
+        ready: deque[str] = deque()
+        under_way = 0
+
+        def settle(first: str) -> None:
+            """`first` has settled: count it off its dependants; block those that can never
+            start, queue those that can (iteratively: a blocked chain may be long)."""
+            todo = [first]
+            while todo:
+                name = todo.pop()
+                if name in settled:
+                    continue
+                settled.add(name)
+                for dependant in dependants.get(name, ()):
+                    unsettled[dependant] -= 1
+                    if unsettled[dependant]:
+                        continue
+                    if all(ok.get(n, False) for n in needs[dependant]):
+                        ready.append(dependant)
+                    else:
+                        ok[dependant] = False  # blocked: a dependency failed or never ran
+                        todo.append(dependant)
+
+        def fill(steps: anyio.abc.TaskGroup) -> None:
+            nonlocal under_way
+            while ready and under_way < self.max_under_way and not self._draining:
+                name = ready.popleft()
+                under_way += 1
+                self._attempted.add(name)
+                steps.start_soon(step_task, name, steps)
+
+        async def step_task(name: str, steps: anyio.abc.TaskGroup) -> None:
+            nonlocal under_way
+
+            def release() -> None:
+                ok[name] = True
+                settle(name)
+                fill(steps)
+
+            try:
+                with anyio.CancelScope() as scope:
+                    self._scopes[name] = scope
+                    try:
+                        ok[name] = await run_step(name, plan.attempts.get(name, 0) + 1, release)
+                    finally:
+                        del self._scopes[name]
+            finally:
+                under_way -= 1
+                settle(name)  # (its dependants are blocked unless it succeeded)
+                fill(steps)
+
         async with anyio.create_task_group() as steps:
             self._steps_scope = steps.cancel_scope
             for name in plan.run:
-                steps.start_soon(self._step_task, name, plan, run_step, done, ok)
+                if unsettled[name]:
+                    continue
+                if all(ok.get(n, False) for n in needs[name]):
+                    ready.append(name)
+                else:
+                    ok[name] = False
+                    settle(name)
+            fill(steps)
         failed = [n for n in plan.run if ok.get(n) is False and n in self._attempted]
         blocked = [n for n in plan.run if n not in self._attempted]
         if self._draining and any(ok.get(n) is None for n in plan.run):
             # steps were cancelled or never started: the caller records job.interrupted
             return JobOutcome(False, failed, blocked, interrupted=True)
         return JobOutcome(not (failed or blocked), failed, blocked)
-
-    async def _step_task(
-        self,
-        name: str,
-        plan: Plan,
-        run_step: RunStep,
-        done: dict[str, anyio.Event],
-        ok: dict[str, bool],
-    ) -> None:
-        try:
-            for need in self.pipeline.spec.steps[name].needs:
-                if need in done:
-                    await done[need].wait()
-                if not ok.get(need, False):
-                    ok[name] = False
-                    return  # blocked: a dependency failed or never ran
-            if self._draining:
-                return  # stopping: the step stays pending for resume
-            self._attempted.add(name)
-
-            def release() -> None:
-                ok[name] = True
-                done[name].set()
-
-            with anyio.CancelScope() as scope:
-                self._scopes[name] = scope
-                try:
-                    ok[name] = await run_step(name, plan.attempts.get(name, 0) + 1, release)
-                finally:
-                    del self._scopes[name]
-        finally:
-            done[name].set()
 
     @contextmanager
     def calling(self, step: str) -> Iterator[None]:
