@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import orjson
 from pydantic import ValidationError
@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from steplog.errors import Rejected
 from steplog.eventstore.events import EVENT_TYPES, parse_data
 from steplog.eventstore.record import GENESIS_HASH, StoredEvent, chain_hash
-from steplog.projections.store import table_rows
+from steplog.projections.store import job_table_rows, table_rows
 from steplog.projections.tables import TABLE_PROJECTIONS, TableProjection
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ class Report:
     blobs: int = 0
     schema_version: int = 0
     projections: list[str] = field(default_factory=list)
+    job: str | None = None  # the job checked alone (verify JOB); None: the whole database
     _per_check: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -73,6 +74,7 @@ class Report:
     def document(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "job": self.job,
             "events": self.events,
             "jobs": self.jobs,
             "blobs": self.blobs,
@@ -83,6 +85,15 @@ class Report:
         }
 
     def summary(self) -> str:
+        if self.job is not None:
+            return (
+                f"ok: job {self.job}: {counted(self.events, 'event')}, its hash chain intact; "
+                f"schema {self.schema_version} with its triggers; its "
+                f"{', '.join(self.projections)} rows match a fold of its events; "
+                f"{counted(self.blobs, 'blob')} it points at "
+                f"{'matches its' if self.blobs == 1 else 'match their'} sha256 "
+                "(the whole database: steplog verify)"
+            )
         return (
             f"ok: {counted(self.events, 'event')} in {counted(self.jobs, 'job')}, every hash "
             f"chain intact; schema {self.schema_version} with its triggers; integrity ok; "
@@ -123,9 +134,11 @@ def verify_database(location: str | os.PathLike[str], job: str | None = None) ->
 
 
 def verify(store: EventStore, job_id: str | None = None) -> Report:
-    """Run every check; `job_id` limits the chain and blob-reference checks to one job."""
+    """Every check of the database; with `job_id`, the checks of that job alone (verify_job)."""
+    if job_id is not None:
+        return verify_job(store, job_id)
     report = Report()
-    referenced = _check_log(store, report, job_id)
+    referenced = _check_log(store, report)
     report.schema_version, problems = store.schema_problems()
     for message in problems:
         report.add(Problem("schema", message))
@@ -136,15 +149,46 @@ def verify(store: EventStore, job_id: str | None = None) -> Report:
     return report
 
 
+def verify_job(store: EventStore, job_id: str) -> Report:
+    """What can be checked from one job's events, reading only them: its hash chain and event
+    data, its head in `streams`, its rows of the per-job projection tables against a fold of
+    its events, the blobs it points at, and the schema. Database-wide checks (every chain, the
+    file's integrity, the projections shared by all jobs, every blob) are `verify` without a
+    job: their cost grows with the database, not with the job."""
+    report = Report(job=job_id)
+    heads: dict[str, tuple[int, str, int]] = {}
+    folds = [(p, p.start()) for p in TABLE_PROJECTIONS if p.job_column is not None]
+    referenced: dict[str, tuple[str, int, int]] = {}
+    for ev in store.read_job(job_id):
+        for projection, state in folds:
+            projection.apply(state, ev)
+        _check_one(ev, heads, referenced, report)
+    report.jobs = len(heads)
+    if job_id not in heads:
+        report.add(Problem("chain", f"job {job_id} has no events"))
+    _check_streams(store, report, heads, job_id)
+    report.schema_version, problems = store.schema_problems()
+    for message in problems:
+        report.add(Problem("schema", message))
+    present = store.table_names()
+    for projection, state in folds:
+        if projection.table in present:
+            _check_projection(
+                store, report, projection, state, job_table_rows(store, projection, job_id)
+            )
+            report.projections.append(projection.table)
+    _check_job_blobs(store, report, referenced)
+    report.problems.sort(key=lambda p: (p.seq is None, p.seq or 0))
+    return report
+
+
 # -- the log: chains, streams, projections in one pass -----------------------------------------
 
 
 _SHA_FIELD = re.compile(r"_sha256$")
 
 
-def _check_log(
-    store: EventStore, report: Report, job_id: str | None
-) -> dict[str, tuple[str, int, int]]:
+def _check_log(store: EventStore, report: Report) -> dict[str, tuple[str, int, int]]:
     """Returns blob sha256 -> the first (job, version, seq) pointing at it."""
     heads: dict[str, tuple[int, str, int]] = {}  # job -> (version, hash, seq) as recomputed
     # projections sharing a fold (cache_index and cache_refused) share its state: folded once
@@ -154,28 +198,34 @@ def _check_log(
     for ev in store.read_all():
         for (_, apply), state in folds.items():
             apply(state, ev)
-        if job_id is not None and ev.job_id != job_id:
-            continue
-        report.events += 1  # events whose chain was checked
-        _check_event(ev, heads, report)
-        try:
-            data = orjson.loads(ev.data_json)
-        except orjson.JSONDecodeError:
-            continue  # reported by _check_event
-        for key, value in data.items() if isinstance(data, dict) else ():
-            if _SHA_FIELD.search(key) and isinstance(value, str) and value not in referenced:
-                referenced[value] = (ev.job_id, ev.version, ev.seq)
+        _check_one(ev, heads, referenced, report)
     report.jobs = len(heads)
-    _check_streams(store, report, heads, job_id)
+    _check_streams(store, report, heads, None)
     present = store.table_names()
     for projection, state in states:
         if projection.table not in present:
             continue  # an older schema: the schema check reports the missing table
         _check_projection(store, report, projection, state)
         report.projections.append(projection.table)
-    if job_id is not None and job_id not in heads:
-        report.add(Problem("chain", f"job {job_id} has no events"))
     return referenced
+
+
+def _check_one(
+    ev: StoredEvent,
+    heads: dict[str, tuple[int, str, int]],
+    referenced: dict[str, tuple[str, int, int]],
+    report: Report,
+) -> None:
+    """One event's chain link and data; the blobs it points at are noted in `referenced`."""
+    report.events += 1  # events whose chain was checked
+    _check_event(ev, heads, report)
+    try:
+        data = orjson.loads(ev.data_json)
+    except orjson.JSONDecodeError:
+        return  # reported by _check_event
+    for key, value in data.items() if isinstance(data, dict) else ():
+        if _SHA_FIELD.search(key) and isinstance(value, str) and value not in referenced:
+            referenced[value] = (ev.job_id, ev.version, ev.seq)
 
 
 def _check_event(ev: StoredEvent, heads: dict[str, tuple[int, str, int]], report: Report) -> None:
@@ -229,11 +279,18 @@ def _check_streams(
 
 
 def _check_projection(
-    store: EventStore, report: Report, projection: TableProjection, state: Any
+    store: EventStore,
+    report: Report,
+    projection: TableProjection,
+    state: Any,
+    rows: Iterable[tuple[Any, ...]] | None = None,
 ) -> None:
+    """The table's rows (or the given ones: one job's) against the fold's."""
     columns, width = projection.columns, projection.key_columns
     folded = {tuple(row[:width]): tuple(row) for row in projection.rows(state)}
-    table = {tuple(row[:width]): tuple(row) for row in table_rows(store, projection)}
+    if rows is None:
+        rows = table_rows(store, projection)
+    table = {tuple(row[:width]): tuple(row) for row in rows}
     where = f"projection {projection.table}"
     for key in sorted(folded.keys() | table.keys(), key=str):
         have, want = table.get(key), folded.get(key)
@@ -272,3 +329,26 @@ def _check_blobs(
         if sha not in present:
             message = f"blob {sha[:12]} it points at is missing"
             report.add(Problem("blob", message, job, version, seq))
+
+
+JOB_BLOB_BATCH = 64  # blobs read at a time by verify JOB: a job's answers may be large
+
+
+def _check_job_blobs(
+    store: EventStore, report: Report, referenced: dict[str, tuple[str, int, int]]
+) -> None:
+    """The blobs one job points at: each present, its content hashing to its name."""
+    wanted = list(referenced)
+    for start in range(0, len(wanted), JOB_BLOB_BATCH):
+        found = store.find_blobs(wanted[start : start + JOB_BLOB_BATCH])
+        for sha in wanted[start : start + JOB_BLOB_BATCH]:
+            content = found.pop(sha, None)
+            if content is None:
+                job, version, seq = referenced[sha]
+                message = f"blob {sha[:12]} it points at is missing"
+                report.add(Problem("blob", message, job, version, seq))
+                continue
+            report.blobs += 1
+            actual = hashlib.sha256(content).hexdigest()
+            if actual != sha:
+                report.add(Problem("blob", f"blob {sha[:12]}: content hashes to {actual[:12]}"))

@@ -20,6 +20,7 @@ breaker_row = POSTGRES.breaker_row
 cache_lookup = POSTGRES.cache_lookup
 latest_jobs = POSTGRES.latest_jobs
 all_rows = POSTGRES.all_rows
+job_rows_of = POSTGRES.job_rows_of
 
 
 def rebuild(store: PostgresEventStore) -> int:

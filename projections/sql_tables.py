@@ -40,7 +40,7 @@ class ProjectionSQL:
     """The projectors and lookups with `mark` as the parameter mark (`?` or `%s`)."""
 
     def __init__(self, mark: str) -> None:
-        m = mark
+        self.mark = m = mark
         self.insert_job = f"INSERT INTO jobs (job_id, pipeline, status, created_ts) VALUES ({m}, {m}, 'created', {m})"
         self.set_status = f"UPDATE jobs SET status = {m} WHERE job_id = {m}"
         self.forget_key = f"DELETE FROM cache_index WHERE cache_key = {m}"
@@ -150,6 +150,15 @@ class ProjectionSQL:
         if not all(_NAME.fullmatch(name) for name in (table, *columns)):
             raise ValueError(f"not a projection table's name: {table!r} {columns!r}")
         return [tuple(r) for r in conn.execute(f"SELECT {', '.join(columns)} FROM {table}")]
+
+    def job_rows_of(
+        self, conn: Any, table: str, columns: Sequence[str], job_column: str, job_id: str
+    ) -> list[tuple[Any, ...]]:
+        """The rows of a per-job projection table that belong to one job (`verify JOB`)."""
+        if not all(_NAME.fullmatch(name) for name in (table, *columns, job_column)):
+            raise ValueError(f"not a projection table's name: {table!r} {columns!r}")
+        sql = f"SELECT {', '.join(columns)} FROM {table} WHERE {job_column} = {self.mark}"
+        return [tuple(r) for r in conn.execute(sql, (job_id,))]
 
     def read_breakers_table(self, conn: Any) -> Breakers:
         rows = conn.execute(f"SELECT {BREAKER_COLUMNS} FROM breakers").fetchall()

@@ -79,6 +79,17 @@ def table_rows(store: EventStore, projection: TableProjection) -> Iterable[tuple
         return tables_of(store).all_rows(conn, projection.table, projection.columns)
 
 
+def job_table_rows(
+    store: EventStore, projection: TableProjection, job_id: str
+) -> Iterable[tuple[Any, ...]]:
+    """One job's rows of a per-job projection table (`verify JOB`)."""
+    assert projection.job_column is not None
+    with store.reading() as conn:
+        return tables_of(store).job_rows_of(
+            conn, projection.table, projection.columns, projection.job_column, job_id
+        )
+
+
 def rebuild(store: EventStore) -> int:
     """Drop the projection tables' rows and refold them from seq 0; returns events folded."""
     return tables_of(store).rebuild(store)

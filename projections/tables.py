@@ -30,6 +30,7 @@ breaker_row = SQLITE.breaker_row
 cache_lookup = SQLITE.cache_lookup
 latest_jobs = SQLITE.latest_jobs
 all_rows = SQLITE.all_rows
+job_rows_of = SQLITE.job_rows_of
 read_breakers_table = SQLITE.read_breakers_table
 read_cache_table = SQLITE.read_cache_table
 read_jobs_table = SQLITE.read_jobs_table
@@ -121,6 +122,9 @@ class TableProjection:
     apply: Callable[[Any, StoredEvent], Any]
     rows: Callable[[Any], Iterable[tuple[Any, ...]]]
     key_columns: int = 1  # how many of the first columns make the primary key
+    # the column naming the job each row belongs to, when every row is one job's own (its
+    # rows are then checked by `verify JOB` from that job's events alone)
+    job_column: str | None = None
 
 
 TABLE_PROJECTIONS: tuple[TableProjection, ...] = (
@@ -130,6 +134,7 @@ TABLE_PROJECTIONS: tuple[TableProjection, ...] = (
         start=dict,
         apply=apply_job_row,
         rows=lambda state: ((job_id, *row) for job_id, row in state.items()),
+        job_column="job_id",
     ),
     TableProjection(
         "cache_index",

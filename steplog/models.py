@@ -243,6 +243,9 @@ class VerifyReport(_Result):
     """`steplog verify`: hash chains, append-only triggers, schema, projections, blobs."""
 
     ok: bool
+    job: str | None = Field(
+        default=None, description="the job checked alone (verify JOB); None: the whole database"
+    )
     events: int
     jobs: int
     blobs: int

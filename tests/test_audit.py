@@ -245,8 +245,33 @@ def test_verify_passes_a_clean_database_without_touching_it(db, cli):
         .execute("SELECT count(*) FROM events WHERE job_id = 'second'")
         .fetchall()
     )
-    assert one.code == 0 and one.out.startswith(f"ok: {second} events in 1 job,")
+    assert one.code == 0 and one.out.startswith(f"ok: job second: {second} events, its hash")
+    assert "its jobs rows match a fold of its events" in one.out
     assert db.read_bytes() == before
+
+
+def test_verify_of_one_job_reads_that_job_alone(db, cli):
+    """verify JOB checks the job's chain, row and blobs from its own events: an edit in
+    another job is not its concern (verify without a job finds it), an edit in its own is."""
+    first = (
+        sqlite3.connect(db)
+        .execute("SELECT seq FROM events WHERE job_id = 'first' ORDER BY seq LIMIT 1 OFFSET 2")
+        .fetchone()[0]
+    )
+    edit(
+        db,
+        "DROP TRIGGER events_append_only_update",
+        f"UPDATE events SET ts = '2020-01-01T00:00:00.000000Z' WHERE seq = {first}",
+        trigger("events_append_only_update"),
+    )
+    alone = cli(db, "verify", "second")
+    assert alone.code == 0, alone.out
+    whole = cli(db, "verify")
+    assert whole.code == 1 and f"seq {first}): hash does not match" in whole.out
+    own = cli(db, "verify", "first", "--json")
+    doc = json.loads(own.out)
+    assert own.code == 1 and doc["job"] == "first"
+    assert [(p["check"], p["seq"]) for p in doc["problems"]] == [("chain", first)]
 
 
 def _an_llm_request(db: Path) -> tuple[int, str, int]:
