@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from steplog.errors import Rejected
 from steplog.eventstore.events import EVENT_TYPES, parse_data
 from steplog.eventstore.record import GENESIS_HASH, StoredEvent, chain_hash
+from steplog.projections.leases import worker_of
 from steplog.projections.store import table_rows
 from steplog.projections.tables import TABLE_PROJECTIONS, TableProjection
 
@@ -165,7 +166,7 @@ def _check_log(
         for key, value in data.items() if isinstance(data, dict) else ():
             if _SHA_FIELD.search(key) and isinstance(value, str) and value not in referenced:
                 referenced[value] = (ev.job_id, ev.version, ev.seq)
-    report.jobs = len(heads)
+    report.jobs = sum(1 for stream in heads if worker_of(stream) is None)  # leases are no jobs
     _check_streams(store, report, heads, job_id)
     present = store.table_names()
     for projection, state in states:
