@@ -148,7 +148,7 @@ def test_a_run_holds_a_lease_while_it_runs_and_ends_it(tmp_path):
 def _foreign_owner(db: Path, job_id: str, worker: str, lease_s: float) -> None:
     """A queued job then started by a worker on another host (its process cannot be checked
     from here: only its lease tells)."""
-    with Steplog(db) as sl:
+    with Steplog(str(db)) as sl:
         sl.submit(EXAMPLE, job_id=job_id, workspace=db.parent / job_id)
         store = sl.open_store(write=True)
         started = WorkerStarted(
@@ -163,7 +163,7 @@ def test_resume_refuses_a_live_lease_and_takes_over_an_expired_one_without_force
     db = tmp_path / "s.db"
     _foreign_owner(db, "live", "far-live", lease_s=3600)
     _foreign_owner(db, "gone", "far-gone", lease_s=0.2)
-    with Steplog(db) as sl:
+    with Steplog(str(db)) as sl:
         with pytest.raises(Rejected, match=r"job live is being run by .* \(worker far-live\)$"):
             sl.resume("live")
         for _ in range(200):  # until the short lease has run out (its last beat + 0.2 s)
@@ -202,7 +202,7 @@ def test_submit_then_a_worker_drains_the_queue_on_both_stores(database, tmp_path
     assert (done.code, done.out) == (0, "j0\n"), done.err
     queued = steplog(db, "submit", str(EXAMPLE), "--job-id", "j1", "--json", "-i", "idea=t1")
     assert json.loads(queued.out)["status"] == "queued"
-    with Steplog(db) as sl:
+    with Steplog(str(db)) as sl:
         assert sl.status("j1").status == "queued"
         for i in (2, 3):
             sl.submit(EXAMPLE, {"idea": f"t{i}"}, f"j{i}", tmp_path / "runs" / f"j{i}")
@@ -239,7 +239,7 @@ def test_workers_started_together_run_each_job_exactly_once(tmp_path):
     db = tmp_path / "s.db"
     pipeline = tmp_path / "small.toml"
     pipeline.write_text(SMALL)
-    with Steplog(db) as sl:
+    with Steplog(str(db)) as sl:
         for i in range(30):
             sl.submit(pipeline, {"x": str(i)}, f"j{i:02}", tmp_path / "runs" / f"j{i:02}")
     procs = [spawn(db, "worker", "-c", "2", "--drain", "--worker-id", f"w{n}") for n in range(4)]
