@@ -181,14 +181,19 @@ def check_opening(store: EventStore, cmd: RunCommand) -> Opening:
 
 
 def append_opening(
-    store: EventStore, opening: Opening, owner: Owner | None = None
+    store: EventStore, opening: Opening, lease: Lease | None = None
 ) -> list[StoredEvent]:
-    """Append a checked job's opening events as a new stream; a job of that id made meanwhile
-    is refused."""
+    """Append a checked job's opening events as a new stream (with job.started and the lease's
+    worker.started, in the same transaction, when `lease` runs it); a job of that id made
+    meanwhile is refused."""
     try:
-        stored = store.append(
-            opening.job_id, opening.events(owner), expected_version=0, blobs=opening.blobs
-        )
+        if lease is None:
+            stored = store.append(
+                opening.job_id, opening.events(), expected_version=0, blobs=opening.blobs
+            )
+        else:
+            events = opening.events(lease.owner)
+            stored = lease.start_with(opening.job_id, events, 0, opening.blobs)
     except VersionConflict as exc:
         raise Rejected(
             f"job {opening.job_id} already exists; choose another --job-id or resume it"
@@ -199,12 +204,8 @@ def append_opening(
 
 def prepare_run(store: EventStore, cmd: RunCommand) -> Prepared:
     opening = check_opening(store, cmd)
-    lease = Lease.start(store, kind="run")
-    try:
-        stored = append_opening(store, opening, lease.owner)
-    except BaseException:
-        lease.stop("the job did not start")
-        raise
+    lease = Lease.new(store, kind="run")
+    stored = append_opening(store, opening, lease)
     state = manifest.project(opening.job_id, stored)
     plan = Plan(run=list(opening.pipeline.order))
     return Prepared(
@@ -323,25 +324,19 @@ def prepare_resume(store: EventStore, cmd: ResumeCommand) -> Prepared:
     pipeline = pipeline_for_resume(store, state, cmd.pipeline_path)
     plan, changed = plan_resume(state, pipeline)
     check_plan(store, state, pipeline, plan.run, cmd.ignore_breaker)
-    lease = Lease.start(store, kind="run")
+    lease = Lease.new(store, kind="run")
+    resumed = JobResumed(
+        owner=lease.owner,
+        pipeline_fingerprint=pipeline.fingerprint,
+        changed_steps=changed,
+        forced=cmd.force,
+    )
     try:
-        resumed = JobResumed(
-            owner=lease.owner,
-            pipeline_fingerprint=pipeline.fingerprint,
-            changed_steps=changed,
-            forced=cmd.force,
-        )
-        try:
-            stored = store.append(
-                cmd.job_id, [NewEvent.of(resumed)], expected_version=state.version
-            )
-        except VersionConflict as exc:
-            now = fold_job(store, cmd.job_id)
-            who = _owner_text(now.owner) if now.owner else "another process"
-            raise Rejected(f"job {cmd.job_id} is being run by {who}") from exc
-    except BaseException:
-        lease.stop("the job did not start")
-        raise
+        stored = lease.start_with(cmd.job_id, [NewEvent.of(resumed)], state.version)
+    except VersionConflict as exc:
+        now = fold_job(store, cmd.job_id)
+        who = _owner_text(now.owner) if now.owner else "another process"
+        raise Rejected(f"job {cmd.job_id} is being run by {who}") from exc
     faults.after_commit([(ev.type, ev.step) for ev in stored])
     return prepared_after(store, state, pipeline, plan, stored, cmd.ignore_breaker, lease)
 

@@ -379,7 +379,7 @@ def work(
         pipeline_dir = cmd.pipeline_dir.resolve()
         if not pipeline_dir.is_dir():
             raise Rejected(f"--pipeline-dir {cmd.pipeline_dir} is not a directory")
-    lease = Lease.start(
+    lease = Lease.new(
         store,
         kind="worker",
         lease_s=cmd.lease_s,
@@ -387,6 +387,7 @@ def work(
         pipeline_dir=str(pipeline_dir) if pipeline_dir else None,
         worker_id=cmd.worker_id,
     )
+    lease.start()
     lease.say = say
     worker = Worker(store, cmd, say, lease, WorkerReport(worker_id=lease.worker_id), pipeline_dir)
     say(

@@ -16,7 +16,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from steplog.errors import Rejected
 from steplog.eventstore.events import (
@@ -26,7 +26,7 @@ from steplog.eventstore.events import (
     WorkerStarted,
     WorkerStopped,
 )
-from steplog.eventstore.record import EventStore, StoreError
+from steplog.eventstore.record import EventStore, StoredEvent, StoreError
 from steplog.executor.ownership import current_owner
 from steplog.projections.leases import lease_alive, stream_of
 
@@ -50,6 +50,10 @@ def lease_seconds(given: float | None = None) -> float:
     return given
 
 
+def _row(event: NewEvent) -> tuple[str, str, str, str | None, str]:
+    return (event.ts, event.level, event.type, event.step, event.data_json())
+
+
 def new_worker_id(kind: str) -> str:
     host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:24]
     return f"{kind}-{host}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -65,6 +69,7 @@ class Lease:
     seen_version: int = 0  # of the stream, read up to here for cancel requests
     stopped: bool = False
     say: Callable[[str], None] = lambda line: None
+    _started: NewEvent | None = None
 
     @property
     def stream(self) -> str:
@@ -75,7 +80,7 @@ class Lease:
         return self.lease_s / 3
 
     @classmethod
-    def start(
+    def new(
         cls,
         store: EventStore,
         *,
@@ -86,7 +91,8 @@ class Lease:
         worker_id: str | None = None,
         now: float | None = None,
     ) -> Lease:
-        """Append worker.started; a named worker whose lease is alive is refused (exit 2)."""
+        """A lease not yet recorded (`start`, or `start_with` a job's opening events); a named
+        worker whose lease is alive is refused (exit 2)."""
         from steplog.projections.store import worker_row
 
         lease_s = lease_seconds(lease_s)
@@ -107,12 +113,34 @@ class Lease:
             kind=kind,  # type: ignore[arg-type]
             pipeline_dir=pipeline_dir,
         )
-        stream = stream_of(worker_id)
-        stored = store.append(
-            stream, [NewEvent.of(started)], expected_version=store.job_version(stream)
-        )
         owner = Owner(pid=proc.pid, host=proc.host, started=proc.started, worker=worker_id)
-        return cls(store, worker_id, lease_s, owner, seen_version=stored[-1].version)
+        lease = cls(store, worker_id, lease_s, owner)
+        lease._started = NewEvent.of(started)
+        return lease
+
+    def start(self) -> None:
+        """Record worker.started on its own."""
+        assert self._started is not None, "made by Lease.new"
+        stored = self.store.append(self.stream, [self._started])
+        self.seen_version = stored[-1].version
+
+    def start_with(
+        self,
+        job_id: str,
+        events: list[NewEvent],
+        expected_version: int,
+        blobs: Sequence[bytes] = (),
+    ) -> list[StoredEvent]:
+        """worker.started and a job's opening events (which name this lease as their owner) in
+        ONE transaction: a refused opening (VersionConflict) leaves no lease behind either."""
+        assert self._started is not None, "made by Lease.new"
+        with self.store.write_transaction() as conn:
+            mine = self.store.append_txn(conn, self.stream, [_row(self._started)], None, ())
+            stored = self.store.append_txn(
+                conn, job_id, [_row(e) for e in events], expected_version, blobs
+            )
+        self.seen_version = mine[-1].version
+        return stored
 
     def beat(self) -> list[tuple[str, str]]:
         """Record a heartbeat; returns the cancel requests (job, reason) that came since the

@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from steplog.commands.cli.group import (
-    _not_nan,
     app_for,
     cli,
     echo_json,
@@ -71,8 +70,10 @@ def submit(
     say(done.job_id)
 
 
-def _lease_seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    return None if value is None else _not_nan(ctx, param, value)
+def _not_nan(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and value != value:  # FloatRange lets NaN through
+        raise click.BadParameter("nan is not a number of seconds", ctx=ctx, param=param)
+    return value
 
 
 @cli.command()
@@ -95,7 +96,7 @@ def _lease_seconds(ctx: click.Context, param: click.Parameter, value: float | No
     "--lease",
     "lease_s",
     type=click.FloatRange(0.1, 3600),
-    callback=_lease_seconds,
+    callback=_not_nan,
     metavar="SECONDS",
     help="How long this worker's jobs stay its own without a heartbeat (default 30; env "
     "STEPLOG_LEASE_S). It beats every third of it.",
