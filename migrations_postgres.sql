@@ -27,7 +27,7 @@
 -- Projection: one row per worker (a `steplog worker`, or a run/resume process) from its stream
 -- worker:<worker_id>: its lease (alive while beat_ts + lease_s is ahead and stopped_ts is NULL)
 -- and the jobs its last heartbeat named (a JSON list).
-CREATE TABLE workers (
+CREATE TABLE IF NOT EXISTS workers (
     worker_id    text             PRIMARY KEY,
     kind         text             NOT NULL,
     host         text             NOT NULL,
@@ -44,7 +44,7 @@ CREATE TABLE workers (
 );
 
 -- Workers look for queued jobs and running ones whose owner may be gone: by status.
-CREATE INDEX jobs_by_status ON jobs (status);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 
 -- A job with job.created as its last status event was shown 'created'; it is now 'queued'
 -- (a fork's job.forked still leaves 'created').

@@ -59,7 +59,7 @@ class LogReads:
         """The most recently updated job (the one whose last event is the newest); the streams
         of workers' leases (worker:<id>, a name no job can have) are not jobs."""
         rows = self._all(
-            "SELECT job_id FROM streams WHERE job_id NOT LIKE 'worker:%'"
+            "SELECT job_id FROM streams WHERE substr(job_id, 1, 7) <> 'worker:'"
             " ORDER BY last_seq DESC LIMIT 1"
         )
         return rows[0][0] if rows else None
