@@ -125,6 +125,34 @@ def test_cancel_of_a_queued_job_means_it_never_starts_and_resume_continues_it(tm
         assert sl.resume("c").succeeded
 
 
+def test_a_worker_in_a_thread_stops_a_job_cancelled_meanwhile(tmp_path):
+    db = tmp_path / "s.db"
+    pipeline = dag_pipeline(tmp_path, {"slow": ([], 30)})
+    with Steplog(db) as sl:
+        sl.submit(pipeline, job_id="t", workspace=tmp_path / "w")
+    reports = []
+
+    def work() -> None:
+        with Steplog(db) as mine:
+            reports.append(mine.work(grace_s=0))
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    try:
+        with Steplog(db) as sl:
+            for _ in range(400):  # until the slow call is in flight
+                if any(True for _ in sl.events("t", type="llm.request")):
+                    break
+                time.sleep(0.05)
+            assert sl.cancel("t", "stop it", wait=True, timeout_s=60).status == "cancelled"
+            assert sl.status("t").status == "cancelled"
+    finally:
+        thread.join(60)
+    assert reports[0].cancelled == ["t"]
+    shown = steplog_here(db, "workers")
+    assert shown.code == 0 and shown.out.startswith(f"{reports[0].worker_id}  stopped  worker on ")
+
+
 def test_cancel_refuses_an_unknown_job_and_a_finished_one_in_one_line(tmp_path):
     db = tmp_path / "s.db"
     assert steplog_here(db, "run", str(EXAMPLE), "--job-id", "done", cwd=tmp_path).code == 0
