@@ -263,8 +263,8 @@ prompt = "b {{ steps.a.output }}"
 
 
 @pytest.mark.slow
-def test_workers_started_together_run_each_job_exactly_once(tmp_path):
-    db = tmp_path / "s.db"
+def test_workers_started_together_run_each_job_exactly_once(database, tmp_path):
+    db = database
     pipeline = tmp_path / "small.toml"
     pipeline.write_text(SMALL)
     with Steplog(str(db)) as sl:
