@@ -27,8 +27,8 @@ from steplog.eventstore.events import (
     WorkerStopped,
 )
 from steplog.eventstore.record import EventStore, StoredEvent, StoreError
-from steplog.executor.ownership import current_owner
-from steplog.projections.leases import lease_alive, stream_of
+from steplog.executor.ownership import current_owner, owner_alive
+from steplog.projections.leases import WorkerRow, lease_alive, stream_of
 
 DEFAULT_LEASE_S = 30.0
 CANCEL_CHECK_S = 0.5  # how often the stream is looked at for a cancel request (a key lookup)
@@ -48,6 +48,15 @@ def lease_seconds(given: float | None = None) -> float:
     if not math.isfinite(given) or not 0.1 <= given <= 3600:
         raise Rejected(f"lease {given!r} s is out of range (0.1 to 3600 seconds)")
     return given
+
+
+def _alive_elsewhere(row: WorkerRow, now: float) -> bool:
+    """Is another process holding this worker id's lease? One on this host that is gone (a
+    worker restarted after kill -9) is not, whatever its last heartbeat says."""
+    if not lease_alive(row, now):
+        return False
+    gone = owner_alive({"pid": row.pid, "host": row.host, "started": row.started}) is False
+    return not gone
 
 
 def _row(event: NewEvent) -> tuple[str, str, str, str | None, str]:
@@ -99,7 +108,7 @@ class Lease:
         worker_id = worker_id or new_worker_id(kind)
         proc = current_owner()
         row = worker_row(store, worker_id)
-        if row is not None and lease_alive(row, time.time() if now is None else now):
+        if row is not None and _alive_elsewhere(row, time.time() if now is None else now):
             raise Rejected(
                 f"worker {worker_id} is alive (process {row.pid} on host {row.host}); "
                 "choose another --worker-id"

@@ -47,6 +47,12 @@ def owner_alive(
     if lease is not None and owner.get("worker") == lease.worker_id:
         from steplog.projections.leases import lease_alive
 
+        if (owner.get("host"), owner.get("pid"), owner.get("started")) != (
+            lease.host,
+            lease.pid,
+            lease.started,
+        ):  # the worker id was taken up again by a new process: the owner's lease ended then
+            return False
         if owner.get("host") == socket.gethostname() and _process_alive(owner) is False:
             return False
         return lease_alive(lease, time.time() if now is None else now)

@@ -47,6 +47,18 @@ def test_a_lease_is_alive_until_lease_s_after_its_last_beat_or_its_stop():
     assert not lease_alive(_row(beat, stopped="2026-12-03T10:00:01.000000Z"), at + 1)
 
 
+def test_an_owner_whose_worker_id_a_new_process_took_up_is_gone():
+    from steplog.executor.ownership import owner_alive
+    from steplog.projections.breaker import epoch
+
+    beat = "2026-12-03T10:00:00.000000Z"
+    row = _row(beat)._replace(host="elsewhere", pid=7, started="70")
+    same = {"pid": 7, "host": "elsewhere", "started": "70", "worker": "w"}
+    assert owner_alive(same, row, epoch(beat) + 1) is True
+    assert owner_alive({**same, "pid": 6, "started": "60"}, row, epoch(beat) + 1) is False
+    assert owner_alive(same, row, epoch(beat) + 10) is False  # its lease ran out
+
+
 def test_candidates_are_queued_first_and_skip_what_a_live_lease_holds():
     from steplog.commands.worker import candidates
     from steplog.projections.breaker import epoch
