@@ -60,3 +60,34 @@ CREATE TABLE IF NOT EXISTS cache_refused (
 -- migration 4: job_summary counts answered and unanswered calls beside failed ones (views only)
 
 -- migration 5: llm_calls and job_summary show what calls in flight reserve against the budget (views only)
+
+-- migration 6: workers and their leases (the queue); jobs queued by submit; jobs by status
+
+-- Projection: one row per worker (a `steplog worker`, or a run/resume process) from its stream
+-- worker:<worker_id>: its lease (alive while beat_ts + lease_s is ahead and stopped_ts is NULL)
+-- and the jobs its last heartbeat named (a JSON list). Equal to projections.leases over all
+-- events; tested.
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id    TEXT PRIMARY KEY,
+    kind         TEXT    NOT NULL,            -- worker | run
+    host         TEXT    NOT NULL,
+    pid          INTEGER NOT NULL,
+    started      TEXT    NOT NULL,            -- the process's start marker (guards PID reuse)
+    lease_s      REAL    NOT NULL,
+    concurrency  INTEGER NOT NULL,
+    pipeline_dir TEXT,
+    started_ts   TEXT    NOT NULL,
+    beat_ts      TEXT    NOT NULL,            -- worker.started or the last worker.heartbeat
+    jobs         TEXT    NOT NULL,
+    stopped_ts   TEXT,
+    seq          INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Workers look for queued jobs and running ones whose owner may be gone: by status.
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
+
+-- A job with job.created as its last status event was shown 'created'; it is now 'queued'
+-- (a fork's job.forked still leaves 'created').
+UPDATE jobs SET status = 'queued'
+WHERE status = 'created'
+  AND NOT EXISTS (SELECT 1 FROM events e WHERE e.job_id = jobs.job_id AND e.type = 'job.forked');

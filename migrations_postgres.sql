@@ -21,3 +21,33 @@
 -- Each section is sent as one script, as schema_postgres.sql is (PostgreSQL splits it).
 
 -- migration 2: audit views (llm_calls, step_runs, file_writes, cache_stats, job_summary) and the functions they read events with (views only)
+
+-- migration 3: workers and their leases (the queue); jobs queued by submit; jobs by status
+
+-- Projection: one row per worker (a `steplog worker`, or a run/resume process) from its stream
+-- worker:<worker_id>: its lease (alive while beat_ts + lease_s is ahead and stopped_ts is NULL)
+-- and the jobs its last heartbeat named (a JSON list).
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id    text             PRIMARY KEY,
+    kind         text             NOT NULL,
+    host         text             NOT NULL,
+    pid          bigint           NOT NULL,
+    started      text             NOT NULL,
+    lease_s      double precision NOT NULL,
+    concurrency  bigint           NOT NULL,
+    pipeline_dir text,
+    started_ts   text             NOT NULL,
+    beat_ts      text             NOT NULL,
+    jobs         text             NOT NULL,
+    stopped_ts   text,
+    seq          bigint           NOT NULL
+);
+
+-- Workers look for queued jobs and running ones whose owner may be gone: by status.
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
+
+-- A job with job.created as its last status event was shown 'created'; it is now 'queued'
+-- (a fork's job.forked still leaves 'created').
+UPDATE jobs SET status = 'queued'
+WHERE status = 'created'
+  AND NOT EXISTS (SELECT 1 FROM events e WHERE e.job_id = jobs.job_id AND e.type = 'job.forked');

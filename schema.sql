@@ -7,7 +7,7 @@
 --
 -- `events` is the source of truth. Everything else is either content (`blobs`, immutable) or a
 -- projection kept in the same transaction as the append (`jobs`, `cache_index`, `cache_refused`,
--- `breakers`) that can be dropped and rebuilt from `events` at any time.
+-- `breakers`, `workers`) that can be dropped and rebuilt from `events` at any time.
 
 CREATE TABLE IF NOT EXISTS steplog_meta (
     key   TEXT PRIMARY KEY,
@@ -136,6 +136,29 @@ CREATE TABLE IF NOT EXISTS breakers (
     provider TEXT    NOT NULL,
     seq      INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Projection: one row per worker (a `steplog worker`, or a run/resume process) from its stream
+-- worker:<worker_id>: its lease (alive while beat_ts + lease_s is ahead and stopped_ts is NULL)
+-- and the jobs its last heartbeat named (a JSON list). Equal to projections.leases over all
+-- events; tested.
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id    TEXT PRIMARY KEY,
+    kind         TEXT    NOT NULL,            -- worker | run
+    host         TEXT    NOT NULL,
+    pid          INTEGER NOT NULL,
+    started      TEXT    NOT NULL,            -- the process's start marker (guards PID reuse)
+    lease_s      REAL    NOT NULL,
+    concurrency  INTEGER NOT NULL,
+    pipeline_dir TEXT,
+    started_ts   TEXT    NOT NULL,
+    beat_ts      TEXT    NOT NULL,            -- worker.started or the last worker.heartbeat
+    jobs         TEXT    NOT NULL,
+    stopped_ts   TEXT,
+    seq          INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Workers look for queued jobs and running ones whose owner may be gone: by status.
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 
 -- Migrations and audit views -------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
--- steplog schema for PostgreSQL, version 2.
+-- steplog schema for PostgreSQL, version 3.
 --
 -- The single definition of the PostgreSQL store's schema (steplog.eventstore.postgres), the
 -- counterpart of schema.sql with the same table, view and column names. Applied at open, in
@@ -11,7 +11,7 @@
 --
 -- `events` is the source of truth. Everything else is either content (`blobs`, immutable), the
 -- store's bookkeeping (`streams`) or a projection kept in the same transaction as the append
--- (`jobs`, `cache_index`, `cache_refused`, `breakers`) that can be rebuilt from `events`; the
+-- (`jobs`, `cache_index`, `cache_refused`, `breakers`, `workers`) that can be rebuilt from `events`; the
 -- audit views at the end read `events` (and `jobs`, `streams`) only.
 --
 -- The whole file is sent as one script (PostgreSQL splits it itself; function bodies hold ';').
@@ -144,6 +144,28 @@ CREATE TABLE breakers (
     provider text             NOT NULL,
     seq      bigint           NOT NULL
 );
+
+-- Projection: one row per worker (a `steplog worker`, or a run/resume process) from its stream
+-- worker:<worker_id>: its lease (alive while beat_ts + lease_s is ahead and stopped_ts is NULL)
+-- and the jobs its last heartbeat named (a JSON list).
+CREATE TABLE workers (
+    worker_id    text             PRIMARY KEY,
+    kind         text             NOT NULL,
+    host         text             NOT NULL,
+    pid          bigint           NOT NULL,
+    started      text             NOT NULL,
+    lease_s      double precision NOT NULL,
+    concurrency  bigint           NOT NULL,
+    pipeline_dir text,
+    started_ts   text             NOT NULL,
+    beat_ts      text             NOT NULL,
+    jobs         text             NOT NULL,
+    stopped_ts   text,
+    seq          bigint           NOT NULL
+);
+
+-- Workers look for queued jobs and running ones whose owner may be gone: by status.
+CREATE INDEX jobs_by_status ON jobs (status);
 
 -- One row per schema change applied to this database: the version it created or upgraded to.
 CREATE TABLE schema_migrations (

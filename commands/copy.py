@@ -52,6 +52,7 @@ from steplog.eventstore.record import (
     blob_sha256,
     check_chain,
 )
+from steplog.projections.leases import worker_of
 from steplog.words import counted
 
 if TYPE_CHECKING:
@@ -138,10 +139,12 @@ def copy_database(
             _check_destination(dst, jobs, heads, report)
         todo = [job for job in jobs.values() if job.copy]
         remaining = sum(job.version - job.dst_version for job in todo)
-        report.jobs_new = sum(1 for job in todo if not job.dst_version)
-        report.jobs_completed = len(todo) - report.jobs_new
-        report.jobs_copied = len(todo)
-        report.jobs_skipped = len(jobs) - len(todo)
+        # the streams of workers' leases are copied too, but they are not jobs to count
+        counted_jobs = [job for job_id, job in jobs.items() if worker_of(job_id) is None]
+        report.jobs_new = sum(1 for job in counted_jobs if job.copy and not job.dst_version)
+        report.jobs_copied = sum(1 for job in counted_jobs if job.copy)
+        report.jobs_completed = report.jobs_copied - report.jobs_new
+        report.jobs_skipped = len(counted_jobs) - report.jobs_copied
         if dst is None:
             dst = _open_destination(destination, create=True)
             assert dst is not None
@@ -156,7 +159,7 @@ def copy_database(
                 )
         dst.require_writable()
         say(
-            f"copying {counted(len(todo), 'job')} ({counted(remaining, 'event')}) from"
+            f"copying {counted(report.jobs_copied, 'job')} ({counted(remaining, 'event')}) from"
             f" {report.source} to {report.destination}; {report.jobs_skipped} already there"
         )
         _copy_blobs(src, dst, report, say)

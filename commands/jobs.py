@@ -18,16 +18,26 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import anyio
+from anyio.abc import TaskStatus
 from pydantic import BaseModel, ConfigDict, Field
 
 from steplog.commands.queries import fold_job
 from steplog.errors import Interrupted, Rejected
-from steplog.eventstore.events import JobCreated, JobInterrupted, JobResumed, JobStarted, NewEvent
-from steplog.eventstore.record import EventStore, VersionConflict, blob_sha256
+from steplog.eventstore.events import (
+    JobCancelled,
+    JobCreated,
+    JobInterrupted,
+    JobResumed,
+    JobStarted,
+    NewEvent,
+    Owner,
+)
+from steplog.eventstore.record import EventStore, StoredEvent, VersionConflict, blob_sha256
 from steplog.executor import faults
 from steplog.executor.breakers import breaker_endpoint, breaker_policy
 from steplog.executor.budget import Spend, blocks_resume
-from steplog.executor.ownership import current_owner, owner_alive
+from steplog.executor.lease import Lease
+from steplog.executor.ownership import lease_of, owner_alive
 from steplog.executor.pipeline import (
     NAME_PATTERN,
     Pipeline,
@@ -78,6 +88,8 @@ class Prepared:
     ignore_breaker: bool = False
     # path -> (step, sha256) of the last file.written there: what steplog last wrote
     files: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # the lease its owner holds (executor/lease.py); execute and run_in_loop keep it beating
+    lease: Lease | None = None
 
 
 def new_job_id() -> str:
@@ -131,7 +143,27 @@ def check_run_before_creating(cmd: RunCommand) -> None:
         _check_run(empty, cmd)
 
 
-def prepare_run(store: EventStore, cmd: RunCommand) -> Prepared:
+@dataclass
+class Opening:
+    """A checked `run`/`submit`: the job's job.created and the blobs it names, not yet appended."""
+
+    job_id: str
+    pipeline: Pipeline
+    inputs: dict[str, str]
+    workspace: Path
+    created: JobCreated
+    blobs: list[bytes]
+
+    def events(self, owner: Owner | None = None) -> list[NewEvent]:
+        """job.created, and job.started when an owner runs it at once (`run`)."""
+        opening = [NewEvent.of(self.created)]
+        if owner is not None:
+            opening.append(NewEvent.of(JobStarted(owner=owner)))
+        return opening
+
+
+def check_opening(store: EventStore, cmd: RunCommand) -> Opening:
+    """Every check of `run`, and the job.created it would append (nothing is appended)."""
     pipeline, inputs, job_id, workspace = _check_run(store, cmd)
     snapshot = pipeline.snapshot().encode("utf-8")
     created = JobCreated(
@@ -144,19 +176,48 @@ def prepare_run(store: EventStore, cmd: RunCommand) -> Prepared:
         steps=pipeline.needs,
         workspace=str(workspace),
     )
-    opening = [NewEvent.of(created), NewEvent.of(JobStarted(owner=current_owner()))]
+    blobs = [pipeline.source.encode("utf-8"), snapshot]
+    return Opening(job_id, pipeline, inputs, workspace, created, blobs)
+
+
+def append_opening(
+    store: EventStore, opening: Opening, lease: Lease | None = None
+) -> list[StoredEvent]:
+    """Append a checked job's opening events as a new stream (with job.started and the lease's
+    worker.started, in the same transaction, when `lease` runs it); a job of that id made
+    meanwhile is refused."""
     try:
-        stored = store.append(
-            job_id, opening, expected_version=0, blobs=[pipeline.source.encode("utf-8"), snapshot]
-        )
+        if lease is None:
+            stored = store.append(
+                opening.job_id, opening.events(), expected_version=0, blobs=opening.blobs
+            )
+        else:
+            events = opening.events(lease.owner)
+            stored = lease.start_with(opening.job_id, events, 0, opening.blobs)
     except VersionConflict as exc:
         raise Rejected(
-            f"job {job_id} already exists; choose another --job-id or resume it"
+            f"job {opening.job_id} already exists; choose another --job-id or resume it"
         ) from exc
     faults.after_commit([(ev.type, ev.step) for ev in stored])
-    state = manifest.project(job_id, stored)
-    plan = Plan(run=list(pipeline.order))
-    return Prepared(job_id, pipeline, inputs, workspace, plan, state, cmd.ignore_breaker)
+    return stored
+
+
+def prepare_run(store: EventStore, cmd: RunCommand) -> Prepared:
+    opening = check_opening(store, cmd)
+    lease = Lease.new(store, kind="run")
+    stored = append_opening(store, opening, lease)
+    state = manifest.project(opening.job_id, stored)
+    plan = Plan(run=list(opening.pipeline.order))
+    return Prepared(
+        opening.job_id,
+        opening.pipeline,
+        opening.inputs,
+        opening.workspace,
+        plan,
+        state,
+        cmd.ignore_breaker,
+        lease=lease,
+    )
 
 
 def _check_keys(pipeline: Pipeline, steps: list[str]) -> None:
@@ -208,7 +269,8 @@ def check_budget(state: JobState, pipeline: Pipeline, path: str | None) -> None:
 
 
 def _owner_text(owner: dict[str, object]) -> str:
-    return f"process {owner.get('pid')} on host {owner.get('host')}"
+    worker = f" (worker {owner['worker']})" if owner.get("worker") else ""
+    return f"process {owner.get('pid')} on host {owner.get('host')}{worker}"
 
 
 def check_has_work(state: JobState, job_id: str) -> None:
@@ -217,14 +279,12 @@ def check_has_work(state: JobState, job_id: str) -> None:
         raise Rejected(f"unknown job {job_id}")
     if state.status == "succeeded":
         raise Rejected(f"job {job_id} already succeeded; nothing to resume")
-    if state.status == "cancelled":
-        raise Rejected(f"job {job_id} was cancelled; run the pipeline again as a new job")
 
 
-def _check_resumable(state: JobState, cmd: ResumeCommand) -> None:
+def _check_resumable(store: EventStore, state: JobState, cmd: ResumeCommand) -> None:
     check_has_work(state, cmd.job_id)
     if state.status == "running" and state.owner:
-        alive = owner_alive(state.owner)
+        alive = owner_alive(state.owner, lease_of(store, state.owner))
         if alive:
             raise Rejected(f"job {cmd.job_id} is being run by {_owner_text(state.owner)}")
         if alive is None and not cmd.force:
@@ -260,32 +320,55 @@ def pipeline_for_resume(store: EventStore, state: JobState, override: Path | Non
 
 def prepare_resume(store: EventStore, cmd: ResumeCommand) -> Prepared:
     state = fold_job(store, cmd.job_id)
-    _check_resumable(state, cmd)
+    _check_resumable(store, state, cmd)
     pipeline = pipeline_for_resume(store, state, cmd.pipeline_path)
     plan, changed = plan_resume(state, pipeline)
-    _check_keys(pipeline, plan.run)
-    check_budget(state, pipeline, pipeline.path)
-    if not cmd.ignore_breaker:
-        check_breakers(store, pipeline, plan.run)
-    check_workspace(Path(state.workspace or Path("runs") / cmd.job_id).resolve())
+    check_plan(store, state, pipeline, plan.run, cmd.ignore_breaker)
+    lease = Lease.new(store, kind="run")
     resumed = JobResumed(
-        owner=current_owner(),
+        owner=lease.owner,
         pipeline_fingerprint=pipeline.fingerprint,
         changed_steps=changed,
         forced=cmd.force,
     )
     try:
-        stored = store.append(cmd.job_id, [NewEvent.of(resumed)], expected_version=state.version)
+        stored = lease.start_with(cmd.job_id, [NewEvent.of(resumed)], state.version)
     except VersionConflict as exc:
         now = fold_job(store, cmd.job_id)
         who = _owner_text(now.owner) if now.owner else "another process"
         raise Rejected(f"job {cmd.job_id} is being run by {who}") from exc
     faults.after_commit([(ev.type, ev.step) for ev in stored])
-    state = manifest.project(cmd.job_id, stored, state)
-    workspace = Path(state.workspace or Path("runs") / cmd.job_id)
-    files = store.logged_files(cmd.job_id) if state.files_written else {}
+    return prepared_after(store, state, pipeline, plan, stored, cmd.ignore_breaker, lease)
+
+
+def check_plan(
+    store: EventStore, state: JobState, pipeline: Pipeline, steps: list[str], ignore_breaker: bool
+) -> None:
+    """What a resume checks once it knows the steps it will run (keys, budget, breakers,
+    workspace); a worker's claim checks the same."""
+    _check_keys(pipeline, steps)
+    check_budget(state, pipeline, pipeline.path)
+    if not ignore_breaker:
+        check_breakers(store, pipeline, steps)
+    check_workspace(Path(state.workspace or Path("runs") / state.job_id).resolve())
+
+
+def prepared_after(
+    store: EventStore,
+    state: JobState,
+    pipeline: Pipeline,
+    plan: Plan,
+    stored: list[StoredEvent],
+    ignore_breaker: bool,
+    lease: Lease | None,
+) -> Prepared:
+    """The job as its job.resumed (or a claim's job.started) left it, ready for the executor."""
+    job_id = state.job_id
+    state = manifest.project(job_id, stored, state)
+    workspace = Path(state.workspace or Path("runs") / job_id)
+    files = store.logged_files(job_id) if state.files_written else {}
     return Prepared(
-        cmd.job_id, pipeline, state.inputs, workspace, plan, state, cmd.ignore_breaker, files
+        job_id, pipeline, state.inputs, workspace, plan, state, ignore_breaker, files, lease
     )
 
 
@@ -293,7 +376,7 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _runner(store: EventStore, prepared: Prepared, observer: Observer | None) -> JobRunner:
+def job_runner(store: EventStore, prepared: Prepared, observer: Observer | None) -> JobRunner:
     state = prepared.state
     return JobRunner(
         store,
@@ -309,6 +392,64 @@ def _runner(store: EventStore, prepared: Prepared, observer: Observer | None) ->
     )
 
 
+class Cancelled(Interrupted):
+    """The job was cancelled (`steplog cancel`) while this process ran it; job.cancelled is
+    recorded, and `resume` can continue it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("cancel")
+        self.reason = reason
+
+    @property
+    def exit_code(self) -> int:
+        return 1
+
+
+class LeaseWatch:
+    """Beside a run: the lease's heartbeat, and a cancel request for the job turned into a stop
+    as on SIGTERM (no new step; calls in flight get `grace_s`, then the rest is cancelled)."""
+
+    def __init__(self, prepared: Prepared, runner: JobRunner, grace_s: float) -> None:
+        self.prepared = prepared
+        self.runner = runner
+        self.grace_s = grace_s
+        self.cancel_reason: str | None = None
+
+    async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        lease = self.prepared.lease
+        if lease is None:
+            task_status.started()
+            return
+        lease.jobs.add(self.prepared.job_id)
+        async with anyio.create_task_group() as group:
+
+            def on_cancel(job_id: str, reason: str) -> None:
+                if self.cancel_reason is None:
+                    self.cancel_reason = reason or "cancelled"
+                    group.start_soon(self.stop)
+
+            task_status.started()
+            await lease.keep(on_cancel)
+
+    async def stop(self) -> None:
+        if self.runner.drain() and self.grace_s > 0:
+            await anyio.sleep(self.grace_s)
+        self.runner.stop_now()
+
+
+def record_cancelled(store: EventStore, job_id: str, reason: str) -> None:
+    """job.cancelled at the head, as job.interrupted is recorded (this process owns the job)."""
+    with signals_ignored():
+        store.append(job_id, [NewEvent.of(JobCancelled(reason=reason))])
+
+
+def end_lease(prepared: Prepared, reason: str) -> None:
+    """After the job's last event: worker.stopped (the job may then be claimed at once)."""
+    if prepared.lease is not None:
+        prepared.lease.jobs.discard(prepared.job_id)
+        prepared.lease.stop(reason)
+
+
 async def run_in_loop(
     store: EventStore, prepared: Prepared, observer: Observer | None = None
 ) -> JobOutcome:
@@ -316,19 +457,38 @@ async def run_in_loop(
 
     If the caller cancels it, the calls in flight are cut off, job.interrupted is recorded
     (signal "cancelled") and the cancellation goes on: `resume` continues the job, reusing
-    every answer committed before.
+    every answer committed before. A `steplog cancel` of the job records job.cancelled and
+    raises Cancelled.
     """
-    runner = _runner(store, prepared, observer)
+    runner = job_runner(store, prepared, observer)
+    lease_watch = LeaseWatch(prepared, runner, DEFAULT_GRACE_S)
     try:
-        return await runner.run(prepared.plan)
+
+        async def watched() -> JobOutcome:
+            async with anyio.create_task_group() as group:
+                await group.start(lease_watch.watch)
+                outcome = await runner.run(prepared.plan)
+                group.cancel_scope.cancel()
+            return outcome
+
+        outcome = await watched()
     except anyio.get_cancelled_exc_class():
         if runner.ended is None:
             _record_stop(store, prepared.job_id, StopReport("cancelled", grace_s=0))
+        end_lease(prepared, "cancelled")
         raise
     except BaseExceptionGroup as group:
+        end_lease(prepared, "error")
         raise _explained(_first_leaf(group), prepared.job_id) from group
     except VersionConflict as exc:
+        end_lease(prepared, "error")
         raise _explained(exc, prepared.job_id) from exc
+    if outcome.interrupted and lease_watch.cancel_reason is not None:
+        record_cancelled(store, prepared.job_id, lease_watch.cancel_reason)
+        end_lease(prepared, "job cancelled")
+        raise Cancelled(lease_watch.cancel_reason)
+    end_lease(prepared, "job ended")
+    return outcome
 
 
 def execute(
@@ -346,13 +506,32 @@ def execute(
     The first signal stops new steps and gives calls in flight `grace_s` seconds to finish
     (their answers are committed); a second signal, or the end of the grace, cancels the rest
     (executor/shutdown.py). freeze_gc keeps the cyclic GC off what was loaded before the run.
+    Meanwhile the lease beats; a `steplog cancel` stops the job the same way and records
+    job.cancelled (Cancelled is raised).
     """
-    runner = _runner(store, prepared, observer)
+    try:
+        return _execute(store, prepared, observer, grace_s=grace_s, say=say, freeze_gc=freeze_gc)
+    finally:
+        end_lease(prepared, "run ended")
+
+
+def _execute(
+    store: EventStore,
+    prepared: Prepared,
+    observer: Observer | None,
+    *,
+    grace_s: float,
+    say: Callable[[str], None],
+    freeze_gc: bool,
+) -> JobOutcome:
+    runner = job_runner(store, prepared, observer)
     shutdown = Shutdown(grace_s, say)
+    lease_watch = LeaseWatch(prepared, runner, grace_s)
 
     async def run_watched() -> JobOutcome:
         async with anyio.create_task_group() as group:
             await group.start(shutdown.watch, runner)
+            await group.start(lease_watch.watch)
             outcome = await runner.run(prepared.plan)
             group.cancel_scope.cancel()
         # the loop, removing its handler with the watcher, put back SIGTERM's default (die at
@@ -387,6 +566,9 @@ def execute(
         outcome = runner.ended
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if outcome.interrupted and lease_watch.cancel_reason is not None and shutdown.report is None:
+        record_cancelled(store, prepared.job_id, lease_watch.cancel_reason)
+        raise Cancelled(lease_watch.cancel_reason)
     if outcome.interrupted:
         report = shutdown.report or StopReport("SIGINT", grace_s)
         with signals_ignored():
@@ -468,6 +650,7 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
 
 
 __all__ = [
+    "Cancelled",
     "PipelineError",
     "Prepared",
     "Rejected",

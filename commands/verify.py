@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from steplog.errors import Rejected
 from steplog.eventstore.events import EVENT_TYPES, parse_data
 from steplog.eventstore.record import GENESIS_HASH, StoredEvent, chain_hash
+from steplog.projections.leases import worker_of
 from steplog.projections.store import job_table_rows, table_rows
 from steplog.projections.tables import TABLE_PROJECTIONS, TableProjection
 
@@ -199,7 +200,7 @@ def _check_log(store: EventStore, report: Report) -> dict[str, tuple[str, int, i
         for (_, apply), state in folds.items():
             apply(state, ev)
         _check_one(ev, heads, referenced, report)
-    report.jobs = len(heads)
+    report.jobs = sum(1 for stream in heads if worker_of(stream) is None)  # leases are no jobs
     _check_streams(store, report, heads, None)
     present = store.table_names()
     for projection, state in states:

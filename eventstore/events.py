@@ -44,6 +44,9 @@ class Owner(BaseModel):
     pid: int
     host: str
     started: str = Field(description="the process's start marker (boot-relative), guards PID reuse")
+    worker: str | None = Field(
+        default=None, description="its lease (stream worker:<id>); None in events before leases"
+    )
 
 
 # -- job ---------------------------------------------------------------------------------------
@@ -82,6 +85,9 @@ class JobResumed(EventData):
     pipeline_fingerprint: str
     changed_steps: list[str] = Field(default_factory=list)
     forced: bool = False
+    taken_over_from: str | None = Field(
+        default=None, description="the worker whose lease had expired when this one claimed it"
+    )
 
 
 class JobSucceeded(EventData):
@@ -118,6 +124,14 @@ class JobInterrupted(EventData):
     second_signal: str | None = Field(
         default=None, description="a second signal that cut the grace short"
     )
+
+
+class JobRequeued(EventData):
+    """The job's worker stopped before the job ended: it is queued again for any worker."""
+
+    TYPE = "job.requeued"
+    worker: str = Field(description="the worker that gave it back")
+    reason: str
 
 
 class JobForked(EventData):
@@ -395,6 +409,42 @@ class BudgetExceeded(EventData):
     calls_in_flight: int | None = Field(default=None, description="calls holding reservations")
 
 
+# -- workers: each in its own stream, worker:<id>, never in a job's ------------------------------
+
+
+class WorkerStarted(EventData):
+    """A process that runs jobs took a lease: alive while a heartbeat comes every lease_s/3."""
+
+    TYPE = "worker.started"
+    host: str
+    pid: int
+    started: str = Field(description="the process's start marker (boot-relative)")
+    lease_s: float = Field(gt=0)
+    concurrency: int = Field(ge=1)
+    kind: Literal["worker", "run"] = Field(description="a `steplog worker`, or run/resume/the API")
+    pipeline_dir: str | None = None
+
+
+class WorkerHeartbeat(EventData):
+    TYPE = "worker.heartbeat"
+    LEVEL = "DEBUG"
+    jobs: list[str] = Field(default_factory=list, description="the jobs it runs now")
+
+
+class WorkerStopped(EventData):
+    TYPE = "worker.stopped"
+    reason: str
+
+
+class WorkerCancelRequested(EventData):
+    """`steplog cancel` asks the job's owner to stop it (the owner records job.cancelled)."""
+
+    TYPE = "worker.cancel_requested"
+    LEVEL = "WARNING"
+    job_id: str
+    reason: str = ""
+
+
 EVENT_TYPES: dict[str, type[EventData]] = {
     cls.TYPE: cls
     for cls in (
@@ -405,6 +455,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         JobFailed,
         JobCancelled,
         JobInterrupted,
+        JobRequeued,
         JobForked,
         StepStarted,
         StepSucceeded,
@@ -422,6 +473,10 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         CircuitHalfOpen,
         StepWaiting,
         BudgetExceeded,
+        WorkerStarted,
+        WorkerHeartbeat,
+        WorkerStopped,
+        WorkerCancelRequested,
     )
 }
 

@@ -56,8 +56,12 @@ class LogReads:
         return self.read(lambda conn: [tuple(r) for r in conn.execute(query, values).fetchall()])
 
     def latest_job_id(self) -> str | None:
-        """The most recently updated job (the one whose last event is the newest)."""
-        rows = self._all("SELECT job_id FROM streams ORDER BY last_seq DESC LIMIT 1")
+        """The most recently updated job (the one whose last event is the newest); the streams
+        of workers' leases (worker:<id>, a name no job can have) are not jobs."""
+        rows = self._all(
+            "SELECT job_id FROM streams WHERE substr(job_id, 1, 7) <> 'worker:'"
+            " ORDER BY last_seq DESC LIMIT 1"
+        )
         return rows[0][0] if rows else None
 
     def stream_heads(self) -> dict[str, tuple[int, str, int]]:

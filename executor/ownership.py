@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the model imports pydantic; owner_alive (status) does not need it
     from steplog.eventstore.events import Owner
+    from steplog.projections.leases import WorkerRow
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -33,10 +35,33 @@ def current_owner() -> Owner:
     return Owner(pid=pid, host=socket.gethostname(), started=_start_marker(pid))
 
 
-def owner_alive(owner: dict[str, object]) -> bool | None:
-    """True/False for an owner on this host; None when it is on another host (cannot tell)."""
+def owner_alive(
+    owner: dict[str, object], lease: WorkerRow | None = None, now: float | None = None
+) -> bool | None:
+    """Whether the process recorded as a job's owner still runs it.
+
+    With a lease (the owner names a worker and `lease` is its workers row) the lease decides on
+    any host, except that an owner on this host whose process is gone is dead at once. Without
+    one (owners recorded before leases): True/False on this host, None on another (cannot tell).
+    """
+    if lease is not None and owner.get("worker") == lease.worker_id:
+        from steplog.projections.leases import lease_alive
+
+        if (owner.get("host"), owner.get("pid"), owner.get("started")) != (
+            lease.host,
+            lease.pid,
+            lease.started,
+        ):  # the worker id was taken up again by a new process: the owner's lease ended then
+            return False
+        if owner.get("host") == socket.gethostname() and _process_alive(owner) is False:
+            return False
+        return lease_alive(lease, time.time() if now is None else now)
     if owner.get("host") != socket.gethostname():
         return None
+    return _process_alive(owner)
+
+
+def _process_alive(owner: dict[str, object]) -> bool:
     pid = int(owner["pid"])  # type: ignore[arg-type]
     try:
         os.kill(pid, 0)
@@ -49,3 +74,13 @@ def owner_alive(owner: dict[str, object]) -> bool | None:
         return False
     marker = fields[19] if fields else ""
     return not marker or not owner.get("started") or marker == owner.get("started")
+
+
+def lease_of(store: object, owner: dict[str, object] | None) -> WorkerRow | None:
+    """The workers row of the lease an owner names (None: no lease, or none recorded)."""
+    worker = owner.get("worker") if owner else None
+    if not isinstance(worker, str):
+        return None
+    from steplog.projections.store import worker_row
+
+    return worker_row(store, worker)  # type: ignore[arg-type]

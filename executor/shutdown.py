@@ -10,6 +10,7 @@ an await point, never in the middle of a commit or a file write.
 from __future__ import annotations
 
 import signal
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Protocol
@@ -98,7 +99,12 @@ class Shutdown:
 
 @contextmanager
 def signals_ignored() -> Iterator[None]:
-    """While the stop is recorded (one short append): one more Ctrl-C must not cut it off."""
+    """While the stop is recorded (one short append): one more Ctrl-C must not cut it off.
+    Off the main thread (the API's run_in_loop, a worker in a thread) no handler can be set,
+    and no signal is delivered there either: nothing to do."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in SIGNALS}
     try:
         yield

@@ -18,8 +18,9 @@ STEP_STATUSES = ("pending", "running", "waiting", "succeeded", "failed", "skippe
 
 # Job status after an event of each type (other types leave it as it was).
 JOB_STATUS_AFTER = {
-    "job.created": "created",
+    "job.created": "queued",  # `submit` stops here; `run` appends job.started with it
     "job.forked": "created",
+    "job.requeued": "queued",
     "job.started": "running",
     "job.resumed": "running",
     "job.succeeded": "succeeded",
@@ -198,6 +199,10 @@ def _job_ended(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
         state.last_error = None
 
 
+def _job_requeued(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
+    state.owner = None
+
+
 def _job_forked(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
     _release_reservations(state)
     state.forked_from = {"job": d["source_job"], "until_version": d["until_version"]}
@@ -329,6 +334,7 @@ _HANDLERS: dict[str, Handler] = {
     "job.failed": _job_ended,
     "job.cancelled": _job_ended,
     "job.interrupted": _job_ended,
+    "job.requeued": _job_requeued,
     "job.forked": _job_forked,
     "step.started": _step_started,
     "step.succeeded": _step_succeeded,

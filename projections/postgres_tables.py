@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from steplog.projections.leases import WORKER_COLUMNS
 from steplog.projections.sql_tables import BREAKER_COLUMNS, ProjectionSQL
 from steplog.projections.tables import REBUILD_NEEDS, fold_tables
 
@@ -21,17 +22,21 @@ cache_lookup = POSTGRES.cache_lookup
 latest_jobs = POSTGRES.latest_jobs
 all_rows = POSTGRES.all_rows
 job_rows_of = POSTGRES.job_rows_of
+worker_row = POSTGRES.worker_row
+worker_rows = POSTGRES.worker_rows
+open_jobs = POSTGRES.open_jobs
 
 
 def rebuild(store: PostgresEventStore) -> int:
     """Empty the projection tables and refold them from seq 0, under the events lock (no
     append can land between the read and the rewrite); returns events folded."""
     with store.write_transaction() as conn:
-        rows, index, breakers, count = fold_tables(store.read_all(data_for=REBUILD_NEEDS))
+        rows, index, breakers, count, workers = fold_tables(store.read_all(data_for=REBUILD_NEEDS))
         conn.execute("DELETE FROM jobs")
         conn.execute("DELETE FROM cache_index")
         conn.execute("DELETE FROM cache_refused")
         conn.execute("DELETE FROM breakers")
+        conn.execute("DELETE FROM workers")
         with conn.cursor() as cur:
             with cur.copy("COPY jobs (job_id, pipeline, status, created_ts) FROM STDIN") as copy:
                 for job_id, row in rows.items():
@@ -50,4 +55,7 @@ def rebuild(store: PostgresEventStore) -> int:
             with cur.copy(f"COPY breakers ({BREAKER_COLUMNS}) FROM STDIN") as copy:
                 for row in sorted(breakers.values()):
                     copy.write_row(row)
+            with cur.copy(f"COPY workers ({', '.join(WORKER_COLUMNS)}) FROM STDIN") as copy:
+                for worker in sorted(workers.values()):
+                    copy.write_row(worker)
     return count

@@ -15,9 +15,10 @@ from typing import Any, Callable, Sequence
 import orjson
 
 from steplog.eventstore.record import StoredEvent
-from steplog.projections import breaker
+from steplog.projections import breaker, leases
 from steplog.projections.breaker import BREAKER_EVENT_TYPES, BreakerRow, Breakers
 from steplog.projections.cache import CACHE_EVENT_TYPES, CacheEntry, CacheIndex
+from steplog.projections.leases import WORKER_COLUMNS, WORKER_EVENT_TYPES, WorkerRow, Workers
 from steplog.projections.manifest import JOB_STATUS_AFTER
 
 BREAKER_COLUMNS = "endpoint, status, failures, until, provider, seq"
@@ -41,7 +42,7 @@ class ProjectionSQL:
 
     def __init__(self, mark: str) -> None:
         self.mark = m = mark
-        self.insert_job = f"INSERT INTO jobs (job_id, pipeline, status, created_ts) VALUES ({m}, {m}, 'created', {m})"
+        self.insert_job = f"INSERT INTO jobs (job_id, pipeline, status, created_ts) VALUES ({m}, {m}, 'queued', {m})"
         self.set_status = f"UPDATE jobs SET status = {m} WHERE job_id = {m}"
         self.forget_key = f"DELETE FROM cache_index WHERE cache_key = {m}"
         self.refuse = (
@@ -70,10 +71,26 @@ class ProjectionSQL:
             "SELECT j.job_id, j.pipeline, j.status, j.created_ts, s.updated_ts"
             f" FROM jobs j JOIN streams s USING (job_id) ORDER BY s.last_seq DESC LIMIT {m}"
         )
+        columns = ", ".join(WORKER_COLUMNS)
+        marks = ", ".join([m] * len(WORKER_COLUMNS))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in WORKER_COLUMNS[1:])
+        self.put_worker = (
+            f"INSERT INTO workers ({columns}) VALUES ({marks})"
+            f" ON CONFLICT (worker_id) DO UPDATE SET {updates}"
+        )
+        self.get_worker = f"SELECT {columns} FROM workers WHERE worker_id = {m}"
+        self.all_workers = f"SELECT {columns} FROM workers ORDER BY started_ts DESC, worker_id"
+        # jobs a worker may claim: queued ones first (oldest first), then running ones whose
+        # owner the caller checks; the status index keeps it from reading every job
+        self.by_status = (
+            "SELECT job_id, status FROM jobs WHERE status IN ('queued', 'running')"
+            f" ORDER BY status, created_ts, job_id LIMIT {m}"
+        )
         self.projectors: tuple[Projector, ...] = (
             self.project_jobs,
             self.project_cache,
             self.project_breakers,
+            self.project_workers,
         )
 
     # -- the projectors, inside the append's transaction --------------------------------------
@@ -131,11 +148,40 @@ class ProjectionSQL:
         if touched:
             _many(conn, self.put_breaker, [tuple(row) for row in touched.values()])
 
+    def project_workers(self, conn: Any, events: Sequence[StoredEvent]) -> None:
+        """The leases fold applied to the workers rows the events touch."""
+        touched: Workers = {}
+        for ev in events:
+            if ev.type not in WORKER_EVENT_TYPES:
+                continue
+            worker_id = leases.worker_of(ev.job_id)
+            if worker_id is None:
+                continue
+            if worker_id not in touched:
+                row = self.worker_row(conn, worker_id)
+                if row is not None:
+                    touched[worker_id] = row
+            leases.apply(touched, ev)
+        if touched:
+            _many(conn, self.put_worker, [tuple(row) for row in touched.values()])
+
     # -- lookups -------------------------------------------------------------------------------
 
     def breaker_row(self, conn: Any, endpoint: str) -> BreakerRow | None:
         row = conn.execute(self.get_breaker, (endpoint,)).fetchone()
         return BreakerRow(*row) if row else None
+
+    def worker_row(self, conn: Any, worker_id: str) -> WorkerRow | None:
+        row = conn.execute(self.get_worker, (worker_id,)).fetchone()
+        return WorkerRow(*row) if row else None
+
+    def worker_rows(self, conn: Any) -> list[WorkerRow]:
+        """Every worker, the most recently started first."""
+        return [WorkerRow(*row) for row in conn.execute(self.all_workers).fetchall()]
+
+    def open_jobs(self, conn: Any, limit: int) -> list[tuple[str, str]]:
+        """(job_id, status) of queued jobs, oldest first, then of running ones."""
+        return [(r[0], r[1]) for r in conn.execute(self.by_status, (limit,)).fetchall()]
 
     def cache_lookup(self, conn: Any, cache_key: str) -> CacheEntry | None:
         row = conn.execute(self.get_entry, (cache_key,)).fetchone()

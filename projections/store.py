@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from steplog.eventstore.record import EventStore
     from steplog.projections.breaker import BreakerRow
     from steplog.projections.cache import CacheEntry
+    from steplog.projections.leases import WorkerRow
     from steplog.projections.tables import TableProjection
 
 
@@ -93,3 +94,21 @@ def job_table_rows(
 def rebuild(store: EventStore) -> int:
     """Drop the projection tables' rows and refold them from seq 0; returns events folded."""
     return tables_of(store).rebuild(store)
+
+
+def worker_rows(store: EventStore) -> list[WorkerRow]:
+    """Every worker the log knows (projections.leases), the most recently started first."""
+    tables = tables_of(store)
+    return store.read(tables.worker_rows)
+
+
+def worker_row(store: EventStore, worker_id: str) -> WorkerRow | None:
+    tables = tables_of(store)
+    return store.read(lambda conn: tables.worker_row(conn, worker_id))
+
+
+def open_jobs(store: EventStore, limit: int) -> list[tuple[str, str]]:
+    """(job_id, status) of queued jobs (oldest first), then of running ones: what a worker
+    may claim, read from the `jobs` table by its status index."""
+    tables = tables_of(store)
+    return store.read(lambda conn: tables.open_jobs(conn, limit))

@@ -1,5 +1,5 @@
 """Projection tables kept in the append transaction (`jobs`, `cache_index`, `cache_refused`,
-`breakers`): the registry verify refolds, the fold a rebuild writes back, and SQLite's dialect
+`breakers`, `workers`): the registry verify refolds, the fold a rebuild writes back, and SQLite's dialect
 (the statements are projections.sql_tables', with SQLite's `?`; its rebuild here).
 
 Each projector is the SQL form of a fold in this package; tests prove table == fold for any
@@ -15,9 +15,10 @@ import orjson
 
 from steplog.eventstore.record import StoredEvent
 from steplog.eventstore.sqlite import SQLiteEventStore
-from steplog.projections import breaker, cache
+from steplog.projections import breaker, cache, leases
 from steplog.projections.breaker import BREAKER_EVENT_TYPES, Breakers
 from steplog.projections.cache import CACHE_EVENT_TYPES, CacheIndex
+from steplog.projections.leases import WORKER_COLUMNS, WORKER_EVENT_TYPES, Workers
 from steplog.projections.manifest import JOB_STATUS_AFTER
 from steplog.projections.sql_tables import BREAKER_COLUMNS, ProjectionSQL
 
@@ -25,6 +26,7 @@ SQLITE = ProjectionSQL("?")
 project_jobs = SQLITE.project_jobs
 project_cache = SQLITE.project_cache
 project_breakers = SQLITE.project_breakers
+project_workers = SQLITE.project_workers
 PROJECTORS = SQLITE.projectors
 breaker_row = SQLITE.breaker_row
 cache_lookup = SQLITE.cache_lookup
@@ -34,6 +36,9 @@ job_rows_of = SQLITE.job_rows_of
 read_breakers_table = SQLITE.read_breakers_table
 read_cache_table = SQLITE.read_cache_table
 read_jobs_table = SQLITE.read_jobs_table
+worker_row = SQLITE.worker_row
+worker_rows = SQLITE.worker_rows
+open_jobs = SQLITE.open_jobs
 
 
 JobRow = list  # [pipeline, status, created_ts]
@@ -42,7 +47,7 @@ JobRow = list  # [pipeline, status, created_ts]
 def apply_job_row(rows: dict[str, JobRow], ev: StoredEvent) -> None:
     """The `jobs` table as a fold: pipeline and creation from job.created, then each status."""
     if ev.type == "job.created":
-        rows[ev.job_id] = [orjson.loads(ev.data_json)["pipeline"], "created", ev.ts]
+        rows[ev.job_id] = [orjson.loads(ev.data_json)["pipeline"], "queued", ev.ts]
     status = JOB_STATUS_AFTER.get(ev.type)
     if status is not None and ev.job_id in rows:
         rows[ev.job_id][1] = status
@@ -55,6 +60,7 @@ class Folded(NamedTuple):
     cache: CacheIndex
     breakers: Breakers
     events: int
+    workers: Workers
 
 
 def fold_tables(events: Iterable[StoredEvent]) -> Folded:
@@ -62,16 +68,18 @@ def fold_tables(events: Iterable[StoredEvent]) -> Folded:
     rows: dict[str, JobRow] = {}
     index = CacheIndex()
     breakers: Breakers = {}
+    workers: Workers = {}
     count = 0
     for ev in events:
         apply_job_row(rows, ev)
         cache.apply(index, ev)
         breaker.apply(breakers, ev)
+        leases.apply(workers, ev)
         count += 1
-    return Folded(rows, index, breakers, count)
+    return Folded(rows, index, breakers, count, workers)
 
 
-REBUILD_NEEDS = ("job.created", *CACHE_EVENT_TYPES, *BREAKER_EVENT_TYPES)
+REBUILD_NEEDS = ("job.created", *CACHE_EVENT_TYPES, *BREAKER_EVENT_TYPES, *WORKER_EVENT_TYPES)
 
 
 def rebuild(store: SQLiteEventStore) -> int:
@@ -82,7 +90,7 @@ def rebuild(store: SQLiteEventStore) -> int:
     # Fold inside the write transaction: an append by another process between the read and the
     # rewrite would otherwise be wiped from the tables. Writers wait (busy_timeout) meanwhile.
     with store.write_transaction() as conn:
-        rows, index, breakers, count = fold_tables(store.read_all(data_for=REBUILD_NEEDS))
+        rows, index, breakers, count, workers = fold_tables(store.read_all(data_for=REBUILD_NEEDS))
         conn.execute("DELETE FROM jobs")
         conn.execute("DELETE FROM cache_index")
         conn.executemany(
@@ -103,6 +111,12 @@ def rebuild(store: SQLiteEventStore) -> int:
         conn.executemany(
             f"INSERT INTO breakers ({BREAKER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
             sorted(breakers.values()),
+        )
+        conn.execute("DELETE FROM workers")
+        marks = ", ".join("?" * len(WORKER_COLUMNS))
+        conn.executemany(
+            f"INSERT INTO workers ({', '.join(WORKER_COLUMNS)}) VALUES ({marks})",
+            sorted(workers.values()),
         )
     return count
 
@@ -164,6 +178,13 @@ TABLE_PROJECTIONS: tuple[TableProjection, ...] = (
         ("endpoint", "status", "failures", "until", "provider", "seq"),
         start=dict,
         apply=breaker.apply,
+        rows=lambda state: state.values(),
+    ),
+    TableProjection(
+        "workers",
+        WORKER_COLUMNS,
+        start=dict,
+        apply=leases.apply,
         rows=lambda state: state.values(),
     ),
 )

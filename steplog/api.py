@@ -28,7 +28,9 @@ from steplog.executor.shutdown import DEFAULT_GRACE_S
 
 if TYPE_CHECKING:
     from steplog.commands.jobs import Prepared
+    from steplog.commands.queue import CancelResult, Submitted
     from steplog.commands.show import StepAttempt
+    from steplog.commands.worker import WorkerReport
     from steplog.eventstore.record import EventStore, StoredEvent
     from steplog.executor.runner import Observer
     from steplog.models import (
@@ -305,6 +307,89 @@ class Steplog:
             job_id, pipeline=pipeline, force=force, ignore_breaker=ignore_breaker
         )
         return await self.aexecute(prepared, observer=observer)
+
+    # -- the queue -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        pipeline: str | os.PathLike[str],
+        inputs: dict[str, str] | None = None,
+        job_id: str | None = None,
+        workspace: str | os.PathLike[str] | None = None,
+        *,
+        ignore_breaker: bool = False,
+        overwrite: bool = False,
+    ) -> Submitted:
+        """Queue PIPELINE as a new job for a worker (`work`, `steplog worker`): every check of
+        `run`, then job.created only. Raises Rejected (nothing appended) where `run` would."""
+        from steplog.commands.jobs import RunCommand, check_run_before_creating
+        from steplog.commands.queue import submit
+
+        command = RunCommand(
+            pipeline_path=Path(pipeline),
+            inputs=_check_inputs(inputs),
+            job_id=job_id,
+            workspace=Path(workspace) if workspace is not None else None,
+            ignore_breaker=ignore_breaker,
+            overwrite=overwrite,
+        )
+        if not self.database_exists():
+            check_run_before_creating(command)  # a refused submit leaves no database file
+        return submit(self.open_store(write=True), command)
+
+    def cancel(
+        self, job_id: str, reason: str = "", *, wait: bool = False, timeout_s: float = 120.0
+    ) -> CancelResult:
+        """Cancel a job: a queued one at once (it never starts); a running one's owner is asked
+        to stop it as on SIGTERM and records job.cancelled. wait: until it is no longer running
+        (at most timeout_s). A cancelled job can be resumed."""
+        from steplog.commands.queue import CancelResult, cancel, wait_cancelled
+
+        store = self.open_store(write=True, create=False)
+        job = self.resolve_job(job_id)
+        done = cancel(store, job, reason)
+        if wait and done.status != "cancelled":
+            state = wait_cancelled(store, job, timeout_s)
+            done = CancelResult(job_id=job, status=state.status, worker=done.worker)
+        return done
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Every worker (and run/resume process) the log knows: alive or not, host, pid, its
+        jobs, the last heartbeat and its age; the most recently started first."""
+        from steplog.commands.queue import workers
+
+        return workers(self._reader())
+
+    def work(
+        self,
+        concurrency: int = 1,
+        *,
+        drain: bool = True,
+        worker_id: str | None = None,
+        pipeline_dir: str | os.PathLike[str] | None = None,
+        lease_s: float | None = None,
+        grace_s: float = DEFAULT_GRACE_S,
+        ignore_breaker: bool = False,
+        handle_signals: bool = False,
+        say: Callable[[str], None] | None = None,
+    ) -> WorkerReport:
+        """Run a worker in this process: claim queued jobs (and jobs whose owner's lease is
+        gone) and run up to `concurrency` at once, until the queue is empty (drain) or, with
+        handle_signals (main thread only), a SIGINT/SIGTERM stops it."""
+        from steplog.commands.worker import WorkerCommand, work
+
+        _refuse_inside_a_loop()
+        command = WorkerCommand(
+            concurrency=concurrency,
+            worker_id=worker_id,
+            drain=drain,
+            pipeline_dir=Path(pipeline_dir) if pipeline_dir is not None else None,
+            lease_s=lease_s,
+            grace_s=grace_s,
+            ignore_breaker=ignore_breaker,
+        )
+        store = self.open_store(write=True, create=False)
+        return work(store, command, say=say or _silent, handle_signals=handle_signals)
 
     def result(self, job_id: str) -> JobResult:
         """The job as it stands, with each succeeded step's output (from its blob)."""

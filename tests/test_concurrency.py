@@ -87,8 +87,8 @@ def test_two_resumes_started_together_exactly_one_runs_the_job(tmp_path, databas
         assert codes == [0, 2], {pid: (p.returncode, err) for pid, (p, _, err) in results.items()}
         [winner] = [pid for pid, (p, _, _) in results.items() if p.returncode == 0]
         [loser_err] = [err for p, _, err in results.values() if p.returncode == 2]
-        expected = f"error: job {job} is being run by process {winner} on host {host}"
-        assert loser_err.strip() == expected
+        expected = f"error: job {job} is being run by process {winner} on host {host} (worker "
+        assert loser_err.strip().startswith(expected) and loser_err.count("\n") == 1
         for _, _, err in results.values():
             _clean(err)
         resumed = db_rows(db, "SELECT count(*) FROM events WHERE type = 'job.resumed'")
@@ -340,11 +340,11 @@ def test_the_claim_that_loses_the_append_race_names_the_winner(tmp_path):
     class ReadThenLoseTheRace(SQLiteEventStore):
         raced = False
 
-        def append(self, job_id, events, **kwargs):  # type: ignore[no-untyped-def]
+        def write_transaction(self):  # type: ignore[no-untyped-def]
             if not self.raced:  # between this claim's read and its append, another claims
                 self.raced = True
-                prepare_resume(winner, ResumeCommand(job_id=job_id))
-            return super().append(job_id, events, **kwargs)
+                prepare_resume(winner, ResumeCommand(job_id="j"))
+            return super().write_transaction()
 
     loser = ReadThenLoseTheRace(db, projectors=PROJECTORS)
     try:
@@ -353,7 +353,7 @@ def test_the_claim_that_loses_the_append_race_names_the_winner(tmp_path):
     finally:
         loser.close()
         winner.close()
-    assert str(refused.value) == (
-        f"job j is being run by process {os.getpid()} on host {socket.gethostname()}"
+    assert str(refused.value).startswith(
+        f"job j is being run by process {os.getpid()} on host {socket.gethostname()} (worker run-"
     )
     assert db_rows(db, "SELECT count(*) FROM events WHERE type = 'job.resumed'") == [(1,)]

@@ -216,7 +216,7 @@ def test_one_of_anything_is_singular(priced, tmp_path, module_fake_llm_factory):
 
     lone = tmp_path / "lone.db"
     ok(steplog_here(lone, "run", str(EXAMPLE), "--job-id", "solo", "-q", cwd=tmp_path))
-    assert ok(steplog_here(lone, "verify")).startswith("ok: 26 events in 1 job,")
+    assert ok(steplog_here(lone, "verify")).startswith("ok: 28 events in 1 job,")
 
     server = module_fake_llm_factory()  # it lists one model, fake-model
     check = tmp_path / "check.toml"

@@ -76,10 +76,13 @@ def same_shape(text: str) -> str:
 
 def same_shape_json(value: object) -> object:
     """A JSON document with what differs between two runs blanked: every value under a key
-    naming a time or a duration, and any text that is a timestamp."""
+    naming a time or a duration, an owner's worker id (random), and any text that is a
+    timestamp."""
     if isinstance(value, dict):
         return {
-            k: "<t>" if k.endswith(TIMED_KEYS) and v is not None else same_shape_json(v)
+            k: "<t>"
+            if (k.endswith(TIMED_KEYS) or k == "worker") and v is not None
+            else same_shape_json(v)
             for k, v in value.items()
         }
     if isinstance(value, list):

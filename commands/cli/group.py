@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 # The module registers the verb on `cli` when imported; tests/test_cli_verbs.py checks that
 # each line here is the command's own short help and that every verb is listed.
 VERBS: dict[str, tuple[str, str]] = {
+    "cancel": (
+        "queue",
+        "Cancel JOB: a queued job never starts; a running one is stopped by its owner.",
+    ),
     "audit": (
         "audit",
         "Report on JOB from the audit views: step runs, LLM calls with failures and retries, "
@@ -58,11 +62,20 @@ VERBS: dict[str, tuple[str, str]] = {
         "show",
         "Show one attempt of STEP in JOB: rendered prompt, answer, output, cost, files.",
     ),
+    "submit": ("queue", "Queue PIPELINE (a TOML file) as a new job for a worker; print its id."),
     "sql": ("audit", "Run one read-only SQL query on the database (tables and audit views)."),
     "status": ("inspect", "Show the manifest of JOB (default: the most recently updated job)."),
     "timeline": (
         "interchange",
         "Draw JOB as a timeline: one bar per step attempt, dependencies, retries, resumes.",
+    ),
+    "worker": (
+        "queue",
+        "Claim queued jobs (and jobs whose owner's lease expired) and run them.",
+    ),
+    "workers": (
+        "queue",
+        "List the workers (and run/resume processes): alive or not, host, pid, jobs, heartbeat.",
     ),
     "verify": (
         "audit",

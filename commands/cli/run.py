@@ -22,6 +22,7 @@ from steplog.commands.cli.group import (
 )
 from steplog.commands.cli.render import calls_text, cost_text
 from steplog.commands.jobs import (
+    Cancelled,
     Interrupted,
     Prepared,
     ResumeCommand,
@@ -57,6 +58,13 @@ def _run_prepared(
                 )
         with display:
             outcome = execute(store, prepared, observer=display, grace_s=grace_s)
+    except Cancelled as stop:
+        say(
+            f"job {prepared.job_id} cancelled ({stop.reason}); "
+            f"continue with: steplog resume {prepared.job_id}",
+            err=True,
+        )
+        raise SystemExit(stop.exit_code) from None
     except Interrupted as stop:
         done = ""
         if stop.report is not None and stop.report.calls_running:
