@@ -64,6 +64,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "interchange",
         "Draw JOB as a timeline: one bar per step attempt, dependencies, retries, resumes.",
     ),
+    "ui": (
+        "ui",
+        "Serve a web app over the database: jobs live, prompts, answers, replay, resume and fork.",
+    ),
     "verify": (
         "audit",
         "Check the database: hash chains, append-only triggers and schema version, SQLite "
