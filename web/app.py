@@ -41,6 +41,8 @@ class Config:
     token: str | None = None  # every request must carry it (None: loopback Host only)
     secret: str = field(default_factory=security.new_secret)  # signs the CSRF tokens
     cwd: Path = field(default_factory=Path.cwd)  # where actions run the CLI (relative paths)
+    stream_s: float = live.STREAM_S  # a stream ends after this long (the browser reconnects)
+    keepalive_s: float = live.KEEPALIVE_S
 
 
 class JSONResponse(Response):
@@ -378,10 +380,10 @@ def create_app(config: Config) -> Starlette:
             if seen < state.version:
                 yield live.sse(views.live_state(state), event="state", id=state.version)
             sent = {n: s.status for n, s in state.steps.items()}
-            deadline = anyio.current_time() + live.STREAM_S
+            deadline = anyio.current_time() + config.stream_s
             while anyio.current_time() < deadline:
                 before = seq
-                seq = await watcher.wait_beyond(seq, live.KEEPALIVE_S)
+                seq = await watcher.wait_beyond(seq, config.keepalive_s)
                 if seq <= before:
                     yield live.KEEPALIVE
                     continue
@@ -405,9 +407,9 @@ def create_app(config: Config) -> Starlette:
 
         async def events() -> AsyncIterator[bytes]:
             nonlocal seq
-            deadline = anyio.current_time() + live.STREAM_S
+            deadline = anyio.current_time() + config.stream_s
             while anyio.current_time() < deadline:
-                if await watcher.wait_beyond(seq, live.KEEPALIVE_S) <= seq:
+                if await watcher.wait_beyond(seq, config.keepalive_s) <= seq:
                     yield live.KEEPALIVE
                     continue
                 last, changed = await run_in_threadpool(reader.app().jobs_changed, seq)
