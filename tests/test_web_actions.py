@@ -71,6 +71,11 @@ async def post(c: httpx.AsyncClient, job: str, action: str, **form: str) -> http
     )
 
 
+def status_of(db: Path, job: str) -> str:
+    with Steplog(db) as sl:
+        return sl.job_state(job).status
+
+
 def wait_status(db: Path, job: str, wanted: set[str], polls: int = 400) -> str:
     status = ""
     for _ in range(polls):
@@ -84,7 +89,7 @@ def wait_status(db: Path, job: str, wanted: set[str], polls: int = 400) -> str:
 
 async def test_resume_runs_the_job_in_its_own_process(setup: tuple[httpx.AsyncClient, Path, str]):
     c, db, job = setup
-    assert Steplog(db).job_state(job).status == "failed"
+    assert status_of(db, job) == "failed"
     done = await post(c, job, "resume")
     assert done.status_code == 303
     assert done.headers["location"].startswith(f"/jobs/{job}?notice=resumed")
@@ -143,7 +148,7 @@ async def test_stop_interrupts_a_running_job(tmp_path: Path):
         assert stopped.status_code == 303
         proc.communicate(timeout=30)
         assert proc.returncode == 128 + signal.SIGTERM
-        assert Steplog(db).job_state("long").status == "interrupted"
+        assert status_of(db, "long") == "interrupted"
     finally:
         if proc.poll() is None:
             proc.kill()

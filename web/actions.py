@@ -18,8 +18,11 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from steplog.api import Steplog
+if TYPE_CHECKING:
+    from steplog.api import Steplog
+    from steplog.web.reads import Reader
 
 ACCEPT_POLLS = 300  # resume: polls of POLL_S for the child's job.resumed (or its refusal)
 POLL_S = 0.1
@@ -61,17 +64,26 @@ def _reap(proc: subprocess.Popen[bytes], stderr_path: Path) -> None:
     threading.Thread(target=wait, name=f"steplog-job-{proc.pid}", daemon=True).start()
 
 
-def resume(sl: Steplog, job_id: str, cwd: Path) -> Outcome:
+def _location(reader: Reader) -> str:
+    return reader.call(lambda sl: str(sl.location))
+
+
+def resume(reader: Reader, job_id: str, cwd: Path) -> Outcome:
     """`steplog resume JOB` in its own process: accepted once its job.resumed is in the log
     (or it ended with 0/1), refused with its line if it exits 2 first."""
-    before = sl.job_state(job_id).version
+    before = reader.call(lambda sl: sl.job_state(job_id).version)
+
+    def resumed(sl: Steplog) -> bool:
+        found = sl.read_events(job_id, after=before)
+        return any(ev.type == "job.resumed" for ev in found)
+
     handle, name = tempfile.mkstemp(prefix="steplog-ui-resume-", suffix=".err")
     stderr_path = Path(name)
     with os.fdopen(handle, "wb") as stderr:
         proc = subprocess.Popen(
             _argv("resume", job_id, "--quiet"),
             cwd=cwd,
-            env=_env(str(sl.location)),
+            env=_env(_location(reader)),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -85,20 +97,20 @@ def resume(sl: Steplog, job_id: str, cwd: Path) -> Outcome:
             if code == 2:
                 return Outcome(False, _refusal(text, code), job_id)
             return Outcome(True, f"resumed {job_id}: it ended (exit {code})", job_id)
-        if any(ev.type == "job.resumed" for ev in sl.read_events(job_id, after=before)):
+        if reader.call(resumed):
             _reap(proc, stderr_path)
             return Outcome(True, f"resumed {job_id} in process {proc.pid}", job_id)
-        sl.wait_for_events(sl.last_seq(), POLL_S)
+        reader.wait_for_events(reader.last_seq(), POLL_S)
     _reap(proc, stderr_path)
     return Outcome(True, f"resume of {job_id} started in process {proc.pid}", job_id)
 
 
-def fork(sl: Steplog, job_id: str, until: str, new_job_id: str, cwd: Path) -> Outcome:
+def fork(reader: Reader, job_id: str, until: str, new_job_id: str, cwd: Path) -> Outcome:
     """`steplog replay JOB --until POINT --fork NEW_JOB`: quick, so it is waited for."""
     done = subprocess.run(
         _argv("replay", job_id, "--until", until, "--fork", new_job_id, "--json"),
         cwd=cwd,
-        env=_env(str(sl.location)),
+        env=_env(_location(reader)),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -121,7 +133,7 @@ def cancel_available() -> bool:
     return CANCEL_VERB in VERBS
 
 
-def cancel(sl: Steplog, job_id: str, cwd: Path) -> Outcome:
+def cancel(reader: Reader, job_id: str, cwd: Path) -> Outcome:
     """`steplog cancel JOB` where the CLI has it. Until then, the one stop the CLI offers: the
     SIGTERM its run handles (stop new steps, let calls finish within the grace period, record
     job.interrupted; the job stays resumable), sent to the job's live owner on this host."""
@@ -129,7 +141,7 @@ def cancel(sl: Steplog, job_id: str, cwd: Path) -> Outcome:
         done = subprocess.run(
             _argv(CANCEL_VERB, job_id),
             cwd=cwd,
-            env=_env(str(sl.location)),
+            env=_env(_location(reader)),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -138,13 +150,13 @@ def cancel(sl: Steplog, job_id: str, cwd: Path) -> Outcome:
         if done.returncode != 0:
             return Outcome(False, _refusal(done.stderr, done.returncode), job_id)
         return Outcome(True, done.stdout.strip() or f"cancelled {job_id}", job_id)
-    return interrupt(sl, job_id)
+    return interrupt(reader, job_id)
 
 
-def interrupt(sl: Steplog, job_id: str) -> Outcome:
+def interrupt(reader: Reader, job_id: str) -> Outcome:
     from steplog.executor.ownership import owner_alive
 
-    state = sl.job_state(job_id)
+    state = reader.call(lambda sl: sl.job_state(job_id))
     if state.status != "running" or not state.owner:
         return Outcome(False, f"job {job_id} is not running (it is {state.status})", job_id)
     alive = owner_alive(state.owner)

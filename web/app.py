@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from steplog.api import Steplog
 from steplog.errors import Rejected
 from steplog.projections import manifest
 from steplog.web import actions, live, security, views
@@ -144,10 +145,11 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, text:
     await response(scope, receive, send)
 
 
-def create_app(config: Config) -> Starlette:
-    """The ASGI app over config.location."""
-    reader = Reader(config.location)
-    watcher = live.LogWatcher(lambda seq, timeout: reader.app().wait_for_events(seq, timeout))
+def create_app(config: Config, steplog: Steplog | None = None) -> Starlette:
+    """The ASGI app over config.location (or over `steplog`, a facade already open on it:
+    the app's only store, which it closes when it stops)."""
+    reader = Reader(steplog if steplog is not None else Steplog(config.location))
+    watcher = live.LogWatcher(reader.wait_for_events)
     env = _templates()
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -302,7 +304,7 @@ def create_app(config: Config) -> Starlette:
         return route
 
     def do_resume(request: Request, job: str, form: dict[str, str]) -> actions.Outcome:
-        return actions.resume(reader.app(), job, config.cwd)
+        return actions.resume(reader, job, config.cwd)
 
     def do_fork(request: Request, job: str, form: dict[str, str]) -> actions.Outcome:
         until = views.text_param(form.get("until"), "until")
@@ -311,10 +313,10 @@ def create_app(config: Config) -> Starlette:
         new = views.text_param(form.get("new_job_id"), "new_job_id", 64)
         if new is None:
             new = f"{job[:40]}-fork-{secrets.token_hex(3)}"
-        return actions.fork(reader.app(), job, until, new, config.cwd)
+        return actions.fork(reader, job, until, new, config.cwd)
 
     def do_cancel(request: Request, job: str, form: dict[str, str]) -> actions.Outcome:
-        return actions.cancel(reader.app(), job, config.cwd)
+        return actions.cancel(reader, job, config.cwd)
 
     # -- the JSON API
 
@@ -329,11 +331,8 @@ def create_app(config: Config) -> Starlette:
 
     @handled
     async def api_job(request: Request) -> Response:
-        def document() -> dict[str, Any]:
-            job = reader.job(request.path_params["job_id"])
-            return reader.app().status_document(job)
-
-        return JSONResponse(await run_in_threadpool(document))
+        found = await run_in_threadpool(reader.status_document, request.path_params["job_id"])
+        return JSONResponse(found)
 
     @handled
     async def api_events(request: Request) -> Response:
@@ -371,7 +370,7 @@ def create_app(config: Config) -> Starlette:
     async def job_stream(request: Request) -> Response:
         seen = last_event_id(request)
         job = await run_in_threadpool(reader.job, request.path_params["job_id"])
-        seq = await run_in_threadpool(lambda: reader.app().last_seq())
+        seq = await run_in_threadpool(reader.last_seq)
 
         async def events() -> AsyncIterator[bytes]:
             nonlocal seq
@@ -402,7 +401,7 @@ def create_app(config: Config) -> Starlette:
     @handled
     async def jobs_stream(request: Request) -> Response:
         given = last_event_id(request)
-        now = await run_in_threadpool(lambda: reader.app().last_seq())
+        now = await run_in_threadpool(reader.last_seq)
         seq = given if given else now
 
         async def events() -> AsyncIterator[bytes]:
@@ -412,7 +411,7 @@ def create_app(config: Config) -> Starlette:
                 if await watcher.wait_beyond(seq, config.keepalive_s) <= seq:
                     yield live.KEEPALIVE
                     continue
-                last, changed = await run_in_threadpool(reader.app().jobs_changed, seq)
+                last, changed = await run_in_threadpool(reader.jobs_changed, seq)
                 rows = await run_in_threadpool(reader.job_rows_for, changed)
                 seq = last
                 yield live.sse({"jobs": rows}, event="jobs", id=last)

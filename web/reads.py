@@ -1,11 +1,21 @@
 """The pages' reads, through the `Steplog` facade: blocking calls, which the routes run in the
-thread pool. Each worker thread keeps its own `Steplog` (its own connection), so a slow read
-holds one thread and no one else's connection."""
+thread pool.
+
+One `Steplog` (one store) serves the whole app, each read holding its lock. A second SQLite
+store on the same file in this process would be unsafe: opening one reads the file's header
+through a file descriptor of its own, and closing that descriptor drops every POSIX lock this
+process holds on the file, so another process's last close could then checkpoint and remove
+the WAL under the first store's feet (seen as stale reads, then "database disk image is
+malformed"). Waiting for new events polls under the lock but sleeps outside it; PostgreSQL's
+wait (LISTEN on a connection of its own) runs without it.
+"""
 
 from __future__ import annotations
 
+import functools
 import threading
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar
 
 from steplog.api import Steplog
 from steplog.commands.queries import check_step, event_filter
@@ -18,6 +28,16 @@ from steplog.web.views import BadParam
 MAX_ATTEMPTS_SHOWN = 20
 MAX_COMPARED = 30  # differing steps whose prompt and answer diffs the compare page shows
 LIVE_ROWS = 100  # jobs a jobs-list update carries at most
+T = TypeVar("T")
+
+
+def _locked(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def run(self: Reader, *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class NotFound(LookupError):
@@ -25,26 +45,51 @@ class NotFound(LookupError):
 
 
 class Reader:
-    def __init__(self, location: str) -> None:
-        self.location = location
-        self._local = threading.local()
-        self._opened: list[Steplog] = []
-        self._lock = threading.Lock()
+    def __init__(self, steplog: Steplog) -> None:
+        self._sl = steplog
+        self._lock = threading.RLock()
 
     def app(self) -> Steplog:
-        found: Steplog | None = getattr(self._local, "app", None)
-        if found is None:
-            found = self._local.app = Steplog(self.location)
-            with self._lock:
-                self._opened.append(found)
-        return found
+        """The facade; only for a caller holding the lock (a method of this class, or `call`)."""
+        return self._sl
 
     def close(self) -> None:
         with self._lock:
-            opened, self._opened = self._opened, []
-        for app in opened:
-            app.close()
+            self._sl.close()
 
+    @_locked
+    def call(self, work: Callable[[Steplog], T]) -> T:
+        return work(self._sl)
+
+    @_locked
+    def last_seq(self) -> int:
+        return self._sl.last_seq()
+
+    @_locked
+    def status_document(self, job_id: str) -> dict[str, Any]:
+        return self._sl.status_document(self.job(job_id))
+
+    @_locked
+    def jobs_changed(self, after_seq: int) -> tuple[int, list[str]]:
+        return self._sl.jobs_changed(after_seq)
+
+    def wait_for_events(self, after_seq: int, timeout: float) -> int:
+        """The last seq once it is above `after_seq`, or after `timeout` seconds."""
+        with self._lock:
+            store = self._sl.open_store()
+        if store.notifies:
+            return store.wait_for_events(after_seq, timeout)
+        deadline = time.monotonic() + max(0.0, timeout)
+        pause = 0.005
+        while True:
+            seq = self.last_seq()
+            left = deadline - time.monotonic()
+            if seq > after_seq or left <= 0:
+                return seq
+            time.sleep(min(left, pause))
+            pause = min(pause * 2, 0.1)
+
+    @_locked
     def job(self, job_id: str) -> str:
         """The job id a URL names (`@latest` too), refused as NotFound if there is none."""
         sl = self.app()
@@ -58,6 +103,7 @@ class Reader:
 
     # -- the jobs list
 
+    @_locked
     def jobs_page(
         self, status: str | None, pipeline: str | None, offset: int, limit: int
     ) -> dict[str, Any]:
@@ -71,6 +117,7 @@ class Reader:
             "last_seq": sl.last_seq(),
         }
 
+    @_locked
     def job_rows_for(self, job_ids: list[str]) -> list[dict[str, Any]]:
         """The jobs-list lines of these jobs (for a live update)."""
         sl = self.app()
@@ -80,6 +127,7 @@ class Reader:
 
     # -- one job
 
+    @_locked
     def fold(self, job_id: str, until: str | None = None) -> tuple[JobState, list[Any], int]:
         """The job's fold (as of `until`, like `replay --until`), the events folded, and how
         many events the job has now."""
@@ -98,6 +146,7 @@ class Reader:
             raise BadParam(str(exc)) from None
         return view.state, view.events, total
 
+    @_locked
     def job_page(self, job_id: str, until: str | None) -> dict[str, Any]:
         from steplog.commands.timeline import build
         from steplog.commands.timeline_svg import render_svg
@@ -120,6 +169,7 @@ class Reader:
             "until": until,
         }
 
+    @_locked
     def events_page(
         self,
         job_id: str,
@@ -149,11 +199,13 @@ class Reader:
                 found.append(ev)
         return found, None
 
+    @_locked
     def new_events(self, job_id: str, after: int) -> list[Any]:
         return list(self.app().read_events(job_id, after=after))
 
     # -- one step
 
+    @_locked
     def step_attempt(self, job_id: str, step: str, attempt: int | None) -> Any:
         job = self.job(job_id)
         try:
@@ -161,6 +213,7 @@ class Reader:
         except Rejected as exc:
             raise NotFound(str(exc)) from None
 
+    @_locked
     def step_page(self, job_id: str, step: str) -> dict[str, Any]:
         job = self.job(job_id)
         sl = self.app()
@@ -206,6 +259,7 @@ class Reader:
 
     # -- two jobs
 
+    @_locked
     def compare(self, a: str, b: str) -> dict[str, Any]:
         a_state, _, _ = self.fold(a)
         b_state, _, _ = self.fold(b)

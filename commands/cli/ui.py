@@ -58,7 +58,7 @@ def ui_cmd(ctx: click.Context, host: str, port: int, token: str | None) -> None:
         token = secrets.token_urlsafe(24)
     sock = _listen(host, port)
     location = str(sl.location if sl.url is not None else Path(str(sl.location)).resolve())
-    app = create_app(Config(location, token=token))
+    app = create_app(Config(location, token=token), steplog=sl)
     bound = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{bound}/"

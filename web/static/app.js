@@ -2,9 +2,9 @@
 // steps, totals and the jobs list follow the log through Server-Sent Events.
 "use strict";
 (function () {
-  function byData(attr, value) {
+  function byData(attr, value, within) {
     var found = [];
-    document.querySelectorAll("[" + attr + "]").forEach(function (el) {
+    (within || document).querySelectorAll("[" + attr + "]").forEach(function (el) {
       if (el.getAttribute(attr) === value) found.push(el);
     });
     return found;
@@ -13,7 +13,7 @@
   function applyJob(update) {
     Object.keys(update.steps || {}).forEach(function (name) {
       var s = update.steps[name];
-      byData("data-step", name).forEach(function (el) {
+      byData("data-step", name, document.getElementById("dag")).forEach(function (el) {
         el.setAttribute("data-status", s.status);
         var label = el.querySelector(".step-status");
         if (label) label.textContent = s.status;
