@@ -433,12 +433,6 @@ class Steplog:
 
         return queries.jobs(self._reader(), 2**62)
 
-    def job_summary(self, job_id: str) -> dict[str, Any] | None:
-        """The job's row of the `job_summary` audit view (steps, calls, tokens, cost, cache
-        hits …), read through the per-job index; None for an unknown job."""
-        rows = self._reader().view_rows("job_summary", (), job_id)
-        return rows[0] if rows else None
-
     def read_events(
         self, job_id: str, *, after: int = 0, until: int | None = None
     ) -> Iterator[StoredEvent]:

@@ -522,3 +522,23 @@ def test_ui_refuses_a_missing_database(tmp_path: Path, cli: Callable[..., Any]):
 def test_ui_refuses_a_short_token(jobs: Jobs, cli: Callable[..., Any]):
     found = cli(jobs.db, "ui", "--token", "abc")
     assert found.code == 2 and "--token" in found.err and found.err.count("\n") == 1
+
+
+def test_the_jobs_list_folds_only_the_jobs_of_its_page(jobs: Jobs, monkeypatch: pytest.MonkeyPatch):
+    from steplog.web.reads import Reader
+
+    folded: list[str] = []
+    original = Steplog.job_state
+
+    def counting(self: Steplog, job_id: str | None = None) -> Any:
+        folded.append(str(job_id))
+        return original(self, job_id)
+
+    monkeypatch.setattr(Steplog, "job_state", counting)
+    reader = Reader(Steplog(jobs.db))
+    try:
+        found = reader.jobs_page(None, None, 1, 1)
+    finally:
+        reader.close()
+    assert found["page"].total == 3 and [j["job_id"] for j in found["jobs"]] == [jobs.other]
+    assert folded == [jobs.other]

@@ -111,29 +111,25 @@ def pipelines_of(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     return sorted({row["pipeline"] for row in rows if row["pipeline"] is not None})
 
 
-def job_list_row(row: Mapping[str, Any], summary: Mapping[str, Any] | None) -> dict[str, Any]:
-    """One line of the jobs list: the jobs table's row with the job_summary view's totals."""
-    s = summary or {}
-    steps = s.get("steps") or 0
-    done = s.get("steps_succeeded") or 0
-    cost = s.get("cost")
+def job_list_row(row: Mapping[str, Any], state: JobState) -> dict[str, Any]:
+    """One line of the jobs list: the jobs table's row with the totals of the job's fold."""
     return {
         "job_id": row["job_id"],
         "pipeline": row["pipeline"],
         "status": row["status"],
         "created": row["created_ts"],
         "updated": row["updated_ts"],
-        "started": s.get("started"),
-        "elapsed_s": s.get("duration_s"),
-        "elapsed": seconds(s.get("duration_s"), "—"),
-        "steps": steps,
-        "steps_done": done,
-        "steps_failed": s.get("steps_failed") or 0,
-        "calls": s.get("calls") or 0,
-        "tokens": (s.get("tokens_in") or 0) + (s.get("tokens_out") or 0),
-        "cost": cost,
-        "cost_text": money(cost or 0.0),
-        "cache_hits": s.get("cache_hits") or 0,
+        "started": state.started_ts,
+        "elapsed_s": state.elapsed_s,
+        "elapsed": seconds(state.elapsed_s, "—"),
+        "steps": len(state.steps),
+        "steps_done": len(state.completed_steps),
+        "steps_failed": sum(s.status == "failed" for s in state.steps.values()),
+        "calls": state.llm_calls,
+        "tokens": state.tokens_in + state.tokens_out,
+        "cost": state.cost,
+        "cost_text": money(state.cost),
+        "cache_hits": state.cache_hits,
     }
 
 
