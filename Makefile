@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint bench bench-startup bench-postgres clean
+.PHONY: demo test test-fast lint bench bench-startup bench-postgres screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ bench-startup: $(STAMP)
 # cluster on 127.0.0.1 (needs Debian's postgresql binaries) and stops it. Not part of `make test`.
 bench-postgres: $(STAMP)
 	$(BIN)/python bench/postgres.py
+
+# the README's picture of `steplog ui` (docs/ui-job.png), from the running app in headless
+# chromium (Debian's /usr/bin/chromium)
+screenshot: $(STAMP)
+	$(BIN)/python scripts/screenshot.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -542,3 +542,37 @@ def test_the_jobs_list_folds_only_the_jobs_of_its_page(jobs: Jobs, monkeypatch: 
         reader.close()
     assert found["page"].total == 3 and [j["job_id"] for j in found["jobs"]] == [jobs.other]
     assert folded == [jobs.other]
+
+
+def test_ui_on_another_address_makes_up_a_token_and_prints_it(
+    jobs: Jobs, cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+):
+    import socket
+
+    import uvicorn
+
+    from steplog.commands.cli import ui
+
+    served: list[Any] = []
+
+    def listen(host: str, port: int) -> socket.socket:  # loopback, whatever was asked
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        return sock
+
+    def run(self: Any, sockets: list[socket.socket]) -> None:
+        served.append(self.config.app)
+        for sock in sockets:
+            sock.close()
+
+    monkeypatch.setattr(ui, "_listen", listen)
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    found = cli(jobs.db, "ui", "--host", "192.0.2.1", "--port", "0")
+    assert found.code == 0, found.err
+    printed = re.fullmatch(r"steplog ui: http://192\.0\.2\.1:\d+/\?token=(\S+) \(.*\)\n", found.out)
+    assert printed is not None, found.out
+    assert len(printed.group(1)) >= 24 and served
+    given = cli(jobs.db, "ui", "--host", "192.0.2.1", "--token", "my-own-token")
+    assert given.code == 0 and "my-own-token" not in given.out and "with its token" in given.out
+    plain = cli(jobs.db, "ui")
+    assert plain.code == 0 and "token" not in plain.out

@@ -140,7 +140,7 @@ def test_jobs_list_job_and_step(site: Site, page: Any):
     assert page.locator("pre.answer").first.inner_text() == answer
 
 
-def test_a_running_steps_state_changes_without_a_reload(site: Site, page: Any):
+def test_a_running_steps_state_changes_without_a_reload(site: Site, page: Any, browser: Any):
     release = threading.Event()
     held = threading.Event()
 
@@ -160,11 +160,20 @@ def test_a_running_steps_state_changes_without_a_reload(site: Site, page: Any):
         step = page.locator('a.step[data-step="held"]')
         assert step.get_attribute("data-status") == "running"
         page.evaluate("window.__same_page = true")
+        listing = browser.new_page()
+        listing.set_default_timeout(WAIT_MS)
+        listing.goto(site.url + "/")
+        status = listing.locator('tr[data-job-id="live"] [data-col="status"]')
+        assert status.inner_text() == "running"
         release.set()
         page.wait_for_selector('a.step[data-step="held"][data-status="succeeded"]')
         page.wait_for_selector('#job-status[data-status="succeeded"]')
         assert step.locator(".step-status").inner_text() == "succeeded"
         assert page.evaluate("window.__same_page") is True  # no reload
+        listing.wait_for_selector(
+            'tr[data-job-id="live"] [data-col="status"][data-status="succeeded"]'
+        )
+        listing.close()
     finally:
         release.set()
         site.llm.decide = None
