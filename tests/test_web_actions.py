@@ -166,3 +166,39 @@ def _html(text: str) -> str:
     from markupsafe import escape
 
     return str(escape(text))
+
+
+async def test_the_app_on_postgresql(tmp_path: Path, pg_url: str):
+    """The same app over a PostgreSQL log: the API, a page, and a stream woken by NOTIFY."""
+    failing = tmp_path / "failing.toml"
+    failing.write_text(
+        'name = "pg"\n[providers.local]\nkind = "offline"\nmodel = "offline-1"\n'
+        '[steps.only]\nprovider = "local"\nprompt = "Hi."\noptions = { fail = true }\n'
+    )
+
+    def run() -> tuple[str, int, dict[str, Any]]:
+        with Steplog(pg_url) as sl:
+            job = sl.run(failing, workspace=tmp_path / "w").job_id
+            return job, sl.job_state(job).version, sl.status_document(job)
+
+    job, version, document = await anyio.to_thread.run_sync(run)
+
+    def resume() -> None:
+        with Steplog(pg_url) as sl:
+            sl.resume(job)
+
+    app = create_app(Config(pg_url, cwd=tmp_path, stream_s=3, keepalive_s=0.1))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
+        found = await c.get(f"/api/jobs/{job}")
+        assert found.status_code == 200
+        assert {k: v for k, v in found.json().items() if k != "owner_alive"} == {
+            k: v for k, v in document.items() if k != "owner_alive"
+        }
+        page = await c.get(f"/jobs/{job}")
+        assert page.status_code == 200 and 'data-step="only" data-status="failed"' in page.text
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, resume)
+            streamed = await c.get(
+                f"/api/jobs/{job}/stream", headers={"Last-Event-ID": str(version)}
+            )
+    assert "job.resumed" in streamed.text
