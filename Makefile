@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint bench bench-startup bench-postgres bench-peers clean
+.PHONY: demo test test-fast lint bench bench-startup bench-postgres bench-peers screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench-postgres: $(STAMP)
 # first run installs them into bench/.peers-venv, never into the project's). Not part of `make test`.
 bench-peers: $(STAMP)
 	$(BIN)/python bench/peers.py
+
+# the README's picture of `steplog ui` (docs/ui-job.png), from the running app in headless
+# chromium (Debian's /usr/bin/chromium)
+screenshot: $(STAMP)
+	$(BIN)/python scripts/screenshot.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -509,6 +509,54 @@ class Steplog:
 
         return show_step(self._reader(), self.resolve_job(job_id), step, attempt)
 
+    # -- what the web UI reads (cheap: the projection tables, one job's slice of the log) ---
+
+    def job_rows(self) -> list[dict[str, Any]]:
+        """Every job as the `jobs` projection table holds it (job_id, pipeline, status,
+        created_ts, updated_ts), most recently updated first; no job is folded."""
+        from steplog.commands import queries
+
+        return queries.jobs(self._reader(), 2**62)
+
+    def read_events(
+        self, job_id: str, *, after: int = 0, until: int | None = None
+    ) -> Iterator[StoredEvent]:
+        """The job's events with a version above `after` (up to `until`), read from there
+        rather than from the job's first event; refused for an unknown job."""
+        store, job = self._reader(), self.resolve_job(job_id)
+        if not store.job_exists(job):
+            raise Rejected(f"unknown job {job}")
+        return store.read_job(job, after_version=after, until_version=until)
+
+    def last_seq(self) -> int:
+        """The newest event's seq in the whole log (0 when it is empty)."""
+        return self._reader().last_seq()
+
+    def wait_for_events(self, after_seq: int, timeout: float) -> int:
+        """Block until the log holds a seq above `after_seq` or `timeout` passes; returns the
+        last seq (PostgreSQL: woken by NOTIFY; SQLite: a cheap poll of the last seq)."""
+        return self._reader().wait_for_events(after_seq, timeout)
+
+    def jobs_changed(self, after_seq: int, limit: int = 10_000) -> tuple[int, list[str]]:
+        """The jobs that have events above `after_seq` (at most `limit` events read), and the
+        seq read up to."""
+        last, changed = after_seq, {}
+        found = self._reader().read_all(after_seq=after_seq, data_for=("job.created",))
+        for count, ev in enumerate(found):
+            if count >= limit:
+                break
+            last, changed[ev.job_id] = ev.seq, True
+        return last, list(changed)
+
+    def files_at(self, job_id: str, version: int) -> dict[str, bytes]:
+        """path -> content of every file the job had written by event `version` (its last
+        write of each path), as `replay --fork` restores them; content the log lacks is left
+        out."""
+        from steplog.commands.fork import files_at_point
+
+        events = list(self.read_events(job_id, until=version))
+        return files_at_point(self._reader(), events)[0]
+
     def _check_waited(self, waited: float, wait_s: float) -> None:
         """follow waited for a database `run` was to create: refuse it if it never came."""
         from steplog.commands.follow import no_database

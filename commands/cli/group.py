@@ -69,6 +69,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "interchange",
         "Draw JOB as a timeline: one bar per step attempt, dependencies, retries, resumes.",
     ),
+    "ui": (
+        "ui",
+        "Serve a web app over the database: jobs live, prompts, answers, replay, resume and fork.",
+    ),
     "worker": (
         "queue",
         "Claim queued jobs (and jobs whose owner's lease expired) and run them.",
