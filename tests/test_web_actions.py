@@ -4,7 +4,6 @@ subprocess on the same database, so it is validated and refused as the CLI does 
 from __future__ import annotations
 
 import re
-import signal
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -15,7 +14,7 @@ import pytest
 
 from steplog.api import Steplog
 from steplog.web import Config, create_app
-from tests.cli_process import spawn, wait_for
+from tests.cli_process import spawn, steplog, wait_for
 from tests.fake_llm_server import FakeLLMServer
 from tests.pipeline_files import dag_pipeline
 
@@ -134,7 +133,7 @@ async def test_fork_at_an_event_and_its_refusal(
     assert taken.status_code == 409
 
 
-async def test_stop_interrupts_a_running_job(tmp_path: Path):
+async def test_cancel_stops_a_running_job_and_records_it_cancelled(tmp_path: Path):
     db = tmp_path / "s.db"
     pipeline = dag_pipeline(tmp_path, {"a": ([], 0), "slow": (["a"], 30)})
     proc = spawn(db, "run", str(pipeline), "--job-id", "long", "--grace", "0")
@@ -147,19 +146,21 @@ async def test_stop_interrupts_a_running_job(tmp_path: Path):
             stopped = await post(c, "long", "cancel")
         assert stopped.status_code == 303
         proc.communicate(timeout=30)
-        assert proc.returncode == 128 + signal.SIGTERM
-        assert status_of(db, "long") == "interrupted"
+        assert proc.returncode == 1  # a run stopped by cancel
+        assert status_of(db, "long") == "cancelled"
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
 
 
-async def test_stop_is_refused_for_a_job_not_running(setup: tuple[httpx.AsyncClient, Path, str]):
+async def test_cancel_is_refused_as_the_cli_refuses_it(setup: tuple[httpx.AsyncClient, Path, str]):
     c, db, job = setup
     refused = await post(c, job, "cancel")
     assert refused.status_code == 409
-    assert f"job {job} is not running (it is failed)" in refused.text
+    said = steplog(db, "cancel", job)
+    assert said.code == 2
+    assert _html(said.err.strip().removeprefix("error: ")) in refused.text
 
 
 def _html(text: str) -> str:

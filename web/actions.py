@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
 ACCEPT_POLLS = 300  # resume: polls of POLL_S for the child's job.resumed (or its refusal)
 POLL_S = 0.1
 FORK_TIMEOUT_S = 120.0
-CANCEL_VERB = "cancel"  # the queue's `steplog cancel JOB`: used as soon as the CLI has it
 
 
 @dataclass(frozen=True)
@@ -127,52 +125,18 @@ def fork(reader: Reader, job_id: str, until: str, new_job_id: str, cwd: Path) ->
     )
 
 
-def cancel_available() -> bool:
-    from steplog.commands.cli.group import VERBS
-
-    return CANCEL_VERB in VERBS
-
-
 def cancel(reader: Reader, job_id: str, cwd: Path) -> Outcome:
-    """`steplog cancel JOB` where the CLI has it. Until then, the one stop the CLI offers: the
-    SIGTERM its run handles (stop new steps, let calls finish within the grace period, record
-    job.interrupted; the job stays resumable), sent to the job's live owner on this host."""
-    if cancel_available():
-        done = subprocess.run(
-            _argv(CANCEL_VERB, job_id),
-            cwd=cwd,
-            env=_env(_location(reader)),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=FORK_TIMEOUT_S,
-        )
-        if done.returncode != 0:
-            return Outcome(False, _refusal(done.stderr, done.returncode), job_id)
-        return Outcome(True, done.stdout.strip() or f"cancelled {job_id}", job_id)
-    return interrupt(reader, job_id)
-
-
-def interrupt(reader: Reader, job_id: str) -> Outcome:
-    from steplog.executor.ownership import owner_alive
-
-    state = reader.call(lambda sl: sl.job_state(job_id))
-    if state.status != "running" or not state.owner:
-        return Outcome(False, f"job {job_id} is not running (it is {state.status})", job_id)
-    alive = owner_alive(state.owner)
-    pid = int(state.owner["pid"])
-    if alive is None:
-        host = state.owner.get("host")
-        return Outcome(False, f"job {job_id} runs on host {host}: stop it there", job_id)
-    if not alive:
-        return Outcome(False, f"job {job_id}'s process {pid} is gone: resume it to go on", job_id)
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except OSError as exc:
-        return Outcome(False, f"cannot signal process {pid} of job {job_id}: {exc}", job_id)
-    return Outcome(
-        True,
-        f"sent SIGTERM to process {pid}: job {job_id} stops and is recorded interrupted "
-        "(resume it to go on)",
-        job_id,
+    """`steplog cancel JOB`: a queued job never starts; a running one is stopped by its owner
+    (a worker or a `run` process, on any host), which records job.cancelled. Resumable."""
+    done = subprocess.run(
+        _argv("cancel", job_id),
+        cwd=cwd,
+        env=_env(_location(reader)),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=FORK_TIMEOUT_S,
     )
+    if done.returncode != 0:
+        return Outcome(False, _refusal(done.stderr, done.returncode), job_id)
+    return Outcome(True, done.stdout.strip() or f"cancelled {job_id}", job_id)

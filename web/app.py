@@ -248,7 +248,6 @@ def create_app(config: Config, steplog: Steplog | None = None) -> Starlette:
             kept=kept,
             urlencode=urlencode,
             notice=param(request, "notice"),
-            cancel_available=actions.cancel_available(),
             **found,
         )
 

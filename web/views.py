@@ -15,7 +15,7 @@ from steplog.words import money, seconds
 
 T = TypeVar("T")
 
-JOB_STATUSES = ("created", "running", "succeeded", "failed", "cancelled", "interrupted")
+JOB_STATUSES = ("queued", "created", "running", "succeeded", "failed", "cancelled", "interrupted")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 PAGE_SIZE = 50
 EVENTS_PAGE = 200
