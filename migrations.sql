@@ -60,3 +60,8 @@ CREATE TABLE IF NOT EXISTS cache_refused (
 -- migration 4: job_summary counts answered and unanswered calls beside failed ones (views only)
 
 -- migration 5: llm_calls and job_summary show what calls in flight reserve against the budget (views only)
+
+-- migration 6: jobs.batch, the batch a job was created in (run/submit --inputs), and its index
+ALTER TABLE jobs ADD COLUMN batch TEXT;
+
+CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;

@@ -21,3 +21,8 @@
 -- Each section is sent as one script, as schema_postgres.sql is (PostgreSQL splits it).
 
 -- migration 2: audit views (llm_calls, step_runs, file_writes, cache_stats, job_summary) and the functions they read events with (views only)
+
+-- migration 3: jobs.batch, the batch a job was created in (run/submit --inputs), and its index
+ALTER TABLE jobs ADD COLUMN batch text;
+
+CREATE INDEX jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;

@@ -125,8 +125,8 @@ def verify_database(location: str | os.PathLike[str], job: str | None = None) ->
 def verify(store: EventStore, job_id: str | None = None) -> Report:
     """Run every check; `job_id` limits the chain and blob-reference checks to one job."""
     report = Report()
-    referenced = _check_log(store, report, job_id)
     report.schema_version, problems = store.schema_problems()
+    referenced = _check_log(store, report, job_id)
     for message in problems:
         report.add(Problem("schema", message))
     for message in store.integrity_problems():
@@ -171,6 +171,8 @@ def _check_log(
     for projection, state in states:
         if projection.table not in present:
             continue  # an older schema: the schema check reports the missing table
+        if report.schema_version < projection.columns_since.get(store.dialect, 0):
+            continue  # an older schema without some of its columns: reported as above
         _check_projection(store, report, projection, state)
         report.projections.append(projection.table)
     if job_id is not None and job_id not in heads:

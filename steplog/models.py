@@ -52,6 +52,9 @@ class JobStatus(_Result):
     snapshot_sha256: str | None
     inputs: dict[str, str]
     workspace: str | None
+    batch: str | None = Field(
+        default=None, description="the batch it was created in (run --inputs), or None"
+    )
     created_ts: str | None
     started_ts: str | None
     finished_ts: str | None
@@ -145,6 +148,7 @@ class JobSummary(_Result):
     status: str
     created_ts: str | None
     updated_ts: str | None
+    batch: str | None = Field(default=None, description="the batch it was created in, or None")
 
 
 class Event(_Result):
