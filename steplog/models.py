@@ -140,6 +140,30 @@ class JobResult(_Result):
         return self
 
 
+class BatchResult(_Result):
+    """What `Steplog.run_batch` returns: the batch's jobs as the log holds them at the end."""
+
+    batch: str
+    jobs: dict[str, JobResult] = Field(description="job id -> its result, in the file's order")
+    succeeded: list[str]
+    failed: list[str]
+    not_started: list[str] = Field(
+        description="jobs still `created` (the batch was stopped first): resume runs each"
+    )
+    interrupted: list[str] = Field(description="jobs a signal or a cancellation stopped")
+    taken: list[str] = Field(
+        default_factory=list, description="jobs another process started or appended to first"
+    )
+    signal: str | None = Field(default=None, description="the signal that stopped the batch")
+    llm_calls: int
+    tokens: int
+    cost: float
+
+    @property
+    def all_succeeded(self) -> bool:
+        return len(self.succeeded) == len(self.jobs)
+
+
 class JobSummary(_Result):
     """One row of `steplog jobs`."""
 
