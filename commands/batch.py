@@ -284,6 +284,8 @@ class BatchRun:
         self.stopped: set[str] = set()  # job.interrupted recorded already
         self.stop_signal: str | None = None  # set by a signal handler outside the loop
         self.draining = False
+        self.in_flight: dict[str, int] = {}  # job -> its calls in flight at the drain
+        self.cut: dict[str, int] = {}  # job -> its calls stop_now cancelled
 
     async def run(self) -> None:
         async with anyio.create_task_group() as lanes:
@@ -335,10 +337,24 @@ class BatchRun:
     def drain(self) -> int:
         """Start no more jobs; drain the running ones. Returns the calls in flight."""
         self.draining = True
-        return sum(runner.drain() for runner in self.running())
+        for runner in self.running():
+            self.in_flight[runner.log.job_id] = runner.drain()
+        return sum(self.in_flight.values())
 
     def stop_now(self) -> int:
-        return sum(runner.stop_now() for runner in self.running())
+        for runner in self.running():
+            self.cut[runner.log.job_id] = runner.stop_now()
+        return sum(self.cut.values())
+
+    def stop_report(self, job_id: str, batch: StopReport) -> StopReport:
+        """The batch's stop as one job's job.interrupted tells it: that job's calls."""
+        return StopReport(
+            batch.signal,
+            batch.grace_s,
+            calls_running=self.in_flight.get(job_id, 0),
+            calls_cancelled=self.cut.get(job_id, 0),
+            second_signal=batch.second_signal,
+        )
 
     def outcome(self, signal_name: str | None, report: StopReport | None) -> BatchOutcome:
         ended: dict[str, str] = {}
@@ -427,7 +443,12 @@ def execute_batch(
     report = report or StopReport("SIGINT", grace_s)
     with signals_ignored():
         for job in drained:
-            record_stop(store, job, report, detailed=shutdown.report is not None)
+            record_stop(
+                store,
+                job,
+                batch_run.stop_report(job, report),
+                detailed=shutdown.report is not None,
+            )
     return batch_run.outcome(report.signal, shutdown.report)
 
 
