@@ -23,6 +23,7 @@
 -- migration 2: audit views (llm_calls, step_runs, file_writes, cache_stats, job_summary) and the functions they read events with (views only)
 
 -- migration 3: jobs.batch, the batch a job was created in (run/submit --inputs), and its index
-ALTER TABLE jobs ADD COLUMN batch text;
+-- (IF NOT EXISTS: applied again over a database that has them already, it changes nothing)
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS batch text;
 
-CREATE INDEX jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;
