@@ -1,4 +1,4 @@
-"""PostgreSQL schema 2 and 3: a database written at schema 1 (the DDL of that version, applied by hand
+"""PostgreSQL schema upgrades: a database written at schema 1 (the DDL of that version, applied by hand
 here, holding the rows an older steplog wrote) is upgraded when it is opened, in one transaction
 under the advisory lock, and the upgrade is recorded in schema_migrations; the upgraded database
 equals a new one, its views answer as SQLite's do, and verify passes. Views are dropped and
