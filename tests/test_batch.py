@@ -408,3 +408,34 @@ def test_ids_come_from_the_id_key_else_the_prefix_and_the_zero_padded_row_number
     assert specs[0].inputs == {"idea": "0", "tone": "dry"}
     with pytest.raises(BatchFileError, match="keeps for job ids"):
         job_specs(parsed, {"id": None}, prefix="e-")
+
+
+# -- the live display ---------------------------------------------------------------------------
+
+
+def test_the_live_table_shows_each_job_and_the_batch_totals(tmp_path, pipeline):
+    from rich.console import Console
+
+    from steplog.commands.cli.display import BatchLiveDisplay
+
+    write_jsonl(tmp_path / "ideas.jsonl", [{"idea": "one"}, {"idea": "boom", "id": "bad"}])
+    with Steplog(tmp_path / "s.db") as sl:
+        plan, states = sl.prepare_batch(
+            pipeline, tmp_path / "ideas.jsonl", batch="live", workspace=tmp_path / "w"
+        )
+        display = BatchLiveDisplay("live", states, console=Console(file=io.StringIO()))
+
+        def shown() -> str:
+            out = io.StringIO()
+            Console(file=out, width=160).print(display.render())
+            return out.getvalue()
+
+        caption = "0/2 done · 0 succeeded · 0 failed · 0 running · 2 waiting · $0.00"
+        assert caption in " ".join(shown().split())  # (the caption wraps to the table)
+        sl.execute_batch(plan, states, jobs=1, observer_for=display.observer_for)
+    text = shown()
+    assert "batch live · 2 jobs" in text
+    assert re.search(r"live-1 +│ succeeded +│ +2/2 │ +2 │", text), text
+    assert re.search(r"bad +│ failed +│ +0/2 │", text), text
+    caption = "2/2 done · 1 succeeded · 1 failed · 0 running · 0 waiting · $0.00"
+    assert caption in " ".join(text.split())
