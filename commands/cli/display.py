@@ -187,7 +187,7 @@ class _BatchStates:
 
     def __init__(self, batch: str, states: Sequence[JobState]) -> None:
         self.batch = batch
-        self.states = {s.job_id: manifest.project(s.job_id, (), _copy(s)) for s in states}
+        self.states = {s.job_id: _copy(s) for s in states}
         self.order = list(self.states)
         self.done = 0
 
