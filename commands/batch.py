@@ -21,7 +21,7 @@ from collections import deque
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -177,10 +177,16 @@ def _store_errors(store: EventStore) -> Iterator[None]:
         raise database_error(store.where, exc) from exc
 
 
-def create_batch(store: EventStore, plan: BatchPlan) -> list[JobState]:
+def create_batch(
+    store: EventStore,
+    plan: BatchPlan,
+    also: Callable[[BatchJob], Sequence[NewEvent]] | None = None,
+) -> list[JobState]:
     """Append every job's job.created (with `batch`) in one write transaction: all of them or,
-    on any refusal, none. Returns each job as folded right after, in file order. The jobs are
-    `created`: nothing runs until each is started (run) or claimed."""
+    on any refusal, none. `also(job)`: events to append after that job's job.created in the
+    same transaction (a queue's own opening event, say). Returns each job as folded right
+    after, in file order. The jobs are `created`: nothing runs until each is started (run) or
+    claimed."""
     pipeline = plan.pipeline
     source = pipeline.source.encode("utf-8")
     snapshot = pipeline.snapshot().encode("utf-8")
@@ -197,12 +203,15 @@ def create_batch(store: EventStore, plan: BatchPlan) -> list[JobState]:
     try:
         with _store_errors(store), store.write_transaction() as conn:
             for number, job in enumerate(plan.jobs):
-                event = NewEvent.of(
-                    JobCreated(**common, inputs=job.inputs, workspace=str(job.workspace))
-                )
-                row = (event.ts, event.level, event.type, event.step, event.data_json())
+                events = [
+                    NewEvent.of(
+                        JobCreated(**common, inputs=job.inputs, workspace=str(job.workspace))
+                    ),
+                    *(also(job) if also is not None else ()),
+                ]
+                rows = [(e.ts, e.level, e.type, e.step, e.data_json()) for e in events]
                 blobs = [source, snapshot] if number == 0 else []
-                created.append(store.append_txn(conn, job.job_id, [row], 0, blobs))
+                created.append(store.append_txn(conn, job.job_id, rows, 0, blobs))
     except VersionConflict as exc:
         raise Rejected(
             f"batch {plan.batch}: a job of it was created by another process meanwhile "

@@ -439,3 +439,33 @@ def test_the_live_table_shows_each_job_and_the_batch_totals(tmp_path, pipeline):
     assert re.search(r"bad +│ failed +│ +0/2 │", text), text
     caption = "2/2 done · 1 succeeded · 1 failed · 0 running · 0 waiting · $0.00"
     assert caption in " ".join(text.split())
+
+
+def test_create_batch_appends_what_also_gives_after_each_job_created_or_nothing(tmp_path, pipeline):
+    """What `submit --inputs` builds on: the service creates every job in one transaction,
+    with the caller's events after each job.created; a refused one leaves nothing."""
+    from steplog.commands.batch import BatchCommand, check_batch, create_batch
+    from steplog.eventstore.events import JobCancelled, NewEvent
+    from steplog.projections.store import open_store
+
+    write_jsonl(tmp_path / "ideas.jsonl", [{"idea": "one"}, {"idea": "two"}])
+    cmd = BatchCommand(
+        pipeline_path=pipeline, inputs_file=tmp_path / "ideas.jsonl", batch="q",
+        workspace=tmp_path / "w",
+    )  # fmt: skip
+    store = open_store(tmp_path / "s.db")
+    try:
+        plan = check_batch(store, cmd)
+        states = create_batch(
+            store, plan, also=lambda job: [NewEvent.of(JobCancelled(reason=f"row {job.line}"))]
+        )
+        assert [(s.job_id, s.status, s.version, s.batch) for s in states] == [
+            ("q-1", "cancelled", 2, "q"),
+            ("q-2", "cancelled", 2, "q"),
+        ]
+        before = store.last_seq()
+        with pytest.raises(Rejected, match="nothing was appended"):
+            create_batch(store, plan)  # the same ids again: refused inside the transaction
+        assert store.last_seq() == before
+    finally:
+        store.close()
