@@ -91,3 +91,8 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 UPDATE jobs SET status = 'queued'
 WHERE status = 'created'
   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.job_id = jobs.job_id AND e.type = 'job.forked');
+
+-- migration 7: jobs.batch, the batch a job was created in (run/submit --inputs), and its index
+ALTER TABLE jobs ADD COLUMN batch TEXT;
+
+CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;

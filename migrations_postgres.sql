@@ -51,3 +51,9 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 UPDATE jobs SET status = 'queued'
 WHERE status = 'created'
   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.job_id = jobs.job_id AND e.type = 'job.forked');
+
+-- migration 4: jobs.batch, the batch a job was created in (run/submit --inputs), and its index
+-- (IF NOT EXISTS: applied again over a database that has them already, it changes nothing)
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS batch text;
+
+CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;

@@ -1,4 +1,4 @@
--- steplog schema, version 3.
+-- steplog schema, version 6.
 --
 -- The single definition of the database. Applied at open (one transaction) to an empty file;
 -- the schema version lives in PRAGMA user_version and in steplog_meta, set by the code that
@@ -89,12 +89,17 @@ CREATE TABLE IF NOT EXISTS streams (
 
 -- Projection: one row per job for `steplog jobs`. Equal to the manifest fold; tested.
 -- Written only when a job's status changes; when it last changed at all is in `streams`.
+-- batch: job.created's `batch` (run/submit --inputs), NULL for a job made on its own.
 CREATE TABLE IF NOT EXISTS jobs (
     job_id     TEXT PRIMARY KEY,
     pipeline   TEXT,
     status     TEXT    NOT NULL,
-    created_ts TEXT    NOT NULL
+    created_ts TEXT    NOT NULL,
+    batch      TEXT
 ) WITHOUT ROWID;
+
+-- `steplog jobs --batch B`: a batch's jobs without reading every row.
+CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;
 
 -- Projection: cache key -> the first successful response for it, shared by every job.
 -- Equal to projections.cache.fold_cache_index over all events; tested.

@@ -103,12 +103,17 @@ CREATE TABLE streams (
 
 -- Projection: one row per job for `steplog jobs`. Equal to the manifest fold; tested.
 -- Written only when a job's status changes; when it last changed at all is in `streams`.
+-- batch: job.created's `batch` (run/submit --inputs), NULL for a job made on its own.
 CREATE TABLE jobs (
     job_id     text PRIMARY KEY,
     pipeline   text,
     status     text NOT NULL,
-    created_ts text NOT NULL
+    created_ts text NOT NULL,
+    batch      text
 );
+
+-- `steplog jobs --batch B`: a batch's jobs without reading every row.
+CREATE INDEX jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;
 
 -- Projection: cache key -> the first successful response for it, shared by every job.
 CREATE TABLE cache_index (

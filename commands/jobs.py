@@ -6,6 +6,7 @@ Rejected (exit 2) and leaves the database as it was.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import secrets
@@ -374,6 +375,16 @@ def prepared_after(
 
 def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def record_stop(store: EventStore, job_id: str, report: StopReport, detailed: bool = False) -> None:
+    """job.interrupted at the job's head (see _record_stop)."""
+    _record_stop(store, job_id, report, detailed)
+
+
+def long_lived_heap() -> contextlib.AbstractContextManager[None]:
+    """The cyclic GC kept off what was loaded before a run (see _long_lived_heap)."""
+    return _long_lived_heap()
 
 
 def job_runner(store: EventStore, prepared: Prepared, observer: Observer | None) -> JobRunner:

@@ -51,11 +51,15 @@ def status(store: EventStore, job_id: str | None) -> JobState:
     return state
 
 
-def jobs(store: EventStore, limit: int) -> list[dict[str, Any]]:
-    from steplog.projections.store import job_rows
+def jobs(store: EventStore, limit: int, batch: str | None = None) -> list[dict[str, Any]]:
+    """The latest jobs (of `batch` only, when given), newest first; an unknown batch is
+    refused rather than listed as empty, since it is most likely a typo."""
+    from steplog.projections.store import batch_size, job_rows
 
-    rows = job_rows(store, limit)
-    keys = ("job_id", "pipeline", "status", "created_ts", "updated_ts")
+    if batch is not None and not batch_size(store, batch):
+        raise Rejected(f"no batch {batch!r} in {store.where}")
+    rows = job_rows(store, limit, batch)
+    keys = ("job_id", "pipeline", "status", "created_ts", "updated_ts", "batch")
     return [dict(zip(keys, row)) for row in rows]
 
 

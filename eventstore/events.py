@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 from pydantic_core import PydanticSerializationError
 
 from steplog.errors import Rejected
@@ -64,14 +72,25 @@ class JobCreated(EventData):
     inputs: dict[str, str] = Field(default_factory=dict)
     steps: dict[str, list[str]] = Field(description="step -> needs, in file order")
     workspace: str
+    batch: str | None = Field(
+        default=None, description="the batch the job was created in (run/submit --inputs)"
+    )
 
-    @field_validator("pipeline")
+    @field_validator("pipeline", "batch")
     @classmethod
-    def _no_nul(cls, value: str) -> str:
+    def _no_nul(cls, value: str | None) -> str | None:
         # the `jobs` table holds it, and PostgreSQL's text cannot: refused alike on both stores
-        if "\x00" in value:
+        if value is not None and "\x00" in value:
             raise ValueError("must not contain a NUL character")
         return value
+
+    @model_serializer(mode="wrap")
+    def _without_no_batch(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # a job outside any batch is written as before the field existed: same bytes, same hash
+        data: dict[str, Any] = handler(self)
+        if data.get("batch", "") is None:
+            del data["batch"]
+        return data
 
 
 class JobStarted(EventData):

@@ -16,7 +16,9 @@ from steplog.eventstore.sqlite import (
 
 def _normal_sql(sql: str | None) -> str:
     text = re.sub(r"--[^\n]*", "", sql or "")
-    return " ".join(text.replace("IF NOT EXISTS ", "").split())
+    spaced = " ".join(text.replace("IF NOT EXISTS ", "").split())
+    # ALTER TABLE … ADD COLUMN (a migration) writes ", col TYPE" just before the closing ")"
+    return re.sub(r" ?([,()]) ?", r"\1", spaced)
 
 
 def expected_schema() -> dict[tuple[str, str], str]:

@@ -74,6 +74,7 @@ class JobState:
     snapshot_sha256: str | None = None
     inputs: dict[str, str] = field(default_factory=dict)
     workspace: str | None = None
+    batch: str | None = None  # job.created's: the batch (run/submit --inputs) it belongs to
     created_ts: str | None = None
     started_ts: str | None = None
     finished_ts: str | None = None
@@ -164,6 +165,7 @@ def _job_created(state: JobState, ev: StoredEvent, d: dict[str, Any]) -> None:
     state.snapshot_sha256 = d.get("snapshot_sha256")
     state.inputs = dict(d.get("inputs", {}))
     state.workspace = d["workspace"]
+    state.batch = d.get("batch")
     state.created_ts = ev.ts
     state.steps = {
         name: StepState(name=name, needs=list(needs)) for name, needs in d["steps"].items()

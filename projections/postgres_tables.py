@@ -20,6 +20,7 @@ PROJECTORS = POSTGRES.projectors
 breaker_row = POSTGRES.breaker_row
 cache_lookup = POSTGRES.cache_lookup
 latest_jobs = POSTGRES.latest_jobs
+batch_jobs = POSTGRES.batch_jobs
 all_rows = POSTGRES.all_rows
 job_rows_of = POSTGRES.job_rows_of
 worker_row = POSTGRES.worker_row
@@ -38,7 +39,9 @@ def rebuild(store: PostgresEventStore) -> int:
         conn.execute("DELETE FROM breakers")
         conn.execute("DELETE FROM workers")
         with conn.cursor() as cur:
-            with cur.copy("COPY jobs (job_id, pipeline, status, created_ts) FROM STDIN") as copy:
+            with cur.copy(
+                "COPY jobs (job_id, pipeline, status, created_ts, batch) FROM STDIN"
+            ) as copy:
                 for job_id, row in rows.items():
                     copy.write_row((job_id, *row))
             with cur.copy(

@@ -42,7 +42,10 @@ class ProjectionSQL:
 
     def __init__(self, mark: str) -> None:
         self.mark = m = mark
-        self.insert_job = f"INSERT INTO jobs (job_id, pipeline, status, created_ts) VALUES ({m}, {m}, 'queued', {m})"
+        self.insert_job = (
+            "INSERT INTO jobs (job_id, pipeline, status, created_ts, batch)"
+            f" VALUES ({m}, {m}, 'queued', {m}, {m})"
+        )
         self.set_status = f"UPDATE jobs SET status = {m} WHERE job_id = {m}"
         self.forget_key = f"DELETE FROM cache_index WHERE cache_key = {m}"
         self.refuse = (
@@ -68,7 +71,7 @@ class ProjectionSQL:
         self.get_breaker = f"SELECT {BREAKER_COLUMNS} FROM breakers WHERE endpoint = {m}"
         self.get_entry = f"SELECT {CACHE_COLUMNS} FROM cache_index WHERE cache_key = {m}"
         self.latest = (
-            "SELECT j.job_id, j.pipeline, j.status, j.created_ts, s.updated_ts"
+            "SELECT j.job_id, j.pipeline, j.status, j.created_ts, s.updated_ts, j.batch"
             f" FROM jobs j JOIN streams s USING (job_id) ORDER BY s.last_seq DESC LIMIT {m}"
         )
         columns = ", ".join(WORKER_COLUMNS)
@@ -86,6 +89,12 @@ class ProjectionSQL:
             "SELECT job_id, status FROM jobs WHERE status IN ('queued', 'running')"
             f" ORDER BY status, created_ts, job_id LIMIT {m}"
         )
+        self.latest_in_batch = (
+            "SELECT j.job_id, j.pipeline, j.status, j.created_ts, s.updated_ts, j.batch"
+            f" FROM jobs j JOIN streams s USING (job_id) WHERE j.batch = {m}"
+            f" ORDER BY s.last_seq DESC LIMIT {m}"
+        )
+        self.batch_size = f"SELECT count(*) FROM jobs WHERE batch = {m}"
         self.projectors: tuple[Projector, ...] = (
             self.project_jobs,
             self.project_cache,
@@ -99,8 +108,8 @@ class ProjectionSQL:
         changed: dict[str, str] = {}
         for ev in events:
             if ev.type == "job.created":
-                pipeline = orjson.loads(ev.data_json)["pipeline"]
-                conn.execute(self.insert_job, (ev.job_id, pipeline, ev.ts))
+                d = orjson.loads(ev.data_json)
+                conn.execute(self.insert_job, (ev.job_id, d["pipeline"], ev.ts, d.get("batch")))
             status = JOB_STATUS_AFTER.get(ev.type)
             if status is not None:
                 changed[ev.job_id] = status
@@ -187,9 +196,17 @@ class ProjectionSQL:
         row = conn.execute(self.get_entry, (cache_key,)).fetchone()
         return CacheEntry(*row) if row else None
 
-    def latest_jobs(self, conn: Any, limit: int) -> list[tuple[Any, ...]]:
-        """(job_id, pipeline, status, created_ts, updated_ts) of the latest jobs, newest first."""
-        return [tuple(row) for row in conn.execute(self.latest, (limit,)).fetchall()]
+    def latest_jobs(self, conn: Any, limit: int, batch: str | None = None) -> list[tuple[Any, ...]]:
+        """(job_id, pipeline, status, created_ts, updated_ts, batch) of the latest jobs (of
+        `batch` only, when given), newest first."""
+        if batch is None:
+            return [tuple(row) for row in conn.execute(self.latest, (limit,)).fetchall()]
+        found = conn.execute(self.latest_in_batch, (batch, limit)).fetchall()
+        return [tuple(row) for row in found]
+
+    def batch_jobs(self, conn: Any, batch: str) -> int:
+        """How many jobs were created in `batch`."""
+        return int(conn.execute(self.batch_size, (batch,)).fetchone()[0])
 
     def all_rows(self, conn: Any, table: str, columns: Sequence[str]) -> list[tuple[Any, ...]]:
         """Every row of a projection table (the names are checked: they are spliced in)."""
@@ -218,7 +235,9 @@ class ProjectionSQL:
         index.refused = {(key, sha): seq for key, sha, seq in refused}
         return index
 
-    def read_jobs_table(self, conn: Any) -> dict[str, tuple[str | None, str, str]]:
-        """job_id -> (pipeline, status, created_ts)."""
-        rows = conn.execute("SELECT job_id, pipeline, status, created_ts FROM jobs").fetchall()
-        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+    def read_jobs_table(self, conn: Any) -> dict[str, tuple[str | None, str, str, str | None]]:
+        """job_id -> (pipeline, status, created_ts, batch)."""
+        rows = conn.execute(
+            "SELECT job_id, pipeline, status, created_ts, batch FROM jobs"
+        ).fetchall()
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}

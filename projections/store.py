@@ -68,10 +68,17 @@ def breaker_of(store: EventStore, endpoint: str, conn: Any = None) -> BreakerRow
     return store.read(lambda own: tables.breaker_row(own, endpoint))
 
 
-def job_rows(store: EventStore, limit: int) -> list[tuple[Any, ...]]:
-    """(job_id, pipeline, status, created_ts, updated_ts) of the latest jobs, newest first."""
+def job_rows(store: EventStore, limit: int, batch: str | None = None) -> list[tuple[Any, ...]]:
+    """(job_id, pipeline, status, created_ts, updated_ts, batch) of the latest jobs (of
+    `batch` only, when given), newest first."""
     tables = tables_of(store)
-    return store.read(lambda conn: tables.latest_jobs(conn, limit))
+    return store.read(lambda conn: tables.latest_jobs(conn, limit, batch))
+
+
+def batch_size(store: EventStore, batch: str) -> int:
+    """How many jobs were created in `batch` (0: no such batch yet)."""
+    tables = tables_of(store)
+    return store.read(lambda conn: tables.batch_jobs(conn, batch))
 
 
 def table_rows(store: EventStore, projection: TableProjection) -> Iterable[tuple[Any, ...]]:

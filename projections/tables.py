@@ -8,7 +8,7 @@ event sequence, so the tables are a cache of the log, never a second truth.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, NamedTuple
 
 import orjson
@@ -31,6 +31,7 @@ PROJECTORS = SQLITE.projectors
 breaker_row = SQLITE.breaker_row
 cache_lookup = SQLITE.cache_lookup
 latest_jobs = SQLITE.latest_jobs
+batch_jobs = SQLITE.batch_jobs
 all_rows = SQLITE.all_rows
 job_rows_of = SQLITE.job_rows_of
 read_breakers_table = SQLITE.read_breakers_table
@@ -41,13 +42,14 @@ worker_rows = SQLITE.worker_rows
 open_jobs = SQLITE.open_jobs
 
 
-JobRow = list  # [pipeline, status, created_ts]
+JobRow = list  # [pipeline, status, created_ts, batch]
 
 
 def apply_job_row(rows: dict[str, JobRow], ev: StoredEvent) -> None:
     """The `jobs` table as a fold: pipeline and creation from job.created, then each status."""
     if ev.type == "job.created":
-        rows[ev.job_id] = [orjson.loads(ev.data_json)["pipeline"], "queued", ev.ts]
+        d = orjson.loads(ev.data_json)
+        rows[ev.job_id] = [d["pipeline"], "queued", ev.ts, d.get("batch")]
     status = JOB_STATUS_AFTER.get(ev.type)
     if status is not None and ev.job_id in rows:
         rows[ev.job_id][1] = status
@@ -94,7 +96,7 @@ def rebuild(store: SQLiteEventStore) -> int:
         conn.execute("DELETE FROM jobs")
         conn.execute("DELETE FROM cache_index")
         conn.executemany(
-            "INSERT INTO jobs (job_id, pipeline, status, created_ts) VALUES (?, ?, ?, ?)",
+            "INSERT INTO jobs (job_id, pipeline, status, created_ts, batch) VALUES (?, ?, ?, ?, ?)",
             [(job_id, *row) for job_id, row in rows.items()],
         )
         conn.executemany(
@@ -139,16 +141,20 @@ class TableProjection:
     # the column naming the job each row belongs to, when every row is one job's own (its
     # rows are then checked by `verify JOB` from that job's events alone)
     job_column: str | None = None
+    # dialect -> the schema version that brought the last of these columns (an older database,
+    # which verify reports as such, is not compared)
+    columns_since: dict[str, int] = field(default_factory=dict)
 
 
 TABLE_PROJECTIONS: tuple[TableProjection, ...] = (
     TableProjection(
         "jobs",
-        ("job_id", "pipeline", "status", "created_ts"),
+        ("job_id", "pipeline", "status", "created_ts", "batch"),
         start=dict,
         apply=apply_job_row,
         rows=lambda state: ((job_id, *row) for job_id, row in state.items()),
         job_column="job_id",
+        columns_since={"sqlite": 7, "postgresql": 4},  # batch
     ),
     TableProjection(
         "cache_index",

@@ -19,6 +19,7 @@ from steplog.errors import Interrupted, JobFailed, Rejected, SteplogError
 
 if TYPE_CHECKING:
     from steplog.models import (
+        BatchResult,
         Event,
         ExportResult,
         ForkResult,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 _MODELS = frozenset(
     {
+        "BatchResult",
         "Event",
         "ExportResult",
         "ForkResult",
@@ -61,6 +63,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "LATEST",
+    "BatchResult",
     "Event",
     "ExportResult",
     "ForkResult",

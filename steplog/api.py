@@ -27,6 +27,7 @@ from steplog.errors import Rejected
 from steplog.executor.shutdown import DEFAULT_GRACE_S
 
 if TYPE_CHECKING:
+    from steplog.commands.batch import BatchOutcome, BatchPlan
     from steplog.commands.jobs import Prepared
     from steplog.commands.queue import CancelResult, Submitted
     from steplog.commands.show import StepAttempt
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from steplog.eventstore.record import EventStore, StoredEvent
     from steplog.executor.runner import Observer
     from steplog.models import (
+        BatchResult,
         Event,
         ExportResult,
         ForkResult,
@@ -391,6 +393,157 @@ class Steplog:
         store = self.open_store(write=True, create=False)
         return work(store, command, say=say or _silent, handle_signals=handle_signals)
 
+    def prepare_batch(
+        self,
+        pipeline: str | os.PathLike[str],
+        inputs_file: str | os.PathLike[str],
+        *,
+        inputs: dict[str, str] | None = None,
+        job_id_prefix: str | None = None,
+        batch: str | None = None,
+        workspace: str | os.PathLike[str] | None = None,
+        ignore_breaker: bool = False,
+        overwrite: bool = False,
+    ) -> tuple[BatchPlan, list[JobState]]:
+        """Validate a batch (the pipeline, then every row of the inputs file as `run`
+        validates a job) and append every job's job.created in one transaction, or nothing.
+        The jobs are `created`; `execute_batch` runs them."""
+        from steplog.commands.batch import (
+            BatchCommand,
+            check_batch,
+            check_batch_before_creating,
+            create_batch,
+        )
+
+        command = BatchCommand(
+            pipeline_path=Path(pipeline),
+            inputs_file=Path(inputs_file),
+            inputs=_check_inputs(inputs),
+            job_id_prefix=job_id_prefix,
+            batch=batch,
+            workspace=Path(workspace) if workspace is not None else None,
+            ignore_breaker=ignore_breaker,
+            overwrite=overwrite,
+        )
+        if not self.database_exists():
+            check_batch_before_creating(command)  # a refused batch leaves no database file
+        store = self.open_store(write=True)
+        plan = check_batch(store, command)
+        return plan, create_batch(store, plan)
+
+    def execute_batch(
+        self,
+        plan: BatchPlan,
+        states: list[JobState],
+        *,
+        jobs: int = 4,
+        observer_for: Callable[[str], Observer | None] | None = None,
+        handle_signals: bool = False,
+        grace_s: float = DEFAULT_GRACE_S,
+        say: Callable[[str], None] | None = None,
+    ) -> BatchResult:
+        """Run the batch's created jobs in one new event loop, at most `jobs` at once.
+
+        handle_signals: as for `execute`, but the batch is not raised out of: the first
+        SIGINT/SIGTERM starts no more jobs and drains the running ones (job.interrupted each),
+        and the result says which were interrupted and which never started (`signal` set).
+        """
+        from steplog.commands import batch as batches
+
+        store = self.open_store(write=True)
+        if handle_signals:
+            outcome = batches.execute_batch(
+                store,
+                plan,
+                states,
+                jobs=jobs,
+                observer_for=observer_for,
+                grace_s=grace_s,
+                say=say or _silent,
+            )
+        else:
+            import anyio
+
+            _refuse_inside_a_loop()
+            outcome = anyio.run(
+                lambda: batches.run_batch_in_loop(
+                    store, plan, states, jobs=jobs, observer_for=observer_for
+                )
+            )
+        return self._batch_result(outcome)
+
+    async def aexecute_batch(
+        self,
+        plan: BatchPlan,
+        states: list[JobState],
+        *,
+        jobs: int = 4,
+        observer_for: Callable[[str], Observer | None] | None = None,
+    ) -> BatchResult:
+        """`execute_batch` inside the caller's event loop; cancelling it records
+        job.interrupted (signal "cancelled") for each running job."""
+        from steplog.commands.batch import run_batch_in_loop
+
+        store = self.open_store(write=True)
+        outcome = await run_batch_in_loop(store, plan, states, jobs=jobs, observer_for=observer_for)
+        return self._batch_result(outcome)
+
+    def run_batch(
+        self,
+        pipeline: str | os.PathLike[str],
+        inputs_file: str | os.PathLike[str],
+        *,
+        jobs: int = 4,
+        inputs: dict[str, str] | None = None,
+        job_id_prefix: str | None = None,
+        batch: str | None = None,
+        workspace: str | os.PathLike[str] | None = None,
+        ignore_breaker: bool = False,
+        overwrite: bool = False,
+        handle_signals: bool = False,
+        grace_s: float = DEFAULT_GRACE_S,
+    ) -> BatchResult:
+        """Run PIPELINE once per row of INPUTS_FILE (.jsonl or .csv), at most `jobs` at once,
+        and return every job's result. `inputs` are defaults each row may override; a row's
+        `id` names its job, else job_id_prefix (default: the batch's name and "-") and its row
+        number; workspace is the directory holding each job's own <job_id>/ (default runs/).
+        Raises Rejected, nothing appended, for any bad row (naming FILE:LINE) or any refusal
+        `run` would make for one of the jobs."""
+        plan, states = self.prepare_batch(
+            pipeline,
+            inputs_file,
+            inputs=inputs,
+            job_id_prefix=job_id_prefix,
+            batch=batch,
+            workspace=workspace,
+            ignore_breaker=ignore_breaker,
+            overwrite=overwrite,
+        )
+        return self.execute_batch(
+            plan, states, jobs=jobs, handle_signals=handle_signals, grace_s=grace_s
+        )
+
+    def _batch_result(self, outcome: BatchOutcome) -> BatchResult:
+        from steplog.models import BatchResult
+
+        results = {job: self.result(job) for job in outcome.job_ids}
+        by_status: dict[str, list[str]] = {}
+        for job, result in results.items():
+            by_status.setdefault(result.status, []).append(job)
+        return BatchResult(
+            batch=outcome.batch,
+            jobs=results,
+            succeeded=by_status.get("succeeded", []),
+            failed=by_status.get("failed", []),
+            not_started=by_status.get("queued", []),
+            interrupted=by_status.get("interrupted", []),
+            taken=outcome.taken,
+            signal=outcome.signal,
+            llm_calls=sum(r.llm_calls for r in results.values()),
+            tokens=sum(r.tokens_in + r.tokens_out for r in results.values()),
+            cost=sum(r.cost for r in results.values()),
+        )
+
     def result(self, job_id: str) -> JobResult:
         """The job as it stands, with each succeeded step's output (from its blob)."""
         from steplog.commands.results import job_result
@@ -423,12 +576,13 @@ class Steplog:
 
         return JobStatus.model_validate(self.status_document(job_id))
 
-    def jobs(self, limit: int = 50) -> list[JobSummary]:
-        """The most recently updated jobs first."""
+    def jobs(self, limit: int = 50, *, batch: str | None = None) -> list[JobSummary]:
+        """The most recently updated jobs first; of one batch only when `batch` is given."""
         from steplog.commands import queries
         from steplog.models import JobSummary
 
-        return [JobSummary.model_validate(row) for row in queries.jobs(self._reader(), limit)]
+        rows = queries.jobs(self._reader(), limit, batch)
+        return [JobSummary.model_validate(row) for row in rows]
 
     def stored_events(
         self,

@@ -52,6 +52,9 @@ class JobStatus(_Result):
     snapshot_sha256: str | None
     inputs: dict[str, str]
     workspace: str | None
+    batch: str | None = Field(
+        default=None, description="the batch it was created in (run --inputs), or None"
+    )
     created_ts: str | None
     started_ts: str | None
     finished_ts: str | None
@@ -137,6 +140,30 @@ class JobResult(_Result):
         return self
 
 
+class BatchResult(_Result):
+    """What `Steplog.run_batch` returns: the batch's jobs as the log holds them at the end."""
+
+    batch: str
+    jobs: dict[str, JobResult] = Field(description="job id -> its result, in the file's order")
+    succeeded: list[str]
+    failed: list[str]
+    not_started: list[str] = Field(
+        description="jobs still `created` (the batch was stopped first): resume runs each"
+    )
+    interrupted: list[str] = Field(description="jobs a signal or a cancellation stopped")
+    taken: list[str] = Field(
+        default_factory=list, description="jobs another process started or appended to first"
+    )
+    signal: str | None = Field(default=None, description="the signal that stopped the batch")
+    llm_calls: int
+    tokens: int
+    cost: float
+
+    @property
+    def all_succeeded(self) -> bool:
+        return len(self.succeeded) == len(self.jobs)
+
+
 class JobSummary(_Result):
     """One row of `steplog jobs`."""
 
@@ -145,6 +172,7 @@ class JobSummary(_Result):
     status: str
     created_ts: str | None
     updated_ts: str | None
+    batch: str | None = Field(default=None, description="the batch it was created in, or None")
 
 
 class Event(_Result):

@@ -323,6 +323,7 @@ def job_events(draw: st.DrawFn, pool: Pool, other_jobs: Sequence[str] = ("elsewh
             inputs=draw(st.dictionaries(names, texts, max_size=3)),
             steps=needs,
             workspace=draw(texts),
+            batch=draw(st.none() | names),
         )
     )
     if draw(st.integers(0, 7)) == 0:

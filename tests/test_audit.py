@@ -152,7 +152,7 @@ def test_sql_reads_through_pragmas_that_only_report(db, cli):
     assert result.code == 0, result.err
     assert [c["name"] for c in json.loads(result.out)][:3] == ["seq", "job_id", "version"]
     result = cli(db, "sql", "SELECT name FROM pragma_table_info('jobs') ORDER BY cid", "--csv")
-    assert result.out.split() == ["name", "job_id", "pipeline", "status", "created_ts"]
+    assert result.out.split() == ["name", "job_id", "pipeline", "status", "created_ts", "batch"]
 
 
 def test_sql_bad_sql_and_a_missing_database_are_one_line_errors(tmp_path, db, cli):

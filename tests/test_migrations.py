@@ -23,7 +23,9 @@ VIEWS = ("llm_calls", "step_runs", "file_writes", "cache_stats", "job_summary")
 
 def _normal(sql: str | None) -> str:
     no_comments = re.sub(r"--[^\n]*", "", sql or "")
-    return " ".join(no_comments.replace("IF NOT EXISTS ", "").split())
+    spaced = " ".join(no_comments.replace("IF NOT EXISTS ", "").split())
+    # ALTER TABLE … ADD COLUMN writes ", col TYPE" just before the closing parenthesis
+    return re.sub(r" ?([,()]) ?", r"\1", spaced)
 
 
 def schema_of(path: Path) -> set[tuple[str, str, str]]:
@@ -59,24 +61,24 @@ def test_the_checked_in_database_is_at_schema_1():
 def test_opening_a_schema_1_database_upgrades_it_and_records_the_migration(v1, tmp_path):
     events_before = rows(v1, "SELECT * FROM events ORDER BY seq")
     open_store(v1).close()
-    assert rows(v1, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(6,)]
-    assert rows(v1, "SELECT value FROM steplog_meta") == [("6",)]
+    assert rows(v1, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(7,)]
+    assert rows(v1, "SELECT value FROM steplog_meta") == [("7",)]
     applied = rows(v1, "SELECT * FROM schema_migrations ORDER BY version")
-    assert [v for v, _, _ in applied] == [2, 3, 4, 5, 6]
+    assert [v for v, _, _ in applied] == [2, 3, 4, 5, 6, 7]
     assert len({ts for _, ts, _ in applied}) == 1 and applied[0][1].endswith("Z")  # one transaction
-    description2, description3, description4, description5, description6 = [
+    description2, description3, description4, description5, description6, description7 = [
         d for _, _, d in applied
     ]
     assert "audit views" in description2 and "cache_refused" in description3
     assert "unanswered" in description4 and "reserve" in description5
-    assert "workers" in description6
+    assert "workers" in description6 and "jobs.batch" in description7
     assert rows(v1, "SELECT * FROM events ORDER BY seq") == events_before
     # the upgraded file has exactly the schema of a new one
     fresh = tmp_path / "new.db"
     open_store(fresh).close()
     assert schema_of(v1) == schema_of(fresh)
     open_store(v1).close()  # a second open applies nothing
-    assert len(rows(v1, "SELECT * FROM schema_migrations")) == 5
+    assert len(rows(v1, "SELECT * FROM schema_migrations")) == 6
 
 
 def test_every_view_answers_on_the_upgraded_database(v1):

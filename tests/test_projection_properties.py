@@ -208,7 +208,7 @@ def expected_jobs_table(everything: list[StoredEvent]) -> dict[str, tuple]:
     for job in dict.fromkeys(ev.job_id for ev in everything):
         state = manifest.project(job, (ev for ev in everything if ev.job_id == job))
         if state.created_ts is not None:
-            out[job] = (state.pipeline, state.status, state.created_ts)
+            out[job] = (state.pipeline, state.status, state.created_ts, state.batch)
     return out
 
 

@@ -4,6 +4,7 @@ return what they should, and every verb is documented."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import sqlite3
 from collections import Counter, defaultdict
@@ -322,3 +323,30 @@ def test_every_test_the_readme_cites_exists():
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             }
         assert test in names[path], f"README cites {path}::{test}, which does not exist"
+
+
+def test_the_batch_example_runs_as_shown(tmp_path):
+    """The worked example of `run --inputs`: its file, its command, its output line for line
+    (the lines of the jobs in any order: two run at once)."""
+    import shlex
+
+    from tests.cli_inprocess import steplog_here
+    from tests.on_disk import ROOT
+
+    section = README.split("### `steplog run PIPELINE.toml --inputs FILE", 1)[1]
+    block = section.split("```console\n", 1)[1].split("```", 1)[0]
+    parts = re.split(r"^\$ ", block, flags=re.MULTILINE)[1:]
+    [(cat, content)] = [p.split("\n", 1) for p in parts if p.startswith("cat ")]
+    [(command, shown)] = [p.split("\n", 1) for p in parts if p.startswith("steplog run ")]
+    (tmp_path / cat.split()[1]).write_text(content)
+    args = shlex.split(command)[1:]
+    args[1] = str(ROOT / args[1])  # examples/factory/pipeline.toml, from the repository
+    result = steplog_here(tmp_path / "s.db", *args, cwd=tmp_path)
+    assert result.code == 0, result.err
+    want, got = shown.splitlines(), result.out.splitlines()
+    assert (got[0], got[-1]) == (want[0], want[-1])
+    assert sorted(re.sub(r"\(\d/3 done\)", "", ln) for ln in got[1:-1]) == sorted(
+        re.sub(r"\(\d/3 done\)", "", ln) for ln in want[1:-1]
+    )
+    listed = steplog_here(tmp_path / "s.db", "jobs", "--batch", "briefs", "--json")
+    assert sorted(row["job_id"] for row in json.loads(listed.out)) == ["briefs-3", "clock", "todo"]

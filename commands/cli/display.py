@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Sequence, TextIO
+from typing import Callable, Sequence, TextIO
 
 from rich.console import Console
 from rich.live import Live
@@ -168,6 +168,175 @@ class LiveDisplay:
         return (urgent + recent[-(self.MAX_ROWS - len(urgent)) :])[: self.MAX_ROWS]
 
     def __enter__(self) -> LiveDisplay:
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.refresh()
+        self.live.stop()
+
+
+# -- a batch: many jobs in one process -----------------------------------------------------------
+
+BATCH_STATUS = {"queued": "waiting"}  # a queued job of the batch waits for a free lane
+JOB_END_TYPES = {"job.succeeded", "job.failed", "job.interrupted"}
+
+
+class _BatchStates:
+    """Each job's manifest, folded from the events its run appends (the display's own copies)."""
+
+    def __init__(self, batch: str, states: Sequence[JobState]) -> None:
+        self.batch = batch
+        self.states = {s.job_id: _copy(s) for s in states}
+        self.order = list(self.states)
+        self.done = 0
+
+    def fold(self, job_id: str, events: Sequence[StoredEvent]) -> list[str]:
+        """Apply events of one job; returns the job-ending event types among them."""
+        state = self.states[job_id]
+        ends = []
+        for ev in events:
+            manifest.apply(state, ev)
+            if ev.type in JOB_END_TYPES:
+                ends.append(ev.type)
+                if ev.type != "job.interrupted":
+                    self.done += 1
+        return ends
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for state in self.states.values():
+            status = BATCH_STATUS.get(state.status, state.status)
+            out[status] = out.get(status, 0) + 1
+        return out
+
+
+def _copy(state: JobState) -> JobState:
+    import copy
+
+    return copy.deepcopy(state)
+
+
+def job_end_line(state: JobState, done: int, total: int) -> str:
+    """One job of a batch has ended: the plain line printed for it."""
+    where = f"({done}/{total} done)"
+    if state.status == "succeeded":
+        tokens = state.tokens_in + state.tokens_out
+        return (
+            f"job {state.job_id} succeeded {where}: {counted(len(state.steps), 'step')}, "
+            f"{counted(state.llm_calls, 'call')}, {counted(tokens, 'token')}, "
+            f"{cost_text(state.cost, state.unpriced_calls)}"
+        )
+    if state.status == "failed":
+        return f"job {state.job_id} failed {where}: {state.last_error or 'see events'}"
+    return f"job {state.job_id} {state.status}"
+
+
+class BatchPlainDisplay:
+    """One plain line per job that ends; `quiet` keeps only the closing line."""
+
+    def __init__(
+        self, batch: str, states: Sequence[JobState], out: TextIO | None = None, quiet: bool = False
+    ) -> None:
+        self.jobs = _BatchStates(batch, states)
+        self.out = out or sys.stdout
+        self.quiet = quiet
+
+    def observer_for(self, job_id: str) -> Callable[[Sequence[StoredEvent]], None]:
+        def observe(events: Sequence[StoredEvent]) -> None:
+            ends = self.jobs.fold(job_id, events)
+            if self.quiet or not ends or ends[-1] == "job.interrupted":
+                return  # an interrupted job is named by the closing line
+            state = self.jobs.states[job_id]
+            self.out.write(one_line(job_end_line(state, self.jobs.done, len(self.jobs.order))))
+            self.out.write("\n")
+            self.out.flush()
+
+        return observe
+
+    def __enter__(self) -> BatchPlainDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class BatchLiveDisplay:
+    """One table for the batch, redrawn as events arrive: the running and failed jobs, then the
+    latest done, with their steps, calls, tokens, cost and time; the totals below."""
+
+    MAX_ROWS = 20
+
+    def __init__(self, batch: str, states: Sequence[JobState], console: Console | None = None):
+        self.jobs = _BatchStates(batch, states)
+        self.console = console or log_console()
+        self.t0 = time.monotonic()
+        self.started_at: dict[str, float] = {}
+        self.ended_at: dict[str, float] = {}
+        self.live = Live(
+            get_renderable=self.render, console=self.console, refresh_per_second=4, transient=False
+        )
+
+    def observer_for(self, job_id: str) -> Callable[[Sequence[StoredEvent]], None]:
+        def observe(events: Sequence[StoredEvent]) -> None:
+            now = time.monotonic()
+            self.started_at.setdefault(job_id, now)
+            if self.jobs.fold(job_id, events):
+                self.ended_at[job_id] = now
+
+        return observe
+
+    def _visible(self) -> list[JobState]:
+        states = [self.jobs.states[j] for j in self.jobs.order]
+        urgent = [s for s in states if s.status in ("running", "failed", "interrupted")]
+        done = sorted(
+            (s for s in states if s.status == "succeeded"),
+            key=lambda s: self.ended_at.get(s.job_id, 0.0),
+        )
+        room = max(self.MAX_ROWS - len(urgent), 0)
+        return (urgent + (done[-room:] if room else []))[: self.MAX_ROWS]
+
+    def render(self) -> Table:
+        jobs = self.jobs
+        table = Table(
+            title=line(
+                f"batch {jobs.batch} · {counted(len(jobs.order), 'job')} · "
+                f"{time.monotonic() - self.t0:.1f}s"
+            ),
+            title_justify="left",
+        )
+        for column in ("job", "status", "steps", "calls", "tokens", "cost", "elapsed"):
+            table.add_column(
+                column,
+                justify="left" if column in ("job", "status") else "right",
+                overflow="fold",
+            )
+        now = time.monotonic()
+        for s in self._visible():
+            started = self.started_at.get(s.job_id)
+            elapsed = ""
+            if started is not None:
+                elapsed = f"{self.ended_at.get(s.job_id, now) - started:.1f}s"
+            table.add_row(
+                Text(one_line(s.job_id)),
+                Text(s.status, style=STATUS_STYLE.get(s.status, "")),
+                f"{len(s.completed_steps)}/{len(s.steps)}",
+                str(s.llm_calls or ""),
+                str(s.tokens_in + s.tokens_out or ""),
+                cost_text(s.cost, s.unpriced_calls),
+                elapsed,
+            )
+        counts = jobs.counts()
+        cost = sum(s.cost for s in jobs.states.values())
+        unpriced = sum(s.unpriced_calls for s in jobs.states.values())
+        table.caption = (
+            f"{jobs.done}/{len(jobs.order)} done · {counts.get('succeeded', 0)} succeeded · "
+            f"{counts.get('failed', 0)} failed · {counts.get('running', 0)} running · "
+            f"{counts.get('waiting', 0)} waiting · {cost_text(cost, unpriced)}"
+        )
+        return table
+
+    def __enter__(self) -> BatchLiveDisplay:
         self.live.start()
         return self
 

@@ -96,13 +96,14 @@ def status(ctx: click.Context, job: str | None, as_json: bool) -> None:
     type=click.IntRange(0, 2**63 - 1),  # SQLite's integers: larger was an OverflowError
     help="Most recent jobs to show.",
 )
+@click.option("--batch", help="Only the jobs of this batch (run --inputs).")
 @click.pass_context
-def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
+def jobs(ctx: click.Context, as_json: bool, limit: int, batch: str | None) -> None:
     """List jobs, most recent first.
 
     Example: steplog jobs --limit 10
     """
-    rows = queries.jobs(store_for(ctx), limit)
+    rows = queries.jobs(store_for(ctx), limit, batch)
     if as_json:
         echo_json(rows)
         return

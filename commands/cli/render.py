@@ -135,6 +135,8 @@ def print_manifest(console: Console, state: JobState, *, historical: bool = Fals
             f"events {state.version}"
         )
     )
+    if state.batch is not None:
+        console.print(line("batch ", state.batch))
     for name, value in state.inputs.items():
         console.print(line(f"input {name}: ", _value(value)))
     console.print(

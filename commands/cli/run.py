@@ -101,8 +101,33 @@ def _run_prepared(
 @cli.command()
 @click.argument("pipeline", type=click.Path(path_type=Path))
 @inputs_option
-@click.option("--job-id", help="Name the job (default: job_<utc time>_<random>).")
-@workspace_option("Where files are written (default: runs/<job_id>).")
+@click.option(
+    "--job-id",
+    help="Name the job (default: job_<utc time>_<random>); with --inputs, the prefix of the "
+    "ids of rows without an id column (PREFIX + row number).",
+)
+@workspace_option(
+    "Where files are written (default: runs/<job_id>); with --inputs, the directory holding "
+    "each job's own <job_id>/."
+)
+@click.option(
+    "--inputs",
+    "inputs_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Run a batch: one job per row of FILE (.jsonl or .csv); --input values are defaults "
+    "each row may override.",
+)
+@click.option(
+    "--jobs",
+    "jobs",
+    type=click.IntRange(1, 1024),
+    help="With --inputs: how many jobs run at once (default 4).",
+)
+@click.option(
+    "--batch",
+    "batch",
+    help="With --inputs: name the batch (default: batch_<utc time>_<random>).",
+)
 @click.option(
     "--overwrite",
     is_flag=True,
@@ -118,6 +143,9 @@ def run(
     inputs: tuple[str, ...],
     job_id: str | None,
     workspace: Path | None,
+    inputs_file: Path | None,
+    jobs: int | None,
+    batch: str | None,
     overwrite: bool,
     quiet: bool,
     ignore_breaker: bool,
@@ -125,8 +153,30 @@ def run(
 ) -> None:
     """Run PIPELINE (a TOML file) as a new job.
 
+    With --inputs FILE, run one job per row of FILE, at most --jobs at once, and end with
+    a summary of the batch.
+
     Example: steplog run examples/factory/pipeline.toml --input idea="a todo CLI"
     """
+    if inputs_file is not None:
+        from steplog.commands.batch import BatchCommand
+        from steplog.commands.cli.batch import run_batch_verb
+
+        command = BatchCommand(
+            pipeline_path=pipeline,
+            inputs_file=inputs_file,
+            inputs=parse_inputs(inputs),
+            job_id_prefix=job_id,
+            batch=batch,
+            workspace=workspace,
+            ignore_breaker=ignore_breaker,
+            overwrite=overwrite,
+        )
+        run_batch_verb(ctx, command, jobs=jobs, quiet=quiet, grace_s=grace_s)
+        return
+    for given, name in ((jobs, "--jobs"), (batch, "--batch")):
+        if given is not None:
+            raise click.UsageError(f"{name} is for a batch: give it with --inputs FILE")
     cmd = RunCommand(
         pipeline_path=pipeline,
         inputs=parse_inputs(inputs),
