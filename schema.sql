@@ -1,4 +1,4 @@
--- steplog schema, version 6.
+-- steplog schema, version 7.
 --
 -- The single definition of the database. Applied at open (one transaction) to an empty file;
 -- the schema version lives in PRAGMA user_version and in steplog_meta, set by the code that

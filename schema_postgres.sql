@@ -1,4 +1,4 @@
--- steplog schema for PostgreSQL, version 3.
+-- steplog schema for PostgreSQL, version 4.
 --
 -- The single definition of the PostgreSQL store's schema (steplog.eventstore.postgres), the
 -- counterpart of schema.sql with the same table, view and column names. Applied at open, in

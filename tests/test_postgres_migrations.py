@@ -326,7 +326,7 @@ def test_the_upgraded_databases_views_answer_as_sqlites_and_verify_passes(v1_url
     assert summary == [("first", "succeeded", 6, 0), ("second", "failed", 2, 3)]
     report = verify_database(v1_url)
     assert report.ok, [p.line() for p in report.problems]
-    assert (report.schema_version, report.events) == (3, 62)
+    assert (report.schema_version, report.events) == (SCHEMA_VERSION, 62)
 
 
 def test_an_upgraded_database_has_exactly_the_schema_of_a_new_one(v1_url, pg_url):
@@ -417,9 +417,9 @@ def test_a_role_that_may_append_but_not_change_the_schema_is_refused_the_upgrade
 
 def test_a_newer_schema_is_refused_and_left_as_it_is(pg_url):
     open_store(pg_url).close()
-    query(pg_url, "UPDATE steplog_meta SET value = '4' WHERE key = 'schema_version'")
+    query(pg_url, "UPDATE steplog_meta SET value = '5' WHERE key = 'schema_version'")
     before = catalog(pg_url)
-    with pytest.raises(DatabaseUnusable, match=r"newer steplog \(schema 4; this steplog knows up"):
+    with pytest.raises(DatabaseUnusable, match=r"newer steplog \(schema 5; this steplog knows up"):
         open_store(pg_url)
     assert catalog(pg_url) == before
 
@@ -529,7 +529,7 @@ class TestSQLiteMigrationRace(MigrationRace):
 
 
 class TestPostgresMigrationRace(MigrationRace):
-    versions_after_upgrade = [1, 2, 3]
+    versions_after_upgrade = list(range(1, SCHEMA_VERSION + 1))
     cluster: Any = None
 
     @pytest.fixture(autouse=True, scope="class")
@@ -562,7 +562,7 @@ def test_verify_reports_an_older_schema_and_does_not_upgrade_it(v1_url):
     report = verify_database(v1_url)
     assert not report.ok and report.schema_version == 1
     assert any(
-        p.check == "schema" and "schema version is 1, this steplog expects 3" in p.message
+        p.check == "schema" and "schema version is 1, this steplog expects 4" in p.message
         for p in report.problems
     ), [p.line() for p in report.problems]
     again = verify_database(v1_url)
