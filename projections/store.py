@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from steplog.eventstore.record import EventStore
     from steplog.projections.breaker import BreakerRow
     from steplog.projections.cache import CacheEntry
+    from steplog.projections.flights import FlightRow
     from steplog.projections.tables import TableProjection
 
 
@@ -82,3 +83,21 @@ def table_rows(store: EventStore, projection: TableProjection) -> Iterable[tuple
 def rebuild(store: EventStore) -> int:
     """Drop the projection tables' rows and refold them from seq 0; returns events folded."""
     return tables_of(store).rebuild(store)
+
+
+def in_flight(store: EventStore, conn: Any, endpoint: str, cache_key: str) -> list[FlightRow]:
+    """The calls_in_flight rows of an endpoint and of a cache key, on `conn` (a write
+    transaction's, or a reading one)."""
+    return tables_of(store).in_flight(conn, endpoint, cache_key)
+
+
+def recent_requests(
+    store: EventStore, conn: Any, endpoint: str, since: str, limit: int
+) -> list[str]:
+    """ts of the endpoint's llm.requests at or after `since`, newest first, at most `limit`."""
+    return tables_of(store).recent_requests(conn, endpoint, since, limit)
+
+
+def cache_entry_on(store: EventStore, conn: Any, cache_key: str) -> CacheEntry | None:
+    """cache_entry on the caller's connection (inside its write transaction)."""
+    return tables_of(store).cache_lookup(conn, cache_key)

@@ -59,21 +59,21 @@ def test_the_checked_in_database_is_at_schema_1():
 def test_opening_a_schema_1_database_upgrades_it_and_records_the_migration(v1, tmp_path):
     events_before = rows(v1, "SELECT * FROM events ORDER BY seq")
     open_store(v1).close()
-    assert rows(v1, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(5,)]
-    assert rows(v1, "SELECT value FROM steplog_meta") == [("5",)]
+    assert rows(v1, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(6,)]
+    assert rows(v1, "SELECT value FROM steplog_meta") == [("6",)]
     applied = rows(v1, "SELECT * FROM schema_migrations ORDER BY version")
-    assert [v for v, _, _ in applied] == [2, 3, 4, 5]
+    assert [v for v, _, _ in applied] == [2, 3, 4, 5, 6]
     assert len({ts for _, ts, _ in applied}) == 1 and applied[0][1].endswith("Z")  # one transaction
-    description2, description3, description4, description5 = [d for _, _, d in applied]
-    assert "audit views" in description2 and "cache_refused" in description3
-    assert "unanswered" in description4 and "reserve" in description5
+    d2, d3, d4, d5, d6 = [d for _, _, d in applied]
+    assert "audit views" in d2 and "cache_refused" in d3
+    assert "unanswered" in d4 and "reserve" in d5 and "calls_in_flight" in d6
     assert rows(v1, "SELECT * FROM events ORDER BY seq") == events_before
     # the upgraded file has exactly the schema of a new one
     fresh = tmp_path / "new.db"
     open_store(fresh).close()
     assert schema_of(v1) == schema_of(fresh)
     open_store(v1).close()  # a second open applies nothing
-    assert len(rows(v1, "SELECT * FROM schema_migrations")) == 4
+    assert len(rows(v1, "SELECT * FROM schema_migrations")) == 5
 
 
 def test_every_view_answers_on_the_upgraded_database(v1):
@@ -149,6 +149,7 @@ def test_stores_opening_an_old_database_at_once_migrate_it_once(v1):
         (3,),
         (4,),
         (5,),
+        (6,),
     ]
 
 
