@@ -6,16 +6,22 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
 
 from steplog.eventstore import sqlite as store_module
 from steplog.eventstore.record import DatabaseUnusable
 from steplog.eventstore.sqlite import SCHEMA_VERSION, migrations
+from steplog.projections import flights
 from steplog.projections.store import open_store
+from steplog.projections.tables import SQLITE
+from tests.strategies import append_batches, interleaved_batches
 
 V1 = Path(__file__).parent / "data" / "schema_v1.db"
 VIEWS = ("llm_calls", "step_runs", "file_writes", "cache_stats", "job_summary")
@@ -158,3 +164,27 @@ def test_migrations_file_covers_every_version_up_to_the_current():
     assert sorted(found) == list(range(2, SCHEMA_VERSION + 1))
     # a section with no statement only re-creates the views, and says so
     assert all(statements or "views only" in what for what, statements in found.values())
+
+
+@settings(max_examples=15, deadline=None)
+@given(interleaved_batches(max_jobs=3))
+def test_migration_6_folds_the_calls_a_schema_5_history_left_in_flight(batches):
+    """A schema-5 file whose history holds calls never answered (a process killed mid-call)
+    gets them as calls_in_flight rows, exactly as the fold has them; answered calls, offline
+    calls and the calls of a job that ended leave none."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "old.db"
+        with closing(open_store(db)) as store:
+            append_batches(store, batches)
+            expected = flights.project(store.read_all())
+        conn = sqlite3.connect(db)
+        with conn:  # back to schema 5: no table, no index, no record of migration 6
+            conn.execute("DROP TABLE calls_in_flight")
+            conn.execute("DROP INDEX events_llm_requests")
+            conn.execute("DELETE FROM schema_migrations WHERE version = 6")
+            conn.execute("UPDATE steplog_meta SET value = '5' WHERE key = 'schema_version'")
+            conn.execute("PRAGMA user_version = 5")
+        conn.close()
+        with closing(open_store(db)) as upgraded:
+            assert SQLITE.read_flights_table(upgraded.conn) == expected
+        assert rows(db, "PRAGMA user_version") == [(6,)]
