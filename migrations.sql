@@ -96,3 +96,41 @@ WHERE status = 'created'
 ALTER TABLE jobs ADD COLUMN batch TEXT;
 
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;
+
+-- migration 8: calls_in_flight and an index of llm.requests, for shared limits and single flight
+CREATE TABLE IF NOT EXISTS calls_in_flight (
+    job_id    TEXT    NOT NULL,
+    step      TEXT    NOT NULL,
+    endpoint  TEXT    NOT NULL,
+    cache_key TEXT    NOT NULL,
+    attempt   INTEGER NOT NULL,
+    owner     TEXT,
+    ts        TEXT    NOT NULL,
+    seq       INTEGER NOT NULL,
+    PRIMARY KEY (job_id, step)
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS calls_in_flight_endpoint ON calls_in_flight (endpoint);
+CREATE INDEX IF NOT EXISTS calls_in_flight_cache_key ON calls_in_flight (cache_key);
+
+-- An endpoint's latest llm.requests, for requests_per_minute across processes; partial, so
+-- only llm.request rows are indexed (projections/sql_tables.py `recent`, its one query).
+CREATE INDEX IF NOT EXISTS events_llm_requests
+    ON events (json_extract(data, '$.endpoint'), ts)
+    WHERE type = 'llm.request';
+
+-- The calls the history leaves in flight: the fold of projections/flights.py, in SQL.
+INSERT INTO calls_in_flight (job_id, step, endpoint, cache_key, attempt, owner, ts, seq)
+SELECT r.job_id, r.step, json_extract(r.data, '$.endpoint'), json_extract(r.data, '$.cache_key'),
+       coalesce(json_extract(r.data, '$.attempt'), 1), json(json_extract(r.data, '$.owner')),
+       r.ts, r.seq
+FROM events AS r
+WHERE r.type = 'llm.request' AND r.step IS NOT NULL
+  AND json_type(r.data, '$.endpoint') = 'text'
+  AND NOT EXISTS (
+      SELECT 1 FROM events AS later
+      WHERE later.job_id = r.job_id AND later.seq > r.seq
+        AND (later.type IN ('job.succeeded', 'job.failed', 'job.interrupted', 'job.cancelled',
+                            'job.resumed', 'job.forked')
+             OR (later.type IN ('llm.request', 'llm.response') AND later.step = r.step
+                 AND json_type(later.data, '$.endpoint') = 'text')));

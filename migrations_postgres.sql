@@ -57,3 +57,44 @@ WHERE status = 'created'
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS batch text;
 
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;
+
+-- migration 5: calls_in_flight and an index of llm.requests, for shared limits and single flight
+-- Projection: one row per call in flight (an llm.request with an endpoint, until its answer or
+-- its job's end, resume or fork); owner: the llm.request's owner as JSON text.
+CREATE TABLE IF NOT EXISTS calls_in_flight (
+    job_id    text   NOT NULL,
+    step      text   NOT NULL,
+    endpoint  text   NOT NULL,
+    cache_key text   NOT NULL,
+    attempt   bigint NOT NULL,
+    owner     text,
+    ts        text   NOT NULL,
+    seq       bigint NOT NULL,
+    PRIMARY KEY (job_id, step)
+);
+
+CREATE INDEX IF NOT EXISTS calls_in_flight_endpoint ON calls_in_flight (endpoint);
+CREATE INDEX IF NOT EXISTS calls_in_flight_cache_key ON calls_in_flight (cache_key);
+
+-- An endpoint's latest llm.requests, for requests_per_minute across processes; partial.
+CREATE INDEX IF NOT EXISTS events_llm_requests
+    ON events ((data ->> 'endpoint'), ts)
+    WHERE type = 'llm.request';
+
+-- The calls the history leaves in flight: the fold of projections/flights.py, in SQL.
+INSERT INTO calls_in_flight (job_id, step, endpoint, cache_key, attempt, owner, ts, seq)
+SELECT r.job_id, r.step, r.data ->> 'endpoint', r.data ->> 'cache_key',
+       coalesce((r.data ->> 'attempt')::bigint, 1),
+       CASE WHEN json_typeof(r.data -> 'owner') = 'object' THEN (r.data -> 'owner')::text END,
+       r.ts, r.seq
+FROM events AS r
+WHERE r.type = 'llm.request' AND r.step IS NOT NULL
+  AND json_typeof(r.data -> 'endpoint') = 'string'
+  AND NOT EXISTS (
+      SELECT 1 FROM events AS later
+      WHERE later.job_id = r.job_id AND later.seq > r.seq
+        AND (later.type IN ('job.succeeded', 'job.failed', 'job.interrupted', 'job.cancelled',
+                            'job.resumed', 'job.forked')
+             OR (later.type IN ('llm.request', 'llm.response') AND later.step = r.step
+                 AND json_typeof(later.data -> 'endpoint') = 'string')))
+ON CONFLICT (job_id, step) DO NOTHING;

@@ -1,4 +1,4 @@
--- steplog schema, version 7.
+-- steplog schema, version 8.
 --
 -- The single definition of the database. Applied at open (one transaction) to an empty file;
 -- the schema version lives in PRAGMA user_version and in steplog_meta, set by the code that
@@ -7,7 +7,7 @@
 --
 -- `events` is the source of truth. Everything else is either content (`blobs`, immutable) or a
 -- projection kept in the same transaction as the append (`jobs`, `cache_index`, `cache_refused`,
--- `breakers`, `workers`) that can be dropped and rebuilt from `events` at any time.
+-- `breakers`, `workers`, `calls_in_flight`) that can be dropped and rebuilt from `events` at any time.
 
 CREATE TABLE IF NOT EXISTS steplog_meta (
     key   TEXT PRIMARY KEY,
@@ -164,6 +164,32 @@ CREATE TABLE IF NOT EXISTS workers (
 
 -- Workers look for queued jobs and running ones whose owner may be gone: by status.
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
+
+-- Projection: one row per call in flight (an llm.request of a provider with an endpoint, until
+-- its llm.response; its job ending, resuming or being forked clears the job's rows), shared by
+-- every process using this file. Equal to projections.flights.project over all events; tested.
+-- The shared limits count an endpoint's rows, single flight looks a cache key up; a row whose
+-- owner (JSON: pid, host, started) is dead no longer counts (executor/flights.py decides).
+CREATE TABLE IF NOT EXISTS calls_in_flight (
+    job_id    TEXT    NOT NULL,
+    step      TEXT    NOT NULL,
+    endpoint  TEXT    NOT NULL,
+    cache_key TEXT    NOT NULL,
+    attempt   INTEGER NOT NULL,
+    owner     TEXT,
+    ts        TEXT    NOT NULL,
+    seq       INTEGER NOT NULL,
+    PRIMARY KEY (job_id, step)
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS calls_in_flight_endpoint ON calls_in_flight (endpoint);
+CREATE INDEX IF NOT EXISTS calls_in_flight_cache_key ON calls_in_flight (cache_key);
+
+-- An endpoint's latest llm.requests, for requests_per_minute across processes; partial, so
+-- only llm.request rows are indexed (projections/sql_tables.py `recent`, its one query).
+CREATE INDEX IF NOT EXISTS events_llm_requests
+    ON events (json_extract(data, '$.endpoint'), ts)
+    WHERE type = 'llm.request';
 
 -- Migrations and audit views -------------------------------------------------------------------
 

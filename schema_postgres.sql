@@ -1,4 +1,4 @@
--- steplog schema for PostgreSQL, version 4.
+-- steplog schema for PostgreSQL, version 5.
 --
 -- The single definition of the PostgreSQL store's schema (steplog.eventstore.postgres), the
 -- counterpart of schema.sql with the same table, view and column names. Applied at open, in
@@ -11,7 +11,7 @@
 --
 -- `events` is the source of truth. Everything else is either content (`blobs`, immutable), the
 -- store's bookkeeping (`streams`) or a projection kept in the same transaction as the append
--- (`jobs`, `cache_index`, `cache_refused`, `breakers`, `workers`) that can be rebuilt from `events`; the
+-- (`jobs`, `cache_index`, `cache_refused`, `breakers`, `workers`, `calls_in_flight`) that can be rebuilt from `events`; the
 -- audit views at the end read `events` (and `jobs`, `streams`) only.
 --
 -- The whole file is sent as one script (PostgreSQL splits it itself; function bodies hold ';').
@@ -171,6 +171,28 @@ CREATE TABLE workers (
 
 -- Workers look for queued jobs and running ones whose owner may be gone: by status.
 CREATE INDEX jobs_by_status ON jobs (status);
+
+-- Projection: one row per call in flight (an llm.request with an endpoint, until its answer or
+-- its job's end, resume or fork); owner: the llm.request's owner as JSON text.
+CREATE TABLE calls_in_flight (
+    job_id    text   NOT NULL,
+    step      text   NOT NULL,
+    endpoint  text   NOT NULL,
+    cache_key text   NOT NULL,
+    attempt   bigint NOT NULL,
+    owner     text,
+    ts        text   NOT NULL,
+    seq       bigint NOT NULL,
+    PRIMARY KEY (job_id, step)
+);
+
+CREATE INDEX calls_in_flight_endpoint ON calls_in_flight (endpoint);
+CREATE INDEX calls_in_flight_cache_key ON calls_in_flight (cache_key);
+
+-- An endpoint's latest llm.requests, for requests_per_minute across processes; partial.
+CREATE INDEX events_llm_requests
+    ON events ((data ->> 'endpoint'), ts)
+    WHERE type = 'llm.request';
 
 -- One row per schema change applied to this database: the version it created or upgraded to.
 CREATE TABLE schema_migrations (

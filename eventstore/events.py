@@ -232,6 +232,9 @@ class LLMRequested(EventData):
     # without a budget and in events written before schema 5.
     tokens_reserved: int | None = Field(default=None, ge=0)
     cost_reserved: float | None = Field(default=None, ge=0)
+    # The process making the call: while it lives the call holds a place under the endpoint's
+    # shared limits and its cache key (calls_in_flight); null in events written before schema 6.
+    owner: Owner | None = None
 
 
 class LLMResponded(EventData):
@@ -394,14 +397,18 @@ class CircuitClosed(EventData):
 
 
 class StepWaiting(EventData):
-    """The step had to wait for its provider's concurrency or rate limit (only when it did)."""
+    """The step had to wait: for its provider's concurrency or rate limit, its budget, or another
+    job's call for the same cache key (in_flight) whose answer it then reuses (only when it did)."""
 
     TYPE = "step.waiting"
     LEVEL = "DEBUG"
     provider: str
-    reason: Literal["concurrency", "rate_limit", "budget"]
+    reason: Literal["concurrency", "rate_limit", "budget", "in_flight"]
     limit: float = Field(description="max_concurrency, requests_per_minute, or the budget limit")
     wait_s: float | None = Field(default=None, description="known in advance for rate limits")
+    # in_flight: another job's call for the same cache key, whose answer this step will reuse
+    following_job: str | None = None
+    following_step: str | None = None
 
 
 class BudgetExceeded(EventData):

@@ -85,7 +85,7 @@ logging.getLogger("psycopg").addHandler(logging.NullHandler())
 if TYPE_CHECKING:  # the event models import pydantic; the store only reads their JSON
     from steplog.eventstore.events import NewEvent
 
-SCHEMA_VERSION = 4  # schema_postgres.sql's own count, apart from SQLite's
+SCHEMA_VERSION = 5  # schema_postgres.sql's own count, apart from SQLite's
 SCHEMA_PATH = sql_file("schema_postgres.sql")
 MIGRATIONS_PATH = sql_file("migrations_postgres.sql")
 APPLICATION = "steplog"

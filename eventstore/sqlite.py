@@ -36,7 +36,7 @@ from steplog.eventstore.record import (
 if TYPE_CHECKING:  # the event models import pydantic; the store only reads their JSON
     from steplog.eventstore.events import NewEvent
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 MEMORY = ":memory:"  # the path of a store without a file (SQLite's own name for it)
 APPLICATION_ID = 0x53544C47  # "STLG": marks the file as steplog's
 

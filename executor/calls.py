@@ -1,9 +1,12 @@
 """The call path: one step's provider call, with retries, the budget, limits and breakers.
 
-Before each attempt: a slot under the provider's concurrency and rate limits (step.waiting
-when the step had to wait), the job's budget, the endpoint's circuit breaker (breakers.py); a
-refusal fails the step without an llm.request. Every attempt is an llm.request committed
-before the call and an llm.response after it.
+Before each attempt: a slot under the provider's concurrency and rate limits in this process
+(step.waiting when the step had to wait), the job's budget, the endpoint's circuit breaker
+(breakers.py); a refusal fails the step without an llm.request. Then, for a provider with an
+endpoint, the admission transaction (flights.py): the same limits across every process on the
+store, and single flight on the cache key (another live call for the key: wait for its answer
+and reuse it, Served, or take the call over if it fails or its owner dies). Every attempt is
+an llm.request committed before the call and an llm.response after it.
 """
 
 from __future__ import annotations
@@ -22,14 +25,18 @@ from steplog.eventstore.events import (
     LLMRequested,
     LLMResponded,
     NewEvent,
+    Owner,
     StepRetrying,
     StepWaiting,
 )
 from steplog.eventstore.record import blob_sha256
 from steplog.executor import budget, cachekey
+from steplog.executor.admission import Admit, Decision, Serve, SharedLimits, Wait
 from steplog.executor.breakers import Breakers, breaker_endpoint
 from steplog.executor.budget import Ledger, Reservation, Spend
+from steplog.executor.flights import MAX_WAIT_S, Liveness, Served, SharedCalls, default_alive
 from steplog.executor.joblog import JobLog
+from steplog.executor.ownership import current_owner
 from steplog.executor.pipeline import Pipeline
 from steplog.executor.scheduler import Scheduler
 from steplog.providers.backoff import RetryPolicy
@@ -50,6 +57,9 @@ from steplog.providers.registry import build_provider
 # nothing to protect, so no limiter (entering one costs a trip through the event loop per call).
 DEFAULT_CONCURRENCY: dict[str, int | None] = {"offline": None}
 DEFAULT_MAX_CONCURRENCY = 4
+# Tries of the admission transaction for one attempt; each try after the first follows a wait
+# (bounded by MAX_WAIT_S) or a peek that found the answer changed.
+MAX_ADMISSION_TRIES = 10_000
 
 
 def retry_policy(config: ProviderConfig) -> RetryPolicy:
@@ -95,12 +105,17 @@ class ProviderCalls:
         ignore_breaker: bool,
         clock: Callable[[], float],
         rng: random.Random,
+        owner: Owner | None = None,
+        alive: Liveness = default_alive,
     ) -> None:
         self.log = log
         self.pipeline = pipeline
         self.scheduler = scheduler
         self.rng = rng
         self.breakers = Breakers(log, ignore_breaker=ignore_breaker, clock=clock)
+        # who makes this run's calls (recorded in llm.request), and who still counts as alive
+        self.owner = owner or current_owner()
+        self.shared = SharedCalls(log, clock=clock, alive=alive, owner=self.owner)
         self.providers: dict[str, Provider] = {}
         self.limiters: dict[str, anyio.CapacityLimiter] = {}
         self.gates: dict[str, RateGate] = {}
@@ -128,31 +143,57 @@ class ProviderCalls:
                 self.limiters[name] = anyio.CapacityLimiter(limit)
             if config.requests_per_minute:
                 self.gates[name] = RateGate(config.requests_per_minute)
+        if remote and self.log.store.notifies:  # waiters are woken by the store's NOTIFY
+            wakeup = self.shared.wakeup
+            waker = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(waker.cancel_scope.cancel)  # runs first: then the group exits
+            waker.start_soon(wakeup.run)
+            wakeup.running = True
 
     async def call(
-        self, name: str, request: LLMRequest, key: str, head: list[NewEvent]
+        self,
+        name: str,
+        request: LLMRequest,
+        key: str,
+        head: list[NewEvent],
+        miss: NewEvent | None = None,
     ) -> tuple[str, list[NewEvent], list[bytes]]:
         """Call the provider with retries; every attempt is a request/response pair in the log.
 
-        `head` is the step's events not committed yet. Failed attempts are committed here (with
-        any breaker transition they cause); the successful llm.response is returned uncommitted
-        (with its blob) so the caller commits it with whatever the answer settles, unless it
-        closes the endpoint's breaker: then it is committed here, with the close.
+        `head` is the step's events not committed yet; `miss`, its cache.miss, is committed with
+        the first llm.request (or with a refusal), not with a step.waiting: a step that waited
+        and was then served another job's answer (Served) records a cache.hit, no miss. Failed
+        attempts are committed here (with any breaker transition they cause); the successful
+        llm.response is returned uncommitted (with its blob) so the caller commits it with
+        whatever the answer settles, unless it closes the endpoint's breaker: then it is
+        committed here, with the close.
         """
         config = self.pipeline.provider_for(name)
         provider = self.providers[self.pipeline.spec.steps[name].provider]
         policy = retry_policy(config)
         endpoint = breaker_endpoint(config)
+        limits = SharedLimits(config.max_concurrency, config.requests_per_minute)
         price = self.pipeline.spec.prices.get(request.model)
         blob = prompt_blob(request)
         prompt_sha = blob_sha256(blob)
         prompt_tokens = len(request.prompt.split()) + len((request.system or "").split())
         estimate = budget.estimate(prompt_tokens, request.options, price)
         pending = list(head)  # this step's events not committed yet
+        held: list[NewEvent] = [miss] if miss is not None else []  # the cache.miss, held back
         blobs: list[bytes] = [blob]
+        waited: list[bool] = [False]  # this attempt recorded its step.waiting
 
         async def note(data: EventData) -> None:
-            """Commit an event now, after the step's pending ones."""
+            """Commit an event now, after the step's pending ones (and its cache.miss)."""
+            await self.log.commit([*pending, *held, NewEvent.of(data, name)])
+            pending.clear()
+            held.clear()
+
+        async def note_wait(data: StepWaiting) -> None:
+            """step.waiting, once per attempt; the cache.miss stays held back."""
+            if waited[0]:
+                return
+            waited[0] = True
             await self.log.commit([*pending, NewEvent.of(data, name)])
             pending.clear()
 
@@ -162,8 +203,9 @@ class ProviderCalls:
 
         for call in range(1, policy.max_attempts + 1):
             failed: Exception | None = None
-            async with self._slot(provider.name, config, note):
-                await self._budget_room(request, provider.name, estimate, note)
+            waited[0] = False
+            async with self._slot(provider.name, config, note_wait):
+                await self._budget_room(request, provider.name, estimate, note, note_wait)
                 # reserved at once, so a parallel step's check sees this call's estimate
                 reservation = self.ledger.reserve(estimate)
                 try:
@@ -171,13 +213,14 @@ class ProviderCalls:
                         if not self.breakers.is_closed(endpoint):
                             # admit may claim the half-open probe for this attempt: its
                             # step.started goes first
-                            await self.log.commit(pending)
+                            await self.log.commit([*pending, *held])
                             pending.clear()
+                            held.clear()
                     try:
                         await self.breakers.admit(name, provider.name, endpoint, config)
                     except CircuitOpen as exc:
-                        if pending:
-                            await self.log.commit(pending)
+                        if pending or held:
+                            await self.log.commit([*pending, *held])
                         raise CallFailed(str(exc), exc.error_class) from exc
                     requested = LLMRequested(
                         provider=provider.name,
@@ -188,27 +231,43 @@ class ProviderCalls:
                         cache_key=key,
                         prompt_sha256=prompt_sha,
                         endpoint=endpoint,
+                        owner=self.owner if endpoint is not None else None,
                         **self._reserved_fields(reservation),
                     )
-                    # In flight from here: a stop that finds this llm.request committed (or
-                    # being committed) lets the call run its grace period instead of cutting it.
-                    with self.scheduler.calling(name):
-                        await self.log.commit([*pending, NewEvent.of(requested, name)], blobs)
-                        pending.clear()
-                        blobs = []
-                        t = time.monotonic()
-                        try:
-                            result: LLMResult = await provider.complete(request)
-                        except Exception as exc:  # judged below, once the slot is free
-                            failed = exc
-                        else:
-                            try:
-                                response = result.text.encode("utf-8")
-                            except UnicodeEncodeError as exc:  # e.g. a lone "\ud800" JSON escape
-                                failed = ProviderBadResponse(
-                                    f"the answer is not valid Unicode text ({exc.reason})",
-                                    provider=provider.name,
+
+                    def batch() -> list[NewEvent]:
+                        # built when admitted: the llm.request's ts is when it was admitted
+                        return [*pending, *held, NewEvent.of(requested, name)]  # noqa: B023
+
+                    for _ in range(MAX_ADMISSION_TRIES):
+                        decision: Decision = Admit()
+                        # In flight from here: a stop that finds this llm.request committed (or
+                        # being committed) lets the call run its grace period instead of cutting
+                        # it. The admission transaction is synchronous: nothing runs between it
+                        # and entering `calling`.
+                        with self.scheduler.calling(name):
+                            if endpoint is not None:
+                                decision = self.shared.try_admit(
+                                    name, endpoint, key, limits, batch, blobs
                                 )
+                            else:
+                                await self.log.commit(batch(), blobs)
+                            if isinstance(decision, Admit):
+                                self.shared.returned.discard(name)
+                                pending.clear()
+                                held.clear()
+                                blobs = []
+                                t = time.monotonic()
+                                failed, result, response = await self._complete(provider, request)
+                                self.shared.returned.add(name)
+                                break
+                        assert endpoint is not None
+                        await self._not_admitted(name, provider.name, endpoint, key, limits,
+                                                 decision, pending, note_wait)  # fmt: skip
+                    else:
+                        if pending or held:
+                            await self.log.commit([*pending, *held])
+                        raise CallFailed("no place under the shared limits", "limit_wait")
                 finally:
                     self._release(reservation)
             duration = round(time.monotonic() - t, 6)
@@ -276,6 +335,7 @@ class ProviderCalls:
                 )
                 await self.log.commit([NewEvent.of(failure, name)])
                 raise CallFailed(error, "internal_error") from failed
+            assert result is not None and response is not None
             spent = cost(result.tokens_in, result.tokens_out)
             answered = LLMResponded(
                 provider=provider.name,
@@ -303,12 +363,65 @@ class ProviderCalls:
             return result.text, [event], [response]
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    async def _complete(
+        self, provider: Provider, request: LLMRequest
+    ) -> tuple[Exception | None, LLMResult | None, bytes | None]:
+        """The provider's answer (and its UTF-8), or the exception it raised."""
+        try:
+            result: LLMResult = await provider.complete(request)
+        except Exception as exc:  # judged by the caller, once the slot is free
+            return exc, None, None
+        try:
+            return None, result, result.text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # e.g. a lone "\ud800" JSON escape
+            bad = ProviderBadResponse(
+                f"the answer is not valid Unicode text ({exc.reason})", provider=provider.name
+            )
+            return bad, None, None
+
+    async def _not_admitted(
+        self,
+        step: str,
+        provider: str,
+        endpoint: str,
+        key: str,
+        limits: SharedLimits,
+        decision: Decision,
+        pending: list[NewEvent],
+        note_wait: Callable[[StepWaiting], Awaitable[None]],
+    ) -> None:
+        """A call the admission transaction did not admit: raise Served when the key's answer
+        is committed, else record step.waiting (once) and wait until a new try may succeed."""
+        if isinstance(decision, Wait):
+            following = decision.following
+            await note_wait(
+                StepWaiting(
+                    provider=provider,
+                    reason=decision.reason,
+                    limit=decision.limit,
+                    wait_s=round(decision.wait_s, 3) if decision.wait_s is not None else None,
+                    following_job=following.job_id if following else None,
+                    following_step=following.step if following else None,
+                )
+            )
+            decision = await self.shared.until_changed(step, endpoint, key, limits, decision)
+            if isinstance(decision, Wait):
+                raise CallFailed(
+                    f"waited {MAX_WAIT_S:g} s for {decision.reason.replace('_', ' ')}"
+                    f" on {endpoint} (shared by every process on this store)",
+                    "limit_wait",
+                )
+        if isinstance(decision, Serve):
+            entry = self.shared.entry(key)
+            if entry is not None:
+                raise Served(entry, list(pending))
+
     @asynccontextmanager
     async def _slot(
         self,
         provider: str,
         config: ProviderConfig,
-        note: Callable[[EventData], Awaitable[None]],
+        note: Callable[[StepWaiting], Awaitable[None]],
     ) -> AsyncIterator[None]:
         """A place under the provider's concurrency and rate limits, for one attempt.
 
@@ -348,6 +461,7 @@ class ProviderCalls:
         provider: str,
         estimate: Spend,
         note: Callable[[EventData], Awaitable[None]],
+        note_wait: Callable[[StepWaiting], Awaitable[None]],
     ) -> None:
         """Return once the budget has room for this call; CallFailed when it never will.
 
@@ -370,7 +484,7 @@ class ProviderCalls:
             if not waited:
                 waited = True
                 limit = budget.limit_value(limits, over)
-                await note(StepWaiting(provider=provider, reason="budget", limit=limit))
+                await note_wait(StepWaiting(provider=provider, reason="budget", limit=limit))
             await released.wait()
 
     def _reserved_fields(self, reservation: Reservation) -> dict[str, Any]:

@@ -50,6 +50,12 @@ class JobLog:
         self.committed(stored)
         return stored
 
+    def flush(self) -> None:
+        """Commit now what steps have queued for the group commit: before a transaction of
+        one's own (an admission), so that the log keeps the order in which they were made."""
+        if self._committer is not None:
+            self._committer.flush()
+
     def append_txn(
         self, conn: sqlite3.Connection, events: list[NewEvent], blobs: Sequence[bytes] = ()
     ) -> list[StoredEvent]:

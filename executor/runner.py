@@ -13,10 +13,11 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Callable
 
-from steplog.eventstore.events import JobFailed, JobSucceeded, NewEvent
+from steplog.eventstore.events import JobFailed, JobSucceeded, NewEvent, Owner
 from steplog.eventstore.record import EventStore
 from steplog.executor.budget import Spend
 from steplog.executor.calls import DEFAULT_CONCURRENCY, DEFAULT_MAX_CONCURRENCY, ProviderCalls
+from steplog.executor.flights import Liveness, default_alive
 from steplog.executor.joblog import JobLog, Observer
 from steplog.executor.pipeline import Pipeline
 from steplog.executor.plan import Plan
@@ -41,6 +42,8 @@ class JobRunner:
         ignore_breaker: bool = False,
         clock: Callable[[], float] = time.time,
         last_written: dict[str, str] | None = None,
+        owner: Owner | None = None,
+        alive: Liveness = default_alive,
     ) -> None:
         self.log = JobLog(store, job_id, version=version, observer=observer)
         self.workspace = workspace
@@ -53,6 +56,8 @@ class JobRunner:
             ignore_breaker=ignore_breaker,
             clock=clock,
             rng=rng or random.Random(),
+            owner=owner,
+            alive=alive,
         )
         self.steps = StepRunner(
             self.log, pipeline, inputs, workspace, self.calls, last_written=last_written

@@ -26,12 +26,14 @@ from steplog.eventstore.record import blob_sha256, text_sha256
 from steplog.executor import explain, faults
 from steplog.executor.cachehistory import previous_run
 from steplog.executor.calls import CallFailed, ProviderCalls
+from steplog.executor.flights import Served
 from steplog.executor.joblog import JobLog
 from steplog.executor.outputs import OutputProblem, StepOutput, parse_output
 from steplog.executor.pipeline import Pipeline
 from steplog.executor.plan import Plan
 from steplog.executor.templates import TemplateProblem
 from steplog.executor.workspace import UnsafePath, safe_relative, write_file
+from steplog.projections.cache import CacheEntry
 from steplog.projections.store import cache_entry
 from steplog.providers.base import LLMRequest
 
@@ -118,17 +120,7 @@ class StepRunner:
         pending_blobs: list[bytes] = []
         if entry is not None:
             text = store.get_blob(entry.response_sha256).decode("utf-8")
-            hit = CacheHit(
-                cache_key=key,
-                response_sha256=entry.response_sha256,
-                origin_job=entry.origin_job,
-                origin_step=entry.origin_step,
-                tokens_saved=entry.tokens_in + entry.tokens_out,
-                parts=parts,
-                pipeline=self.pipeline.name,
-                detail=detail,
-            )
-            pending.append(NewEvent.of(hit, name))
+            pending.append(NewEvent.of(self._hit(entry, key, parts, detail), name))
             cache_hit = True
         else:
             request = LLMRequest(
@@ -150,13 +142,20 @@ class StepRunner:
                 detail=detail,
                 **explain.miss_fields(previous, key, parts, detail),
             )
-            pending.append(NewEvent.of(miss, name))
             try:
-                text, pending, pending_blobs = await self.calls.call(name, request, key, pending)
+                text, pending, pending_blobs = await self.calls.call(
+                    name, request, key, pending, NewEvent.of(miss, name)
+                )
+                cache_hit = False
+            except Served as served:  # another job's call for this key answered while it waited
+                entry = served.entry
+                text = store.get_blob(entry.response_sha256).decode("utf-8")
+                hit = self._hit(entry, key, parts, detail)
+                pending = [*served.pending, NewEvent.of(hit, name)]
+                cache_hit = True
             except CallFailed as exc:
                 await self._fail(name, [], exc.error, exc.error_type, attempt, t0)
                 return False
-            cache_hit = False
         try:
             output = parse_output(spec.output, text)
             for path in output.files:
@@ -198,6 +197,18 @@ class StepRunner:
         release()
         await self.log.commit(pending, [*pending_blobs, *output_blobs])
         return True
+
+    def _hit(self, entry: CacheEntry, key: str, parts: dict[str, str], detail: Any) -> CacheHit:
+        return CacheHit(
+            cache_key=key,
+            response_sha256=entry.response_sha256,
+            origin_job=entry.origin_job,
+            origin_step=entry.origin_step,
+            tokens_saved=entry.tokens_in + entry.tokens_out,
+            parts=parts,
+            pipeline=self.pipeline.name,
+            detail=detail,
+        )
 
     def _write_files(self, name: str, output: StepOutput, events: list[NewEvent]) -> None:
         """Write each file, appending its file.written to `events` as it lands."""

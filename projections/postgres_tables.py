@@ -8,17 +8,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from steplog.projections.leases import WORKER_COLUMNS
-from steplog.projections.sql_tables import BREAKER_COLUMNS, ProjectionSQL
+from steplog.projections.sql_tables import BREAKER_COLUMNS, FLIGHT_COLUMNS, ProjectionSQL
 from steplog.projections.tables import REBUILD_NEEDS, fold_tables
 
 if TYPE_CHECKING:
     from steplog.eventstore.postgres import PostgresEventStore
 
 
-POSTGRES = ProjectionSQL("%s")
+POSTGRES = ProjectionSQL("%s", "(data ->> 'endpoint')")
 PROJECTORS = POSTGRES.projectors
 breaker_row = POSTGRES.breaker_row
 cache_lookup = POSTGRES.cache_lookup
+in_flight = POSTGRES.in_flight
+recent_requests = POSTGRES.recent_requests
 latest_jobs = POSTGRES.latest_jobs
 batch_jobs = POSTGRES.batch_jobs
 all_rows = POSTGRES.all_rows
@@ -32,12 +34,15 @@ def rebuild(store: PostgresEventStore) -> int:
     """Empty the projection tables and refold them from seq 0, under the events lock (no
     append can land between the read and the rewrite); returns events folded."""
     with store.write_transaction() as conn:
-        rows, index, breakers, count, workers = fold_tables(store.read_all(data_for=REBUILD_NEEDS))
+        rows, index, breakers, in_flight, count, workers = fold_tables(
+            store.read_all(data_for=REBUILD_NEEDS)
+        )
         conn.execute("DELETE FROM jobs")
         conn.execute("DELETE FROM cache_index")
         conn.execute("DELETE FROM cache_refused")
         conn.execute("DELETE FROM breakers")
         conn.execute("DELETE FROM workers")
+        conn.execute("DELETE FROM calls_in_flight")
         with conn.cursor() as cur:
             with cur.copy(
                 "COPY jobs (job_id, pipeline, status, created_ts, batch) FROM STDIN"
@@ -61,4 +66,7 @@ def rebuild(store: PostgresEventStore) -> int:
             with cur.copy(f"COPY workers ({', '.join(WORKER_COLUMNS)}) FROM STDIN") as copy:
                 for worker in sorted(workers.values()):
                     copy.write_row(worker)
+            with cur.copy(f"COPY calls_in_flight ({FLIGHT_COLUMNS}) FROM STDIN") as copy:
+                for flight in sorted(in_flight.values()):
+                    copy.write_row(flight)
     return count

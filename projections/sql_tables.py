@@ -1,8 +1,10 @@
 """The projection tables' SQL, written once for both stores: the projectors that keep `jobs`,
-`cache_index`, `cache_refused` and `breakers` in each append's transaction, and the lookups.
+`cache_index`, `cache_refused`, `breakers` and `calls_in_flight` in each append's transaction,
+and the lookups.
 
 SQLite and PostgreSQL take the same statements here (upserts with ON CONFLICT); they differ in
-the parameter mark only, so each dialect is a ProjectionSQL built with its mark: projections
+the parameter mark and in how a field of `events.data` is read (the one statement that reads
+events), so each dialect is a ProjectionSQL built with its mark: projections
 .tables.SQLITE and projections.postgres_tables.POSTGRES. Each projector is the SQL form of a
 fold of this package; tests prove table == fold for any event sequence on both stores.
 """
@@ -15,13 +17,15 @@ from typing import Any, Callable, Sequence
 import orjson
 
 from steplog.eventstore.record import StoredEvent
-from steplog.projections import breaker, leases
+from steplog.projections import breaker, flights, leases
 from steplog.projections.breaker import BREAKER_EVENT_TYPES, BreakerRow, Breakers
 from steplog.projections.cache import CACHE_EVENT_TYPES, CacheEntry, CacheIndex
+from steplog.projections.flights import FlightRow, Flights
 from steplog.projections.leases import WORKER_COLUMNS, WORKER_EVENT_TYPES, WorkerRow, Workers
 from steplog.projections.manifest import JOB_STATUS_AFTER
 
 BREAKER_COLUMNS = "endpoint, status, failures, until, provider, seq"
+FLIGHT_COLUMNS = "job_id, step, endpoint, cache_key, attempt, owner, ts, seq"
 CACHE_COLUMNS = "cache_key, response_sha256, origin_job, origin_step, seq, tokens_in, tokens_out"
 _NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
@@ -40,7 +44,8 @@ def _many(conn: Any, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
 class ProjectionSQL:
     """The projectors and lookups with `mark` as the parameter mark (`?` or `%s`)."""
 
-    def __init__(self, mark: str) -> None:
+    def __init__(self, mark: str, endpoint_field: str) -> None:
+        """`endpoint_field`: the dialect's expression for data's endpoint, as its index has it."""
         self.mark = m = mark
         self.insert_job = (
             "INSERT INTO jobs (job_id, pipeline, status, created_ts, batch)"
@@ -95,11 +100,28 @@ class ProjectionSQL:
             f" ORDER BY s.last_seq DESC LIMIT {m}"
         )
         self.batch_size = f"SELECT count(*) FROM jobs WHERE batch = {m}"
+        self.put_flight = (
+            f"INSERT INTO calls_in_flight ({FLIGHT_COLUMNS})"
+            f" VALUES ({m}, {m}, {m}, {m}, {m}, {m}, {m}, {m})"
+            " ON CONFLICT (job_id, step) DO UPDATE SET endpoint = excluded.endpoint,"
+            " cache_key = excluded.cache_key, attempt = excluded.attempt,"
+            " owner = excluded.owner, ts = excluded.ts, seq = excluded.seq"
+        )
+        self.land_flight = f"DELETE FROM calls_in_flight WHERE job_id = {m} AND step = {m}"
+        self.clear_flights = f"DELETE FROM calls_in_flight WHERE job_id = {m}"
+        self.flights_on = f"SELECT {FLIGHT_COLUMNS} FROM calls_in_flight WHERE endpoint = {m}"
+        self.flights_for = f"SELECT {FLIGHT_COLUMNS} FROM calls_in_flight WHERE cache_key = {m}"
+        # the endpoint's latest requests, newest first, on the events_llm_requests index
+        self.recent = (
+            f"SELECT ts FROM events WHERE type = 'llm.request' AND {endpoint_field} = {m}"
+            f" AND ts >= {m} ORDER BY ts DESC LIMIT {m}"
+        )
         self.projectors: tuple[Projector, ...] = (
             self.project_jobs,
             self.project_cache,
             self.project_breakers,
             self.project_workers,
+            self.project_flights,
         )
 
     # -- the projectors, inside the append's transaction --------------------------------------
@@ -174,7 +196,35 @@ class ProjectionSQL:
         if touched:
             _many(conn, self.put_worker, [tuple(row) for row in touched.values()])
 
+    def project_flights(self, conn: Any, events: Sequence[StoredEvent]) -> None:
+        """`calls_in_flight` as projections.flights.apply folds it."""
+        for ev in events:
+            moved = flights.change(ev)
+            if moved is None:
+                continue
+            what, row = moved
+            if what == "clear":
+                conn.execute(self.clear_flights, (ev.job_id,))
+            elif what == "land":
+                conn.execute(self.land_flight, (ev.job_id, ev.step))
+            else:
+                conn.execute(self.put_flight, row)
+
     # -- lookups -------------------------------------------------------------------------------
+
+    def in_flight(self, conn: Any, endpoint: str, cache_key: str) -> list[FlightRow]:
+        """The calls in flight to `endpoint` and those (to any endpoint) for `cache_key`."""
+        rows = conn.execute(self.flights_on, (endpoint,)).fetchall()
+        rows += conn.execute(self.flights_for, (cache_key,)).fetchall()
+        return list({(r[0], r[1]): FlightRow(*r) for r in rows}.values())
+
+    def recent_requests(self, conn: Any, endpoint: str, since: str, limit: int) -> list[str]:
+        """ts of the endpoint's llm.requests at or after `since`, newest first, at most `limit`."""
+        return [r[0] for r in conn.execute(self.recent, (endpoint, since, limit)).fetchall()]
+
+    def read_flights_table(self, conn: Any) -> Flights:
+        rows = conn.execute(f"SELECT {FLIGHT_COLUMNS} FROM calls_in_flight").fetchall()
+        return {(r[0], r[1]): FlightRow(*r) for r in rows}
 
     def breaker_row(self, conn: Any, endpoint: str) -> BreakerRow | None:
         row = conn.execute(self.get_breaker, (endpoint,)).fetchone()

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from steplog.eventstore.record import EventStore
     from steplog.projections.breaker import BreakerRow
     from steplog.projections.cache import CacheEntry
+    from steplog.projections.flights import FlightRow
     from steplog.projections.leases import WorkerRow
     from steplog.projections.tables import TableProjection
 
@@ -119,3 +120,21 @@ def open_jobs(store: EventStore, limit: int) -> list[tuple[str, str]]:
     may claim, read from the `jobs` table by its status index."""
     tables = tables_of(store)
     return store.read(lambda conn: tables.open_jobs(conn, limit))
+
+
+def in_flight(store: EventStore, conn: Any, endpoint: str, cache_key: str) -> list[FlightRow]:
+    """The calls_in_flight rows of an endpoint and of a cache key, on `conn` (a write
+    transaction's, or a reading one)."""
+    return tables_of(store).in_flight(conn, endpoint, cache_key)
+
+
+def recent_requests(
+    store: EventStore, conn: Any, endpoint: str, since: str, limit: int
+) -> list[str]:
+    """ts of the endpoint's llm.requests at or after `since`, newest first, at most `limit`."""
+    return tables_of(store).recent_requests(conn, endpoint, since, limit)
+
+
+def cache_entry_on(store: EventStore, conn: Any, cache_key: str) -> CacheEntry | None:
+    """cache_entry on the caller's connection (inside its write transaction)."""
+    return tables_of(store).cache_lookup(conn, cache_key)

@@ -1,5 +1,5 @@
 """Projection tables kept in the append transaction (`jobs`, `cache_index`, `cache_refused`,
-`breakers`, `workers`): the registry verify refolds, the fold a rebuild writes back, and SQLite's dialect
+`breakers`, `workers`, `calls_in_flight`): the registry verify refolds, the fold a rebuild writes back, and SQLite's dialect
 (the statements are projections.sql_tables', with SQLite's `?`; its rebuild here).
 
 Each projector is the SQL form of a fold in this package; tests prove table == fold for any
@@ -15,21 +15,25 @@ import orjson
 
 from steplog.eventstore.record import StoredEvent
 from steplog.eventstore.sqlite import SQLiteEventStore
-from steplog.projections import breaker, cache, leases
+from steplog.projections import breaker, cache, flights, leases
 from steplog.projections.breaker import BREAKER_EVENT_TYPES, Breakers
 from steplog.projections.cache import CACHE_EVENT_TYPES, CacheIndex
+from steplog.projections.flights import FLIGHT_EVENT_TYPES, Flights
 from steplog.projections.leases import WORKER_COLUMNS, WORKER_EVENT_TYPES, Workers
 from steplog.projections.manifest import JOB_STATUS_AFTER
-from steplog.projections.sql_tables import BREAKER_COLUMNS, ProjectionSQL
+from steplog.projections.sql_tables import BREAKER_COLUMNS, FLIGHT_COLUMNS, ProjectionSQL
 
-SQLITE = ProjectionSQL("?")
+SQLITE = ProjectionSQL("?", "json_extract(data, '$.endpoint')")
 project_jobs = SQLITE.project_jobs
 project_cache = SQLITE.project_cache
 project_breakers = SQLITE.project_breakers
 project_workers = SQLITE.project_workers
+project_flights = SQLITE.project_flights
 PROJECTORS = SQLITE.projectors
 breaker_row = SQLITE.breaker_row
 cache_lookup = SQLITE.cache_lookup
+in_flight = SQLITE.in_flight
+recent_requests = SQLITE.recent_requests
 latest_jobs = SQLITE.latest_jobs
 batch_jobs = SQLITE.batch_jobs
 all_rows = SQLITE.all_rows
@@ -61,6 +65,7 @@ class Folded(NamedTuple):
     jobs: dict[str, JobRow]
     cache: CacheIndex
     breakers: Breakers
+    flights: Flights
     events: int
     workers: Workers
 
@@ -71,17 +76,29 @@ def fold_tables(events: Iterable[StoredEvent]) -> Folded:
     index = CacheIndex()
     breakers: Breakers = {}
     workers: Workers = {}
+    in_flight: Flights = {}
     count = 0
     for ev in events:
         apply_job_row(rows, ev)
         cache.apply(index, ev)
         breaker.apply(breakers, ev)
+        flights.apply(in_flight, ev)
         leases.apply(workers, ev)
         count += 1
-    return Folded(rows, index, breakers, count, workers)
+    return Folded(rows, index, breakers, in_flight, count, workers)
 
 
-REBUILD_NEEDS = ("job.created", *CACHE_EVENT_TYPES, *BREAKER_EVENT_TYPES, *WORKER_EVENT_TYPES)
+REBUILD_NEEDS = tuple(
+    dict.fromkeys(
+        (
+            "job.created",
+            *CACHE_EVENT_TYPES,
+            *BREAKER_EVENT_TYPES,
+            *FLIGHT_EVENT_TYPES,
+            *WORKER_EVENT_TYPES,
+        )
+    )
+)
 
 
 def rebuild(store: SQLiteEventStore) -> int:
@@ -92,7 +109,9 @@ def rebuild(store: SQLiteEventStore) -> int:
     # Fold inside the write transaction: an append by another process between the read and the
     # rewrite would otherwise be wiped from the tables. Writers wait (busy_timeout) meanwhile.
     with store.write_transaction() as conn:
-        rows, index, breakers, count, workers = fold_tables(store.read_all(data_for=REBUILD_NEEDS))
+        rows, index, breakers, in_flight, count, workers = fold_tables(
+            store.read_all(data_for=REBUILD_NEEDS)
+        )
         conn.execute("DELETE FROM jobs")
         conn.execute("DELETE FROM cache_index")
         conn.executemany(
@@ -119,6 +138,11 @@ def rebuild(store: SQLiteEventStore) -> int:
         conn.executemany(
             f"INSERT INTO workers ({', '.join(WORKER_COLUMNS)}) VALUES ({marks})",
             sorted(workers.values()),
+        )
+        conn.execute("DELETE FROM calls_in_flight")
+        conn.executemany(
+            f"INSERT INTO calls_in_flight ({FLIGHT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            sorted(in_flight.values()),
         )
     return count
 
@@ -192,5 +216,13 @@ TABLE_PROJECTIONS: tuple[TableProjection, ...] = (
         start=dict,
         apply=leases.apply,
         rows=lambda state: state.values(),
+    ),
+    TableProjection(
+        "calls_in_flight",
+        ("job_id", "step", "endpoint", "cache_key", "attempt", "owner", "ts", "seq"),
+        start=dict,
+        apply=flights.apply,
+        rows=lambda state: state.values(),
+        key_columns=2,
     ),
 )

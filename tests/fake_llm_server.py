@@ -19,6 +19,7 @@ base_url for ollama and anthropic), `server.calls` records each request as
 `server.models` is the list every model list shows, `server.decide` (None: the queue below), when
 set, is called with each completion request's body in its handler thread (so it may block, to
 hold the call open) and returns the fault for it (None: the responder's answer),
+`server.max_in_flight` is the most completion requests it was answering at once,
 `server.require_key` (None: no check)
 makes every request without that key (Bearer or x-api-key) a 401 with the protocol's error
 body, `server.no_model_list` makes the model-list routes 404, `server.reset()` puts all of
@@ -52,7 +53,8 @@ As a subprocess:
 writes its port to PATH once listening (atomically: the file never holds a partial number) and
 serves until killed. --delay S holds every completion's first byte for S seconds; --fail-first N
 answers the first N completions with a 503. --call-log appends one JSON line per completion request:
-{"ts", "model", "prompt_sha256" (16 hex chars of the last user message), "fault"}.
+{"ts", "model", "prompt_sha256" (16 hex chars of the last user message), "fault", "in_flight"
+(completion requests being answered at that moment, this one included)}.
 """
 
 from __future__ import annotations
@@ -399,9 +401,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         assert isinstance(body, dict)
         decide = self.server.decide
-        fault = decide(body) if decide is not None else self.server.next_fault()
-        self.server.log_completion(body, fault)
-        self._complete(wire, body, fault)
+        self.server.entered()
+        try:
+            fault = decide(body) if decide is not None else self.server.next_fault()
+            self.server.log_completion(body, fault)
+            self._complete(wire, body, fault)
+        finally:
+            self.server.left()
 
     def _invalid(self, wire: Wire, body: Any) -> Optional[str]:
         if not isinstance(body, dict):
@@ -526,6 +532,17 @@ class _Server(ThreadingHTTPServer):
         self.require_key: Optional[str] = None
         self.no_model_list = False
         self.decide: Optional[Callable[[dict[str, Any]], Optional[Fault]]] = None
+        self.in_flight = 0  # completion requests being answered now
+        self.max_in_flight = 0  # the most there ever were at once
+
+    def entered(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def left(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that timed out and hung up is part of the tests, not a server bug
@@ -545,6 +562,7 @@ class _Server(ThreadingHTTPServer):
             "model": body.get("model"),
             "prompt_sha256": digest,
             "fault": fault[0] if fault else None,
+            "in_flight": self.in_flight,
         }
         with self.lock, self.call_log.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
@@ -581,6 +599,12 @@ class FakeLLMServer:
     @property
     def calls(self) -> list[dict[str, Any]]:
         return self._server.calls
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most completion requests the server was answering at once (the answer's
+        latency, `delay`, included)."""
+        return self._server.max_in_flight
 
     @property
     def faults(self) -> collections.deque[Fault]:
@@ -625,6 +649,7 @@ class FakeLLMServer:
             self._server.models[:] = DEFAULT_MODELS
             self._server.require_key = None
             self._server.no_model_list = False
+            self._server.max_in_flight = self._server.in_flight
 
     def start(self) -> FakeLLMServer:
         self._thread = threading.Thread(

@@ -69,6 +69,11 @@ owners = st.builds(
     Owner, pid=st.integers(1, 4_000_000), host=names, started=st.text(min_size=1, max_size=12)
 )
 
+# None: an offline provider (no endpoint); two endpoints so that calls in flight share one
+endpoints = st.none() | st.sampled_from(
+    ["openai http://127.0.0.1:1/v1", "ollama http://127.0.0.1:2"]
+)
+
 
 class Batch(NamedTuple):
     """One append: these events to this job, with these blobs."""
@@ -202,6 +207,7 @@ def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
     else:
         job.emit(CacheMiss(cache_key=key, parts=_parts(draw)), step)
         provider, model = draw(names), draw(names)
+        endpoint = draw(endpoints)
         job.emit(
             LLMRequested(
                 provider=provider,
@@ -213,6 +219,8 @@ def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
                 prompt_sha256=job.sha(),
                 tokens_reserved=draw(st.none() | tokens),  # None: no [budget], or before schema 5
                 cost_reserved=draw(st.none() | dollars),
+                endpoint=endpoint,
+                owner=draw(st.none() | owners) if endpoint else None,  # None: before schema 6
             ),
             step,
         )
@@ -235,6 +243,7 @@ def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
                     finish_reason=draw(st.none() | st.sampled_from(["stop", "length"])),
                     status=draw(st.none() | st.just(200)),
                     cost=draw(st.none() | dollars),  # None: the model has no price
+                    endpoint=endpoint,
                 ),
                 step,
             )
@@ -251,6 +260,7 @@ def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
                     error=draw(texts),
                     error_class=draw(st.sampled_from(["http_error", "timeout", "rate_limited"])),
                     cost=draw(st.none() | st.just(0.0) | dollars),  # a cut-off answer is paid for
+                    endpoint=endpoint,
                 ),
                 step,
             )

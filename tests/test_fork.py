@@ -24,8 +24,8 @@ from steplog.commands.jobs import (
 )
 from steplog.commands.replay import replay
 from steplog.eventstore.events import parse_data
-from steplog.projections import cache, manifest
-from steplog.projections.tables import read_cache_table
+from steplog.projections import breaker, cache, manifest
+from steplog.projections.tables import SQLITE, read_cache_table
 from tests.cli_process import status_json, steplog
 from tests.on_disk import EXAMPLE, db_rows, event_count, workspace_files
 from tests.strategies import append_batches, assert_chain, dump, fresh_store, interleaved_batches
@@ -40,10 +40,11 @@ def _point(syntax: str, ev) -> str:
 
 
 def _without(rows: dict[str, list[tuple]], job: str) -> dict[str, list[tuple]]:
-    """A dump without the fork's own rows (and the shared cache index, checked as a fold)."""
+    """A dump without the fork's own rows (and the shared cache index and breakers, checked as
+    folds: the fork's copied calls count in the breakers of their endpoints)."""
     out = {}
     for table, items in rows.items():
-        if table in ("cache_index",):
+        if table in ("cache_index", "breakers"):
             continue
         out[table] = [r for r in items if job not in r]
     return out
@@ -100,6 +101,7 @@ def test_the_forks_fold_equals_replay_of_the_source_at_the_point(batches, data):
         # the source and every other job are untouched; the shared cache is still the fold
         assert _without(dump(store.conn), fork) == _without(before, fork)
         assert read_cache_table(store.conn) == cache.project(store.read_all())
+        assert SQLITE.read_breakers_table(store.conn) == breaker.project(store.read_all())
         restored = workspace_files(result.workspace) if result.workspace.exists() else {}
         assert sorted(restored) == result.files
         for path in result.files:

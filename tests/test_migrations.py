@@ -6,16 +6,22 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
 
 from steplog.eventstore import sqlite as store_module
 from steplog.eventstore.record import DatabaseUnusable
 from steplog.eventstore.sqlite import SCHEMA_VERSION, migrations
+from steplog.projections import flights
 from steplog.projections.store import open_store
+from steplog.projections.tables import SQLITE
+from tests.strategies import append_batches, interleaved_batches
 
 V1 = Path(__file__).parent / "data" / "schema_v1.db"
 VIEWS = ("llm_calls", "step_runs", "file_writes", "cache_stats", "job_summary")
@@ -61,24 +67,22 @@ def test_the_checked_in_database_is_at_schema_1():
 def test_opening_a_schema_1_database_upgrades_it_and_records_the_migration(v1, tmp_path):
     events_before = rows(v1, "SELECT * FROM events ORDER BY seq")
     open_store(v1).close()
-    assert rows(v1, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(7,)]
-    assert rows(v1, "SELECT value FROM steplog_meta") == [("7",)]
+    assert rows(v1, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(8,)]
+    assert rows(v1, "SELECT value FROM steplog_meta") == [("8",)]
     applied = rows(v1, "SELECT * FROM schema_migrations ORDER BY version")
-    assert [v for v, _, _ in applied] == [2, 3, 4, 5, 6, 7]
+    assert [v for v, _, _ in applied] == [2, 3, 4, 5, 6, 7, 8]
     assert len({ts for _, ts, _ in applied}) == 1 and applied[0][1].endswith("Z")  # one transaction
-    description2, description3, description4, description5, description6, description7 = [
-        d for _, _, d in applied
-    ]
-    assert "audit views" in description2 and "cache_refused" in description3
-    assert "unanswered" in description4 and "reserve" in description5
-    assert "workers" in description6 and "jobs.batch" in description7
+    d2, d3, d4, d5, d6, d7, d8 = [d for _, _, d in applied]
+    assert "audit views" in d2 and "cache_refused" in d3
+    assert "unanswered" in d4 and "reserve" in d5
+    assert "workers" in d6 and "jobs.batch" in d7 and "calls_in_flight" in d8
     assert rows(v1, "SELECT * FROM events ORDER BY seq") == events_before
     # the upgraded file has exactly the schema of a new one
     fresh = tmp_path / "new.db"
     open_store(fresh).close()
     assert schema_of(v1) == schema_of(fresh)
     open_store(v1).close()  # a second open applies nothing
-    assert len(rows(v1, "SELECT * FROM schema_migrations")) == 6
+    assert len(rows(v1, "SELECT * FROM schema_migrations")) == 7
 
 
 def test_every_view_answers_on_the_upgraded_database(v1):
@@ -159,3 +163,27 @@ def test_migrations_file_covers_every_version_up_to_the_current():
     assert sorted(found) == list(range(2, SCHEMA_VERSION + 1))
     # a section with no statement only re-creates the views, and says so
     assert all(statements or "views only" in what for what, statements in found.values())
+
+
+@settings(max_examples=15, deadline=None)
+@given(interleaved_batches(max_jobs=3))
+def test_migration_6_folds_the_calls_a_schema_5_history_left_in_flight(batches):
+    """A schema-5 file whose history holds calls never answered (a process killed mid-call)
+    gets them as calls_in_flight rows, exactly as the fold has them; answered calls, offline
+    calls and the calls of a job that ended leave none."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "old.db"
+        with closing(open_store(db)) as store:
+            append_batches(store, batches)
+            expected = flights.project(store.read_all())
+        conn = sqlite3.connect(db)
+        with conn:  # back to schema 5: no table, no index, no record of migration 6
+            conn.execute("DROP TABLE calls_in_flight")
+            conn.execute("DROP INDEX events_llm_requests")
+            conn.execute("DELETE FROM schema_migrations WHERE version = 6")
+            conn.execute("UPDATE steplog_meta SET value = '5' WHERE key = 'schema_version'")
+            conn.execute("PRAGMA user_version = 5")
+        conn.close()
+        with closing(open_store(db)) as upgraded:
+            assert SQLITE.read_flights_table(upgraded.conn) == expected
+        assert rows(db, "PRAGMA user_version") == [(6,)]

@@ -289,23 +289,24 @@ def test_the_schema_1_database_made_by_hand_is_what_steplog_1_wrote(v1_url):
 def test_opening_a_schema_1_database_upgrades_it_and_records_the_migration(v1_url):
     events_before = query(v1_url, "SELECT seq, hash, data::text FROM events ORDER BY seq")
     open_store(v1_url).close()
-    assert SCHEMA_VERSION == 4
-    assert meta(v1_url) == {"application": "steplog", "schema_version": "4"}
+    assert SCHEMA_VERSION == 5
+    assert meta(v1_url) == {"application": "steplog", "schema_version": "5"}
     applied = query(v1_url, "SELECT version, ts, description FROM schema_migrations ORDER BY 1")
     assert [(v, d) for v, _, d in applied] == [
         (1, "created at schema 1"),
         (2, migrations_2()),
         (3, migrations(MIGRATIONS_PATH.read_text())[3][0]),
         (4, migrations(MIGRATIONS_PATH.read_text())[4][0]),
+        (5, migrations(MIGRATIONS_PATH.read_text())[5][0]),
     ]
     assert applied[0][1] == V1_CREATED and applied[1][1].endswith("Z")
-    assert applied[1][1] == applied[2][1] == applied[3][1]  # one transaction
+    assert applied[1][1] == applied[2][1] == applied[3][1] == applied[4][1]  # one transaction
     assert "audit views" in applied[1][2] and "workers" in applied[2][2]
-    assert "jobs.batch" in applied[3][2]
+    assert "jobs.batch" in applied[3][2] and "calls_in_flight" in applied[4][2]
     assert views_in(v1_url) == set(AUDIT_VIEWS)
     assert query(v1_url, "SELECT seq, hash, data::text FROM events ORDER BY seq") == events_before
     open_store(v1_url).close()  # a second open applies nothing
-    assert len(query(v1_url, "SELECT * FROM schema_migrations")) == 4
+    assert len(query(v1_url, "SELECT * FROM schema_migrations")) == 5
 
 
 def migrations_2() -> str:
@@ -377,7 +378,7 @@ def test_a_view_built_on_steplogs_stops_the_upgrade_in_one_line_naming_it(pg_clu
     message = str(caught.value)
     assert "\n" not in message and not pg_cluster.contains_password(message)
     assert message.endswith(
-        "needs an upgrade to schema 4 (it is at 1), which creates steplog's views again, but"
+        "needs an upgrade to schema 5 (it is at 1), which creates steplog's views again, but"
         " view my_calls depends on view llm_calls: drop it first (and create it again after)"
     )
     assert catalog(pg_url) == before  # my_calls too
@@ -390,7 +391,7 @@ def test_a_read_only_session_is_refused_the_upgrade_in_one_line(pg_cluster, v1_u
         open_store(read_only)
     message = str(caught.value)
     assert "\n" not in message and not pg_cluster.contains_password(message)
-    assert "needs an upgrade to schema 4 (it is at 1) but is read-only (cannot execute " in message
+    assert "needs an upgrade to schema 5 (it is at 1) but is read-only (cannot execute " in message
     assert message.endswith(" in a read-only transaction)")
     assert catalog(v1_url) == before and meta(v1_url)["schema_version"] == "1"
 
@@ -417,9 +418,9 @@ def test_a_role_that_may_append_but_not_change_the_schema_is_refused_the_upgrade
 
 def test_a_newer_schema_is_refused_and_left_as_it_is(pg_url):
     open_store(pg_url).close()
-    query(pg_url, "UPDATE steplog_meta SET value = '5' WHERE key = 'schema_version'")
+    query(pg_url, "UPDATE steplog_meta SET value = '6' WHERE key = 'schema_version'")
     before = catalog(pg_url)
-    with pytest.raises(DatabaseUnusable, match=r"newer steplog \(schema 5; this steplog knows up"):
+    with pytest.raises(DatabaseUnusable, match=r"newer steplog \(schema 6; this steplog knows up"):
         open_store(pg_url)
     assert catalog(pg_url) == before
 
@@ -562,7 +563,7 @@ def test_verify_reports_an_older_schema_and_does_not_upgrade_it(v1_url):
     report = verify_database(v1_url)
     assert not report.ok and report.schema_version == 1
     assert any(
-        p.check == "schema" and "schema version is 1, this steplog expects 4" in p.message
+        p.check == "schema" and "schema version is 1, this steplog expects 5" in p.message
         for p in report.problems
     ), [p.line() for p in report.problems]
     again = verify_database(v1_url)

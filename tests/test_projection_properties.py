@@ -27,10 +27,11 @@ from steplog.eventstore.events import (
 )
 from steplog.eventstore.record import StoredEvent
 from steplog.eventstore.sqlite import SQLiteEventStore
-from steplog.projections import cache, manifest
+from steplog.projections import cache, flights, manifest
 from steplog.projections.cache import CACHE_EVENT_TYPES
 from steplog.projections.tables import (
     PROJECTORS,
+    SQLITE,
     apply_job_row,
     read_cache_table,
     read_jobs_table,
@@ -236,15 +237,20 @@ def test_projection_tables_equal_the_folds_after_every_append_and_a_rebuild(batc
             seen += stored
             assert read_jobs_table(store.conn) == job_row_fold(seen)
             assert read_cache_table(store.conn) == cache.project(seen)
+            assert SQLITE.read_flights_table(store.conn) == flights.project(seen)
 
         everything = list(store.read_all())
         jobs_table, cache_table = read_jobs_table(store.conn), read_cache_table(store.conn)
         assert jobs_table == expected_jobs_table(everything) == job_row_fold(everything)
         assert cache_table == cache.project(everything)
 
+        flights_table = SQLITE.read_flights_table(store.conn)
+        assert flights_table == flights.project(everything)
+
         assert rebuild(store) == len(everything)
         assert read_jobs_table(store.conn) == jobs_table
         assert read_cache_table(store.conn) == cache_table
+        assert SQLITE.read_flights_table(store.conn) == flights_table
 
         # damaged tables: rebuild restores them from the log alone
         with store.write_transaction() as conn:
@@ -256,6 +262,8 @@ def test_projection_tables_equal_the_folds_after_every_append_and_a_rebuild(batc
             conn.execute("UPDATE jobs SET status = 'bogus', pipeline = NULL")
             conn.execute("DELETE FROM cache_index WHERE seq % 2 = 1")
             conn.execute("UPDATE cache_index SET tokens_in = -1")
+            conn.execute("DELETE FROM calls_in_flight WHERE seq % 2 = 0")
+            conn.execute("UPDATE calls_in_flight SET owner = 'stale'")
             conn.execute(
                 "INSERT OR IGNORE INTO cache_index (cache_key, response_sha256, origin_job, seq)"
                 " VALUES ('stale-key', 'x', 'nobody', 0)"
@@ -267,6 +275,7 @@ def test_projection_tables_equal_the_folds_after_every_append_and_a_rebuild(batc
         assert rebuild(store) == len(everything)
         assert read_jobs_table(store.conn) == jobs_table
         assert read_cache_table(store.conn) == cache_table
+        assert SQLITE.read_flights_table(store.conn) == flights_table
 
 
 class _AppendsRightAfterItsRead:

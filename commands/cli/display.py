@@ -88,6 +88,9 @@ class PlainDisplay:
             d = ev.data
             if d["reason"] == "budget":
                 return f"{ev.type:<15} {ev.step}  waiting for calls in flight to end (budget)"
+            if d["reason"] == "in_flight":
+                whose = f"job {d.get('following_job')} step {d.get('following_step')}"
+                return f"{ev.type:<15} {ev.step}  waiting for the same call by {whose}"
             if d["reason"] == "concurrency":
                 what = f"concurrency limit ({d['limit']:g} in flight)"
             else:
