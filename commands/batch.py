@@ -244,6 +244,7 @@ def start_job(
         Plan(run=list(plan.pipeline.order)),
         state,
         plan.ignore_breaker,
+        lease=lease,
     )
     return prepared, stored
 

@@ -37,7 +37,7 @@ from steplog.eventstore.record import EventStore, StoredEvent, VersionConflict, 
 from steplog.executor import faults
 from steplog.executor.breakers import breaker_endpoint, breaker_policy
 from steplog.executor.budget import Spend, blocks_resume
-from steplog.executor.lease import Lease
+from steplog.executor.lease import Lease, lease_liveness
 from steplog.executor.ownership import lease_of, owner_alive
 from steplog.executor.pipeline import (
     NAME_PATTERN,
@@ -400,6 +400,9 @@ def job_runner(store: EventStore, prepared: Prepared, observer: Observer | None)
         spent=Spend(state.tokens_in + state.tokens_out, state.cost),
         ignore_breaker=prepared.ignore_breaker,
         last_written={path: sha for path, (_, sha) in prepared.files.items()},
+        # the calls it makes name its lease, and others' calls in flight count while theirs live
+        owner=prepared.lease.owner if prepared.lease is not None else None,
+        alive=lease_liveness(store),
     )
 
 

@@ -206,3 +206,23 @@ class Lease:
             self.store.append(self.stream, [NewEvent.of(WorkerStopped(reason=reason))])
         except StoreError as exc:  # the lease then simply expires
             self.say(f"worker {self.worker_id}: worker.stopped not recorded: {exc}")
+
+
+def lease_liveness(store: EventStore) -> Callable[[dict | None, float], bool]:
+    """Whether the owner of a call in flight is alive, for the shared limits and single flight
+    (executor/flights.py): by its lease when it names a worker — so on any host, without an age
+    cap — and as flights.default_alive for an owner from before leases. A process seen gone on
+    this host is gone at once, whatever its lease says."""
+    from steplog.executor.flights import default_alive
+    from steplog.projections.store import worker_row
+
+    def alive(owner: dict | None, age_s: float) -> bool:
+        worker = (owner or {}).get("worker")
+        if not worker:
+            return default_alive(owner, age_s)
+        if owner_alive(owner) is False:  # (None: another host, the lease alone decides)
+            return False
+        row = worker_row(store, str(worker))
+        return row is not None and lease_alive(row, time.time())
+
+    return alive
