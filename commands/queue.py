@@ -44,6 +44,17 @@ def check_submit(store: EventStore, cmd: RunCommand) -> Opening:
     return check_opening(store, cmd)
 
 
+class SubmittedBatch(BaseModel):
+    """`steplog submit --inputs`: the batch's jobs, queued for the workers, in file order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch: str
+    pipeline: str
+    job_ids: list[str]
+    status: str = "queued"
+
+
 def append_submitted(store: EventStore, openings: Sequence[Opening]) -> list[Submitted]:
     """Append each checked job's job.created in ONE transaction: every job queued, or none (a
     job id taken meanwhile, or twice in the batch, refuses the whole batch)."""

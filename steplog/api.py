@@ -29,7 +29,7 @@ from steplog.executor.shutdown import DEFAULT_GRACE_S
 if TYPE_CHECKING:
     from steplog.commands.batch import BatchOutcome, BatchPlan
     from steplog.commands.jobs import Prepared
-    from steplog.commands.queue import CancelResult, Submitted
+    from steplog.commands.queue import CancelResult, Submitted, SubmittedBatch
     from steplog.commands.show import StepAttempt
     from steplog.commands.worker import WorkerReport
     from steplog.eventstore.record import EventStore, StoredEvent
@@ -338,6 +338,40 @@ class Steplog:
         if not self.database_exists():
             check_run_before_creating(command)  # a refused submit leaves no database file
         return submit(self.open_store(write=True), command)
+
+    def submit_batch(
+        self,
+        pipeline: str | os.PathLike[str],
+        inputs_file: str | os.PathLike[str],
+        *,
+        inputs: dict[str, str] | None = None,
+        job_id_prefix: str | None = None,
+        batch: str | None = None,
+        workspace: str | os.PathLike[str] | None = None,
+        ignore_breaker: bool = False,
+        overwrite: bool = False,
+    ) -> SubmittedBatch:
+        """Queue one job of PIPELINE per row of INPUTS_FILE (.jsonl or .csv) for the workers:
+        every row checked as `run_batch` checks it, then every job.created in one transaction,
+        or nothing (Rejected naming FILE:LINE)."""
+        from steplog.commands.queue import SubmittedBatch
+
+        plan, states = self.prepare_batch(
+            pipeline,
+            inputs_file,
+            inputs=inputs,
+            job_id_prefix=job_id_prefix,
+            batch=batch,
+            workspace=workspace,
+            ignore_breaker=ignore_breaker,
+            overwrite=overwrite,
+        )
+        return SubmittedBatch(
+            batch=plan.batch,
+            pipeline=plan.pipeline.name,
+            job_ids=[state.job_id for state in states],
+            status="queued",
+        )
 
     def cancel(
         self, job_id: str, reason: str = "", *, wait: bool = False, timeout_s: float = 120.0

@@ -350,7 +350,7 @@ def big_pipeline(path: Path) -> Path:
 def test_a_disk_that_fills_mid_run_stops_with_one_line_and_the_job_resumes(tmp_path):
     db, pipeline = tmp_path / "s.db", big_pipeline(tmp_path / "big.toml")
     failed = steplog(
-        db, "run", str(pipeline), "--job-id", "big", "-q", max_file_bytes=1_000_000, timeout=120
+        db, "run", str(pipeline), "--job-id", "big", "-q", max_file_bytes=1_500_000, timeout=120
     )
     assert failed.code == 2, failed.err
     created, _, error = failed.err.partition("\n")  # a new database, said first (even with -q)

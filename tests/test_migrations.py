@@ -167,8 +167,8 @@ def test_migrations_file_covers_every_version_up_to_the_current():
 
 @settings(max_examples=15, deadline=None)
 @given(interleaved_batches(max_jobs=3))
-def test_migration_6_folds_the_calls_a_schema_5_history_left_in_flight(batches):
-    """A schema-5 file whose history holds calls never answered (a process killed mid-call)
+def test_migration_8_folds_the_calls_a_schema_7_history_left_in_flight(batches):
+    """A schema-7 file whose history holds calls never answered (a process killed mid-call)
     gets them as calls_in_flight rows, exactly as the fold has them; answered calls, offline
     calls and the calls of a job that ended leave none."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,13 +177,13 @@ def test_migration_6_folds_the_calls_a_schema_5_history_left_in_flight(batches):
             append_batches(store, batches)
             expected = flights.project(store.read_all())
         conn = sqlite3.connect(db)
-        with conn:  # back to schema 5: no table, no index, no record of migration 6
+        with conn:  # back to schema 7: no table, no index, no record of migration 8
             conn.execute("DROP TABLE calls_in_flight")
             conn.execute("DROP INDEX events_llm_requests")
-            conn.execute("DELETE FROM schema_migrations WHERE version = 6")
-            conn.execute("UPDATE steplog_meta SET value = '5' WHERE key = 'schema_version'")
-            conn.execute("PRAGMA user_version = 5")
+            conn.execute("DELETE FROM schema_migrations WHERE version = 8")
+            conn.execute("UPDATE steplog_meta SET value = '7' WHERE key = 'schema_version'")
+            conn.execute("PRAGMA user_version = 7")
         conn.close()
         with closing(open_store(db)) as upgraded:
             assert SQLITE.read_flights_table(upgraded.conn) == expected
-        assert rows(db, "PRAGMA user_version") == [(6,)]
+        assert rows(db, "PRAGMA user_version") == [(8,)]

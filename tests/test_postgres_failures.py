@@ -413,7 +413,7 @@ def test_reads_ride_through_cut_connections(pg_cluster, pg_url, relay):
             (b"FROM events WHERE seq >", lambda: list(store.read_all())),
             (b"FROM streams WHERE job_id", lambda: store.job_version("j")),
             (b"FROM blobs WHERE sha256 =", lambda: store.get_blob(sha)),
-            (b"FROM streams ORDER BY", lambda: store.latest_job_id()),
+            (b"FROM streams WHERE substr", lambda: store.latest_job_id()),
         ):
             relay.arm(marker)
             cuts = relay.cuts
@@ -540,7 +540,9 @@ def test_a_server_stopped_immediately_mid_run_is_one_line_then_resume_finishes(
     assert proc.returncode == 2, own_cluster.safe(err)
     line = one_line(own_cluster, own_url, err)
     assert line.startswith("error: lost the connection to PostgreSQL server "), line
-    assert "gave up after 2.0 s of retries" in line, line
+    # the run's own retries, or (when its lease's heartbeat gave up first) the note that the
+    # server has not answered since
+    assert "gave up after 2.0 s of retries" in line or "gave up after 2 s" in line, line
     assert took < 2 + 20, took
     own_cluster.restart()
     answered = answered_steps(own_url, "k")

@@ -25,8 +25,23 @@ from steplog.words import counted
 @cli.command()
 @click.argument("pipeline", type=click.Path(path_type=Path))
 @inputs_option
-@click.option("--job-id", help="Name the job (default: job_<utc time>_<random>).")
-@workspace_option("Where files are written (default: runs/<job_id>).")
+@click.option(
+    "--job-id",
+    help="Name the job (default: job_<utc time>_<random>); with --inputs, the prefix of the "
+    "ids of rows without an id column (PREFIX + row number).",
+)
+@workspace_option(
+    "Where files are written (default: runs/<job_id>); with --inputs, the directory holding "
+    "each job's own <job_id>/."
+)
+@click.option(
+    "--inputs",
+    "inputs_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Queue a batch: one job per row of FILE (.jsonl or .csv), all or none; --input "
+    "values are defaults each row may override.",
+)
+@click.option("--batch", help="With --inputs: name the batch (default: batch_<utc time>_<random>).")
 @click.option(
     "--overwrite",
     is_flag=True,
@@ -41,6 +56,8 @@ def submit(
     inputs: tuple[str, ...],
     job_id: str | None,
     workspace: Path | None,
+    inputs_file: Path | None,
+    batch: str | None,
     overwrite: bool,
     ignore_breaker: bool,
     as_json: bool,
@@ -48,12 +65,35 @@ def submit(
     """Queue PIPELINE (a TOML file) as a new job for a worker; print its id.
 
     Checks exactly as `run` does (a refusal appends nothing) and records job.created only:
-    the job is queued until `steplog worker` claims it.
+    the job is queued until `steplog worker` claims it. With --inputs FILE, one job per row,
+    every row checked first and all of them queued in one transaction, or none.
 
     Example: steplog submit examples/factory/pipeline.toml --input idea="a todo CLI"
     """
     app = app_for(ctx)
     created = not app.database_exists()
+    if inputs_file is not None:
+        queued = app.submit_batch(
+            pipeline,
+            inputs_file,
+            inputs=parse_inputs(inputs),
+            job_id_prefix=job_id,
+            batch=batch,
+            workspace=workspace,
+            ignore_breaker=ignore_breaker,
+            overwrite=overwrite,
+        )
+        if created:
+            click.echo(f"created new database {app.where}", err=True)
+        if as_json:
+            echo_json(queued.model_dump())
+            return
+        say(f"batch {queued.batch}: {counted(len(queued.job_ids), 'job')} queued")
+        for job in queued.job_ids:
+            say(job)
+        return
+    if batch is not None:
+        raise click.UsageError("--batch is for a batch: give it with --inputs FILE")
     done = app.submit(
         pipeline,
         parse_inputs(inputs),
