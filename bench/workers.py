@@ -10,8 +10,8 @@ Each worker runs `--concurrency 4` jobs at once; the provider's max_concurrency 
 what the workers ask, so the limit shared through the store admits every call and only its cost
 shows. The jobs are submitted first (`Steplog.submit`); the wall time is the log's own, from
 the first job.started to the last job.succeeded; the ideal is ⌈jobs ÷ (workers × 4)⌉ × steps ×
-latency, the time the calls alone would take. Overhead per step = (wall − ideal) ÷ steps run
-at once ÷ rounds, shown as the ratio wall ÷ ideal. Each configuration runs on a fresh database
+latency, the time the calls alone would take; ms/step is what each of a lane's steps cost
+beyond its call, (wall − ideal) ÷ (rounds × steps). Each configuration runs on a fresh database
 (a new SQLite file, a new PostgreSQL database on a throw-away cluster started here). Nothing
 here asserts a time: it prints figures.
 """
@@ -176,7 +176,8 @@ def main() -> None:
                 f"--concurrency {PER_WORKER} per worker"
             )
             print(
-                f"  {'store':10} {'workers':>7} {'jobs/s':>8} {'wall s':>7} {'ideal s':>7}  ratio"
+                f"  {'store':10} {'workers':>7} {'jobs/s':>8} {'wall s':>7} {'ideal s':>7}"
+                f" {'ms/step':>8}  ratio"
             )
             for backend in backends:
                 for workers in counts:
@@ -188,9 +189,12 @@ def main() -> None:
                     rounds = math.ceil(jobs / (workers * PER_WORKER))
                     ideal = rounds * STEPS * args.latency
                     span = found["span_s"]
+                    # what each lane's steps cost beyond their calls: a lane runs rounds × STEPS
+                    overhead_ms = (span - ideal) / (rounds * STEPS) * 1000
                     print(
                         f"  {backend:10} {workers:7} {jobs / span:8.1f} {span:7.2f} {ideal:7.2f}"
-                        f"  {span / ideal:4.2f}x ideal ({found['succeeded']} succeeded)"
+                        f" {overhead_ms:8.0f}  {span / ideal:4.2f}x ideal"
+                        f" ({found['succeeded']} succeeded)"
                     )
                     report[f"{backend}/{workers}"] = {**found, "ideal_s": ideal}
         finally:
