@@ -64,7 +64,7 @@ from steplog.executor.step import StepRunner  # noqa: E402
 from steplog.projections.store import open_store  # noqa: E402
 
 OWNER = Owner(pid=1, host="bench", started="1")
-PEERS = "LangGraph+SqliteSaver ≈ 1,050 µs, DBOS on SQLite ≈ 2,350 µs per durable step"
+PEERS = "measured by bench/peers.py in its own run (make bench-peers); see bench/README.md"
 
 
 # -- figures ------------------------------------------------------------------------------------
