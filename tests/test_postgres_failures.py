@@ -413,7 +413,7 @@ def test_reads_ride_through_cut_connections(pg_cluster, pg_url, relay):
             (b"FROM events WHERE seq >", lambda: list(store.read_all())),
             (b"FROM streams WHERE job_id", lambda: store.job_version("j")),
             (b"FROM blobs WHERE sha256 =", lambda: store.get_blob(sha)),
-            (b"FROM streams ORDER BY", lambda: store.latest_job_id()),
+            (b"FROM streams WHERE substr", lambda: store.latest_job_id()),
         ):
             relay.arm(marker)
             cuts = relay.cuts
