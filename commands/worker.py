@@ -396,7 +396,7 @@ def work(
     )
     if not handle_signals:
         try:
-            anyio.run(worker.main, False)
+            _run_loop(worker, False)
         finally:
             lease.stop("drained" if cmd.drain else "stopped")
         return worker.report
@@ -408,7 +408,7 @@ def work(
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        anyio.run(worker.main, True)
+        _run_loop(worker, True)
     except KeyboardInterrupt:  # before the loop's own handlers, or after: no job is running
         worker.report.stopped_by = received["signal"]
     finally:
@@ -422,6 +422,19 @@ def work(
     if worker.report.stopped_by is not None:
         raise WorkerStopped(worker.report, stop)
     return worker.report
+
+
+def _run_loop(worker: Worker, handle_signals: bool) -> None:
+    """The worker's event loop; a store that gave up ends it with that one error, not a tree."""
+    try:
+        anyio.run(worker.main, handle_signals)
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, StoreError):
+            raise leaf from group
+        raise
 
 
 class WorkerStopped(Interrupted):

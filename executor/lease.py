@@ -26,7 +26,7 @@ from steplog.eventstore.events import (
     WorkerStarted,
     WorkerStopped,
 )
-from steplog.eventstore.record import EventStore, StoredEvent, StoreError
+from steplog.eventstore.record import DatabaseUnusable, EventStore, StoredEvent, StoreError
 from steplog.executor.ownership import current_owner, owner_alive
 from steplog.projections.leases import WorkerRow, lease_alive, stream_of
 
@@ -190,7 +190,9 @@ class Lease:
                     found = self.beat()
                 else:
                     found = self.requests()
-            except StoreError as exc:  # the store is away: try again at the next beat
+            except DatabaseUnusable:
+                raise  # the store gave up (its retries spent): the lease is lost, stop the run
+            except StoreError as exc:  # busy, full …: try again at the next beat
                 self.say(f"worker {self.worker_id}: heartbeat not recorded: {exc}")
                 continue
             for job_id, reason in found:
