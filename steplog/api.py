@@ -28,7 +28,7 @@ from steplog.executor.shutdown import DEFAULT_GRACE_S
 
 if TYPE_CHECKING:
     from steplog.commands.batch import BatchOutcome, BatchPlan
-    from steplog.commands.jobs import Prepared
+    from steplog.commands.jobs import Prepared, RunCommand
     from steplog.commands.queue import CancelResult, Submitted, SubmittedBatch
     from steplog.commands.show import StepAttempt
     from steplog.commands.worker import WorkerReport
@@ -150,16 +150,9 @@ class Steplog:
     ) -> Prepared:
         """Validate a run and append its opening events (job.created, job.started); the
         returned plan is then given to `execute`/`aexecute`. `run` is both in one call."""
-        from steplog.commands.jobs import RunCommand, check_run_before_creating, prepare_run
+        from steplog.commands.jobs import check_run_before_creating, prepare_run
 
-        command = RunCommand(
-            pipeline_path=Path(pipeline),
-            inputs=_check_inputs(inputs),
-            job_id=job_id,
-            workspace=Path(workspace) if workspace is not None else None,
-            ignore_breaker=ignore_breaker,
-            overwrite=overwrite,
-        )
+        command = _run_command(pipeline, inputs, job_id, workspace, ignore_breaker, overwrite)
         if not self.database_exists():
             check_run_before_creating(command)  # a refused run leaves no database file
         return prepare_run(self.open_store(write=True), command)
@@ -324,17 +317,10 @@ class Steplog:
     ) -> Submitted:
         """Queue PIPELINE as a new job for a worker (`work`, `steplog worker`): every check of
         `run`, then job.created only. Raises Rejected (nothing appended) where `run` would."""
-        from steplog.commands.jobs import RunCommand, check_run_before_creating
+        from steplog.commands.jobs import check_run_before_creating
         from steplog.commands.queue import submit
 
-        command = RunCommand(
-            pipeline_path=Path(pipeline),
-            inputs=_check_inputs(inputs),
-            job_id=job_id,
-            workspace=Path(workspace) if workspace is not None else None,
-            ignore_breaker=ignore_breaker,
-            overwrite=overwrite,
-        )
+        command = _run_command(pipeline, inputs, job_id, workspace, ignore_breaker, overwrite)
         if not self.database_exists():
             check_run_before_creating(command)  # a refused submit leaves no database file
         return submit(self.open_store(write=True), command)
@@ -857,6 +843,27 @@ class Steplog:
             events=len(plan.events),
             blobs=len(plan.blobs),
         )
+
+
+def _run_command(
+    pipeline: str | os.PathLike[str],
+    inputs: dict[str, str] | None,
+    job_id: str | None,
+    workspace: str | os.PathLike[str] | None,
+    ignore_breaker: bool,
+    overwrite: bool,
+) -> RunCommand:
+    """What `run` and `submit` check: one command model for both."""
+    from steplog.commands.jobs import RunCommand
+
+    return RunCommand(
+        pipeline_path=Path(pipeline),
+        inputs=_check_inputs(inputs),
+        job_id=job_id,
+        workspace=Path(workspace) if workspace is not None else None,
+        ignore_breaker=ignore_breaker,
+        overwrite=overwrite,
+    )
 
 
 def _check_inputs(inputs: dict[str, str] | None) -> dict[str, str]:
