@@ -1,0 +1,79 @@
+"""The executor's own events take a fast path: NewEvent stamps their ts itself (utc_now) and
+skips the checks a given ts needs. These properties hold it to the validated path: an event
+built the fast way, parsed back from its parts as `steplog import` parses a file
+(NewEvent.parse, every check), gives the same row, so the log, its hash chain and every
+projection come out identical."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from steplog.eventstore.events import NewEvent, utc_now, utc_text
+from tests.strategies import Batch, append_batches, dump, fresh_store, interleaved_batches
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LAST_NS = 253_402_300_800 * 10**9 - 1  # 9999-12-31T23:59:59.999999999Z
+
+
+def datetime_text(ns: int) -> str:
+    """The slow, obvious way: datetime's own ISO text, microseconds, Z."""
+    moment = EPOCH + timedelta(microseconds=ns // 1000)
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+@given(st.integers(min_value=0, max_value=LAST_NS))
+def test_utc_text_is_datetimes_iso_text(ns: int) -> None:
+    assert utc_text(ns) == datetime_text(ns)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=LAST_NS), min_size=2, max_size=20))
+def test_utc_text_cache_never_serves_another_second(many: list[int]) -> None:
+    # the one-second cache, visited out of order and back again
+    for ns in [*many, *reversed(many)]:
+        assert utc_text(ns) == datetime_text(ns)
+
+
+def fast(ev: NewEvent) -> NewEvent:
+    """The executor's way: typed data, no ts given (stamped now)."""
+    return NewEvent.of(ev.data, ev.step, ev.level)  # type: ignore[arg-type]
+
+
+def validated(ev: NewEvent) -> NewEvent:
+    """The way an untyped event from a file is taken in: every field checked."""
+    return NewEvent.parse(ev.type, json.loads(ev.data_json()), ev.step, ev.level, ev.ts)
+
+
+def row(ev: NewEvent) -> tuple:
+    return (ev.ts, ev.level, ev.type, ev.step, ev.data_json())
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)  # a store per example
+@given(interleaved_batches())
+def test_fast_path_rows_equal_validated_rows(batches: list[Batch]) -> None:
+    fast_batches = [Batch(b.job_id, [fast(ev) for ev in b.events], b.blobs) for b in batches]
+    checked = [Batch(b.job_id, [validated(ev) for ev in b.events], b.blobs) for b in fast_batches]
+    for ours, theirs in zip(fast_batches, checked):
+        assert [row(ev) for ev in ours.events] == [row(ev) for ev in theirs.events]
+    with fresh_store() as a, fresh_store() as b:
+        stored_a = append_batches(a, fast_batches)
+        stored_b = append_batches(b, checked)
+        assert stored_a == stored_b
+        tables_a, tables_b = dump(a.conn), dump(b.conn)
+        for when_made in (tables_a, tables_b):  # the file's creation time, not the log's
+            when_made.pop("schema_migrations")
+        assert tables_a == tables_b  # events, chain, blobs and every projection
+
+
+def test_stamped_ts_is_now() -> None:
+    from steplog.eventstore.events import StepStarted
+
+    before = utc_now()
+    ev = NewEvent.of(StepStarted(attempt=1, fingerprint="f"), "s")
+    assert before <= ev.ts <= utc_now()
+    assert NewEvent.parse(ev.type, ev.data.model_dump(), ev.step, ev.level, ev.ts).ts == ev.ts
