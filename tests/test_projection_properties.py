@@ -89,6 +89,11 @@ def test_a_fold_continued_from_any_prefix_equals_the_whole_fold(batches):
             assert cache.project(events[cut:], cache.project(events[:cut])) == whole_cache, cut
         # folding the job's slice of the global log is the same as folding read_job
         assert fold_manifest(job, [ev for ev in everything if ev.job_id == job]) == whole
+        # project's one loop is apply, event after event
+        one_by_one = manifest.JobState(job_id=job)
+        for ev in events:
+            manifest.apply(one_by_one, ev)
+        assert one_by_one == manifest.project(job, events)
 
     whole_cache = cache.project(everything)
     for cut in range(len(everything) + 1):
@@ -103,6 +108,11 @@ def test_a_fold_refuses_another_jobs_event():
     )
     with pytest.raises(ValueError, match="other"):
         manifest.apply(manifest.JobState(job_id="mine"), ev)
+    mine = ev._replace(job_id="mine", data_json='{"owner": null}')
+    state = manifest.JobState(job_id="mine")
+    with pytest.raises(ValueError, match="other"):
+        manifest.project("mine", [mine, ev._replace(version=2, seq=2)], state)
+    assert (state.version, state.last_seq, state.status) == (1, 1, "running")  # as apply leaves it
 
 
 # -- 3. replay ----------------------------------------------------------------------------------
