@@ -29,6 +29,7 @@ from steplog.eventstore.record import StoredEvent
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.projections import cache, flights, manifest, tables
 from steplog.projections.cache import CACHE_EVENT_TYPES
+from steplog.projections.sql_tables import BREAKER_COLUMNS
 from steplog.projections.tables import (
     PROJECTORS,
     SQLITE,
@@ -257,10 +258,12 @@ def test_projection_tables_equal_the_folds_after_every_append_and_a_rebuild(batc
         flights_table = SQLITE.read_flights_table(store.conn)
         assert flights_table == flights.project(everything)
 
+        breakers_table = SQLITE.read_breakers_table(store.conn)
         assert rebuild(store) == len(everything)
         assert read_jobs_table(store.conn) == jobs_table
         assert read_cache_table(store.conn) == cache_table
         assert SQLITE.read_flights_table(store.conn) == flights_table
+        assert SQLITE.read_breakers_table(store.conn) == breakers_table
 
         # damaged tables: rebuild restores them from the log alone
         with store.write_transaction() as conn:
@@ -282,10 +285,21 @@ def test_projection_tables_equal_the_folds_after_every_append_and_a_rebuild(batc
                 "INSERT OR IGNORE INTO jobs (job_id, pipeline, status, created_ts)"
                 " VALUES ('ghost-job', 'p', 'running', 'x')"
             )
+            conn.execute("UPDATE cache_refused SET seq = seq + 1")
+            conn.execute(
+                "INSERT OR IGNORE INTO cache_refused (cache_key, response_sha256, seq)"
+                " VALUES ('stale-key', 'x', 0)"
+            )
+            conn.execute("UPDATE breakers SET failures = failures + 1")
+            conn.execute(
+                f"INSERT OR IGNORE INTO breakers ({BREAKER_COLUMNS})"
+                " VALUES ('ghost-endpoint', 'open', 3, 0.0, 'p', 0)"
+            )
         assert rebuild(store) == len(everything)
         assert read_jobs_table(store.conn) == jobs_table
         assert read_cache_table(store.conn) == cache_table
         assert SQLITE.read_flights_table(store.conn) == flights_table
+        assert SQLITE.read_breakers_table(store.conn) == breakers_table
 
 
 class _AppendsRightAfterItsRead:
