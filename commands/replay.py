@@ -70,12 +70,6 @@ def replay(store: EventStore, job_id: str, point: str) -> ReplayView:
     if job_version == 0:
         raise BadPoint(f"unknown job {job_id}")
     kind, target = matcher(point, job_version)
-    if kind == "version":  # the first N events: one read, each fold in its own loop
-        events = list(store.read_job(job_id, until_version=target))  # type: ignore[arg-type]
-        if not events or events[-1].version != target:
-            raise BadPoint(f"no event of job {job_id} matches {point!r}")
-        state = manifest.project(job_id, events)
-        return ReplayView(state, cache.project(events), events, point, state.version)
     state = JobState(job_id=job_id)
     index = CacheIndex()
     events: list[StoredEvent] = []
