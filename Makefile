@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint bench bench-startup bench-postgres bench-peers screenshot clean
+.PHONY: demo test test-fast lint bench bench-verbs bench-startup bench-postgres bench-peers screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/limits.py
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/verbs.py
+
+# each read verb at 1,000 and 10,000 steps, chain and fan-out, and the 10k/1k ratio (about 3 minutes)
+bench-verbs: $(STAMP)
+	$(BIN)/python bench/verbs.py
 
 # start-up of `steplog --help`, `jobs` and `status` against `sqlite-utils --help` (about 20 s)
 bench-startup: $(STAMP)

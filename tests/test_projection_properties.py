@@ -27,8 +27,9 @@ from steplog.eventstore.events import (
 )
 from steplog.eventstore.record import StoredEvent
 from steplog.eventstore.sqlite import SQLiteEventStore
-from steplog.projections import cache, flights, manifest
+from steplog.projections import cache, flights, manifest, tables
 from steplog.projections.cache import CACHE_EVENT_TYPES
+from steplog.projections.sql_tables import BREAKER_COLUMNS
 from steplog.projections.tables import (
     PROJECTORS,
     SQLITE,
@@ -89,6 +90,11 @@ def test_a_fold_continued_from_any_prefix_equals_the_whole_fold(batches):
             assert cache.project(events[cut:], cache.project(events[:cut])) == whole_cache, cut
         # folding the job's slice of the global log is the same as folding read_job
         assert fold_manifest(job, [ev for ev in everything if ev.job_id == job]) == whole
+        # project's one loop is apply, event after event
+        one_by_one = manifest.JobState(job_id=job)
+        for ev in events:
+            manifest.apply(one_by_one, ev)
+        assert one_by_one == manifest.project(job, events)
 
     whole_cache = cache.project(everything)
     for cut in range(len(everything) + 1):
@@ -103,6 +109,11 @@ def test_a_fold_refuses_another_jobs_event():
     )
     with pytest.raises(ValueError, match="other"):
         manifest.apply(manifest.JobState(job_id="mine"), ev)
+    mine = ev._replace(job_id="mine", data_json='{"owner": null}')
+    state = manifest.JobState(job_id="mine")
+    with pytest.raises(ValueError, match="other"):
+        manifest.project("mine", [mine, ev._replace(version=2, seq=2)], state)
+    assert (state.version, state.last_seq, state.status) == (1, 1, "running")  # as apply leaves it
 
 
 # -- 3. replay ----------------------------------------------------------------------------------
@@ -247,10 +258,12 @@ def test_projection_tables_equal_the_folds_after_every_append_and_a_rebuild(batc
         flights_table = SQLITE.read_flights_table(store.conn)
         assert flights_table == flights.project(everything)
 
+        breakers_table = SQLITE.read_breakers_table(store.conn)
         assert rebuild(store) == len(everything)
         assert read_jobs_table(store.conn) == jobs_table
         assert read_cache_table(store.conn) == cache_table
         assert SQLITE.read_flights_table(store.conn) == flights_table
+        assert SQLITE.read_breakers_table(store.conn) == breakers_table
 
         # damaged tables: rebuild restores them from the log alone
         with store.write_transaction() as conn:
@@ -272,10 +285,21 @@ def test_projection_tables_equal_the_folds_after_every_append_and_a_rebuild(batc
                 "INSERT OR IGNORE INTO jobs (job_id, pipeline, status, created_ts)"
                 " VALUES ('ghost-job', 'p', 'running', 'x')"
             )
+            conn.execute("UPDATE cache_refused SET seq = seq + 1")
+            conn.execute(
+                "INSERT OR IGNORE INTO cache_refused (cache_key, response_sha256, seq)"
+                " VALUES ('stale-key', 'x', 0)"
+            )
+            conn.execute("UPDATE breakers SET failures = failures + 1")
+            conn.execute(
+                f"INSERT OR IGNORE INTO breakers ({BREAKER_COLUMNS})"
+                " VALUES ('ghost-endpoint', 'open', 3, 0.0, 'p', 0)"
+            )
         assert rebuild(store) == len(everything)
         assert read_jobs_table(store.conn) == jobs_table
         assert read_cache_table(store.conn) == cache_table
         assert SQLITE.read_flights_table(store.conn) == flights_table
+        assert SQLITE.read_breakers_table(store.conn) == breakers_table
 
 
 class _AppendsRightAfterItsRead:
@@ -297,15 +321,17 @@ class _AppendsRightAfterItsRead:
             pass  # locked out: rebuild read and rewrote under one lock
 
 
-def test_rebuild_loses_no_append_made_while_it_reads(db_path):
+def test_rebuild_loses_no_append_made_while_it_reads(db_path, monkeypatch):
     other = _AppendsRightAfterItsRead(db_path)
+    fold = tables.fold_tables
 
-    class Store(SQLiteEventStore):
-        def read_all(self, **kwargs):
-            yield from super().read_all(**kwargs)
-            other()
+    def fold_then_append(events, **kwargs):
+        folded = fold(events, **kwargs)  # the log has been read
+        other()
+        return folded
 
-    store = Store(db_path, projectors=PROJECTORS)
+    monkeypatch.setattr(tables, "fold_tables", fold_then_append)
+    store = SQLiteEventStore(db_path, projectors=PROJECTORS)
     try:
         store.append("j", [_created(), NewEvent.of(JobStarted(owner=OWNER))], expected_version=0)
         rebuild(store)
