@@ -536,8 +536,8 @@ def bench_rebuild(db: Path, meta: dict, profile: Path | None) -> None:
         print(f"  (profile written to {profile / 'rebuild.prof'})")
     rate = child["events"] / child["seconds"]
     note = (
-        f"{child['seconds']:.2f} s in all, of which reading the rows (read_all) "
-        f"≈ {child['read_all_seconds']:.2f} s"
+        f"{child['seconds']:.2f} s in all; a read_all of every row, for comparison, "
+        f"{child['read_all_seconds']:.2f} s"
     )
     report(
         Figure(

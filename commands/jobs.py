@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import anyio
-import anyio._backends._asyncio  # noqa: F401  (see below)
+
+# anyio loads its event-loop backend (and asyncio) on first use: about 45 ms of imports, which
+# would otherwise fall between a job's job.started and its first step.started. They are the
+# process's start-up, so they are imported with this module, before any job opens.
+import anyio._backends._asyncio  # noqa: F401
 from anyio.abc import TaskStatus
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,10 +59,6 @@ from steplog.projections.breaker import iso
 from steplog.projections.manifest import JobState
 from steplog.projections.store import breaker_of
 from steplog.providers import breaker
-
-# anyio loads its event-loop backend (and asyncio) on first use: about 45 ms of imports, which
-# would otherwise fall between a job's job.started and its first step.started. They are the
-# process's start-up, so they are imported with this module, before any job opens.
 
 
 class RunCommand(BaseModel):

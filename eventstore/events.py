@@ -538,7 +538,7 @@ _SECOND_TEXT: dict[int, str] = {}
 
 # NewEvent's ts when the caller gives none: stamped in __post_init__ by utc_now, whose text needs
 # none of the checks a given ts gets (compared by identity, so no given text can pass for it).
-_STAMP_NOW = str("now, by utc_now")
+_STAMP_NOW = "now, by utc_now"
 
 
 _TS_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
