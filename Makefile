@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint bench bench-verbs bench-startup bench-postgres bench-peers screenshot clean
+.PHONY: demo test test-fast lint bench bench-verbs bench-startup bench-concurrency bench-postgres bench-peers screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,10 +37,16 @@ bench: $(STAMP)
 	$(BIN)/python bench/limits.py
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/verbs.py
+	$(BIN)/python bench/concurrency.py
 
 # each read verb at 1,000 and 10,000 steps, chain and fan-out, and the 10k/1k ratio (about 3 minutes)
 bench-verbs: $(STAMP)
 	$(BIN)/python bench/verbs.py
+
+# 1,000 steps against a loopback server answering after 200 ms, 100 at once, beside raw httpx
+# (and raw httpx over aiohttp) in the same run (about 1 minute)
+bench-concurrency: $(STAMP)
+	$(BIN)/python bench/concurrency.py
 
 # start-up of `steplog --help`, `jobs` and `status` against `sqlite-utils --help` (about 20 s)
 bench-startup: $(STAMP)

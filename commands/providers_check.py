@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 
 from steplog.executor.pipeline import Pipeline, load_pipeline
 from steplog.providers.base import ProviderError
+from steplog.providers.client import http_client
 from steplog.providers.config import ProviderConfig
 from steplog.providers.http import HTTPProvider, public_url
 from steplog.providers.registry import build_provider
@@ -35,14 +35,15 @@ class CheckResult:
         return asdict(self)
 
 
-async def check_one(name: str, config: ProviderConfig, client: httpx.AsyncClient) -> CheckResult:
+async def check_one(name: str, config: ProviderConfig) -> CheckResult:
     url = public_url(config.base_url) if config.base_url else None
     if config.kind == "offline":
         return CheckResult(name, config.kind, url, True, "offline: answers locally, no network")
     try:
-        provider = build_provider(name, config, client)
-        assert isinstance(provider, HTTPProvider)
-        detail = await provider.check()
+        async with http_client(1, url=config.base_url or "") as client:
+            provider = build_provider(name, config, client)
+            assert isinstance(provider, HTTPProvider)
+            detail = await provider.check()
     except ProviderError as exc:
         return CheckResult(name, config.kind, url, False, str(exc))
     except ValueError as exc:  # a base_url that is no http(s) URL; the message hides credentials
@@ -54,15 +55,13 @@ async def check_pipeline(pipeline: Pipeline) -> list[CheckResult]:
     """Every configured provider, checked concurrently; results in the file's order."""
     configs = pipeline.spec.providers
     results: dict[str, CheckResult] = {}
-    tls = any((c.base_url or "").startswith("https:") for c in configs.values())
-    async with httpx.AsyncClient(verify=tls) as client:
 
-        async def one(name: str, config: ProviderConfig) -> None:
-            results[name] = await check_one(name, config, client)
+    async def one(name: str, config: ProviderConfig) -> None:
+        results[name] = await check_one(name, config)
 
-        async with anyio.create_task_group() as group:
-            for name, config in configs.items():
-                group.start_soon(one, name, config)
+    async with anyio.create_task_group() as group:
+        for name, config in configs.items():
+            group.start_soon(one, name, config)
     return [results[name] for name in configs]
 
 

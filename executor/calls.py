@@ -17,7 +17,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import anyio
-import httpx
 
 from steplog.eventstore.events import (
     BudgetExceeded,
@@ -60,6 +59,11 @@ DEFAULT_MAX_CONCURRENCY = 4
 # Tries of the admission transaction for one attempt; each try after the first follows a wait
 # (bounded by MAX_WAIT_S) or a peek that found the answer changed.
 MAX_ADMISSION_TRIES = 10_000
+
+
+def provider_concurrency(config: ProviderConfig) -> int | None:
+    """The calls a provider may have in flight in this process; None: no limit."""
+    return config.max_concurrency or DEFAULT_CONCURRENCY.get(config.kind, DEFAULT_MAX_CONCURRENCY)
 
 
 def retry_policy(config: ProviderConfig) -> RetryPolicy:
@@ -127,18 +131,18 @@ class ProviderCalls:
         """Build the providers the steps use (and their limits), closed with `stack`."""
         used = {self.pipeline.spec.steps[step].provider for step in steps}
         configs = {name: c for name, c in self.pipeline.spec.providers.items() if name in used}
-        client = None
         remote = [c for c in configs.values() if c.kind != "offline"]
-        if remote:
-            # Only when a step talks HTTP, and the TLS trust store (~20 ms to load) only when
-            # a provider's URL is https: a plain-http client never uses it.
-            tls = any((c.base_url or "").startswith("https:") for c in remote)
-            client = await stack.enter_async_context(httpx.AsyncClient(verify=tls))
         for name, config in configs.items():
+            limit = provider_concurrency(config)
+            client = None
+            if config.kind != "offline":
+                # the provider's own pool, as many connections as it may have calls in flight
+                from steplog.providers.client import http_client  # aiohttp: ~150 ms to import
+
+                connections = limit or DEFAULT_MAX_CONCURRENCY
+                client = http_client(connections, url=config.base_url or "")
+                await stack.enter_async_context(client)
             self.providers[name] = build_provider(name, config, client)
-            limit = config.max_concurrency or DEFAULT_CONCURRENCY.get(
-                config.kind, DEFAULT_MAX_CONCURRENCY
-            )
             if limit is not None:
                 self.limiters[name] = anyio.CapacityLimiter(limit)
             if config.requests_per_minute:

@@ -322,6 +322,28 @@ def _error(message: str) -> bytes:
     return json.dumps(OPENAI.error_body(400, message)).encode()
 
 
+class Headers(dict):  # type: ignore[type-arg]
+    """A request's headers as sent, looked up without regard to case (as HTTP names are):
+    httpx sends them as written, aiohttp in lower case."""
+
+    def _name(self, key: object) -> Optional[str]:
+        if not isinstance(key, str):
+            return None
+        return next((name for name in self.keys() if name.lower() == key.lower()), None)
+
+    def __getitem__(self, key: str) -> str:
+        name = self._name(key)
+        if name is None:
+            raise KeyError(key)
+        return super().__getitem__(name)
+
+    def __contains__(self, key: object) -> bool:
+        return self._name(key) is not None
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self[key] if key in self else default
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -358,7 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self.server.record("GET", self.path, dict(self.headers), None)
+        self.server.record("GET", self.path, Headers(self.headers), None)
         route = self._route()
         anthropic = "anthropic-version" in {h.lower() for h in self.headers}
         wire = ANTHROPIC if anthropic else OLLAMA if route.endswith("/api/tags") else OPENAI
@@ -388,7 +410,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             body = None
-        self.server.record("POST", self.path, dict(self.headers), body)
+        self.server.record("POST", self.path, Headers(self.headers), body)
         wire = _protocol(self._route())
         if wire is None:
             self._send(404, _error(f"no route {self.path}"))

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from steplog.providers.base import LLMRequest, LLMResult
+from steplog.providers.client import http_client
 from steplog.providers.config import ProviderConfig
 from steplog.providers.registry import build_provider
 from tests.fake_llm_server import FakeLLMServer
@@ -67,7 +67,7 @@ def call(config: ProviderConfig, request: LLMRequest, *, name: str = "remote") -
     """One complete() on a fresh client, bounded in time whatever goes wrong."""
 
     async def go() -> LLMResult:
-        async with httpx.AsyncClient() as client:
+        async with http_client(4, url="http://127.0.0.1") as client:
             with anyio.fail_after(10):
                 return await build_provider(name, config, client).complete(request)  # type: ignore[return-value]
 
@@ -76,7 +76,7 @@ def call(config: ProviderConfig, request: LLMRequest, *, name: str = "remote") -
 
 def check(config: ProviderConfig, *, name: str = "remote") -> str:
     async def go() -> str:
-        async with httpx.AsyncClient() as client:
+        async with http_client(4, url="http://127.0.0.1") as client:
             with anyio.fail_after(10):
                 return await build_provider(name, config, client).check()  # type: ignore[attr-defined]
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import anyio
-import httpx
 import pytest
 from pydantic import ValidationError
 
 from steplog.providers.anthropic import AnthropicProvider, _Stream
 from steplog.providers.base import LLMResult, ProviderError, ProviderHTTPError, ProviderStreamError
+from steplog.providers.client import http_client
 from steplog.providers.config import ProviderConfig
 from steplog.providers.http import ErrorInAnswer
 from tests.fake_llm_server import FakeLLMServer
@@ -156,7 +156,7 @@ def test_an_overloaded_event_mid_stream_is_retryable(server) -> None:
 
 def test_a_base_url_is_required_and_must_be_http() -> None:
     async def build(base_url: str | None) -> None:
-        async with httpx.AsyncClient() as client:
+        async with http_client(4, url="http://127.0.0.1") as client:
             AnthropicProvider("a", ProviderConfig(kind="anthropic", base_url=base_url), client)
 
     with pytest.raises(ValueError, match="base_url is required"):

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from steplog.providers.base import (
@@ -25,6 +24,7 @@ from steplog.providers.base import (
     ProviderHTTPError,
     ProviderUnavailable,
 )
+from steplog.providers.client import http_client
 from steplog.providers.config import ProviderConfig
 from steplog.providers.http import parse_retry_after, public_url
 from steplog.providers.openai import OpenAIProvider
@@ -48,7 +48,7 @@ def call(url: str, request: LLMRequest | None = None, **config: Any) -> LLMResul
     )
 
     async def go() -> LLMResult:
-        async with httpx.AsyncClient() as client:
+        async with http_client(4, url="http://127.0.0.1") as client:
             with anyio.fail_after(10):  # every test stays bounded, whatever goes wrong
                 return await OpenAIProvider("remote", cfg, client).complete(request)
 
@@ -282,7 +282,7 @@ def test_nobody_listening_is_unavailable():
 
 def test_a_url_that_is_not_http_is_refused_up_front():
     cfg = ProviderConfig(kind="openai", base_url="ftp://u:secret@127.0.0.1/v1")
-    client = httpx.AsyncClient()
+    client = http_client(4, url="http://127.0.0.1")
     try:
         with pytest.raises(ValueError, match="http") as info:
             OpenAIProvider("remote", cfg, client)
@@ -385,7 +385,7 @@ def test_streaming_asks_for_usage_and_reads_it(server):
     cfg = ProviderConfig(kind="openai", base_url=server.url, model="m", stream=True)
 
     async def go() -> LLMResult:
-        async with httpx.AsyncClient() as client:
+        async with http_client(4, url="http://127.0.0.1") as client:
             with anyio.fail_after(10):
                 return await OpenAIProvider("remote", cfg, client).complete(
                     LLMRequest(step="s", prompt="hello stream", model="m")
