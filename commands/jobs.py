@@ -42,6 +42,7 @@ from steplog.eventstore.record import EventStore, StoredEvent, VersionConflict, 
 from steplog.executor import faults
 from steplog.executor.breakers import breaker_endpoint, breaker_policy
 from steplog.executor.budget import Spend, blocks_resume
+from steplog.executor.calls import import_http
 from steplog.executor.lease import Lease, lease_liveness
 from steplog.executor.ownership import lease_of, owner_alive
 from steplog.executor.pipeline import (
@@ -125,6 +126,7 @@ def _check_run(store: EventStore, cmd: RunCommand) -> tuple[Pipeline, dict[str, 
     pipeline = load_pipeline(cmd.pipeline_path)
     inputs = pipeline.resolve_inputs(cmd.inputs)
     _check_keys(pipeline, list(pipeline.order))
+    import_http(pipeline, list(pipeline.order))
     if not cmd.ignore_breaker:
         check_breakers(store, pipeline, list(pipeline.order))
     job_id = cmd.job_id or new_job_id()
@@ -353,6 +355,7 @@ def check_plan(
     """What a resume checks once it knows the steps it will run (keys, budget, breakers,
     workspace); a worker's claim checks the same."""
     _check_keys(pipeline, steps)
+    import_http(pipeline, steps)
     check_budget(state, pipeline, pipeline.path)
     if not ignore_breaker:
         check_breakers(store, pipeline, steps)

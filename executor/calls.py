@@ -66,6 +66,16 @@ def provider_concurrency(config: ProviderConfig) -> int | None:
     return config.max_concurrency or DEFAULT_CONCURRENCY.get(config.kind, DEFAULT_MAX_CONCURRENCY)
 
 
+def import_http(pipeline: Pipeline, steps: Sequence[str]) -> None:
+    """Import the HTTP client now if the steps call a provider over HTTP.
+
+    aiohttp takes ~150 ms to import: done before a job opens, not between its job.started and
+    its first call, where it would count in the job's time.
+    """
+    if any(pipeline.provider_for(step).kind != "offline" for step in steps):
+        import steplog.providers.client  # noqa: F401
+
+
 def retry_policy(config: ProviderConfig) -> RetryPolicy:
     return RetryPolicy(
         base_s=config.backoff_base_s,
@@ -137,7 +147,7 @@ class ProviderCalls:
             client = None
             if config.kind != "offline":
                 # the provider's own pool, as many connections as it may have calls in flight
-                from steplog.providers.client import http_client  # aiohttp: ~150 ms to import
+                from steplog.providers.client import http_client  # see import_http
 
                 connections = limit or DEFAULT_MAX_CONCURRENCY
                 client = http_client(connections, url=config.base_url or "")

@@ -16,7 +16,7 @@ from typing import Callable
 from steplog.eventstore.events import JobFailed, JobSucceeded, NewEvent, Owner
 from steplog.eventstore.record import EventStore
 from steplog.executor.budget import Spend
-from steplog.executor.calls import DEFAULT_CONCURRENCY, DEFAULT_MAX_CONCURRENCY, ProviderCalls
+from steplog.executor.calls import ProviderCalls, provider_concurrency
 from steplog.executor.flights import Liveness, default_alive
 from steplog.executor.joblog import JobLog, Observer
 from steplog.executor.pipeline import Pipeline
@@ -101,11 +101,7 @@ def steps_under_way(pipeline: Pipeline) -> int:
     MIN_STEPS_UNDER_WAY."""
     calls = 0
     for name in {step.provider for step in pipeline.spec.steps.values()}:
-        config = pipeline.spec.providers[name]
-        limit = config.max_concurrency or DEFAULT_CONCURRENCY.get(
-            config.kind, DEFAULT_MAX_CONCURRENCY
-        )
-        calls += limit or 0
+        calls += provider_concurrency(pipeline.spec.providers[name]) or 0
     return max(MIN_STEPS_UNDER_WAY, 2 * calls)
 
 
