@@ -297,8 +297,19 @@ def main() -> None:
                 raw_client(sys.executable, server.url, args.calls, args.concurrency, how)
             )
             show(figures[-1], ideal, args.calls)
+        # the same process with one call: its start-up and the job's fixed cost, subtracted
+        # below so the per-call CPU is the calls' own
+        alone = steplog_run(Path(tmp), server.url, 1, args.concurrency, "steplog-one-call")
         ours = steplog_run(Path(tmp), server.url, args.calls, args.concurrency, "steplog")
         show(ours, ideal, args.calls)
+        client = figures[-1]  # raw httpx over aiohttp: the client steplog's providers use
+        per_call = (ours.cpu - alone.cpu) / (args.calls - 1)
+        print(
+            f"  steplog CPU per call, start-up ({alone.cpu:.2f} s for a one-call run) left "
+            f"out: {per_call * 1e6:,.0f} µs, of which the HTTP client's (the raw aiohttp "
+            f"line) {client.cpu / args.calls * 1e6:,.0f} µs and steplog's own "
+            f"{(per_call - client.cpu / args.calls) * 1e6:,.0f} µs"
+        )
 
 
 if __name__ == "__main__":
