@@ -808,6 +808,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="also write cProfile stats of the hot paths here"
     )
+    parser.add_argument(
+        "--only", choices=("steps",), help="run only this section (steps: per-step orchestration)"
+    )
     parser.add_argument("--child-resume", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_resume:
@@ -833,23 +836,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="steplog-bench-") as tmp_name:
         tmp = Path(tmp_name)
         os.chdir(tmp)
+        log = None
         try:
-            bench_append(tmp, sizes["append_batches"], repeat)
-            gc.collect()
+            if args.only is None:
+                bench_append(tmp, sizes["append_batches"], repeat)
+                gc.collect()
             bench_steps(tmp, sizes["steps"], repeat, args.profile)
             gc.collect()
-            log = biglog.ensure(args.cache_dir, sizes["log_events"])
-            work = tmp / "log.db"
-            copy_db(log.db, work)
-            bench_rebuild(work, log.meta, args.profile)
-            bench_job(log, work, repeat, args.profile)
+            if args.only is None:
+                log = biglog.ensure(args.cache_dir, sizes["log_events"])
+                work = tmp / "log.db"
+                copy_db(log.db, work)
+                bench_rebuild(work, log.meta, args.profile)
+                bench_job(log, work, repeat, args.profile)
         finally:
             os.chdir(cwd)
     print_table()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"\n{len(FIGURES)} figures in {time.perf_counter() - started:.0f} s; "
-        f"peak RSS of the bench process {rss:.0f} MiB; big log cached at {log.db}"
+        f"peak RSS of the bench process {rss:.0f} MiB"
+        + (f"; big log cached at {log.db}" if log else "")
     )
     if args.json:
         args.json.write_text(
@@ -860,7 +867,7 @@ def main() -> None:
                     "python": platform.python_version(),
                     "sqlite": sqlite3.sqlite_version,
                     "mode": "quick" if quick else "full",
-                    "log": log.meta,
+                    "log": log.meta if log else None,
                     "figures": [{**asdict(f), "ratio": f.ratio} for f in FIGURES],
                 },
                 indent=2,
