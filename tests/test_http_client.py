@@ -29,9 +29,7 @@ def _reset(conn: socket.socket) -> None:
 ANSWERS: dict[str, Callable[[socket.socket], None]] = {
     "not-http": lambda conn: conn.sendall(b"hello there\r\n\r\n"),
     "reset": _reset,
-    "short-body": lambda conn: conn.sendall(
-        b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"a":'
-    ),
+    "short-body": lambda conn: conn.sendall(b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"a":'),
     "silent": lambda conn: time.sleep(1.5),
 }
 
