@@ -1,8 +1,9 @@
 """The HTTP client of one provider: httpx's API over aiohttp's connection pool.
 
 httpx's own pool costs more CPU per call the more connections it keeps (encode/httpx#3215): at
-100 calls at once, 1,000 calls of 200 ms take 3.4 s with its default limits and 20 s with limits
-of 100 (bench/concurrency.py), against 2.4 s through the httpx-aiohttp transport. So every
+100 calls at once it was the limit, with its default limits and ten times more so with 100 kept
+alive, against the httpx-aiohttp transport (bench/concurrency.py; figures in bench/README.md).
+So every
 provider gets its own client, an httpx.AsyncClient whose transport is aiohttp's, with as many
 connections as the provider may have calls in flight (its max_concurrency) and all of them kept
 alive between calls.
