@@ -120,7 +120,7 @@ def _depends(
     parts that do not depend on upstream output changed since its previous run."""
     reason = f"depends on {', '.join(waiting)} (will be re-run)"
     # upstream output and rendered text are unknown until the upstream steps ran
-    known = explain.cache_detail(pipeline, name, system=None, prompt="", inputs=inputs, outputs={})
+    known = explain.cache_detail(pipeline, name, system=None, prompt="", inputs=inputs, upstream={})
     unknown = ("upstream", "rendered")
     previous = previous_run(store, pipeline.name, name, known, unknown=unknown, job_inputs=inputs)
     changed: list[CacheChange] = []
@@ -212,7 +212,7 @@ def predict(
             system=system,
             prompt=prompt,
             inputs=inputs,
-            outputs={r: outputs[r].text for r in reads},
+            upstream={r: outputs[r].sha256 for r in reads},
         )
         previous = previous_run(store, pipeline.name, name, detail, parts, job_inputs=inputs)
         why = explain.miss_fields(previous, key, parts, detail)

@@ -87,10 +87,10 @@ def cache_detail(
     system: str | None,
     prompt: str,
     inputs: Mapping[str, str],
-    outputs: Mapping[str, str],
+    upstream: Mapping[str, str],
 ) -> CacheDetail:
-    """The detail of one key. `outputs` maps each upstream step the templates read to its
-    output text (as stored in its output blob)."""
+    """The detail of one key. `upstream` maps each upstream step the templates read to the
+    sha256 of its output blob."""
     spec = pipeline.spec.steps[step]
     return CacheDetail.model_construct(
         provider=pipeline.cache_identity_for(step),
@@ -105,7 +105,7 @@ def cache_detail(
             "prompt": text_sha256(prompt),
         },
         inputs={k: text_sha256(v) for k, v in sorted(step_inputs(pipeline, step, inputs).items())},
-        upstream={name: text_sha256(outputs[name]) for name in sorted(outputs)},
+        upstream={name: upstream[name] for name in sorted(upstream)},
     )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+from steplog.eventstore.record import text_sha256
 from steplog.executor.cachekey import canonical_json
 
 
@@ -20,6 +22,11 @@ class StepOutput:
     text: str  # what was stored as the step's output blob
     value: Any  # what downstream templates see as steps.<name>.output
     files: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def sha256(self) -> str:
+        """The output blob's sha256: hashed once, however many steps read it."""
+        return text_sha256(self.text)
 
 
 _FENCE = re.compile(r"^```[A-Za-z0-9_+-]*\s*\n(.*?)\n```\s*$", re.DOTALL)

@@ -111,7 +111,7 @@ class StepRunner:
             system=system,
             prompt=prompt,
             inputs=self.inputs,
-            outputs={r: self.outputs[r].text for r in self.pipeline.references.get(name, ())},
+            upstream={r: self.outputs[r].sha256 for r in self.pipeline.references.get(name, ())},
         )
         store = self.log.store
         entry = cache_entry(store, key)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from steplog.eventstore.events import CacheDetail, CacheMiss
 from steplog.executor import explain
 from steplog.executor.explain import PreviousRun, describe, miss_fields, template_inputs
+from steplog.executor.outputs import StepOutput
 from steplog.executor.pipeline import parse_pipeline
 
 sha = st.binary(min_size=1, max_size=8).map(lambda b: hashlib.sha256(b).hexdigest())
@@ -225,11 +226,16 @@ prompt = "{{ steps.a.output }}"
 """
     )
     inputs = {"idea": "x", "unused": "y"}
-    a = explain.cache_detail(pipeline, "a", system=None, prompt="x", inputs=inputs, outputs={})
+    a = explain.cache_detail(pipeline, "a", system=None, prompt="x", inputs=inputs, upstream={})
     assert set(a.inputs) == {"idea"} and a.upstream == {} and a.templates["system"] is None
     assert a.provider == {"kind": "offline", "model": "offline-1", "options": {}}
     b = explain.cache_detail(
-        pipeline, "b", system=None, prompt="A", inputs=inputs, outputs={"a": "A"}
+        pipeline,
+        "b",
+        system=None,
+        prompt="A",
+        inputs=inputs,
+        upstream={"a": StepOutput("text", "A", "A").sha256},
     )
     assert b.inputs == {} and b.upstream == {"a": hashlib.sha256(b"A").hexdigest()}
 
