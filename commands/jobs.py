@@ -24,7 +24,6 @@ import anyio
 # would otherwise fall between a job's job.started and its first step.started. They are the
 # process's start-up, so they are imported with this module, before any job opens.
 import anyio._backends._asyncio  # noqa: F401
-from anyio.abc import TaskStatus
 from pydantic import BaseModel, ConfigDict, Field
 
 from steplog.commands.queries import fold_job
@@ -54,7 +53,14 @@ from steplog.executor.pipeline import (
 )
 from steplog.executor.plan import Plan, plan_resume
 from steplog.executor.runner import JobOutcome, JobRunner, Observer
-from steplog.executor.shutdown import DEFAULT_GRACE_S, Shutdown, StopReport, signals_ignored
+from steplog.executor.shutdown import (
+    DEFAULT_GRACE_S,
+    SIGNALS,
+    Shutdown,
+    StopReport,
+    signal_receiver,
+    signals_ignored,
+)
 from steplog.projections import manifest
 from steplog.projections.breaker import iso
 from steplog.projections.manifest import JobState
@@ -437,12 +443,16 @@ class LeaseWatch:
         self.grace_s = grace_s
         self.cancel_reason: str | None = None
 
-    async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    def arm(self) -> None:
+        """Before the run's first step: the lease takes cancel requests for this job."""
+        if self.prepared.lease is not None:
+            self.prepared.lease.jobs.add(self.prepared.job_id)
+
+    async def keep(self) -> None:
+        """After `arm`, beside the run until cancelled: beats, and stops the run on a cancel."""
         lease = self.prepared.lease
         if lease is None:
-            task_status.started()
             return
-        lease.jobs.add(self.prepared.job_id)
         async with anyio.create_task_group() as group:
 
             def on_cancel(job_id: str, reason: str) -> None:
@@ -450,7 +460,6 @@ class LeaseWatch:
                     self.cancel_reason = reason or "cancelled"
                     group.start_soon(self.stop)
 
-            task_status.started()
             await lease.keep(on_cancel)
 
     async def stop(self) -> None:
@@ -488,7 +497,8 @@ async def run_in_loop(
 
         async def watched() -> JobOutcome:
             async with anyio.create_task_group() as group:
-                await group.start(lease_watch.watch)
+                lease_watch.arm()
+                group.start_soon(lease_watch.keep)
                 outcome = await runner.run(prepared.plan)
                 group.cancel_scope.cancel()
             return outcome
@@ -551,15 +561,17 @@ def _execute(
     lease_watch = LeaseWatch(prepared, runner, grace_s)
 
     async def run_watched() -> JobOutcome:
-        async with anyio.create_task_group() as group:
-            await group.start(shutdown.watch, runner)
-            await group.start(lease_watch.watch)
-            outcome = await runner.run(prepared.plan)
-            group.cancel_scope.cancel()
-        # the loop, removing its handler with the watcher, put back SIGTERM's default (die at
-        # once, nothing recorded); ours again until execute() ends
-        signal.signal(signal.SIGTERM, on_sigterm)
-        return outcome
+        # The handlers and the lease's job are in place before any step starts; the watchers'
+        # tasks begin at the run's first wait (not awaited here: each `group.start` costs the
+        # first step a turn of the loop).
+        with signal_receiver(SIGNALS) as signals:
+            async with anyio.create_task_group() as group:
+                group.start_soon(shutdown.follow, signals, runner)
+                lease_watch.arm()
+                group.start_soon(lease_watch.keep)
+                outcome = await runner.run(prepared.plan)
+                group.cancel_scope.cancel()
+        return outcome  # (the receiver put back on_sigterm below: ours until execute() ends)
 
     # Outside the event loop's own handlers (before they are set up, after they are removed) a
     # signal still ends the run the old way: KeyboardInterrupt, then job.interrupted.

@@ -79,6 +79,7 @@ class Lease:
     stopped: bool = False
     say: Callable[[str], None] = lambda line: None
     _started: NewEvent | None = None
+    _started_row: tuple[str, str, str, str | None, str] | None = None  # serialized at `new`
 
     @property
     def stream(self) -> str:
@@ -125,6 +126,8 @@ class Lease:
         owner = Owner(pid=proc.pid, host=proc.host, started=proc.started, worker=worker_id)
         lease = cls(store, worker_id, lease_s, owner)
         lease._started = NewEvent.of(started)
+        # serialized now, not in start_with's transaction after the job's job.started is stamped
+        lease._started_row = _row(lease._started)
         return lease
 
     def start(self) -> None:
@@ -142,9 +145,9 @@ class Lease:
     ) -> list[StoredEvent]:
         """worker.started and a job's opening events (which name this lease as their owner) in
         ONE transaction: a refused opening (VersionConflict) leaves no lease behind either."""
-        assert self._started is not None, "made by Lease.new"
+        assert self._started_row is not None, "made by Lease.new"
         with self.store.write_transaction() as conn:
-            mine = self.store.append_txn(conn, self.stream, [_row(self._started)], None, ())
+            mine = self.store.append_txn(conn, self.stream, [self._started_row], None, ())
             stored = self.store.append_txn(
                 conn, job_id, [_row(e) for e in events], expected_version, blobs
             )

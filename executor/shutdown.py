@@ -76,26 +76,31 @@ class Shutdown:
         self, target: Drainable, *, task_status: TaskStatus[None] | None = None
     ) -> None:
         """Run (in the run's task group) until cancelled when the run ends."""
-        import anyio  # here, not at the top: the API imports DEFAULT_GRACE_S from this module
-
         with signal_receiver(SIGNALS) as signals:
             if task_status is not None:
                 task_status.started()  # the handlers are in place before any step starts
-            async for signum in signals:
-                report = self.report = StopReport(signal.Signals(signum).name, self.grace_s)
-                break
-            else:  # pragma: no cover - the receiver never ends by itself
-                return
-            report.calls_running = target.drain()
-            self.say(first_notice(report))
-            if report.calls_running and self.grace_s > 0:
-                with anyio.move_on_after(self.grace_s):
-                    async for signum in signals:
-                        report.second_signal = signal.Signals(signum).name
-                        break
-            report.calls_cancelled = target.stop_now()
-            async for _ in signals:  # more signals while the stop is recorded change nothing
-                pass
+            await self.follow(signals, target)
+
+    async def follow(self, signals: AsyncIterator[int], target: Drainable) -> None:
+        """`watch` with the signal receiver opened by the caller (before it starts any step);
+        runs until cancelled when the run ends."""
+        import anyio  # here, not at the top: the API imports DEFAULT_GRACE_S from this module
+
+        async for signum in signals:
+            report = self.report = StopReport(signal.Signals(signum).name, self.grace_s)
+            break
+        else:  # pragma: no cover - the receiver never ends by itself
+            return
+        report.calls_running = target.drain()
+        self.say(first_notice(report))
+        if report.calls_running and self.grace_s > 0:
+            with anyio.move_on_after(self.grace_s):
+                async for signum in signals:
+                    report.second_signal = signal.Signals(signum).name
+                    break
+        report.calls_cancelled = target.stop_now()
+        async for _ in signals:  # more signals while the stop is recorded change nothing
+            pass
 
 
 @contextmanager
