@@ -112,6 +112,11 @@ def signal_receiver(signals: tuple[signal.Signals, ...]) -> Iterator[AsyncIterat
     signal.valid_signals() (an enum set of every signal, ~0.15 ms) for each signal it is given:
     a tenth of a short job's time before its first step. A plain handler that hands the number
     to the loop (waking it through its self-pipe) receives them the same way.
+
+    The loop's self-pipe is also the wakeup fd, as add_signal_handler makes it: a signal that
+    the kernel hands to another thread (one of anyio's worker threads) then still wakes the
+    main thread out of its select at once, for the handler to run. The byte written there is
+    the signal's number, which the loop drops (no asyncio handler is registered for it).
     """
     import asyncio
 
@@ -130,7 +135,11 @@ def signal_receiver(signals: tuple[signal.Signals, ...]) -> Iterator[AsyncIterat
         loop.call_soon_threadsafe(deliver, signum)
 
     previous: dict[signal.Signals, Any] = {}
+    self_pipe = getattr(loop, "_csock", None)  # asyncio's own; absent in other loops
+    wakeup_before: int | None = None
     try:
+        if self_pipe is not None:
+            wakeup_before = signal.set_wakeup_fd(self_pipe.fileno(), warn_on_full_buffer=False)
         for sig in signals:
             previous[sig] = signal.signal(sig, handler)
         with receive:
@@ -138,6 +147,8 @@ def signal_receiver(signals: tuple[signal.Signals, ...]) -> Iterator[AsyncIterat
     finally:
         for sig, before in previous.items():
             signal.signal(sig, before)
+        if wakeup_before is not None:
+            signal.set_wakeup_fd(wakeup_before)
         send.close()
 
 
