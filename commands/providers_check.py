@@ -17,7 +17,7 @@ import anyio
 
 from steplog.executor.pipeline import Pipeline, load_pipeline
 from steplog.providers.base import ProviderError
-from steplog.providers.client import http_client
+from steplog.providers.client import client_url, http_client
 from steplog.providers.config import ProviderConfig
 from steplog.providers.http import HTTPProvider, public_url
 from steplog.providers.registry import build_provider
@@ -40,7 +40,7 @@ async def check_one(name: str, config: ProviderConfig) -> CheckResult:
     if config.kind == "offline":
         return CheckResult(name, config.kind, url, True, "offline: answers locally, no network")
     try:
-        async with http_client(1, url=config.base_url or "") as client:
+        async with http_client(1, url=client_url(config)) as client:
             provider = build_provider(name, config, client)
             assert isinstance(provider, HTTPProvider)
             detail = await provider.check()

@@ -147,10 +147,10 @@ class ProviderCalls:
             client = None
             if config.kind != "offline":
                 # the provider's own pool, as many connections as it may have calls in flight
-                from steplog.providers.client import http_client  # see import_http
+                from steplog.providers.client import client_url, http_client  # see import_http
 
                 connections = limit or DEFAULT_MAX_CONCURRENCY
-                client = http_client(connections, url=config.base_url or "")
+                client = http_client(connections, url=client_url(config))
                 await stack.enter_async_context(client)
             self.providers[name] = build_provider(name, config, client)
             if limit is not None:

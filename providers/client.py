@@ -18,6 +18,7 @@ and names what happened.
 from __future__ import annotations
 
 import asyncio
+import os
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +28,8 @@ from typing import Iterator
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+
+from steplog.providers.config import ProviderConfig
 
 # an idle connection is closed after this long (the server may close it sooner)
 KEEPALIVE_S = 30.0
@@ -96,6 +99,16 @@ class Transport(AiohttpTransport):
         assert isinstance(response.stream, httpx.AsyncByteStream)
         response.stream = _Body(response.stream)
         return response
+
+
+def client_url(config: ProviderConfig) -> str:
+    """The URL a provider's client is made for: its base_url with each `${NAME}` read from the
+    environment, so that NO_PROXY sees the host the calls go to. (An unset name leaves it as
+    written; the run's checks refuse that before any call.)"""
+    try:
+        return config.resolved_base_url(os.environ) or ""
+    except ValueError:
+        return config.base_url or ""
 
 
 def environment_proxy(url: str) -> str | None:

@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from steplog.providers.base import LLMRequest, ProviderUnavailable
-from steplog.providers.client import environment_proxy, http_client
+from steplog.providers.client import client_url, environment_proxy, http_client
 from steplog.providers.config import ProviderConfig
 from steplog.providers.openai import OpenAIProvider
 
@@ -111,3 +111,21 @@ def test_the_proxy_is_the_environments_as_httpx_reads_it(monkeypatch: pytest.Mon
     assert environment_proxy("http://127.0.0.2:80/v1") is None  # https only
     monkeypatch.setenv("NO_PROXY", "127.0.0.2")
     assert environment_proxy("https://127.0.0.2:443/v1") is None
+
+
+def test_no_proxy_sees_the_host_a_base_url_reads_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.3")
+    monkeypatch.setenv("LLM_HOST", "127.0.0.3")
+    config = ProviderConfig(kind="openai", model="m", base_url="http://${LLM_HOST}:8000/v1")
+    assert client_url(config) == "http://127.0.0.3:8000/v1"
+    assert environment_proxy(client_url(config)) is None  # the host NO_PROXY names
+    monkeypatch.setenv("LLM_HOST", "127.0.0.4")
+    assert environment_proxy(client_url(config)) == "http://127.0.0.1:3128"
+    monkeypatch.delenv("LLM_HOST")
+    assert client_url(config) == "http://${LLM_HOST}:8000/v1"  # as written; the run refuses it
