@@ -4,6 +4,7 @@
     python bench/run.py --quick         small sizes (100,000-event log, 200-step pipelines)
     python bench/run.py --json out.json also write the figures as JSON
     python bench/run.py --profile DIR   also write cProfile stats of the hot paths to DIR
+    python bench/run.py --only append   one section (append or steps)
 
 Nothing here asserts a time: it prints figures. See bench/README.md for what each one means.
 """
@@ -809,7 +810,9 @@ def main() -> None:
         "--profile", type=Path, help="also write cProfile stats of the hot paths here"
     )
     parser.add_argument(
-        "--only", choices=("steps",), help="run only this section (steps: per-step orchestration)"
+        "--only",
+        choices=("append", "steps"),
+        help="run only this section (append: append throughput; steps: per-step orchestration)",
     )
     parser.add_argument("--child-resume", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -838,11 +841,12 @@ def main() -> None:
         os.chdir(tmp)
         log = None
         try:
-            if args.only is None:
+            if args.only in (None, "append"):
                 bench_append(tmp, sizes["append_batches"], repeat)
                 gc.collect()
-            bench_steps(tmp, sizes["steps"], repeat, args.profile)
-            gc.collect()
+            if args.only in (None, "steps"):
+                bench_steps(tmp, sizes["steps"], repeat, args.profile)
+                gc.collect()
             if args.only is None:
                 log = biglog.ensure(args.cache_dir, sizes["log_events"])
                 work = tmp / "log.db"
