@@ -51,20 +51,20 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 READ_BATCH = 5000
 
 # The append's statements, their text constant so that sqlite3's statement cache reuses them.
-# _HEAD: (last seq of the log, then the job's version, last_hash, created_ts or NULLs).
-_HEAD = (
+# HEAD_SQL: (last seq of the log, then the job's version, last_hash, created_ts or NULLs).
+HEAD_SQL = (
     "SELECT (SELECT coalesce(max(seq), 0) FROM events), s.version, s.last_hash, s.created_ts"
     " FROM (SELECT ? AS job_id) AS j LEFT JOIN streams AS s ON s.job_id = j.job_id"
 )
-_INSERT_EVENTS = (
+INSERT_EVENTS_SQL = (
     "INSERT INTO events (seq, job_id, version, ts, level, type, step, data, prev_hash, hash)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_NEW_HEAD = (
+NEW_HEAD_SQL = (
     "INSERT INTO streams (job_id, version, last_hash, last_seq, created_ts, updated_ts)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
-_MOVE_HEAD = (
+MOVE_HEAD_SQL = (
     "UPDATE streams SET version = ?, last_hash = ?, last_seq = ?, updated_ts = ? WHERE job_id = ?"
 )
 
@@ -473,7 +473,7 @@ class SQLiteEventStore(LogReads):
     ) -> list[StoredEvent]:
         """The append inside a caller's transaction (so several writes can share one)."""
         # One statement reads the job's head and the log's last seq (blobs touch neither).
-        seq0, version, prev_hash, created_ts = conn.execute(_HEAD, (job_id,)).fetchone()
+        seq0, version, prev_hash, created_ts = conn.execute(HEAD_SQL, (job_id,)).fetchone()
         known = version is not None  # the job has a head (streams row) to move
         if not known:
             version, prev_hash, created_ts = 0, GENESIS_HASH, prepared[0][0]
@@ -485,13 +485,13 @@ class SQLiteEventStore(LogReads):
             _insert_blobs(conn, blobs)
         # The rows are the StoredEvents themselves (tuples): built once, inserted as they are.
         stored = link(job_id, seq0, version, prev_hash, prepared)
-        conn.executemany(_INSERT_EVENTS, stored)
+        conn.executemany(INSERT_EVENTS_SQL, stored)
         last = stored[-1]
         if known:  # move the head read above: an UPDATE, not an INSERT that fails first
-            conn.execute(_MOVE_HEAD, (last.version, last.hash, last.seq, last.ts, job_id))
+            conn.execute(MOVE_HEAD_SQL, (last.version, last.hash, last.seq, last.ts, job_id))
         else:
             conn.execute(
-                _NEW_HEAD, (job_id, last.version, last.hash, last.seq, created_ts, last.ts)
+                NEW_HEAD_SQL, (job_id, last.version, last.hash, last.seq, created_ts, last.ts)
             )
         for project in self._projectors:
             project(conn, stored)
