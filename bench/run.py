@@ -4,6 +4,7 @@
     python bench/run.py --quick         small sizes (100,000-event log, 200-step pipelines)
     python bench/run.py --json out.json also write the figures as JSON
     python bench/run.py --profile DIR   also write cProfile stats of the hot paths to DIR
+    python bench/run.py --only append   one section (append or steps)
 
 Nothing here asserts a time: it prints figures. See bench/README.md for what each one means.
 """
@@ -59,7 +60,13 @@ from steplog.eventstore.events import (  # noqa: E402
     StepSucceeded,
 )
 from steplog.eventstore.record import StoredEvent  # noqa: E402
-from steplog.eventstore.sqlite import SCHEMA_PATH, SQLiteEventStore, schema_statements  # noqa: E402
+from steplog.eventstore.sqlite import (  # noqa: E402
+    HEAD_SQL,
+    MOVE_HEAD_SQL,
+    SCHEMA_PATH,
+    SQLiteEventStore,
+    schema_statements,
+)
 from steplog.executor.step import StepRunner  # noqa: E402
 from steplog.projections.store import open_store  # noqa: E402
 
@@ -314,11 +321,37 @@ def bench_append(tmp: Path, batches: int, repeat: int) -> None:
         conn.close()
         return batched, one_txn, single
 
-    results = {"ours": [], "bare": [], "raw": []}
-    for _ in range(repeat):  # interleaved, so drift on the machine hits all three alike
+    def floor(heads: bool) -> tuple[float, float, float]:
+        """The raw baseline's rows and commits into the store's schema (its indexes and
+        triggers), and with `heads` also the store's stream-head read and move per commit: what
+        the schema alone costs, with no Python work of the store's. Only the batched figure."""
+        path = fresh(tmp / "append_floor.db")
+        SQLiteEventStore(path).close()  # schema.sql applied; then plain sqlite3 on the file
+        conn = raw_connection(path, ())
+        conn.execute(
+            "INSERT INTO streams VALUES ('j', 2, ?, 2, '2026-01-01T00:00:00Z', '')", ("0" * 64,)
+        )
+        t0 = time.perf_counter()
+        for r in rows:
+            conn.execute("BEGIN IMMEDIATE")
+            if heads:
+                conn.execute(HEAD_SQL, ("j",)).fetchone()
+            conn.executemany(INSERT_EVENTS, r)
+            if heads:
+                last = r[-1]
+                conn.execute(MOVE_HEAD_SQL, (last[2], last[9], last[0], last[3], "j"))
+            conn.execute("COMMIT")
+        batched = (time.perf_counter() - t0) / (batches * 5)
+        conn.close()
+        return batched, 0.0, 0.0
+
+    results = {"ours": [], "bare": [], "raw": [], "schema": [], "heads": []}
+    for _ in range(repeat):  # interleaved, so drift on the machine hits all of them alike
         results["ours"].append(ours(True))
         results["bare"].append(ours(False))
         results["raw"].append(raw())
+        results["schema"].append(floor(False))
+        results["heads"].append(floor(True))
     med = {k: [median_of([r[i] for r in v]) for i in range(3)] for k, v in results.items()}
     o, b, r = med["ours"], med["bare"], med["raw"]
     report(
@@ -331,6 +364,24 @@ def bench_append(tmp: Path, batches: int, repeat: int) -> None:
         )
     )
     report(Figure("  the same, store without projectors", b[0] * 1e6, "µs/event", r[0] * 1e6))
+    report(
+        Figure(
+            "  floor: raw rows into the store's schema",
+            med["schema"][0] * 1e6,
+            "µs/event",
+            r[0] * 1e6,
+            note="its indexes and triggers, no store code",
+        )
+    )
+    report(
+        Figure(
+            "  floor: the same + stream-head read, move",
+            med["heads"][0] * 1e6,
+            "µs/event",
+            r[0] * 1e6,
+            note="the store's SQL per commit, minus projectors",
+        )
+    )
     report(Figure("append, one 2,000-event batch", o[1] * 1e6, "µs/event", r[1] * 1e6))
     report(Figure("append, one event per commit (WAL)", o[2] * 1e6, "µs/commit", r[2] * 1e6))
 
@@ -809,7 +860,9 @@ def main() -> None:
         "--profile", type=Path, help="also write cProfile stats of the hot paths here"
     )
     parser.add_argument(
-        "--only", choices=("steps",), help="run only this section (steps: per-step orchestration)"
+        "--only",
+        choices=("append", "steps"),
+        help="run only this section (append: append throughput; steps: per-step orchestration)",
     )
     parser.add_argument("--child-resume", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -838,11 +891,12 @@ def main() -> None:
         os.chdir(tmp)
         log = None
         try:
-            if args.only is None:
+            if args.only in (None, "append"):
                 bench_append(tmp, sizes["append_batches"], repeat)
                 gc.collect()
-            bench_steps(tmp, sizes["steps"], repeat, args.profile)
-            gc.collect()
+            if args.only in (None, "steps"):
+                bench_steps(tmp, sizes["steps"], repeat, args.profile)
+                gc.collect()
             if args.only is None:
                 log = biglog.ensure(args.cache_dir, sizes["log_events"])
                 work = tmp / "log.db"

@@ -612,7 +612,10 @@ class NewEvent:
 
     def data_json(self) -> str:
         try:
-            text = self.data.model_dump_json()
+            # model_dump_json's own call, minus its wrapper (every argument at its default):
+            # the same text (tests/test_fast_path.py holds it to model_dump_json)
+            data = self.data
+            text = data.__pydantic_serializer__.to_json(data).decode()
         except PydanticSerializationError as exc:  # a lone surrogate: no UTF-8 for it
             why = " ".join(str(exc).split())
             if "surrogates not allowed" in why:

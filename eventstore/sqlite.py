@@ -30,7 +30,7 @@ from steplog.eventstore.record import (
     StoreError,
     VersionConflict,
     blob_sha256,
-    chain_hash,
+    link,
 )
 
 if TYPE_CHECKING:  # the event models import pydantic; the store only reads their JSON
@@ -49,6 +49,24 @@ _BLOB_SLICE = 2**20
 MIGRATIONS_PATH = sql_file("migrations.sql")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 READ_BATCH = 5000
+
+# The append's statements, their text constant so that sqlite3's statement cache reuses them.
+# HEAD_SQL: (last seq of the log, then the job's version, last_hash, created_ts or NULLs).
+HEAD_SQL = (
+    "SELECT (SELECT coalesce(max(seq), 0) FROM events), s.version, s.last_hash, s.created_ts"
+    " FROM (SELECT ? AS job_id) AS j LEFT JOIN streams AS s ON s.job_id = j.job_id"
+)
+INSERT_EVENTS_SQL = (
+    "INSERT INTO events (seq, job_id, version, ts, level, type, step, data, prev_hash, hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+NEW_HEAD_SQL = (
+    "INSERT INTO streams (job_id, version, last_hash, last_seq, created_ts, updated_ts)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+MOVE_HEAD_SQL = (
+    "UPDATE streams SET version = ?, last_hash = ?, last_seq = ?, updated_ts = ? WHERE job_id = ?"
+)
 
 # Runs inside the append transaction after the events are inserted: keeps projection tables
 # in step with the log (see projections.tables).
@@ -454,38 +472,27 @@ class SQLiteEventStore(LogReads):
         blobs: Sequence[bytes],
     ) -> list[StoredEvent]:
         """The append inside a caller's transaction (so several writes can share one)."""
-        head = conn.execute(
-            "SELECT version, last_hash, created_ts FROM streams WHERE job_id = ?", (job_id,)
-        ).fetchone()
-        version, prev_hash, created_ts = head if head else (0, GENESIS_HASH, prepared[0][0])
+        # One statement reads the job's head and the log's last seq (blobs touch neither).
+        seq0, version, prev_hash, created_ts = conn.execute(HEAD_SQL, (job_id,)).fetchone()
+        known = version is not None  # the job has a head (streams row) to move
+        if not known:
+            version, prev_hash, created_ts = 0, GENESIS_HASH, prepared[0][0]
         if expected_version is not None and expected_version != version:
             raise VersionConflict(
                 f"job {job_id} is at version {version}, expected {expected_version}"
             )
         if blobs:
             _insert_blobs(conn, blobs)
-        seq0 = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-        rows = []
-        for offset, (ts, level, type_, step, data_json) in enumerate(prepared, start=1):
-            v = version + offset
-            h = chain_hash(prev_hash, job_id, v, ts, level, type_, step, data_json)
-            rows.append((seq0 + offset, job_id, v, ts, level, type_, step, data_json, prev_hash, h))
-            prev_hash = h
-        conn.executemany(
-            "INSERT INTO events (seq, job_id, version, ts, level, type, step, data, prev_hash, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-        stored = [StoredEvent._make(row) for row in rows]
+        # The rows are the StoredEvents themselves (tuples): built once, inserted as they are.
+        stored = link(job_id, seq0, version, prev_hash, prepared)
+        conn.executemany(INSERT_EVENTS_SQL, stored)
         last = stored[-1]
-        conn.execute(
-            "INSERT INTO streams (job_id, version, last_hash, last_seq, created_ts, updated_ts)"
-            " VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (job_id) DO UPDATE SET version = excluded.version,"
-            " last_hash = excluded.last_hash, last_seq = excluded.last_seq,"
-            " updated_ts = excluded.updated_ts",
-            (job_id, last.version, last.hash, last.seq, created_ts, last.ts),
-        )
+        if known:  # move the head read above: an UPDATE, not an INSERT that fails first
+            conn.execute(MOVE_HEAD_SQL, (last.version, last.hash, last.seq, last.ts, job_id))
+        else:
+            conn.execute(
+                NEW_HEAD_SQL, (job_id, last.version, last.hash, last.seq, created_ts, last.ts)
+            )
         for project in self._projectors:
             project(conn, stored)
         return stored

@@ -20,13 +20,14 @@ from steplog.eventstore.record import StoredEvent
 from steplog.projections import breaker, flights, leases
 from steplog.projections.breaker import BREAKER_EVENT_TYPES, BreakerRow, Breakers
 from steplog.projections.cache import CACHE_EVENT_TYPES, CacheEntry, CacheIndex
-from steplog.projections.flights import FlightRow, Flights
+from steplog.projections.flights import FLIGHT_EVENT_TYPES, FlightRow, Flights
 from steplog.projections.leases import WORKER_COLUMNS, WORKER_EVENT_TYPES, WorkerRow, Workers
 from steplog.projections.manifest import JOB_STATUS_AFTER
 
 BREAKER_COLUMNS = "endpoint, status, failures, until, provider, seq"
 FLIGHT_COLUMNS = "job_id, step, endpoint, cache_key, attempt, owner, ts, seq"
 CACHE_COLUMNS = "cache_key, response_sha256, origin_job, origin_step, seq, tokens_in, tokens_out"
+_FLIGHT_TYPES = frozenset(FLIGHT_EVENT_TYPES)
 _NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 Projector = Callable[[Any, Sequence[StoredEvent]], None]
@@ -199,6 +200,8 @@ class ProjectionSQL:
     def project_flights(self, conn: Any, events: Sequence[StoredEvent]) -> None:
         """`calls_in_flight` as projections.flights.apply folds it."""
         for ev in events:
+            if ev.type not in _FLIGHT_TYPES:  # flights.change would say None: skip the call
+                continue
             moved = flights.change(ev)
             if moved is None:
                 continue

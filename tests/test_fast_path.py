@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from steplog.eventstore.events import NewEvent, utc_now, utc_text
+from steplog.eventstore.record import GENESIS_HASH, StoredEvent, chain_hash, check_chain, link
 from tests.strategies import Batch, append_batches, dump, fresh_store, interleaved_batches
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -77,3 +78,68 @@ def test_stamped_ts_is_now() -> None:
     ev = NewEvent.of(StepStarted(attempt=1, fingerprint="f"), "s")
     assert before <= ev.ts <= utc_now()
     assert NewEvent.parse(ev.type, ev.data.model_dump(), ev.step, ev.level, ev.ts).ts == ev.ts
+
+
+# -- the append's own fast paths: data_json without model_dump_json's wrapper, and link() --------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(interleaved_batches())
+def test_data_json_is_model_dump_json(batches: list[Batch]) -> None:
+    for batch in batches:
+        for ev in batch.events:
+            assert ev.data_json() == ev.data.model_dump_json()
+
+
+def linked_slowly(
+    job_id: str, seq: int, version: int, prev_hash: str, prepared: list[tuple]
+) -> list[StoredEvent]:
+    """What append did before link(): chain_hash per event, StoredEvent._make per row."""
+    rows = []
+    for offset, (ts, level, type_, step, data_json) in enumerate(prepared, start=1):
+        v = version + offset
+        h = chain_hash(prev_hash, job_id, v, ts, level, type_, step, data_json)
+        rows.append(
+            StoredEvent._make(
+                (seq + offset, job_id, v, ts, level, type_, step, data_json, prev_hash, h)
+            )
+        )
+        prev_hash = h
+    return rows
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+_rows = st.lists(st.tuples(_text, _text, _text, st.none() | _text, _text), min_size=1, max_size=8)
+
+
+@given(
+    _text,
+    st.integers(min_value=0, max_value=2**40),
+    st.integers(min_value=0, max_value=2**40),
+    st.sampled_from([GENESIS_HASH, "f" * 64]) | _text,
+    _rows,
+)
+def test_link_is_chain_hash_row_by_row(
+    job_id: str, seq: int, version: int, prev_hash: str, prepared: list[tuple]
+) -> None:
+    ours = link(job_id, seq, version, prev_hash, prepared)
+    theirs = linked_slowly(job_id, seq, version, prev_hash, prepared)
+    assert ours == theirs
+    assert all(type(ev) is StoredEvent for ev in ours)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(interleaved_batches())
+def test_appended_rows_are_the_slow_paths_rows(batches: list[Batch]) -> None:
+    """Every row the store wrote (seq, version, prev_hash, hash) is what chain_hash and the
+    model's own model_dump_json give, and the chain reads back whole."""
+    with fresh_store() as store:
+        stored = append_batches(store, batches)
+        heads: dict[str, tuple[int, str]] = {}
+        for ev in stored:
+            version, prev = heads.get(ev.job_id, (0, GENESIS_HASH))
+            row = (ev.ts, ev.level, ev.type, ev.step, ev.data_json)
+            assert [ev] == linked_slowly(ev.job_id, ev.seq - 1, version, prev, [row])
+            heads[ev.job_id] = (ev.version, ev.hash)
+        assert list(store.read_all()) == stored
+        assert check_chain(store.read_all()) == []
