@@ -93,7 +93,6 @@ def chain_hash(
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
-_sha256 = hashlib.sha256
 _new_stored = tuple.__new__  # StoredEvent from a 10-tuple, without _make's Python frame
 
 
@@ -105,23 +104,16 @@ def link(
     prepared: Iterable[tuple[str, str, str, str | None, str]],
 ) -> list[StoredEvent]:
     """The StoredEvents of a batch appended to `job_id` after the log's `seq` and the job's
-    `version` (whose hash is `prev_hash`): seq and version counted on, each hash chain_hash's
-    (inlined here: this runs for every event appended; tests/test_fast_path.py holds it to
-    chain_hash). prepared: (ts, level, type, step, data JSON) each."""
+    `version` (whose hash is `prev_hash`): seq and version counted on, each linked by
+    chain_hash. prepared: (ts, level, type, step, data JSON) each."""
     stored: list[StoredEvent] = []
     append = stored.append
     for ts, level, type_, step, data_json in prepared:
         seq += 1
         version += 1
-        material = "\x1f".join(
-            (prev_hash, job_id, str(version), ts, level, type_, step or "", data_json)
-        )
-        h = _sha256(material.encode("utf-8")).hexdigest()
-        append(
-            _new_stored(
-                StoredEvent, (seq, job_id, version, ts, level, type_, step, data_json, prev_hash, h)
-            )
-        )
+        h = chain_hash(prev_hash, job_id, version, ts, level, type_, step, data_json)
+        row = (seq, job_id, version, ts, level, type_, step, data_json, prev_hash, h)
+        append(_new_stored(StoredEvent, row))
         prev_hash = h
     return stored
 
