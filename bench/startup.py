@@ -9,7 +9,12 @@ ratio divides it by the median of `sqlite-utils --help` from the same rounds; th
 (user + system) each process used is shown beside it, steadier on a busy machine. `steplog jobs` and
 `steplog status` read a small database this script makes first (one offline run of the example
 pipeline). A last, untimed run of each steplog command with `-X importtime` lists which heavy
-libraries it imported. Nothing here asserts a time. See bench/README.md ("Start-up").
+libraries it imported.
+
+Then the time to the first step: the example pipeline run offline (`--quiet`), a fresh database
+each time, and from its own log the time from `job.started` to the first `step.started` as a
+share of the job (`job.started` → `job.succeeded`). Nothing here asserts a time. See
+bench/README.md ("Start-up", "Time to the first step").
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +75,26 @@ def make_database(folder: Path, steplog: str) -> Path:
         stdout=subprocess.DEVNULL,
     )
     return db
+
+
+def first_step_share(folder: Path, steplog: str, run: int) -> tuple[float, float]:
+    """One run of the example in a fresh database: (to the first step.started, the job), s."""
+    db = folder / f"first-{run}.db"
+    argv = [steplog, "--db", str(db), "run", str(EXAMPLE), "--quiet"]
+    subprocess.run(
+        [*argv, "--workspace", str(folder / f"ws-{run}")],
+        check=True,
+        cwd=folder,
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    first: dict[str, float] = {}
+    with sqlite3.connect(db) as conn:
+        for type_, ts in conn.execute("SELECT type, ts FROM events ORDER BY seq"):
+            first.setdefault(type_, datetime.fromisoformat(ts).timestamp())
+    started = first["job.started"]
+    return first["step.started"] - started, first["job.succeeded"] - started
 
 
 def timed(argv: list[str], cwd: Path) -> tuple[float, float]:
@@ -137,6 +164,18 @@ def main() -> None:
             f"{max(walls[name]) * 1000:>6.0f}ms{wall / base:>7.2f}x"
             f"{cpu * 1000:>6.0f}ms{cpu / cpu_base:>7.2f}x  {', '.join(imports[name]) or '-'}"
         )
+    with tempfile.TemporaryDirectory(prefix="steplog-first-step-") as tmp:
+        runs = [first_step_share(Path(tmp), steplog, i) for i in range(repeat)]
+    shares = sorted(to_first / job for to_first, job in runs)
+    print(
+        f"\ntime to the first step, the example pipeline offline, {repeat} runs "
+        "(job.started -> first step.started, of job.started -> job.succeeded; target <= 10 %):"
+    )
+    print(
+        f"  to the first step {statistics.median(r[0] for r in runs) * 1000:.1f} ms, "
+        f"the job {statistics.median(r[1] for r in runs) * 1000:.1f} ms (medians); "
+        f"share median {statistics.median(shares):.0%}, runs {shares[0]:.0%}–{shares[-1]:.0%}"
+    )
 
 
 if __name__ == "__main__":
