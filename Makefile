@@ -54,7 +54,8 @@ bench-verbs: $(STAMP)
 bench-concurrency: $(STAMP)
 	$(BIN)/python bench/concurrency.py
 
-# start-up of `steplog --help`, `jobs` and `status` against `sqlite-utils --help` (about 20 s)
+# start-up of `steplog --help`, `jobs` and `status` against `sqlite-utils --help`, then the
+# example's time to the first step as a share of the job, from its log (about 20 s)
 bench-startup: $(STAMP)
 	$(BIN)/python bench/startup.py
 
