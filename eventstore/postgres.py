@@ -69,11 +69,12 @@ from steplog.eventstore.errors import (
 from steplog.eventstore.reads import LogReads
 from steplog.eventstore.record import (
     GENESIS_HASH,
+    Blob,
     DatabaseUnusable,
     StoredEvent,
     StoreError,
     VersionConflict,
-    blob_sha256,
+    blob_row,
     chain_hash,
 )
 
@@ -847,7 +848,7 @@ class PostgresEventStore(LogReads):
         events: Sequence[NewEvent],
         *,
         expected_version: int | None = None,
-        blobs: Sequence[bytes] = (),
+        blobs: Sequence[Blob] = (),
     ) -> list[StoredEvent]:
         """Append a batch to one job in one transaction, or nothing at all.
 
@@ -863,7 +864,7 @@ class PostgresEventStore(LogReads):
         prepared: Sequence[tuple[str, str, str, str | None, str]],
         *,
         expected_version: int | None = None,
-        blobs: Sequence[bytes] = (),
+        blobs: Sequence[Blob] = (),
     ) -> list[StoredEvent]:
         """append() of rows already serialised, (ts, level, type, step, data JSON) each, kept
         exactly (a fork's or an import's copied history).
@@ -905,7 +906,7 @@ class PostgresEventStore(LogReads):
         job_id: str,
         prepared: Sequence[tuple[str, str, str, str | None, str]],
         expected_version: int | None,
-        blobs: Sequence[bytes],
+        blobs: Sequence[Blob],
         unsure: list[StoredEvent] | None,
         committing: list[list[StoredEvent]],
     ) -> list[StoredEvent]:
@@ -946,7 +947,7 @@ class PostgresEventStore(LogReads):
         job_id: str,
         prepared: Sequence[tuple[str, str, str, str | None, str]],
         expected_version: int | None,
-        blobs: Sequence[bytes],
+        blobs: Sequence[Blob],
     ) -> list[StoredEvent]:
         """The append inside a caller's write_transaction (so several writes can share one)."""
         head = conn.execute(
@@ -959,7 +960,7 @@ class PostgresEventStore(LogReads):
             )
         if blobs:
             with conn.cursor() as cur:
-                cur.executemany(_INSERT_BLOB, [(blob_sha256(b), len(b), b) for b in blobs])
+                cur.executemany(_INSERT_BLOB, [blob_row(b) for b in blobs])
         seq0 = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         rows = []
         for offset, (ts, level, type_, step, data_json) in enumerate(prepared, start=1):
@@ -983,21 +984,21 @@ class PostgresEventStore(LogReads):
             project(conn, stored)
         return stored
 
-    def put_blob(self, content: bytes) -> str:
+    def put_blob(self, content: Blob) -> str:
         """Store one blob (if not there yet); its own short transaction, no events lock.
         Retried like a read: a second insert of the same blob does nothing."""
         self.require_writable()
-        sha = blob_sha256(content)
-        self._retrying(lambda conn: conn.execute(_INSERT_BLOB, (sha, len(content), content)))
-        return sha
+        row = blob_row(content)
+        self._retrying(lambda conn: conn.execute(_INSERT_BLOB, row))
+        return row[0]
 
-    def put_blobs(self, contents: Sequence[bytes]) -> None:
+    def put_blobs(self, contents: Sequence[Blob]) -> None:
         """Store several blobs (those not there yet) in one transaction, without the events
         lock: a whole database's blobs arrive this way, a batch at a time (`steplog copy`)."""
         self.require_writable()
         if not contents:
             return
-        rows = [(blob_sha256(b), len(b), b) for b in contents]
+        rows = [blob_row(b) for b in contents]
 
         def insert(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction(), conn.cursor() as cur:

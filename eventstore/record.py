@@ -156,16 +156,70 @@ def check_chain(events: Iterable[StoredEvent]) -> list[ChainBreak]:
     return breaks
 
 
-def blob_sha256(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
+TEXT_SLICE_CHARS = 2**20
 
 
-def text_sha256(text: str, slice_chars: int = 2**20) -> str:
+def text_sha256(text: str, slice_chars: int = TEXT_SLICE_CHARS) -> str:
     """blob_sha256 of text's UTF-8, encoded a slice at a time (no copy of a large text)."""
     digest = hashlib.sha256()
     for start in range(0, len(text), slice_chars):
         digest.update(text[start : start + slice_chars].encode("utf-8"))
     return digest.hexdigest()
+
+
+class TextBlob:
+    """A blob given as text: its UTF-8 is made a slice at a time, when it is hashed and when it
+    is written, so a large answer is never held twice (as text and as bytes) in memory.
+
+    Made by blob_of_text; the one pass here checks that the text encodes (a lone surrogate
+    raises UnicodeEncodeError) and gives the blob's sha256 and size."""
+
+    __slots__ = ("text", "sha256", "size")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        digest = hashlib.sha256()
+        size = 0
+        for piece in self.slices():
+            digest.update(piece)
+            size += len(piece)
+        self.sha256 = digest.hexdigest()
+        self.size = size
+
+    def slices(self, slice_chars: int = TEXT_SLICE_CHARS) -> Iterator[bytes]:
+        text = self.text
+        for start in range(0, len(text), slice_chars):
+            yield text[start : start + slice_chars].encode("utf-8")
+
+    def encode(self) -> bytes:
+        return self.text.encode("utf-8")
+
+
+Blob = bytes | TextBlob  # what an append or put_blob stores
+
+
+def blob_of_text(text: str) -> Blob:
+    """text's UTF-8 as a blob: bytes when small, a TextBlob (no whole copy) when large."""
+    if len(text) < TEXT_SLICE_CHARS:
+        return text.encode("utf-8")
+    return TextBlob(text)
+
+
+def blob_sha256(content: Blob) -> str:
+    if isinstance(content, TextBlob):
+        return content.sha256
+    return hashlib.sha256(content).hexdigest()
+
+
+def blob_size(content: Blob) -> int:
+    return content.size if isinstance(content, TextBlob) else len(content)
+
+
+def blob_row(content: Blob) -> tuple[str, int, bytes]:
+    """(sha256, size, content) of a blob, as the blobs table holds it."""
+    if isinstance(content, TextBlob):
+        return content.sha256, content.size, content.encode()
+    return blob_sha256(content), len(content), content
 
 
 class EventStore(Protocol):
@@ -194,7 +248,7 @@ class EventStore(Protocol):
         events: Sequence[NewEvent],
         *,
         expected_version: int | None = None,
-        blobs: Sequence[bytes] = (),
+        blobs: Sequence[Blob] = (),
     ) -> list[StoredEvent]: ...
 
     def append_rows(
@@ -203,7 +257,7 @@ class EventStore(Protocol):
         prepared: Sequence[tuple[str, str, str, str | None, str]],
         *,
         expected_version: int | None = None,
-        blobs: Sequence[bytes] = (),
+        blobs: Sequence[Blob] = (),
     ) -> list[StoredEvent]: ...
 
     def append_txn(
@@ -212,14 +266,14 @@ class EventStore(Protocol):
         job_id: str,
         prepared: Sequence[tuple[str, str, str, str | None, str]],
         expected_version: int | None,
-        blobs: Sequence[bytes],
+        blobs: Sequence[Blob],
     ) -> list[StoredEvent]: ...
 
     def write_transaction(self) -> AbstractContextManager[Any]: ...
 
-    def put_blob(self, content: bytes) -> str: ...
+    def put_blob(self, content: Blob) -> str: ...
 
-    def put_blobs(self, contents: Sequence[bytes]) -> None: ...
+    def put_blobs(self, contents: Sequence[Blob]) -> None: ...
 
     def require_writable(self) -> None: ...
 

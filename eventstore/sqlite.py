@@ -25,11 +25,15 @@ from steplog.eventstore.errors import DatabaseBusy, DatabaseReadOnly, database_e
 from steplog.eventstore.reads import LogReads
 from steplog.eventstore.record import (
     GENESIS_HASH,
+    Blob,
     DatabaseUnusable,
     StoredEvent,
     StoreError,
+    TextBlob,
     VersionConflict,
+    blob_row,
     blob_sha256,
+    blob_size,
     link,
 )
 
@@ -425,7 +429,7 @@ class SQLiteEventStore(LogReads):
         events: Sequence[NewEvent],
         *,
         expected_version: int | None = None,
-        blobs: Sequence[bytes] = (),
+        blobs: Sequence[Blob] = (),
     ) -> list[StoredEvent]:
         """Append a batch to one job in one IMMEDIATE transaction, or nothing at all.
 
@@ -441,7 +445,7 @@ class SQLiteEventStore(LogReads):
         prepared: Sequence[tuple[str, str, str, str | None, str]],
         *,
         expected_version: int | None = None,
-        blobs: Sequence[bytes] = (),
+        blobs: Sequence[Blob] = (),
     ) -> list[StoredEvent]:
         """append() of rows already serialised, (ts, level, type, step, data JSON) each, kept
         exactly (a fork's or an import's copied history)."""
@@ -469,7 +473,7 @@ class SQLiteEventStore(LogReads):
         job_id: str,
         prepared: Sequence[tuple[str, str, str, str | None, str]],
         expected_version: int | None,
-        blobs: Sequence[bytes],
+        blobs: Sequence[Blob],
     ) -> list[StoredEvent]:
         """The append inside a caller's transaction (so several writes can share one)."""
         # One statement reads the job's head and the log's last seq (blobs touch neither).
@@ -497,15 +501,12 @@ class SQLiteEventStore(LogReads):
             project(conn, stored)
         return stored
 
-    def put_blob(self, content: bytes) -> str:
+    def put_blob(self, content: Blob) -> str:
         with self.write_transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO blobs (sha256, size, content) VALUES (?, ?, ?)",
-                (blob_sha256(content), len(content), content),
-            )
+            _insert_blobs(conn, [content])
         return blob_sha256(content)
 
-    def put_blobs(self, contents: Sequence[bytes]) -> None:
+    def put_blobs(self, contents: Sequence[Blob]) -> None:
         """Store several blobs (those not there yet) in one transaction, without events: a
         whole database's blobs arrive this way, a batch at a time (`steplog copy`)."""
         if not contents:
@@ -670,28 +671,33 @@ def peek_steplog_file(path: Path) -> int:
     return version
 
 
-def _insert_blobs(conn: sqlite3.Connection, blobs: Sequence[bytes]) -> None:
+def _insert_blobs(conn: sqlite3.Connection, blobs: Sequence[Blob]) -> None:
     """INSERT OR IGNORE of each blob inside the caller's transaction; a large one slice by slice."""
-    small = [b for b in blobs if len(b) < BIG_BLOB]
+    small = [b for b in blobs if blob_size(b) < BIG_BLOB]
     conn.executemany(
         "INSERT OR IGNORE INTO blobs (sha256, size, content) VALUES (?, ?, ?)",
-        [(blob_sha256(b), len(b), b) for b in small],
+        [blob_row(b) for b in small],
     )
     for big in blobs:
-        if len(big) >= BIG_BLOB:
+        if blob_size(big) >= BIG_BLOB:
             _insert_big_blob(conn, big)
 
 
-def _insert_big_blob(conn: sqlite3.Connection, content: bytes) -> None:
-    """INSERT OR IGNORE of one large blob, its bytes copied into the row slice by slice."""
+def _insert_big_blob(conn: sqlite3.Connection, content: Blob) -> None:
+    """INSERT OR IGNORE of one large blob, its bytes copied into the row slice by slice (a
+    TextBlob's encoded a slice at a time: the answer's whole UTF-8 is never made)."""
     sha = blob_sha256(content)
     if conn.execute("SELECT 1 FROM blobs WHERE sha256 = ?", (sha,)).fetchone():
         return  # content-addressed: the same sha256 already holds the same bytes
+    size = blob_size(content)
     cursor = conn.execute(
-        "INSERT INTO blobs (sha256, size, content) VALUES (?, ?, zeroblob(?))",
-        (sha, len(content), len(content)),
+        "INSERT INTO blobs (sha256, size, content) VALUES (?, ?, zeroblob(?))", (sha, size, size)
     )
-    view = memoryview(content)
+    if isinstance(content, TextBlob):
+        pieces: Iterator[bytes | memoryview] = content.slices()
+    else:
+        view = memoryview(content)
+        pieces = (view[start : start + _BLOB_SLICE] for start in range(0, size, _BLOB_SLICE))
     with conn.blobopen("blobs", "content", cursor.lastrowid) as blob:
-        for start in range(0, len(view), _BLOB_SLICE):
-            blob.write(view[start : start + _BLOB_SLICE])
+        for piece in pieces:
+            blob.write(piece)

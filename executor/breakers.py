@@ -18,6 +18,7 @@ from steplog.eventstore.events import (
     EventData,
     NewEvent,
 )
+from steplog.eventstore.record import Blob
 from steplog.executor.joblog import JobLog
 from steplog.projections.breaker import iso
 from steplog.projections.store import breaker_of
@@ -105,7 +106,7 @@ class Breakers:
         success: bool,
         counted: bool,
         retry_in: float | None = None,
-        blobs: Sequence[bytes] = (),
+        blobs: Sequence[Blob] = (),
     ) -> str | None:
         """Commit an attempt's outcome events with the breaker transition they cause, if any.
 
@@ -173,7 +174,7 @@ class Breakers:
         self,
         endpoint: str,
         decide: Callable[[BreakerState], list[NewEvent]],
-        blobs: Sequence[bytes] = (),
+        blobs: Sequence[Blob] = (),
     ) -> None:
         """Read the breaker, decide, append: one IMMEDIATE transaction (other processes wait)."""
         with self.log.store.write_transaction() as conn:

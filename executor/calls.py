@@ -28,7 +28,7 @@ from steplog.eventstore.events import (
     StepRetrying,
     StepWaiting,
 )
-from steplog.eventstore.record import blob_sha256
+from steplog.eventstore.record import Blob, blob_of_text, blob_sha256
 from steplog.executor import budget, cachekey
 from steplog.executor.admission import Admit, Decision, Serve, SharedLimits, Wait
 from steplog.executor.breakers import Breakers, breaker_endpoint
@@ -171,7 +171,7 @@ class ProviderCalls:
         key: str,
         head: list[NewEvent],
         miss: NewEvent | None = None,
-    ) -> tuple[str, list[NewEvent], list[bytes]]:
+    ) -> tuple[str, list[NewEvent], list[Blob]]:
         """Call the provider with retries; every attempt is a request/response pair in the log.
 
         `head` is the step's events not committed yet; `miss`, its cache.miss, is committed with
@@ -194,7 +194,7 @@ class ProviderCalls:
         estimate = budget.estimate(prompt_tokens, request.options, price)
         pending = list(head)  # this step's events not committed yet
         held: list[NewEvent] = [miss] if miss is not None else []  # the cache.miss, held back
-        blobs: list[bytes] = [blob]
+        blobs: list[Blob] = [blob]
         waited: list[bool] = [False]  # this attempt recorded its step.waiting
 
         async def note(data: EventData) -> None:
@@ -379,14 +379,14 @@ class ProviderCalls:
 
     async def _complete(
         self, provider: Provider, request: LLMRequest
-    ) -> tuple[Exception | None, LLMResult | None, bytes | None]:
-        """The provider's answer (and its UTF-8), or the exception it raised."""
+    ) -> tuple[Exception | None, LLMResult | None, Blob | None]:
+        """The provider's answer (and its UTF-8 blob), or the exception it raised."""
         try:
             result: LLMResult = await provider.complete(request)
         except Exception as exc:  # judged by the caller, once the slot is free
             return exc, None, None
         try:
-            return None, result, result.text.encode("utf-8")
+            return None, result, blob_of_text(result.text)
         except UnicodeEncodeError as exc:  # e.g. a lone "\ud800" JSON escape
             bad = ProviderBadResponse(
                 f"the answer is not valid Unicode text ({exc.reason})", provider=provider.name

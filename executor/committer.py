@@ -13,15 +13,15 @@ from typing import Callable, Sequence
 import anyio
 
 from steplog.eventstore.events import NewEvent
-from steplog.eventstore.record import StoredEvent
+from steplog.eventstore.record import Blob, StoredEvent
 
-Commit = Callable[[list[NewEvent], Sequence[bytes]], list[StoredEvent]]
+Commit = Callable[[list[NewEvent], Sequence[Blob]], list[StoredEvent]]
 
 
 @dataclass
 class _Waiter:
     events: list[NewEvent]
-    blobs: Sequence[bytes]
+    blobs: Sequence[Blob]
     done: anyio.Event = field(default_factory=anyio.Event)
     stored: list[StoredEvent] = field(default_factory=list)
     error: BaseException | None = None
@@ -33,9 +33,7 @@ class GroupCommitter:
         self._waiting: list[_Waiter] = []
         self._wakeup = anyio.Event()
 
-    async def append(
-        self, events: list[NewEvent], blobs: Sequence[bytes] = ()
-    ) -> list[StoredEvent]:
+    async def append(self, events: list[NewEvent], blobs: Sequence[Blob] = ()) -> list[StoredEvent]:
         waiter = _Waiter(events, blobs)
         self._waiting.append(waiter)
         self._wakeup.set()

@@ -21,7 +21,7 @@ import anyio
 import orjson
 
 from steplog.eventstore.events import NewEvent, Owner
-from steplog.eventstore.record import EventStore
+from steplog.eventstore.record import Blob, EventStore
 from steplog.executor.admission import (
     WINDOW_S,
     Admit,
@@ -187,7 +187,7 @@ class SharedCalls:
         key: str,
         limits: SharedLimits,
         build: Callable[[], list[NewEvent]],
-        blobs: Sequence[bytes],
+        blobs: Sequence[Blob],
     ) -> Decision:
         """Decide in one write transaction; when admitted, append build()'s events in it."""
         self.log.flush()

@@ -14,7 +14,7 @@ from typing import AsyncIterator, Callable, Sequence
 import anyio
 
 from steplog.eventstore.events import NewEvent
-from steplog.eventstore.record import EventStore, StoredEvent
+from steplog.eventstore.record import Blob, EventStore, StoredEvent
 from steplog.executor import faults
 from steplog.executor.committer import GroupCommitter
 
@@ -36,15 +36,13 @@ class JobLog:
         self.observer = observer
         self._committer: GroupCommitter | None = None
 
-    async def commit(
-        self, events: list[NewEvent], blobs: Sequence[bytes] = ()
-    ) -> list[StoredEvent]:
+    async def commit(self, events: list[NewEvent], blobs: Sequence[Blob] = ()) -> list[StoredEvent]:
         """Append from a step: through the group committer while steps run."""
         if self._committer is None:
             return self.emit(events, blobs)
         return await self._committer.append(events, blobs)
 
-    def emit(self, events: list[NewEvent], blobs: Sequence[bytes] = ()) -> list[StoredEvent]:
+    def emit(self, events: list[NewEvent], blobs: Sequence[Blob] = ()) -> list[StoredEvent]:
         """Append now, in this transaction of our own."""
         stored = self.store.append(self.job_id, events, expected_version=self.version, blobs=blobs)
         self.committed(stored)
@@ -57,7 +55,7 @@ class JobLog:
             self._committer.flush()
 
     def append_txn(
-        self, conn: sqlite3.Connection, events: list[NewEvent], blobs: Sequence[bytes] = ()
+        self, conn: sqlite3.Connection, events: list[NewEvent], blobs: Sequence[Blob] = ()
     ) -> list[StoredEvent]:
         """Append inside the caller's write transaction; call `committed` once it commits."""
         prepared = [(e.ts, e.level, e.type, e.step, e.data_json()) for e in events]

@@ -26,7 +26,13 @@ from steplog.eventstore.events import (
     WorkerStarted,
     WorkerStopped,
 )
-from steplog.eventstore.record import DatabaseUnusable, EventStore, StoredEvent, StoreError
+from steplog.eventstore.record import (
+    Blob,
+    DatabaseUnusable,
+    EventStore,
+    StoredEvent,
+    StoreError,
+)
 from steplog.executor.ownership import current_owner, owner_alive
 from steplog.projections.leases import WorkerRow, lease_alive, stream_of
 
@@ -141,7 +147,7 @@ class Lease:
         job_id: str,
         events: list[NewEvent],
         expected_version: int,
-        blobs: Sequence[bytes] = (),
+        blobs: Sequence[Blob] = (),
     ) -> list[StoredEvent]:
         """worker.started and a job's opening events (which name this lease as their owner) in
         ONE transaction: a refused opening (VersionConflict) leaves no lease behind either."""

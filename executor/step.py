@@ -22,7 +22,7 @@ from steplog.eventstore.events import (
     StepStarted,
     StepSucceeded,
 )
-from steplog.eventstore.record import blob_sha256, text_sha256
+from steplog.eventstore.record import Blob, blob_of_text, blob_sha256, text_sha256
 from steplog.executor import explain, faults
 from steplog.executor.cachehistory import previous_run
 from steplog.executor.calls import CallFailed, ProviderCalls
@@ -117,7 +117,7 @@ class StepRunner:
         entry = cache_entry(store, key)
         # Events not yet committed, and the blobs they point at: committed together below.
         pending: list[NewEvent] = [started]
-        pending_blobs: list[bytes] = []
+        pending_blobs: list[Blob] = []
         if entry is not None:
             text = store.get_blob(entry.response_sha256).decode("utf-8")
             pending.append(NewEvent.of(self._hit(entry, key, parts, detail), name))
@@ -162,7 +162,7 @@ class StepRunner:
                 safe_relative(path)  # an answer naming a bad path is refused before any write
         except (OutputProblem, UnsafePath) as exc:
             # A response the step cannot use must not be served again from the cache.
-            refused = entry.response_sha256 if entry else blob_sha256(text.encode("utf-8"))
+            refused = entry.response_sha256 if entry else text_sha256(text)
             invalidated = CacheInvalidated(cache_key=key, reason=str(exc), response_sha256=refused)
             pending.append(NewEvent.of(invalidated, name))
             error_type = "unsafe_path" if isinstance(exc, UnsafePath) else "bad_output"
@@ -182,7 +182,7 @@ class StepRunner:
         # A text step's output is its answer, whose blob this commit or the cache holds already:
         # not encoded a second time (an answer may be hundreds of MB).
         same = output.text is text
-        output_blobs = [] if same else [output.text.encode("utf-8")]
+        output_blobs: list[Blob] = [] if same else [blob_of_text(output.text)]
         succeeded = StepSucceeded(
             output_sha256=text_sha256(text) if same else blob_sha256(output_blobs[0]),
             output=spec.output,
@@ -251,7 +251,7 @@ class StepRunner:
         error_type: str,
         attempt: int,
         t0: float,
-        blobs: Sequence[bytes] = (),
+        blobs: Sequence[Blob] = (),
     ) -> None:
         failed = StepFailed(
             error=error,

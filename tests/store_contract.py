@@ -33,10 +33,14 @@ from steplog.eventstore import open_event_store
 from steplog.eventstore.events import NewEvent
 from steplog.eventstore.record import (
     GENESIS_HASH,
+    TEXT_SLICE_CHARS,
     StoredEvent,
     StoreError,
+    TextBlob,
     VersionConflict,
+    blob_of_text,
     blob_sha256,
+    blob_size,
     check_chain,
 )
 from tests import store_workers
@@ -341,6 +345,30 @@ class StoreContract:
         assert store.get_blob(sha) == content
         assert store.get_blobs([sha, sha]) == {sha: content}
         assert store.find_blobs([sha]) == {sha: content}
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "",
+            "small é ✓",
+            "ascii answer. " * 300_000,  # 4.2 MB: written a slice at a time
+            "é✓🙂 mixed widths " * 200_000,  # slices of 2**20 characters, 1–4 bytes each
+        ],
+        ids=["empty", "small", "large-ascii", "large-multibyte"],
+    )
+    def test_a_text_blob_is_stored_as_its_utf8_byte_for_byte(self, store, text):
+        blob = blob_of_text(text)
+        utf8 = text.encode("utf-8")
+        assert isinstance(blob, TextBlob) == (len(text) >= TEXT_SLICE_CHARS)
+        assert (blob_sha256(blob), blob_size(blob)) == (blob_sha256(utf8), len(utf8))
+        assert store.put_blob(blob) == blob_sha256(utf8)
+        store.append("j", [created("j")], blobs=[blob_of_text(text), utf8])  # already there
+        assert store.get_blob(blob_sha256(utf8)) == utf8
+        assert store.blob_index("", 10) == [(blob_sha256(utf8), len(utf8))]
+
+    def test_a_text_that_is_not_valid_unicode_makes_no_blob(self):
+        with pytest.raises(UnicodeEncodeError):
+            blob_of_text("x" * TEXT_SLICE_CHARS + "\ud800")
 
     def test_a_missing_blob_is_a_store_error_and_find_blobs_leaves_it_out(self, store):
         present = store.put_blob(b"here")
