@@ -103,6 +103,16 @@ class Prepared:
     files: dict[str, tuple[str, str]] = field(default_factory=dict)
     # the lease its owner holds (executor/lease.py); execute and run_in_loop keep it beating
     lease: Lease | None = None
+    # A new job's opening events not appended yet (prepare_run(open_in_loop=True)): execute and
+    # run_in_loop append them inside their event loop, once it, the signal handlers and the
+    # runner are up, so that job.started is stamped when the run can start its first step.
+    # `state` is folded from them then (it is empty before).
+    opening: Opening | None = None
+
+    @property
+    def opened(self) -> bool:
+        """The job's opening events are in the log (what a stop then has to record)."""
+        return self.opening is None
 
 
 def new_job_id() -> str:
@@ -206,8 +216,10 @@ def append_opening(
                 opening.job_id, opening.events(), expected_version=0, blobs=opening.blobs
             )
         else:
-            events = opening.events(lease.owner)
-            stored = lease.start_with(opening.job_id, events, 0, opening.blobs)
+            owner = lease.owner
+            stored = lease.start_with(
+                opening.job_id, lambda: opening.events(owner), 0, opening.blobs
+            )
     except VersionConflict as exc:
         raise Rejected(
             f"job {opening.job_id} already exists; choose another --job-id or resume it"
@@ -216,22 +228,34 @@ def append_opening(
     return stored
 
 
-def prepare_run(store: EventStore, cmd: RunCommand) -> Prepared:
+def prepare_run(store: EventStore, cmd: RunCommand, *, open_in_loop: bool = False) -> Prepared:
+    """Every check of `run`, then its opening events (worker.started, job.created,
+    job.started): appended now, or by execute/run_in_loop inside their loop (open_in_loop)."""
     opening = check_opening(store, cmd)
     lease = Lease.new(store, kind="run")
-    stored = append_opening(store, opening, lease)
-    state = manifest.project(opening.job_id, stored)
-    plan = Plan(run=list(opening.pipeline.order))
-    return Prepared(
+    prepared = Prepared(
         opening.job_id,
         opening.pipeline,
         opening.inputs,
         opening.workspace,
-        plan,
-        state,
+        Plan(run=list(opening.pipeline.order)),
+        JobState(job_id=opening.job_id),
         cmd.ignore_breaker,
         lease=lease,
+        opening=opening,
     )
+    if not open_in_loop:
+        open_job(store, prepared)
+    return prepared
+
+
+def open_job(store: EventStore, prepared: Prepared) -> None:
+    """Append a new job's opening events (if not yet) and fold them into prepared.state."""
+    if prepared.opening is None:
+        return
+    stored = append_opening(store, prepared.opening, prepared.lease)
+    prepared.opening = None
+    manifest.project(prepared.job_id, stored, prepared.state)
 
 
 def _check_keys(pipeline: Pipeline, steps: list[str]) -> None:
@@ -346,7 +370,7 @@ def prepare_resume(store: EventStore, cmd: ResumeCommand) -> Prepared:
         forced=cmd.force,
     )
     try:
-        stored = lease.start_with(cmd.job_id, [NewEvent.of(resumed)], state.version)
+        stored = lease.start_with(cmd.job_id, lambda: [NewEvent.of(resumed)], state.version)
     except VersionConflict as exc:
         now = fold_job(store, cmd.job_id)
         who = _owner_text(now.owner) if now.owner else "another process"
@@ -399,6 +423,14 @@ def record_stop(store: EventStore, job_id: str, report: StopReport, detailed: bo
 def long_lived_heap() -> contextlib.AbstractContextManager[None]:
     """The cyclic GC kept off what was loaded before a run (see _long_lived_heap)."""
     return _long_lived_heap()
+
+
+def open_for(store: EventStore, prepared: Prepared, runner: JobRunner) -> None:
+    """A deferred opening (prepare_run(open_in_loop=True)) appended just before the runner
+    starts, which then continues the job from its head."""
+    if not prepared.opened:
+        open_job(store, prepared)
+        runner.log.version = prepared.state.version
 
 
 def job_runner(store: EventStore, prepared: Prepared, observer: Observer | None) -> JobRunner:
@@ -499,13 +531,14 @@ async def run_in_loop(
             async with anyio.create_task_group() as group:
                 lease_watch.arm()
                 group.start_soon(lease_watch.keep)
+                open_for(store, prepared, runner)
                 outcome = await runner.run(prepared.plan)
                 group.cancel_scope.cancel()
             return outcome
 
         outcome = await watched()
     except anyio.get_cancelled_exc_class():
-        if runner.ended is None:
+        if runner.ended is None and prepared.opened:
             _record_stop(store, prepared.job_id, StopReport("cancelled", grace_s=0))
         end_lease(prepared, "cancelled")
         raise
@@ -569,6 +602,8 @@ def _execute(
                 group.start_soon(shutdown.follow, signals, runner)
                 lease_watch.arm()
                 group.start_soon(lease_watch.keep)
+                # a signal from here on is the loop's: the run drains and records it
+                open_for(store, prepared, runner)
                 outcome = await runner.run(prepared.plan)
                 group.cancel_scope.cancel()
         return outcome  # (the receiver put back on_sigterm below: ours until execute() ends)
@@ -592,6 +627,8 @@ def _execute(
         except VersionConflict as exc:
             raise _explained(exc, prepared.job_id) from exc
     except KeyboardInterrupt:
+        if not prepared.opened:
+            raise  # before the job's opening events: nothing of it is in the log
         if runner.ended is None:
             with signals_ignored():  # a second Ctrl-C must not cut the record off
                 _record_stop(store, prepared.job_id, StopReport(received["signal"], grace_s=0))
@@ -612,10 +649,10 @@ def _execute(
 
 
 @contextmanager
-def stop_recorded(store: EventStore, job_id: str) -> Iterator[None]:
+def stop_recorded(store: EventStore, prepared: Prepared) -> Iterator[None]:
     """Between a job's opening events and execute() (which handles signals itself): a Ctrl-C
     or SIGTERM there records job.interrupted too, and ends as Interrupted, not as a bare abort
-    or a silent death."""
+    or a silent death. Before a deferred opening it is a plain KeyboardInterrupt: no job yet."""
     received = {"signal": "SIGINT"}
 
     def on_sigterm(signum: int, frame: object) -> None:
@@ -626,8 +663,10 @@ def stop_recorded(store: EventStore, job_id: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
+        if not prepared.opened:
+            raise
         with signals_ignored():
-            _record_stop(store, job_id, StopReport(received["signal"], grace_s=0))
+            _record_stop(store, prepared.job_id, StopReport(received["signal"], grace_s=0))
         raise Interrupted(received["signal"]) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -694,4 +733,5 @@ __all__ = [
     "fold_job",
     "prepare_resume",
     "prepare_run",
+    "open_job",
 ]

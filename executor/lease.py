@@ -83,6 +83,7 @@ class Lease:
     jobs: set[str] = field(default_factory=set)  # what the heartbeat names
     seen_version: int = 0  # of the stream, read up to here for cancel requests
     stopped: bool = False
+    recorded: bool = False  # worker.started is in the log (start / start_with committed)
     say: Callable[[str], None] = lambda line: None
     _started: NewEvent | None = None
     _started_row: tuple[str, str, str, str | None, str] | None = None  # serialized at `new`
@@ -141,23 +142,28 @@ class Lease:
         assert self._started is not None, "made by Lease.new"
         stored = self.store.append(self.stream, [self._started])
         self.seen_version = stored[-1].version
+        self.recorded = True
 
     def start_with(
         self,
         job_id: str,
-        events: list[NewEvent],
+        events: Callable[[], list[NewEvent]],
         expected_version: int,
         blobs: Sequence[Blob] = (),
     ) -> list[StoredEvent]:
         """worker.started and a job's opening events (which name this lease as their owner) in
-        ONE transaction: a refused opening (VersionConflict) leaves no lease behind either."""
+        ONE transaction: a refused opening (VersionConflict) leaves no lease behind either.
+
+        `events` are made inside the transaction, after the lease's row and the blobs are
+        written, so that a job.started is stamped as its run is about to begin."""
         assert self._started_row is not None, "made by Lease.new"
         with self.store.write_transaction() as conn:
-            mine = self.store.append_txn(conn, self.stream, [self._started_row], None, ())
+            mine = self.store.append_txn(conn, self.stream, [self._started_row], None, blobs)
             stored = self.store.append_txn(
-                conn, job_id, [_row(e) for e in events], expected_version, blobs
+                conn, job_id, [_row(e) for e in events()], expected_version, ()
             )
         self.seen_version = mine[-1].version
+        self.recorded = True
         return stored
 
     def beat(self) -> list[tuple[str, str]]:
@@ -213,6 +219,8 @@ class Lease:
         if self.stopped:
             return
         self.stopped = True
+        if not self.recorded:  # its opening never committed: there is no lease to end
+            return
         try:
             self.store.append(self.stream, [NewEvent.of(WorkerStopped(reason=reason))])
         except StoreError as exc:  # the lease then simply expires

@@ -190,3 +190,66 @@ def test_sigterm_after_the_loop_closed_still_records_the_interruption(tmp_path):
     with open_store(db) as store:
         assert [ev.type for ev in store.read_job("j")][-1] == "job.interrupted"
         assert fold_job(store, "j").status == "interrupted"
+
+
+# -- a `run` whose opening events are appended inside the loop (prepare_run(open_in_loop=True))
+
+
+def _deferred(tmp_path: Path, store: SQLiteEventStore, job_id: str = "j") -> jobs.Prepared:
+    path = dag_pipeline(tmp_path, {"a": ([], 0), "b": (["a"], 0)})
+    cmd = RunCommand(pipeline_path=path, job_id=job_id, workspace=tmp_path / "w")
+    return prepare_run(store, cmd, open_in_loop=True)
+
+
+def test_a_signal_before_a_deferred_opening_leaves_nothing_in_the_log(tmp_path, monkeypatch):
+    store = open_store(tmp_path / "s.db")
+    prepared = _deferred(tmp_path, store)
+    assert list(store.read_all()) == [] and not prepared.opened
+
+    @contextmanager
+    def signal_first() -> Iterator[None]:
+        os.kill(os.getpid(), signal.SIGINT)  # before the loop: the job is not in the log yet
+        yield
+
+    monkeypatch.setattr(jobs, "_long_lived_heap", signal_first)
+    with pytest.raises(KeyboardInterrupt):  # no job to record it on, no lease to end
+        execute(store, prepared, say=lambda line: None)
+    assert list(store.read_all()) == []
+
+
+def test_a_signal_as_the_deferred_opening_commits_is_the_runs_and_the_job_resumes(
+    tmp_path, monkeypatch
+):
+    store = open_store(tmp_path / "s.db")
+    prepared = _deferred(tmp_path, store)
+    append_opening = jobs.append_opening
+
+    def opening_then_signal(*args, **kwargs):  # type: ignore[no-untyped-def]
+        stored = append_opening(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # inside the loop: its handler takes it
+        return stored
+
+    monkeypatch.setattr(jobs, "append_opening", opening_then_signal)
+    with pytest.raises(Interrupted) as stopped:
+        execute(store, prepared, say=lambda line: None)
+    assert stopped.value.exit_code == 130
+    types = _types(store)
+    assert types[:2] == ["job.created", "job.started"] and types[-1] == "job.interrupted", types
+    assert "job.succeeded" not in types
+    assert prepared.opened and fold_job(store, "j").status == "interrupted"
+    lease = prepared.lease
+    assert lease is not None
+    assert [ev.type for ev in store.read_job(lease.stream)] == ["worker.started", "worker.stopped"]
+    monkeypatch.undo()
+    resumed = jobs.prepare_resume(store, jobs.ResumeCommand(job_id="j"))
+    assert execute(store, resumed, say=lambda line: None).succeeded
+
+
+def test_a_deferred_opening_refused_in_the_loop_leaves_no_lease(tmp_path):
+    store = open_store(tmp_path / "s.db")
+    first, second = _deferred(tmp_path, store), _deferred(tmp_path, store)
+    jobs.open_job(store, first)  # the same job id, opened meanwhile by another run
+    with pytest.raises(jobs.Rejected, match="job j already exists"):
+        execute(store, second, say=lambda line: None)
+    assert second.lease is not None and not store.job_exists(second.lease.stream)
+    assert _types(store) == ["job.created", "job.started"]

@@ -44,7 +44,7 @@ def _run_prepared(
     store: EventStore, prepared: Prepared, quiet: bool, grace_s: float = DEFAULT_GRACE_S
 ) -> None:
     try:
-        with stop_recorded(store, prepared.job_id):  # the job is ours from here: Ctrl-C is recorded
+        with stop_recorded(store, prepared):  # once the job is ours, Ctrl-C is recorded
             for warning in drift.warnings(prepared.files, prepared.workspace, prepared.plan):
                 say(warning, err=True)  # files of skipped steps edited by hand: left
             live = sys.stdout.isatty() and not quiet
@@ -192,7 +192,8 @@ def run(
     if created and store.created:  # (not when another process made it meanwhile)
         # even with --quiet: a typo in --db would otherwise start over, paying for every call
         click.echo(f"created new database {store.where}", err=True)
-    _run_prepared(store, prepare_run(store, cmd), quiet, grace_s)
+    # job.started is stamped inside execute's loop, when the first step can start
+    _run_prepared(store, prepare_run(store, cmd, open_in_loop=True), quiet, grace_s)
 
 
 @cli.command()
