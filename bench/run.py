@@ -4,7 +4,8 @@
     python bench/run.py --quick         small sizes (100,000-event log, 200-step pipelines)
     python bench/run.py --json out.json also write the figures as JSON
     python bench/run.py --profile DIR   also write cProfile stats of the hot paths to DIR
-    python bench/run.py --only append   one section (append or steps)
+    python bench/run.py --only append   one section (append, steps, or log: rebuild, the job's
+                                        verbs and resume in the big log)
 
 Nothing here asserts a time: it prints figures. See bench/README.md for what each one means.
 """
@@ -861,8 +862,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=("append", "steps"),
-        help="run only this section (append: append throughput; steps: per-step orchestration)",
+        choices=("append", "steps", "log"),
+        help="run only this section (append: append throughput; steps: per-step orchestration;"
+        " log: rebuild, one job's reads and resume in the big log)",
     )
     parser.add_argument("--child-resume", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -897,7 +899,7 @@ def main() -> None:
             if args.only in (None, "steps"):
                 bench_steps(tmp, sizes["steps"], repeat, args.profile)
                 gc.collect()
-            if args.only is None:
+            if args.only in (None, "log"):
                 log = biglog.ensure(args.cache_dir, sizes["log_events"])
                 work = tmp / "log.db"
                 copy_db(log.db, work)
