@@ -42,12 +42,13 @@ def test_the_wheel_installs_only_steplog_with_its_schema_and_runs_from_it(tmp_pa
         target = source / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes((ROOT / name).read_bytes())
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
         + ["-w", str(tmp_path / "dist"), str(source)],
         check=True,
         capture_output=True,
     )
+    assert b"absent from the `packages` configuration" not in built.stderr
     (wheel,) = (tmp_path / "dist").glob("steplog-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
@@ -60,6 +61,15 @@ def test_the_wheel_installs_only_steplog_with_its_schema_and_runs_from_it(tmp_pa
         for sql in ("schema.sql", "migrations.sql", "schema_postgres.sql"):
             assert archive.read(f"steplog/eventstore/{sql}") == (ROOT / sql).read_bytes()
         assert "steplog/py.typed" in names and "steplog/__main__.py" in names
+        web = sorted(
+            n for n in names if n.startswith(("steplog/web/static/", "steplog/web/templates/"))
+        )
+        assert web == sorted(
+            f"steplog/{p.relative_to(ROOT).as_posix()}"
+            for folder in ("web/static", "web/templates")
+            for p in (ROOT / folder).iterdir()
+            if p.is_file()
+        )
         assert (
             "steplog = steplog.commands.cli:main"
             in archive.read(f"{dist_info}/entry_points.txt").decode()
