@@ -343,7 +343,9 @@ def pipeline_for_resume(store: EventStore, state: JobState, override: Path | Non
         if state.snapshot_sha256 and blob_sha256(source) == state.pipeline_sha256:
             # the very file the job was created from: reuse its validated form
             snapshot = store.get_blob(state.snapshot_sha256).decode("utf-8")
-            return Pipeline.from_snapshot(snapshot, source.decode("utf-8"), str(path))
+            stored = Pipeline.from_snapshot(snapshot, source.decode("utf-8"), str(path))
+            if stored is not None:
+                return stored
         return load_pipeline(path)
     if override is not None:
         raise Rejected(f"pipeline file {override} does not exist")

@@ -34,9 +34,17 @@ def _template_sha(source: str) -> str:
     return text_sha256(source)
 
 
+_NO_INPUTS: frozenset[str] = frozenset()  # shared: most templates of a large pipeline read none
+
+
 @lru_cache(maxsize=TREE_CACHE)
 def template_inputs(source: str) -> frozenset[str] | None:
     """The inputs a template reads, or None when it reads `inputs` in a way not known statically."""
+    found = _template_inputs(source)
+    return _NO_INPUTS if found is not None and not found else found
+
+
+def _template_inputs(source: str) -> frozenset[str] | None:
     plan = simple_plan(source)
     if plan is not None:
         names: set[str] = set()

@@ -23,7 +23,7 @@ from steplog.errors import Rejected
 from steplog.eventstore.events import finite_json
 from steplog.executor.budget import Budget, Price
 from steplog.executor.cachekey import cache_key, canonical_json, key_parts
-from steplog.executor.templates import TemplateProblem, check_template, render
+from steplog.executor.templates import EVERY_UPSTREAM, TemplateProblem, check_template, render
 from steplog.providers.config import (
     ProviderConfig,
     literal_url_credential,
@@ -97,6 +97,11 @@ class PipelineSpec(BaseModel):
         return value
 
 
+# Raised when what validation derives changes, so snapshots taken before are not trusted:
+# 2 - references hold every upstream step for a template reading `steps` dynamically.
+SNAPSHOT_FORMAT = 2
+
+
 @dataclass(frozen=True)
 class Pipeline:
     spec: PipelineSpec
@@ -109,6 +114,7 @@ class Pipeline:
         """The validated pipeline as JSON, so an unchanged file need not be parsed again."""
         return json.dumps(
             {
+                "format": SNAPSHOT_FORMAT,
                 "spec": self.spec.model_dump(mode="json"),
                 "references": {k: sorted(v) for k, v in self.references.items()},
                 "fingerprint": self.fingerprint,
@@ -118,14 +124,17 @@ class Pipeline:
         )
 
     @classmethod
-    def from_snapshot(cls, snapshot: str, source: str, path: str | None) -> Pipeline:
-        """Rebuild a pipeline validated earlier (its source's sha256 is the caller's check)."""
+    def from_snapshot(cls, snapshot: str, source: str, path: str | None) -> Pipeline | None:
+        """Rebuild a pipeline validated earlier (its source's sha256 is the caller's check);
+        None when an older steplog took the snapshot, for the caller to validate the source."""
         data = json.loads(snapshot)
+        if data.get("format") != SNAPSHOT_FORMAT:
+            return None
         pipeline = cls(
             spec=PipelineSpec.model_validate(data["spec"]),
             source=source,
             path=path,
-            references={k: frozenset(v) for k, v in data["references"].items()},
+            references=_shared_sets(data["references"]),
         )
         # cached_property values live in __dict__; setting them skips recomputing the hashes
         pipeline.__dict__["fingerprint"] = data["fingerprint"]
@@ -157,6 +166,11 @@ class Pipeline:
                 del definition["on_truncation"]  # the default: fingerprints from before it stay
             out[name] = hashlib.sha256(canonical_json(definition).encode()).hexdigest()
         return out
+
+    @cached_property
+    def read_steps(self) -> frozenset[str]:
+        """The steps whose output some step's templates read."""
+        return frozenset().union(*self.references.values())
 
     @cached_property
     def needs(self) -> dict[str, list[str]]:
@@ -245,6 +259,15 @@ class Pipeline:
             else:
                 raise PipelineError(f"input {name!r} is required: pass --input {name}=VALUE")
         return resolved
+
+
+def _shared_sets(lists: dict[str, list[str]]) -> dict[str, frozenset[str]]:
+    shared: dict[frozenset[str], frozenset[str]] = {}
+    out: dict[str, frozenset[str]] = {}
+    for key, names in lists.items():
+        found = frozenset(names)
+        out[key] = shared.setdefault(found, found)
+    return out
 
 
 def topological_order(needs: dict[str, list[str]]) -> list[str]:
@@ -355,6 +378,7 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
     except PipelineError as exc:
         raise PipelineError(f"{label}: {exc}") from exc
     inputs = set(spec.inputs)
+    shared_reads: dict[frozenset[str], frozenset[str]] = {}
     for name, step in spec.steps.items():
         if step.provider not in spec.providers:
             known = ", ".join(spec.providers) or "none"
@@ -371,7 +395,12 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
                 )
             except TemplateProblem as exc:
                 raise PipelineError(f"{label}: {exc}") from exc
-        pipeline.references[name] = frozenset(referenced)
+        if EVERY_UPSTREAM in referenced:
+            referenced.discard(EVERY_UPSTREAM)
+            referenced |= reachable({name}, pipeline.needs) - {name}
+        # steps reading the same steps share one set: 10,000 leaves of a fan-out hold one
+        found = frozenset(referenced)
+        pipeline.references[name] = shared_reads.setdefault(found, found)
         if referenced - set(step.needs):  # only walk the DAG when a direct need does not answer
             upstream = reachable({name}, pipeline.needs)
             for ref in sorted(referenced - upstream):

@@ -56,7 +56,7 @@ class StepRunner:
         self.calls = calls
         self.outputs: dict[str, StepOutput] = {}
         self.errors: dict[str, str] = {}  # step -> the error it failed with
-        self._steps_context: dict[str, dict[str, Any]] = {}  # what templates see as `steps`
+        self._steps_context: dict[str, dict[str, Any]] = {}  # templates' `steps`, by step
         # path -> sha256 steplog last wrote there (from the log, then as this run writes)
         self.last_written: dict[str, str] = dict(last_written or {})
 
@@ -83,11 +83,17 @@ class StepRunner:
             self.log.emit(skipped)
 
     def _record_output(self, name: str, output: StepOutput) -> None:
+        if name not in self.pipeline.read_steps:
+            return  # no template reads it: not held for the rest of the run
         self.outputs[name] = output
         self._steps_context[name] = {"output": output.value, "files": output.files}
 
-    def _context(self) -> dict[str, Any]:
-        return {"inputs": self.inputs, "steps": self._steps_context}
+    def _context(self, name: str) -> dict[str, Any]:
+        """What the step's templates see: only the upstream steps they read, so the text
+        never depends on which other steps happen to have finished."""
+        context = self._steps_context
+        steps = {r: context[r] for r in self.pipeline.references.get(name, ())}
+        return {"inputs": self.inputs, "steps": steps}
 
     async def run(self, name: str, attempt: int, release: Callable[[], None]) -> bool:
         """Run one step; `release` lets dependants start once its success is settled in memory.
@@ -100,7 +106,7 @@ class StepRunner:
         t0 = time.monotonic()
         started = NewEvent.of(StepStarted(attempt=attempt, fingerprint=fingerprint), name)
         try:
-            system, prompt = self.pipeline.render_step(name, self._context())
+            system, prompt = self.pipeline.render_step(name, self._context(name))
         except TemplateProblem as exc:
             await self._fail(name, [started], str(exc), "template_error", attempt, t0)
             return False

@@ -25,6 +25,10 @@ from steplog.executor.limits import (
 )
 
 STEP_FIELDS = ("output", "files")
+# In the names check_template returns: the template reads `steps` in a way not known statically
+# ({% for s in steps %}, steps[name], steps.items()), so it reads every step upstream of its own.
+# Not a valid step name, so it cannot collide with one.
+EVERY_UPSTREAM = "*"
 
 
 class TemplateProblem(ValueError):
@@ -117,7 +121,8 @@ def syntax_tree(source: str) -> nodes.Template:
 def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
     """Refuse a template naming an unknown variable or input (or with bad syntax).
 
-    Returns the step names it reads, for the caller to check they are upstream.
+    Returns the step names it reads, for the caller to check they are upstream, with
+    EVERY_UPSTREAM among them when it reads `steps` in a way not known statically.
     """
     plan = simple_plan(source)
     if plan is not None:
@@ -152,6 +157,7 @@ def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
                 "template sandbox"
             )
     referenced: set[str] = set()
+    static_bases: set[int] = set()  # the `steps` names read as steps.X or steps["X"]
     for node in lookups:
         base = node.node
         if not isinstance(base, nodes.Name) or base.name in assigned:
@@ -161,8 +167,13 @@ def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
             continue
         if base.name == "inputs" and key not in inputs:
             raise TemplateProblem(f"{where}: template names unknown input {key!r}")
-        if base.name == "steps":
+        if base.name == "steps" and not (isinstance(node, nodes.Getattr) and hasattr(dict, key)):
             referenced.add(key)
+            static_bases.add(id(base))
+    if "steps" not in assigned and any(
+        n.name == "steps" and n.ctx == "load" and id(n) not in static_bases for n in names
+    ):
+        referenced.add(EVERY_UPSTREAM)
     for node in lookups:
         inner = node.node
         if (
@@ -197,12 +208,18 @@ def simple_plan(source: str) -> tuple[Piece, ...] | None:
     pos = 0
     for match in _SIMPLE_HOLE.finditer(source):
         pieces.append(source[pos : match.start()])
-        pieces.append(tuple(match.group(1).split(".")))
+        pieces.append(_path(match.group(1)))
         pos = match.end()
     pieces.append(source[pos:])
     if any(isinstance(p, str) and any(mark in p for mark in _JINJA_MARKS) for p in pieces):
         return None
     return tuple(p for p in pieces if p != "")
+
+
+@lru_cache(maxsize=TREE_CACHE)
+def _path(dotted: str) -> tuple[str, ...]:
+    """One tuple per distinct hole: thousands of steps reading steps.root.output share it."""
+    return tuple(dotted.split("."))
 
 
 def _render_simple(plan: tuple[Piece, ...], context: dict[str, Any]) -> str | None:
@@ -262,7 +279,9 @@ def _check_simple(plan: tuple[Piece, ...], *, where: str, inputs: set[str]) -> s
             )
         if root == "inputs" and rest and rest[0] not in inputs:
             raise TemplateProblem(f"{where}: template names unknown input {rest[0]!r}")
-        if root == "steps" and rest:
+        if root == "steps" and not rest:
+            referenced.add(EVERY_UPSTREAM)  # {{ steps }} prints them all
+        elif root == "steps":
             referenced.add(rest[0])
             if len(rest) > 1 and rest[1] not in STEP_FIELDS:
                 raise TemplateProblem(

@@ -297,3 +297,39 @@ def test_a_postgres_url_no_server_answers_is_one_line_without_its_password(
     assert shown.code == 2 and shown.err.count("\n") == 1, shown.err
     assert "pw-secret-9" not in shown.err and "cannot reach PostgreSQL server" in shown.err
     assert list(tmp_path.iterdir()) == []
+
+
+DYNAMIC_READ = """
+name = "dynamic"
+[providers.local]
+kind = "offline"
+[steps.slow]
+provider = "local"
+prompt = "slow"
+options = { delay_s = 0.3 }
+[steps.quick]
+provider = "local"
+prompt = "quick"
+[steps.join]
+needs = ["slow"]
+provider = "local"
+prompt = "saw:{% for name in steps %} {{ name }}{% endfor %}"
+"""
+
+
+def test_a_template_iterating_steps_sees_its_upstream_steps_only_and_after_a_resume(tmp_path):
+    # `quick` finishes first but is not upstream of `join`: its output must not leak into the
+    # text by timing. After a resume, the reused `slow` is still there to be read.
+    failing = DYNAMIC_READ.replace('prompt = "saw:', 'options = { fail = true }\nprompt = "saw:')
+    path = pipeline(tmp_path, failing)
+    with Steplog(tmp_path / "s.db") as sl:
+        first = sl.run(path, job_id="d", workspace=tmp_path / "ws")
+        assert first.steps["join"].status == "failed"
+        path.write_text(DYNAMIC_READ)
+        resumed = sl.resume("d")
+        assert resumed.succeeded and resumed.steps["slow"].status == "skipped"
+        assert "Request: saw: slow\n" in resumed.steps["join"].output
+        misses = list(sl.events("d", type="cache.miss", step="join"))
+        assert [sorted(e.data["detail"]["upstream"]) for e in misses] == [["slow"], ["slow"]]
+        fresh = sl.run(path, job_id="e", workspace=tmp_path / "ws2")
+        assert fresh.steps["join"].cache_hit  # the same text, so the same key

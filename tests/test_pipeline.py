@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -134,7 +135,7 @@ def test_sandbox_refuses_template_injection():
 def test_snapshot_round_trip_keeps_spec_fingerprints_and_references():
     p = parse_pipeline(GOOD, "p.toml")
     q = type(p).from_snapshot(p.snapshot(), p.source, p.path)
-    assert q.spec == p.spec
+    assert q is not None and q.spec == p.spec
     assert q.fingerprint == p.fingerprint and q.step_fingerprints == p.step_fingerprints
     assert q.references == p.references == {"a": frozenset(), "b": {"a"}, "c": {"a", "b"}}
     assert q.order == p.order
@@ -175,3 +176,38 @@ def test_a_template_nesting_too_deep_to_parse_is_one_line():
     deep = "{{ " + "(" * 2000 + "1" + ")" * 2000 + " }}"
     message = refuse(GOOD.replace('prompt = "design {{ inputs.idea }}"', f'prompt = "{deep}"'))
     assert "nests too deeply to parse" in message
+
+
+def test_a_snapshot_from_an_older_format_is_not_trusted():
+    p = parse_pipeline(GOOD, "p.toml")
+    old = json.loads(p.snapshot())
+    del old["format"]  # what steplog wrote before references covered dynamic reads
+    assert type(p).from_snapshot(json.dumps(old), p.source, p.path) is None
+
+
+def test_a_template_reading_steps_dynamically_references_every_upstream_step():
+    source = textwrap.dedent(
+        """\
+        name = "t"
+        [providers.local]
+        kind = "offline"
+        [steps.a]
+        provider = "local"
+        prompt = "a"
+        [steps.aside]
+        provider = "local"
+        prompt = "not upstream of c"
+        [steps.b]
+        needs = ["a"]
+        provider = "local"
+        prompt = "b {{ steps.a.output }}"
+        [steps.c]
+        needs = ["b"]
+        provider = "local"
+        prompt = "c {% for name in steps %}{{ steps[name].output }}{% endfor %}"
+        """
+    )
+    p = parse_pipeline(source, "p.toml")
+    assert p.references["c"] == {"a", "b"}  # all upstream, not only the direct need
+    assert p.references["b"] == {"a"} and p.references["aside"] == set()
+    assert p.read_steps == {"a", "b"}

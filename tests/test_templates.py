@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from steplog.executor.templates import ENV, TemplateProblem, check_template, render, simple_plan
+from steplog.executor.templates import (
+    ENV,
+    EVERY_UPSTREAM,
+    TemplateProblem,
+    check_template,
+    render,
+    simple_plan,
+)
 
 CONTEXT = {
     "inputs": {"idea": "a todo list", "n": "3"},
@@ -69,3 +77,25 @@ def test_checks_agree_between_paths():
             assert "outptu" in str(exc)
         else:
             raise AssertionError(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ steps }}",
+        "{% for name in steps %}{{ name }}{% endfor %}",
+        "{% for name, s in steps.items() %}{{ s.output }}{% endfor %}",
+        "{{ steps[inputs.idea].output }}",
+        "{{ steps.a.output }} {{ (steps|list)|length }}",
+    ],
+)
+def test_a_template_reading_steps_dynamically_reads_every_upstream_step(source):
+    found = check_template(source, where="t", inputs={"idea"})
+    assert EVERY_UPSTREAM in found
+    assert found - {EVERY_UPSTREAM} <= {"a"}
+
+
+def test_static_reads_name_only_the_steps_they_read():
+    for source in ("{{ steps.a.output }}", "{% if 1 %}{{ steps['a'].files }}{% endif %}"):
+        assert check_template(source, where="t", inputs=set()) == {"a"}
+    assert check_template("{% set steps = 1 %}{{ steps }}", where="t", inputs=set()) == set()
