@@ -8,6 +8,7 @@ A StepRunner also holds what templates see of the steps done so far (`steps.NAME
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -57,11 +58,15 @@ class StepRunner:
         self.outputs: dict[str, StepOutput] = {}
         self.errors: dict[str, str] = {}  # step -> the error it failed with
         self._steps_context: dict[str, dict[str, Any]] = {}  # templates' `steps`, by step
+        # step -> how many steps still to run read its output; at 0 the output is let go
+        self._readers_left: Counter[str] = Counter()
         # path -> sha256 steplog last wrote there (from the log, then as this run writes)
         self.last_written: dict[str, str] = dict(last_written or {})
 
     def skip_reused(self, plan: Plan) -> None:
         """Append step.skipped for every reused step; load the outputs still to be read."""
+        references = self.pipeline.references
+        self._readers_left = Counter(r for s in plan.run for r in references.get(s, ()))
         wanted = plan.reused_outputs_read(self.pipeline)
         contents = self.log.store.get_blobs(list(wanted.values()))
         for name, sha in wanted.items():
@@ -83,10 +88,19 @@ class StepRunner:
             self.log.emit(skipped)
 
     def _record_output(self, name: str, output: StepOutput) -> None:
-        if name not in self.pipeline.read_steps:
-            return  # no template reads it: not held for the rest of the run
+        if not self._readers_left[name]:
+            return  # no step still to run reads it (the leaves of a fan-out): not held
         self.outputs[name] = output
         self._steps_context[name] = {"output": output.value, "files": output.files}
+
+    def _done_reading(self, name: str) -> None:
+        """`name` succeeded: let go of each output it read that no other step still needs
+        (in a chain of 10,000 steps, every output but the last)."""
+        for read in self.pipeline.references.get(name, ()):
+            self._readers_left[read] -= 1
+            if self._readers_left[read] <= 0:
+                self.outputs.pop(read, None)
+                self._steps_context.pop(read, None)
 
     def _context(self, name: str) -> dict[str, Any]:
         """What the step's templates see: only the upstream steps they read, so the text
@@ -199,6 +213,7 @@ class StepRunner:
         )
         pending.append(NewEvent.of(succeeded, name))
         self._record_output(name, output)
+        self._done_reading(name)
         faults.reached("before:step.succeeded", name)
         release()
         await self.log.commit(pending, [*pending_blobs, *output_blobs])

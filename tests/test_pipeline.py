@@ -210,4 +210,3 @@ def test_a_template_reading_steps_dynamically_references_every_upstream_step():
     p = parse_pipeline(source, "p.toml")
     assert p.references["c"] == {"a", "b"}  # all upstream, not only the direct need
     assert p.references["b"] == {"a"} and p.references["aside"] == set()
-    assert p.read_steps == {"a", "b"}
