@@ -37,6 +37,7 @@ from steplog.errors import Rejected
 from steplog.eventstore.events import InvalidEvent, NewEvent
 from steplog.eventstore.record import EventStore, VersionConflict, blob_sha256
 from steplog.executor.pipeline import NAME_PATTERN
+from steplog.words import error_path
 
 FORMAT = 1
 HEADER_TYPE = "steplog.export"
@@ -301,7 +302,7 @@ def _blob(number: int, obj: dict[str, Any], base: Path) -> tuple[str, bytes]:
         line = _BlobLine.model_validate(obj.get("data") or {})
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "data"
+        where = error_path(first["loc"]) or "data"
         raise BadImport(f"line {number}: {BLOB_TYPE}: data.{where}: {first['msg']}") from exc
     if (line.content is None) == (line.path is None):
         raise BadImport(f"line {number}: {BLOB_TYPE} needs either content or path")

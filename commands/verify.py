@@ -28,7 +28,7 @@ from steplog.projections.tables import TABLE_PROJECTIONS, TableProjection
 
 if TYPE_CHECKING:
     from steplog.eventstore.record import EventStore
-from steplog.words import counted
+from steplog.words import counted, error_path
 
 MAX_PER_CHECK = 20  # problems kept per check; the count of all is still reported
 
@@ -254,7 +254,7 @@ def _check_event(ev: StoredEvent, heads: dict[str, tuple[int, str, int]], report
             parse_data(ev.type, ev.data_json)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "data"
+            where = error_path(first["loc"]) or "data"
             report.add(
                 Problem("chain", f"data does not match {ev.type}: {where}: {first['msg']}", **at)
             )

@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticSerializationError
 
 from steplog.errors import Rejected
+from steplog.words import error_path
 
 Level = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LEVELS: tuple[Level, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -600,7 +601,7 @@ class NewEvent:
             typed = model.model_validate(data or {})
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "data"
+            where = error_path(first["loc"]) or "data"
             raise InvalidEvent(f"{type}: data.{where}: {first['msg']}") from exc
         return cls(
             type=type,

@@ -30,6 +30,7 @@ from steplog.providers.config import (
     url_env_names,
     url_problem,
 )
+from steplog.words import error_path
 
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
@@ -166,11 +167,6 @@ class Pipeline:
                 del definition["on_truncation"]  # the default: fingerprints from before it stay
             out[name] = hashlib.sha256(canonical_json(definition).encode()).hexdigest()
         return out
-
-    @cached_property
-    def read_steps(self) -> frozenset[str]:
-        """The steps whose output some step's templates read."""
-        return frozenset().union(*self.references.values())
 
     @cached_property
     def needs(self) -> dict[str, list[str]]:
@@ -347,7 +343,7 @@ def _line_of(source: str, loc: tuple[Any, ...]) -> int | None:
 def _describe(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
     loc = tuple(err["loc"])
-    where = ".".join(str(p) for p in loc) or "pipeline"
+    where = error_path(loc) or "pipeline"
     line = _line_of(source, loc)
     at = f" (line {line})" if line else ""
     kind = err["type"]

@@ -11,6 +11,7 @@ nothing heavy, so any layer may use it.
   Brackets, backslashes, `:emoji:` codes, wide and combining characters are left as they are.
 - `one_line(text)`: the same with nothing kept, for what must stay one line (an error line,
   a progress line, a `key value` line of a report).
+- `error_path(loc)`: where a validation error is, `steps.a.prompt`, on one line.
 - `money(usd)`: `$0.000043`, `$0.41`, `$2.50`: to the micro-dollar, at least the cents, never
   scientific; an amount under a micro-dollar keeps (at most) two significant digits.
 - `counted(n, noun)`: `1 job`, `2 jobs`, `0 cache hits`.
@@ -46,6 +47,12 @@ def visible(text: str, keep: str = "\n") -> str:
 def one_line(text: str) -> str:
     """`text` on one line: every control character, newlines too, shown escaped."""
     return text.translate(_escapes(""))
+
+
+def error_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """Where a validation error is (pydantic's `loc`) as a dotted path on one line: a key
+    holding a newline must not split the one-line error that names it."""
+    return one_line(".".join(str(part) for part in loc))
 
 
 def counted(n: int, noun: str, plural: str | None = None, *, grouped: bool = False) -> str:
