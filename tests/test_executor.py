@@ -192,3 +192,36 @@ def test_for_any_pipeline_the_rebuilt_state_is_what_the_executor_saw(source, top
                 assert second.steps[name].cache_hit is True
         assert read_cache_table(store.conn) == cache.project(store.read_all())
         store.close()
+
+
+def test_the_runner_holds_only_the_outputs_a_step_still_to_run_reads(tmp_path, monkeypatch):
+    """A chain of 12 steps and a report reading the first and the last: when each step starts,
+    the runner holds exactly the outputs some step still to run reads, not every one so far."""
+    from steplog.executor.step import StepRunner
+
+    held: dict[str, set[str]] = {}
+    original = StepRunner.run
+
+    async def watched(self, name, attempt, release):  # type: ignore[no-untyped-def]
+        held[name] = set(self.outputs)
+        return await original(self, name, attempt, release)
+
+    monkeypatch.setattr(StepRunner, "run", watched)
+    lines = ['name = "held"', "[providers.local]", 'kind = "offline"']
+    for i in range(12):
+        lines += [f"[steps.s{i}]", 'provider = "local"']
+        if i:
+            lines += [f'needs = ["s{i - 1}"]', f'prompt = "{i} {{{{ steps.s{i - 1}.output }}}}"']
+        else:
+            lines += ['prompt = "first"']
+    lines += ["[steps.report]", 'provider = "local"', 'needs = ["s11"]']
+    lines += ['prompt = "{{ steps.s0.output }} {{ steps.s11.output }}"']
+    path = tmp_path / "held.toml"
+    path.write_text("\n".join(lines) + "\n")
+    store = open_store(tmp_path / "s.db")
+    outcome, state = run_job(store, path, "j", tmp_path)
+    assert outcome.succeeded and state.status == "succeeded"
+    assert held["s0"] == set() and held["s1"] == {"s0"}
+    for i in range(2, 12):
+        assert held[f"s{i}"] == {"s0", f"s{i - 1}"}
+    assert held["report"] == {"s0", "s11"}
