@@ -75,7 +75,7 @@ from steplog.eventstore.record import (
     StoreError,
     VersionConflict,
     blob_row,
-    chain_hash,
+    link,
 )
 
 # psycopg-pool warns through `logging` each time it fails to reconnect, several lines each; with
@@ -962,15 +962,9 @@ class PostgresEventStore(LogReads):
             with conn.cursor() as cur:
                 cur.executemany(_INSERT_BLOB, [blob_row(b) for b in blobs])
         seq0 = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-        rows = []
-        for offset, (ts, level, type_, step, data_json) in enumerate(prepared, start=1):
-            v = version + offset
-            h = chain_hash(prev_hash, job_id, v, ts, level, type_, step, data_json)
-            rows.append((seq0 + offset, job_id, v, ts, level, type_, step, data_json, prev_hash, h))
-            prev_hash = h
-        columns = list(zip(*rows))
+        stored = link(job_id, seq0, version, prev_hash, prepared)
+        columns = list(zip(*stored))
         conn.execute(_INSERT_EVENTS, (job_id, list(columns[0]), *(list(c) for c in columns[2:])))
-        stored = [StoredEvent._make(row) for row in rows]
         last = stored[-1]
         conn.execute(
             "INSERT INTO streams (job_id, version, last_hash, last_seq, created_ts, updated_ts)"

@@ -356,6 +356,26 @@ def _describe(exc: ValidationError, source: str) -> str:
     return f"{where}: {err['msg']}{at}"
 
 
+def _nul_in(value: Any, where: str) -> str | None:
+    """Where the first string holding a NUL character is, keys included; None if nowhere."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return where
+        found = _nul_in(item, f"{where}.{key}")
+        if found:
+            return found
+    return None
+
+
 def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
     label = path or "pipeline"
     try:
@@ -368,6 +388,16 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
         raise PipelineError(f"{label}: {_describe(exc, source)}") from exc
     if not spec.steps:
         raise PipelineError(f"{label}: the pipeline has no steps")
+    # provider settings, models and options are written into cache.miss and llm.request events,
+    # which the PostgreSQL store cannot hold with a NUL: refused here, before any job starts
+    settings = {"providers": raw["providers"]}
+    for name, step in raw["steps"].items():
+        settings |= {
+            f"steps.{name}.{key}": step[key] for key in ("model", "options") if key in step
+        }
+    nul = next(filter(None, (_nul_in(value, where) for where, value in settings.items())), None)
+    if nul:
+        raise PipelineError(f"{label}: {error_path((nul,))}: must not contain a NUL character")
     pipeline = Pipeline(spec=spec, source=source, path=path)
     try:
         pipeline.order  # noqa: B018 - validates the DAG

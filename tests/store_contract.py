@@ -158,6 +158,39 @@ class StoreContract:
 
         check()
 
+    def test_a_nul_in_an_event_postgresql_indexes_is_refused_alike_and_nothing_is_written(
+        self, store
+    ):
+        from steplog.eventstore.events import CacheMiss, LLMRequested, StepFailed
+
+        store.append("j", [created("j")], expected_version=0)
+        key = "a" * 64
+        indexed = [
+            CacheMiss(cache_key=key, parts={}, reason="why\x00"),
+            LLMRequested(
+                provider="p",
+                kind="offline",
+                model="m\x00",
+                prompt_tokens=1,
+                attempt=1,
+                cache_key=key,
+                prompt_sha256=key,
+            ),
+        ]
+        for data in indexed:
+            with pytest.raises(StoreError, match=f"a {data.TYPE} event's data holds a NUL"):
+                store.append("j", [NewEvent.of(data, "s")], blobs=[b"kept only with the events"])
+        assert store.job_version("j") == 1 and store.last_seq() == 1
+        assert store.find_blobs([blob_sha256(b"kept only with the events")]) == {}
+        # elsewhere a NUL is data like any other, and a backslash before u0000 is no NUL
+        fine = [
+            NewEvent.of(StepFailed(error="a\x00b", error_type="t", attempt=1, duration_s=0.5), "s"),
+            NewEvent.of(CacheMiss(cache_key=key, parts={}, reason="\\u0000"), "s"),
+        ]
+        stored = store.append("j", fine)
+        assert [ev.typed() for ev in store.read_job("j", after_version=1)] == [e.data for e in fine]
+        assert len(stored) == 2
+
     def test_read_job_and_read_all_bounds_select_exactly_what_lies_between(self):
         @settings(max_examples=self.max_examples, deadline=None)
         @given(job_batches(), st.data())

@@ -68,6 +68,13 @@ attempts = st.integers(min_value=1, max_value=5)
 owners = st.builds(
     Owner, pid=st.integers(1, 4_000_000), host=names, started=st.text(min_size=1, max_size=12)
 )
+# an llm.request's owner: no NUL, which the stores refuse in the events PostgreSQL indexes
+request_owners = st.builds(
+    Owner,
+    pid=st.integers(1, 4_000_000),
+    host=names,
+    started=st.text(min_size=1, max_size=12).filter(lambda t: "\x00" not in t),
+)
 
 # None: an offline provider (no endpoint); two endpoints so that calls in flight share one
 endpoints = st.none() | st.sampled_from(
@@ -220,7 +227,9 @@ def _episode(job: _Job, step: str, attempt: int, other_jobs: list[str]) -> bool:
                 tokens_reserved=draw(st.none() | tokens),  # None: no [budget], or before schema 5
                 cost_reserved=draw(st.none() | dollars),
                 endpoint=endpoint,
-                owner=draw(st.none() | owners) if endpoint else None,  # None: before schema 6
+                owner=draw(st.none() | request_owners)
+                if endpoint
+                else None,  # None: before schema 6
             ),
             step,
         )

@@ -210,3 +210,24 @@ def test_a_template_reading_steps_dynamically_references_every_upstream_step():
     p = parse_pipeline(source, "p.toml")
     assert p.references["c"] == {"a", "b"}  # all upstream, not only the direct need
     assert p.references["b"] == {"a"} and p.references["aside"] == set()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where"),
+    [
+        ('kind = "offline"\n', 'kind = "offline"\nmodel = "m\\u0000"\n', "providers.local.model"),
+        (
+            'kind = "offline"\n',
+            'kind = "offline"\noptions = { "k\\u0000" = 1 }\n',
+            "providers.local.options",
+        ),
+        (
+            'prompt = "design',
+            'options = { k = ["v\\u0000"] }\nprompt = "design',
+            "steps.a.options.k.0",
+        ),
+    ],
+)
+def test_a_nul_in_a_setting_the_events_record_is_refused_at_load(old, new, where):
+    source = GOOD.replace(old, new, 1)
+    assert f"{where}: must not contain a NUL character" in refuse(source)
