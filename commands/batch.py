@@ -37,7 +37,7 @@ from steplog.commands.jobs import (
     record_cancelled,
     record_stop,
 )
-from steplog.errors import Rejected
+from steplog.errors import Rejected, Terminated
 from steplog.eventstore.events import JobCreated, JobStarted, NewEvent
 from steplog.eventstore.record import (
     EventStore,
@@ -465,7 +465,7 @@ def execute_batch(
     # KeyboardInterrupt, then job.interrupted for each running job, under that signal's name.
     def on_signal(signum: int, frame: object) -> None:
         batch_run.stop_signal = signal.Signals(signum).name
-        raise KeyboardInterrupt
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

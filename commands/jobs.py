@@ -27,7 +27,7 @@ import anyio._backends._asyncio  # noqa: F401
 from pydantic import BaseModel, ConfigDict, Field
 
 from steplog.commands.queries import fold_job
-from steplog.errors import Interrupted, Rejected
+from steplog.errors import Interrupted, Rejected, Terminated
 from steplog.eventstore.events import (
     JobCancelled,
     JobCreated,
@@ -616,7 +616,7 @@ def _execute(
 
     def on_sigterm(signum: int, frame: object) -> None:
         received["signal"] = "SIGTERM"
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
@@ -659,7 +659,7 @@ def stop_recorded(store: EventStore, prepared: Prepared) -> Iterator[None]:
 
     def on_sigterm(signum: int, frame: object) -> None:
         received["signal"] = "SIGTERM"
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:

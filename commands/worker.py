@@ -37,7 +37,7 @@ from steplog.commands.jobs import (
     record_cancelled,
 )
 from steplog.commands.queries import fold_job
-from steplog.errors import Interrupted, Rejected
+from steplog.errors import Interrupted, Rejected, Terminated
 from steplog.eventstore.events import (
     JobFailed,
     JobInterrupted,
@@ -404,7 +404,7 @@ def work(
 
     def on_sigterm(signum: int, frame: object) -> None:
         received["signal"] = "SIGTERM"
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:

@@ -58,4 +58,9 @@ class Interrupted(SteplogError):
         return 143 if self.signal_name == "SIGTERM" else 130
 
 
-__all__ = ["Interrupted", "JobFailed", "Rejected", "SteplogError"]
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt (outside the event loop's own
+    handlers), so every handler of one catches both and can still tell which signal it was."""
+
+
+__all__ = ["Interrupted", "JobFailed", "Rejected", "SteplogError", "Terminated"]

@@ -253,3 +253,29 @@ def test_a_deferred_opening_refused_in_the_loop_leaves_no_lease(tmp_path):
         execute(store, second, say=lambda line: None)
     assert second.lease is not None and not store.job_exists(second.lease.stream)
     assert _types(store) == ["job.created", "job.started"]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_before_runs_deferred_opening_exits_with_its_own_code(
+    tmp_path, monkeypatch, sig, code
+):
+    """`steplog run` commits the job's opening inside the event loop: a signal just before it
+    leaves no job behind, and the exit code still says which signal it was."""
+    from tests.cli_inprocess import steplog_here
+
+    path = dag_pipeline(tmp_path, {"a": ([], 0)})
+    db = tmp_path / "s.db"
+
+    @contextmanager
+    def signal_first() -> Iterator[None]:
+        os.kill(os.getpid(), sig)  # before the loop and its handlers exist
+        yield
+
+    monkeypatch.setattr(jobs, "_long_lived_heap", signal_first)
+    stopped = steplog_here(
+        db, "run", str(path), "--job-id", "j", "--workspace", str(tmp_path / "w")
+    )
+    assert stopped.code == code, stopped.err
+    assert stopped.err.splitlines()[-1] == "aborted"
+    with open_store(db) as store:
+        assert list(store.read_all()) == []

@@ -21,7 +21,7 @@ from steplog.commands.batch import (
 from steplog.commands.cli.display import BatchLiveDisplay, BatchPlainDisplay
 from steplog.commands.cli.group import app_for, say, store_for
 from steplog.commands.cli.render import calls_text, cost_text
-from steplog.errors import Interrupted
+from steplog.errors import Interrupted, Terminated
 from steplog.words import counted
 
 
@@ -78,8 +78,9 @@ def run_batch_verb(
                 grace_s=grace_s,
                 say=lambda text: say(text, err=True),
             )
-    except KeyboardInterrupt:  # before the loop's handlers were up: no job had started
-        outcome = BatchOutcome(plan.batch, [s.job_id for s in states], signal="SIGINT")
+    except KeyboardInterrupt as stop:  # before the loop's handlers were up: no job had started
+        name = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+        outcome = BatchOutcome(plan.batch, [s.job_id for s in states], signal=name)
     summary = summarize(store, plan.batch, [s.job_id for s in states])
     say(summary_line(summary))
     if outcome.signal is not None:

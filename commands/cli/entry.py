@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from steplog.commands.cli.group import cli, say
-from steplog.errors import Rejected
+from steplog.errors import Rejected, Terminated
 
 # Every error steplog refuses a command with (PipelineError, StoreError, InvalidEvent, BadPoint …)
 USER_ERRORS = (Rejected,)
@@ -87,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         say(f"error: {exc.format_message()}", err=True)
         return 2
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # a signal before a job was ours to record it on
         click.echo("aborted", err=True)
-        return 130
+        return 143 if isinstance(exc.__cause__, Terminated) else 130
     except OSError as exc:  # the output could not be written: a full disk behind `>` …
         # (click itself ends a closed pipe, `| head`, quietly with exit 1.) fd 1 now goes
         # nowhere, so the flush at exit cannot print a second error.
