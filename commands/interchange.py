@@ -29,7 +29,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -108,15 +108,19 @@ def _blob_data_inline(sha: str, content: bytes) -> dict[str, Any]:
 
 @dataclass
 class Exported:
-    lines: list[str]
+    """An export, counted: `lines()` reads the job again and yields the file's lines one at a
+    time, fetching each blob as its first event comes, so memory holds one blob and one batch
+    of events however large the job is."""
+
     events: int
     blobs: int
     missing: list[str] = field(default_factory=list)  # referenced, not in the database
     # missing sha -> where the first event pointing at it is ("output_sha256 of event 9 …")
     missing_where: dict[str, str] = field(default_factory=dict)
+    lines: Callable[[], Iterator[str]] = field(default=lambda: iter(()), repr=False)
 
     def text(self) -> str:
-        return "".join(line + "\n" for line in self.lines)
+        return "".join(line + "\n" for line in self.lines())
 
 
 def export_job(
@@ -126,50 +130,58 @@ def export_job(
     blob_dir: Path | None = None,
     relative_to: Path | None = None,
 ) -> Exported:
-    """The export file of `job_id`. With blob_dir, blob contents go to blob_dir/<sha256>
-    (written here) and blob lines carry their path relative to `relative_to`."""
-    events = list(store.read_job(job_id))
-    if not events:
-        raise Rejected(f"unknown job {job_id}")
-    fields = {ev.version: sha_fields(ev.data_json) for ev in events}
-    refs = {version: [sha for _, sha in found] for version, found in fields.items()}
-    wanted = list(dict.fromkeys(sha for shas in refs.values() for sha in shas))
-    contents = store.find_blobs(wanted)
-    where: dict[str, str] = {}
-    for ev in events:
-        for name, sha in fields[ev.version]:
-            if is_blob_ref(name) and sha not in contents and sha not in where:
+    """The export file of `job_id`, as of now (events appended later are not in it). With
+    blob_dir, blob contents go to blob_dir/<sha256> (written as the lines are) and blob lines
+    carry their path relative to `relative_to`."""
+    refs: dict[int, list[tuple[str, str]]] = {}  # version -> (field, sha) of its blob fields
+    where: dict[str, str] = {}  # sha -> the first event pointing at it, for a missing one
+    first_ts, last = "", 0
+    for ev in store.read_job(job_id):
+        first_ts, last = first_ts or ev.ts, ev.version
+        found = sha_fields(ev.data_json)
+        if found:
+            refs[ev.version] = found
+        for name, sha in found:
+            if is_blob_ref(name) and sha not in where:
                 step = f" {ev.step}" if ev.step else ""
                 where[sha] = f"{name} of {ev.type}{step}, event {ev.version}"
-    missing = list(where)
+    if not last:
+        raise Rejected(f"unknown job {job_id}")
+    present = store.stored_blobs([sha for found in refs.values() for _, sha in found])
+    missing = {sha: text for sha, text in where.items() if sha not in present}
     if blob_dir is not None:
-        _write_sidecar(blob_dir, contents)
-    body: list[str] = []
-    emitted: set[str] = set()
-    for ev in events:
-        for sha in refs[ev.version]:
-            if sha in contents and sha not in emitted:
-                emitted.add(sha)
-                if blob_dir is None:
-                    data = _blob_data_inline(sha, contents[sha])
-                else:
-                    where = blob_dir / sha
-                    path = os.path.relpath(where, relative_to) if relative_to else str(where)
-                    data = {
-                        "sha256": sha,
-                        "size": len(contents[sha]),
-                        "path": Path(path).as_posix(),
-                    }
-                body.append(_envelope(ev.ts, "DEBUG", job_id, BLOB_TYPE, None, _compact(data)))
-        body.append(_envelope(ev.ts, ev.level, ev.job_id, ev.type, ev.step, ev.data_json))
+        try:  # before the first line: a directory that cannot be made stops the export here
+            blob_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Rejected(f"cannot write blobs to {blob_dir}: {exc.strerror or exc}") from exc
     header = {
         "format": FORMAT,
-        "events": len(events),
-        "blobs": len(emitted),
+        "events": last,
+        "blobs": len(present),
         "blob_store": "inline" if blob_dir is None else "dir",
     }
-    first = _envelope(events[0].ts, "INFO", job_id, HEADER_TYPE, None, _compact(header))
-    return Exported([first, *body], len(events), len(emitted), missing, where)
+
+    def lines() -> Iterator[str]:
+        yield _envelope(first_ts, "INFO", job_id, HEADER_TYPE, None, _compact(header))
+        emitted: set[str] = set()
+        for ev in store.read_job(job_id, until_version=last):
+            new = [sha for _, sha in refs.get(ev.version, ()) if sha in present]
+            new = [sha for sha in dict.fromkeys(new) if sha not in emitted]
+            contents = store.get_blobs(new) if new else {}
+            for sha in new:
+                emitted.add(sha)
+                content = contents[sha]
+                if blob_dir is None:
+                    data = _blob_data_inline(sha, content)
+                else:
+                    _write_sidecar(blob_dir, sha, content)
+                    path = blob_dir / sha
+                    shown = os.path.relpath(path, relative_to) if relative_to else str(path)
+                    data = {"sha256": sha, "size": len(content), "path": Path(shown).as_posix()}
+                yield _envelope(ev.ts, "DEBUG", job_id, BLOB_TYPE, None, _compact(data))
+            yield _envelope(ev.ts, ev.level, ev.job_id, ev.type, ev.step, ev.data_json)
+
+    return Exported(last, len(present), list(missing), missing, lines)
 
 
 def missing_warning(exported: Exported, shown: int = 3) -> str | None:
@@ -183,34 +195,35 @@ def missing_warning(exported: Exported, shown: int = 3) -> str | None:
     return f"warning: {count} {noun} not in the database, so not exported: {named}{more}"
 
 
-def _write_sidecar(blob_dir: Path, contents: dict[str, bytes]) -> None:
+def _write_sidecar(blob_dir: Path, sha: str, content: bytes) -> None:
+    target = blob_dir / sha
     try:
-        blob_dir.mkdir(parents=True, exist_ok=True)
-        for sha, content in contents.items():
-            target = blob_dir / sha
-            if target.exists() and blob_sha256(target.read_bytes()) == sha:
-                continue
-            tmp = target.with_name(f".{sha}.tmp")
-            tmp.write_bytes(content)
-            os.replace(tmp, target)
+        if target.exists() and blob_sha256(target.read_bytes()) == sha:
+            return
+        tmp = target.with_name(f".{sha}.tmp")
+        tmp.write_bytes(content)
+        os.replace(tmp, target)
     except OSError as exc:
         raise Rejected(f"cannot write blobs to {blob_dir}: {exc.strerror or exc}") from exc
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """A regular file is replaced whole (temp file, fsync, rename); a device or FIFO given as
-    the output (`-o /dev/stdout`) is written to, never replaced by a file."""
-    data = text.encode("utf-8")
+def write_atomically(path: Path, text: str | Iterable[str]) -> None:
+    """Write `text` (or its pieces, as they come): a regular file is replaced whole (temp file,
+    fsync, rename), so an error half-way leaves the old one; a device or FIFO given as the
+    output (`-o /dev/stdout`) is written to, never replaced by a file."""
+    pieces = [text] if isinstance(text, str) else text
     try:
         if path.exists() and not path.is_file() and not path.is_dir():
             with path.open("wb") as out:
-                out.write(data)
+                for piece in pieces:
+                    out.write(piece.encode("utf-8"))
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with tmp.open("wb") as out:
-                out.write(data)
+                for piece in pieces:
+                    out.write(piece.encode("utf-8"))
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)
@@ -218,6 +231,11 @@ def write_atomically(path: Path, text: str) -> None:
             tmp.unlink(missing_ok=True)
     except OSError as exc:
         raise Rejected(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def export_lines(exported: Exported) -> Iterator[str]:
+    """The export file's lines, each with its line end, for write_atomically or a stream."""
+    return (line + "\n" for line in exported.lines())
 
 
 # -- import ---------------------------------------------------------------------------------------

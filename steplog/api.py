@@ -812,13 +812,13 @@ class Steplog:
     def export(self, job_id: str, file: str | os.PathLike[str]) -> ExportResult:
         """Write the job's events, with the blobs they point at inline, as JSON lines to FILE
         (replaced atomically); `import_` reads it back."""
-        from steplog.commands.interchange import export_job, write_atomically
+        from steplog.commands.interchange import export_job, export_lines, write_atomically
         from steplog.models import ExportResult
 
         target = Path(file)
         job = self.resolve_job(job_id)
         exported = export_job(self._reader(), job, relative_to=target.parent.resolve())
-        write_atomically(target, exported.text())
+        write_atomically(target, export_lines(exported))
         return ExportResult(
             job_id=job,
             path=str(target),

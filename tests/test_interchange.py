@@ -43,7 +43,7 @@ def test_export_import_export_is_identical_apart_from_the_job_id(batches):
         original = append_batches(store, batches)
         first = export_job(store, job)
         assert first.text() == export_job(store, job).text()  # deterministic
-        assert all(len(line.splitlines()) == 1 for line in first.lines)
+        assert all(len(line.splitlines()) == 1 for line in first.lines())
         path = Path(tmp) / "job.jsonl"
         path.write_text(first.text(), encoding="utf-8")
         target, plan = import_job(store, path, NEW_ID)
@@ -372,3 +372,29 @@ def _dump(db: Path) -> dict:
         return dump(conn)
     finally:
         conn.close()
+
+
+def test_an_export_is_the_job_as_it_was_when_it_was_counted(tmp_path):
+    """The file is written a line at a time from a second read of the job: events appended
+    between the count and the writing are left out, so the header still equals the body."""
+    from steplog.eventstore.events import NewEvent, StepStarted
+    from steplog.projections.store import open_store
+    from tests.cli_inprocess import steplog_here
+    from tests.on_disk import EXAMPLE
+
+    db = tmp_path / "s.db"
+    ran = steplog_here(db, "run", str(EXAMPLE), "--job-id", "j", "--workspace", str(tmp_path / "w"))
+    assert ran.code == 0, ran.err
+    with open_store(db) as store:
+        exported = export_job(store, "j")
+        before = exported.text()
+        version = store.job_version("j")
+        late = NewEvent.of(StepStarted(attempt=9, fingerprint="f" * 64), "qa")
+        store.append("j", [late], expected_version=version)
+        assert exported.text() == before  # the late event is not in it
+        lines = [json.loads(line) for line in before.splitlines()]
+        header, body = lines[0]["data"], lines[1:]
+        blobs = sum(1 for e in body if e["type"] == "steplog.blob")
+        assert header["events"] == version == len(body) - blobs
+        assert header["blobs"] == blobs > 0
+        assert export_job(store, "j").events == version + 1

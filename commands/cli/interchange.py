@@ -82,7 +82,12 @@ def export_cmd(ctx: click.Context, job: str, output: Path | None, blobs: str) ->
 
     Example: steplog export job_x --output job_x.jsonl
     """
-    from steplog.commands.interchange import export_job, missing_warning, write_atomically
+    from steplog.commands.interchange import (
+        export_job,
+        export_lines,
+        missing_warning,
+        write_atomically,
+    )
 
     store = store_for(ctx)
     job = resolve_job(store, job)
@@ -91,10 +96,10 @@ def export_cmd(ctx: click.Context, job: str, output: Path | None, blobs: str) ->
     base = (output.parent if output is not None else Path.cwd()).resolve()
     exported = export_job(store, job, blob_dir=blob_dir, relative_to=base)
     if output is None:
-        sys.stdout.write(exported.text())
+        sys.stdout.writelines(export_lines(exported))
         sys.stdout.flush()
     else:
-        write_atomically(output, exported.text())
+        write_atomically(output, export_lines(exported))
         say(
             f"wrote {output}: {counted(exported.events, 'event')}, "
             f"{counted(exported.blobs, 'blob')}",
