@@ -165,7 +165,7 @@ def predict(
             else:
                 outputs[name] = found
             continue
-        reads = pipeline.references.get(name, frozenset())
+        reads = pipeline.reads_in_order.get(name, ())
         waiting = sorted(r for r in reads if r in unsettled)
         if waiting:
             steps.append(_depends(store, pipeline, name, inputs, waiting))

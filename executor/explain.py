@@ -297,6 +297,30 @@ def miss_fields(
     if previous.cache_key == key:
         reason = "same key as the previous run, but no usable answer is cached for it"
         return {"reason": reason, "changed": [], **found}
-    changed = changes_since(previous, detail, parts)
+    changed = [_without_nul(c) for c in changes_since(previous, detail, parts)]
     reason = "; ".join(describe(c) for c in changed) or "the key changed"
     return {"reason": reason, "changed": changed, **found}
+
+
+def _without_nul(change: CacheChange) -> CacheChange:
+    """A change as a cache.miss can record it: a NUL (which an older steplog let into a
+    pipeline's options, so a run on record may hold one) written as the text `\\x00`, since
+    the stores refuse a NUL in this event (eventstore.record.link)."""
+    if "\\u0000" not in canonical_json([change.name, change.old, change.new]):
+        return change
+    return CacheChange(
+        part=change.part,
+        name=_nul_shown(change.name),
+        old=_nul_shown(change.old),
+        new=_nul_shown(change.new),
+    )
+
+
+def _nul_shown(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    if isinstance(value, list):
+        return [_nul_shown(item) for item in value]
+    if isinstance(value, dict):
+        return {_nul_shown(k): _nul_shown(v) for k, v in value.items()}
+    return value

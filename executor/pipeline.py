@@ -169,6 +169,19 @@ class Pipeline:
         return out
 
     @cached_property
+    def reads_in_order(self) -> dict[str, tuple[str, ...]]:
+        """step -> the steps its templates read, in pipeline order: the order `steps` holds
+        them in, so a template looping over it renders the same text in every process."""
+        position = {name: i for i, name in enumerate(self.order)}
+        shared: dict[frozenset[str], tuple[str, ...]] = {}
+        out: dict[str, tuple[str, ...]] = {}
+        for name, reads in self.references.items():
+            if reads not in shared:
+                shared[reads] = tuple(sorted(reads, key=position.__getitem__))
+            out[name] = shared[reads]
+        return out
+
+    @cached_property
     def needs(self) -> dict[str, list[str]]:
         return {name: step.needs for name, step in self.spec.steps.items()}
 

@@ -106,7 +106,7 @@ class StepRunner:
         """What the step's templates see: only the upstream steps they read, so the text
         never depends on which other steps happen to have finished."""
         context = self._steps_context
-        steps = {r: context[r] for r in self.pipeline.references.get(name, ())}
+        steps = {r: context[r] for r in self.pipeline.reads_in_order.get(name, ())}
         return {"inputs": self.inputs, "steps": steps}
 
     async def run(self, name: str, attempt: int, release: Callable[[], None]) -> bool:

@@ -170,9 +170,9 @@ def check_template(source: str, *, where: str, inputs: set[str]) -> set[str]:
         if base.name == "steps" and not (isinstance(node, nodes.Getattr) and hasattr(dict, key)):
             referenced.add(key)
             static_bases.add(id(base))
-    if "steps" not in assigned and any(
+    if "steps" in assigned or any(
         n.name == "steps" and n.ctx == "load" and id(n) not in static_bases for n in names
-    ):
+    ):  # (a template assigning `steps` may read it before or after: which, not told here)
         referenced.add(EVERY_UPSTREAM)
     for node in lookups:
         inner = node.node

@@ -333,3 +333,54 @@ def test_a_template_iterating_steps_sees_its_upstream_steps_only_and_after_a_res
         assert [sorted(e.data["detail"]["upstream"]) for e in misses] == [["slow"], ["slow"]]
         fresh = sl.run(path, job_id="e", workspace=tmp_path / "ws2")
         assert fresh.steps["join"].cache_hit  # the same text, so the same key
+
+
+FAN_IN = """
+name = "fan-in"
+[providers.local]
+kind = "offline"
+[steps.delta]
+provider = "local"
+prompt = "d"
+[steps.alpha]
+provider = "local"
+prompt = "a"
+[steps.gamma]
+provider = "local"
+prompt = "g"
+[steps.beta]
+provider = "local"
+prompt = "b"
+[steps.summary]
+needs = ["alpha", "beta", "gamma", "delta"]
+provider = "local"
+prompt = "{% for name in steps %}{{ name }} {% endfor %}"
+"""
+
+
+@pytest.mark.slow  # two processes, with different string-hash seeds
+def test_a_template_iterating_steps_renders_the_same_text_in_every_process(tmp_path):
+    from tests.cli_process import steplog
+
+    path = pipeline(tmp_path, FAN_IN)
+    db = tmp_path / "s.db"
+    for seed, job in (("1", "one"), ("2", "two"), ("3", "three")):
+        ran = steplog(
+            db,
+            "run",
+            str(path),
+            "--job-id",
+            job,
+            "-q",
+            "--workspace",
+            str(tmp_path / job),
+            env={"PYTHONHASHSEED": seed},
+        )
+        assert ran.code == 0, ran.err
+    with Steplog(db) as sl:
+        for job in ("one", "two", "three"):
+            summary = sl.status(job).steps["summary"]
+            assert summary.cache_hit is (job != "one")
+        # pipeline order (the file's, as no need reorders them), whatever the hash seed
+        fourth = sl.run(path, job_id="four", workspace=tmp_path / "four")
+        assert "Request: delta alpha gamma beta\n" in fourth.steps["summary"].output

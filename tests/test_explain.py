@@ -196,6 +196,31 @@ def test_miss_fields_first_run_same_key_and_changes():
     CacheMiss(cache_key="k1", parts=parts, pipeline="p", detail=detail, **moved)
 
 
+def test_a_nul_in_the_previous_runs_options_is_recorded_shown_not_refused(tmp_path):
+    """An older steplog let `options = { tag = "x\\u0000y" }` through, so a run on record may
+    hold a NUL; the next cache.miss names the change with it written out, and is stored."""
+    from steplog.eventstore.events import NewEvent
+    from steplog.eventstore.record import link
+    from steplog.words import visible
+
+    detail = CacheDetail(
+        provider={"kind": "offline", "model": "m", "options": {"tag": "xy"}},
+        output="text",
+        fingerprint="f" * 64,
+        templates={"system": None, "prompt": "a" * 64},
+        rendered={"system": None, "prompt": "b" * 64},
+    )
+    older = detail.model_dump()
+    older["provider"]["options"] = {"tag": "x\x00y", "k\x00": 1}
+    parts = {"provider": "1"}
+    fields = miss_fields(PreviousRun(7, "j0", "k0", parts, older), "k1", parts, detail)
+    shown = {(c.name, c.old, c.new) for c in fields["changed"]}
+    assert shown == {("options.tag", "x\\x00y", "xy"), ("options.k\\x00", 1, None)}
+    assert "\x00" not in fields["reason"] and visible(fields["reason"]) == fields["reason"]
+    miss = NewEvent.of(CacheMiss(cache_key="k1", parts=parts, detail=detail, **fields), "s")
+    link("j", 0, 0, "0" * 64, [(miss.ts, miss.level, miss.type, miss.step, miss.data_json())])
+
+
 def test_template_inputs_simple_and_jinja():
     assert template_inputs("Design {{ inputs.idea }} for {{ inputs.who }}.") == {"idea", "who"}
     assert template_inputs("{% if inputs['idea'] %}{{ inputs.idea | upper }}{% endif %}") == {
