@@ -628,7 +628,22 @@ class NewEvent:
             raise InvalidEvent(
                 f"{self.type}: data holds text that is not valid UTF-8 (a lone surrogate)"
             )
+        if "\\u0000" in text and self.type in INDEXED_TYPES and _ESCAPED_NUL.search(text):
+            raise InvalidEvent(
+                f"{self.type}: data holds a NUL character (U+0000), which the PostgreSQL "
+                "store's indexes cannot read; refused on every store"
+            )
         return text
+
+
+# The events PostgreSQL indexes by a field of their data (schema_postgres.sql: ->> in
+# events_cache_runs and events_llm_requests). Its json parser refuses a document holding an
+# escaped NUL anywhere, so such an event cannot be stored there: a new one (built here, or
+# parsed from an import) is refused on every store. steplog never writes one. Rows copied
+# as they are (`steplog copy`, a fork's history) keep what an older log holds; PostgreSQL
+# refuses such a row in one line.
+INDEXED_TYPES = frozenset({"cache.hit", "cache.miss", "llm.request"})
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _is_utf8(text: str) -> bool:

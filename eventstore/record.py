@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from contextlib import AbstractContextManager
 from typing import (
     TYPE_CHECKING,
@@ -94,13 +93,6 @@ def chain_hash(
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
-# The events PostgreSQL indexes by a field of their data (schema_postgres.sql: ->> in
-# events_cache_runs and events_llm_requests). Its json parser refuses a document holding an
-# escaped NUL anywhere, so such an event could not be stored there; it is refused alike here
-# (steplog never writes one; an imported or hand-built one may hold it).
-INDEXED_TYPES = frozenset({"cache.hit", "cache.miss", "llm.request"})
-_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-
 _new_stored = tuple.__new__  # StoredEvent from a 10-tuple, without _make's Python frame
 
 
@@ -117,11 +109,6 @@ def link(
     stored: list[StoredEvent] = []
     append = stored.append
     for ts, level, type_, step, data_json in prepared:
-        if "\\u0000" in data_json and type_ in INDEXED_TYPES and _ESCAPED_NUL.search(data_json):
-            raise StoreError(
-                f"job {job_id}: a {type_} event's data holds a NUL character (U+0000), which "
-                "the PostgreSQL store's indexes cannot read; refused on every store"
-            )
         seq += 1
         version += 1
         h = chain_hash(prev_hash, job_id, version, ts, level, type_, step, data_json)
