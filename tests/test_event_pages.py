@@ -53,3 +53,30 @@ def test_a_page_laid_out_by_hand_is_the_bytes_rich_prints(page, width):
     widths["data"] = max(20, console.width - sum(widths.values()) - 2 * 6 - 5)
     console.print(_events_table(page, widths=widths, header=False))
     assert _events_rows(console, page, widths) == console.file.getvalue()
+
+
+def test_replay_of_a_large_job_lists_200_cache_keys_and_counts_the_rest(tmp_path):
+    import json
+
+    from tests.cli_inprocess import steplog_here
+
+    lines = ['name = "wide"', "[providers.local]", 'kind = "offline"']
+    for i in range(203):
+        lines += [f"[steps.s{i}]", 'provider = "local"', f'prompt = "step {i}"']
+    path = tmp_path / "wide.toml"
+    path.write_text("\n".join(lines) + "\n")
+    db = tmp_path / "s.db"
+    ran = steplog_here(
+        db, "run", str(path), "--job-id", "w", "-q", "--workspace", str(tmp_path / "w")
+    )
+    assert ran.code == 0, ran.err
+    shown = steplog_here(db, "replay", "w", "--until", "job.succeeded")
+    assert shown.code == 0, shown.err
+    assert "… and 3 more cache keys; `--json` lists every one" in shown.out
+    document = json.loads(steplog_here(db, "replay", "w", "--until", "job.succeeded", "--json").out)
+    assert len(document["cache_index"]) == 203
+    # every event is listed, the pages after the first as the table would print them
+    numbers = [ln.split("│")[0].strip() for ln in shown.out.splitlines() if "│" in ln]
+    listed = [int(n) for n in numbers if n.isdigit()]
+    events = len(document["events"])
+    assert events == 203 * 5 + 3 and listed[-events:] == list(range(1, events + 1))

@@ -236,7 +236,8 @@ def print_replay(out: Console, view: Any) -> None:
         title="cache index at this point",
         title_justify="left",
     )
-    for entry in view.cache.values():
+    entries = list(view.cache.values())
+    for entry in entries[:STEP_ROWS]:  # a row costs rich about a millisecond: see STEP_ROWS
         table.add_row(
             entry.cache_key[:16],
             entry.response_sha256[:12],
@@ -244,6 +245,9 @@ def print_replay(out: Console, view: Any) -> None:
             entry.origin_step or "",
         )
     out.print(table)
+    if len(entries) > STEP_ROWS:
+        more = counted(len(entries) - STEP_ROWS, "more cache key", grouped=True)
+        out.print(f"… and {more}; `--json` lists every one")
     print_events(out, view.events)
 
 
@@ -286,6 +290,14 @@ def print_events(console: Console, events: Iterable[StoredEvent]) -> None:
 _EVENT_COLUMNS = ("#", "ts", "level", "type", "step", "data")
 
 
+def _folded(console: Console, text: str, width: int) -> list[str]:
+    """A cell's lines as the table folds them; one that fits (every cell but a long `data`)
+    is its own line, without rich's wrap."""
+    if "\n" not in text and cell_len(text) <= width:
+        return [text] if text else []
+    return [part.plain for part in Text(text).wrap(console, width, overflow="fold")]
+
+
 def _events_rows(console: Console, events: list[StoredEvent], widths: dict[str, int]) -> str:
     """The rows `_events_table(events, widths=widths, header=False)` prints, the same bytes
     (tests/test_event_pages.py holds them equal), laid out here: rich's table costs about half
@@ -295,10 +307,7 @@ def _events_rows(console: Console, events: list[StoredEvent], widths: dict[str, 
     for ev in events:
         cells = (str(ev.version), ev.ts, ev.level, ev.type, ev.step or "", ev.data_json)
         folded = [
-            [
-                part.plain
-                for part in Text(visible(value)).wrap(console, widths[col], overflow="fold")
-            ]
+            _folded(console, visible(value), widths[col])
             for col, value in zip(_EVENT_COLUMNS, cells)
         ]
         for i in range(max(map(len, folded))):
