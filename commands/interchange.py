@@ -212,12 +212,18 @@ def write_atomically(path: Path, text: str | Iterable[str]) -> None:
     fsync, rename), so an error half-way leaves the old one; a device or FIFO given as the
     output (`-o /dev/stdout`) is written to, never replaced by a file."""
     pieces = [text] if isinstance(text, str) else text
+    # A symlink is followed, never replaced: to the file it names (replaced whole, the link
+    # kept), or, for /dev/stdout and its kind (/proc/self/fd/N), to what the descriptor is.
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
-        if path.exists() and not path.is_file() and not path.is_dir():
+        if str(target).startswith("/proc/") or (
+            target.exists() and not target.is_file() and not target.is_dir()
+        ):
             with path.open("wb") as out:
                 for piece in pieces:
                     out.write(piece.encode("utf-8"))
             return
+        path = target
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:

@@ -398,3 +398,28 @@ def test_an_export_is_the_job_as_it_was_when_it_was_counted(tmp_path):
         assert header["events"] == version == len(body) - blobs
         assert header["blobs"] == blobs > 0
         assert export_job(store, "j").events == version + 1
+
+
+@pytest.mark.slow  # the descriptor case needs a process of its own
+def test_export_follows_a_symlink_given_as_output_and_never_replaces_it(tmp_path):
+    """-o LINK writes where the link leads: the file it names is replaced whole (the link
+    stays), and a link to a descriptor (/dev/stdout is /proc/self/fd/1) is written through."""
+    from tests.cli_process import steplog
+    from tests.on_disk import EXAMPLE
+
+    db = tmp_path / "s.db"
+    ran = steplog(
+        db, "run", str(EXAMPLE), "--job-id", "j", "-q", "--workspace", str(tmp_path / "w")
+    )
+    assert ran.code == 0, ran.err
+    whole = steplog(db, "export", "j").out
+    real, link = tmp_path / "real.jsonl", tmp_path / "link.jsonl"
+    real.write_text("old\n")
+    link.symlink_to(real.name)
+    assert steplog(db, "export", "j", "-o", str(link)).code == 0
+    assert link.is_symlink() and real.read_text() == whole
+    to_stdout = tmp_path / "stdout"
+    to_stdout.symlink_to("/proc/self/fd/1")
+    through = steplog(db, "export", "j", "-o", str(to_stdout))
+    assert through.code == 0, through.err
+    assert through.out == whole and to_stdout.is_symlink()
