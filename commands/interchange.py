@@ -131,8 +131,8 @@ def export_job(
     relative_to: Path | None = None,
 ) -> Exported:
     """The export file of `job_id`, as of now (events appended later are not in it). With
-    blob_dir, blob contents go to blob_dir/<sha256> (written as the lines are) and blob lines
-    carry their path relative to `relative_to`."""
+    blob_dir, blob contents go to blob_dir/<sha256> (written here, before any line) and blob
+    lines carry their path relative to `relative_to`."""
     refs: dict[int, list[tuple[str, str]]] = {}  # version -> (field, sha) of its blob fields
     where: dict[str, str] = {}  # sha -> the first event pointing at it, for a missing one
     first_ts, last = "", 0
@@ -149,11 +149,20 @@ def export_job(
         raise Rejected(f"unknown job {job_id}")
     present = store.stored_blobs([sha for found in refs.values() for _, sha in found])
     missing = {sha: text for sha, text in where.items() if sha not in present}
+    sizes: dict[str, int] = {}  # with blob_dir: each blob's size, for its line
     if blob_dir is not None:
-        try:  # before the first line: a directory that cannot be made stops the export here
+        # every blob file before the first line, one blob in memory at a time: a directory that
+        # cannot take them stops the export before anything is written to its output
+        try:
             blob_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise Rejected(f"cannot write blobs to {blob_dir}: {exc.strerror or exc}") from exc
+        for found in refs.values():
+            for _, sha in found:
+                if sha in present and sha not in sizes:
+                    content = store.get_blob(sha)
+                    _write_sidecar(blob_dir, sha, content)
+                    sizes[sha] = len(content)
     header = {
         "format": FORMAT,
         "events": last,
@@ -167,17 +176,15 @@ def export_job(
         for ev in store.read_job(job_id, until_version=last):
             new = [sha for _, sha in refs.get(ev.version, ()) if sha in present]
             new = [sha for sha in dict.fromkeys(new) if sha not in emitted]
-            contents = store.get_blobs(new) if new else {}
+            contents = store.get_blobs(new) if new and blob_dir is None else {}
             for sha in new:
                 emitted.add(sha)
-                content = contents[sha]
                 if blob_dir is None:
-                    data = _blob_data_inline(sha, content)
+                    data = _blob_data_inline(sha, contents[sha])
                 else:
-                    _write_sidecar(blob_dir, sha, content)
                     path = blob_dir / sha
                     shown = os.path.relpath(path, relative_to) if relative_to else str(path)
-                    data = {"sha256": sha, "size": len(content), "path": Path(shown).as_posix()}
+                    data = {"sha256": sha, "size": sizes[sha], "path": Path(shown).as_posix()}
                 yield _envelope(ev.ts, "DEBUG", job_id, BLOB_TYPE, None, _compact(data))
             yield _envelope(ev.ts, ev.level, ev.job_id, ev.type, ev.step, ev.data_json)
 

@@ -423,3 +423,23 @@ def test_export_follows_a_symlink_given_as_output_and_never_replaces_it(tmp_path
     through = steplog(db, "export", "j", "-o", str(to_stdout))
     assert through.code == 0, through.err
     assert through.out == whole and to_stdout.is_symlink()
+
+
+def test_a_blob_directory_that_cannot_take_a_blob_stops_the_export_before_any_line(tmp_path):
+    from tests.cli_inprocess import steplog_here
+    from tests.on_disk import EXAMPLE
+
+    db = tmp_path / "s.db"
+    ran = steplog_here(
+        db, "run", str(EXAMPLE), "--job-id", "j", "-q", "--workspace", str(tmp_path / "w")
+    )
+    assert ran.code == 0, ran.err
+    fine = tmp_path / "fine"
+    assert steplog_here(db, "export", "j", "--blobs", str(fine)).code == 0
+    last = sorted(fine.iterdir())[-1].name  # a blob written after others: half-way
+    blocked = tmp_path / "blocked"
+    (blocked / last).mkdir(parents=True)  # a directory where that blob's file must go
+    stopped = steplog_here(db, "export", "j", "--blobs", str(blocked))
+    assert stopped.code == 2 and stopped.out == ""
+    assert stopped.err.startswith(f"error: cannot write blobs to {blocked}")
+    assert stopped.err.count("\n") == 1
