@@ -227,16 +227,14 @@ def write_atomically(path: Path, text: str | Iterable[str]) -> None:
             target.exists() and not target.is_file() and not target.is_dir()
         ):
             with path.open("wb") as out:
-                for piece in pieces:
-                    out.write(piece.encode("utf-8"))
+                out.writelines(piece.encode("utf-8") for piece in pieces)
             return
         path = target
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with tmp.open("wb") as out:
-                for piece in pieces:
-                    out.write(piece.encode("utf-8"))
+                out.writelines(piece.encode("utf-8") for piece in pieces)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)

@@ -305,7 +305,7 @@ def miss_fields(
 def _without_nul(change: CacheChange) -> CacheChange:
     """A change as a cache.miss can record it: a NUL (which an older steplog let into a
     pipeline's options, so a run on record may hold one) written as the text `\\x00`, since
-    the stores refuse a NUL in this event (eventstore.record.link)."""
+    the stores refuse a NUL in this event (NewEvent.data_json)."""
     if "\\u0000" not in canonical_json([change.name, change.old, change.new]):
         return change
     return CacheChange(

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -270,7 +270,8 @@ class Pipeline:
         return resolved
 
 
-def _shared_sets(lists: dict[str, list[str]]) -> dict[str, frozenset[str]]:
+def _shared_sets(lists: Mapping[str, Iterable[str]]) -> dict[str, frozenset[str]]:
+    """Each value as a frozenset, equal ones one object (a fan-out's leaves all read its root)."""
     shared: dict[frozenset[str], frozenset[str]] = {}
     out: dict[str, frozenset[str]] = {}
     for key, names in lists.items():
@@ -417,7 +418,6 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
     except PipelineError as exc:
         raise PipelineError(f"{label}: {exc}") from exc
     inputs = set(spec.inputs)
-    shared_reads: dict[frozenset[str], frozenset[str]] = {}
     for name, step in spec.steps.items():
         if step.provider not in spec.providers:
             known = ", ".join(spec.providers) or "none"
@@ -434,14 +434,16 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
                 )
             except TemplateProblem as exc:
                 raise PipelineError(f"{label}: {exc}") from exc
-        if EVERY_UPSTREAM in referenced:
-            referenced.discard(EVERY_UPSTREAM)
-            referenced |= reachable({name}, pipeline.needs) - {name}
-        # steps reading the same steps share one set: 10,000 leaves of a fan-out hold one
-        found = frozenset(referenced)
-        pipeline.references[name] = shared_reads.setdefault(found, found)
-        if referenced - set(step.needs):  # only walk the DAG when a direct need does not answer
-            upstream = reachable({name}, pipeline.needs)
+        dynamic = EVERY_UPSTREAM in referenced
+        referenced.discard(EVERY_UPSTREAM)
+        # only walk the DAG when it is read whole, or a direct need does not answer
+        upstream = (
+            reachable({name}, pipeline.needs) if dynamic or referenced - set(step.needs) else set()
+        )
+        if dynamic:
+            referenced |= upstream
+        pipeline.references[name] = frozenset(referenced)
+        if referenced - set(step.needs):
             for ref in sorted(referenced - upstream):
                 if ref not in spec.steps:
                     raise PipelineError(
@@ -452,6 +454,8 @@ def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
                     f"{label}: steps.{name}: template reads steps.{ref}, which is not upstream "
                     "of this step (add it to needs)"
                 )
+    # steps reading the same steps share one set: 10,000 leaves of a fan-out hold one
+    pipeline.references.update(_shared_sets(pipeline.references))
     for name, provider in spec.providers.items():
         if provider.kind != "offline" and not provider.base_url:
             raise PipelineError(

@@ -26,7 +26,8 @@ from steplog.executor.limits import (
 
 STEP_FIELDS = ("output", "files")
 # In the names check_template returns: the template reads `steps` in a way not known statically
-# ({% for s in steps %}, steps[name], steps.items()), so it reads every step upstream of its own.
+# ({% for s in steps %}, steps[name], steps.items(), or it assigns the name), so it reads every
+# step upstream of its own.
 # Not a valid step name, so it cannot collide with one.
 EVERY_UPSTREAM = "*"
 

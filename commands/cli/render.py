@@ -323,7 +323,7 @@ def _events_table(
     events: list[StoredEvent], *, widths: dict[str, int] | None = None, header: bool = True
 ) -> Table:
     table = Table(show_header=header, show_edge=widths is None)
-    for col in ("#", "ts", "level", "type", "step", "data"):
+    for col in _EVENT_COLUMNS:
         width = (widths or {}).get(col)
         table.add_column(col, overflow="fold", min_width=width, max_width=width)
     for ev in events:
