@@ -26,7 +26,7 @@ LATEST = "@latest"  # a JOB argument naming the most recently updated job (no jo
 
 
 def fold_job(store: EventStore, job_id: str) -> JobState:
-    return manifest.project(job_id, store.read_job(job_id))
+    return manifest.project(job_id, store.read_job(job_id, hashes=False))
 
 
 def latest_job(store: EventStore) -> str:

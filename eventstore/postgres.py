@@ -141,6 +141,7 @@ Projector = Callable[[psycopg.Connection[Any], Sequence[StoredEvent]], None]
 T = TypeVar("T")
 
 _COLUMNS = "seq, job_id, version, ts, level, type, step, data::text, prev_hash, hash"
+_COLUMNS_WITHOUT_HASHES = "seq, job_id, version, ts, level, type, step, data::text, '', ''"
 _INSERT_EVENTS = (
     "INSERT INTO events (seq, job_id, version, ts, level, type, step, data, prev_hash, hash)"
     " SELECT seq, %s, version, ts, level, type, step, data::json, prev_hash, hash"
@@ -1042,11 +1043,17 @@ class PostgresEventStore(LogReads):
             last = rows[-1][key_index]
 
     def read_job(
-        self, job_id: str, *, after_version: int = 0, until_version: int | None = None
+        self,
+        job_id: str,
+        *,
+        after_version: int = 0,
+        until_version: int | None = None,
+        hashes: bool = True,
     ) -> Iterator[StoredEvent]:
         until = until_version if until_version is not None else 2**62
+        columns = _COLUMNS if hashes else _COLUMNS_WITHOUT_HASHES
         sql = (
-            f"SELECT {_COLUMNS} FROM events"
+            f"SELECT {columns} FROM events"
             " WHERE version > %s AND job_id = %s AND version <= %s ORDER BY version LIMIT %s"
         )
         yield from self._batched(sql, (after_version, job_id, until), key_index=2)

@@ -546,6 +546,7 @@ class SQLiteEventStore(LogReads):
         return sqlite_checks.table_names(self.conn)
 
     _COLUMNS = "seq, job_id, version, ts, level, type, step, data, prev_hash, hash"
+    _COLUMNS_WITHOUT_HASHES = "seq, job_id, version, ts, level, type, step, data, '', ''"
 
     def _batched(self, sql: str, params: tuple, key_index: int) -> Iterator[StoredEvent]:
         """Keyset pagination so memory stays bounded however long the log is."""
@@ -558,11 +559,17 @@ class SQLiteEventStore(LogReads):
             last = rows[-1][key_index]
 
     def read_job(
-        self, job_id: str, *, after_version: int = 0, until_version: int | None = None
+        self,
+        job_id: str,
+        *,
+        after_version: int = 0,
+        until_version: int | None = None,
+        hashes: bool = True,
     ) -> Iterator[StoredEvent]:
         until = until_version if until_version is not None else 2**62
+        columns = self._COLUMNS if hashes else self._COLUMNS_WITHOUT_HASHES
         sql = (
-            f"SELECT {self._COLUMNS} FROM events WHERE version > ? AND job_id = ? AND version <= ?"
+            f"SELECT {columns} FROM events WHERE version > ? AND job_id = ? AND version <= ?"
             " ORDER BY version LIMIT ?"
         )
         # params[0] is the moving cursor; job_id and the bound follow it.

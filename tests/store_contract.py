@@ -43,6 +43,7 @@ from steplog.eventstore.record import (
     blob_size,
     check_chain,
 )
+from steplog.projections import manifest
 from tests import store_workers
 from tests.store_workers import created, started
 from tests.strategies import append_batches, by_job, interleaved_batches, job_batches
@@ -245,6 +246,16 @@ class StoreContract:
             full[0]._replace(data_json="{}", prev_hash="", hash=""),
             full[1]._replace(prev_hash="", hash=""),
         ]
+
+    def test_read_job_without_hashes_blanks_only_the_hashes(self, store, monkeypatch):
+        monkeypatch.setattr(sys.modules[type(store).__module__], "READ_BATCH", 2)  # 2 + 2 pages
+        full = store.append("j", [created("j"), *(started(i) for i in range(1, 5))])
+        store.append("other", [created("other")])
+        light = list(store.read_job("j", hashes=False, after_version=1, until_version=5))
+        assert light == [ev._replace(prev_hash="", hash="") for ev in full[1:]]
+        assert manifest.project("j", store.read_job("j", hashes=False)) == manifest.project(
+            "j", store.read_job("j")
+        )
 
     def test_an_empty_store_has_nothing_and_last_seq_zero(self, store):
         assert store.last_seq() == 0
