@@ -517,6 +517,60 @@ def test_private_names_are_refused_when_the_pipeline_loads():
             parse_pipeline(toml_document(doc), "p.toml")
 
 
+def _toml_outcome(loads: Any, text: str) -> tuple[str, Any]:
+    try:
+        return "parsed", loads(text)
+    except ValueError as exc:  # TOMLDecodeError (both modules') is a ValueError
+        return type(exc).__name__, str(exc)
+
+
+# Spoiled TOML: the documents' text with pieces of TOML syntax and raw characters spliced in
+TOML_PIECES = st.sampled_from(
+    [
+        "[",
+        "]",
+        "=",
+        '"',
+        "'",
+        '"""',
+        "\\",
+        "\n",
+        ",",
+        "{",
+        "}",
+        ".",
+        "#",
+        "1979-05-27",
+        "inf",
+        "\x00",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(documents(), st.lists(st.tuples(st.integers(0, 10**6), TOML_PIECES | TEXT), max_size=4))
+def test_the_pipeline_parser_reads_what_tomllib_reads_the_same_way(document, splices):
+    """parse_pipeline uses tomli (tomllib's parser, compiled), which reads TOML 1.1: every file
+    the standard library reads (TOML 1.0) means the same, and what tomli refuses, tomllib
+    refuses too. Only 1.1's additions (`\\e`, `\\xHH`, newlines in inline tables) parse where
+    tomllib refused them, and their refusals may be worded differently."""
+    import tomllib
+
+    import tomli
+
+    text = document.decode("utf-8", errors="replace")
+    for at, piece in splices:
+        at %= len(text) + 1
+        text = text[:at] + piece + text[at:]
+    ours, stdlib = _toml_outcome(tomli.loads, text), _toml_outcome(tomllib.loads, text)
+    if stdlib[0] == "parsed":  # nan != nan: compare the values' JSON
+        assert ours[0] == "parsed"
+        assert json.dumps(ours[1], default=str) == json.dumps(stdlib[1], default=str)
+    if ours[0] != "parsed":
+        assert stdlib[0] != "parsed"
+    event(f"tomli {ours[0]}, tomllib {stdlib[0]}")
+
+
 def test_the_toml_writer_round_trips():
     import tomllib
 
