@@ -137,9 +137,13 @@ def check_workspace(workspace: Path) -> None:
         raise Rejected(f"workspace {workspace} cannot be written ({existing} is not writable)")
 
 
-def _check_run(store: EventStore, cmd: RunCommand) -> tuple[Pipeline, dict[str, str], str, Path]:
-    """Every check of `run` (nothing is appended): the pipeline, inputs, job id, workspace."""
-    pipeline = load_pipeline(cmd.pipeline_path)
+def _check_run(
+    store: EventStore, cmd: RunCommand, loaded: Pipeline | None = None
+) -> tuple[Pipeline, dict[str, str], str, Path]:
+    """Every check of `run` (nothing is appended): the pipeline, inputs, job id, workspace.
+    `loaded`: the pipeline file as check_run_before_creating read it a moment ago (its checks
+    passed for that text: read the file once, not twice)."""
+    pipeline = loaded if loaded is not None else load_pipeline(cmd.pipeline_path)
     inputs = pipeline.resolve_inputs(cmd.inputs)
     _check_keys(pipeline, list(pipeline.order))
     import_http(pipeline, list(pipeline.order))
@@ -158,13 +162,14 @@ def _check_run(store: EventStore, cmd: RunCommand) -> tuple[Pipeline, dict[str, 
     return pipeline, inputs, job_id, workspace
 
 
-def check_run_before_creating(cmd: RunCommand) -> None:
+def check_run_before_creating(cmd: RunCommand) -> Pipeline:
     """For a database that does not exist yet: every check of `run` against an empty history,
-    so that a refused run (a bad pipeline, a file in the way …) creates no file."""
+    so that a refused run (a bad pipeline, a file in the way …) creates no file. Returns the
+    pipeline it checked, for prepare_run(…, loaded=…)."""
     from steplog.projections.store import open_empty_store
 
     with open_empty_store() as empty:
-        _check_run(empty, cmd)
+        return _check_run(empty, cmd)[0]
 
 
 @dataclass
@@ -186,9 +191,9 @@ class Opening:
         return opening
 
 
-def check_opening(store: EventStore, cmd: RunCommand) -> Opening:
+def check_opening(store: EventStore, cmd: RunCommand, loaded: Pipeline | None = None) -> Opening:
     """Every check of `run`, and the job.created it would append (nothing is appended)."""
-    pipeline, inputs, job_id, workspace = _check_run(store, cmd)
+    pipeline, inputs, job_id, workspace = _check_run(store, cmd, loaded)
     snapshot = pipeline.snapshot().encode("utf-8")
     created = JobCreated(
         pipeline=pipeline.name,
@@ -228,10 +233,17 @@ def append_opening(
     return stored
 
 
-def prepare_run(store: EventStore, cmd: RunCommand, *, open_in_loop: bool = False) -> Prepared:
+def prepare_run(
+    store: EventStore,
+    cmd: RunCommand,
+    *,
+    open_in_loop: bool = False,
+    loaded: Pipeline | None = None,
+) -> Prepared:
     """Every check of `run`, then its opening events (worker.started, job.created,
-    job.started): appended now, or by execute/run_in_loop inside their loop (open_in_loop)."""
-    opening = check_opening(store, cmd)
+    job.started): appended now, or by execute/run_in_loop inside their loop (open_in_loop).
+    `loaded`: what check_run_before_creating returned, when it ran."""
+    opening = check_opening(store, cmd, loaded)
     lease = Lease.new(store, kind="run")
     prepared = Prepared(
         opening.job_id,

@@ -153,9 +153,9 @@ class Steplog:
         from steplog.commands.jobs import check_run_before_creating, prepare_run
 
         command = _run_command(pipeline, inputs, job_id, workspace, ignore_breaker, overwrite)
-        if not self.database_exists():
-            check_run_before_creating(command)  # a refused run leaves no database file
-        return prepare_run(self.open_store(write=True), command)
+        # a refused run leaves no database file
+        loaded = None if self.database_exists() else check_run_before_creating(command)
+        return prepare_run(self.open_store(write=True), command, loaded=loaded)
 
     def prepare_resume(
         self,

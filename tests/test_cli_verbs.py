@@ -99,3 +99,20 @@ def test_status_and_jobs_import_neither_pydantic_nor_the_executor_libraries(tmp_
     for verb in (["status"], ["jobs"], ["status", "--json"], ["jobs", "--json"]):
         found = probe(["--db", str(db), *verb], tmp_path)
         assert found["code"] == 0 and found["heavy"] == [], (verb, found)
+
+
+@pytest.mark.parametrize("database_exists", [False, True])
+def test_run_reads_the_pipeline_file_once(tmp_path, monkeypatch, database_exists):
+    """On a new database `run` checks everything before creating the file, then runs what it
+    checked: the pipeline file is read and parsed once either way."""
+    import steplog.commands.jobs as jobs
+
+    db = tmp_path / "t.db"
+    if database_exists:
+        steplog_here(db, "run", str(EXAMPLE), "--workspace", str(tmp_path / "ws0"), "-q")
+    loads: list[Path] = []
+    load = jobs.load_pipeline
+    monkeypatch.setattr(jobs, "load_pipeline", lambda path: loads.append(path) or load(path))
+    ran = steplog_here(db, "run", str(EXAMPLE), "--workspace", str(tmp_path / "ws"), "-q")
+    assert ran.code == 0, ran.err
+    assert loads == [EXAMPLE]

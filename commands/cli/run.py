@@ -186,14 +186,15 @@ def run(
         overwrite=overwrite,
     )
     created = not app_for(ctx).database_exists()  # this verb is the first to open it
-    if created:
-        check_run_before_creating(cmd)  # refused: no file (or table) is left behind
+    # refused: no file (or table) is left behind
+    loaded = check_run_before_creating(cmd) if created else None
     store = store_for(ctx, write=True)
     if created and store.created:  # (not when another process made it meanwhile)
         # even with --quiet: a typo in --db would otherwise start over, paying for every call
         click.echo(f"created new database {store.where}", err=True)
     # job.started is stamped inside execute's loop, when the first step can start
-    _run_prepared(store, prepare_run(store, cmd, open_in_loop=True), quiet, grace_s)
+    prepared = prepare_run(store, cmd, open_in_loop=True, loaded=loaded)
+    _run_prepared(store, prepared, quiet, grace_s)
 
 
 @cli.command()
