@@ -571,6 +571,28 @@ def test_the_pipeline_parser_reads_what_tomllib_reads_the_same_way(document, spl
     event(f"tomli {ours[0]}, tomllib {stdlib[0]}")
 
 
+@settings(max_examples=600, deadline=None)
+@given(documents())
+def test_a_snapshot_gives_back_the_pipeline_it_was_taken_of(document):
+    """resume trusts the snapshot of an unchanged file instead of validating it again: what it
+    rebuilds must equal what parse_pipeline made (spec, references, fingerprints, order)."""
+    try:
+        p = parse_pipeline(document.decode("utf-8"), "p.toml")
+    except (PipelineError, UnicodeDecodeError):
+        event("refused")
+        return
+    snapshot = p.snapshot()
+    assert json.loads(snapshot)["spec"] == p.spec.model_dump(mode="json")
+    q = type(p).from_snapshot(snapshot, p.source, p.path)
+    assert q is not None and q.spec == p.spec and q.references == p.references
+    assert (q.fingerprint, q.step_fingerprints, q.order) == (
+        p.fingerprint,
+        p.step_fingerprints,
+        p.order,
+    )
+    event("parsed")
+
+
 def test_the_toml_writer_round_trips():
     import tomllib
 
