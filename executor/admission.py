@@ -66,13 +66,15 @@ def decide(
     live: Sequence[Flight],
     recent: Sequence[float],
     now: float,
+    busy: int | None = None,
 ) -> Decision:
     """Serve, wait or admit one call of (job_id, step) to `endpoint` for `cache_key`.
 
     `answered`: the cache holds an answer for the key. `live`: the calls in flight whose owner
     is alive, of the endpoint and of the key (any endpoint). `recent`: start times (epoch s)
     of the endpoint's latest requests, newest first (at least requests_per_minute of them when
-    there are that many in the last minute).
+    there are that many in the last minute). `busy`: how many live calls other than this one
+    the endpoint has, when the caller counted them; then `live` need only hold the key's.
     """
     if answered:
         return Serve()
@@ -81,7 +83,9 @@ def decide(
     if same_key:
         return Wait("in_flight", 1, following=min(same_key, key=lambda f: (f.job_id, f.step)))
     cap = limits.max_concurrency
-    if cap is not None and sum(1 for f in others if f.endpoint == endpoint) >= cap:
+    if busy is None and cap is not None:
+        busy = sum(1 for f in others if f.endpoint == endpoint)
+    if cap is not None and busy is not None and busy >= cap:
         return Wait("concurrency", cap)
     rpm = limits.requests_per_minute
     if rpm:

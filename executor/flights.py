@@ -35,8 +35,14 @@ from steplog.executor.joblog import JobLog
 from steplog.executor.ownership import owner_alive
 from steplog.projections.breaker import epoch, iso
 from steplog.projections.cache import CacheEntry
-from steplog.projections.flights import FlightRow, owner_text
-from steplog.projections.store import cache_entry, cache_entry_on, in_flight, recent_requests
+from steplog.projections.flights import owner_text
+from steplog.projections.store import (
+    cache_entry,
+    cache_entry_on,
+    endpoint_owners,
+    key_flights,
+    recent_requests,
+)
 
 # A call whose owner's liveness cannot be checked (another host, or an llm.request without an
 # owner) counts for this long after its llm.request. Leases will tell instead (see `Liveness`).
@@ -139,7 +145,22 @@ class SharedCalls:
         store = self.log.store
         now = self.clock()
         answered = cache_entry_on(store, conn, key) is not None
-        live = self._live(in_flight(store, conn, endpoint, key), now) if not answered else []
+        live: list[Flight] = []
+        busy: int | None = None
+        if not answered:
+            alive = self._counts
+            live = [
+                Flight(r.job_id, r.step, r.endpoint, r.cache_key)
+                for r in key_flights(store, conn, key)
+                if alive(r.job_id, r.step, r.owner, r.ts, now)
+            ]
+            if limits.max_concurrency is not None:
+                me = (self.log.job_id, step)
+                busy = sum(
+                    1
+                    for job_id, other, owner, ts in endpoint_owners(store, conn, endpoint)
+                    if (job_id, other) != me and alive(job_id, other, owner, ts, now)
+                )
         recent: list[float] = []
         rpm = limits.requests_per_minute
         if rpm and not answered:
@@ -157,28 +178,25 @@ class SharedCalls:
             live=live,
             recent=recent,
             now=now,
+            busy=busy,
         )
 
-    def _live(self, rows: Sequence[FlightRow], now: float) -> list[Flight]:
-        def counts(row: FlightRow) -> bool:
-            if row.job_id == self.log.job_id:  # this run's own (an earlier run's were cleared)
-                return row.step not in self.returned
-            if row.owner is not None and row.owner == self.owner_text:
-                return True
-            age = max(0.0, now - epoch(row.ts))
-            if row.owner is None:  # nobody to ask: the age alone decides
-                return self.alive(None, age)
-            seen = (row.owner, row.ts)  # the age matters for an owner that cannot be asked
-            checked = self._verdicts.get(seen)
-            tick = time.monotonic()
-            if checked is None or tick - checked[0] > LIVENESS_TTL_S:
-                checked = (tick, self.alive(orjson.loads(row.owner), age))
-                self._verdicts[seen] = checked
-            return checked[1]
-
-        return [
-            Flight(row.job_id, row.step, row.endpoint, row.cache_key) for row in rows if counts(row)
-        ]
+    def _counts(self, job_id: str, step: str, owner: str | None, ts: str, now: float) -> bool:
+        """Whether a calls_in_flight row still holds its place: its owner is alive."""
+        if job_id == self.log.job_id:  # this run's own (an earlier run's were cleared)
+            return step not in self.returned
+        if owner is not None and owner == self.owner_text:
+            return True
+        age = max(0.0, now - epoch(ts))
+        if owner is None:  # nobody to ask: the age alone decides
+            return self.alive(None, age)
+        seen = (owner, ts)  # the age matters for an owner that cannot be asked
+        checked = self._verdicts.get(seen)
+        tick = time.monotonic()
+        if checked is None or tick - checked[0] > LIVENESS_TTL_S:
+            checked = (tick, self.alive(orjson.loads(owner), age))
+            self._verdicts[seen] = checked
+        return checked[1]
 
     def try_admit(
         self,

@@ -110,8 +110,11 @@ class ProjectionSQL:
         )
         self.land_flight = f"DELETE FROM calls_in_flight WHERE job_id = {m} AND step = {m}"
         self.clear_flights = f"DELETE FROM calls_in_flight WHERE job_id = {m}"
-        self.flights_on = f"SELECT {FLIGHT_COLUMNS} FROM calls_in_flight WHERE endpoint = {m}"
         self.flights_for = f"SELECT {FLIGHT_COLUMNS} FROM calls_in_flight WHERE cache_key = {m}"
+        # what an admission needs of each call on the endpoint: whose it is, to judge it alive
+        self.flight_owners_on = (
+            f"SELECT job_id, step, owner, ts FROM calls_in_flight WHERE endpoint = {m}"
+        )
         # the endpoint's latest requests, newest first, on the events_llm_requests index
         self.recent = (
             f"SELECT ts FROM events WHERE type = 'llm.request' AND {endpoint_field} = {m}"
@@ -215,11 +218,14 @@ class ProjectionSQL:
 
     # -- lookups -------------------------------------------------------------------------------
 
-    def in_flight(self, conn: Any, endpoint: str, cache_key: str) -> list[FlightRow]:
-        """The calls in flight to `endpoint` and those (to any endpoint) for `cache_key`."""
-        rows = conn.execute(self.flights_on, (endpoint,)).fetchall()
-        rows += conn.execute(self.flights_for, (cache_key,)).fetchall()
-        return list({(r[0], r[1]): FlightRow(*r) for r in rows}.values())
+    def key_flights(self, conn: Any, cache_key: str) -> list[FlightRow]:
+        """The calls in flight (to any endpoint) for `cache_key`."""
+        return [FlightRow(*r) for r in conn.execute(self.flights_for, (cache_key,)).fetchall()]
+
+    def endpoint_owners(self, conn: Any, endpoint: str) -> list[tuple[str, str, str | None, str]]:
+        """(job_id, step, owner, ts) of each call in flight to `endpoint`: what a count of the
+        live ones needs, without a row object each (an admission reads up to max_concurrency)."""
+        return conn.execute(self.flight_owners_on, (endpoint,)).fetchall()
 
     def recent_requests(self, conn: Any, endpoint: str, since: str, limit: int) -> list[str]:
         """ts of the endpoint's llm.requests at or after `since`, newest first, at most `limit`."""

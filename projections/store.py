@@ -122,10 +122,16 @@ def open_jobs(store: EventStore, limit: int) -> list[tuple[str, str]]:
     return store.read(lambda conn: tables.open_jobs(conn, limit))
 
 
-def in_flight(store: EventStore, conn: Any, endpoint: str, cache_key: str) -> list[FlightRow]:
-    """The calls_in_flight rows of an endpoint and of a cache key, on `conn` (a write
-    transaction's, or a reading one)."""
-    return tables_of(store).in_flight(conn, endpoint, cache_key)
+def key_flights(store: EventStore, conn: Any, cache_key: str) -> list[FlightRow]:
+    """The calls_in_flight rows (any endpoint) of a cache key, on `conn`."""
+    return tables_of(store).key_flights(conn, cache_key)
+
+
+def endpoint_owners(
+    store: EventStore, conn: Any, endpoint: str
+) -> list[tuple[str, str, str | None, str]]:
+    """(job_id, step, owner, ts) of the calls_in_flight rows of an endpoint, on `conn`."""
+    return tables_of(store).endpoint_owners(conn, endpoint)
 
 
 def recent_requests(

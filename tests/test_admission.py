@@ -138,3 +138,84 @@ def _a_free_pid() -> int:
         if not os.path.exists(f"/proc/{pid}"):
             return pid
     raise AssertionError("no free pid found")
+
+
+# -- the admission's reads: a count of the endpoint's live calls, not a row object each -----
+
+NOW = 1_800_000_000.0
+OWN_OWNER = '{"host":"here","pid":1,"started":"1"}'
+flight_rows = st.dictionaries(
+    st.tuples(st.sampled_from(["me", "j2", "j3"]), st.sampled_from(["s", "a", "b", "c"])),
+    st.tuples(
+        st.sampled_from(ENDPOINTS),
+        st.sampled_from(KEYS),
+        st.sampled_from([None, OWN_OWNER, '{"host":"x","pid":7}', '{"host":"x","pid":8}']),
+        st.floats(0, 2 * FOREIGN_FLIGHT_MAX_AGE_S, allow_nan=False),  # the call's age, s
+    ),
+    max_size=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    flight_rows,
+    st.sets(st.sampled_from(["s", "a", "b", "c"])),
+    st.sampled_from(["s", "a"]),
+    st.sampled_from(KEYS),
+    st.none() | st.integers(1, 4),
+)
+def test_the_admission_decides_as_a_decision_over_every_live_row_would(
+    tmp_path_factory, rows, returned, step, key, cap
+):
+    """SharedCalls._decision reads the key's calls in full but only counts the endpoint's live
+    ones; the decision equals decide() over every live row of the endpoint and of the key, as
+    the admission read them before (one Flight per row)."""
+    from pathlib import Path
+
+    from steplog.executor.flights import SharedCalls
+    from steplog.executor.joblog import JobLog
+    from steplog.projections.breaker import iso
+    from steplog.projections.store import open_store
+
+    def alive(owner: dict | None, age_s: float) -> bool:  # pid 7 lives, 8 is gone, None: age
+        return age_s < FOREIGN_FLIGHT_MAX_AGE_S if owner is None else owner["pid"] == 7
+
+    store = open_store(Path(tmp_path_factory.mktemp("admit")) / "t.db")
+    try:
+        with store.write_transaction() as conn:
+            for seq, ((job, name), (endpoint, cache_key, owner, age)) in enumerate(rows.items()):
+                conn.execute(
+                    "INSERT INTO calls_in_flight (job_id, step, endpoint, cache_key, attempt,"
+                    " owner, ts, seq) VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
+                    (job, name, endpoint, cache_key, owner, iso(NOW - age), seq + 1),
+                )
+        calls = SharedCalls(JobLog(store, "me", version=0), clock=lambda: NOW, alive=alive)
+        calls.owner_text = OWN_OWNER
+        calls.returned = set(returned)
+        limits = SharedLimits(cap, None)
+        with store.reading() as conn:
+            decision = calls._decision(conn, step, ENDPOINTS[0], key, limits)
+            every = conn.execute(
+                "SELECT job_id, step, endpoint, cache_key, owner, ts FROM calls_in_flight"
+                " WHERE endpoint = ? OR cache_key = ?",
+                (ENDPOINTS[0], key),
+            ).fetchall()
+        live = [
+            Flight(job, name, endpoint, cache_key)
+            for job, name, endpoint, cache_key, owner, ts in every
+            if calls._counts(job, name, owner, ts, NOW)
+        ]
+        expected = decide(
+            limits,
+            job_id="me",
+            step=step,
+            endpoint=ENDPOINTS[0],
+            cache_key=key,
+            answered=False,
+            live=live,
+            recent=[],
+            now=NOW,
+        )
+        assert decision == expected
+    finally:
+        store.close()
