@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-import sqlite_utils
-
 from steplog.eventstore.config import (  # noqa: F401 - busy_timeout names: re-exported
     DEFAULT_BUSY_TIMEOUT_MS,
     busy_timeout_from_env,
@@ -55,6 +53,9 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 READ_BATCH = 5000
 
 # The append's statements, their text constant so that sqlite3's statement cache reuses them.
+# The file's tables, in the order SQLite lists them (an open names a stranger's first five).
+TABLES_SQL = "SELECT name FROM sqlite_master WHERE type = 'table'"
+
 # HEAD_SQL: (last seq of the log, then the job's version, last_hash, created_ts or NULLs).
 HEAD_SQL = (
     "SELECT (SELECT coalesce(max(seq), 0) FROM events), s.version, s.last_hash, s.created_ts"
@@ -290,7 +291,7 @@ class SQLiteEventStore(LogReads):
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             user_version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = sqlite_utils.Database(conn).table_names()
+            tables = [row[0] for row in conn.execute(TABLES_SQL)]
         finally:
             if own:
                 conn.execute("ROLLBACK")

@@ -10,6 +10,7 @@ from steplog.eventstore.sqlite import (
     APPLICATION_ID,
     SCHEMA_PATH,
     SCHEMA_VERSION,
+    TABLES_SQL,
     schema_statements,
 )
 
@@ -80,4 +81,4 @@ def integrity_problems(conn: sqlite3.Connection) -> list[str]:
 
 
 def table_names(conn: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return {r[0] for r in conn.execute(TABLES_SQL)}

@@ -60,7 +60,9 @@ def test_help_and_an_unknown_verb(tmp_path):
     assert "No such command 'nosuchverb'" in unknown.err
 
 
-HEAVY = ("pydantic", "httpx", "anyio", "jinja2")
+# sqlite_utils: only `steplog sql` uses it (its import is ~65 ms, and opening a store through
+# it turned on recursive_triggers and ran its plugins' hooks on the store's connection)
+HEAVY = ("pydantic", "httpx", "anyio", "jinja2", "sqlite_utils")
 
 _PROBE = """
 import json, sys
@@ -116,3 +118,15 @@ def test_run_reads_the_pipeline_file_once(tmp_path, monkeypatch, database_exists
     ran = steplog_here(db, "run", str(EXAMPLE), "--workspace", str(tmp_path / "ws"), "-q")
     assert ran.code == 0, ran.err
     assert loads == [EXAMPLE]
+
+
+def test_a_store_leaves_its_connection_as_sqlite3_made_it(tmp_path):
+    """Opening the store sets only its own pragmas: recursive_triggers stays off, as in the plain
+    sqlite3 shell an auditor uses (schema.sql's REPLACE guard is written for that)."""
+    from steplog.projections.store import open_store
+
+    store = open_store(tmp_path / "t.db")
+    try:
+        assert store.conn.execute("PRAGMA recursive_triggers").fetchone() == (0,)
+    finally:
+        store.close()
