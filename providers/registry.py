@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import httpx
+from typing import TYPE_CHECKING
 
 from steplog.providers.base import Provider
 from steplog.providers.config import ProviderConfig
 from steplog.providers.offline import OfflineProvider
+
+if TYPE_CHECKING:  # the HTTP kinds' modules import httpx when a pipeline has one (import_http)
+    import httpx
 
 
 def build_provider(name: str, config: ProviderConfig, client: httpx.AsyncClient | None) -> Provider:

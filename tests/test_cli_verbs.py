@@ -130,3 +130,14 @@ def test_a_store_leaves_its_connection_as_sqlite3_made_it(tmp_path):
         assert store.conn.execute("PRAGMA recursive_triggers").fetchone() == (0,)
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_an_offline_run_does_not_import_the_http_client(tmp_path):
+    """httpx (≈ 40 ms of import, its own CLI included) is for pipelines with an HTTP provider:
+    import_http loads it for them before the job opens."""
+    found = probe(
+        ["--db", str(tmp_path / "t.db"), "run", str(EXAMPLE), "-q", "--workspace", "ws"], tmp_path
+    )
+    assert found["code"] == 0 and "httpx" not in found["heavy"], found
+    assert {"pydantic", "anyio", "jinja2"} <= set(found["heavy"])  # what a run does need
