@@ -174,7 +174,7 @@ def test_the_admission_decides_as_a_decision_over_every_live_row_would(
 
     from steplog.executor.flights import SharedCalls
     from steplog.executor.joblog import JobLog
-    from steplog.projections.breaker import iso
+    from steplog.projections.breaker import epoch, iso
     from steplog.projections.store import open_store
 
     def alive(owner: dict | None, age_s: float) -> bool:  # pid 7 lives, 8 is gone, None: age
@@ -200,10 +200,22 @@ def test_the_admission_decides_as_a_decision_over_every_live_row_would(
                 " WHERE endpoint = ? OR cache_key = ?",
                 (ENDPOINTS[0], key),
             ).fetchall()
+
+        def holds_its_place(job: str, name: str, owner: str | None, ts: str) -> bool:
+            """The liveness rule, written out: this job's own calls until they return, this
+            process's, pid 7's (alive), and an unaskable owner's while it is young enough."""
+            if job == "me":
+                return name not in returned
+            if owner == OWN_OWNER:
+                return True
+            if owner is None:
+                return NOW - epoch(ts) < FOREIGN_FLIGHT_MAX_AGE_S
+            return '"pid":7' in owner
+
         live = [
             Flight(job, name, endpoint, cache_key)
             for job, name, endpoint, cache_key, owner, ts in every
-            if calls._counts(job, name, owner, ts, NOW)
+            if holds_its_place(job, name, owner, ts)
         ]
         expected = decide(
             limits,

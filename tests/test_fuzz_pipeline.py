@@ -551,9 +551,9 @@ TOML_PIECES = st.sampled_from(
 @given(documents(), st.lists(st.tuples(st.integers(0, 10**6), TOML_PIECES | TEXT), max_size=4))
 def test_the_pipeline_parser_reads_what_tomllib_reads_the_same_way(document, splices):
     """parse_pipeline uses tomli (tomllib's parser, compiled), which reads TOML 1.1: every file
-    the standard library reads (TOML 1.0) means the same, and what tomli refuses, tomllib
-    refuses too. Only 1.1's additions (`\\e`, `\\xHH`, newlines in inline tables) parse where
-    tomllib refused them, and their refusals may be worded differently."""
+    the standard library reads (TOML 1.0) means the same to it (so whatever tomli refuses,
+    tomllib refuses too). Only 1.1's additions parse where tomllib refused them, and refusals
+    may be worded differently where the two grammars part."""
     import tomllib
 
     import tomli
@@ -566,8 +566,6 @@ def test_the_pipeline_parser_reads_what_tomllib_reads_the_same_way(document, spl
     if stdlib[0] == "parsed":  # nan != nan: compare the values' JSON
         assert ours[0] == "parsed"
         assert json.dumps(ours[1], default=str) == json.dumps(stdlib[1], default=str)
-    if ours[0] != "parsed":
-        assert stdlib[0] != "parsed"
     event(f"tomli {ours[0]}, tomllib {stdlib[0]}")
 
 
