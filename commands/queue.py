@@ -22,6 +22,7 @@ from steplog.eventstore.events import JobCancelled, NewEvent, WorkerCancelReques
 from steplog.eventstore.record import EventStore, VersionConflict
 from steplog.executor import faults
 from steplog.executor.ownership import lease_of, owner_alive
+from steplog.executor.pipeline import Pipeline
 from steplog.projections.leases import WorkerRow, beat_age, lease_alive, stream_of
 from steplog.projections.manifest import JobState
 from steplog.projections.store import worker_rows
@@ -39,9 +40,10 @@ class Submitted(BaseModel):
     inputs: dict[str, str]
 
 
-def check_submit(store: EventStore, cmd: RunCommand) -> Opening:
-    """Every check of `run` (same refusals), and the job.created to append; nothing appended."""
-    return check_opening(store, cmd)
+def check_submit(store: EventStore, cmd: RunCommand, loaded: Pipeline | None = None) -> Opening:
+    """Every check of `run` (same refusals), and the job.created to append; nothing appended.
+    `loaded`: the pipeline check_run_before_creating returned, when it ran."""
+    return check_opening(store, cmd, loaded)
 
 
 class SubmittedBatch(BaseModel):
@@ -82,9 +84,9 @@ def append_submitted(store: EventStore, openings: Sequence[Opening]) -> list[Sub
     ]
 
 
-def submit(store: EventStore, cmd: RunCommand) -> Submitted:
+def submit(store: EventStore, cmd: RunCommand, loaded: Pipeline | None = None) -> Submitted:
     """Queue one job: check as `run` does, then append job.created."""
-    return append_submitted(store, [check_submit(store, cmd)])[0]
+    return append_submitted(store, [check_submit(store, cmd, loaded)])[0]
 
 
 # -- cancel ----------------------------------------------------------------------------------

@@ -321,9 +321,9 @@ class Steplog:
         from steplog.commands.queue import submit
 
         command = _run_command(pipeline, inputs, job_id, workspace, ignore_breaker, overwrite)
-        if not self.database_exists():
-            check_run_before_creating(command)  # a refused submit leaves no database file
-        return submit(self.open_store(write=True), command)
+        # a refused submit leaves no database file
+        loaded = None if self.database_exists() else check_run_before_creating(command)
+        return submit(self.open_store(write=True), command, loaded)
 
     def submit_batch(
         self,

@@ -103,10 +103,11 @@ def test_status_and_jobs_import_neither_pydantic_nor_the_executor_libraries(tmp_
         assert found["code"] == 0 and found["heavy"] == [], (verb, found)
 
 
+@pytest.mark.parametrize("verb", ["run", "submit"])
 @pytest.mark.parametrize("database_exists", [False, True])
-def test_run_reads_the_pipeline_file_once(tmp_path, monkeypatch, database_exists):
-    """On a new database `run` checks everything before creating the file, then runs what it
-    checked: the pipeline file is read and parsed once either way."""
+def test_run_and_submit_read_the_pipeline_file_once(tmp_path, monkeypatch, database_exists, verb):
+    """On a new database `run` (and `submit`) checks everything before creating the file, then
+    goes on with what it checked: the pipeline file is read and parsed once either way."""
     import steplog.commands.jobs as jobs
 
     db = tmp_path / "t.db"
@@ -115,7 +116,8 @@ def test_run_reads_the_pipeline_file_once(tmp_path, monkeypatch, database_exists
     loads: list[Path] = []
     load = jobs.load_pipeline
     monkeypatch.setattr(jobs, "load_pipeline", lambda path: loads.append(path) or load(path))
-    ran = steplog_here(db, "run", str(EXAMPLE), "--workspace", str(tmp_path / "ws"), "-q")
+    extra = ["-q"] if verb == "run" else []
+    ran = steplog_here(db, verb, str(EXAMPLE), "--workspace", str(tmp_path / "ws"), *extra)
     assert ran.code == 0, ran.err
     assert loads == [EXAMPLE]
 
