@@ -120,7 +120,7 @@ class Exported:
     lines: Callable[[], Iterator[str]] = field(default=lambda: iter(()), repr=False)
 
     def text(self) -> str:
-        return "".join(line + "\n" for line in self.lines())
+        return "".join(export_lines(self))
 
 
 def export_job(

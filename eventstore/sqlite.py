@@ -52,10 +52,10 @@ MIGRATIONS_PATH = sql_file("migrations.sql")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 READ_BATCH = 5000
 
-# The append's statements, their text constant so that sqlite3's statement cache reuses them.
 # The file's tables, in the order SQLite lists them (an open names a stranger's first five).
 TABLES_SQL = "SELECT name FROM sqlite_master WHERE type = 'table'"
 
+# The append's statements, their text constant so that sqlite3's statement cache reuses them.
 # HEAD_SQL: (last seq of the log, then the job's version, last_hash, created_ts or NULLs).
 HEAD_SQL = (
     "SELECT (SELECT coalesce(max(seq), 0) FROM events), s.version, s.last_hash, s.created_ts"

@@ -83,10 +83,11 @@ def decide(
     if same_key:
         return Wait("in_flight", 1, following=min(same_key, key=lambda f: (f.job_id, f.step)))
     cap = limits.max_concurrency
-    if busy is None and cap is not None:
-        busy = sum(1 for f in others if f.endpoint == endpoint)
-    if cap is not None and busy is not None and busy >= cap:
-        return Wait("concurrency", cap)
+    if cap is not None:
+        if busy is None:
+            busy = sum(1 for f in others if f.endpoint == endpoint)
+        if busy >= cap:
+            return Wait("concurrency", cap)
     rpm = limits.requests_per_minute
     if rpm:
         wait = rate_wait(rpm, recent, now)
