@@ -13,7 +13,8 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from datetime import time as dt_time
 from typing import Any, ClassVar, Literal
 
 from pydantic import (
@@ -267,9 +268,12 @@ class LLMResponded(EventData):
 
 def finite_json(value: Any) -> Any:
     """For fields typed Any: NaN and infinities would be written as null (allow_inf_nan covers
-    float fields only), so the event would not read back as it was given: refuse them."""
+    float fields only), so the event would not read back as it was given: refuse them. So are
+    a TOML file's dates and times (options = { t = 07:32 }), which JSON has no form for."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("NaN and infinite numbers cannot be stored")
+    if isinstance(value, (date, dt_time)):
+        raise ValueError("a date or time cannot be stored as JSON; quote it as a string")
     if isinstance(value, dict):
         for item in value.values():
             finite_json(item)

@@ -159,13 +159,16 @@ def test_non_finite_numbers_are_refused_at_load(extra):
         REMOTE + "requests_per_minute = nan\n",
         'kind = "offline"\noptions = { temperature = inf }\n',
         'kind = "offline"\noptions = { t = [1, -inf] }\n',
+        'kind = "offline"\noptions = { at = 07:32 }\n',  # TOML times and dates: no JSON form
+        'kind = "offline"\noptions = { on = [1979-05-27] }\n',
         REMOTE + 'organization = "orgä"\n',
         REMOTE + 'project = "my project"\n',
     ],
 )
 def test_provider_values_that_cannot_be_stored_or_sent_are_refused_at_load(provider):
     """A non-finite number crashed storing the pipeline; a header value that is not printable
-    ASCII failed each step with UnicodeEncodeError mid-job."""
+    ASCII failed each step with UnicodeEncodeError mid-job; a TOML time in the options failed
+    the first step with a traceback (its cache key could not be written)."""
     source = GOOD.replace('[providers.local]\nkind = "offline"\n', f"[providers.local]\n{provider}")
     message = refuse(source)
     assert "providers.local." in message
