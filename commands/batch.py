@@ -28,12 +28,12 @@ import anyio.abc
 from pydantic import BaseModel, ConfigDict, Field
 
 from steplog.commands import batchfile
+from steplog.commands.heap import long_lived_heap
 from steplog.commands.jobs import (
     Prepared,
     check_breakers,
     check_workspace,
     job_runner,
-    long_lived_heap,
     record_cancelled,
     record_stop,
 )

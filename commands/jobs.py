@@ -6,8 +6,6 @@ Rejected (exit 2) and leaves the database as it was.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import secrets
 import signal
@@ -26,6 +24,7 @@ import anyio
 import anyio._backends._asyncio  # noqa: F401
 from pydantic import BaseModel, ConfigDict, Field
 
+from steplog.commands.heap import long_lived_heap as _long_lived_heap
 from steplog.commands.queries import fold_job
 from steplog.errors import Interrupted, Rejected, Terminated
 from steplog.eventstore.events import (
@@ -371,6 +370,11 @@ def pipeline_for_resume(store: EventStore, state: JobState, override: Path | Non
 
 
 def prepare_resume(store: EventStore, cmd: ResumeCommand) -> Prepared:
+    with _long_lived_heap():  # the fold, the snapshot's pipeline and the plan: one heap
+        return _prepare_resume(store, cmd)
+
+
+def _prepare_resume(store: EventStore, cmd: ResumeCommand) -> Prepared:
     state = fold_job(store, cmd.job_id)
     _check_resumable(store, state, cmd)
     pipeline = pipeline_for_resume(store, state, cmd.pipeline_path)
@@ -432,11 +436,6 @@ def _to_stderr(line: str) -> None:
 def record_stop(store: EventStore, job_id: str, report: StopReport, detailed: bool = False) -> None:
     """job.interrupted at the job's head (see _record_stop)."""
     _record_stop(store, job_id, report, detailed)
-
-
-def long_lived_heap() -> contextlib.AbstractContextManager[None]:
-    """The cyclic GC kept off what was loaded before a run (see _long_lived_heap)."""
-    return _long_lived_heap()
 
 
 def open_for(store: EventStore, prepared: Prepared, runner: JobRunner) -> None:
@@ -711,24 +710,6 @@ def _record_stop(
             second_signal=report.second_signal,
         )
     store.append(job_id, [NewEvent.of(data)])
-
-
-@contextmanager
-def _long_lived_heap() -> Iterator[None]:
-    """Keep the cyclic GC off the objects loaded before the run (pipeline, state, imports).
-
-    Every step allocates events and models; with the default thresholds the collector keeps
-    walking the whole heap, which cost ≈ 15 % of a step (bench/). Freezing what exists and
-    collecting the young generation less often keeps that work proportional to the step.
-    """
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(10_000, 50, 1_000)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

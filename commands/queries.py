@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import orjson
 
+from steplog.commands.heap import long_lived_heap
 from steplog.errors import Rejected
 from steplog.eventstore.record import StoredEvent
 from steplog.executor.ownership import owner_alive
@@ -26,7 +27,8 @@ LATEST = "@latest"  # a JOB argument naming the most recently updated job (no jo
 
 
 def fold_job(store: EventStore, job_id: str) -> JobState:
-    return manifest.project(job_id, store.read_job(job_id, hashes=False))
+    with long_lived_heap():
+        return manifest.project(job_id, store.read_job(job_id, hashes=False))
 
 
 def latest_job(store: EventStore) -> str:

@@ -6,6 +6,7 @@ import fnmatch
 from dataclasses import dataclass
 from datetime import datetime
 
+from steplog.commands.heap import long_lived_heap
 from steplog.errors import Rejected
 from steplog.eventstore.record import EventStore, StoredEvent
 from steplog.projections import cache, manifest
@@ -70,6 +71,11 @@ def replay(store: EventStore, job_id: str, point: str) -> ReplayView:
     if job_version == 0:
         raise BadPoint(f"unknown job {job_id}")
     kind, target = matcher(point, job_version)
+    with long_lived_heap():
+        return _replay(store, job_id, point, kind, target)
+
+
+def _replay(store: EventStore, job_id: str, point: str, kind: str, target: object) -> ReplayView:
     state = JobState(job_id=job_id)
     index = CacheIndex()
     events: list[StoredEvent] = []
