@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime
 from datetime import time as dt_time
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Iterable, Literal
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -638,6 +639,35 @@ class NewEvent:
                 "store's indexes cannot read; refused on every store"
             )
         return text
+
+
+def step_skipped_rows(
+    skips: Iterable[tuple[str, str, str, str]],
+) -> list[tuple[str, str, str, str | None, str]]:
+    """The rows (ts, level, type, step, data JSON) of one step.skipped for each (step, reason,
+    fingerprint, output_sha256): what NewEvent.of(StepSkipped(…), step) and its data_json()
+    give, without a model and an envelope per event. A resume appends one for every step it
+    reuses; the validated way they cost 3.3 µs each, 6.6 ms of a 2,000-step job's resume.
+
+    Each value is text, so the model checks nothing the encoder does not: orjson refuses a
+    lone surrogate as pydantic's serializer does, and escapes every other character as it does
+    (tests/test_fast_path.py). An event the fast way cannot take is built the validated way,
+    which raises the same InvalidEvent it always did."""
+    rows: list[tuple[str, str, str, str | None, str]] = []
+    dumps = orjson.dumps
+    for step, reason, fingerprint, sha in skips:
+        try:
+            if not (step and type(step) is type(reason) is type(fingerprint) is type(sha) is str):
+                raise TypeError
+            step.encode("utf-8")  # NewEvent's check: the step's name is UTF-8 text
+            data = dumps({"reason": reason, "fingerprint": fingerprint, "output_sha256": sha})
+        except (TypeError, UnicodeEncodeError, orjson.JSONEncodeError):
+            model = StepSkipped(reason=reason, fingerprint=fingerprint, output_sha256=sha)
+            event = NewEvent.of(model, step)
+            rows.append((event.ts, event.level, event.type, event.step, event.data_json()))
+            continue
+        rows.append((utc_now(), "INFO", "step.skipped", step, data.decode()))
+    return rows
 
 
 # The events PostgreSQL indexes by a field of their data (schema_postgres.sql: ->> in

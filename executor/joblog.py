@@ -48,6 +48,13 @@ class JobLog:
         self.committed(stored)
         return stored
 
+    def emit_rows(self, rows: Sequence[tuple[str, str, str, str | None, str]]) -> list[StoredEvent]:
+        """emit() of rows already serialised (ts, level, type, step, data JSON), as
+        step_skipped_rows builds them."""
+        stored = self.store.append_rows(self.job_id, rows, expected_version=self.version)
+        self.committed(stored)
+        return stored
+
     def flush(self) -> None:
         """Commit now what steps have queued for the group commit: before a transaction of
         one's own (an admission), so that the log keeps the order in which they were made."""

@@ -19,9 +19,9 @@ from steplog.eventstore.events import (
     FileWritten,
     NewEvent,
     StepFailed,
-    StepSkipped,
     StepStarted,
     StepSucceeded,
+    step_skipped_rows,
 )
 from steplog.eventstore.record import Blob, blob_of_text, blob_sha256, text_sha256
 from steplog.executor import explain, faults
@@ -72,20 +72,12 @@ class StepRunner:
         for name, sha in wanted.items():
             kind = self.pipeline.spec.steps[name].output
             self._record_output(name, parse_output(kind, contents[sha].decode("utf-8")))
-        skipped = []
-        for name, (sha, reason) in plan.reuse.items():
-            skipped.append(
-                NewEvent.of(
-                    StepSkipped(
-                        reason=reason,
-                        fingerprint=self.pipeline.step_fingerprints[name],
-                        output_sha256=sha,
-                    ),
-                    step=name,
-                )
-            )
+        fingerprints = self.pipeline.step_fingerprints
+        skipped = step_skipped_rows(
+            (name, reason, fingerprints[name], sha) for name, (sha, reason) in plan.reuse.items()
+        )
         if skipped:
-            self.log.emit(skipped)
+            self.log.emit_rows(skipped)
 
     def _record_output(self, name: str, output: StepOutput) -> None:
         if not self._readers_left[name]:

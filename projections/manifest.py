@@ -368,10 +368,31 @@ def apply(state: JobState, ev: StoredEvent) -> JobState:
     return state
 
 
-# type -> (handler or None, the job status after it or None): one lookup an event in project()
-_FOLD: dict[str, tuple[Handler | None, str | None]] = {
-    t: (_HANDLERS.get(t), JOB_STATUS_AFTER.get(t)) for t in {*_HANDLERS, *JOB_STATUS_AFTER}
+# The handlers that read nothing of data but its cache_key (a cache.miss's data is ~1 KB).
+_READ_KEY_ONLY = frozenset({_cache_hit, _cache_miss})
+
+# type -> (handler or None, the job status after it or None, whether the handler reads only
+# data's cache_key): one lookup an event in project()
+_FOLD: dict[str, tuple[Handler | None, str | None, bool]] = {
+    t: (_HANDLERS.get(t), JOB_STATUS_AFTER.get(t), _HANDLERS.get(t) in _READ_KEY_ONLY)
+    for t in {*_HANDLERS, *JOB_STATUS_AFTER}
 }
+
+_KEY_FIRST = '{"cache_key":"'
+
+
+def leading_cache_key(data_json: str) -> dict[str, str] | None:
+    """{"cache_key": …} of data written as steplog writes cache.hit and cache.miss (the key
+    first, then the rest), read without parsing the rest; None for any other text, which the
+    caller parses. Exact: a key holding an escape, or a second "cache_key" anywhere after it
+    (JSON's last duplicate wins), is left to the parser."""
+    if not data_json.startswith(_KEY_FIRST):
+        return None
+    end = data_json.find('"', 14)
+    key = data_json[14:end]
+    if end < 0 or "\\" in key or data_json.find('"cache_key"', end) >= 0:
+        return None
+    return {"cache_key": key}
 
 
 def project(job_id: str, events: Iterable[StoredEvent], state: JobState | None = None) -> JobState:
@@ -390,9 +411,10 @@ def project(job_id: str, events: Iterable[StoredEvent], state: JobState | None =
                 raise ValueError(f"event of job {ev.job_id} folded into job {own}")
             found = fold(ev.type)
             if found is not None:
-                handler, status = found
+                handler, status, key_only = found
                 if handler is not None:
-                    handler(state, ev, loads(ev.data_json))
+                    text = ev.data_json
+                    handler(state, ev, (key_only and leading_cache_key(text)) or loads(text))
                 if status is not None:
                     state.status = status
             last = ev

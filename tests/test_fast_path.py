@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steplog.eventstore.events import NewEvent, utc_now, utc_text
+from steplog.eventstore.events import InvalidEvent, NewEvent, utc_now, utc_text
 from steplog.eventstore.record import GENESIS_HASH, StoredEvent, chain_hash, check_chain, link
 from tests.strategies import Batch, append_batches, dump, fresh_store, interleaved_batches
 
@@ -143,3 +143,49 @@ def test_appended_rows_are_the_slow_paths_rows(batches: list[Batch]) -> None:
             heads[ev.job_id] = (ev.version, ev.hash)
         assert list(store.read_all()) == stored
         assert check_chain(store.read_all()) == []
+
+
+# -- step.skipped rows built without a model per event (a resume's batch) ------------------------
+
+# lone surrogates and empty names too: both ways must refuse them alike
+_any_text = st.text(st.characters(blacklist_categories=()), max_size=20) | st.sampled_from(
+    ["", "\ud800", "a\udfffb", "\ufffd", "\x00\x1f\x7f\u2028", '"\\']
+)
+_skips = st.lists(st.tuples(_any_text, _any_text, _any_text, _any_text), max_size=6)
+
+
+def skipped_the_validated_way(skips: list[tuple[str, str, str, str]]) -> list[tuple]:
+    from steplog.eventstore.events import StepSkipped
+
+    rows = []
+    for step, reason, fingerprint, sha in skips:
+        data = StepSkipped(reason=reason, fingerprint=fingerprint, output_sha256=sha)
+        ev = NewEvent.of(data, step)
+        rows.append((ev.ts, ev.level, ev.type, ev.step, ev.data_json()))
+    return rows
+
+
+def outcome(build, skips):  # type: ignore[no-untyped-def]
+    """The rows without their ts (stamped now), or the error the build raised."""
+    try:
+        return [row[1:] for row in build(skips)]
+    except InvalidEvent as exc:
+        return ("refused", str(exc))
+
+
+@given(_skips)
+def test_step_skipped_rows_are_the_validated_paths_rows(skips) -> None:  # type: ignore[no-untyped-def]
+    from steplog.eventstore.events import step_skipped_rows
+
+    before = utc_now()
+    assert outcome(step_skipped_rows, skips) == outcome(skipped_the_validated_way, skips)
+    try:
+        rows = step_skipped_rows(skips)
+    except InvalidEvent:
+        return
+    for ts, level, type_, step, data_json in rows:
+        assert before <= ts <= utc_now()
+        again = NewEvent.parse(type_, json.loads(data_json), step, level, ts)  # every check
+        assert (again.ts, again.level, again.type, again.step, again.data_json()) == (
+            ts, level, type_, step, data_json
+        )  # fmt: skip

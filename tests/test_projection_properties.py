@@ -342,3 +342,41 @@ def test_rebuild_loses_no_append_made_while_it_reads(db_path, monkeypatch):
     finally:
         store.close()
         other.writer.close()
+
+
+_json_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12) | st.sampled_from(
+    ['"', "\\", "cache_key", '"cache_key"', '","cache_key":"x', "\x00", "é"]
+)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | _json_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_json_text, inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@given(
+    key=_json_text,
+    rest=st.dictionaries(_json_text, _json_values, max_size=4),
+    first=st.booleans(),
+    again=st.none() | _json_text,
+)
+def test_the_folds_cache_key_shortcut_reads_what_the_parser_reads(key, rest, first, again):
+    """leading_cache_key, on any JSON object: either None (the fold parses the text) or what
+    orjson reads as its cache_key, also with the key not first, nested, or given twice."""
+    import orjson
+
+    rest = {k: v for k, v in rest.items() if k != "cache_key"}
+    ordered = {"cache_key": key, **rest} if first else {**rest, "cache_key": key}
+    text = orjson.dumps(ordered).decode()
+    if again is not None:  # a duplicate at the end: the parser keeps the last one
+        text = (
+            text[:-1]
+            + ("," if len(text) > 2 else "")
+            + orjson.dumps({"cache_key": again}).decode()[1:]
+        )
+    found = manifest.leading_cache_key(text)
+    if found is not None:
+        assert found == {"cache_key": orjson.loads(text)["cache_key"]}
+    unescaped = orjson.dumps(key).decode() == f'"{key}"'
+    if first and again is None and unescaped and '"cache_key"' not in text[14 + len(key) :]:
+        assert found == {"cache_key": key}  # steplog's own rows do take the shortcut
