@@ -28,7 +28,6 @@ import anyio.abc
 from pydantic import BaseModel, ConfigDict, Field
 
 from steplog.commands import batchfile
-from steplog.commands.heap import long_lived_heap
 from steplog.commands.jobs import (
     Prepared,
     check_breakers,
@@ -52,6 +51,7 @@ from steplog.executor.pipeline import NAME_PATTERN, Pipeline, load_pipeline
 from steplog.executor.plan import Plan
 from steplog.executor.runner import JobOutcome, JobRunner, Observer
 from steplog.executor.shutdown import DEFAULT_GRACE_S, Shutdown, StopReport, signals_ignored
+from steplog.heap import long_lived_heap
 from steplog.projections import manifest
 from steplog.projections.manifest import JobState
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import orjson
 
-from steplog.commands.heap import long_lived_heap
 from steplog.errors import Rejected
 from steplog.eventstore.record import StoredEvent
 from steplog.executor.ownership import owner_alive
+from steplog.heap import long_lived_heap
 from steplog.projections import manifest
 from steplog.projections.manifest import JobState
 
@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 LATEST = "@latest"  # a JOB argument naming the most recently updated job (no job id has an @)
 
 
+@long_lived_heap()
 def fold_job(store: EventStore, job_id: str) -> JobState:
-    with long_lived_heap():
-        return manifest.project(job_id, store.read_job(job_id, hashes=False))
+    return manifest.project(job_id, store.read_job(job_id, hashes=False))
 
 
 def latest_job(store: EventStore) -> str:

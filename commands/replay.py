@@ -6,9 +6,9 @@ import fnmatch
 from dataclasses import dataclass
 from datetime import datetime
 
-from steplog.commands.heap import long_lived_heap
 from steplog.errors import Rejected
 from steplog.eventstore.record import EventStore, StoredEvent
+from steplog.heap import long_lived_heap
 from steplog.projections import cache, manifest
 from steplog.projections.cache import CacheIndex
 from steplog.projections.manifest import JobState
@@ -66,16 +66,12 @@ def matcher(point: str, job_version: int):
     return ("type", (type_glob, step or None))
 
 
+@long_lived_heap()
 def replay(store: EventStore, job_id: str, point: str) -> ReplayView:
     job_version = store.job_version(job_id)
     if job_version == 0:
         raise BadPoint(f"unknown job {job_id}")
     kind, target = matcher(point, job_version)
-    with long_lived_heap():
-        return _replay(store, job_id, point, kind, target)
-
-
-def _replay(store: EventStore, job_id: str, point: str, kind: str, target: object) -> ReplayView:
     state = JobState(job_id=job_id)
     index = CacheIndex()
     events: list[StoredEvent] = []

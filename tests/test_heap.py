@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from steplog.commands import heap
-from steplog.commands.heap import THRESHOLDS, long_lived_heap
+from steplog import heap
 from steplog.commands.queries import fold_job
 from steplog.commands.replay import replay
 from steplog.eventstore.events import JobCreated, NewEvent, StepStarted
+from steplog.heap import THRESHOLDS, long_lived_heap
 from steplog.projections import manifest
 from steplog.projections.store import open_store
 
@@ -99,4 +99,22 @@ def test_a_fold_and_a_replay_run_frozen_and_leave_the_process_as_they_found_it(
     assert fold_job(store, "j").steps["a"].status == "running"
     assert replay(store, "j", "1").version == 1
     assert seen and set(seen) == {THRESHOLDS}  # the fold (project) and replay (apply)
+    assert gc.get_threshold() == (701, 11, 12) and gc.get_freeze_count() == 0
+
+
+def test_a_pipeline_is_parsed_frozen_each_time_and_the_process_left_as_it_was(monkeypatch):
+    from steplog.executor import pipeline
+
+    seen: list[tuple[int, int, int]] = []
+    loads = pipeline.tomli.loads
+
+    def watched(text: str):  # type: ignore[no-untyped-def]
+        seen.append(gc.get_threshold())
+        return loads(text)
+
+    monkeypatch.setattr(pipeline.tomli, "loads", watched)
+    source = 'name = "p"\n[providers.local]\nkind = "offline"\n[steps.a]\nprovider = "local"\nprompt = "hi"\n'
+    for _ in range(2):  # the decorator makes a fresh context for every call
+        assert pipeline.parse_pipeline(source).order == ["a"]
+    assert seen == [THRESHOLDS, THRESHOLDS]
     assert gc.get_threshold() == (701, 11, 12) and gc.get_freeze_count() == 0
