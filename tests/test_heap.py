@@ -1,4 +1,4 @@
-"""commands/heap.py: the GC is frozen while a job is folded or run, and put back after."""
+"""steplog/heap.py: the GC is frozen while a job is folded, run or laid out, and put back."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from steplog import heap
+from steplog.commands import timeline, verify
 from steplog.commands.queries import fold_job
 from steplog.commands.replay import replay
 from steplog.eventstore.events import JobCreated, NewEvent, StepStarted
@@ -69,7 +70,7 @@ def test_overlapping_uses_on_two_threads_restore_only_when_both_are_out():
     assert gc.get_threshold() == (701, 11, 12) and gc.get_freeze_count() == 0
 
 
-def test_a_fold_and_a_replay_run_frozen_and_leave_the_process_as_they_found_it(
+def test_folds_replays_timelines_and_verify_run_frozen_and_leave_the_process_as_it_was(
     tmp_path, monkeypatch
 ):
     seen: list[tuple[int, int, int]] = []
@@ -98,7 +99,20 @@ def test_a_fold_and_a_replay_run_frozen_and_leave_the_process_as_they_found_it(
     )
     assert fold_job(store, "j").steps["a"].status == "running"
     assert replay(store, "j", "1").version == 1
-    assert seen and set(seen) == {THRESHOLDS}  # the fold (project) and replay (apply)
+    assert len(seen) >= 2 and set(seen) == {THRESHOLDS}  # the fold (project), replay (apply)
+    timeline.build("j", store.read_job("j"))
+    assert len(seen) >= 3 and set(seen) == {THRESHOLDS}  # timeline.build's fold
+    chain_hash = verify.chain_hash
+    monkeypatch.setattr(
+        verify,
+        "chain_hash",
+        lambda *a: (seen.append(gc.get_threshold()), chain_hash(*a))[1],
+    )
+    for job in ("j", None):  # verify JOB, and the whole database
+        before = len(seen)
+        problems = verify.verify(store, job).problems
+        assert [p.message for p in problems] == ["blob 000000000000 it points at is missing"]
+        assert len(seen) > before and set(seen) == {THRESHOLDS}
     assert gc.get_threshold() == (701, 11, 12) and gc.get_freeze_count() == 0
 
 
