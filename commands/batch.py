@@ -51,7 +51,7 @@ from steplog.executor.pipeline import NAME_PATTERN, Pipeline, load_pipeline
 from steplog.executor.plan import Plan
 from steplog.executor.runner import JobOutcome, JobRunner, Observer
 from steplog.executor.shutdown import DEFAULT_GRACE_S, Shutdown, StopReport, signals_ignored
-from steplog.heap import long_lived_heap
+from steplog.heap import gc_paused, long_lived_heap
 from steplog.projections import manifest
 from steplog.projections.manifest import JobState
 
@@ -109,6 +109,7 @@ def read_inputs_file(path: Path) -> batchfile.ParsedFile:
     return batchfile.parse_rows(str(path), data, fmt)
 
 
+@gc_paused()  # the pipeline parsed, as in run
 def check_batch(store: EventStore, cmd: BatchCommand) -> BatchPlan:
     """Every check of a batch, as `run` checks one job, before anything is appended."""
     import os

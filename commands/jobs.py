@@ -59,7 +59,7 @@ from steplog.executor.shutdown import (
     signal_receiver,
     signals_ignored,
 )
-from steplog.heap import long_lived_heap
+from steplog.heap import gc_paused, long_lived_heap
 from steplog.projections import manifest
 from steplog.projections.breaker import iso
 from steplog.projections.manifest import JobState
@@ -136,6 +136,7 @@ def check_workspace(workspace: Path) -> None:
         raise Rejected(f"workspace {workspace} cannot be written ({existing} is not writable)")
 
 
+@gc_paused()  # the pipeline parsed: objects by the dozen a step, all kept
 def _check_run(
     store: EventStore, cmd: RunCommand, loaded: Pipeline | None = None
 ) -> tuple[Pipeline, dict[str, str], str, Path]:
@@ -369,7 +370,7 @@ def pipeline_for_resume(store: EventStore, state: JobState, override: Path | Non
     return parse_pipeline(source, state.pipeline_path)
 
 
-@long_lived_heap()  # the fold, the snapshot's pipeline and the plan
+@gc_paused()  # the fold, the snapshot's pipeline and the plan
 def prepare_resume(store: EventStore, cmd: ResumeCommand) -> Prepared:
     state = fold_job(store, cmd.job_id)
     _check_resumable(store, state, cmd)

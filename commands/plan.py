@@ -30,7 +30,7 @@ from steplog.executor.cachehistory import previous_run
 from steplog.executor.outputs import OutputProblem, StepOutput, parse_output
 from steplog.executor.pipeline import Pipeline, load_pipeline
 from steplog.executor.templates import TemplateProblem
-from steplog.heap import long_lived_heap
+from steplog.heap import gc_paused
 from steplog.projections.manifest import JobState
 from steplog.projections.store import cache_entry
 from steplog.words import counted
@@ -252,7 +252,7 @@ def refusals(
     return found
 
 
-@long_lived_heap()
+@gc_paused()
 def plan_new_run(
     store: EventStore,
     pipeline_path: Path,
@@ -268,7 +268,7 @@ def plan_new_run(
     return report
 
 
-@long_lived_heap()
+@gc_paused()
 def plan_for_resume(
     store: EventStore, job_id: str, pipeline_path: Path | None, given: dict[str, str]
 ) -> PlanReport:

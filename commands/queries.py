@@ -15,7 +15,7 @@ import orjson
 from steplog.errors import Rejected
 from steplog.eventstore.record import StoredEvent
 from steplog.executor.ownership import owner_alive
-from steplog.heap import long_lived_heap
+from steplog.heap import gc_paused
 from steplog.projections import manifest
 from steplog.projections.manifest import JobState
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 LATEST = "@latest"  # a JOB argument naming the most recently updated job (no job id has an @)
 
 
-@long_lived_heap()
+@gc_paused()
 def fold_job(store: EventStore, job_id: str) -> JobState:
     return manifest.project(job_id, store.read_job(job_id, hashes=False))
 

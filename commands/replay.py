@@ -8,7 +8,7 @@ from datetime import datetime
 
 from steplog.errors import Rejected
 from steplog.eventstore.record import EventStore, StoredEvent
-from steplog.heap import long_lived_heap
+from steplog.heap import gc_paused
 from steplog.projections import cache, manifest
 from steplog.projections.cache import CacheIndex
 from steplog.projections.manifest import JobState
@@ -66,7 +66,7 @@ def matcher(point: str, job_version: int):
     return ("type", (type_glob, step or None))
 
 
-@long_lived_heap()
+@gc_paused()
 def replay(store: EventStore, job_id: str, point: str) -> ReplayView:
     job_version = store.job_version(job_id)
     if job_version == 0:

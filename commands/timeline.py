@@ -13,7 +13,7 @@ from typing import Iterable, Literal
 import orjson
 
 from steplog.eventstore.record import StoredEvent
-from steplog.heap import long_lived_heap
+from steplog.heap import gc_paused
 from steplog.projections import manifest
 from steplog.projections.manifest import parse_ts
 from steplog.words import counted
@@ -93,7 +93,7 @@ def _short(text: str, limit: int = 160) -> str:
     return one if len(one) <= limit else one[: limit - 1] + "…"
 
 
-@long_lived_heap()  # the job's events, held while the bars are laid out
+@gc_paused()  # the job's events, held while the bars are laid out
 def build(job_id: str, events: Iterable[StoredEvent]) -> Timeline:
     evs = list(events)
     state = manifest.project(job_id, evs)

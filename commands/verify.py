@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from steplog.errors import Rejected
 from steplog.eventstore.events import EVENT_TYPES, parse_data
 from steplog.eventstore.record import GENESIS_HASH, StoredEvent, chain_hash
-from steplog.heap import long_lived_heap
+from steplog.heap import gc_paused
 from steplog.projections.leases import worker_of
 from steplog.projections.store import job_table_rows, table_rows
 from steplog.projections.tables import TABLE_PROJECTIONS, TableProjection
@@ -135,7 +135,7 @@ def verify_database(location: str | os.PathLike[str], job: str | None = None) ->
         store.close()
 
 
-@long_lived_heap()
+@gc_paused()
 def verify(store: EventStore, job_id: str | None = None) -> Report:
     """Every check of the database; with `job_id`, the checks of that job alone (verify_job)."""
     if job_id is not None:

@@ -25,7 +25,6 @@ from steplog.eventstore.events import finite_json
 from steplog.executor.budget import Budget, Price
 from steplog.executor.cachekey import cache_key, canonical_json, key_parts
 from steplog.executor.templates import EVERY_UPSTREAM, TemplateProblem, check_template, render
-from steplog.heap import long_lived_heap
 from steplog.providers.config import (
     ProviderConfig,
     literal_url_credential,
@@ -393,7 +392,6 @@ def _nul_in(value: Any, where: str) -> str | None:
     return None
 
 
-@long_lived_heap()  # objects by the dozen a step, all kept: the GC need not walk them
 def parse_pipeline(source: str, path: str | None = None) -> Pipeline:
     label = path or "pipeline"
     try:

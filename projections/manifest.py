@@ -382,17 +382,19 @@ _KEY_FIRST = '{"cache_key":"'
 
 
 def leading_cache_key(data_json: str) -> dict[str, str] | None:
-    """{"cache_key": …} of data written as steplog writes cache.hit and cache.miss (the key
-    first, then the rest), read without parsing the rest; None for any other text, which the
-    caller parses. Exact: a key holding an escape, or a second "cache_key" anywhere after it
-    (JSON's last duplicate wins), is left to the parser."""
+    """{"cache_key": …} read from the head of data written as steplog writes cache.hit and
+    cache.miss (the key first), without parsing the rest; None for any other text, which the
+    caller parses. Any backslash (an escape could spell a second "cache_key", and JSON's last
+    duplicate wins) or a second literal "cache_key" leaves it to the parser. On valid JSON (all
+    either store holds) it reads what orjson reads, but for one case: text JSON allows and
+    orjson refuses after the key (a number beyond a double's range), where the parser would
+    refuse the event and this does not."""
     if not data_json.startswith(_KEY_FIRST):
         return None
     end = data_json.find('"', 14)
-    key = data_json[14:end]
-    if end < 0 or "\\" in key or data_json.find('"cache_key"', end) >= 0:
+    if end < 0 or data_json.find("\\", 14) >= 0 or data_json.find('"cache_key"', end) >= 0:
         return None
-    return {"cache_key": key}
+    return {"cache_key": data_json[14:end]}
 
 
 def project(job_id: str, events: Iterable[StoredEvent], state: JobState | None = None) -> JobState:

@@ -1,10 +1,23 @@
-"""The cyclic GC while steplog holds a job in memory: folding its log, or running it.
+"""The cyclic GC while steplog builds or holds many objects: a run, a fold, a parse.
 
-Both allocate an object or more per event. With the default thresholds the collector keeps
-walking the whole heap (the imports, the pipeline, the state built so far), which cost a run
-≈ 15 % of each step and a 10,000-event fold in a fresh process 40 % of its time (bench/). So
-what exists when the work starts is frozen out of the collector's walks, and the young
-generation is collected less often; both are put back as they were when the work ends.
+Each allocates objects by the dozen a step or an event. With the default thresholds the
+collector keeps walking the whole heap (the imports, the pipeline, the state built so far): that
+cost a run ≈ 15 % of each step, and a 10,000-event fold in a fresh process ≈ 35 % of its time
+(bench/README.md). Two settings, both put back as they were found:
+
+* `long_lived_heap()`, around a run's event loop: what exists when the run starts is frozen out
+  of the collector's walks, and the young generation is collected less often. Collection goes
+  on during the run, so its own cyclic garbage is freed as it goes.
+* `gc_paused()`, around a call that ends in milliseconds (a fold, a parse, a plan): no
+  collection at all. The objects it leaves stay in the young generation, so a long-lived process
+  (a worker, the web UI, the API) collects its garbage as before; freezing for each call would
+  move everything young, garbage included, to the oldest generation every time, where a
+  process that keeps calling would never collect it.
+
+Both are process-wide, so overlapping uses (a fold inside a run, jobs on two threads) share one
+change: the first makes it, the last puts it back. A change left half-undone (a signal landing
+between two of the restoring calls) is redone and undone by the next use, not taken for the
+process's own setting. A caller's own `gc.freeze()` is left alone: no thaw undoes it.
 """
 
 from __future__ import annotations
@@ -12,35 +25,72 @@ from __future__ import annotations
 import gc
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 # generation 0 collected every 10,000 net allocations instead of 700; the full walk rarely
 THRESHOLDS = (10_000, 50, 1_000)
 
 _lock = threading.Lock()
-_depth = 0  # uses open in this process (a fold inside a run, jobs on two threads)
-_saved: tuple[int, int, int] = gc.get_threshold()
 
 
-@contextmanager
-def long_lived_heap() -> Iterator[None]:
-    """Keep the cyclic GC off the objects that exist now, for the block's duration.
+class _HeldSetting:
+    """One process-wide GC setting, changed while anyone holds it."""
 
-    Nested and concurrent uses share the outermost one: it freezes and sets the thresholds,
-    and the last to leave unfreezes and restores them, so the process ends as it began.
-    """
-    global _depth, _saved
-    with _lock:
-        if _depth == 0:
-            _saved = gc.get_threshold()
-            gc.freeze()
-            gc.set_threshold(*THRESHOLDS)
-        _depth += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                gc.set_threshold(*_saved)
-                gc.unfreeze()
+    def __init__(
+        self,
+        read: Callable[[], Any],
+        change: Callable[[Any], None],
+        restore: Callable[[Any], None],
+    ) -> None:
+        self._read, self._change, self._restore = read, change, restore
+        self.holders: set[object] = set()
+        self.saved: Any = None
+        self.changed = False  # the setting is ours: made and not (completely) put back yet
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        token = object()
+        try:
+            with _lock:
+                if not self.holders:
+                    if not self.changed:  # else a restore was cut short: `saved` is still true
+                        self.saved = self._read()
+                        self.changed = True
+                    self._change(self.saved)
+                self.holders.add(token)
+            yield
+        finally:
+            with _lock:
+                self.holders.discard(token)
+                if not self.holders and self.changed:
+                    self._restore(self.saved)
+                    self.changed = False
+
+
+def _freeze(saved: tuple[tuple[int, int, int], bool]) -> None:
+    if saved[1]:
+        gc.freeze()
+    gc.set_threshold(*THRESHOLDS)
+
+
+def _thaw(saved: tuple[tuple[int, int, int], bool]) -> None:
+    gc.set_threshold(*saved[0])
+    if saved[1]:
+        gc.unfreeze()
+
+
+# saved: (the thresholds, whether we freeze: not when the process had frozen objects already)
+_RUN = _HeldSetting(lambda: (gc.get_threshold(), gc.get_freeze_count() == 0), _freeze, _thaw)
+_PAUSE = _HeldSetting(
+    gc.isenabled, lambda saved: gc.disable(), lambda saved: gc.enable() if saved else None
+)
+
+
+def long_lived_heap() -> Any:
+    """The run's setting (a context manager, or a decorator): see the module's text."""
+    return _RUN.held()
+
+
+def gc_paused() -> Any:
+    """No collection for the block (a context manager, or a decorator)."""
+    return _PAUSE.held()
