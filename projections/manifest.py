@@ -386,9 +386,9 @@ def leading_cache_key(data_json: str) -> dict[str, str] | None:
     cache.miss (the key first), without parsing the rest; None for any other text, which the
     caller parses. Any backslash (an escape could spell a second "cache_key", and JSON's last
     duplicate wins) or a second literal "cache_key" leaves it to the parser. On valid JSON (all
-    either store holds) it reads what orjson reads, but for one case: text JSON allows and
-    orjson refuses after the key (a number beyond a double's range), where the parser would
-    refuse the event and this does not."""
+    either store holds) it reads what orjson reads, but where text after the key is valid JSON
+    that orjson refuses (a number beyond a double's range, arrays or objects nested over 1,024
+    deep): the parser would refuse that event, this does not. steplog writes neither."""
     if not data_json.startswith(_KEY_FIRST):
         return None
     end = data_json.find('"', 14)

@@ -5,19 +5,22 @@ collector keeps walking the whole heap (the imports, the pipeline, the state bui
 cost a run ≈ 15 % of each step, and a 10,000-event fold in a fresh process ≈ 35 % of its time
 (bench/README.md). Two settings, both put back as they were found:
 
-* `long_lived_heap()`, around a run's event loop: what exists when the run starts is frozen out
-  of the collector's walks, and the young generation is collected less often. Collection goes
-  on during the run, so its own cyclic garbage is freed as it goes.
-* `gc_paused()`, around a call that ends in milliseconds (a fold, a parse, a plan): no
-  collection at all. The objects it leaves stay in the young generation, so a long-lived process
-  (a worker, the web UI, the API) collects its garbage as before; freezing for each call would
-  move everything young, garbage included, to the oldest generation every time, where a
-  process that keeps calling would never collect it.
+* `long_lived_heap()`, around a run's event loop: the young generations are collected first
+  (so no garbage made before the run is frozen with it), then what exists is frozen out of the
+  collector's walks, and the young generation is collected less often. Collection goes on during
+  the run, so its own cyclic garbage is freed as it goes.
+* `gc_paused()`, around a call that returns when its work is done (a fold, a parse, a plan, a
+  verify): no collection at all. The objects it leaves stay in the young generation, so a
+  long-lived process collects its garbage as before; a freeze for each call would move
+  everything young, garbage and all, to the oldest generation every time. It pauses on the main
+  thread only (the CLI's): on other threads (the web UI's pool, a caller's) it does nothing,
+  since overlapping pauses on busy threads would keep the collector off nearly all the time.
 
-Both are process-wide, so overlapping uses (a fold inside a run, jobs on two threads) share one
+Both are process-wide, so overlapping uses (a fold inside a run, runs on two threads) share one
 change: the first makes it, the last puts it back. A change left half-undone (a signal landing
 between two of the restoring calls) is redone and undone by the next use, not taken for the
-process's own setting. A caller's own `gc.freeze()` is left alone: no thaw undoes it.
+process's own setting. A `gc.freeze()` the caller made before a run is left alone; one made
+during it, or a `gc.disable()` made during a pause, is undone with the run's or the pause's.
 """
 
 from __future__ import annotations
@@ -60,8 +63,9 @@ class _HeldSetting:
                 self.holders.add(token)
             yield
         finally:
+            # first: a signal while this waits for the lock loses no holder
+            self.holders.discard(token)
             with _lock:
-                self.holders.discard(token)
                 if not self.holders and self.changed:
                     self._restore(self.saved)
                     self.changed = False
@@ -69,6 +73,7 @@ class _HeldSetting:
 
 def _freeze(saved: tuple[tuple[int, int, int], bool]) -> None:
     if saved[1]:
+        gc.collect(1)  # the young garbage freed now, not frozen and then thawed into the oldest
         gc.freeze()
     gc.set_threshold(*THRESHOLDS)
 
@@ -91,6 +96,12 @@ def long_lived_heap() -> Any:
     return _RUN.held()
 
 
-def gc_paused() -> Any:
-    """No collection for the block (a context manager, or a decorator)."""
-    return _PAUSE.held()
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No collection for the block on the main thread (a context manager, or a decorator: the
+    thread is the caller's at each call)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with _PAUSE.held():
+        yield

@@ -122,7 +122,43 @@ def test_overlapping_uses_on_two_threads_restore_only_when_both_are_out():
         t.start()
     for t in threads:
         t.join(20)
-    assert seen["after the first left"] == (THRESHOLDS, False)
+    assert seen["after the first left"] == (THRESHOLDS, True)  # no pause off the main thread
+    assert as_found()
+
+
+def test_a_pause_off_the_main_thread_does_nothing_but_a_run_still_shares():
+    seen: list[object] = []
+
+    def worker() -> None:
+        with gc_paused():
+            seen.append(gc.isenabled())
+        with long_lived_heap():
+            seen.append(gc.get_threshold())
+
+    with gc_paused():
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join(10)
+        assert not gc.isenabled()  # the main thread's pause is untouched by the other thread
+    assert seen == [False, THRESHOLDS]  # (the process-wide pause was on: it saw it, kept it)
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(10)
+    assert seen[2:] == [True, THRESHOLDS] and as_found()
+
+
+def test_garbage_made_between_runs_is_collected_not_frozen():
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    gc.collect()
+    for _ in range(50):
+        for _ in range(300):
+            Cycle()
+        with long_lived_heap():
+            pass
+    assert sum(isinstance(o, Cycle) for o in gc.get_objects()) <= 300
     assert as_found()
 
 

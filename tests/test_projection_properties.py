@@ -13,7 +13,7 @@ import sqlite3
 from datetime import datetime
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from steplog.commands.replay import BadPoint, replay
@@ -378,6 +378,9 @@ def orjson_text(obj: object) -> str:
     spelling=st.sampled_from(sorted(_SPELLINGS)),
     again=st.none() | st.tuples(st.sampled_from(_DUPLICATE_KEYS), _json_text),
 )
+@example(key="a", rest={"x": 1}, first=True, spelling="orjson", again=('"cache_key"', "b"))
+@example(key="a", rest={}, first=True, spelling="orjson", again=('"cache_key"', "a"))
+@example(key="a", rest={"d": {"cache_key": "n"}}, first=True, spelling="orjson", again=None)
 def test_the_folds_cache_key_shortcut_reads_what_the_parser_reads(
     key, rest, first, spelling, again
 ):
