@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -421,19 +422,78 @@ class Recorder:
         return stored
 
 
-def raw_replay_commits(path: Path, commits: list[tuple[list[StoredEvent], list[bytes]]]) -> float:
-    """The same rows and blobs, in the same transactions, through plain sqlite3: seconds."""
+def raw_replay_commits(
+    path: Path, commits: list[tuple[list[StoredEvent], list[bytes]]], pages: WalPages | None = None
+) -> float:
+    """The same rows and blobs, in the same transactions, through plain sqlite3: seconds.
+    With `pages` (untimed runs only), the WAL pages those commits write are counted into it."""
     conn = raw_connection(fresh(path), ("events", "blobs"))
     prepared = [
         (list(stored), [(hashlib.sha256(b).hexdigest(), len(b), b) for b in blobs])
         for stored, blobs in commits
     ]
+    if pages is not None:
+        pages.start(conn, path)
     t0 = time.perf_counter()
     for rows, blobs in prepared:
         raw_commit(conn, rows, blobs)
     elapsed = time.perf_counter() - t0
+    if pages is not None:
+        pages.stop(conn)
     conn.close()
     return elapsed
+
+
+class WalPages:
+    """Which pages a run's commits write to the WAL, by table or index (untimed runs only).
+
+    Checkpoints are turned off for the connection, so the WAL only grows while counting; each
+    frame names the page it holds, and SQLite's dbstat table names the b-tree that page belongs
+    to (page 1, rewritten whenever the file grows, counts as sqlite_schema). This is where a
+    commit's cost goes: each page is a write of the page and one of its frame header."""
+
+    FRAME_HEADER = 24
+
+    def __init__(self) -> None:
+        self.frames: Counter[str] = Counter()
+        self.valid = True
+
+    def start(self, conn: sqlite3.Connection, db: Path) -> None:
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._wal = Path(f"{db}-wal")
+        self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        self._header, self._first = self._read()
+
+    def _read(self) -> tuple[bytes, int]:
+        data = self._wal.read_bytes() if self._wal.exists() else b""
+        frames = max(0, (len(data) - 32) // (self._page_size + self.FRAME_HEADER))
+        return data[:32], frames
+
+    def stop(self, conn: sqlite3.Connection) -> None:
+        header, last = self._read()
+        if header != self._header:  # the WAL was reset (someone checkpointed): no count
+            self.valid = False
+            return
+        data = self._wal.read_bytes()
+        names = dict(conn.execute("SELECT pageno, name FROM dbstat").fetchall())
+        size = self._page_size + self.FRAME_HEADER
+        for frame in range(self._first, last):
+            page = int.from_bytes(data[32 + frame * size : 36 + frame * size], "big")
+            self.frames[names.get(page, "free or new")] += 1
+
+    def per_step(self, steps: int) -> float:
+        return sum(self.frames.values()) / steps
+
+    def breakdown(self, steps: int) -> str:
+        return ", ".join(
+            f"{name} {n / steps:.2f}" for name, n in self.frames.most_common() if n / steps >= 0.005
+        )
+
+
+def wal_note(ours: WalPages, raw: WalPages, steps: int) -> str:
+    if not (ours.valid and raw.valid):
+        return ""
+    return f"WAL pages per step {ours.per_step(steps):.1f} (raw {raw.per_step(steps):.1f})"
 
 
 def run_pipeline(store: SQLiteEventStore, path: Path, ws: Path) -> tuple[float, float, Any]:
@@ -466,18 +526,28 @@ def bench_steps(tmp: Path, steps: int, repeat: int, profile: Path | None) -> Non
             second.append(wall / steps)
             store.close()
         # Untimed: the same runs once more, recording each commit, for the raw baseline.
-        store = open_store(fresh(tmp / f"{shape}-rec.db"))
+        # They also count the WAL pages each run writes (checkpoints off: untimed only).
+        recorded = tmp / f"{shape}-rec.db"
+        store = open_store(fresh(recorded))
         recorder = Recorder(store)
+        pages = {run: WalPages() for run in ("miss", "hit", "raw miss", "raw hit")}
+        pages["miss"].start(store.conn, recorded)
         _, _, job1 = run_pipeline(store, path, tmp / "ws")
+        pages["miss"].stop(store.conn)
         miss_commits = list(recorder.commits)
         recorder.commits.clear()
+        pages["hit"].start(store.conn, recorded)
         _, _, job2 = run_pipeline(store, path, tmp / "ws")
+        pages["hit"].stop(store.conn)
         hit_commits = list(recorder.commits)
         ev_miss = store.job_version(job1.job_id) / steps
         ev_hit = store.job_version(job2.job_id) / steps
         store.close()
+        raw_replay_commits(tmp / "steps_raw.db", miss_commits, pages["raw miss"])
+        raw_replay_commits(tmp / "steps_raw.db", hit_commits, pages["raw hit"])
         raw_miss = raw_replay_commits(tmp / "steps_raw.db", miss_commits) / steps
         raw_hit = raw_replay_commits(tmp / "steps_raw.db", hit_commits) / steps
+
         label = "chain" if shape == "chain" else "fan-out"
         report(
             Figure(
@@ -488,6 +558,7 @@ def bench_steps(tmp: Path, steps: int, repeat: int, profile: Path | None) -> Non
                 target="target ≤ 200 µs",
                 note=join(
                     f"{ev_miss:.1f} events, {len(miss_commits) / steps:.2f} commits per step",
+                    wal_note(pages["miss"], pages["raw miss"], steps),
                     f"prepare_run {median_of(prep) * 1e3:.0f} ms",
                     spread(first, 1e6, " µs"),
                 ),
@@ -502,10 +573,16 @@ def bench_steps(tmp: Path, steps: int, repeat: int, profile: Path | None) -> Non
                 target="target ≤ 200 µs",
                 note=join(
                     f"{ev_hit:.1f} events, {len(hit_commits) / steps:.2f} commits per step",
+                    wal_note(pages["hit"], pages["raw hit"], steps),
                     spread(second, 1e6, " µs"),
                 ),
             )
         )
+        for run, runs in (("miss", "misses"), ("hit", "hits")):
+            if pages[run].valid and pages[f"raw {run}"].valid:
+                print(f"    WAL pages per step, {label} {runs}, by table or index:")
+                print(f"      steplog: {pages[run].breakdown(steps)}")
+                print(f"      raw:     {pages[f'raw {run}'].breakdown(steps)}")
         if profile:
             store = open_store(fresh(tmp / f"{shape}-prof.db"))
             for run in ("miss", "hit"):
