@@ -32,12 +32,22 @@ def _digest(value: Any) -> str:
 def key_parts(
     *, provider: dict[str, Any], step: str, rendered: dict[str, Any], fingerprint: str
 ) -> dict[str, str]:
-    return {
-        "provider": _digest(provider),
-        "step": _digest(step),
-        "input": _digest(rendered),
-        "code": _digest(fingerprint),
-    }
+    return parts_with(
+        fixed_parts(provider=provider, step=step, fingerprint=fingerprint), rendered=rendered
+    )
+
+
+def fixed_parts(*, provider: dict[str, Any], step: str, fingerprint: str) -> tuple[str, str, str]:
+    """The parts a step's definition decides (provider, step, code): the same for every run
+    of that step in one pipeline, so they can be hashed once."""
+    return _digest(provider), _digest(step), _digest(fingerprint)
+
+
+def parts_with(fixed: tuple[str, str, str], *, rendered: dict[str, Any]) -> dict[str, str]:
+    """All four parts, in the order the events carry them, from the fixed three and the
+    rendered input."""
+    provider, step, code = fixed
+    return {"provider": provider, "step": step, "input": _digest(rendered), "code": code}
 
 
 def cache_key(parts: dict[str, str]) -> str:

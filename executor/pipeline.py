@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from steplog.errors import Rejected
 from steplog.eventstore.events import finite_json
 from steplog.executor.budget import Budget, Price
-from steplog.executor.cachekey import cache_key, canonical_json, key_parts
+from steplog.executor.cachekey import cache_key, canonical_json, fixed_parts, parts_with
 from steplog.executor.templates import EVERY_UPSTREAM, TemplateProblem, check_template, render
 from steplog.providers.config import (
     ProviderConfig,
@@ -222,13 +222,21 @@ class Pipeline:
     def key_for(self, step: str, system: str | None, prompt: str) -> tuple[dict[str, str], str]:
         """The cache key of the step for this rendered input, with its parts: the one
         computation the executor and `steplog plan` share."""
-        parts = key_parts(
-            provider=self.cache_identity_for(step),
-            step=step,
-            rendered={"system": system, "prompt": prompt, "output": self.spec.steps[step].output},
-            fingerprint=self.step_fingerprints[step],
-        )
+        fixed = self._fixed_key_parts.get(step)
+        if fixed is None:
+            fixed = self._fixed_key_parts[step] = fixed_parts(
+                provider=self.cache_identity_for(step),
+                step=step,
+                fingerprint=self.step_fingerprints[step],
+            )
+        rendered = {"system": system, "prompt": prompt, "output": self.spec.steps[step].output}
+        parts = parts_with(fixed, rendered=rendered)
         return parts, cache_key(parts)
+
+    @cached_property
+    def _fixed_key_parts(self) -> dict[str, tuple[str, str, str]]:
+        """step -> its key's provider, step and code parts, filled in as key_for meets it."""
+        return {}
 
     def missing_keys(self, steps: list[str], environ: Mapping[str, str]) -> list[str]:
         """Problems with API keys the given steps' providers need (named, never the key)."""

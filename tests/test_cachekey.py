@@ -272,3 +272,62 @@ def test_provider_identity_text_shows_no_secret_url_or_timeout():
         "api_key",
     ):
         assert leaked not in text
+
+
+MEMO_PIPELINE = """
+name = "memo"
+
+[providers.local]
+kind = "offline"
+
+[providers.other]
+kind = "offline"
+model = "other-model"
+
+[steps.a]
+prompt = "a"
+provider = "local"
+
+[steps.b]
+prompt = "b"
+provider = "other"
+output = "json"
+options = { temperature = 0.5 }
+
+[steps.c]
+needs = ["a"]
+system = "be brief"
+prompt = "c {{ steps.a.output }}"
+provider = "local"
+output = "files"
+"""
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.none() | st.text(max_size=20), st.text()),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_key_for_equals_the_key_built_from_scratch_however_often_a_step_asks(calls):
+    """Pipeline.key_for hashes a step's provider, step and code parts once; every call after
+    the first must still give exactly what key_parts gives, parts in the events' order."""
+    from steplog.executor.pipeline import parse_pipeline
+
+    pipeline = parse_pipeline(MEMO_PIPELINE, None)
+    for step, system, prompt in calls:
+        parts, key = pipeline.key_for(step, system, prompt)
+        expected = key_parts(
+            provider=pipeline.cache_identity_for(step),
+            step=step,
+            rendered={
+                "system": system,
+                "prompt": prompt,
+                "output": pipeline.spec.steps[step].output,
+            },
+            fingerprint=pipeline.step_fingerprints[step],
+        )
+        assert list(parts) == ["provider", "step", "input", "code"]
+        assert parts == expected and key == cache_key(expected)
