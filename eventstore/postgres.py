@@ -76,6 +76,7 @@ from steplog.eventstore.record import (
     VersionConflict,
     blob_row,
     link,
+    stored_from_row,
 )
 
 # psycopg-pool warns through `logging` each time it fails to reconnect, several lines each; with
@@ -1037,7 +1038,7 @@ class PostgresEventStore(LogReads):
         last = params[0]
         while True:
             rows = self._fetch(sql, (last, *params[1:], READ_BATCH))
-            yield from map(StoredEvent._make, rows)
+            yield from map(stored_from_row, rows)
             if len(rows) < READ_BATCH:
                 return
             last = rows[-1][key_index]
@@ -1083,7 +1084,7 @@ class PostgresEventStore(LogReads):
         last = after_seq
         while True:  # _batched's cursor leads its parameters; here the type list does
             rows = self._fetch(sql, (wanted, last, until, READ_BATCH))
-            yield from map(StoredEvent._make, rows)
+            yield from map(stored_from_row, rows)
             if len(rows) < READ_BATCH:
                 return
             last = rows[-1][0]

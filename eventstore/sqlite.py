@@ -33,6 +33,7 @@ from steplog.eventstore.record import (
     blob_sha256,
     blob_size,
     link,
+    stored_from_row,
 )
 
 if TYPE_CHECKING:  # the event models import pydantic; the store only reads their JSON
@@ -554,7 +555,7 @@ class SQLiteEventStore(LogReads):
         last = params[0]
         while True:
             rows = self.conn.execute(sql, (last, *params[1:], READ_BATCH)).fetchall()
-            yield from map(StoredEvent._make, rows)
+            yield from map(stored_from_row, rows)
             if len(rows) < READ_BATCH:
                 return
             last = rows[-1][key_index]

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 import orjson
 
-from steplog.eventstore.record import StoredEvent
+from steplog.eventstore.record import StoredEvent, stored_from_row
 from steplog.eventstore.sqlite import SQLiteEventStore
 from steplog.projections import breaker, cache, flights, leases
 from steplog.projections.breaker import BREAKER_EVENT_TYPES, Breakers
@@ -168,7 +168,7 @@ def rebuild(store: SQLiteEventStore) -> int:
         )
         cursor.arraysize = 1000
         rows, index, breakers, in_flight, count, workers = fold_tables(
-            map(StoredEvent._make, cursor), count=count
+            map(stored_from_row, cursor), count=count
         )
         folded = {
             "jobs": rows,
