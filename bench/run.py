@@ -462,22 +462,20 @@ class WalPages:
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._wal = Path(f"{db}-wal")
         self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        self._header, self._first = self._read()
-
-    def _read(self) -> tuple[bytes, int]:
         data = self._wal.read_bytes() if self._wal.exists() else b""
-        frames = max(0, (len(data) - 32) // (self._page_size + self.FRAME_HEADER))
-        return data[:32], frames
+        self._header, self._first = data[:32], self._frames(data)
+
+    def _frames(self, wal: bytes) -> int:
+        return max(0, (len(wal) - 32) // (self._page_size + self.FRAME_HEADER))
 
     def stop(self, conn: sqlite3.Connection) -> None:
-        header, last = self._read()
-        if header != self._header:  # the WAL was reset (someone checkpointed): no count
+        data = self._wal.read_bytes() if self._wal.exists() else b""
+        if data[:32] != self._header:  # the WAL was reset (someone checkpointed): no count
             self.valid = False
             return
-        data = self._wal.read_bytes()
         names = dict(conn.execute("SELECT pageno, name FROM dbstat").fetchall())
         size = self._page_size + self.FRAME_HEADER
-        for frame in range(self._first, last):
+        for frame in range(self._first, self._frames(data)):
             page = int.from_bytes(data[32 + frame * size : 36 + frame * size], "big")
             self.frames[names.get(page, "free or new")] += 1
 
