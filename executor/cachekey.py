@@ -11,18 +11,50 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
+
 KEY_VERSION = 1
 
 
-# One encoder for every call: json.dumps with options builds a new encoder each time.
+# The definition of the text: json.dumps with these options (one encoder for every call:
+# json.dumps with options builds a new encoder each time).
 _ENCODER = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )
 
+# orjson nests at most 255 containers; deeper (or a cycle) is left to the encoder above.
+_ORJSON_MAX_DEPTH = 254
+
 
 def canonical_json(value: Any) -> str:
-    """One text per value: sorted keys, no spaces, UTF-8 kept, NaN refused."""
+    """One text per value: sorted keys, no spaces, UTF-8 kept, NaN refused.
+
+    Every step builds several (its key, its parts): a value orjson writes exactly as the
+    encoder does is written by orjson, 3-4x faster; any other goes to the encoder.
+    """
+    if _same_in_orjson(value, 0):
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        except orjson.JSONEncodeError:  # an int past 64 bits, a lone surrogate
+            pass
     return _ENCODER.encode(value)
+
+
+def _same_in_orjson(value: Any, depth: int) -> bool:
+    """Whether orjson writes `value` as _ENCODER does: str (keys too), int, bool, None and
+    lists, tuples and dicts of them, escaped the same way to the character
+    (tests/test_cachekey.py). A float is not (1e-07 there, 1e-7 here); nor is a subclass or a
+    type orjson writes and json refuses (a datetime, a dataclass)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if depth > _ORJSON_MAX_DEPTH:
+        return False
+    if kind is dict:
+        return all(type(k) is str and _same_in_orjson(v, depth + 1) for k, v in value.items())
+    if kind is list or kind is tuple:
+        return all(_same_in_orjson(v, depth + 1) for v in value)
+    return False
 
 
 def _digest(value: Any) -> str:

@@ -195,6 +195,68 @@ def test_canonical_json_is_one_text_per_value(value, rnd):
     assert not any(ch in text for ch in "\n\r\t\x00")  # one line, control characters escaped
 
 
+def reference_json(value: Any) -> str:
+    """What canonical_json's text is defined as (cachekey._ENCODER): keys it has written stay
+    the keys of the same requests, whichever encoder writes the text."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+# Beyond json_values: every character (a lone surrogate too), ints past 64 bits, tuples, and
+# values orjson would write differently (floats) or where json refuses (its own types).
+any_char_text = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=12)
+wide_values = st.recursive(
+    st.one_of(
+        scalars,
+        any_char_text,
+        st.sampled_from(["\ud800", "a\udfffb", "\x7f\u2028\u2029", "\ufeff"]),
+        st.integers(),
+        st.integers(min_value=2**63, max_value=2**65),
+        st.floats(allow_nan=False, allow_infinity=False, width=32),
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(any_char_text, inner, max_size=4)
+    ),
+    max_leaves=24,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(wide_values)
+def test_canonical_json_is_the_reference_text_whichever_encoder_writes_it(value):
+    assert canonical_json(value) == reference_json(value)
+
+
+def test_canonical_json_is_the_reference_text_past_orjson_depth_and_for_other_types():
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(300):  # past orjson's nesting limit: the encoder writes it
+        inner.append([])
+        inner = inner[0]
+    assert canonical_json(deep) == reference_json(deep)
+    assert canonical_json({"k": [1, 2.5, True]}) == '{"k":[1,2.5,true]}'
+    assert canonical_json(1e-07) == reference_json(1e-07) == "1e-07"
+    import datetime
+    import enum
+
+    class Level(enum.IntEnum):
+        LOW = 1
+
+    assert canonical_json({"level": Level.LOW}) == reference_json({"level": Level.LOW})
+    with pytest.raises(TypeError):  # json refuses it; orjson would have written it
+        canonical_json({"at": datetime.date(2026, 12, 5)})
+    assert canonical_json({1: "an int key"}) == '{"1":"an int key"}'  # json's own conversion
+    with pytest.raises(TypeError):
+        canonical_json({"a": object()})
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(ValueError):  # a cycle: the encoder's error, not a hang
+        canonical_json(looped)
+
+
 def test_canonical_json_exact_text():
     value = {"b": 1, "a": [1, "é", None, True, 1.5]}
     assert canonical_json(value) == '{"a":[1,"é",null,true,1.5],"b":1}'
