@@ -22,22 +22,31 @@ Commit = Callable[[list[NewEvent], Sequence[Blob]], list[StoredEvent]]
 class _Waiter:
     events: list[NewEvent]
     blobs: Sequence[Blob]
-    done: anyio.Event = field(default_factory=anyio.Event)
     stored: list[StoredEvent] = field(default_factory=list)
     error: BaseException | None = None
+
+
+class _Batch:
+    """The appends one transaction will take; one event wakes all their callers (in a fan-out,
+    hundreds: an event each would cost each step its making, setting and waiting)."""
+
+    def __init__(self) -> None:
+        self.waiters: list[_Waiter] = []
+        self.done = anyio.Event()
 
 
 class GroupCommitter:
     def __init__(self, commit: Commit) -> None:
         self._commit = commit
-        self._waiting: list[_Waiter] = []
+        self._batch = _Batch()
         self._wakeup = anyio.Event()
 
     async def append(self, events: list[NewEvent], blobs: Sequence[Blob] = ()) -> list[StoredEvent]:
         waiter = _Waiter(events, blobs)
-        self._waiting.append(waiter)
+        batch = self._batch
+        batch.waiters.append(waiter)
         self._wakeup.set()
-        await waiter.done.wait()
+        await batch.done.wait()
         if waiter.error is not None:
             raise waiter.error
         return waiter.stored
@@ -52,9 +61,11 @@ class GroupCommitter:
             self.flush()
 
     def flush(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        if not waiting:
+        batch = self._batch
+        if not batch.waiters:
             return
+        self._batch = _Batch()
+        waiting = batch.waiters
         try:
             stored = self._commit(
                 [ev for w in waiting for ev in w.events], [b for w in waiting for b in w.blobs]
@@ -62,10 +73,10 @@ class GroupCommitter:
         except Exception as exc:  # every waiter of the failed transaction sees its error
             for w in waiting:
                 w.error = exc
-                w.done.set()
+            batch.done.set()
             return
         offset = 0
         for w in waiting:
             w.stored = stored[offset : offset + len(w.events)]
             offset += len(w.events)
-            w.done.set()
+        batch.done.set()
