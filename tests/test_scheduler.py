@@ -110,3 +110,57 @@ def test_a_long_blocked_chain_settles_without_recursing():
     outcome = anyio.run(Scheduler(pipeline).run, plan, run_step)
     assert calls == ["s0"]
     assert outcome.failed_steps == ["s0"] and len(outcome.blocked_steps) == count - 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(dags(), st.integers(1, 12), st.sets(st.integers(0, 11)))
+def test_a_drain_at_any_point_starts_nothing_more_and_ends_the_run(dag, drain_at, calling):
+    """Steps run on runner tasks that wait, idle, to be handed the next ready step: a drain
+    (at the drain_at-th start) must start nothing more, let the steps inside a provider call
+    finish, cancel the rest, and end every runner, idle or not."""
+    needs, outcomes, pauses, reused, bound = dag
+    pipeline = pipeline_of(needs)
+    names = [f"s{i}" for i in range(len(needs))]
+    plan = Plan(run=[n for i, n in enumerate(names) if i not in reused])
+    plan.reuse = {n: ("0" * 64, "reused") for i, n in enumerate(names) if i in reused}
+    scheduler = Scheduler(pipeline, max_under_way=bound)
+    started: list[str] = []
+    finished: list[str] = []
+    done_before_drain: set[str] = set()
+
+    async def run_step(name: str, attempt: int, release) -> bool:
+        index = int(name[1:])
+        started.append(name)
+        if len(started) == drain_at:
+            done_before_drain.update(finished)
+            scheduler.drain()
+        if index in calling:
+            with scheduler.calling(name):
+                for _ in range(pauses[index] + 1):
+                    await anyio.lowlevel.checkpoint()
+        else:
+            for _ in range(pauses[index] + 1):
+                await anyio.lowlevel.checkpoint()
+        if outcomes[index]:
+            release()
+        finished.append(name)
+        return outcomes[index]
+
+    async def bounded():
+        with anyio.fail_after(10):  # a runner left waiting would hang the run
+            return await scheduler.run(plan, run_step)
+
+    outcome = anyio.run(bounded)
+    assert len(started) == len(set(started))
+    if len(started) < drain_at:  # the run ended before the drain_at-th start
+        assert not scheduler.draining and not outcome.interrupted
+        return
+    assert len(started) == drain_at  # nothing started after the drain
+    assert outcome.interrupted
+    draining_step = started[-1]
+    assert draining_step not in finished  # cancelled: it was outside a call when it drained
+    for name in started[:-1]:
+        if int(name[1:]) in calling:
+            assert name in finished  # a call in flight may finish
+        elif name not in done_before_drain:
+            assert name not in finished  # cancelled where it stood
