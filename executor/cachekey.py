@@ -51,10 +51,20 @@ def _same_in_orjson(value: Any, depth: int) -> bool:
     if depth > _ORJSON_MAX_DEPTH:
         return False
     if kind is dict:
-        return all(type(k) is str and _same_in_orjson(v, depth + 1) for k, v in value.items())
-    if kind is list or kind is tuple:
-        return all(_same_in_orjson(v, depth + 1) for v in value)
-    return False
+        if not all(type(k) is str for k in value):
+            return False
+        items = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    else:
+        return False
+    for item in items:  # scalars checked here: a call for each would double the walk's cost
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue
+        if not _same_in_orjson(item, depth + 1):
+            return False
+    return True
 
 
 def _digest(value: Any) -> str:
